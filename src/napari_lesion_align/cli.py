@@ -1,0 +1,96 @@
+"""Command line: ``napari-lesion-align demo | run CONFIG | convert-model``.
+
+Errors a user can cause are printed on one line (``error: ...``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+class _ProgressPrinter:
+    """One line per step (or per 5 % of progress), with elapsed and remaining time."""
+
+    def __init__(self, stream=sys.stderr, quiet=False):
+        self.stream = stream
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+        self.last_frac = -1.0
+        self.last_head = None
+
+    def __call__(self, frac: float, msg: str) -> None:
+        if self.quiet or not msg:
+            return
+        head = msg.split(":")[0]
+        if frac - self.last_frac < 0.05 and head == self.last_head and frac < 1.0:
+            return
+        self.last_frac, self.last_head = frac, head
+        el = time.perf_counter() - self.t0
+        eta = f", ~{el * (1 - frac) / frac:.0f} s left" if 0.02 < frac < 1.0 else ""
+        print(f"[{frac * 100:5.1f}% {el:6.1f} s{eta}] {msg}", file=self.stream, flush=True)
+
+
+def _summary(result, out: Path | None) -> str:
+    lines = []
+    for row in result.summary_rows():
+        lines.append(f"  sub-{row['subject']} {row['language']} {row['condition']}: "
+                     f"mean r {row['mean_r']:.3f} over {row['n_voxels']} "
+                     f"{'voxels' if result.space.kind == 'volume' else 'regions'}")
+    if out is not None:
+        lines.append(f"wrote {out}/ (result.json, summary.tsv, maps)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from .core.errors import Cancelled, LesionAlignError
+
+    ap = argparse.ArgumentParser(prog="napari-lesion-align", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="run the built-in demo (no network, no data of yours)")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--subjects", type=int, default=5, help="number of synthetic subjects (5)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    r = sub.add_parser("run", help="run the analysis a config file describes")
+    r.add_argument("config", help="TOML or JSON config (see docs/configuration.md)")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--quiet", action="store_true")
+    c = sub.add_parser("convert-model", help="convert the built-in offline model into the cache")
+    c.add_argument("--cache-dir", default=None)
+    args = ap.parse_args(argv)
+
+    try:
+        if args.cmd == "convert-model":
+            from .core import e5_offline
+
+            print(e5_offline.ensure_converted(args.cache_dir, progress=lambda m: print(m)))
+            return 0
+        from .core.config import demo_config, load_config
+        from .core.pipeline import run_analysis
+
+        if args.cmd == "demo":
+            config = demo_config(n_subjects=args.subjects, seed=args.seed)
+        else:
+            config = load_config(args.config)
+        out = Path(args.out)
+        t0 = time.perf_counter()
+        result = run_analysis(config, out, progress=_ProgressPrinter(quiet=args.quiet))
+        print(_summary(result, out))
+        print(f"done in {time.perf_counter() - t0:.1f} s")
+        return 0
+    except LesionAlignError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

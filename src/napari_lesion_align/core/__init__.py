@@ -1,0 +1,1 @@
+"""Pure-Python core of napari-lesion-align (no Qt, no napari imports)."""

@@ -1,0 +1,315 @@
+"""The analysis configuration: one object that the CLI, the GUI and the cluster runner build.
+
+A config is a TOML (or JSON) file; relative paths are resolved against the file's folder.
+See docs/configuration.md for every key. Unknown keys are errors (a typo must not be
+silently ignored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bold import CleaningOptions
+from .errors import LesionAlignError
+from .features import FeatureOptions
+
+BUILTIN_MODEL = "builtin:multilingual-e5-small-q4"
+SPACELESS_LANGS = {"zh", "cn", "ja", "jp", "th", "lo", "km", "my", "bo"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = BUILTIN_MODEL
+    layer: int = -1
+    offline: bool = True
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    delays: tuple = (1, 2, 3, 4)
+    alphas: tuple = tuple(np.logspace(0, 19, 20).tolist())
+    downsample: str = "floor"
+    inner_cv: str = "runs"  # "runs" (leave one training run out) or "blocks"
+    n_blocks: int = 5  # outer/inner contiguous blocks when a language has one run
+    score: str = "r2"
+    dtype: str = "float32"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.downsample not in ("floor", "lanczos"):
+            raise LesionAlignError(
+                f"encoding.downsample = {self.downsample!r}; use 'floor' (paper) or 'lanczos'"
+            )
+        if self.inner_cv not in ("runs", "blocks"):
+            raise LesionAlignError(f"encoding.inner_cv = {self.inner_cv!r}; use 'runs' or 'blocks'")
+        if self.score not in ("r2", "r"):
+            raise LesionAlignError(f"encoding.score = {self.score!r}; use 'r2' or 'r'")
+        if self.dtype not in ("float32", "float64"):
+            raise LesionAlignError(f"encoding.dtype = {self.dtype!r}; use 'float32' or 'float64'")
+        if not self.delays or any(int(d) < 0 for d in self.delays):
+            raise LesionAlignError(f"encoding.delays = {list(self.delays)}; use volumes >= 0")
+        if not self.alphas or any(not a > 0 for a in self.alphas):
+            raise LesionAlignError(f"encoding.alphas must be positive numbers, got {self.alphas}")
+        if self.n_blocks < 2:
+            raise LesionAlignError(f"encoding.n_blocks = {self.n_blocks}; use at least 2")
+
+
+@dataclass(frozen=True)
+class LanguageData:
+    """Stimuli and BOLD files of one language."""
+
+    code: str
+    annotations: tuple  # one path per run (or a single multi-run table repeated)
+    runs: tuple  # run labels
+    bold: dict  # subject -> tuple of paths (one per run)
+    text_language: str = ""
+    tier: str | None = None
+    confounds: dict | None = None  # subject -> tuple of paths
+    bold_start_s: float = 0.0
+
+    @property
+    def spaceless(self) -> bool:
+        return (self.text_language or self.code).lower() in SPACELESS_LANGS
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    n_subjects: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "volume"  # "volume", "regions" or "demo"
+    tr: float = 2.0
+    mask: str | None = None
+    roi_names: tuple | None = None
+    languages: tuple = ()
+    subjects: tuple = ()
+    length_tolerance_trs: int = 10
+    confounds_skip_rows: int = 0
+    bold_skip_rows: int = 0
+    demo: DemoConfig | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    features: FeatureOptions = FeatureOptions()
+    encoding: EncodingConfig = EncodingConfig()
+    cleaning: CleaningOptions = CleaningOptions()
+    seed: int = 0
+    name: str = "analysis"
+    source: str | None = None  # the config file, for provenance
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable description (for result.json)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @property
+    def languages(self) -> list[str]:
+        return [lang.code for lang in self.data.languages]
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+# --------------------------------------------------------------------------- parsing
+def _take(section: dict, cls, where: str, **extra):
+    """Build dataclass ``cls`` from a TOML table, refusing unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(section) - names
+    if unknown:
+        raise LesionAlignError(
+            f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names - set(extra))}"
+        )
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name in section:
+            v = section[f.name]
+            if isinstance(v, list):
+                v = tuple(v)
+            kw[f.name] = v
+    kw.update(extra)
+    try:
+        return cls(**kw)
+    except TypeError as err:
+        raise LesionAlignError(f"{where}: {err}") from err
+
+
+def _alphas(v, where):
+    if isinstance(v, dict):
+        if set(v) != {"logspace"} or len(v["logspace"]) != 3:
+            raise LesionAlignError(
+                f"{where}: write alphas as a list or as {{logspace = [start, stop, num]}}"
+            )
+        a, b, n = v["logspace"]
+        return tuple(np.logspace(a, b, int(n)).tolist())
+    return tuple(float(a) for a in v)
+
+
+def _resolve(path: str, base: Path) -> str:
+    p = Path(str(path)).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _expand(template: str, base: Path, where: str, **fields) -> str:
+    try:
+        pattern = _resolve(str(template).format(**fields), base)
+    except KeyError as err:
+        raise LesionAlignError(
+            f"{where}: unknown placeholder {err} in {template!r}; use {{subject}} and {{run}}"
+        ) from err
+    if any(ch in pattern for ch in "*?["):
+        hits = sorted(glob.glob(pattern))
+        if len(hits) != 1:
+            raise LesionAlignError(
+                f"{where}: the pattern {pattern!r} matches {len(hits)} files; it must match one"
+            )
+        return hits[0]
+    return pattern
+
+
+def _per_subject_runs(value, subjects, runs, base, where) -> dict:
+    """BOLD / confounds given as a template string or a {subject: [paths]} table."""
+    if isinstance(value, str):
+        return {s: tuple(_expand(value, base, where, subject=s, run=r) for r in runs)
+                for s in subjects}
+    if isinstance(value, dict):
+        out = {}
+        for s, paths in value.items():
+            if isinstance(paths, str):
+                paths = [paths]
+            if len(paths) != len(runs):
+                raise LesionAlignError(
+                    f"{where}.{s}: {len(paths)} files for {len(runs)} runs; give one per run"
+                )
+            out[str(s)] = tuple(_resolve(p, base) for p in paths)
+        return out
+    raise LesionAlignError(f"{where}: give a path template with {{subject}} and {{run}} or a table")
+
+
+def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None) -> AnalysisConfig:
+    """Build and validate an :class:`AnalysisConfig` from a parsed TOML/JSON mapping."""
+    base = Path(base)
+    d = dict(d)
+    allowed = {"name", "seed", "data", "model", "features", "encoding", "cleaning", "languages"}
+    unknown = set(d) - allowed
+    if unknown:
+        raise LesionAlignError(f"config: unknown section(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    model = _take(d.get("model", {}), ModelConfig, "[model]")
+    features = _take(d.get("features", {}), FeatureOptions, "[features]")
+    enc = dict(d.get("encoding", {}))
+    if "alphas" in enc:
+        enc["alphas"] = _alphas(enc["alphas"], "[encoding].alphas")
+    encoding = _take(enc, EncodingConfig, "[encoding]")
+    cleaning = _take(d.get("cleaning", {}), CleaningOptions, "[cleaning]")
+
+    data_d = dict(d.get("data", {}))
+    kind = data_d.get("kind", "volume")
+    if kind not in ("volume", "regions", "demo"):
+        raise LesionAlignError(f"[data].kind = {kind!r}; use 'volume', 'regions' or 'demo'")
+    demo = None
+    if kind == "demo":
+        demo = _take(data_d.pop("demo", {}), DemoConfig, "[data.demo]")
+    subjects = tuple(str(s) for s in data_d.pop("subjects", ()))
+    languages = []
+    for code, ld in (d.get("languages") or {}).items():
+        where = f"[languages.{code}]"
+        ld = dict(ld)
+        allowed_l = {"annotations", "runs", "bold", "text_language", "tier", "confounds",
+                     "bold_start_s"}
+        bad = set(ld) - allowed_l
+        if bad:
+            raise LesionAlignError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(allowed_l)}")
+        if "annotations" not in ld:
+            raise LesionAlignError(f"{where}: 'annotations' is required (one file per run)")
+        ann = ld["annotations"]
+        runs = tuple(ld.get("runs", ()))
+        if isinstance(ann, str):
+            if not runs:
+                raise LesionAlignError(
+                    f"{where}: one annotation table for several runs needs 'runs = [...]'"
+                )
+            ann = [ann] * len(runs)
+        if not runs:
+            runs = tuple(range(1, len(ann) + 1))
+        if len(runs) != len(ann):
+            raise LesionAlignError(f"{where}: {len(ann)} annotation files for {len(runs)} runs")
+        ann = tuple(_resolve(a, base) for a in ann)
+        bold = {}
+        if kind != "demo":
+            if "bold" not in ld:
+                raise LesionAlignError(f"{where}: 'bold' is required (template or table)")
+            if isinstance(ld["bold"], str) and not subjects:
+                raise LesionAlignError(f"{where}: a bold template needs [data].subjects")
+            bold = _per_subject_runs(ld["bold"], subjects, runs, base, f"{where}.bold")
+        conf = None
+        if ld.get("confounds"):
+            conf = _per_subject_runs(ld["confounds"], tuple(bold) or subjects, runs, base,
+                                     f"{where}.confounds")
+        languages.append(LanguageData(
+            code=str(code), annotations=ann, runs=runs, bold=bold,
+            text_language=str(ld.get("text_language", "")), tier=ld.get("tier"),
+            confounds=conf, bold_start_s=float(ld.get("bold_start_s", 0.0)),
+        ))
+    if kind != "demo" and not languages:
+        raise LesionAlignError("config: no [languages.<CODE>] section; add one per language")
+    if not subjects:
+        subjects = tuple(dict.fromkeys(s for lang in languages for s in lang.bold))
+    if "mask" in data_d and data_d["mask"]:
+        data_d["mask"] = _resolve(data_d["mask"], base)
+    if kind == "volume" and not data_d.get("mask"):
+        raise LesionAlignError("[data].mask is required for NIfTI input (kind = 'volume')")
+    data = _take(data_d, DataConfig, "[data]", languages=tuple(languages), subjects=subjects,
+                 demo=demo)
+    if not data.tr > 0:
+        raise LesionAlignError(f"[data].tr = {data.tr}; give the repetition time in seconds")
+    return AnalysisConfig(data=data, model=model, features=features, encoding=encoding,
+                          cleaning=cleaning, seed=int(d.get("seed", 0)),
+                          name=str(d.get("name", "analysis")), source=source)
+
+
+def load_config(path) -> AnalysisConfig:
+    """Read a TOML or JSON config file."""
+    path = Path(path)
+    if not path.exists():
+        raise LesionAlignError(f"{path}: config file not found")
+    text = path.read_bytes()
+    try:
+        if path.suffix == ".json":
+            d = json.loads(text)
+        else:
+            import tomllib
+
+            d = tomllib.loads(text.decode("utf-8"))
+    except Exception as err:
+        raise LesionAlignError(f"{path}: cannot parse the config ({err})") from err
+    return config_from_dict(d, base=path.parent.resolve(), source=str(path))
+
+
+def demo_config(n_subjects: int = 5, seed: int = 0, **overrides: Any) -> AnalysisConfig:
+    """The built-in demo's configuration."""
+    d = {"name": "demo", "seed": seed,
+         "data": {"kind": "demo", "tr": 2.0, "demo": {"n_subjects": n_subjects, "seed": seed}}}
+    for key, val in overrides.items():
+        d.setdefault(key, {}).update(val)
+    return config_from_dict(d)

@@ -1,0 +1,163 @@
+"""A Dataset: every language's stimuli and every subject's raw BOLD, checked and in memory.
+
+:func:`load_dataset` reads what a config points to (TextGrid / CSV / TSV annotations,
+NIfTI runs + mask or region tables) and checks run lengths against the annotations before
+any model is loaded, so a mistake in the data costs seconds, not an hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .bold import RegionSpace, VolumeSpace, check_run_length, read_confounds, read_region_series
+from .config import AnalysisConfig, LanguageData
+from .errors import Cancelled, LesionAlignError
+from .result import check_label
+from .stimuli import Words, read_words
+
+
+@dataclass
+class LanguageStimuli:
+    code: str
+    runs: list  # list[Words]
+    run_labels: list
+    spaceless: bool = False
+    bold_start_s: float = 0.0
+
+    def describe(self) -> str:
+        n = sum(len(w) for w in self.runs)
+        return f"{self.code}: {len(self.runs)} runs, {n} words"
+
+
+@dataclass
+class BoldRun:
+    """One run of one subject: its length is known up front, its data is read on demand."""
+
+    source: str
+    n_vols: int
+    loader: Callable[[], np.ndarray]
+    confounds: np.ndarray | None = None  # (n_vols, k), read and checked up front
+
+    def load(self) -> np.ndarray:
+        Y = self.loader()
+        if Y.shape[0] != self.n_vols:
+            raise LesionAlignError(f"{self.source}: expected {self.n_vols} volumes, read {Y.shape[0]}")
+        return Y
+
+
+@dataclass
+class Dataset:
+    space: object  # VolumeSpace | RegionSpace
+    tr: float
+    stimuli: dict  # code -> LanguageStimuli
+    bold: dict = field(default_factory=dict)  # (subject, code) -> list[BoldRun]
+    truth: dict | None = None  # demo only: the planted ground truth
+
+    @property
+    def subjects(self) -> list[str]:
+        return list(dict.fromkeys(s for s, _ in self.bold))
+
+    def n_vols(self, code: str) -> list[int]:
+        """Volumes per run of a language (the largest over subjects)."""
+        lens = [[r.n_vols for r in runs] for (s, c), runs in self.bold.items() if c == code]
+        return [int(x) for x in np.max(np.asarray(lens), axis=0)] if lens else []
+
+
+def load_stimuli(lang: LanguageData) -> LanguageStimuli:
+    check_label(lang.code, "language")
+    runs = []
+    for path, run in zip(lang.annotations, lang.runs):
+        kw = {}
+        if Path(path).suffix.lower() in (".csv", ".tsv", ".txt"):
+            from .stimuli import list_runs
+
+            if len(list_runs(path)) > 0:
+                kw["run"] = run
+        elif lang.tier:
+            kw["tier"] = lang.tier
+        runs.append(read_words(path, **kw))
+    return LanguageStimuli(lang.code, runs, list(lang.runs), lang.spaceless, lang.bold_start_s)
+
+
+def check_lengths(ds: Dataset, tolerance: int) -> None:
+    for (s, code), runs in ds.bold.items():
+        stim = ds.stimuli[code]
+        if len(runs) != len(stim.runs):
+            raise LesionAlignError(
+                f"subject {s}, language {code}: {len(runs)} BOLD runs for {len(stim.runs)} "
+                "annotation files"
+            )
+        for i, (run, words) in enumerate(zip(runs, stim.runs)):
+            where = (f"subject {s}, language {code}, run {stim.run_labels[i]} "
+                     f"({Path(run.source).name} vs {Path(words.source).name})")
+            check_run_length(run.n_vols, float(words.offsets.max()), ds.tr, where,
+                             start_s=stim.bold_start_s, tolerance=tolerance,
+                             audio_end_s=getattr(words, "audio_end", None))
+
+
+def _nifti_run(space: VolumeSpace, path: str) -> BoldRun:
+    import nibabel as nib
+
+    if not Path(path).exists():
+        raise LesionAlignError(f"{path}: BOLD file not found")
+    try:
+        shape = nib.load(path).shape
+    except Exception as err:
+        raise LesionAlignError(f"{path}: cannot read as NIfTI ({err})") from err
+    if len(shape) != 4:
+        raise LesionAlignError(f"{path}: a BOLD run must be a 4D image, got shape {shape}")
+    return BoldRun(path, int(shape[3]), lambda: space.load_run(path))
+
+
+def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
+                 cancel: Callable | None = None) -> Dataset:
+    """Index every file of a file-based config (kind 'volume' or 'regions') and check lengths.
+
+    NIfTI data is read later, one subject and language at a time; region tables are small
+    and read now.
+    """
+    data = config.data
+    if data.kind == "demo":
+        raise LesionAlignError("load_dataset reads files; build the demo with data.demo")
+    space = VolumeSpace(data.mask) if data.kind == "volume" else None
+    stimuli = {lang.code: load_stimuli(lang) for lang in data.languages}
+    ds = Dataset(space=space, tr=data.tr, stimuli=stimuli)
+    total = sum(len(lang.bold) * len(lang.runs) for lang in data.languages)
+    done = 0
+    for lang in data.languages:
+        for s, paths in lang.bold.items():
+            check_label(s, "subject")
+            runs = []
+            for i, path in enumerate(paths):
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                if data.kind == "volume":
+                    run = _nifti_run(space, path)
+                else:
+                    Y, names = read_region_series(path, data.roi_names,
+                                                  skip_rows=data.bold_skip_rows)
+                    if ds.space is None:
+                        ds.space = RegionSpace(names)
+                    elif list(names) != list(ds.space.names):
+                        raise LesionAlignError(
+                            f"{path}: regions {names} differ from {ds.space.names} in other files"
+                        )
+                    run = BoldRun(path, Y.shape[0], (lambda Y=Y: Y))
+                if lang.confounds and s in lang.confounds:
+                    run.confounds = read_confounds(lang.confounds[s][i], run.n_vols,
+                                                   data.confounds_skip_rows)
+                runs.append(run)
+                done += 1
+                if progress is not None:
+                    progress(done / max(total, 1), f"indexing BOLD {Path(path).name}")
+            ds.bold[(s, lang.code)] = runs
+    check_lengths(ds, data.length_tolerance_trs)
+    return ds
+
+
+def describe_words(words: Words) -> str:
+    return f"{len(words)} words, {words.offsets.max():.1f} s"

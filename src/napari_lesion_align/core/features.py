@@ -1,0 +1,315 @@
+"""Word-level features from a language model, resampled to fMRI volumes.
+
+1. :func:`extract_word_features` feeds the words of a run to the model in long windows:
+   each pass holds up to ``max_context_tokens`` tokens of preceding context followed by a
+   *region* of new words (whole sentences when sentence ends are known, at most
+   ``stride_tokens`` tokens). The hidden states of the chosen layer(s) are read for the
+   region's tokens only and mean-pooled over each word's sub-word tokens. Many words come
+   out of every pass (never one pass per word); windows are batched.
+2. :func:`words_to_trs` puts word vectors on the TR grid: the paper's ``floor(onset/TR)``
+   binning with averaging (TRs without words are zero), or Lanczos interpolation.
+3. :func:`fir_delays` stacks delayed copies (default 1-4 TRs) per run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import Cancelled, LesionAlignError
+
+SENTENCE_END = (".", "!", "?", "。", "！", "？", "…", "؟")
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """How text is fed to the model."""
+
+    max_context_tokens: int = 500
+    stride_tokens: int = 128
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.stride_tokens < 1:
+            raise LesionAlignError(f"stride_tokens must be >= 1, got {self.stride_tokens}")
+        if self.max_context_tokens < 0:
+            raise LesionAlignError(
+                f"max_context_tokens must be >= 0, got {self.max_context_tokens}"
+            )
+        if self.batch_size < 1:
+            raise LesionAlignError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+# --------------------------------------------------------------------------- tokens
+@dataclass
+class TokenizedRun:
+    """Token ids of a run's text and, per word, its token range [start, stop)."""
+
+    ids: np.ndarray
+    word_tok_start: np.ndarray
+    word_tok_stop: np.ndarray
+    sentence_end: np.ndarray  # bool per word: a sentence ends after this word
+
+
+def tokenize_words(tokenizer, words: Sequence[str], spaceless: bool = False,
+                   sentence_ids: np.ndarray | None = None) -> TokenizedRun:
+    """Tokenise the running text of a run and map every word to its sub-word tokens.
+
+    The words are joined with spaces (without them for ``spaceless`` scripts such as
+    Chinese) and tokenised once with character offsets; a token belongs to every word its
+    character span overlaps, so no word is left without a token.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise LesionAlignError(
+            f"tokenizer {type(tokenizer).__name__} is not a 'fast' tokenizer; word-level "
+            "features need character offsets. Load the model with a tokenizer.json."
+        )
+    sep = "" if spaceless else " "
+    starts, stops, pos = [], [], 0
+    for w in words:
+        starts.append(pos)
+        pos += len(w)
+        stops.append(pos)
+        pos += len(sep)
+    text = sep.join(words)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                    return_attention_mask=False, verbose=False)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    offs = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    starts = np.asarray(starts)
+    stops = np.asarray(stops)
+    # token i overlaps word j iff tok_start < word_stop and tok_stop > word_start
+    # running maxima make the spans monotone (empty-span tokens never break the search)
+    tok_s = np.maximum.accumulate(offs[:, 0]) if len(ids) else offs[:, 0]
+    tok_e = np.maximum.accumulate(offs[:, 1]) if len(ids) else offs[:, 1]
+    first = np.searchsorted(tok_e, starts, side="right")  # first token ending after start
+    last = np.searchsorted(tok_s, stops, side="left")  # first token starting at/after stop
+    if len(ids) == 0 or np.any(first >= last):
+        bad = int(np.flatnonzero(first >= last)[0]) if len(ids) else 0
+        raise LesionAlignError(
+            f"word {bad} ({words[bad]!r}) produced no token; remove empty or control-only words"
+        )
+    if sentence_ids is not None and len(sentence_ids) == len(words):
+        sid = np.asarray(sentence_ids)
+        ends = np.r_[sid[1:] != sid[:-1], True]
+    else:
+        ends = np.array([w.rstrip().endswith(SENTENCE_END) for w in words], dtype=bool)
+        if len(ends):
+            ends[-1] = True
+    return TokenizedRun(ids, first, last, ends)
+
+
+@dataclass
+class Window:
+    """One model pass: tokens [ctx_start, stop), of which [new_start, stop) are read out."""
+
+    ctx_start: int
+    new_start: int
+    stop: int
+    words: tuple[int, int]  # words [w0, w1) whose tokens are all in the new region
+
+
+def plan_windows(tok: TokenizedRun, capacity: int, opts: FeatureOptions) -> list[Window]:
+    """Split a run into passes: whole sentences (or words) per region, with context before.
+
+    ``capacity`` is the number of content tokens a pass can hold (model maximum minus
+    special tokens).
+    """
+    stride = min(opts.stride_tokens, capacity)
+    n_words = len(tok.word_tok_start)
+    wins: list[Window] = []
+    w = 0
+    while w < n_words:
+        # grow the region by whole sentences (or by words inside a long sentence)
+        r_start = int(tok.word_tok_start[w])
+        w1 = w
+        while w1 < n_words:
+            # end of the sentence that contains word w1
+            s_end = w1
+            while not tok.sentence_end[s_end] and s_end + 1 < n_words:
+                s_end += 1
+            if tok.word_tok_stop[s_end] - r_start <= stride:
+                w1 = s_end + 1
+                continue
+            if w1 > w:
+                break
+            # the sentence alone is longer than the stride: take words up to the stride
+            while w1 < n_words and (tok.word_tok_stop[w1] - r_start <= stride or w1 == w):
+                w1 += 1
+            break
+        stop = int(tok.word_tok_stop[w1 - 1])
+        region = stop - r_start
+        if region > capacity:
+            raise LesionAlignError(
+                f"word {w} ({region} tokens) is longer than the model's window ({capacity})"
+            )
+        ctx = min(opts.max_context_tokens, capacity - region, r_start)
+        wins.append(Window(r_start - ctx, r_start, stop, (w, w1)))
+        w = w1
+    return wins
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a single sequence (e.g. <s> ... </s>)."""
+    probe = "hello world"
+    bare = tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True, verbose=False)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return list(full[:i]), list(full[i + len(bare) :])
+    raise LesionAlignError(
+        f"cannot find how {type(tokenizer).__name__} adds special tokens; use a standard "
+        "Hugging Face tokenizer"
+    )
+
+
+def model_capacity(model, tokenizer) -> int:
+    """Content tokens per pass: the model's maximum length minus its special tokens."""
+    n_pos = getattr(model.config, "max_position_embeddings", None) or 512
+    if getattr(model.config, "model_type", "") in ("xlm-roberta", "roberta", "camembert"):
+        n_pos -= (model.config.pad_token_id or 1) + 1  # positions start after padding_idx
+    tmax = getattr(tokenizer, "model_max_length", None)
+    if tmax and tmax < 10**7:
+        n_pos = min(n_pos, tmax)
+    pre, post = special_tokens(tokenizer)
+    return int(n_pos - len(pre) - len(post))
+
+
+# --------------------------------------------------------------------------- extraction
+def extract_word_features(
+    model,
+    tokenizer,
+    words: Sequence[str],
+    layers: Sequence[int],
+    opts: FeatureOptions = FeatureOptions(),
+    *,
+    spaceless: bool = False,
+    sentence_ids: np.ndarray | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    stats: dict | None = None,
+) -> dict[int, np.ndarray]:
+    """Hidden states of ``layers`` mean-pooled per word: {layer: (n_words, hidden)} float32.
+
+    Layer indices follow ``output_hidden_states``: 0 is the embedding output, ``i`` the
+    output of block ``i``; negative indices count from the last block.
+    """
+    import torch
+
+    tok = tokenize_words(tokenizer, list(words), spaceless, sentence_ids)
+    capacity = model_capacity(model, tokenizer)
+    wins = plan_windows(tok, capacity, opts)
+    n_hidden = model.config.num_hidden_layers + 1
+    layer_idx = sorted({(l if l >= 0 else n_hidden + l) for l in layers})
+    for l in layer_idx:
+        if not 0 <= l < n_hidden:
+            raise LesionAlignError(
+                f"layer {l} does not exist: the model has layers 0..{n_hidden - 1} "
+                "(0 = embeddings, negative counts from the last)"
+            )
+    hidden = model.config.hidden_size
+    n_words = len(words)
+    out = {l: np.zeros((n_words, hidden), dtype=np.float32) for l in layer_idx}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pre, post = special_tokens(tokenizer)
+    n_special_front = len(pre)
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    n_tokens_fed = 0
+    with torch.inference_mode():
+        for b0 in range(0, len(wins), opts.batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            batch = wins[b0 : b0 + opts.batch_size]
+            seqs = [pre + tok.ids[w.ctx_start : w.stop].tolist() + post for w in batch]
+            L = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), L), dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, : len(s)] = torch.as_tensor(s)
+                mask[i, : len(s)] = 1
+            n_tokens_fed += int(mask.sum())
+            res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                        output_hidden_states=True, return_dict=True)
+            hs = {l: res.hidden_states[l].float().cpu().numpy() for l in layer_idx}
+            for i, w in enumerate(batch):
+                for j in range(*w.words):
+                    a = tok.word_tok_start[j] - w.ctx_start + n_special_front
+                    b = tok.word_tok_stop[j] - w.ctx_start + n_special_front
+                    for l in layer_idx:
+                        out[l][j] = hs[l][i, a:b].mean(0)
+            if progress is not None:
+                progress(min(1.0, (b0 + len(batch)) / len(wins)),
+                         f"features: pass {b0 + len(batch)}/{len(wins)}")
+    if stats is not None:
+        stats.update(n_passes=len(wins), n_tokens=int(len(tok.ids)),
+                     n_tokens_fed=n_tokens_fed, seconds=time.perf_counter() - t0)
+    return out
+
+
+# --------------------------------------------------------------------------- TR grid
+def words_to_trs(vectors: np.ndarray, onsets: np.ndarray, n_trs: int, tr: float,
+                 method: str = "floor", start_s: float = 0.0, pad_before: int = 0) -> np.ndarray:
+    """Resample word vectors to volumes.
+
+    Parameters
+    ----------
+    vectors : (n_words, d)
+    onsets : (n_words,) seconds on the annotation clock.
+    n_trs : number of volumes of the run.
+    tr : repetition time in seconds.
+    method : "floor" (paper: word -> volume floor((onset - start_s)/tr), mean per volume,
+        zero where no word) or "lanczos" (3-lobe Lanczos interpolation at volume centres).
+    start_s : time of the first volume on the annotation clock (dropped volumes).
+    pad_before : extra volumes to compute before the first (context for the FIR delays).
+
+    Returns
+    -------
+    (pad_before + n_trs, d) float32
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    onsets = np.asarray(onsets, dtype=np.float64)
+    n_out = n_trs + pad_before
+    d = vectors.shape[1]
+    rel = (onsets - start_s) / tr + pad_before  # in volumes, from the first output row
+    if method == "floor":
+        idx = np.floor(rel).astype(np.int64)
+        ok = (idx >= 0) & (idx < n_out)
+        out = np.zeros((n_out, d))
+        np.add.at(out, idx[ok], vectors[ok])
+        counts = np.bincount(idx[ok], minlength=n_out).astype(np.float64)
+        nz = counts > 0
+        out[nz] /= counts[nz, None]
+        return out.astype(np.float32)
+    if method == "lanczos":
+        window = 3
+        centres = np.arange(n_out) + 0.5
+        t = centres[:, None] - rel[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            k = window * np.sin(np.pi * t) * np.sin(np.pi * t / window) / (np.pi**2 * t**2)
+        k[t == 0] = 1.0
+        k[np.abs(t) > window] = 0.0
+        return (k @ vectors).astype(np.float32)
+    raise LesionAlignError(f"unknown downsampling method {method!r}; use 'floor' or 'lanczos'")
+
+
+def fir_delays(X: np.ndarray, delays: Sequence[int], pad_before: int = 0) -> np.ndarray:
+    """Concatenate copies of ``X`` delayed by ``delays`` volumes (within one run).
+
+    ``X`` has ``pad_before`` leading rows that precede the run (they feed the delays and are
+    dropped); rows before them count as zero.
+    """
+    X = np.asarray(X)
+    n = X.shape[0] - pad_before
+    out = np.zeros((n, X.shape[1] * len(delays)), dtype=X.dtype)
+    for k, dly in enumerate(delays):
+        if dly < 0:
+            raise LesionAlignError(f"delays must be >= 0, got {dly}")
+        src0 = pad_before - dly  # row of X that lands on output row 0
+        lo = max(0, -src0)
+        if lo < n:
+            out[lo:, k * X.shape[1] : (k + 1) * X.shape[1]] = X[src0 + lo : src0 + n]
+    return out

@@ -1,0 +1,221 @@
+"""AlignmentResult: maps + space + provenance, saved under stable, documented names.
+
+Files written into the output folder (all atomically: a temporary file in the same folder,
+then ``os.replace``, so an interrupted run never leaves a half-written file under a final
+name):
+
+* ``sub-<S>_lang-<L>_desc-<condition>_stat-<stat>_statmap.nii.gz`` (float32, the mask's
+  affine, MNI) -- or ``.tsv`` (one row per region) for region input;
+* ``mask.nii.gz`` (volume input) -- the analysis mask;
+* ``summary.tsv`` -- subject, language, condition, n_voxels, mean_r, median_r;
+* ``result.json`` -- provenance and the list of maps, written last.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LesionAlignError
+
+MAP_PATTERN = "sub-{subject}_lang-{language}_desc-{condition}_stat-{stat}_statmap"
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def check_label(value: str, what: str) -> str:
+    """BIDS-style labels: letters and digits only (they go into file names)."""
+    value = str(value)
+    if not _LABEL.match(value):
+        raise LesionAlignError(
+            f"{what} label {value!r} must contain only letters and digits (it becomes part of "
+            "the output file names); rename it in the config"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- atomic io
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_nifti(img, path: Path) -> None:
+    """Save a nibabel image atomically (gzip when the name ends with .gz)."""
+    import gzip
+
+    buf = io.BytesIO()
+    file_map = img.make_file_map({"image": buf, "header": buf})
+    img.to_file_map(file_map)
+    raw = buf.getvalue()
+    if str(path).endswith(".gz"):
+        raw = gzip.compress(raw, compresslevel=6, mtime=0)
+    atomic_write_bytes(path, raw)
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class AlignmentResult:
+    """Per-voxel (or per-region) maps keyed by (subject, language, condition, stat)."""
+
+    space: object  # bold.VolumeSpace or bold.RegionSpace
+    maps: dict = field(default_factory=dict)
+    n_valid: dict = field(default_factory=dict)  # (subject, language) -> voxels fitted
+    provenance: dict = field(default_factory=dict)
+    truth: dict | None = None  # the demo's planted ground truth (not saved)
+
+    # ----------------------------------------------------------------- access
+    @property
+    def subjects(self) -> list[str]:
+        return list(dict.fromkeys(k[0] for k in self.maps))
+
+    @property
+    def languages(self) -> list[str]:
+        return list(dict.fromkeys(k[1] for k in self.maps))
+
+    @property
+    def conditions(self) -> list[str]:
+        return list(dict.fromkeys(k[2] for k in self.maps))
+
+    def get(self, subject, language, condition="intact", stat="r") -> np.ndarray:
+        try:
+            return self.maps[(subject, language, condition, stat)]
+        except KeyError:
+            raise LesionAlignError(
+                f"no map for subject={subject!r}, language={language!r}, condition={condition!r}, "
+                f"stat={stat!r}; available: subjects {self.subjects}, languages {self.languages}, "
+                f"conditions {self.conditions}"
+            ) from None
+
+    def summary_rows(self) -> list[dict]:
+        rows = []
+        for (s, lang, cond, stat), v in self.maps.items():
+            if stat != "r":
+                continue
+            vals = v[np.isfinite(v)]
+            rows.append({
+                "subject": s, "language": lang, "condition": cond,
+                "n_voxels": int(self.n_valid.get((s, lang), len(vals))),
+                "mean_r": float(vals.mean()) if len(vals) else float("nan"),
+                "median_r": float(np.median(vals)) if len(vals) else float("nan"),
+            })
+        return rows
+
+    # ----------------------------------------------------------------- saving
+    def filename(self, subject, language, condition, stat) -> str:
+        ext = ".nii.gz" if self.space.kind == "volume" else ".tsv"
+        return MAP_PATTERN.format(subject=subject, language=language, condition=condition,
+                                  stat=stat) + ext
+
+    def save(self, out_dir) -> list[Path]:
+        """Write every map, the mask, summary.tsv and result.json (last) into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        files = []
+        for (s, lang, cond, stat), v in self.maps.items():
+            name = self.filename(s, lang, cond, stat)
+            path = out / name
+            if self.space.kind == "volume":
+                atomic_save_nifti(self.space.to_image(v), path)  # NaN = excluded voxel
+            else:
+                lines = ["region\tvalue"] + [f"{n}\t{x:.6g}" for n, x in zip(self.space.names, v)]
+                atomic_write_text(path, "\n".join(lines) + "\n")
+            written.append(path)
+            files.append({"subject": s, "language": lang, "condition": cond, "stat": stat,
+                          "file": name})
+        if self.space.kind == "volume":
+            atomic_save_nifti(self.space.mask_img, out / "mask.nii.gz")
+            written.append(out / "mask.nii.gz")
+        rows = self.summary_rows()
+        cols = ["subject", "language", "condition", "n_voxels", "mean_r", "median_r"]
+        lines = ["\t".join(cols)]
+        for r in rows:
+            lines.append("\t".join(f"{r[c]:.6f}" if isinstance(r[c], float) else str(r[c])
+                                   for c in cols))
+        atomic_write_text(out / "summary.tsv", "\n".join(lines) + "\n")
+        written.append(out / "summary.tsv")
+        doc = dict(self.provenance)
+        doc["space"] = ({"kind": "volume", "mask": "mask.nii.gz", "shape": list(self.space.shape),
+                         "affine": np.asarray(self.space.affine).tolist()}
+                        if self.space.kind == "volume"
+                        else {"kind": "regions", "names": list(self.space.names)})
+        doc["maps"] = files
+        doc["n_valid"] = [{"subject": s, "language": lang, "n_voxels": int(n)}
+                          for (s, lang), n in self.n_valid.items()]
+        atomic_write_text(out / "result.json", json.dumps(doc, indent=2, default=_json_default))
+        written.append(out / "result.json")
+        return written
+
+    @classmethod
+    def load(cls, out_dir) -> "AlignmentResult":
+        """Read a result folder written by :meth:`save`."""
+        from .bold import RegionSpace, VolumeSpace
+
+        out = Path(out_dir)
+        meta_path = out / "result.json"
+        if not meta_path.exists():
+            raise LesionAlignError(
+                f"{out}: no result.json; this is not a finished napari-lesion-align output folder"
+            )
+        try:
+            doc = json.loads(meta_path.read_text())
+        except ValueError as err:
+            raise LesionAlignError(f"{meta_path}: not valid JSON ({err})") from err
+        sp = doc.get("space", {})
+        if sp.get("kind") == "volume":
+            space = VolumeSpace(out / sp.get("mask", "mask.nii.gz"))
+        else:
+            space = RegionSpace(sp.get("names", []))
+        maps = {}
+        for m in doc.get("maps", []):
+            path = out / m["file"]
+            if not path.exists():
+                raise LesionAlignError(f"{path}: listed in result.json but missing")
+            if space.kind == "volume":
+                import nibabel as nib
+
+                vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+                vals = vol[np.asarray(space.mask_img.dataobj, dtype=bool)]
+            else:
+                import pandas as pd
+
+                vals = pd.read_csv(path, sep="\t")["value"].to_numpy(dtype=np.float32)
+            maps[(m["subject"], m["language"], m["condition"], m["stat"])] = vals
+        n_valid = {(d["subject"], d["language"]): d["n_voxels"] for d in doc.get("n_valid", [])}
+        prov = {k: v for k, v in doc.items() if k not in ("space", "maps", "n_valid")}
+        return cls(space=space, maps=maps, n_valid=n_valid, provenance=prov)
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
