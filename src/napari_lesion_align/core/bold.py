@@ -46,7 +46,7 @@ class VolumeSpace:
             raise LesionAlignError(f"{mask}: the mask is empty (no voxel > 0)")
         self.mask_img = nib.Nifti1Image(binary, img.affine)
         self.source = str(source if not isinstance(mask, (str, Path)) else mask)
-        self.masker = NiftiMasker(mask_img=self.mask_img, standardize=False).fit()
+        self.masker = NiftiMasker(mask_img=self.mask_img, standardize=None).fit()
         self.n_features = int(binary.sum())
         self.names = None
 
@@ -237,24 +237,28 @@ class CleaningOptions:
 
 def clean_run(Y: np.ndarray, tr: float, opts: CleaningOptions = CleaningOptions(),
               confounds: np.ndarray | None = None) -> np.ndarray:
-    """Clean one run with nilearn: detrend, high-pass, regress confounds, z-score.
+    """Clean one run with nilearn: detrend, high-pass (cosine drift basis), confounds, z-score.
 
-    Constant columns stay zero. Returns float32.
+    The signal and the confounds are detrended and high-passed the same way first, then the
+    filtered confounds are regressed out; this equals one joint regression on [drifts,
+    confounds] and avoids nilearn dropping its whole cosine basis when a confound (slow
+    motion) correlates with one of the cosines. Returns float32; constant columns stay 0.
     """
     from nilearn.signal import clean
 
-    Y = np.asarray(Y, dtype=np.float64)
-    out = clean(
-        Y,
-        detrend=opts.detrend,
-        standardize="zscore_sample" if opts.standardize else False,
-        confounds=confounds,
-        high_pass=opts.high_pass_hz,
-        t_r=tr,
-        filter="cosine" if opts.high_pass_hz else False,  # DCT drift regressors (fast)
-    )
+    def filt(x):
+        return clean(np.asarray(x, dtype=np.float64), detrend=opts.detrend, standardize=None,
+                     high_pass=opts.high_pass_hz, t_r=tr,
+                     filter="cosine" if opts.high_pass_hz else False)
+
+    out = filt(Y)
+    if confounds is not None:
+        C = filt(confounds)
+        C = C[:, C.std(0) > 1e-12 * (1 + np.abs(C).max())]
+        if C.shape[1]:
+            beta, *_ = np.linalg.lstsq(C, out, rcond=None)
+            out = out - C @ beta
     if opts.standardize:
-        # z-score again after filtering so every run has unit variance (constant -> 0)
         sd = out.std(0, ddof=1)
         out = np.where(sd > 0, (out - out.mean(0)) / np.where(sd > 0, sd, 1), 0.0)
     return out.astype(np.float32)

@@ -167,6 +167,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     result = AlignmentResult(space=ds.space)
     keys = list(ds.bold)
     per_fit = {}
+    warnings: list[str] = []
     for ki, (s, code) in enumerate(keys):
         P.check()
         sub = P.sub(ki / len(keys), (ki + 1) / len(keys))
@@ -174,6 +175,15 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         runs = ds.bold[(s, code)]
         raw = [run.load() for run in runs]
         valid = valid_columns(raw)  # NaN or constant in any run: excluded and counted
+        r = np.full(ds.space.n_features, np.nan, dtype=np.float32)
+        if not valid.any():
+            result.maps[(s, code, "intact", "r")] = r
+            result.n_valid[(s, code)] = 0
+            per_fit[f"{s}/{code}"] = {"n_excluded": int(valid.size),
+                                      "note": "every voxel/region is constant or NaN"}
+            warnings.append(f"subject {s}, {code}: every voxel/region is constant or NaN; "
+                            "excluded")
+            continue
         Y_runs = []
         for run, Y in zip(runs, raw):
             Y_runs.append(clean_run(Y[:, valid], ds.tr, config.cleaning, run.confounds))
@@ -187,7 +197,6 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
             backend=enc.backend,
             progress=lambda f, m, s=s, code=code, sub=sub: sub(f, f"subject {s}, {code}: {m}"),
             cancel=cancel)
-        r = np.full(ds.space.n_features, np.nan, dtype=np.float32)
         r[valid] = res.r
         result.maps[(s, code, "intact", "r")] = r
         result.n_valid[(s, code)] = int(valid.sum())
@@ -206,6 +215,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         "seed": config.seed,
         "timings": timings,
         "fits": per_fit,
+        "warnings": warnings,
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -1,0 +1,101 @@
+"""Config files: parsing, defaults, path templates and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_lesion_align.core.config import config_from_dict, demo_config, load_config
+from napari_lesion_align.core.errors import LesionAlignError
+
+MINIMAL = """
+name = "t"
+[data]
+kind = "volume"
+tr = 2.0
+mask = "mask.nii.gz"
+subjects = ["01", "02"]
+
+[languages.EN]
+text_language = "en"
+annotations = ["stim/EN_run-1.TextGrid", "stim/EN_run-2.TextGrid"]
+bold = "sub-{subject}/run-{run}.nii.gz"
+"""
+
+
+def test_minimal_config_defaults_and_paths(tmp_path):
+    p = tmp_path / "a.toml"
+    p.write_text(MINIMAL)
+    cfg = load_config(p)
+    assert cfg.model.name == "builtin:multilingual-e5-small-q4" and cfg.model.layer == -1
+    np.testing.assert_allclose(cfg.encoding.alphas, np.logspace(0, 19, 20))
+    assert cfg.encoding.delays == (1, 2, 3, 4) and cfg.encoding.downsample == "floor"
+    assert cfg.features.max_context_tokens == 500
+    (en,) = cfg.data.languages
+    assert en.runs == (1, 2)
+    assert en.annotations[0] == str(tmp_path / "stim/EN_run-1.TextGrid")
+    assert en.bold["02"] == (str(tmp_path / "sub-02/run-1.nii.gz"),
+                             str(tmp_path / "sub-02/run-2.nii.gz"))
+    assert cfg.data.mask == str(tmp_path / "mask.nii.gz")
+    assert cfg.languages == ["EN"] and not en.spaceless
+    assert cfg.to_dict()["data"]["tr"] == 2.0
+
+
+def test_tables_logspace_and_multirun_table(tmp_path):
+    d = {
+        "data": {"kind": "regions", "tr": 2.0},
+        "encoding": {"alphas": {"logspace": [0, 3, 4]}, "score": "r"},
+        "languages": {"ZH": {"text_language": "zh", "annotations": "zh.tsv", "runs": [1, 2],
+                              "bold": {"s1": ["a.txt", "b.txt"]}}},
+    }
+    cfg = config_from_dict(d, base=tmp_path)
+    assert cfg.encoding.alphas == (1.0, 10.0, 100.0, 1000.0)
+    (zh,) = cfg.data.languages
+    assert zh.spaceless and zh.annotations == (str(tmp_path / "zh.tsv"),) * 2
+    assert cfg.data.subjects == ("s1",)
+
+
+def test_glob_template_must_match_one_file(tmp_path):
+    (tmp_path / "s18-rp_a.txt").write_text("0")
+    d = {"data": {"kind": "regions", "tr": 2.0, "subjects": ["18"]},
+         "languages": {"EN": {"annotations": ["x.TextGrid"], "bold": "s{subject}.txt",
+                              "confounds": "s{subject}-rp_*.txt"}}}
+    cfg = config_from_dict(d, base=tmp_path)
+    assert cfg.data.languages[0].confounds["18"] == (str(tmp_path / "s18-rp_a.txt"),)
+    (tmp_path / "s18-rp_b.txt").write_text("0")
+    with pytest.raises(LesionAlignError, match="matches 2 files"):
+        config_from_dict(d, base=tmp_path)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["model"].update(layr=3), r"\[model\]: unknown key\(s\) \['layr'\]"),
+    (lambda d: d["encoding"].update(downsample="cubic"), "use 'floor'"),
+    (lambda d: d["data"].pop("mask"), "mask is required"),
+    (lambda d: d["data"].update(tr=0), "repetition time"),
+    (lambda d: d["languages"]["EN"].update(bold={"01": ["only-one.nii"]}), "1 files for 2 runs"),
+    (lambda d: d.update(extra={}), "unknown section"),
+    (lambda d: d["encoding"].update(alphas=[1, -2]), "positive"),
+    (lambda d: d["languages"]["EN"].update(bold="sub-{subj}.nii"), "unknown placeholder"),
+])
+def test_bad_values_give_one_clear_error(mutate, message):
+    d = {"data": {"kind": "volume", "tr": 2.0, "mask": "m.nii.gz", "subjects": ["01"]},
+         "model": {}, "encoding": {},
+         "languages": {"EN": {"annotations": ["a.TextGrid", "b.TextGrid"],
+                              "bold": "sub-{subject}_run-{run}.nii.gz"}}}
+    mutate(d)
+    with pytest.raises(LesionAlignError, match=message):
+        config_from_dict(d)
+
+
+def test_unparseable_file_names_the_file(tmp_path):
+    p = tmp_path / "broken.toml"
+    p.write_text("[data\nkind=")
+    with pytest.raises(LesionAlignError, match="broken.toml: cannot parse"):
+        load_config(p)
+    with pytest.raises(LesionAlignError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_demo_config():
+    cfg = demo_config(n_subjects=3, seed=4)
+    assert cfg.data.kind == "demo" and cfg.data.demo.n_subjects == 3 and cfg.seed == 4

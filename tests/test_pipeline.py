@@ -1,0 +1,245 @@
+"""End to end: config files -> CLI -> output folder, on a tiny random model (no network)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_lesion_align import cli
+from napari_lesion_align.core.config import load_config
+from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.result import AlignmentResult
+from napari_lesion_align.data import demo
+from tiny_models import make_tiny_model
+
+AFFINE = np.array([[4.0, 0, 0, -10], [0, 4.0, 0, -12], [0, 0, 4.0, -8], [0, 0, 0, 1]])
+SHAPE = (5, 6, 4)
+N_VOLS = 150  # the demo annotations' runs: 290 s of words, 300 s of audio at TR 2 s
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-xlmr", "xlm-roberta",
+                           max_positions=130)
+
+
+def _word_rate_signal(textgrid: Path) -> np.ndarray:
+    """Word presence per volume convolved with the SPM HRF.
+
+    Any word model predicts it: volumes without words have all-zero features (the paper's
+    binning), volumes with words the mean of their word vectors.
+    """
+    from nilearn.glm.first_level import spm_hrf
+
+    from napari_lesion_align.core.stimuli import read_words
+
+    w = read_words(textgrid)
+    rate = np.bincount(np.floor(w.onsets / 2.0).astype(int), minlength=N_VOLS)[:N_VOLS] > 0
+    s = np.convolve(rate - rate.mean(), spm_hrf(2.0, oversampling=1))[:N_VOLS]
+    return s / s.std()
+
+
+def write_study(root: Path, model_folder: Path, n_subjects=2, n_vols=N_VOLS, seed=0):
+    """A small NIfTI study: 2 subjects x 3 runs of the demo's English annotations.
+
+    Voxels with x < 0 carry the word-rate signal (plus noise), the others only noise;
+    one voxel is constant (it must be excluded and counted). Returns the config path.
+    """
+    rng = np.random.default_rng(seed)
+    stim = root / "stim"
+    stim.mkdir(parents=True)
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[1:4, 1:5, 1:3] = 1
+    nib.save(nib.Nifti1Image(mask, AFFINE), str(root / "mask.nii.gz"))
+    xs = (np.indices(SHAPE)[0] * 4.0 - 10)  # MNI x of every voxel
+    for r in (1, 2, 3):
+        shutil.copy(demo.DEMO_DIR / f"EN_run-{r}.TextGrid", stim / f"EN_run-{r}.TextGrid")
+    for s in range(1, n_subjects + 1):
+        sub = root / f"sub-{s:02d}"
+        sub.mkdir()
+        for r in (1, 2, 3):
+            sig = _word_rate_signal(stim / f"EN_run-{r}.TextGrid")
+            data = rng.normal(0, 1, SHAPE + (n_vols,)).astype(np.float32)
+            data[xs < 0] += 1.5 * sig[None, :n_vols] if n_vols <= N_VOLS else 0
+            data += 100.0
+            data[2, 2, 1, :] = 7.0  # constant voxel inside the mask
+            nib.save(nib.Nifti1Image(data, AFFINE), str(sub / f"run-{r}.nii.gz"))
+    cfg = root / "study.toml"
+    cfg.write_text(f"""
+name = "tiny"
+[data]
+kind = "volume"
+tr = 2.0
+mask = "mask.nii.gz"
+subjects = {[f"{s:02d}" for s in range(1, n_subjects + 1)]}
+
+[languages.EN]
+text_language = "en"
+annotations = ["stim/EN_run-1.TextGrid", "stim/EN_run-2.TextGrid", "stim/EN_run-3.TextGrid"]
+bold = "sub-{{subject}}/run-{{run}}.nii.gz"
+
+[model]
+name = "{model_folder}"
+layer = -1
+
+[encoding]
+alphas = {{logspace = [0, 6, 7]}}
+""")
+    return cfg
+
+
+def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
+    cfg = write_study(tmp_path / "study", tiny_model)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["mask.nii.gz", "result.json",
+                     "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz",
+                     "sub-02_lang-EN_desc-intact_stat-r_statmap.nii.gz", "summary.tsv"]
+    img = nib.load(str(out / "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz"))
+    assert img.get_data_dtype() == np.float32 and img.shape == SHAPE
+    np.testing.assert_allclose(img.affine, AFFINE)
+    r = np.asarray(img.dataobj)
+    mask = np.asarray(nib.load(str(out / "mask.nii.gz")).dataobj) > 0
+    assert np.all(r[~mask] == 0)
+    assert np.isnan(r[2, 2, 1])  # the constant voxel: excluded, NaN
+    xs = np.indices(SHAPE)[0] * 4.0 - 10
+    sig = mask & (xs < 0) & np.isfinite(r)
+    noise = mask & (xs > 0) & np.isfinite(r)
+    # ground truth: the planted word-rate signal is found, noise voxels are near 0
+    assert r[sig].mean() > 0.3
+    assert abs(r[noise].mean()) < 0.1
+    assert r[sig].min() > r[noise].max() - 0.05
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["model"]["weights_hash"] and doc["version"]
+    assert doc["config"]["data"]["tr"] == 2.0
+    assert {m["file"] for m in doc["maps"]} == {n for n in names if "statmap" in n}
+    fits = doc["fits"]["01/EN"]
+    assert fits["n_excluded"] == 1 and "leave-one-run-out over 3 runs" in fits["cv"]
+    summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
+    assert list(summary.columns) == ["subject", "language", "condition", "n_voxels", "mean_r",
+                                     "median_r"]
+    assert summary["n_voxels"].tolist() == [int(mask.sum()) - 1] * 2
+    np.testing.assert_allclose(summary["mean_r"][0], np.nanmean(r[mask]), atol=1e-5)
+    # the folder reads back
+    res = AlignmentResult.load(out)
+    np.testing.assert_allclose(res.get("01", "EN"), r[mask], equal_nan=True)
+    assert "mean r" in capsys.readouterr().out
+
+
+def test_mismatched_run_length_is_one_clear_error(tmp_path, tiny_model, capsys):
+    cfg = write_study(tmp_path / "study", tiny_model, n_subjects=1, n_vols=120)
+    code = cli.main(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: subject 01, language EN, run 1")
+    assert "run-1.nii.gz vs EN_run-1.TextGrid" in err[0] and "25 missing" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_files_are_one_clear_error(tmp_path, tiny_model, capsys):
+    cfg = write_study(tmp_path / "study", tiny_model, n_subjects=1)
+    (tmp_path / "study" / "stim" / "EN_run-2.TextGrid").write_bytes(b"\x00\x01garbage\xff")
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "o1"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "EN_run-2.TextGrid" in err[0]
+    (tmp_path / "study" / "sub-01" / "run-3.nii.gz").write_bytes(b"not a nifti at all")
+    shutil.copy(demo.DEMO_DIR / "EN_run-2.TextGrid", tmp_path / "study" / "stim")
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run-3.nii.gz" in err[0] and "cannot read" in err[0]
+    assert cli.main(["run", str(tmp_path / "nope.toml"), "--out", "x", "--quiet"]) == 2
+    assert "nope.toml" in capsys.readouterr().err
+
+
+def test_unknown_model_folder_is_a_clear_error(tmp_path, tiny_model, capsys):
+    cfg = write_study(tmp_path / "study", tiny_model, n_subjects=1)
+    text = cfg.read_text().replace(str(tiny_model), str(tmp_path / "no-such-model"))
+    cfg.write_text(text)
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+
+
+def test_interrupted_save_leaves_no_half_written_file(tmp_path, tiny_model, monkeypatch):
+    from napari_lesion_align.core import pipeline, result as result_mod
+
+    cfg = load_config(write_study(tmp_path / "study", tiny_model, n_subjects=2))
+    calls = {"n": 0}
+    real = result_mod.atomic_write_bytes
+
+    def flaky(path, data):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second file: fail half-way through writing it
+            tmp = Path(path).parent / ".partial.tmp"
+            tmp.write_bytes(data[: len(data) // 2])
+            tmp.unlink()
+            raise OSError("disk full")
+        return real(path, data)
+
+    monkeypatch.setattr(result_mod, "atomic_write_bytes", flaky)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.run_analysis(cfg, out)
+    files = sorted(p.name for p in out.iterdir())
+    # the first map is complete; nothing else, no temporary file, no result.json
+    assert files == ["sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz"]
+    nib.load(str(out / files[0])).get_fdata()  # readable, complete
+
+
+def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):
+    from napari_lesion_align.core import result as result_mod
+
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+    monkeypatch.setattr(result_mod.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("no")))
+    with pytest.raises(OSError):
+        result_mod.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
+
+
+def test_region_input_writes_tsv_per_region(tmp_path, tiny_model):
+    from napari_lesion_align.core.pipeline import run_analysis
+
+    root = tmp_path / "rois"
+    root.mkdir()
+    shutil.copy(demo.DEMO_DIR / "EN_run-1.TextGrid", root / "words.TextGrid")
+    sig = _word_rate_signal(root / "words.TextGrid")
+    rng = np.random.default_rng(3)
+    Y = rng.normal(0, 1, (N_VOLS, 3))
+    Y[:, 0] += 2 * sig
+    Y[:, 2] = 5.0  # constant region
+    np.savetxt(root / "s1.txt", Y + 50)
+    (root / "c.toml").write_text(f"""
+[data]
+kind = "regions"
+tr = 2.0
+roi_names = ["A", "B", "C"]
+[languages.EN]
+annotations = ["words.TextGrid"]
+bold = {{ s1 = ["s1.txt"] }}
+[model]
+name = "{tiny_model}"
+[encoding]
+n_blocks = 4
+alphas = [1.0, 100.0, 10000.0]
+""")
+    res = run_analysis(load_config(root / "c.toml"), tmp_path / "out")
+    df = pd.read_csv(tmp_path / "out" / "sub-s1_lang-EN_desc-intact_stat-r_statmap.tsv", sep="\t")
+    assert df["region"].tolist() == ["A", "B", "C"]
+    assert df["value"][0] > 0.3 and abs(df["value"][1]) < 0.3 and np.isnan(df["value"][2])
+    assert "4 contiguous blocks" in res.provenance["fits"]["s1/EN"]["cv"]
+
+
+def test_bad_subject_label_is_rejected(tmp_path, tiny_model):
+    from napari_lesion_align.core.dataset import load_dataset
+
+    cfg = write_study(tmp_path / "study", tiny_model, n_subjects=1)
+    cfg.write_text(cfg.read_text().replace('subjects = [\'01\']', 'subjects = ["0_1"]'))
+    with pytest.raises(LesionAlignError, match="letters and digits"):
+        load_dataset(load_config(cfg))
