@@ -195,7 +195,9 @@ def extract_word_features(
     """Hidden states of ``layers`` mean-pooled per word: {layer: (n_words, hidden)} float32.
 
     Layer indices follow ``output_hidden_states``: 0 is the embedding output, ``i`` the
-    output of block ``i``; negative indices count from the last block.
+    output of block ``i``; negative indices count from the last block. The result is keyed
+    by the indices as given (``layers=[-1]`` gives ``{-1: ...}``); indices naming the same
+    layer share one array.
     """
     import torch
 
@@ -247,7 +249,8 @@ def extract_word_features(
     if stats is not None:
         stats.update(n_passes=len(wins), n_tokens=int(len(tok.ids)),
                      n_tokens_fed=n_tokens_fed, seconds=time.perf_counter() - t0)
-    return out
+    # key the result by the indices the caller asked for (-1 stays -1)
+    return {l: out[l if l >= 0 else n_hidden + l] for l in dict.fromkeys(layers)}
 
 
 # --------------------------------------------------------------------------- TR grid
