@@ -1,0 +1,289 @@
+"""Lesions: which model elements to ablate, applied reversibly and exactly.
+
+A :class:`Lesion` holds boolean masks keyed by block and part, independent of one model's
+parameter names (``"3.q"`` is the query projection of block 3, see
+:mod:`.anatomy`):
+
+* ``weights``: ``"<block>.<role>"`` -> mask of the weight matrix (roles q, k, v, o,
+  ffn_gate, ffn_up, ffn_down; never embeddings, norms or the LM head);
+* ``neurons``: ``"<block>.neurons"`` -> mask of the FFN intermediate units;
+* ``heads``: ``"<block>.heads"`` -> mask of the attention heads;
+* ``hidden``: ``"<block>.hidden"`` -> mask of the block's output dimensions;
+* ``layers``: ``"<block>.layer"`` -> a one-element mask: the whole block is skipped (its
+  output is its input: the residual stream passes through).
+
+:func:`apply_lesion` is a context manager: on entry it zeroes the elements (or sets them to
+their mean), on exit -- normal, exception or cancel -- it restores the model bit for bit.
+Weight edits save the original values of exactly the edited entries; unit lesions use
+forward hooks that are removed on exit.
+
+A lesion is an artefact users share: :meth:`Lesion.save` writes ``<name>.safetensors``
+(the masks) and ``<name>.json`` (the spec: model hash, element, method, k, languages,
+seed, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .anatomy import Anatomy, describe_model
+from .errors import LesionAlignError
+
+ELEMENTS = ("weights", "neurons", "heads", "hidden", "layers")
+MODES = ("zero", "mean")
+
+
+@dataclass
+class Lesion:
+    """Masks of the elements to ablate, and how they were chosen."""
+
+    element: str
+    masks: dict  # key -> torch.BoolTensor (see module docstring)
+    spec: dict = field(default_factory=dict)
+    mode: str = "zero"
+    means: dict = field(default_factory=dict)  # key -> tensor of replacement values (mean mode)
+
+    def __post_init__(self):
+        if self.element not in ELEMENTS:
+            raise LesionAlignError(f"unknown lesion element {self.element!r}; use one of {ELEMENTS}")
+        if self.mode not in MODES:
+            raise LesionAlignError(f"unknown ablation mode {self.mode!r}; use 'zero' or 'mean'")
+
+    @property
+    def name(self) -> str:
+        return self.spec.get("name", "lesion")
+
+    @property
+    def n_elements(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    def per_layer(self) -> dict[int, int]:
+        """Number of ablated elements per block."""
+        out: dict[int, int] = {}
+        for key, m in self.masks.items():
+            b = int(key.split(".")[0])
+            out[b] = out.get(b, 0) + int(m.sum())
+        return dict(sorted(out.items()))
+
+    @property
+    def first_layer(self) -> int:
+        """The lowest block the lesion touches: hidden states below it are unchanged."""
+        touched = [b for b, n in self.per_layer().items() if n > 0]
+        return min(touched) if touched else 10**9
+
+    # ------------------------------------------------------------------ io
+    def save(self, path) -> tuple[Path, Path]:
+        """Write ``path.safetensors`` (masks, and means in mean mode) and ``path.json``."""
+        from safetensors.torch import save_file
+
+        from .result import atomic_write_bytes, atomic_write_text
+
+        base = Path(path)
+        if base.suffix in (".json", ".safetensors"):
+            base = base.with_suffix("")
+        tensors = {f"mask/{k}": m.to(dtype=__import__("torch").uint8).contiguous()
+                   for k, m in self.masks.items()}
+        tensors.update({f"mean/{k}": v.contiguous() for k, v in self.means.items()})
+        st = base.with_name(base.name + ".safetensors")
+        js = base.with_name(base.name + ".json")
+        tmp = st.with_name("." + st.name + ".tmp")
+        save_file(tensors, str(tmp))
+        try:
+            atomic_write_bytes(st, tmp.read_bytes())
+        finally:
+            tmp.unlink(missing_ok=True)
+        doc = {"format": "napari-lesion-align lesion 1", "element": self.element,
+               "mode": self.mode, "n_elements": self.n_elements,
+               "per_layer": {str(k): v for k, v in self.per_layer().items()}, "spec": self.spec}
+        atomic_write_text(js, json.dumps(doc, indent=2))
+        return st, js
+
+    @classmethod
+    def load(cls, path) -> "Lesion":
+        from safetensors.torch import load_file
+
+        base = Path(path)
+        if base.suffix in (".json", ".safetensors"):
+            base = base.with_suffix("")
+        js = base.with_name(base.name + ".json")
+        st = base.with_name(base.name + ".safetensors")
+        for p in (js, st):
+            if not p.exists():
+                raise LesionAlignError(f"{p}: lesion file not found (a lesion is a .json + "
+                                       ".safetensors pair)")
+        try:
+            doc = json.loads(js.read_text())
+            tensors = load_file(str(st))
+        except Exception as err:
+            raise LesionAlignError(f"{base}: cannot read the lesion files ({err})") from err
+        if doc.get("format") != "napari-lesion-align lesion 1":
+            raise LesionAlignError(f"{js}: not a napari-lesion-align lesion file")
+        masks = {k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask/")}
+        means = {k[5:]: v for k, v in tensors.items() if k.startswith("mean/")}
+        return cls(doc["element"], masks, doc.get("spec", {}), doc.get("mode", "zero"), means)
+
+
+# --------------------------------------------------------------------------- apply
+def _parse_key(key: str) -> tuple[int, str]:
+    b, part = key.split(".", 1)
+    return int(b), part
+
+
+def check_fits(lesion: Lesion, anatomy: Anatomy) -> None:
+    """Raise a clear error when the lesion's masks do not fit the model."""
+    n = len(anatomy.blocks)
+    for key, m in lesion.masks.items():
+        b, part = _parse_key(key)
+        if not 0 <= b < n:
+            raise LesionAlignError(f"lesion {lesion.name!r} addresses block {b}; the model has {n}")
+        blk = anatomy.blocks[b]
+        if lesion.element == "weights":
+            if part not in blk.linears:
+                raise LesionAlignError(f"lesion key {key!r}: the model's blocks have no {part!r}")
+            shape = tuple(anatomy.module(blk.linears[part]).weight.shape)
+        else:
+            shape = {"neurons": (anatomy.intermediate_size,), "heads": (blk.n_heads,),
+                     "hidden": (anatomy.hidden_size,), "layer": (1,)}[part]
+        if tuple(m.shape) != shape:
+            raise LesionAlignError(
+                f"lesion key {key!r} has shape {tuple(m.shape)} but the model needs {shape}: "
+                "the lesion was made for another model"
+            )
+
+
+@contextmanager
+def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
+    """Ablate ``lesion`` inside the ``with`` block; restore the model exactly on exit.
+
+    ``lesion=None`` is the intact model (a no-op), so callers can treat all conditions alike.
+    """
+    import torch
+
+    if lesion is None:
+        yield model
+        return
+    anatomy = anatomy or describe_model(model)
+    check_fits(lesion, anatomy)
+    saved = []  # (parameter, mask, original values)
+    hooks = []
+    try:
+        with torch.no_grad():
+            for key, mask in lesion.masks.items():
+                if not bool(mask.any()):
+                    continue
+                b, part = _parse_key(key)
+                blk = anatomy.blocks[b]
+                if lesion.element == "weights":
+                    W = anatomy.module(blk.linears[part]).weight
+                    m = mask.to(W.device)
+                    saved.append((W, m, W[m].clone()))
+                    if lesion.mode == "mean":
+                        W[m] = W.mean() if key not in lesion.means else lesion.means[key].to(W)
+                    else:
+                        W[m] = 0
+                elif lesion.element in ("neurons", "heads"):
+                    target = anatomy.module(blk.linears["ffn_down" if part == "neurons" else "o"])
+                    cols = mask.to(target.weight.device)
+                    if part == "heads":
+                        cols = cols.repeat_interleave(blk.head_dim)
+                    value = lesion.means.get(key) if lesion.mode == "mean" else None
+                    hooks.append(target.register_forward_pre_hook(_input_hook(cols, value)))
+                elif lesion.element == "hidden":
+                    value = lesion.means.get(key) if lesion.mode == "mean" else None
+                    block = anatomy.module(blk.name)
+                    # prepend: run before transformers' own output-capturing hooks, so that
+                    # output_hidden_states reports the lesioned output
+                    hooks.append(block.register_forward_hook(_output_hook(mask, value),
+                                                             prepend=True))
+                elif lesion.element == "layers":
+                    block = anatomy.module(blk.name)
+                    hooks.append(block.register_forward_hook(_skip_hook(), with_kwargs=True,
+                                                             prepend=True))
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for W, m, orig in reversed(saved):
+                W[m] = orig
+
+
+def _replace(x, mask, value):
+    x = x.clone()
+    m = mask.to(x.device)
+    if value is None:
+        x[..., m] = 0
+    else:
+        x[..., m] = value.to(x)[m] if value.shape == m.shape else value.to(x)
+    return x
+
+
+def _input_hook(mask, value):
+    def hook(module, args):
+        return (_replace(args[0], mask, value),) + tuple(args[1:])
+    return hook
+
+
+def _output_hook(mask, value):
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (_replace(output[0], mask, value),) + tuple(output[1:])
+        return _replace(output, mask, value)
+    return hook
+
+
+def _skip_hook():
+    def hook(module, args, kwargs, output):
+        x = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(output, tuple):
+            return (x,) + tuple(output[1:])
+        return x
+    return hook
+
+
+def random_like(lesion: Lesion, anatomy: Anatomy, seed: int, name: str | None = None) -> Lesion:
+    """The size-matched random control: the same number of elements per mask, drawn at random."""
+    import torch
+
+    g = torch.Generator().manual_seed(int(seed))
+    masks = {}
+    for key, m in lesion.masks.items():
+        n = int(m.sum())
+        flat = torch.zeros(m.numel(), dtype=torch.bool)
+        if n:
+            flat[torch.randperm(m.numel(), generator=g)[:n]] = True
+        masks[key] = flat.view(m.shape)
+    spec = dict(lesion.spec)
+    spec.update(selection="random", matched_to=lesion.name, seed=int(seed),
+                name=name or f"{lesion.name}-random")
+    return Lesion(lesion.element, masks, spec, lesion.mode, dict(lesion.means))
+
+
+def top_k_mask(scores, k_percent: float):
+    """Boolean mask of the top ``k_percent`` % entries of ``scores`` (at least one if k > 0)."""
+    import torch
+
+    flat = scores.reshape(-1)
+    n = int(round(flat.numel() * k_percent / 100.0))
+    if k_percent > 0:
+        n = max(n, 1)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    if n:
+        mask[torch.topk(flat.float(), n, sorted=False).indices] = True
+    return mask.view(scores.shape)
+
+
+def percentile_rank(x):
+    """Percentile rank (0..1] of every entry within its tensor (ties share the mean rank)."""
+    from scipy.stats import rankdata
+
+    arr = np.asarray(x.detach().float().cpu().numpy()).reshape(-1)
+    r = rankdata(arr, method="average") / arr.size
+    import torch
+
+    return torch.from_numpy(r.astype(np.float32)).view(x.shape)

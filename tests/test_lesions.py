@@ -1,0 +1,176 @@
+"""Lesion masks: model anatomy, exact application and restoration, files, random controls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_lesion_align.core.anatomy import describe_model
+from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.lesions import (
+    Lesion,
+    apply_lesion,
+    percentile_rank,
+    random_like,
+    top_k_mask,
+)
+from napari_lesion_align.core.model import parameters_hash
+from tiny_models import FAMILIES, load_tiny, make_tiny_model
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request, tmp_path_factory):
+    torch.set_num_threads(1)
+    folder = make_tiny_model(tmp_path_factory.mktemp(request.param) / "m", request.param,
+                             n_layers=3, heads=4)
+    lm = load_tiny(folder)
+    return lm, describe_model(lm.model)
+
+
+def _hidden(lm, text="The little prince lived on a small planet."):
+    enc = lm.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        out = lm.model(**enc, output_hidden_states=True)
+    return out.hidden_states
+
+
+def test_anatomy_finds_every_part_by_structure(tiny):
+    lm, anat = tiny
+    assert len(anat.blocks) == 3 and anat.n_heads == 4
+    for b in anat.blocks:
+        assert {"q", "k", "v", "o", "ffn_up", "ffn_down"} <= set(b.linears)
+        assert ("ffn_gate" in b.linears) == anat.is_decoder
+        down = anat.module(b.linears["ffn_down"])
+        assert down.in_features == anat.intermediate_size
+    names = dict(lm.model.named_parameters())
+    for n in anat.weight_names():
+        assert n in names and names[n].dim() == 2
+    assert not any("embed" in n or "norm" in n.lower() for n in anat.weight_names())
+
+
+def _full_lesion(element, anat, gen):
+    masks = {}
+    for b in anat.blocks:
+        if element == "weights":
+            for role, name in b.linears.items():
+                W = anat.module(name).weight
+                masks[f"{b.index}.{role}"] = torch.rand(W.shape, generator=gen) < 0.05
+        elif element == "neurons":
+            masks[f"{b.index}.neurons"] = torch.rand(anat.intermediate_size, generator=gen) < 0.2
+        elif element == "heads":
+            masks[f"{b.index}.heads"] = torch.tensor([True, False, False, True])
+        elif element == "hidden":
+            masks[f"{b.index}.hidden"] = torch.rand(anat.hidden_size, generator=gen) < 0.2
+        elif element == "layers" and b.index == 1:
+            masks["1.layer"] = torch.tensor([True])
+    return Lesion(element, masks, {"name": f"test-{element}"})
+
+
+@pytest.mark.parametrize("element", ["weights", "neurons", "heads", "hidden", "layers"])
+def test_lesion_changes_outputs_and_restores_bit_for_bit(tiny, element):
+    lm, anat = tiny
+    gen = torch.Generator().manual_seed(0)
+    lesion = _full_lesion(element, anat, gen)
+    h0 = parameters_hash(lm.model)
+    ref = _hidden(lm)
+    with apply_lesion(lm.model, lesion, anat):
+        les = _hidden(lm)
+    assert parameters_hash(lm.model) == h0
+    after = _hidden(lm)
+    for a, b in zip(ref, after):
+        assert torch.equal(a, b)
+    assert not torch.allclose(les[-1], ref[-1])
+    if element == "layers":  # block 1 skipped: its output is its input
+        assert torch.equal(les[2], les[1])
+        assert torch.equal(les[1], ref[1])
+    if element == "hidden":  # the masked dimensions of every block's output are zero
+        m = lesion.masks["0.hidden"]
+        assert torch.all(les[1][..., m] == 0)
+
+
+def test_restored_on_exception_and_cancel(tiny):
+    lm, anat = tiny
+    lesion = _full_lesion("weights", anat, torch.Generator().manual_seed(1))
+    h0 = parameters_hash(lm.model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with apply_lesion(lm.model, lesion, anat):
+            assert parameters_hash(lm.model) != h0
+            raise RuntimeError("boom")
+    assert parameters_hash(lm.model) == h0
+    from napari_lesion_align.core.errors import Cancelled
+
+    with pytest.raises(Cancelled):
+        with apply_lesion(lm.model, lesion, anat):
+            raise Cancelled()
+    assert parameters_hash(lm.model) == h0
+
+
+def test_lesions_do_not_accumulate(tiny):
+    lm, anat = tiny
+    a = Lesion("hidden", {"0.hidden": torch.arange(anat.hidden_size) < 4})
+    b = Lesion("hidden", {"2.hidden": torch.arange(anat.hidden_size) >= anat.hidden_size - 4})
+    with apply_lesion(lm.model, a, anat):
+        first = _hidden(lm)
+    with apply_lesion(lm.model, b, anat):
+        second = _hidden(lm)
+    ref = _hidden(lm)
+    # b alone leaves blocks 0-1 intact: a's lesion did not stay behind
+    assert torch.equal(second[1], ref[1]) and torch.equal(second[2], ref[2])
+    assert not torch.equal(first[1], ref[1])
+
+
+def test_weights_lesion_zeroes_exactly_the_masked_entries(tiny):
+    lm, anat = tiny
+    b = anat.blocks[0]
+    W = anat.module(b.linears["q"]).weight
+    mask = torch.zeros(W.shape, dtype=torch.bool)
+    mask[0, :3] = True
+    before = W.detach().clone()
+    with apply_lesion(lm.model, Lesion("weights", {"0.q": mask}), anat):
+        assert torch.all(W[mask] == 0)
+        assert torch.equal(W[~mask], before[~mask])
+    assert torch.equal(W, before)
+
+
+def test_mismatched_lesion_is_a_clear_error(tiny):
+    lm, anat = tiny
+    with pytest.raises(LesionAlignError, match="block 7"):
+        with apply_lesion(lm.model, Lesion("hidden", {"7.hidden": torch.ones(anat.hidden_size,
+                                                                             dtype=torch.bool)})):
+            pass
+    with pytest.raises(LesionAlignError, match="another model"):
+        with apply_lesion(lm.model, Lesion("neurons", {"0.neurons": torch.ones(5, dtype=torch.bool)})):
+            pass
+    with pytest.raises(LesionAlignError, match="unknown lesion element"):
+        Lesion("synapses", {})
+
+
+def test_save_load_roundtrip_and_random_control(tmp_path, tiny):
+    lm, anat = tiny
+    lesion = _full_lesion("weights", anat, torch.Generator().manual_seed(2))
+    lesion.spec.update(model_hash=parameters_hash(lm.model), method="manual", k=5.0)
+    st, js = lesion.save(tmp_path / "my-lesion")
+    assert st.name == "my-lesion.safetensors" and js.name == "my-lesion.json"
+    back = Lesion.load(tmp_path / "my-lesion.json")
+    assert back.element == "weights" and back.spec == lesion.spec
+    assert set(back.masks) == set(lesion.masks)
+    for k in lesion.masks:
+        assert torch.equal(back.masks[k], lesion.masks[k])
+    rnd = random_like(lesion, anat, seed=3)
+    assert rnd.per_layer() == lesion.per_layer()
+    for k in lesion.masks:
+        assert int(rnd.masks[k].sum()) == int(lesion.masks[k].sum())
+    assert any(not torch.equal(rnd.masks[k], lesion.masks[k]) for k in lesion.masks)
+    again = random_like(lesion, anat, seed=3)
+    assert all(torch.equal(again.masks[k], rnd.masks[k]) for k in rnd.masks)
+    with pytest.raises(LesionAlignError, match="not found"):
+        Lesion.load(tmp_path / "nothing")
+
+
+def test_top_k_and_percentile_rank():
+    s = torch.tensor([[0.1, 5.0, 3.0], [4.0, 0.2, 0.3]])
+    assert top_k_mask(s, 34).sum() == 2 and top_k_mask(s, 34)[0, 1] and top_k_mask(s, 34)[1, 0]
+    assert top_k_mask(s, 1).sum() == 1  # at least one element when k > 0
+    assert top_k_mask(s, 0).sum() == 0
+    r = percentile_rank(s)
+    assert r.shape == s.shape and float(r.max()) == 1.0 and float(r[0, 0]) == pytest.approx(1 / 6)
