@@ -1,0 +1,162 @@
+"""Compare alignment maps between the intact model and its lesions.
+
+* :func:`delta` -- per subject and voxel, ``Δr = r_intact - r_lesioned`` and the relative
+  drop ``Δr / r_intact``;
+* :func:`paired_t` -- across subjects, per voxel: paired t-test of intact vs lesioned
+  (``scipy.stats.ttest_rel``), one-sided for a drop by default, with FDR q-values
+  (``scipy.stats.false_discovery_control``, Benjamini-Hochberg);
+* :func:`categories` -- the per-voxel category map of a lesion pair: ``shared`` (a
+  significant drop in every language under the shared lesion), ``specific:<L>`` (a
+  significant drop for L under L's specific lesion and not for the other languages),
+  ``none``;
+* :func:`lpi` -- the Language Processing Index of METHOD.md:
+  ``LPI_L = (t_L - mean t_other) / (|t_L| + |mean t_other| + eps)``, kept where L's test is
+  significant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import LesionAlignError
+
+#: one colour per category, the same in every layer, legend and figure
+CATEGORY_COLOURS = {
+    "none": "#00000000",
+    "shared": "#f2c14e",  # amber
+    "EN": "#3a86ff",  # blue
+    "FR": "#e63946",  # red
+    "ZH": "#2a9d8f",  # teal
+}
+_EXTRA_COLOURS = ("#8338ec", "#fb5607", "#06d6a0", "#ff006e", "#8d99ae")
+
+
+def language_colour(code: str, order: list[str] | None = None) -> str:
+    if code in CATEGORY_COLOURS:
+        return CATEGORY_COLOURS[code]
+    idx = (order or []).index(code) if order and code in order else abs(hash(code))
+    return _EXTRA_COLOURS[idx % len(_EXTRA_COLOURS)]
+
+
+def delta(r_intact: np.ndarray, r_lesioned: np.ndarray, eps: float = 1e-6):
+    """``(Δr, relative drop)``; the relative drop is NaN where ``r_intact <= eps``."""
+    d = np.asarray(r_intact, dtype=np.float64) - np.asarray(r_lesioned, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(np.asarray(r_intact) > eps, d / np.asarray(r_intact), np.nan)
+    return d.astype(np.float32), rel.astype(np.float32)
+
+
+@dataclass
+class PairedTest:
+    t: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    n_subjects: int
+
+
+def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "greater",
+             fdr_method: str = "bh") -> PairedTest:
+    """Paired t-test per voxel across subjects (rows), intact vs lesioned.
+
+    ``alternative="greater"`` tests for a drop (intact > lesioned). Voxels with NaN in any
+    subject or with no variance of the differences get t = 0, p = 1. q-values: FDR over the
+    tested voxels (``scipy.stats.false_discovery_control``).
+    """
+    from scipy.stats import false_discovery_control, ttest_rel
+
+    A = np.asarray(r_intact, dtype=np.float64)
+    B = np.asarray(r_lesioned, dtype=np.float64)
+    if A.shape != B.shape or A.ndim != 2:
+        raise LesionAlignError(f"paired test needs two (subjects, voxels) arrays, got {A.shape}, "
+                               f"{B.shape}")
+    n = A.shape[0]
+    if n < 2:
+        raise LesionAlignError("a paired test across subjects needs at least 2 subjects")
+    ok = np.isfinite(A).all(0) & np.isfinite(B).all(0)
+    d = A - B
+    ok &= np.nanstd(d, axis=0) > 1e-9 * (1.0 + np.abs(np.nanmean(d, axis=0)))
+    t = np.zeros(A.shape[1])
+    p = np.ones(A.shape[1])
+    if ok.any():
+        res = ttest_rel(A[:, ok], B[:, ok], axis=0, alternative=alternative)
+        t[ok] = res.statistic
+        p[ok] = res.pvalue
+    q = np.ones_like(p)
+    if ok.any():
+        q[ok] = false_discovery_control(p[ok], method=fdr_method)
+    return PairedTest(t.astype(np.float32), p.astype(np.float32), q.astype(np.float32), n)
+
+
+def significant(test: PairedTest, alpha: float = 0.05, correction: str = "fdr") -> np.ndarray:
+    """Voxels with a significant drop: q < alpha (``fdr``) or p < alpha (``none``)."""
+    if correction == "fdr":
+        return test.q < alpha
+    if correction == "none":
+        return test.p < alpha
+    raise LesionAlignError(f"unknown correction {correction!r}; use 'fdr' or 'none'")
+
+
+def categories(shared_tests: dict, specific_tests: dict, languages: list[str],
+               alpha: float = 0.05, correction: str = "fdr") -> tuple[np.ndarray, dict]:
+    """Per-voxel category labels and their legend.
+
+    Parameters
+    ----------
+    shared_tests : {language: PairedTest} under the shared lesion.
+    specific_tests : {L: {language: PairedTest}} under L's specific lesion, every language.
+
+    Returns
+    -------
+    labels : (V,) int16 -- 0 none, 1 shared, 2 + i specific to ``languages[i]``.
+    legend : {label: {"name", "meaning", "colour"}}
+    """
+    V = len(next(iter(shared_tests.values())).t) if shared_tests else \
+        len(next(iter(next(iter(specific_tests.values())).values())).t)
+    labels = np.zeros(V, dtype=np.int16)
+    legend = {0: {"name": "none", "meaning": "no category", "colour": CATEGORY_COLOURS["none"]}}
+    for i, L in enumerate(languages):
+        tests = specific_tests.get(L)
+        if not tests:
+            continue
+        own = significant(tests[L], alpha, correction)
+        others = np.zeros(V, dtype=bool)
+        for L2 in languages:
+            if L2 != L and L2 in tests:
+                others |= significant(tests[L2], alpha, correction)
+        labels[own & ~others] = 2 + i
+        legend[2 + i] = {"name": f"specific:{L}",
+                         "meaning": f"significant drop for {L} under the {L}-specific lesion and "
+                                    "not for the other languages",
+                         "colour": language_colour(L, languages)}
+    if shared_tests:
+        shared = np.ones(V, dtype=bool)
+        for L in languages:
+            shared &= significant(shared_tests[L], alpha, correction)
+        labels[shared] = 1  # shared wins where a voxel is also language-specific
+        legend[1] = {"name": "shared",
+                     "meaning": "significant drop in every language under the shared lesion",
+                     "colour": CATEGORY_COLOURS["shared"]}
+    return labels, dict(sorted(legend.items()))
+
+
+def lpi(tests: dict, language: str, alpha: float = 0.05, correction: str = "fdr",
+        eps: float = 1e-6) -> np.ndarray:
+    """Language Processing Index of ``language`` under its specific lesion (NaN where its own
+    test is not significant); positive = specific to ``language``."""
+    tL = tests[language].t.astype(np.float64)
+    others = [tests[L].t.astype(np.float64) for L in tests if L != language]
+    if not others:
+        raise LesionAlignError("the LPI needs at least two languages")
+    to = np.mean(others, axis=0)
+    val = (tL - to) / (np.abs(tL) + np.abs(to) + eps)
+    val[~significant(tests[language], alpha, correction)] = np.nan
+    return val.astype(np.float32)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean maps (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
