@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,3 +175,31 @@ def test_top_k_and_percentile_rank():
     assert top_k_mask(s, 0).sum() == 0
     r = percentile_rank(s)
     assert r.shape == s.shape and float(r.max()) == 1.0 and float(r[0, 0]) == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_resuming_from_stored_hidden_states_equals_a_full_lesioned_pass(tiny, layer):
+    """A lesion confined to blocks >= l leaves the hidden states below l unchanged: the
+    lesioned features computed from the intact pass's stored states are identical."""
+    from napari_lesion_align.core.features import FeatureOptions, extract_word_features
+    from napari_lesion_align.core.stimuli import read_words
+    from napari_lesion_align.data.demo import DEMO_DIR
+
+    lm, anat = tiny
+    words = list(read_words(DEMO_DIR / "EN_run-1.TextGrid").words)[:150]
+    opts = FeatureOptions(stride_tokens=32, max_context_tokens=60, batch_size=4)
+    cache = {}
+    intact = extract_word_features(lm.model, lm.tokenizer, words, [-1], opts, record=[1, 2],
+                                   cache=cache)[-1]
+    W = anat.module(anat.blocks[layer].linears["ffn_down"]).weight
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(layer)) < 0.3
+    lesion = Lesion("weights", {f"{layer}.ffn_down": mask})
+    assert lesion.first_layer == layer
+    with apply_lesion(lm.model, lesion, anat):
+        full = extract_word_features(lm.model, lm.tokenizer, words, [-1], opts)[-1]
+        resumed = extract_word_features(lm.model, lm.tokenizer, words, [-1], opts, cache=cache,
+                                        start_layer=layer)[-1]
+    assert np.array_equal(full, resumed)
+    assert not np.allclose(full, intact)
+    # the blocks' forward methods are restored
+    assert all("forward" not in anat.module(b.name).__dict__ for b in anat.blocks)

@@ -191,6 +191,9 @@ def extract_word_features(
     progress: Callable[[float, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     stats: dict | None = None,
+    record: Sequence[int] = (),
+    cache: dict | None = None,
+    start_layer: int = 0,
 ) -> dict[int, np.ndarray]:
     """Hidden states of ``layers`` mean-pooled per word: {layer: (n_words, hidden)} float32.
 
@@ -198,6 +201,12 @@ def extract_word_features(
     output of block ``i``; negative indices count from the last block. The result is keyed
     by the indices as given (``layers=[-1]`` gives ``{-1: ...}``); indices naming the same
     layer share one array.
+
+    Reuse across lesions: with ``record=[l, ...]`` and a ``cache`` dict, the input of block
+    ``l`` (``hidden_states[l]``) of every pass is stored; a later call with the same words
+    and options, ``start_layer=l`` and that cache skips blocks ``0..l-1`` and starts from the
+    stored states. This is exact when the model is unchanged below block ``l`` (a lesion
+    confined to blocks >= ``l``).
     """
     import torch
 
@@ -221,7 +230,13 @@ def extract_word_features(
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     n_tokens_fed = 0
-    with torch.inference_mode():
+    record = sorted({int(l) for l in record if 0 < int(l) < n_hidden - 1})
+    if (record or start_layer) and cache is None:
+        raise ValueError("record / start_layer need a cache dict")
+    if start_layer and any(l < start_layer for l in layer_idx):
+        raise ValueError(f"layers {layer_idx} below start_layer {start_layer} are not computed")
+    replay = _BlockReplay(model, start_layer, cache) if start_layer else None
+    with torch.inference_mode(), (replay or _nullcontext()):
         for b0 in range(0, len(wins), opts.batch_size):
             if cancel is not None and cancel():
                 raise Cancelled()
@@ -234,8 +249,12 @@ def extract_word_features(
                 ids[i, : len(s)] = torch.as_tensor(s)
                 mask[i, : len(s)] = 1
             n_tokens_fed += int(mask.sum())
+            if replay is not None:
+                replay.batch = b0
             res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                         output_hidden_states=True, return_dict=True)
+            for l in record:
+                cache[(b0, l)] = res.hidden_states[l].clone()
             hs = {l: res.hidden_states[l].float().cpu().numpy() for l in layer_idx}
             for i, w in enumerate(batch):
                 for j in range(*w.words):
@@ -251,6 +270,59 @@ def extract_word_features(
                      n_tokens_fed=n_tokens_fed, seconds=time.perf_counter() - t0)
     # key the result by the indices the caller asked for (-1 stays -1)
     return {l: out[l if l >= 0 else n_hidden + l] for l in dict.fromkeys(layers)}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _BlockReplay:
+    """Skip blocks ``0..l-1``: block ``l-1`` returns the stored input of block ``l``.
+
+    The blocks' ``forward`` is replaced on the instances (hooks still run) and restored on
+    exit. Blocks before ``l-1`` return their input unchanged (cheap; their outputs are not
+    used).
+    """
+
+    def __init__(self, model, start_layer: int, cache: dict):
+        from .anatomy import describe_model
+
+        self.anatomy = describe_model(model)
+        self.l = int(start_layer)
+        self.cache = cache
+        self.batch = None
+        self._saved = []
+
+    def __enter__(self):
+        blocks = [self.anatomy.module(b.name) for b in self.anatomy.blocks]
+        for i, blk in enumerate(blocks[: self.l]):
+            self._saved.append((blk, blk.__dict__.get("forward")))
+            blk.forward = self._replayer(last=(i == self.l - 1))
+        return self
+
+    def __exit__(self, *exc):
+        for blk, fwd in self._saved:
+            if fwd is None:
+                del blk.forward
+            else:
+                blk.forward = fwd
+        self._saved = []
+        return False
+
+    def _replayer(self, last: bool):
+        def forward(hidden_states, *args, **kwargs):
+            if not last:
+                return hidden_states
+            key = (self.batch, self.l)
+            if key not in self.cache:
+                raise LesionAlignError("internal: no stored hidden states to resume from; "
+                                       "extract the intact features with record first")
+            return self.cache[key]
+        return forward
 
 
 # --------------------------------------------------------------------------- TR grid
