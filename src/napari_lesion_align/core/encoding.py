@@ -1,18 +1,28 @@
 """Cross-validated ridge regression with one alpha per voxel (the encoding model).
 
-The solver works on one eigendecomposition per fold. For a fold with training rows
-``tr`` and evaluation rows ``ev``, the ridge predictions of every alpha are linear in
-the training BOLD::
+The solver works on one decomposition of a symmetric matrix per fold. For a fold with
+training rows ``tr`` and evaluation rows ``ev``, the ridge predictions of every alpha are
+linear in the training BOLD::
 
-    P_a = M_a @ Y[tr] + c_a * mean(Y[tr])     with  M_a = A diag(1 / (s + a)) B.T
+    P_a = ybar + M_a @ (Y[tr] - ybar)     with  M_a = A (T + a I)^-1 B.T
 
-where ``A``, ``B`` and ``s`` come from the eigendecomposition of the centred training
-kernel ``Xc Xc.T`` (kernel form, when there are fewer training rows than features) or
-of the centred covariance ``Xc.T Xc`` (primal form). Stacking ``M_a`` over all alphas
-turns the whole alpha grid into one matrix product per voxel batch; the scores
-(Pearson r or R^2 per alpha and voxel) are computed in the same pass from column sums,
-so predictions never leave the batch buffer. Voxels are processed in batches so that
-memory stays bounded whatever their number.
+where ``ybar`` is the training mean of each voxel (the intercept) and ``Q T Q.T`` is the
+tridiagonal decomposition (float64: LAPACK ``dsytrd`` and the accumulated ``Q``) of the
+centred training kernel ``Kc = Xc Xc.T`` (kernel form, when there are fewer training rows
+than features: ``A = Kc[ev, tr] Q``, ``B = Q``) or of the centred covariance ``Xc.T Xc``
+(primal form: ``A = Xc[ev] Q``, ``B = Xc[tr] Q``). This is the eigendecomposition
+formula ``V diag(1 / (s + a)) V.T`` without the eigenvectors of ``T``: a tridiagonal solve
+per alpha replaces them, for about two thirds of the time of a full ``eigh``.
+
+Stacking ``M_a`` over all alphas (in the compute dtype) turns the whole alpha grid into one
+matrix product per voxel batch; the scores (Pearson r or R^2 per alpha and voxel) are
+computed from column sums of the batch's predictions right after that product, while they
+are still in the CPU cache (the default batch is sized for that), so predictions never
+leave the batch buffer. Predictions and BOLD are kept relative to ``ybar``, so that scores
+and test r stay exact when a large alpha makes a prediction nearly constant. Folds are the
+outer loop (one operator lives at a time) and voxels are processed in batches through
+reused buffers, so that memory stays bounded whatever their number. The refit on all
+training rows groups the voxels of a batch by their chosen alpha.
 
 With ``fit_intercept=True`` (default) the result equals scikit-learn's
 ``Ridge(alpha, fit_intercept=True)`` fitted on the same rows, for every alpha.
@@ -58,8 +68,24 @@ class _NumpyBackend:
         """Column sums of ``a * b`` (no temporary of the full product)."""
         return np.einsum("ij,ij->j", a, b)
 
+    def colsum_prod3(self, a, b):
+        """``(k, m, n) x (k|1, m, n) -> (k, n)``: column sums of ``a[k] * b[k]`` per ``k``."""
+        return np.einsum("aij,aij->aj", a, b) if b.ndim == 3 else np.einsum("aij,ij->aj", a, b)
+
     def to_numpy(self, x):
         return np.asarray(x, dtype=np.float64)
+
+    def colstats64(self, x):
+        """Column sums of ``x`` and ``x**2``, accumulated in float64."""
+        return x.sum(0, dtype=np.float64), np.einsum("ij,ij->j", x, x, dtype=np.float64)
+
+    def center(self, x, mean):
+        """``x -= mean`` (per column, in place)."""
+        np.subtract(x, mean.astype(x.dtype), out=x)
+
+    def host(self, x):
+        """A numpy array that shares memory with ``x`` (None when there is none)."""
+        return x
 
     def copy_into(self, dst, src):
         dst[...] = src
@@ -67,8 +93,8 @@ class _NumpyBackend:
     def index(self, idx):
         return np.asarray(idx)
 
-    def take_rows(self, x, idx, out):
-        return np.take(x, idx, axis=0, out=out)
+    def take_cols(self, x, idx, out):
+        return np.take(x, idx, axis=1, out=out)
 
 
 class _TorchBackend:
@@ -100,8 +126,22 @@ class _TorchBackend:
     def colsum_prod(self, a, b):
         return self.torch.einsum("ij,ij->j", a, b)
 
+    def colsum_prod3(self, a, b):
+        eq = "aij,aij->aj" if b.ndim == 3 else "aij,ij->aj"
+        return self.torch.einsum(eq, a, b)
+
     def to_numpy(self, x):
         return x.detach().to("cpu", self.torch.float64).numpy()
+
+    def colstats64(self, x):
+        x64 = x.to(self.torch.float64)
+        return x64.sum(0).cpu().numpy(), (x64 * x64).sum(0).cpu().numpy()
+
+    def center(self, x, mean):
+        x -= self.torch.as_tensor(mean, device=self.device).to(self.dtype)
+
+    def host(self, x):
+        return x.numpy() if x.device.type == "cpu" else None
 
     def copy_into(self, dst, src):
         if isinstance(src, np.ndarray):
@@ -111,8 +151,8 @@ class _TorchBackend:
     def index(self, idx):
         return self.torch.as_tensor(np.asarray(idx), device=self.device)
 
-    def take_rows(self, x, idx, out):
-        return self.torch.index_select(x, 0, idx, out=out)
+    def take_cols(self, x, idx, out):
+        return self.torch.index_select(x, 1, idx, out=out)
 
 
 def get_backend(backend: str = "auto", dtype=np.float32, device=None):
@@ -181,55 +221,194 @@ def contiguous_blocks(rows: np.ndarray, n_blocks: int, gap: int = 0) -> list[Fol
     return folds
 
 
+# --------------------------------------------------------------------------- rows
+def _row_runs(rows) -> list[tuple[int, int, int]]:
+    """``(dst, src, length)`` of the runs of consecutive sample indices in ``rows``."""
+    rows = np.asarray(rows, dtype=np.intp)
+    if len(rows) == 0:
+        return []
+    brk = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.r_[0, brk]
+    ends = np.r_[brk, len(rows)]
+    return [(int(a), int(rows[a]), int(b - a)) for a, b in zip(starts, ends)]
+
+
+def _gather_rows(dst: np.ndarray, Y: np.ndarray, rows, runs, v0: int, v1: int) -> None:
+    """``dst[...] = Y[rows, v0:v1]`` without a temporary when the rows come in runs.
+
+    (``np.take`` on the column slice would first copy every row of it.)
+    """
+    if len(runs) * 8 <= len(rows):  # runs of 8+ rows on average: one slice copy per run
+        for d, s, n in runs:
+            dst[d : d + n] = Y[s : s + n, v0:v1]
+    else:
+        dst[...] = Y[rows, v0:v1]
+
+
 # --------------------------------------------------------------------------- operator
 @dataclass
 class _FoldOperator:
     """Prediction operator of one fold for every alpha (see module docstring).
 
-    ``P0 = left @ (right @ Y[train])`` stacks the predictions of all alphas (without the
-    intercept term); ``sums @ (right @ Y[train])`` gives, per alpha, the column sums
-    ``1^T P0_a`` and ``c_a^T P0_a`` used for the intercept and the scores.
+    ``left @ (right @ Yc)`` (or ``left @ Yc`` when ``right`` is None), with ``Yc`` the
+    training BOLD centred on its training mean, gives in one product the predictions of all
+    alphas minus that mean (rows ``a * n_ev : (a + 1) * n_ev`` for alpha ``a``), followed
+    by ``n_alpha`` rows with their column sums.
     """
 
-    left: object  # (n_alpha * n_ev, k) in compute dtype
+    left: object  # (n_alpha * n_ev + n_alpha, k) in compute dtype
     right: object | None  # (k, n_tr) or None (then k == n_tr)
-    sums: object  # (2 * n_alpha, k) in compute dtype
-    c: np.ndarray  # (n_alpha, n_ev) float64: intercept weights c_a = 1 - M_a 1
     n_alpha: int
     n_ev: int
 
 
-def _decompose(Xf: np.ndarray, tr: np.ndarray, ev: np.ndarray, fit_intercept: bool,
-               kernel: np.ndarray | None = None):
-    """Float64 pieces of ``M_a = A diag(1/(s+a)) B.T`` for one fold.
+class _Core:
+    """The fold's symmetric matrix ``S = Q T Q.T`` (kernel or covariance), float64.
 
-    Returns ``A`` (n_ev, r), ``B`` (n_tr, r) and ``s`` (r,), from the eigendecomposition
-    of the centred covariance (primal form, ``p <= n_tr``) or of the centred kernel.
+    ``T`` is tridiagonal (diagonal ``d``, off-diagonal ``e``) or, when ``e`` is None,
+    diagonal (``d`` holds eigenvalues). ``solve(alpha, R)`` returns ``(T + alpha I)^-1 R``.
     """
-    n_tr, p = len(tr), Xf.shape[1]
-    if p <= n_tr:  # primal form: eigendecomposition of the p x p covariance
-        Xtr = Xf[tr]
+
+    def __init__(self, d: np.ndarray, e: np.ndarray | None):
+        if e is not None and e.size == 0:  # 1 x 1: diagonal (LAPACK wrappers need n > 1)
+            d, e = np.clip(d, 0.0, None), None
+        self.d, self.e = d, e
+
+    def positive(self, alpha: float) -> bool:
+        """Whether ``T + alpha I`` is numerically positive definite."""
+        if self.e is None:
+            return True
+        from scipy.linalg.lapack import dpttrf
+
+        return dpttrf(self.d + alpha, self.e)[2] == 0
+
+    def solve(self, alpha: float, R: np.ndarray) -> np.ndarray:
+        if self.e is None:
+            return R / (self.d + alpha)[:, None]
+        from scipy.linalg.lapack import dpttrf, dpttrs
+
+        df, ef, info = dpttrf(self.d + alpha, self.e)
+        if info != 0:
+            raise np.linalg.LinAlgError("T + alpha I is not positive definite")
+        x, info = dpttrs(df, ef, R)
+        return x
+
+
+def _tridiagonalize(S: np.ndarray, nb: int = 128, chunk: int = 512):
+    """``S = Q T Q.T`` (``S`` symmetric float64, overwritten): ``Q`` (C order), ``d``, ``e``.
+
+    LAPACK ``dsytrd`` (about a third of the cost of a full eigendecomposition), then ``Q``
+    from its Householder reflectors, accumulated backwards in blocks of ``nb`` (compact WY
+    form, as LAPACK ``dorgtr``, which scipy does not expose) with matrix products.
+    """
+    from scipy.linalg.lapack import dsytrd, dsytrd_lwork
+
+    n = S.shape[0]
+    lwork = int(dsytrd_lwork(n, lower=1)[0])
+    c, d, e, tau, info = dsytrd(S.T, lower=1, lwork=max(lwork, 1), overwrite_a=1)
+    if info != 0:  # pragma: no cover - only for invalid arguments
+        raise np.linalg.LinAlgError(f"dsytrd failed (info={info})")
+    # reflector i (0-based): H_i = I - tau_i v v.T, v[:i+1] = 0, v[i+1] = 1, v[i+2:] = c[i+2:, i]
+    Q = np.zeros((n, n))
+    Q[np.diag_indices(n)] = 1.0
+    m = n - 1
+    tmp = np.empty((m, min(m, chunk)))
+    for i0 in reversed(range(0, m, nb)):
+        i1 = min(m, i0 + nb)
+        k = i1 - i0
+        V = np.tril(c[i0 + 1 :, i0:i1], -1)
+        V[np.arange(k), np.arange(k)] = 1.0
+        t = tau[i0:i1]
+        VtV = V.T @ V
+        Tw = np.zeros((k, k))  # H_i0 ... H_i1-1 = I - V Tw V.T
+        for j in range(k):
+            Tw[j, j] = t[j]
+            if j:
+                Tw[:j, j] = -t[j] * (Tw[:j, :j] @ VtV[:j, j])
+        Qs = Q[i0 + 1 :, i0 + 1 :]
+        W = Tw @ (V.T @ Qs)
+        for c0 in range(0, W.shape[1], tmp.shape[1]):
+            c1 = min(W.shape[1], c0 + tmp.shape[1])
+            P = np.matmul(V, W[:, c0:c1], out=tmp[: V.shape[0], : c1 - c0])
+            Qs[:, c0:c1] -= P
+    return Q, d, e
+
+
+def _eigh_core(A: np.ndarray, B: np.ndarray, core: _Core):
+    """The same fold in the eigenbasis of ``T`` (when ``T + alpha I`` is not positive
+    definite for some alpha: eigenvalues below zero, from rounding, are then clipped)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    s, W = eigh_tridiagonal(core.d, core.e)
+    return A @ W, B @ W, _Core(np.clip(s, 0.0, None), None)
+
+
+def _kernel64(X: np.ndarray, block: int = 512) -> np.ndarray:
+    """``X @ X.T`` in float64 without a float64 copy of ``X``.
+
+    Accumulated with ``dsyrk`` (one triangle: half the flops of a general product) over
+    blocks of features cast to float64, then mirrored.
+    """
+    from scipy.linalg.blas import dsyrk
+
+    n, p = X.shape
+    K = np.zeros((n, n), order="F")
+    for c0 in range(0, p, block):
+        Xb = np.asarray(X[:, c0 : c0 + block], dtype=np.float64)  # (n, block), C order
+        # K += Xb @ Xb.T, upper triangle (K[i, j], i <= j); Xb.T is Fortran-ordered
+        K = dsyrk(1.0, Xb.T, beta=1.0, c=K, trans=1, overwrite_c=1)
+    for b0 in range(0, n, 256):  # lower triangle from the upper one, block by block
+        b1 = min(n, b0 + 256)
+        K[b0:b1, :b0] = K[:b0, b0:b1].T
+        blk = K[b0:b1, b0:b1]
+        iu = np.triu_indices(b1 - b0, 1)
+        blk.T[iu] = blk[iu]
+    return K
+
+
+def _kernel_blocks(kernel: np.ndarray, tr: np.ndarray, ev: np.ndarray, fit_intercept: bool):
+    """Training and evaluation blocks of the kernel, centred on the training mean."""
+    if kernel.flags.f_contiguous:  # symmetric: gather rows from the C-ordered view
+        kernel = kernel.T
+    Ktt = kernel[np.ix_(tr, tr)]
+    Ket = kernel[np.ix_(ev, tr)]
+    if fit_intercept:  # centre on the training mean (double centring)
+        m_t = Ktt.mean(1)
+        m_e = Ket.mean(1)
+        mm = m_t.mean()
+        Ktt -= m_t[:, None]
+        Ktt -= m_t[None, :] - mm
+        Ket -= m_e[:, None]
+        Ket -= m_t[None, :] - mm
+    return Ktt, Ket
+
+
+def _decompose_kernel(Ktt: np.ndarray, Ket: np.ndarray):
+    """``A, B, core`` of the kernel form (``Ktt`` is overwritten)."""
+    Q, d, e = _tridiagonalize(Ktt)
+    return Ket @ Q, Q, _Core(d, e)
+
+
+def _decompose(X: np.ndarray, tr: np.ndarray, ev: np.ndarray, fit_intercept: bool,
+               kernel: np.ndarray | None = None):
+    """Float64 pieces of ``M_a = A (T + a I)^-1 B.T`` for one fold.
+
+    Returns ``A`` (n_ev, r), ``B`` (n_tr, r) and the :class:`_Core` ``T``, from the
+    tridiagonal decomposition ``S = Q T Q.T`` of the centred covariance (primal form,
+    ``p <= n_tr``: ``A = Xc[ev] Q``, ``B = Xc[tr] Q``) or of the centred kernel (``A =
+    Kc[ev, tr] Q``, ``B = Q``; ``kernel``: ``X @ X.T`` in float64, computed when not given).
+    """
+    n_tr, p = len(tr), X.shape[1]
+    if p <= n_tr:  # primal form: decomposition of the p x p covariance
+        Xtr = np.asarray(X[tr], dtype=np.float64)
         mu = Xtr.mean(0) if fit_intercept else np.zeros(p)
         Xtr -= mu
-        s, V = np.linalg.eigh(Xtr.T @ Xtr)
-        A = (Xf[ev] - mu) @ V
-        B = Xtr @ V
-    else:  # kernel form: eigendecomposition of the n_tr x n_tr kernel
-        if kernel is None:
-            kernel = Xf @ Xf.T
-        Ktt = kernel[np.ix_(tr, tr)]
-        Ket = kernel[np.ix_(ev, tr)]
-        if fit_intercept:  # centre on the training mean (double centring)
-            m_t = Ktt.mean(1)
-            m_e = Ket.mean(1)
-            mm = m_t.mean()
-            Ktt -= m_t[:, None]
-            Ktt -= m_t[None, :] - mm
-            Ket -= m_e[:, None]
-            Ket -= m_t[None, :] - mm
-        s, B = np.linalg.eigh(Ktt)
-        A = Ket @ B
-    return A, B, np.clip(s, 0.0, None)
+        Q, d, e = _tridiagonalize(Xtr.T @ Xtr)
+        A = (np.asarray(X[ev], dtype=np.float64) - mu) @ Q
+        return A, Xtr @ Q, _Core(d, e)
+    if kernel is None:  # kernel form: decomposition of the n_tr x n_tr kernel
+        kernel = _kernel64(X)
+    return _decompose_kernel(*_kernel_blocks(kernel, tr, ev, fit_intercept))
 
 
 def _factored(n_out: int, r: int, n_tr: int) -> bool:
@@ -237,80 +416,105 @@ def _factored(n_out: int, r: int, n_tr: int) -> bool:
     return r * n_tr + n_out * r < n_out * n_tr
 
 
-def _build_operator(be, A, B, s, alphas, fit_intercept) -> _FoldOperator:
+def _usable(A, B, core: _Core, alphas):
+    """``A, B, core`` with ``T + alpha I`` positive definite for every alpha."""
+    if core.positive(float(np.min(alphas))):
+        return A, B, core
+    return _eigh_core(A, B, core)
+
+
+def _build_operator(be, A, B, core: _Core, alphas, out=None) -> _FoldOperator:
+    """Stack the operators of all alphas; ``out`` (optional) is a reused buffer for ``left``.
+
+    ``M_a = AD_a @ B.T`` with ``AD_a = A (T + a I)^-1`` (float64, one tridiagonal solve);
+    the big product runs in the compute dtype, one alpha at a time, into its rows of
+    ``left`` (no float64 or stacked temporary of the full operator).
+    """
+    A, B, core = _usable(A, B, core, alphas)
     n_ev, r = A.shape
     n_tr = B.shape[0]
     na = len(alphas)
-    D = 1.0 / (s[None, :] + alphas[:, None])  # (na, r)
-    bt1 = B.sum(0)  # B.T 1
-    c = 1.0 - (A @ (D * bt1).T).T if fit_intercept else np.zeros((na, n_ev))
-    AD = np.empty((na, n_ev, r), dtype=be.dtype if be.name == "numpy" else np.float64)
-    for a in range(na):
-        np.multiply(A, D[a], out=AD[a], casting="unsafe")
-    AD = AD.reshape(na * n_ev, r)
-    # per alpha: 1^T A_a D_a and c_a^T A_a D_a (rows of the "sums" operator)
-    sums = np.concatenate([A.sum(0)[None, :] * D, (c @ A) * D], axis=0)
-    if _factored(na * n_ev, r, n_tr):
-        left, right = be.asarray(AD), be.asarray(B.T)
-        sums = be.asarray(sums)
+    m = na * n_ev
+    # per alpha: 1^T A (T + a I)^-1 (column sums of the predictions)
+    a1 = A.sum(0)[:, None]
+    sums = np.concatenate([core.solve(a, a1).T for a in alphas], axis=0)  # (na, r)
+    factored = _factored(m, r, n_tr)
+    k = r if factored else n_tr
+    left = out if out is not None else be.empty((m + na, k))
+    if be.name == "numpy":
+        AD = np.empty((n_ev, r), dtype=be.dtype)
+        Bt = None if factored else np.ascontiguousarray(B.T, dtype=be.dtype)
+        for i, a in enumerate(alphas):
+            rows = left[i * n_ev : (i + 1) * n_ev]
+            ADa = core.solve(a, A.T).T  # (n_ev, r) float64
+            if factored:
+                rows[...] = ADa
+            else:
+                AD[...] = ADa
+                np.matmul(AD, Bt, out=rows)
+        left[m:] = sums if factored else sums @ B.T
     else:
-        Bt = be.asarray(B.T)
-        left = be.matmul(be.asarray(AD), Bt)  # (na * n_ev, n_tr) in compute dtype
-        sums = be.asarray(sums @ B.T)
-        right = None
-    return _FoldOperator(left, right, sums, c, na, n_ev)
+        Bt = None if factored else be.asarray(B.T)
+        for i, a in enumerate(alphas):
+            AD = be.asarray(core.solve(a, A.T).T)
+            rows = left[i * n_ev : (i + 1) * n_ev]
+            be.copy_into(rows, AD if factored else be.matmul(AD, Bt))
+        be.copy_into(left[m:], be.asarray(sums if factored else sums @ B.T))
+    right = be.asarray(B.T) if factored else None
+    return _FoldOperator(left, right, na, n_ev)
 
 
-def _refit_operator(be, A, B, s, alpha):
-    """Test-prediction operator of one alpha: ``pred = left @ (right @ Y) + c * mean(Y)``."""
+def _refit_operators(be, A, B, core: _Core, alphas) -> list[tuple]:
+    """Test-prediction operators ``(left, right)`` of each alpha, in the compute dtype:
+    ``pred - mean(Y) = left @ (right @ Yc)`` (``left @ Yc`` when ``right`` is None)."""
+    A, B, core = _usable(A, B, core, alphas)
     n_te, r = A.shape
-    AD = A / (s + alpha)
-    c = 1.0 - AD @ B.sum(0)
-    if _factored(n_te, r, B.shape[0]):
-        return be.asarray(AD), be.asarray(B.T), c
-    return be.asarray(AD @ B.T), None, c
+    factored = _factored(n_te, r, B.shape[0])
+    Bt = be.asarray(B.T)
+    ops = []
+    for alpha in alphas:
+        AD = be.asarray(core.solve(alpha, A.T).T)
+        ops.append((AD, Bt) if factored else (be.matmul(AD, Bt), None))
+    return ops
 
 
 # --------------------------------------------------------------------------- scoring
-def _fold_scores(be, op: _FoldOperator, Ytr, Yev, out, score, fit_intercept):
-    """Score every alpha on one voxel batch of one fold: (n_alpha, b) float64."""
-    na, ne = op.n_alpha, op.n_ev
-    Z = Ytr if op.right is None else be.matmul(op.right, Ytr)
-    P = be.matmul(op.left, Z, out=out)  # (na * ne, b): all alphas' predictions
-    w = P.shape[1]
-    s2 = np.empty((na, w))
-    s3 = np.empty((na, w))
-    for a in range(na):
-        Pa = P[a * ne : (a + 1) * ne]
-        s2[a] = be.to_numpy(be.colsum_prod(Pa, Pa))
-        s3[a] = be.to_numpy(be.colsum_prod(Pa, Yev))
-    tail = be.to_numpy(be.matmul(op.sums, Z))
-    s1, s4 = tail[:na], tail[na:]
-    y = be.to_numpy(Yev)
-    ybar_tr = be.to_numpy(Ytr.sum(0)) / Ytr.shape[0] if fit_intercept else np.zeros(w)
-    return _scores_from_stats(op.c, s1, s2, s3, s4, ybar_tr, y, score)
+def _fold_scores(be, op: _FoldOperator, Ytr, Yev, out, score, zbuf=None):
+    """Score every alpha on one voxel batch of one fold: (n_alpha, b) float64.
 
-
-def _scores_from_stats(c, s1, s2, s3, s4, ybar_tr, y, score):
-    """Scores from the sufficient statistics of the predictions ``p = P0 + c ybar_tr``.
-
-    ``s1 = 1^T P0``, ``s2 = sum P0^2``, ``s3 = sum P0 y``, ``s4 = c^T P0`` (each (na, b)).
+    ``Ytr`` and ``Yev`` are centred on the training mean (nothing to centre without an
+    intercept), so that the predictions ``q`` carry no constant part: the statistics stay
+    exact when a large alpha makes a prediction nearly constant.
     """
-    n = y.shape[0]
-    y_sum = y.sum(0)
-    y_sq = (y**2).sum(0)
-    sp = s1 + c.sum(1)[:, None] * ybar_tr
-    spp = s2 + 2.0 * ybar_tr * s4 + (c**2).sum(1)[:, None] * ybar_tr**2
-    spy = s3 + ybar_tr * (c @ y)
+    na, ne = op.n_alpha, op.n_ev
+    m = na * ne
+    Z = Ytr if op.right is None else be.matmul(op.right, Ytr, out=zbuf)
+    P = be.matmul(op.left, Z, out=out)  # all alphas' predictions, then their column sums
+    w = P.shape[1]
+    P3 = P[:m].reshape(na, ne, w)
+    s2 = be.to_numpy(be.colsum_prod3(P3, P3))
+    s3 = be.to_numpy(be.colsum_prod3(P3, Yev))
+    s1 = be.to_numpy(P[m:])
+    y_sum, y_sq = be.colstats64(Yev)
+    return _scores_from_stats(s1, s2, s3, y_sum, y_sq, ne, score)
+
+
+def _scores_from_stats(s1, s2, s3, y_sum, y_sq, n, score):
+    """Scores from the sufficient statistics of predictions ``q`` of ``y`` (n rows).
+
+    ``s1 = 1^T q``, ``s2 = sum q^2``, ``s3 = sum q y`` (each (na, b)); ``y_sum``, ``y_sq``:
+    column sums of ``y`` and ``y^2`` (b,). Predictions and ``y`` are both relative to the
+    training mean (the intercept), which leaves R^2 and r unchanged.
+    """
     ss_y = y_sq - y_sum**2 / n  # sum of squares of y around its mean
     with np.errstate(invalid="ignore", divide="ignore"):
         if score == "r":
-            cov = spy - sp * y_sum / n
-            var_p = spp - sp**2 / n
+            cov = s3 - s1 * y_sum / n
+            var_p = s2 - s1**2 / n
             out = cov / np.sqrt(np.clip(var_p, 0, None) * ss_y)
             return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
         if score == "r2":
-            out = 1.0 - (y_sq - 2.0 * spy + spp) / ss_y
+            out = 1.0 - (y_sq - 2.0 * s3 + s2) / ss_y  # sum (y - q)^2 / ss_y
             return np.nan_to_num(out, nan=-np.inf)
     raise LesionAlignError(f"unknown score {score!r}; use 'r2' or 'r'")
 
@@ -329,17 +533,45 @@ class RidgeResult:
 class _Buffers:
     """Work buffers reused across batches and folds (fresh memory is slow on small VMs)."""
 
-    def __init__(self, be):
+    def __init__(self, be, dtype):
         self.be = be
+        self.dtype = np.dtype(dtype)
         self._bufs: dict = {}
 
-    def get(self, name, rows, cols):
-        key = name
+    def get(self, name, rows, cols, host=False):
+        """A ``(rows, cols)`` view of buffer ``name`` (grown when too small).
+
+        ``host=True``: a numpy buffer in the compute dtype (staging for a GPU backend).
+        """
+        key = (name, host)
         buf = self._bufs.get(key)
         if buf is None or buf.shape[0] < rows or buf.shape[1] < cols:
-            buf = self.be.empty((rows, cols))
+            shape = (max(rows, 0 if buf is None else buf.shape[0]),
+                     max(cols, 0 if buf is None else buf.shape[1]))
+            self._bufs.pop(key, None)
+            del buf
+            if host:
+                buf = np.empty(shape, dtype=self.dtype)
+            else:
+                buf = self.be.empty(shape)
             self._bufs[key] = buf
         return buf[:rows, :cols]
+
+    def drop(self, *names):
+        for key in [k for k in self._bufs if k[0] in names]:
+            del self._bufs[key]
+
+
+#: Target size of the batch's prediction block (all alphas): it stays in the L3 cache
+#: between the product that writes it and the scoring passes that read it.
+_PRED_BLOCK_BYTES = 24 * 2**20
+
+
+def _default_batch(n_pred_rows: int, per_voxel_bytes: int, itemsize: int,
+                   memory_budget_mb: int) -> int:
+    b = _PRED_BLOCK_BYTES // max(1, n_pred_rows * itemsize)
+    b = max(256, min(4096, b // 64 * 64))  # wide enough for the product to run at full speed
+    return int(max(16, min(b, memory_budget_mb * 2**20 // max(1, per_voxel_bytes))))
 
 
 def ridge_cv(
@@ -382,7 +614,8 @@ def ridge_cv(
         Compute dtype of the large products (decompositions are always float64).
     backend : {"auto", "numpy", "torch"}
     voxel_batch : int, optional
-        Voxels per batch; by default chosen from ``memory_budget_mb``.
+        Voxels per batch; by default sized so that one batch's predictions (all alphas)
+        stay in the CPU cache, and bounded by ``memory_budget_mb``.
     progress : callable(fraction, message), optional
     cancel : callable() -> bool, optional
         Checked between batches; raises :class:`Cancelled` when it returns True.
@@ -401,22 +634,24 @@ def ridge_cv(
     n, V = Y.shape
     if X.shape[0] != n:
         raise LesionAlignError(f"X has {X.shape[0]} rows but Y has {n}")
-    Xf = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
     train, test = np.asarray(train), np.asarray(test)
-    p = Xf.shape[1]
-    kernel = Xf @ Xf.T if p > min(len(f.train) for f in inner_folds) else None
+    p = X.shape[1]
+    kernel = _kernel64(X) if p > min(len(f.train) for f in inner_folds) else None
     na = len(alphas)
     itemsize = np.dtype(dtype).itemsize
     max_ev = max(max(len(f.test) for f in inner_folds), len(test))
     max_tr = max(max(len(f.train) for f in inner_folds), len(train))
-    per_voxel = (max_tr + max_ev + na * max_ev) * itemsize
-    b = voxel_batch or int(np.clip(memory_budget_mb * 2**20 // per_voxel, 64, 16384))
-    b = min(b, V)
+    per_voxel = (2 * max_tr + max_ev + na * max_ev + na) * itemsize
+    b = voxel_batch or _default_batch(na * max_ev + na, per_voxel, itemsize, memory_budget_mb)
+    b = max(1, min(b, V))
     batches = [(v0, min(V, v0 + b)) for v0 in range(0, V, b)]
     n_steps = (len(inner_folds) + 1) * len(batches)
     step = 0
-    bufs = _Buffers(be)
-    timings = {"decompose_s": 0.0}
+    bufs = _Buffers(be, dtype)
+    timings = {"decompose_s": 0.0, "inner_s": 0.0}
 
     def tick(msg):
         nonlocal step
@@ -428,11 +663,16 @@ def ridge_cv(
         if cancel is not None and cancel():
             raise Cancelled()
 
-    def load_rows(name, rows, v0, v1):
+    def load_rows(name, rows, runs, v0, v1):
+        """``Y[rows, v0:v1]`` in the compute dtype, in a reused buffer."""
         out = bufs.get(name, len(rows), v1 - v0)
-        if be.name == "numpy":
-            return np.take(Y[:, v0:v1], rows, axis=0, out=out, mode="clip")
-        be.copy_into(out, np.take(Y[:, v0:v1], rows, axis=0))
+        host = be.host(out)
+        if host is None:  # device memory: fill a reused host buffer, then copy
+            host = bufs.get(name, len(rows), v1 - v0, host=True)
+            _gather_rows(host, Y, rows, runs, v0, v1)
+            be.copy_into(out, host)
+        else:
+            _gather_rows(host, Y, rows, runs, v0, v1)
         return out
 
     # 1. inner CV: one decomposition per fold, all alphas scored per voxel batch
@@ -440,49 +680,76 @@ def ridge_cv(
     for k, f in enumerate(inner_folds):
         check_cancel()
         td = time.perf_counter()
-        op = _build_operator(be, *_decompose(Xf, f.train, f.test, fit_intercept, kernel), alphas,
-                             fit_intercept)
+        A, B, core = _decompose(X, f.train, f.test, fit_intercept, kernel)
+        n_ev, r = A.shape
+        n_left = na * n_ev + na
+        k_left = r if _factored(na * n_ev, r, len(f.train)) else len(f.train)
+        op = _build_operator(be, A, B, core, alphas, out=bufs.get("left", n_left, k_left))
+        del A, B, core
         timings["decompose_s"] += time.perf_counter() - td
+        runs_tr, runs_ev = _row_runs(f.train), _row_runs(f.test)
+        tl = time.perf_counter()
         for v0, v1 in batches:
             check_cancel()
-            Ytr = load_rows("tr", f.train, v0, v1)
-            Yev = load_rows("ev", f.test, v0, v1)
-            out = bufs.get("pred", na * op.n_ev, v1 - v0)
-            scores[:, v0:v1] += _fold_scores(be, op, Ytr, Yev, out, score, fit_intercept)
+            Ytr = load_rows("tr", f.train, runs_tr, v0, v1)
+            Yev = load_rows("ev", f.test, runs_ev, v0, v1)
+            if fit_intercept:  # centre both on the training mean (the intercept)
+                ybar = be.colstats64(Ytr)[0] / len(f.train)
+                be.center(Ytr, ybar)
+                be.center(Yev, ybar)
+            out = bufs.get("pred", n_left, v1 - v0)
+            zbuf = None if op.right is None else bufs.get("z", k_left, v1 - v0)
+            scores[:, v0:v1] += _fold_scores(be, op, Ytr, Yev, out, score, zbuf)
             tick(f"ridge: inner fold {k + 1}/{len(inner_folds)}, voxels {v1}/{V}")
+        timings["inner_s"] += time.perf_counter() - tl
         del op
     scores /= len(inner_folds)
     best = np.argmax(scores, axis=0)
     best_alpha = alphas[best]
     cv_best = scores[best, np.arange(V)]
 
-    # 2. refit on all training rows with each voxel's alpha; Pearson r on the test rows
+    # 2. refit on all training rows with each voxel's alpha; Pearson r on the test rows.
+    # Per batch, the voxels are sorted by alpha (one column gather) so that each alpha's
+    # product runs on a contiguous block of columns.
+    bufs.drop("left", "pred", "z")
     td = time.perf_counter()
-    A_t, B_t, s_t = _decompose(Xf, train, test, fit_intercept, kernel)
+    if kernel is not None and p > len(train):
+        blocks = _kernel_blocks(kernel, train, test, fit_intercept)
+        del kernel  # not needed any more: free it before the largest decomposition
+        A_t, B_t, core_t = _decompose_kernel(*blocks)
+        del blocks
+    else:
+        del kernel
+        A_t, B_t, core_t = _decompose(X, train, test, fit_intercept)
+    used = np.unique(best)
+    refit_ops = dict(zip(used.tolist(), _refit_operators(be, A_t, B_t, core_t, alphas[used])))
+    del A_t, B_t, core_t
     timings["decompose_s"] += time.perf_counter() - td
-    refit_ops: dict[int, tuple] = {}
+    tl = time.perf_counter()
     test_r = np.zeros(V)
+    runs_tr, runs_te = _row_runs(train), _row_runs(test)
     for v0, v1 in batches:
         check_cancel()
-        Ytr = load_rows("tr", train, v0, v1)
-        yte = be.to_numpy(load_rows("ev", test, v0, v1))
-        ybar = be.to_numpy(Ytr.sum(0)) / len(train) if fit_intercept else np.zeros(v1 - v0)
+        w = v1 - v0
+        Ytr = load_rows("tr", train, runs_tr, v0, v1)
+        yte = be.to_numpy(load_rows("ev", test, runs_te, v0, v1))
+        if fit_intercept:  # predictions relative to the training mean (r ignores it)
+            be.center(Ytr, be.colstats64(Ytr)[0] / len(train))
         bb = best[v0:v1]
-        pred = np.empty((len(test), v1 - v0))
-        for a in np.unique(bb):
-            if a not in refit_ops:
-                refit_ops[a] = _refit_operator(be, A_t, B_t, s_t, alphas[a])
-            left, right, c_t = refit_ops[a]
-            cols = np.flatnonzero(bb == a)
-            Ysub = Ytr[:, be.index(cols)]
+        order = np.argsort(bb, kind="stable")
+        Ys = be.take_cols(Ytr, be.index(order), out=bufs.get("sorted", len(train), w))
+        sb = bb[order]
+        edges = np.r_[0, np.flatnonzero(np.diff(sb)) + 1, w]
+        pred = np.empty((len(test), w))
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            left, right = refit_ops[int(sb[lo])]
+            Ysub = Ys[:, lo:hi]
             Z = Ysub if right is None else be.matmul(right, Ysub)
-            P0 = be.to_numpy(be.matmul(left, Z))
-            if fit_intercept:
-                P0 += c_t[:, None] * ybar[cols]
-            pred[:, cols] = P0
+            pred[:, order[lo:hi]] = be.to_numpy(be.matmul(left, Z))
         test_r[v0:v1] = pearson_r(pred, yte)
         tick(f"ridge: refit, voxels {v1}/{V}")
-    timings.update(total_s=time.perf_counter() - t0, voxel_batch=b)
+    timings.update(refit_s=time.perf_counter() - tl, total_s=time.perf_counter() - t0,
+                   voxel_batch=b)
     return RidgeResult(test_r, best_alpha, cv_best, timings)
 
 
