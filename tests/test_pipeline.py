@@ -124,9 +124,12 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
     assert fits["n_excluded"] == 1 and "leave-one-run-out over 3 runs" in fits["cv"]
     summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
     assert list(summary.columns) == ["subject", "language", "condition", "n_voxels", "mean_r",
-                                     "median_r"]
-    assert summary["n_voxels"].tolist() == [int(mask.sum()) - 1] * 2
+                                     "median_r", "rel_drop", "control_rel_drop"]
+    assert summary["subject"].tolist() == ["01", "02", "group"]
+    assert summary["n_voxels"].tolist() == [int(mask.sum()) - 1] * 3
     np.testing.assert_allclose(summary["mean_r"][0], np.nanmean(r[mask]), atol=1e-5)
+    np.testing.assert_allclose(summary["mean_r"][2], summary["mean_r"][:2].mean(), atol=1e-5)
+    assert summary["rel_drop"].isna().all()  # intact only: no lesion
     # the folder reads back
     res = AlignmentResult.load(out)
     np.testing.assert_allclose(res.get("01", "EN"), r[mask], equal_nan=True)
@@ -243,3 +246,76 @@ def test_bad_subject_label_is_rejected(tmp_path, tiny_model):
     cfg.write_text(cfg.read_text().replace('subjects = [\'01\']', 'subjects = ["0_1"]'))
     with pytest.raises(LesionAlignError, match="letters and digits"):
         load_dataset(load_config(cfg))
+
+
+def test_lesion_conditions_end_to_end(tmp_path, tiny_model):
+    """Shared + specific weight lesions with random controls and a layer sweep on a tiny
+    model, two languages, from the config to the output files; the model stays intact."""
+    from napari_lesion_align.core.model import load_model, parameters_hash
+    from napari_lesion_align.core.pipeline import FeatureStore, run_analysis
+
+    cfg_path = write_study(tmp_path / "study", tiny_model, n_subjects=3)
+    root = cfg_path.parent
+    for r in (1, 2, 3):
+        shutil.copy(demo.DEMO_DIR / f"FR_run-{r}.TextGrid", root / "stim" / f"FR_run-{r}.TextGrid")
+    text = cfg_path.read_text() + """
+[languages.FR]
+text_language = "fr"
+annotations = ["stim/FR_run-1.TextGrid", "stim/FR_run-2.TextGrid", "stim/FR_run-3.TextGrid"]
+bold = "sub-{subject}/run-{run}.nii.gz"
+
+[lesions]
+element = "weights"
+method = "wanda"
+k_percent = 5.0
+sweep = true
+sweep_element = "hidden"
+sweep_indices = [0, 3, 6, 9]
+correction = "none"
+"""
+    cfg_path.write_text(text)
+    cfg = load_config(cfg_path)
+    lm = load_model(str(tiny_model), offline=True, device="cpu")
+    h0 = parameters_hash(lm.model)
+    out = tmp_path / "out"
+    res = run_analysis(cfg, out, model=lm, store=FeatureStore())
+    assert parameters_hash(lm.model) == h0
+    labels = [c["label"] for c in res.provenance["conditions"]]
+    assert labels == ["intact", "shared", "sharedRandom", "specificEN", "specificENRandom",
+                      "specificFR", "specificFRRandom", "sweepL0", "sweepL0Random", "sweepL1",
+                      "sweepL1Random"]
+    conds = {c["label"]: c for c in res.provenance["conditions"]}
+    assert conds["shared"]["n_elements"] == conds["sharedRandom"]["n_elements"] > 0
+    assert conds["shared"]["per_layer"] == conds["sharedRandom"]["per_layer"]
+    assert conds["sweepL1"]["per_layer"] == {1: 4}
+    names = {p.name for p in out.iterdir()}
+    for f in ("sub-01_lang-FR_desc-shared_stat-deltar_statmap.nii.gz",
+              "sub-03_lang-EN_desc-specificENRandom_stat-r_statmap.nii.gz",
+              "group_lang-EN_desc-shared_stat-t_statmap.nii.gz",
+              "group_lang-EN_desc-shared_stat-p_statmap.nii.gz",
+              "group_lang-FR_desc-specificFR_stat-q_statmap.nii.gz",
+              "group_lang-FR_desc-specificFR_stat-lpi_statmap.nii.gz",
+              "group_desc-lesion_categories.nii.gz", "group_desc-random_categories.nii.gz",
+              "categories.json", "layer_sweep.tsv", "summary.tsv", "result.json"):
+        assert f in names, f
+    # delta r is intact minus lesioned, voxel by voxel
+    np.testing.assert_allclose(res.maps[("02", "EN", "shared", "deltar")],
+                               res.get("02", "EN") - res.get("02", "EN", "shared"), atol=1e-6)
+    cats = json.loads((out / "categories.json").read_text())
+    assert cats["lesion"]["labels"]["1"]["name"] == "shared"
+    assert cats["lesion"]["labels"]["3"]["name"] == "specific:FR"
+    summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
+    row = summary[(summary.subject == "01") & (summary.language == "EN")
+                  & (summary.condition == "shared")].iloc[0]
+    m0 = np.nanmean(res.get("01", "EN"))
+    m1 = np.nanmean(res.get("01", "EN", "shared"))
+    assert row["rel_drop"] == pytest.approx((m0 - m1) / m0, abs=1e-5)
+    ctrl = np.nanmean(res.get("01", "EN", "sharedRandom"))
+    assert row["control_rel_drop"] == pytest.approx((m0 - ctrl) / m0, abs=1e-5)
+    sweep = pd.read_csv(out / "layer_sweep.tsv", sep="\t")
+    assert sweep["layer"].tolist() == [0, 0, 1, 1] and set(sweep["language"]) == {"EN", "FR"}
+    back = AlignmentResult.load(out)
+    assert set(back.categories) == {"lesion", "random"}
+    np.testing.assert_array_equal(back.categories["lesion"][0], res.categories["lesion"][0])
+    np.testing.assert_allclose(back.group_maps[("EN", "shared", "t")],
+                               res.group_maps[("EN", "shared", "t")], atol=1e-6)

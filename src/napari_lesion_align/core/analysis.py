@@ -75,8 +75,8 @@ def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "g
     if n < 2:
         raise LesionAlignError("a paired test across subjects needs at least 2 subjects")
     ok = np.isfinite(A).all(0) & np.isfinite(B).all(0)
-    d = A - B
-    ok &= np.nanstd(d, axis=0) > 1e-9 * (1.0 + np.abs(np.nanmean(d, axis=0)))
+    d = A[:, ok] - B[:, ok]
+    ok[ok] = d.std(0) > 1e-9 * (1.0 + np.abs(d.mean(0)))
     t = np.zeros(A.shape[1])
     p = np.ones(A.shape[1])
     if ok.any():

@@ -101,12 +101,58 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LesionConfig:
+    """Which lesions to run next to the intact model (none when ``enabled`` is false)."""
+
+    enabled: bool = False
+    element: str = "weights"  # weights | neurons | heads | hidden | layers
+    method: str = "auto"  # auto | wanda | gradxweight | lape
+    k_percent: float = 1.0
+    selections: tuple = ()  # default: shared + one specific per language
+    random_control: bool = True
+    mode: str = "zero"  # zero | mean
+    text: dict | None = None  # {language: text file}; default: the stimulus words
+    max_tokens: int = 20000  # of importance text per language
+    files: tuple = ()  # saved lesions (.json) to run as well
+    sweep: bool = False  # a layer sweep: the manual lesion below, on each block in turn
+    sweep_element: str = "hidden"
+    sweep_indices: tuple = ()  # unit indices (default every 10th unit)
+    alpha: float = 0.05
+    correction: str = "fdr"  # fdr | none
+
+    def __post_init__(self):
+        from .lesions import ELEMENTS, MODES
+
+        if self.element not in ELEMENTS:
+            raise LesionAlignError(f"[lesions].element = {self.element!r}; use one of {ELEMENTS}")
+        if self.method not in ("auto", "wanda", "gradxweight", "lape"):
+            raise LesionAlignError(
+                f"[lesions].method = {self.method!r}; use 'auto', 'wanda', 'gradxweight' or 'lape'"
+            )
+        if self.method == "lape" and self.element != "neurons":
+            raise LesionAlignError("[lesions].method = 'lape' selects FFN neurons: set "
+                                   "element = 'neurons'")
+        if self.mode not in MODES:
+            raise LesionAlignError(f"[lesions].mode = {self.mode!r}; use 'zero' or 'mean'")
+        if not 0 < self.k_percent <= 100:
+            raise LesionAlignError(f"[lesions].k_percent = {self.k_percent}; use 0 < k <= 100")
+        if self.correction not in ("fdr", "none"):
+            raise LesionAlignError(f"[lesions].correction = {self.correction!r}; use 'fdr' or 'none'")
+        for sel in self.selections:
+            if sel != "shared" and not str(sel).startswith("specific:"):
+                raise LesionAlignError(
+                    f"[lesions].selections: {sel!r}; use 'shared' or 'specific:<LANGUAGE>'"
+                )
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     data: DataConfig
     model: ModelConfig = ModelConfig()
     features: FeatureOptions = FeatureOptions()
     encoding: EncodingConfig = EncodingConfig()
     cleaning: CleaningOptions = CleaningOptions()
+    lesions: LesionConfig = LesionConfig()
     seed: int = 0
     name: str = "analysis"
     source: str | None = None  # the config file, for provenance
@@ -211,7 +257,8 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
     """Build and validate an :class:`AnalysisConfig` from a parsed TOML/JSON mapping."""
     base = Path(base)
     d = dict(d)
-    allowed = {"name", "seed", "data", "model", "features", "encoding", "cleaning", "languages"}
+    allowed = {"name", "seed", "data", "model", "features", "encoding", "cleaning", "languages",
+               "lesions"}
     unknown = set(d) - allowed
     if unknown:
         raise LesionAlignError(f"config: unknown section(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -222,6 +269,14 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
         enc["alphas"] = _alphas(enc["alphas"], "[encoding].alphas")
     encoding = _take(enc, EncodingConfig, "[encoding]")
     cleaning = _take(d.get("cleaning", {}), CleaningOptions, "[cleaning]")
+    les = dict(d.get("lesions", {}))
+    if les:
+        les.setdefault("enabled", True)
+        if isinstance(les.get("text"), dict):
+            les["text"] = {k: _resolve(v, base) for k, v in les["text"].items()}
+        if les.get("files"):
+            les["files"] = [_resolve(f, base) for f in les["files"]]
+    lesions = _take(les, LesionConfig, "[lesions]")
 
     data_d = dict(d.get("data", {}))
     kind = data_d.get("kind", "volume")
@@ -283,8 +338,13 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
                  demo=demo)
     if not data.tr > 0:
         raise LesionAlignError(f"[data].tr = {data.tr}; give the repetition time in seconds")
+    for sel in lesions.selections:
+        code = sel.split(":", 1)[1] if sel.startswith("specific:") else None
+        if code is not None and languages and code not in [lang.code for lang in languages]:
+            raise LesionAlignError(f"[lesions].selections: {sel!r} names no configured language; "
+                                   f"languages are {[lang.code for lang in languages]}")
     return AnalysisConfig(data=data, model=model, features=features, encoding=encoding,
-                          cleaning=cleaning, seed=int(d.get("seed", 0)),
+                          cleaning=cleaning, lesions=lesions, seed=int(d.get("seed", 0)),
                           name=str(d.get("name", "analysis")), source=source)
 
 

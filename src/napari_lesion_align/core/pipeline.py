@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import __version__
 from .bold import clean_run, valid_columns
+from .conditions import build_conditions
 from .config import AnalysisConfig
 from .encoding import cross_validated_r
 from .errors import Cancelled
@@ -55,7 +56,7 @@ class Progress:
 
 
 class FeatureStore:
-    """Word features per (model weights, layer, options, words), computed once per process."""
+    """Word features per (model weights, condition, layer, options, words), computed once."""
 
     def __init__(self):
         self._store: dict = {}
@@ -67,20 +68,28 @@ class FeatureStore:
         h.update(np.asarray(words.onsets).tobytes())
         return (lm.weights_hash, condition, layer, opts, spaceless, h.hexdigest())
 
+    def has(self, lm, words, layer, opts, spaceless, condition="intact") -> bool:
+        return self._key(lm, words, layer, opts, spaceless, condition) in self._store
+
     def word_features(self, lm, words, layer: int, opts: FeatureOptions, spaceless: bool,
-                      condition: str = "intact", progress=None, cancel=None) -> np.ndarray:
+                      condition: str = "intact", progress=None, cancel=None,
+                      **reuse) -> np.ndarray:
+        """``reuse``: ``record``/``cache``/``start_layer`` of :func:`extract_word_features`."""
         key = self._key(lm, words, layer, opts, spaceless, condition)
-        if key not in self._store:
+        if key not in self._store or reuse.get("record"):
             feats = extract_word_features(
                 lm.model, lm.tokenizer, list(words.words), [layer], opts, spaceless=spaceless,
-                sentence_ids=words.sentence_ids, progress=progress, cancel=cancel)
+                sentence_ids=words.sentence_ids, progress=progress, cancel=cancel, **reuse)
             self._store[key] = next(iter(feats.values()))
         return self._store[key]
+
+    def clear(self) -> None:
+        self._store.clear()
 
 
 def tr_features(store: FeatureStore, lm, stim, n_vols: list, layer: int, opts: FeatureOptions,
                 tr: float, downsample: str, pad_before: int, progress=None, cancel=None) -> list:
-    """Per run: word features on the TR grid, ``(pad_before + n_vols, d)`` float32."""
+    """Per run: intact word features on the TR grid, ``(pad_before + n_vols, d)`` float32."""
     out = []
     for i, (words, n) in enumerate(zip(stim.runs, n_vols)):
         sub = None
@@ -91,6 +100,57 @@ def tr_features(store: FeatureStore, lm, stim, n_vols: list, layer: int, opts: F
                                  cancel=cancel)
         out.append(words_to_trs(wf, words.onsets, n, tr, downsample, stim.bold_start_s,
                                 pad_before))
+    return out
+
+
+def condition_features(store: FeatureStore, lm, stim, n_vols: list, layer: int,
+                       opts: FeatureOptions, tr: float, downsample: str, pad_before: int,
+                       conditions: list, progress=None, cancel=None) -> dict:
+    """{condition label: per-run TR-grid features} for every condition of one language.
+
+    The intact pass stores the inputs of the blocks where lesions start; a lesion confined
+    to blocks >= l then only recomputes blocks l.. (exact), and a lesion entirely above the
+    chosen layer leaves the features unchanged (no pass at all).
+    """
+    from .anatomy import describe_model
+    from .lesions import apply_lesion
+
+    n_hidden = lm.n_layers + 1
+    target = layer if layer >= 0 else n_hidden + layer
+    anatomy = describe_model(lm.model) if any(c.lesion is not None for c in conditions) else None
+    starts = sorted({c.lesion.first_layer for c in conditions
+                     if c.lesion is not None and 1 <= c.lesion.first_layer < target})
+    out = {c.label: [] for c in conditions}
+    n_steps = len(stim.runs) * len(conditions)
+    step = 0
+    for i, (words, n) in enumerate(zip(stim.runs, n_vols)):
+        cache: dict = {}
+        per_cond = {}
+        for c in conditions:
+            P = None
+            if progress is not None:
+                P = (lambda f, m, st=step, c=c: progress(
+                    (st + f) / n_steps, f"{stim.code} run {i + 1}, {c.label}: {m}"))
+            step += 1
+            if c.lesion is None:
+                need_record = bool(starts) and not store.has(lm, words, layer, opts,
+                                                             stim.spaceless, "intact") or starts
+                wf = store.word_features(lm, words, layer, opts, stim.spaceless, "intact",
+                                         progress=P, cancel=cancel,
+                                         **({"record": starts, "cache": cache}
+                                            if need_record else {}))
+            elif c.lesion.first_layer >= target:
+                wf = per_cond["intact"]  # the lesion acts above the chosen layer
+            else:
+                first = c.lesion.first_layer
+                reuse = {"cache": cache, "start_layer": first} if first in starts else {}
+                with apply_lesion(lm.model, c.lesion, anatomy):
+                    wf = store.word_features(lm, words, layer, opts, stim.spaceless, c.key,
+                                             progress=P, cancel=cancel, **reuse)
+            per_cond[c.label] = wf
+            out[c.label].append(words_to_trs(wf, words.onsets, n, tr, downsample,
+                                             stim.bold_start_s, pad_before))
+        del cache
     return out
 
 
@@ -148,22 +208,27 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
 
         ds = demo.build_demo_dataset(config, features_for)
 
-    # 3. features per language
+    # 3. conditions (intact, lesions and their random controls) and their features
     t = time.perf_counter()
-    P.phase(0.12, 0.40)
+    P.phase(0.12, 0.16)
+    P(0.0, "choosing lesions" if config.lesions.enabled else "intact model")
+    conditions = build_conditions(config, lm, ds.stimuli, progress=P, cancel=cancel)
+    timings["lesions_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    P.phase(0.16, 0.45)
     codes = list(ds.stimuli)
     features = {}
     for li, code in enumerate(codes):
         P.check()
-        features[code] = tr_features(
+        features[code] = condition_features(
             store, lm, ds.stimuli[code], ds.n_vols(code), config.model.layer, config.features,
-            ds.tr, enc.downsample, pad, progress=P.sub(li / len(codes), (li + 1) / len(codes)),
-            cancel=cancel)
+            ds.tr, enc.downsample, pad, conditions,
+            progress=P.sub(li / len(codes), (li + 1) / len(codes)), cancel=cancel)
     timings["features_s"] = time.perf_counter() - t
 
-    # 4. encoding models, one subject and language at a time
+    # 4. encoding models: one subject and language at a time, cleaned once, every condition
     t = time.perf_counter()
-    P.phase(0.40, 0.98)
+    P.phase(0.45, 0.97)
     result = AlignmentResult(space=ds.space)
     keys = list(ds.bold)
     per_fit = {}
@@ -175,10 +240,11 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         runs = ds.bold[(s, code)]
         raw = [run.load() for run in runs]
         valid = valid_columns(raw)  # NaN or constant in any run: excluded and counted
-        r = np.full(ds.space.n_features, np.nan, dtype=np.float32)
+        result.n_valid[(s, code)] = int(valid.sum())
         if not valid.any():
-            result.maps[(s, code, "intact", "r")] = r
-            result.n_valid[(s, code)] = 0
+            for c in conditions:
+                result.maps[(s, code, c.label, "r")] = np.full(ds.space.n_features, np.nan,
+                                                               dtype=np.float32)
             per_fit[f"{s}/{code}"] = {"n_excluded": int(valid.size),
                                       "note": "every voxel/region is constant or NaN"}
             warnings.append(f"subject {s}, {code}: every voxel/region is constant or NaN; "
@@ -189,20 +255,33 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
             Y_runs.append(clean_run(Y[:, valid], ds.tr, config.cleaning, run.confounds))
             P.check()
         del raw
-        X_runs = [X[: pad + Y.shape[0]] for X, Y in zip(features[code], Y_runs)]
         t_fit = time.perf_counter()
-        res = cross_validated_r(
-            X_runs, Y_runs, delays, enc.alphas, pad_before=pad,
-            n_blocks=enc.n_blocks, score=enc.score, dtype=np.dtype(enc.dtype),
-            backend=enc.backend,
-            progress=lambda f, m, s=s, code=code, sub=sub: sub(f, f"subject {s}, {code}: {m}"),
-            cancel=cancel)
-        r[valid] = res.r
-        result.maps[(s, code, "intact", "r")] = r
-        result.n_valid[(s, code)] = int(valid.sum())
+        fit_info = {}
+        for ci, c in enumerate(conditions):
+            X_runs = [X[: pad + Y.shape[0]] for X, Y in zip(features[code][c.label], Y_runs)]
+            lo, hi = ci / len(conditions), (ci + 1) / len(conditions)
+            res = cross_validated_r(
+                X_runs, Y_runs, delays, enc.alphas, pad_before=pad,
+                n_blocks=enc.n_blocks, score=enc.score, dtype=np.dtype(enc.dtype),
+                backend=enc.backend,
+                progress=lambda f, m, s=s, code=code, c=c, lo=lo, hi=hi: sub(
+                    lo + (hi - lo) * f, f"subject {s}, {code}, {c.label}: {m}"),
+                cancel=cancel)
+            r = np.full(ds.space.n_features, np.nan, dtype=np.float32)
+            r[valid] = res.r
+            result.maps[(s, code, c.label, "r")] = r
+            fit_info = {"cv": res.folds}
         per_fit[f"{s}/{code}"] = {"seconds": time.perf_counter() - t_fit,
-                                  "n_excluded": int((~valid).sum()), "cv": res.folds}
+                                  "n_excluded": int((~valid).sum()), **fit_info}
     timings["encoding_s"] = time.perf_counter() - t
+
+    # 5. lesion effects: delta r per subject, group statistics, categories, sweep table
+    t = time.perf_counter()
+    if len(conditions) > 1:
+        P.phase(0.97, 0.98)
+        P(0.0, "comparing conditions")
+        compare_conditions(result, conditions, config.lesions, warnings)
+    timings["analysis_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
     result.provenance = {
@@ -213,6 +292,10 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
                   "weights_hash": lm.weights_hash, "layer": config.model.layer,
                   "n_layers": lm.n_layers},
         "seed": config.seed,
+        "conditions": [{"label": c.label, "kind": c.kind, "control_of": c.control_of,
+                        "n_elements": c.lesion.n_elements if c.lesion else 0,
+                        "per_layer": c.lesion.per_layer() if c.lesion else {},
+                        "spec": c.lesion.spec if c.lesion else {}} for c in conditions],
         "timings": timings,
         "fits": per_fit,
         "warnings": warnings,
@@ -230,6 +313,61 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     if progress is not None:
         progress(1.0, "done")
     return result
+
+
+def compare_conditions(result: AlignmentResult, conditions: list, les_cfg, warnings: list) -> None:
+    """Delta r maps, group paired t-tests, category maps and the layer-sweep table."""
+    from . import analysis as an
+
+    subjects = [s for s in result.subjects
+                if all(np.isfinite(result.maps[(s, L, "intact", "r")]).any()
+                       for L in result.languages)]
+    langs = result.languages
+    for c in conditions:
+        if c.lesion is None:
+            continue
+        for L in langs:
+            for s in result.subjects:
+                d, rel = an.delta(result.maps[(s, L, "intact", "r")], result.maps[(s, L, c.label, "r")])
+                result.maps[(s, L, c.label, "deltar")] = d
+    if len(subjects) < 2:
+        warnings.append("group statistics need at least 2 subjects with data; skipped")
+        return
+    tests: dict = {}
+    for c in conditions:
+        if c.lesion is None:
+            continue
+        for L in langs:
+            A = np.stack([result.maps[(s, L, "intact", "r")] for s in subjects])
+            B = np.stack([result.maps[(s, L, c.label, "r")] for s in subjects])
+            res = an.paired_t(A, B)
+            tests[(c.label, L)] = res
+            result.group_maps[(L, c.label, "t")] = res.t
+            result.group_maps[(L, c.label, "p")] = res.p
+            result.group_maps[(L, c.label, "q")] = res.q
+    # categories: the shared lesion with the specific lesions, and their random controls
+    by_label = {c.label: c for c in conditions}
+    sets = {}
+    if "shared" in by_label or any(lbl.startswith("specific") for lbl in by_label):
+        sets["lesion"] = ("shared", {L: f"specific{L}" for L in langs})
+        if les_cfg.random_control:
+            sets["random"] = ("sharedRandom", {L: f"specific{L}Random" for L in langs})
+    for name, (shared_lbl, spec_lbls) in sets.items():
+        shared_tests = ({L: tests[(shared_lbl, L)] for L in langs}
+                        if shared_lbl in by_label else {})
+        spec_tests = {L: {L2: tests[(lbl, L2)] for L2 in langs}
+                      for L, lbl in spec_lbls.items() if lbl in by_label}
+        if not shared_tests and not spec_tests:
+            continue
+        labels, legend = an.categories(shared_tests, spec_tests, langs, les_cfg.alpha,
+                                       les_cfg.correction)
+        result.categories[name] = (labels, legend)
+        for L, lbl in spec_lbls.items():
+            if lbl in by_label and len(langs) > 1:
+                result.group_maps[(L, lbl, "lpi")] = an.lpi(
+                    {L2: tests[(lbl, L2)] for L2 in langs}, L, les_cfg.alpha, les_cfg.correction)
+    result.controls = {c.label: c.control_of for c in conditions if c.control_of}
+    result.sweep = [c.label for c in conditions if c.kind == "sweep"]
 
 
 def _regions():

@@ -26,6 +26,10 @@ import numpy as np
 from .errors import LesionAlignError
 
 MAP_PATTERN = "sub-{subject}_lang-{language}_desc-{condition}_stat-{stat}_statmap"
+GROUP_PATTERN = "group_lang-{language}_desc-{condition}_stat-{stat}_statmap"
+CATEGORY_PATTERN = "group_desc-{name}_categories"
+SUMMARY_COLUMNS = ["subject", "language", "condition", "n_voxels", "mean_r", "median_r",
+                   "rel_drop", "control_rel_drop"]
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -87,6 +91,10 @@ class AlignmentResult:
     n_valid: dict = field(default_factory=dict)  # (subject, language) -> voxels fitted
     provenance: dict = field(default_factory=dict)
     truth: dict | None = None  # the demo's planted ground truth (not saved)
+    group_maps: dict = field(default_factory=dict)  # (language, condition, stat) -> (V,)
+    categories: dict = field(default_factory=dict)  # set name -> (labels (V,), legend)
+    controls: dict = field(default_factory=dict)  # condition -> the lesion it controls for
+    sweep: list = field(default_factory=list)  # layer-sweep condition labels, in layer order
 
     # ----------------------------------------------------------------- access
     @property
@@ -111,18 +119,67 @@ class AlignmentResult:
                 f"conditions {self.conditions}"
             ) from None
 
+    def mean_r(self, subject, language, condition) -> float:
+        v = self.maps[(subject, language, condition, "r")]
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if len(v) else float("nan")
+
+    def rel_drop(self, subject, language, condition) -> float:
+        """Relative drop of whole-brain mean r: (intact - condition) / intact."""
+        if condition == "intact" or (subject, language, "intact", "r") not in self.maps:
+            return float("nan")
+        m0 = self.mean_r(subject, language, "intact")
+        return (m0 - self.mean_r(subject, language, condition)) / m0 if m0 > 0 else float("nan")
+
     def summary_rows(self) -> list[dict]:
+        """One row per subject, language and condition, then the group means (subject 'group')."""
         rows = []
         for (s, lang, cond, stat), v in self.maps.items():
             if stat != "r":
                 continue
             vals = v[np.isfinite(v)]
+            ctrl = next((c for c, of in self.controls.items() if of == cond), None)
             rows.append({
                 "subject": s, "language": lang, "condition": cond,
                 "n_voxels": int(self.n_valid.get((s, lang), len(vals))),
                 "mean_r": float(vals.mean()) if len(vals) else float("nan"),
                 "median_r": float(np.median(vals)) if len(vals) else float("nan"),
+                "rel_drop": self.rel_drop(s, lang, cond),
+                "control_rel_drop": self.rel_drop(s, lang, ctrl) if ctrl else float("nan"),
             })
+        if len(self.subjects) > 1:
+            for lang in self.languages:
+                for cond in self.conditions:
+                    sub = [r for r in rows if r["language"] == lang and r["condition"] == cond
+                           and np.isfinite(r["mean_r"])]
+                    if not sub:
+                        continue
+                    rows.append({
+                        "subject": "group", "language": lang, "condition": cond,
+                        "n_voxels": int(np.mean([r["n_voxels"] for r in sub])),
+                        **{k: float(np.nanmean([r[k] for r in sub])) if any(
+                            np.isfinite(r[k]) for r in sub) else float("nan")
+                           for k in ("mean_r", "median_r", "rel_drop", "control_rel_drop")},
+                    })
+        return rows
+
+    def sweep_rows(self) -> list[dict]:
+        """Layer sweep: relative change of whole-brain mean r per layer and language, with
+        the random control's mean and standard deviation across subjects (the band)."""
+        rows = []
+        for label in self.sweep:
+            layer = int(label.replace("sweepL", ""))
+            ctrl = next((c for c, of in self.controls.items() if of == label), None)
+            for lang in self.languages:
+                subs = [s for s in self.subjects if np.isfinite(self.rel_drop(s, lang, label))]
+                ch = [-self.rel_drop(s, lang, label) for s in subs]
+                cc = [-self.rel_drop(s, lang, ctrl) for s in subs] if ctrl else []
+                rows.append({"layer": layer, "language": lang,
+                             "rel_change": float(np.mean(ch)) if ch else float("nan"),
+                             "rel_change_sd": float(np.std(ch)) if ch else float("nan"),
+                             "control_rel_change": float(np.mean(cc)) if cc else float("nan"),
+                             "control_sd": float(np.std(cc)) if cc else float("nan"),
+                             "n_subjects": len(subs)})
         return rows
 
     # ----------------------------------------------------------------- saving
@@ -140,36 +197,66 @@ class AlignmentResult:
         for (s, lang, cond, stat), v in self.maps.items():
             name = self.filename(s, lang, cond, stat)
             path = out / name
-            if self.space.kind == "volume":
-                atomic_save_nifti(self.space.to_image(v), path)  # NaN = excluded voxel
-            else:
-                lines = ["region\tvalue"] + [f"{n}\t{x:.6g}" for n, x in zip(self.space.names, v)]
-                atomic_write_text(path, "\n".join(lines) + "\n")
+            self._write_values(path, v)  # NaN = excluded voxel
             written.append(path)
             files.append({"subject": s, "language": lang, "condition": cond, "stat": stat,
                           "file": name})
         if self.space.kind == "volume":
             atomic_save_nifti(self.space.mask_img, out / "mask.nii.gz")
             written.append(out / "mask.nii.gz")
-        rows = self.summary_rows()
-        cols = ["subject", "language", "condition", "n_voxels", "mean_r", "median_r"]
-        lines = ["\t".join(cols)]
-        for r in rows:
-            lines.append("\t".join(f"{r[c]:.6f}" if isinstance(r[c], float) else str(r[c])
-                                   for c in cols))
-        atomic_write_text(out / "summary.tsv", "\n".join(lines) + "\n")
+        for (lang, cond, stat), v in self.group_maps.items():
+            name = GROUP_PATTERN.format(language=lang, condition=cond, stat=stat) + (
+                ".nii.gz" if self.space.kind == "volume" else ".tsv")
+            self._write_values(out / name, v)
+            written.append(out / name)
+            files.append({"subject": "group", "language": lang, "condition": cond, "stat": stat,
+                          "file": name})
+        cats = {}
+        for name, (labels, legend) in self.categories.items():
+            fname = CATEGORY_PATTERN.format(name=name) + (
+                ".nii.gz" if self.space.kind == "volume" else ".tsv")
+            if self.space.kind == "volume":
+                import nibabel as nib
+
+                m = np.asarray(self.space.mask_img.dataobj, dtype=bool)
+                vol = np.zeros(m.shape, dtype=np.int16)
+                vol[m] = labels
+                atomic_save_nifti(nib.Nifti1Image(vol, self.space.affine), out / fname)
+            else:
+                self._write_values(out / fname, labels.astype(float))
+            written.append(out / fname)
+            cats[name] = {"file": fname, "labels": {str(k): v for k, v in legend.items()}}
+        if cats:
+            atomic_write_text(out / "categories.json", json.dumps(cats, indent=2))
+            written.append(out / "categories.json")
+        atomic_write_text(out / "summary.tsv", _tsv(self.summary_rows(), SUMMARY_COLUMNS))
         written.append(out / "summary.tsv")
+        if self.sweep:
+            cols = ["layer", "language", "rel_change", "rel_change_sd", "control_rel_change",
+                    "control_sd", "n_subjects"]
+            atomic_write_text(out / "layer_sweep.tsv", _tsv(self.sweep_rows(), cols))
+            written.append(out / "layer_sweep.tsv")
         doc = dict(self.provenance)
         doc["space"] = ({"kind": "volume", "mask": "mask.nii.gz", "shape": list(self.space.shape),
                          "affine": np.asarray(self.space.affine).tolist()}
                         if self.space.kind == "volume"
                         else {"kind": "regions", "names": list(self.space.names)})
         doc["maps"] = files
+        doc["categories"] = cats
+        doc["controls"] = self.controls
+        doc["sweep"] = self.sweep
         doc["n_valid"] = [{"subject": s, "language": lang, "n_voxels": int(n)}
                           for (s, lang), n in self.n_valid.items()]
         atomic_write_text(out / "result.json", json.dumps(doc, indent=2, default=_json_default))
         written.append(out / "result.json")
         return written
+
+    def _write_values(self, path: Path, v: np.ndarray) -> None:
+        if self.space.kind == "volume":
+            atomic_save_nifti(self.space.to_image(v), path)
+        else:
+            lines = ["region\tvalue"] + [f"{n}\t{x:.6g}" for n, x in zip(self.space.names, v)]
+            atomic_write_text(path, "\n".join(lines) + "\n")
 
     @classmethod
     def load(cls, out_dir) -> "AlignmentResult":
@@ -193,22 +280,42 @@ class AlignmentResult:
             space = RegionSpace(sp.get("names", []))
         maps = {}
         for m in doc.get("maps", []):
-            path = out / m["file"]
-            if not path.exists():
-                raise LesionAlignError(f"{path}: listed in result.json but missing")
-            if space.kind == "volume":
-                import nibabel as nib
-
-                vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-                vals = vol[np.asarray(space.mask_img.dataobj, dtype=bool)]
-            else:
-                import pandas as pd
-
-                vals = pd.read_csv(path, sep="\t")["value"].to_numpy(dtype=np.float32)
+            vals = _read_values(space, out / m["file"])
             maps[(m["subject"], m["language"], m["condition"], m["stat"])] = vals
         n_valid = {(d["subject"], d["language"]): d["n_voxels"] for d in doc.get("n_valid", [])}
-        prov = {k: v for k, v in doc.items() if k not in ("space", "maps", "n_valid")}
-        return cls(space=space, maps=maps, n_valid=n_valid, provenance=prov)
+        group = {(L, c, st): v for (s, L, c, st), v in maps.items() if s == "group"}
+        maps = {k: v for k, v in maps.items() if k[0] != "group"}
+        cats = {}
+        for name, info in (doc.get("categories") or {}).items():
+            vals = _read_values(space, out / info["file"]).astype(np.int16)
+            cats[name] = (vals, {int(k): v for k, v in info["labels"].items()})
+        prov = {k: v for k, v in doc.items()
+                if k not in ("space", "maps", "n_valid", "categories", "controls", "sweep")}
+        return cls(space=space, maps=maps, n_valid=n_valid, provenance=prov, group_maps=group,
+                   categories=cats, controls=doc.get("controls") or {},
+                   sweep=doc.get("sweep") or [])
+
+
+def _read_values(space, path: Path) -> np.ndarray:
+    """Values inside the mask (volume) or per region (table) of one saved map."""
+    if not path.exists():
+        raise LesionAlignError(f"{path}: listed in result.json but missing")
+    if space.kind == "volume":
+        import nibabel as nib
+
+        vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+        return vol[np.asarray(space.mask_img.dataobj, dtype=bool)]
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t")["value"].to_numpy(dtype=np.float32)
+
+
+def _tsv(rows: list[dict], cols: list[str]) -> str:
+    lines = ["\t".join(cols)]
+    for r in rows:
+        lines.append("\t".join(f"{r[c]:.6f}" if isinstance(r[c], float) else str(r[c])
+                               for c in cols))
+    return "\n".join(lines) + "\n"
 
 
 def _json_default(x):
