@@ -116,9 +116,12 @@ def build_conditions(config, lm, stimuli, progress=None, cancel=None) -> list[Co
                                           progress, cancel)
             if les.element != "weights":
                 scores = {L: imp.unit_scores(s, les.element, anatomy) for L, s in scores.items()}
+            ranks: dict = {}
             for sel in selections:
                 made.append(imp.select(scores, sel, les.k_percent, les.element,
-                                       selection_label(sel), dict(base_spec, method=method)))
+                                       selection_label(sel), dict(base_spec, method=method),
+                                       rank_cache=ranks))
+            del scores, ranks
     elif les.selections:
         raise LesionAlignError(
             f"[lesions]: importance-based selections choose weights, neurons or heads, not "

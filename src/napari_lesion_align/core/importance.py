@@ -241,10 +241,13 @@ def unit_scores(weight_scores: dict, element: str, anatomy: Anatomy) -> dict:
 
 # --------------------------------------------------------------------------- selections
 def select(scores: dict, selection: str, k_percent: float, element: str = "weights",
-           name: str | None = None, spec: dict | None = None) -> Lesion:
+           name: str | None = None, spec: dict | None = None,
+           rank_cache: dict | None = None) -> Lesion:
     """Build a lesion from per-language scores ``{language: {key: tensor}}``.
 
     ``selection``: ``"shared"`` or ``"specific:<L>"``; top ``k_percent`` % per tensor / layer.
+    ``rank_cache``: a dict shared by several calls on the same scores (percentile ranks are
+    computed once per language and tensor).
     """
     import torch
 
@@ -265,13 +268,19 @@ def select(scores: dict, selection: str, k_percent: float, element: str = "weigh
         others = [lang for lang in langs if lang != target]
         if not others:
             raise LesionAlignError("a language-specific selection needs at least two languages")
+        ranks = rank_cache if rank_cache is not None else {}
+
+        def rank_of(lang, k):
+            if (lang, k) not in ranks:
+                ranks[(lang, k)] = percentile_rank(scores[lang][k].abs())
+            return ranks[(lang, k)]
+
         for k in keys:
-            rank = percentile_rank(scores[target][k].abs())
             other = None
             for lang in others:
-                r = percentile_rank(scores[lang][k].abs())
+                r = rank_of(lang, k)
                 other = r if other is None else torch.maximum(other, r)
-            masks[k] = top_k_mask(rank - other, k_percent)
+            masks[k] = top_k_mask(rank_of(target, k) - other, k_percent)
     else:
         raise LesionAlignError(f"unknown selection {selection!r}; use 'shared', 'specific:<L>', "
                                "'random' or 'manual'")

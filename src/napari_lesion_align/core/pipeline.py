@@ -7,6 +7,7 @@ returns True (raising :class:`~napari_lesion_align.core.errors.Cancelled`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
 import time
@@ -133,8 +134,7 @@ def condition_features(store: FeatureStore, lm, stim, n_vols: list, layer: int,
                     (st + f) / n_steps, f"{stim.code} run {i + 1}, {c.label}: {m}"))
             step += 1
             if c.lesion is None:
-                need_record = bool(starts) and not store.has(lm, words, layer, opts,
-                                                             stim.spaceless, "intact") or starts
+                need_record = bool(starts)  # store the block inputs lesions resume from
                 wf = store.word_features(lm, words, layer, opts, stim.spaceless, "intact",
                                          progress=P, cancel=cancel,
                                          **({"record": starts, "cache": cache}
@@ -184,9 +184,15 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
 
     # 1. data (files are checked before the model is loaded)
     t = time.perf_counter()
-    if config.data.kind != "demo":
+    if config.data.kind == "demo":
+        from ..data import demo
+        from .dataset import load_stimuli
+
+        stimuli = {lang.code: load_stimuli(lang) for lang in demo.demo_language_data()}
+    else:
         P.phase(0.0, 0.05)
         ds = load_dataset(config, progress=P, cancel=cancel)
+        stimuli = ds.stimuli
     timings["data_s"] = time.perf_counter() - t
 
     # 2. model
@@ -198,21 +204,25 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     P.check()
     timings["model_s"] = time.perf_counter() - t
 
-    if config.data.kind == "demo":
-        from ..data import demo
-
-        def features_for(code, stim, n_vols):
-            feats = tr_features(store, lm, stim, n_vols, demo.GENERATOR_LAYER, config.features,
-                                config.data.tr, "floor", 0, cancel=cancel)
-            return feats
-
-        ds = demo.build_demo_dataset(config, features_for)
-
     # 3. conditions (intact, lesions and their random controls) and their features
     t = time.perf_counter()
     P.phase(0.12, 0.16)
     P(0.0, "choosing lesions" if config.lesions.enabled else "intact model")
-    conditions = build_conditions(config, lm, ds.stimuli, progress=P, cancel=cancel)
+    conditions = build_conditions(config, lm, stimuli, progress=P, cancel=cancel)
+    if config.data.kind == "demo":
+        gen = demo.generator_conditions(config, lm, stimuli, conditions)
+
+        def features_for(code):
+            st = stimuli[code]
+            args = (config.features, demo.TR, "floor", 0)
+            intact = condition_features(store, lm, st, [demo.RUN_TRS] * demo.N_RUNS,
+                                        demo.GENERATOR_LAYER, *args, gen[:1], cancel=cancel)
+            first = dataclasses.replace(st, runs=st.runs[:1], run_labels=st.run_labels[:1])
+            probe = condition_features(store, lm, first, [demo.RUN_TRS], demo.GENERATOR_LAYER,
+                                       *args, gen, cancel=cancel)
+            return intact["intact"], probe
+
+        ds = demo.build_demo_dataset(config, stimuli, features_for)
     timings["lesions_s"] = time.perf_counter() - t
     t = time.perf_counter()
     P.phase(0.16, 0.45)

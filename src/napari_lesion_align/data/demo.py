@@ -5,13 +5,19 @@ in English (TextGrid), French (TextGrid, UTF-16 big-endian like the originals) a
 (one multi-run TSV). Mask: nilearn's MNI152 brain mask resampled to the 4 mm LPP grid.
 
 BOLD is synthesised per subject, language and run (:func:`synthesize_run`) from the demo
-model's own features (``GENERATOR_LAYER`` of the intact model):
+model's own features (``GENERATOR_LAYER``), so that its ground truth is about the model's
+shared and language-specific parts (:data:`GENERATOR_LESIONS`: the top 1 % of weights per
+tensor by Wanda importance, shared and specific per language):
 
-* the features are z-scored and projected on their ``N_DRIVERS`` top principal axes
-  (computed on all languages pooled, the same for every language), convolved with the
-  SPM HRF;
-* every voxel of a planted region mixes these drivers with its own fixed weights; a
-  *shared* region is driven in every language, a *specific* region only in its language;
+* *shared* regions respond to the intact features along the directions that the *shared*
+  lesion destroys (found on all languages pooled: the same directions in every language),
+  in every language;
+* the *specific* region of L responds, in L only, to the intact features along the
+  directions that L's *specific* lesion destroys in L;
+* "destroys" is what a linear encoding model sees: the top principal axes of the residual
+  of the intact features regressed on the lesioned ones (:func:`lost_directions`);
+  ``N_DRIVERS`` directions, z-scored, convolved with the SPM HRF;
+* every voxel mixes its category's drivers with its own fixed weights;
 * the amplitude falls off from the region's centre (Gaussian, sigma = radius / 2), and
   varies a little across subjects;
 * everything else is noise: AR(1) (rho 0.3), a slow drift and a scanner baseline.
@@ -116,59 +122,92 @@ def _hrf(tr: float) -> np.ndarray:
     return spm_hrf(tr, oversampling=1, time_length=32.0)
 
 
-def feature_directions(features_by_language: dict, seed: int) -> tuple:
-    """(mean, std, directions): the top principal axes of the pooled, z-scored features.
+#: the lesions whose effect the demo's brain carries (the generator's own recipe)
+GENERATOR_LESIONS = {"element": "weights", "method": "wanda", "k_percent": 1.0, "mode": "zero"}
 
-    The same ``N_DRIVERS`` directions serve every language, so a shared region responds to
-    the same feature combination in every language. Signs are fixed by ``seed``.
+
+def _z(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    sd = X.std(0)
+    sd[sd == 0] = 1.0
+    return (X - X.mean(0)) / sd
+
+
+def lost_directions(intact: list, lesioned: list, k: int = N_DRIVERS, alpha: float = 100.0):
+    """The ``k`` feature directions the lesion destroys, as a linear encoding model sees it.
+
+    Intact features (z-scored) are regressed on the lesioned ones (ridge, ``alpha``); the
+    top principal axes of the residual -- what the lesioned model cannot express linearly
+    -- are returned as a ``(d, k)`` matrix.
     """
-    allx = np.concatenate([x for runs in features_by_language.values() for x in runs],
-                          axis=0).astype(np.float64)
+    H0 = np.concatenate([_z(h) for h in intact])
+    H1 = np.concatenate([_z(h) for h in lesioned])
+    B = np.linalg.solve(H1.T @ H1 + alpha * np.eye(H1.shape[1]), H1.T @ H0)
+    _, _, vt = np.linalg.svd(H0 - H1 @ B, full_matrices=False)
+    return vt[:k].T
+
+
+def drivers_from(features: list, directions: np.ndarray, tr: float = TR) -> list:
+    """Per run: z-scored intact features along ``directions``, convolved with the SPM HRF,
+    each driver scaled to unit variance over the runs."""
+    allx = np.concatenate(features).astype(np.float64)
     mu, sd = allx.mean(0), allx.std(0)
     sd[sd == 0] = 1.0
-    Z = (allx - mu) / sd
-    _, _, vt = np.linalg.svd(Z, full_matrices=False)
-    Q = vt[:N_DRIVERS].T
-    signs = np.random.default_rng([seed, 1]).choice([-1.0, 1.0], size=N_DRIVERS)
-    return mu, sd, Q * signs
-
-
-def language_drivers(features: list, directions: tuple, tr: float = TR) -> list:
-    """Drivers of one language: z-scored features -> shared directions -> HRF, per run.
-
-    ``features`` are per-run ``(T, d)`` arrays on the TR grid; each driver is scaled to
-    unit variance over the language's runs.
-    """
-    mu, sd, Q = directions
     h = _hrf(tr)
     out = []
     for X in features:
-        Z = ((X - mu) / sd) @ Q
-        Z = np.stack([np.convolve(Z[:, k], h)[: len(Z)] for k in range(Q.shape[1])], axis=1)
-        out.append(Z)
-    allz = np.concatenate(out, axis=0)
-    zs = allz.std(0)
+        Z = ((X - mu) / sd) @ directions
+        out.append(np.stack([np.convolve(Z[:, j], h)[: len(Z)] for j in range(Z.shape[1])], 1))
+    zs = np.concatenate(out).std(0)
     zs[zs == 0] = 1.0
     return [Z / zs for Z in out]
 
 
-def synthesize_run(drivers: np.ndarray, truth: dict, language: str, subject_index: int,
+def planted_drivers(intact: dict, probe: dict) -> dict:
+    """{(category, language): per-run drivers}.
+
+    ``intact[code]``: per-run intact features; ``probe[code][label]``: features of the first
+    run(s) under ``intact``, ``shared`` and ``specific<code>`` (the directions are found on
+    these, then applied to every run).
+
+    * shared regions: the directions the *shared* lesion destroys, found on all languages
+      pooled (the same directions in every language);
+    * the specific region of L: the directions L's *specific* lesion destroys in L.
+    """
+    langs = [c for c in LANGUAGES if c in intact]
+    shared_dirs = lost_directions([x for c in langs for x in probe[c]["intact"]],
+                                  [x for c in langs for x in probe[c]["shared"]])
+    out = {}
+    for c in langs:
+        out[("shared", c)] = drivers_from(intact[c], shared_dirs)
+        spec = lost_directions(probe[c]["intact"], probe[c][f"specific{c}"])
+        out[(c, c)] = drivers_from(intact[c], spec)
+    return out
+
+
+def synthesize_run(drivers: dict, truth: dict, language: str, subject_index: int,
                    run_index: int, seed: int) -> np.ndarray:
-    """BOLD of one subject, language and run: (T, V) float32 in scanner-like units."""
-    T = drivers.shape[0]
+    """BOLD of one subject, language and run: (T, V) float32 in scanner-like units.
+
+    ``drivers``: {category: (T, N_DRIVERS)} for the categories active in ``language``
+    (``"shared"`` and the language's own code).
+    """
     V = len(truth["labels"])
-    rng_w = np.random.default_rng([seed, 2])  # voxel weights: fixed across subjects
-    W = rng_w.standard_normal((N_DRIVERS, V))
-    W /= np.linalg.norm(W, axis=0, keepdims=True)
-    # per-voxel unit-variance signal (drivers are unit variance and nearly uncorrelated)
-    S = (drivers @ W).astype(np.float32)
-    S /= S.std(0, keepdims=True) + 1e-8
+    T = next(iter(drivers.values())).shape[0]
     rng_s = np.random.default_rng([seed, 3, subject_index])  # subject amplitude factors
     factors = rng_s.uniform(0.8, 1.2, size=len(CATEGORIES))
-    amp = np.zeros(V)
+    signal = np.zeros((T, V), dtype=np.float32)
     for i, cat in enumerate(CATEGORIES):
-        if cat == "shared" or cat == language:
-            amp = np.maximum(amp, truth["amplitude"][cat] * factors[i])
+        if cat not in drivers:
+            continue
+        amp = (truth["amplitude"][cat] * factors[i]).astype(np.float32)
+        cols = np.flatnonzero(amp > 0)
+        # voxel weights: fixed across subjects and languages, one set per category
+        W = np.random.default_rng([seed, 2, i]).standard_normal((N_DRIVERS, V))[:, cols]
+        W /= np.linalg.norm(W, axis=0, keepdims=True)
+        S = (drivers[cat] @ W).astype(np.float32)
+        S /= S.std(0, keepdims=True) + 1e-8
+        signal[:, cols] += S * amp[cols]
     rng = np.random.default_rng([seed, 4, subject_index, LANGUAGES.index(language)
                                  if language in LANGUAGES else 99, run_index])
     e = rng.standard_normal((T, V)).astype(np.float32)
@@ -182,34 +221,64 @@ def synthesize_run(drivers: np.ndarray, truth: dict, language: str, subject_inde
     drift = rng.normal(0, 0.5, size=(1, V)).astype(np.float32) * t + \
         rng.normal(0, 0.3, size=(1, V)).astype(np.float32) * np.cos(np.pi * t)
     baseline = rng.uniform(500, 1500, size=(1, V)).astype(np.float32)
-    Y = (S * amp.astype(np.float32) + noise + drift) * 10.0 + baseline
+    Y = (signal + noise + drift) * 10.0 + baseline
     return np.ascontiguousarray(Y, dtype=np.float32)
 
 
-def build_demo_dataset(config, features_for, progress=None):
+def generator_conditions(config, lm, stimuli: dict, conditions: list) -> list:
+    """The conditions the generator needs (intact, shared, specific per language, made with
+    :data:`GENERATOR_LESIONS`): taken from the analysis' own conditions when they match,
+    built otherwise (e.g. when the demo runs without lesions)."""
+    import dataclasses
+
+    from ..core.conditions import build_conditions
+    from ..core.config import LesionConfig
+
+    want = ["intact", "shared"] + [f"specific{c}" for c in LANGUAGES]
+    have = {c.label: c for c in conditions}
+
+    def matches(c):
+        if c.lesion is None:
+            return True
+        sp = c.lesion.spec
+        return (c.lesion.element == GENERATOR_LESIONS["element"]
+                and c.lesion.mode == GENERATOR_LESIONS["mode"]
+                and sp.get("method") == GENERATOR_LESIONS["method"]
+                and float(sp.get("k_percent", -1)) == GENERATOR_LESIONS["k_percent"]
+                and sp.get("seed") == config.seed)
+
+    if all(lbl in have and matches(have[lbl]) for lbl in want):
+        return [have[lbl] for lbl in want]
+    recipe = LesionConfig(enabled=True, random_control=False, **GENERATOR_LESIONS)
+    gen = build_conditions(dataclasses.replace(config, lesions=recipe), lm, stimuli)
+    return [c for c in gen if c.label in want]
+
+
+def build_demo_dataset(config, stimuli: dict, features_for, progress=None):
     """The demo Dataset: shipped stimuli, the demo mask and lazily synthesised BOLD.
 
-    ``features_for(code, stimuli, n_vols)`` must return the per-run TR-grid features of the
-    intact model at ``GENERATOR_LAYER`` (``(T, d)`` each); the pipeline passes a function
-    that shares its feature cache, so nothing is extracted twice.
+    ``features_for(code)`` must return ``(intact, probe)`` at ``GENERATOR_LAYER``: the intact
+    features of every run, and ``{label: features of the first run}`` for the labels
+    ``intact``, ``shared`` and ``specific<code>`` of the generator's lesions
+    (:data:`GENERATOR_LESIONS`); the pipeline passes a function that shares its feature
+    cache, so nothing is extracted twice. Drivers are computed on the first BOLD load.
     """
-    from ..core.dataset import BoldRun, Dataset, load_stimuli
+    from ..core.dataset import BoldRun, Dataset
 
     demo = config.data.demo
     n_sub = demo.n_subjects if demo else 5
     seed = demo.seed if demo else 0
     space = demo_space()
     truth = planted_truth(space)
-    stimuli = {lang.code: load_stimuli(lang) for lang in demo_language_data()}
     ds = Dataset(space=space, tr=TR, stimuli=stimuli, truth=truth)
-    drivers_cache: dict = {}
+    cache: dict = {}
 
-    def drivers(code):
-        if not drivers_cache:
-            feats = {c: features_for(c, stimuli[c], [RUN_TRS] * N_RUNS) for c in LANGUAGES}
-            directions = feature_directions(feats, seed)
-            drivers_cache.update({c: language_drivers(feats[c], directions) for c in LANGUAGES})
-        return drivers_cache[code]
+    def drivers(code, run):
+        if not cache:
+            got = {c: features_for(c) for c in LANGUAGES}
+            cache.update(planted_drivers({c: g[0] for c, g in got.items()},
+                                         {c: g[1] for c, g in got.items()}))
+        return {cat: cache[(cat, lang)][run] for (cat, lang) in cache if lang == code}
 
     for si in range(n_sub):
         s = f"{si + 1:02d}"
@@ -217,7 +286,7 @@ def build_demo_dataset(config, features_for, progress=None):
             ds.bold[(s, code)] = [
                 BoldRun(f"demo:sub-{s}_lang-{code}_run-{r + 1}", RUN_TRS,
                         (lambda code=code, si=si, r=r:
-                         synthesize_run(drivers(code)[r], truth, code, si, r, seed)))
+                         synthesize_run(drivers(code, r), truth, code, si, r, seed)))
                 for r in range(N_RUNS)
             ]
     return ds
