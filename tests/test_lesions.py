@@ -203,3 +203,40 @@ def test_resuming_from_stored_hidden_states_equals_a_full_lesioned_pass(tiny, la
     assert not np.allclose(full, intact)
     # the blocks' forward methods are restored
     assert all("forward" not in anat.module(b.name).__dict__ for b in anat.blocks)
+
+
+@pytest.mark.parametrize("element", ["neurons", "heads", "hidden"])
+def test_mean_ablation_sets_units_to_their_mean(tiny, element):
+    from napari_lesion_align.core.importance import mean_activations
+
+    lm, anat = tiny
+    texts = {"EN": ["The little prince lived on a small planet with three volcanoes."] * 2}
+    means = mean_activations(lm.model, lm.tokenizer, texts, element, anat)
+    key = f"1.{element}"
+    blk = anat.blocks[1]
+    mask = torch.zeros(anat.n_heads if element == "heads" else means[key].shape[0],
+                       dtype=torch.bool)
+    mask[:2] = True
+    cols = mask.repeat_interleave(blk.head_dim) if element == "heads" else mask
+    mean = Lesion(element, {key: mask}, {"name": "m"}, mode="mean", means={key: means[key]})
+    zero = Lesion(element, {key: mask}, {"name": "z"})
+    seen = []
+    with apply_lesion(lm.model, mean, anat):
+        # registered after the lesion's hooks: sees what the rest of the model sees
+        if element == "hidden":
+            h = anat.module(blk.name).register_forward_hook(
+                lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+        else:
+            name = blk.linears["ffn_down" if element == "neurons" else "o"]
+            h = anat.module(name).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        out_mean = _hidden(lm)
+        h.remove()
+    with apply_lesion(lm.model, zero, anat):
+        out_zero = _hidden(lm)
+    x = seen[0][..., cols]
+    torch.testing.assert_close(x, means[key][cols].expand_as(x))
+    assert not torch.allclose(out_mean[-1], out_zero[-1])
+    with pytest.raises(LesionAlignError, match="no mean activations"):
+        with apply_lesion(lm.model, Lesion(element, {key: mask}, {"name": "x"}, mode="mean"),
+                          anat):
+            pass

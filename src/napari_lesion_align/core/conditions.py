@@ -162,6 +162,16 @@ def build_conditions(config, lm, stimuli, progress=None, cancel=None) -> list[Co
                 rnd = random_like(lesion, anatomy, seed=config.seed + len(conds),
                                   name=f"{label}Random")
                 conds.append(Condition(rnd.name, rnd, "random", control_of=label))
+    if les.mode == "mean":
+        units = {c.lesion.element for c in conds if c.lesion is not None} - {"weights", "layers"}
+        if units:
+            texts = importance_texts(config, stimuli)
+            for element in units:
+                means = imp.mean_activations(lm.model, lm.tokenizer, texts, element, anatomy,
+                                             les.max_tokens, cancel)
+                for c in conds:
+                    if c.lesion is not None and c.lesion.element == element:
+                        c.lesion.means = {k: means[k] for k in c.lesion.masks}
     labels = [c.label for c in conds]
     if len(set(labels)) != len(labels):
         raise LesionAlignError(f"two conditions share a label: {labels}; rename the lesion files")

@@ -213,6 +213,54 @@ def lape_probabilities(model, tokenizer, texts_by_language: dict, anatomy: Anato
     return out
 
 
+def mean_activations(model, tokenizer, texts_by_language: dict, element: str,
+                     anatomy: Anatomy | None = None, max_tokens: int = 20000,
+                     cancel=None) -> dict:
+    """Mean activation of every unit over the text of all languages (for mean-ablation).
+
+    neurons: the FFN intermediate activations (input of the FFN output projection); heads:
+    the per-head attention outputs (input of the attention output projection); hidden: the
+    block outputs. Keyed like lesion masks (``"<block>.neurons"`` ...).
+    """
+    import torch
+
+    anatomy = anatomy or describe_model(model)
+    if element not in ("neurons", "heads", "hidden"):
+        raise LesionAlignError(f"mean-ablation of {element!r} is not defined; use mode = 'zero'")
+    sums: dict = {}
+    count = {"n": 0}
+
+    def add(key, x):
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        sums[key] = sums.get(key, 0) + x.sum(0).cpu()
+        if key.startswith("0."):
+            count["n"] += x.shape[0]
+
+    hooks = []
+    for b in anatomy.blocks:
+        if element == "hidden":
+            key = f"{b.index}.hidden"
+            hooks.append(anatomy.module(b.name).register_forward_hook(
+                lambda m, a, out, key=key: add(key, out[0] if isinstance(out, tuple) else out)))
+        else:
+            part = "neurons" if element == "neurons" else "heads"
+            target = anatomy.module(b.linears["ffn_down" if part == "neurons" else "o"])
+            key = f"{b.index}.{part}"
+            hooks.append(target.register_forward_pre_hook(lambda m, a, key=key: add(key, a[0])))
+    cap = _capacity(model, tokenizer)
+    try:
+        with torch.inference_mode():
+            for texts in texts_by_language.values():
+                for batch in text_batches(tokenizer, texts, cap, max_tokens):
+                    if cancel is not None and cancel():
+                        raise Cancelled()
+                    model(input_ids=torch.tensor(batch, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (v / max(count["n"], 1)).float() for k, v in sums.items()}
+
+
 # --------------------------------------------------------------------------- unit scores
 def unit_scores(weight_scores: dict, element: str, anatomy: Anatomy) -> dict:
     """Aggregate per-weight scores of one language into unit scores.

@@ -191,10 +191,10 @@ def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
                     cols = mask.to(target.weight.device)
                     if part == "heads":
                         cols = cols.repeat_interleave(blk.head_dim)
-                    value = lesion.means.get(key) if lesion.mode == "mean" else None
+                    value = _mean_for(lesion, key)
                     hooks.append(target.register_forward_pre_hook(_input_hook(cols, value)))
                 elif lesion.element == "hidden":
-                    value = lesion.means.get(key) if lesion.mode == "mean" else None
+                    value = _mean_for(lesion, key)
                     block = anatomy.module(blk.name)
                     # prepend: run before transformers' own output-capturing hooks, so that
                     # output_hidden_states reports the lesioned output
@@ -211,6 +211,19 @@ def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
         with torch.no_grad():
             for W, m, orig in reversed(saved):
                 W[m] = orig
+
+
+def _mean_for(lesion: Lesion, key: str):
+    """The replacement values of a unit lesion: None (zero) or the mean activations."""
+    if lesion.mode != "mean":
+        return None
+    if key not in lesion.means:
+        raise LesionAlignError(
+            f"lesion {lesion.name!r} is a mean-ablation but has no mean activations for "
+            f"{key!r}; compute them with importance.mean_activations (the pipeline does this "
+            "from the importance text)"
+        )
+    return lesion.means[key]
 
 
 def _replace(x, mask, value):
