@@ -91,3 +91,19 @@ def test_lpi_sign_and_threshold():
 def test_dice():
     assert an.dice(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0])) == pytest.approx(2 / 3)
     assert an.dice(np.zeros(3), np.zeros(3)) == 1.0
+
+
+def test_tests_restricted_to_aligned_voxels_gain_power():
+    rng = np.random.default_rng(2)
+    n, V = 5, 3000
+    intact = rng.normal(0.0, 0.05, (n, V))
+    intact[:, :100] += 0.4  # the model aligns in 100 voxels only
+    lesioned = intact - rng.normal(0, 0.03, (n, V))
+    lesioned[:, :50] -= 0.1  # and the lesion lowers half of them
+    aligned = an.responsive(an.alignment_test(intact))
+    assert aligned[:100].all() and aligned[100:].mean() < 0.01
+    everywhere = an.paired_t(intact, lesioned)
+    restricted = an.paired_t(intact, lesioned, within=aligned)
+    np.testing.assert_allclose(restricted.t, everywhere.t)
+    assert an.significant(restricted)[:50].sum() > an.significant(everywhere)[:50].sum()
+    assert not an.significant(restricted)[100:].any()  # never outside the aligned voxels

@@ -4,7 +4,9 @@
   drop ``Δr / r_intact``;
 * :func:`paired_t` -- across subjects, per voxel: paired t-test of intact vs lesioned
   (``scipy.stats.ttest_rel``), one-sided for a drop by default, with FDR q-values
-  (``scipy.stats.false_discovery_control``, Benjamini-Hochberg);
+  (``scipy.stats.false_discovery_control``, Benjamini-Hochberg) over the voxels where the
+  intact model aligns (:func:`alignment_test`: r > 0 across subjects, FDR): a lesion can
+  only lower alignment where there is some, and testing elsewhere only costs power;
 * :func:`categories` -- the per-voxel category map of a lesion pair: ``shared`` (a
   significant drop in every language under the shared lesion), ``specific:<L>`` (a
   significant drop for L under L's specific lesion and not for the other languages),
@@ -56,13 +58,24 @@ class PairedTest:
     n_subjects: int
 
 
+def alignment_test(r: np.ndarray, alpha: float = 0.05, correction: str = "fdr") -> PairedTest:
+    """Where the intact model aligns: one-sample t-test of r > 0 across subjects (rows)."""
+    return paired_t(r, np.zeros_like(r))
+
+
+def responsive(test: PairedTest, alpha: float = 0.05, correction: str = "fdr") -> np.ndarray:
+    """Voxels with significant intact alignment (a lesion can only lower alignment there)."""
+    return significant(test, alpha, correction)
+
+
 def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "greater",
-             fdr_method: str = "bh") -> PairedTest:
+             fdr_method: str = "bh", within: np.ndarray | None = None) -> PairedTest:
     """Paired t-test per voxel across subjects (rows), intact vs lesioned.
 
     ``alternative="greater"`` tests for a drop (intact > lesioned). Voxels with NaN in any
-    subject or with no variance of the differences get t = 0, p = 1. q-values: FDR over the
-    tested voxels (``scipy.stats.false_discovery_control``).
+    subject or with no variance of the differences get t = 0, p = 1. q-values: FDR
+    (``scipy.stats.false_discovery_control``) over the tested voxels, restricted to
+    ``within`` when given (e.g. the voxels where the intact model aligns; q = 1 elsewhere).
     """
     from scipy.stats import false_discovery_control, ttest_rel
 
@@ -84,8 +97,11 @@ def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "g
         t[ok] = res.statistic
         p[ok] = res.pvalue
     q = np.ones_like(p)
-    if ok.any():
-        q[ok] = false_discovery_control(p[ok], method=fdr_method)
+    fam = ok if within is None else ok & np.asarray(within, dtype=bool)
+    if fam.any():
+        q[fam] = false_discovery_control(p[fam], method=fdr_method)
+    if within is not None:
+        p = np.where(np.asarray(within, dtype=bool), p, 1.0)
     return PairedTest(t.astype(np.float32), p.astype(np.float32), q.astype(np.float32), n)
 
 

@@ -344,13 +344,20 @@ def compare_conditions(result: AlignmentResult, conditions: list, les_cfg, warni
         warnings.append("group statistics need at least 2 subjects with data; skipped")
         return
     tests: dict = {}
+    aligned = {}
+    for L in langs:
+        A = np.stack([result.maps[(s, L, "intact", "r")] for s in subjects])
+        t0 = an.alignment_test(A)
+        aligned[L] = an.responsive(t0, les_cfg.alpha, les_cfg.correction)
+        for stat in ("t", "p", "q"):
+            result.group_maps[(L, "intact", stat)] = getattr(t0, stat)
     for c in conditions:
         if c.lesion is None:
             continue
         for L in langs:
             A = np.stack([result.maps[(s, L, "intact", "r")] for s in subjects])
             B = np.stack([result.maps[(s, L, c.label, "r")] for s in subjects])
-            res = an.paired_t(A, B)
+            res = an.paired_t(A, B, within=aligned[L])
             tests[(c.label, L)] = res
             result.group_maps[(L, c.label, "t")] = res.t
             result.group_maps[(L, c.label, "p")] = res.p

@@ -19,7 +19,7 @@ tensor by Wanda importance, shared and specific per language):
   ``N_DRIVERS`` directions, z-scored, convolved with the SPM HRF;
 * every voxel mixes its category's drivers with its own fixed weights;
 * the amplitude falls off from the region's centre (Gaussian, sigma = radius / 2), and
-  varies a little across subjects;
+  varies across subjects (a factor of 0.9-1.1 per subject and category);
 * everything else is noise: AR(1) (rho 0.3), a slow drift and a scanner baseline.
 
 The regions sit where the real LPP inter-subject reliability is high for the shared
@@ -195,7 +195,7 @@ def synthesize_run(drivers: dict, truth: dict, language: str, subject_index: int
     V = len(truth["labels"])
     T = next(iter(drivers.values())).shape[0]
     rng_s = np.random.default_rng([seed, 3, subject_index])  # subject amplitude factors
-    factors = rng_s.uniform(0.8, 1.2, size=len(CATEGORIES))
+    factors = rng_s.uniform(0.9, 1.1, size=len(CATEGORIES))
     signal = np.zeros((T, V), dtype=np.float32)
     for i, cat in enumerate(CATEGORIES):
         if cat not in drivers:
