@@ -1,0 +1,541 @@
+"""NIfTI images and :class:`~.core.result.AlignmentResult` maps as napari layer data tuples.
+
+Pure functions: every public function returns ``(data, kwargs, layer_type)`` tuples (or
+plain values); nothing here imports Qt, and napari is only imported for its ``Colormap``
+class (``napari.utils``, no GUI).
+
+Orientation convention (see ``docs/viewing.md``)
+-------------------------------------------------
+napari's default camera draws world axis -2 downward (row index grows down the screen)
+and world axis -1 to the right, and looks down world axis -3 (the slider). Every layer
+made here therefore lives in the world frame::
+
+    world = (z, -y, x)   in MNI millimetres   (``WORLD_FROM_MNI``)
+
+so that the default 2D view shows an **axial slice** (the slider moves in MNI z), the
+subject's **left hemisphere (x < 0) on the left** of the screen (neurological convention)
+and **anterior at the top**; it is the view from above, not a mirror image, so the 3D
+view is not mirrored either. The array is reoriented (axes permuted / flipped with
+nibabel, no resampling) to the voxel orientation ``("S", "P", "R")`` so the layer's
+``affine`` is diagonal for MNI images; layers overlay through their ``affine`` (never
+``scale``), whatever their voxel size. ``viewer.cursor.position`` and napari's status bar
+are in this world frame: read MNI coordinates with :func:`world_to_mni`; the layer
+metadata keeps the original NIfTI affine and voxel order so the writer can restore them.
+
+Thresholds
+----------
+Sub-threshold voxels are made transparent by the colormap, the data are never changed:
+diverging maps (r, Δr, t, LPI) use symmetric contrast limits ``[-m, m]`` and a stepwise
+colormap whose band ``|v| < threshold`` is transparent (without a threshold only a tiny
+band around 0 is, so the 0 outside the mask stays invisible); p and q maps use limits
+``[0, threshold]`` (default 0.05) with transparent values ``>= threshold``. The band is
+defined relative to the contrast limits: after changing ``contrast_limits`` call
+:func:`set_threshold` again. Voxels outside the analysis mask are NaN in result maps
+(shown transparent).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .core.errors import LesionAlignError
+
+#: world (napari) coordinates from MNI mm, homogeneous: world = (z, -y, x)
+WORLD_FROM_MNI = np.array([[0.0, 0.0, 1.0, 0.0],
+                           [0.0, -1.0, 0.0, 0.0],
+                           [1.0, 0.0, 0.0, 0.0],
+                           [0.0, 0.0, 0.0, 1.0]])
+#: voxel orientation of the arrays handed to napari (axis 0 towards Superior, ...)
+NAPARI_AXCODES = ("S", "P", "R")
+AXIS_LABELS = ("z", "-y", "x")
+#: stats shown with a diverging colormap (symmetric limits)
+DIVERGING = ("r", "deltar", "t", "lpi", "z", "beta")
+#: stats shown with a sequential colormap, small = significant
+SEQUENTIAL = ("p", "q")
+STAT_LABELS = {"r": "r", "deltar": "Δr", "t": "t", "p": "p", "q": "q", "lpi": "LPI",
+               "categories": "categories", "template": "template", "mask": "mask"}
+DEFAULT_P_THRESHOLD = 0.05
+_STEPS = 128  # colours per side of the stepwise colormaps
+_POS = ((1.0, 0.12, 0.0), (1.0, 1.0, 0.0))  # red -> yellow (threshold -> max)
+_NEG = ((0.0, 0.25, 1.0), (0.0, 1.0, 1.0))  # blue -> cyan (-threshold -> -max)
+_FILE_STAT = re.compile(r"_stat-([A-Za-z0-9]+)_statmap")
+_FILE_KEY = re.compile(r"(?:^|_)(sub|lang|desc)-([A-Za-z0-9]+)")
+
+
+# --------------------------------------------------------------------------- coordinates
+def world_to_mni(world_position) -> tuple[float, float, float]:
+    """MNI ``(x, y, z)`` in mm of a napari world position (e.g. ``viewer.cursor.position``).
+
+    Only the last three coordinates are used (a leading volume / time axis is ignored).
+    """
+    p = np.asarray(world_position, dtype=float)
+    if p.shape[-1] < 3:
+        raise LesionAlignError(f"world position {tuple(p)} has fewer than 3 coordinates; "
+                               "open a 3D layer first")
+    z, my, x = p[..., -3], p[..., -2], p[..., -1]
+    return float(x), float(-my), float(z)
+
+
+def mni_to_world(xyz) -> tuple[float, float, float]:
+    """napari world position ``(z, -y, x)`` of an MNI point ``(x, y, z)`` in mm."""
+    x, y, z = (float(v) for v in np.asarray(xyz, dtype=float)[:3])
+    return z, -y, x
+
+
+def voxel_to_mni(affine, ijk) -> tuple[float, float, float]:
+    """MNI mm of NIfTI voxel ``ijk`` (``nibabel.affines.apply_affine``)."""
+    from nibabel.affines import apply_affine
+
+    return tuple(float(v) for v in apply_affine(np.asarray(affine, dtype=float), ijk))
+
+
+def napari_affine(nifti_affine) -> np.ndarray:
+    """4x4 napari affine (data index -> world) of a NIfTI affine, for an unreoriented array.
+
+    Most callers want :func:`to_napari_order`, which also reorients the array.
+    """
+    return WORLD_FROM_MNI @ np.asarray(nifti_affine, dtype=float)
+
+
+def nifti_affine_from_world(world_affine) -> np.ndarray:
+    """Inverse of :func:`napari_affine` (``WORLD_FROM_MNI`` is its own inverse)."""
+    return WORLD_FROM_MNI @ np.asarray(world_affine, dtype=float)
+
+
+def to_napari_order(img, source=None):
+    """``(array, napari_affine, transform)`` of a 3D or 4D nibabel image.
+
+    The array is reoriented (no resampling) to :data:`NAPARI_AXCODES`; a 4D image's last
+    axis becomes the first (a volume slider). ``transform`` is the nibabel orientation
+    transform applied (kept in the layer metadata to undo it).
+    """
+    from nibabel.orientations import (apply_orientation, axcodes2ornt, inv_ornt_aff,
+                                      io_orientation, ornt_transform)
+
+    if len(img.shape) not in (3, 4):
+        raise LesionAlignError(
+            f"{source or _source(img)}: napari-lesion-align shows 3D images (or 4D series), "
+            f"got shape {img.shape}; select a volume with nilearn.image.index_img first")
+    transform = ornt_transform(io_orientation(img.affine), axcodes2ornt(NAPARI_AXCODES))
+    data = apply_orientation(np.asanyarray(img.dataobj), transform)
+    aff = napari_affine(img.affine @ inv_ornt_aff(transform, img.shape[:3]))
+    if data.ndim == 4:
+        data = np.moveaxis(data, -1, 0)
+        aff5 = np.eye(5)
+        aff5[1:, 1:] = aff
+        aff = aff5
+    return data, aff, transform
+
+
+# --------------------------------------------------------------------------- names
+def layer_name(subject, language, condition, stat) -> str:
+    """Layer name, the same everywhere: ``"r EN intact (sub-01)"``, ``"t FR shared (group)"``,
+    ``"Δr ZH specificZH (sub-02)"``; the stat comes first (what the values are)."""
+    who = "group" if str(subject) == "group" else f"sub-{subject}"
+    parts = [STAT_LABELS.get(stat, stat), language, condition]
+    return " ".join(str(p) for p in parts if p) + f" ({who})"
+
+
+def category_layer_name(name: str) -> str:
+    """``"categories lesion"`` / ``"categories random"``."""
+    return f"categories {name}"
+
+
+def parse_filename(path) -> dict:
+    """Keys in one of our output file names: ``stat``, ``subject``, ``language``,
+    ``condition`` (missing keys are absent). ``_categories`` files get stat
+    ``categories``, ``mask.nii.gz`` stat ``mask``."""
+    name = Path(str(path)).name
+    base = re.sub(r"\.nii(\.gz)?$", "", name)
+    keys: dict = {}
+    m = _FILE_STAT.search(base)
+    if m:
+        keys["stat"] = m.group(1)
+    elif base.endswith("_categories"):
+        keys["stat"] = "categories"
+    elif base == "mask":
+        keys["stat"] = "mask"
+    names = {"sub": "subject", "lang": "language", "desc": "condition"}
+    for key, value in _FILE_KEY.findall(base):
+        keys[names[key]] = value
+    if base.startswith("group_"):
+        keys["subject"] = "group"
+    return keys
+
+
+# --------------------------------------------------------------------------- styles
+def robust_limit(values, percentile: float = 99.0) -> float:
+    """``percentile`` of ``|values|`` over finite non-zero voxels (1.0 when there are none)."""
+    v = np.abs(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return 1.0
+    m = float(np.percentile(v, percentile))
+    return m if m > 0 else float(v.max())
+
+
+def _ramp(c0, c1, n):
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    rgb = (1 - t) * np.asarray(c0) + t * np.asarray(c1)
+    return np.column_stack([rgb, np.ones(n)])
+
+
+def threshold_colormap(stat: str, limits, threshold=None):
+    """A stepwise napari ``Colormap`` with the sub-threshold band transparent.
+
+    Diverging stats: limits ``(-m, m)``, transparent where ``|v| < threshold`` (without
+    a threshold: ``|v| < 1e-3 m``). p/q: limits ``(0, t)``, transparent where ``v >= t``.
+    """
+    from napari.utils.colormaps import Colormap
+
+    lo, hi = (float(v) for v in limits)
+    span = hi - lo if hi > lo else 1.0
+    clear = np.zeros((1, 4))
+    if stat in SEQUENTIAL:
+        colors = np.vstack([_ramp(_POS[1], _POS[0], _STEPS), clear])
+        controls = np.concatenate([np.linspace(0.0, 1.0 - 1e-6, _STEPS + 1), [1.0]])
+        name = f"lesion-align {stat} < {hi:.4g}"
+    else:
+        th = abs(float(threshold)) if threshold else 1e-3 * max(abs(lo), abs(hi))
+        c_lo = min(max((-th - lo) / span, 0.0), 0.5)
+        c_hi = max(min((th - lo) / span, 1.0), 0.5)
+        colors = np.vstack([_ramp(_NEG[1], _NEG[0], _STEPS), clear,
+                            _ramp(_POS[0], _POS[1], _STEPS)])
+        controls = np.concatenate([np.linspace(0.0, c_lo, _STEPS + 1),
+                                   np.linspace(c_hi, 1.0, _STEPS + 1)])
+        name = f"lesion-align |{stat}| >= {th:.4g} of {hi:.4g}"
+    return Colormap(colors=colors, controls=controls, interpolation="zero", name=name)
+
+
+def style(stat, values, threshold=None) -> dict:
+    """Display kwargs of a map: ``colormap``, ``contrast_limits``, ``blending``, ``opacity``.
+
+    * r, Δr, t, LPI (:data:`DIVERGING`): symmetric limits ``±`` the 99th percentile of
+      ``|values|`` (LPI: ``±1``), blue-cyan below 0, red-yellow above, transparent band
+      ``|v| < threshold``;
+    * p, q: limits ``[0, threshold or 0.05]``, yellow (smallest) to red, transparent
+      ``>= threshold``;
+    * template / unknown stats: grey, limits from the data's 0.5-99.5 percentiles;
+    * categories: see :func:`category_colormap` (returns only blending / opacity here).
+    """
+    stat = stat or "image"
+    if stat == "categories":
+        return {"blending": "translucent", "opacity": 0.8}
+    if stat in SEQUENTIAL:
+        top = float(threshold) if threshold else DEFAULT_P_THRESHOLD
+        limits = (0.0, top)
+        return {"colormap": threshold_colormap(stat, limits), "contrast_limits": limits,
+                "blending": "translucent", "opacity": 1.0}
+    if stat in DIVERGING:
+        m = 1.0 if stat == "lpi" else robust_limit(values)
+        if threshold and abs(float(threshold)) >= m:
+            m = 1.5 * abs(float(threshold))  # keep supra-threshold values distinguishable
+        limits = (-m, m)
+        return {"colormap": threshold_colormap(stat, limits, threshold),
+                "contrast_limits": limits, "blending": "translucent", "opacity": 1.0}
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    lo, hi = (np.percentile(v, [0.5, 99.5]) if len(v) else (0.0, 1.0))
+    if hi <= lo:
+        hi = lo + 1.0
+    return {"colormap": "gray", "contrast_limits": (float(lo), float(hi)),
+            "blending": "translucent", "opacity": 1.0}
+
+
+def set_threshold(layer, threshold) -> None:
+    """Apply (or change) a display threshold on a layer made here, keeping its limits."""
+    stat = layer.metadata.get("stat")
+    if stat not in DIVERGING + SEQUENTIAL:
+        raise LesionAlignError(f"layer {layer.name!r} (stat {stat!r}) has no threshold; "
+                               f"thresholds apply to {', '.join(DIVERGING + SEQUENTIAL)}")
+    if stat in SEQUENTIAL:
+        top = float(threshold) if threshold else DEFAULT_P_THRESHOLD
+        layer.contrast_limits = (0.0, top)
+        layer.colormap = threshold_colormap(stat, (0.0, top))
+    else:
+        layer.colormap = threshold_colormap(stat, layer.contrast_limits, threshold)
+    layer.metadata["threshold"] = threshold
+
+
+def category_colormap(legend: dict, languages=None) -> dict:
+    """``{label: colour}`` for a napari ``DirectLabelColormap``: 0 and unknown labels
+    transparent, ``shared`` amber, ``specific:<L>`` L's colour (``core.analysis``), via
+    :func:`.core.figures.category_colours` so layers and figures agree.
+
+    ``languages``: show only these languages' specific categories (others transparent).
+    """
+    from .core.figures import category_colours
+
+    cmap: dict = {None: "transparent", 0: "transparent"}
+    for label, colour in category_colours(legend, languages).items():
+        cmap[label] = "transparent" if label == 0 or colour == "#00000000" else colour
+    return cmap
+
+
+# --------------------------------------------------------------------------- layers
+def _source(img) -> str:
+    fn = getattr(img, "get_filename", lambda: None)()
+    return str(fn) if fn else "<image>"
+
+
+def _metadata(img, transform, source, stat, keys, threshold=None) -> dict:
+    hdr = img.header
+    return {"lesion_align": True, "source": source, "stat": stat,
+            "subject": keys.get("subject"), "language": keys.get("language"),
+            "condition": keys.get("condition"), "threshold": threshold,
+            "nifti_affine": np.asarray(img.affine, dtype=float).copy(),
+            "nifti_shape": tuple(int(s) for s in img.shape),
+            "nifti_dtype": str(np.asanyarray(img.dataobj).dtype),
+            "nifti_ornt_transform": np.asarray(transform).copy(),
+            "nifti_codes": _xform_codes(hdr)}
+
+
+def _xform_codes(header) -> tuple[int, int]:
+    """``(sform_code, qform_code)`` of a NIfTI header ((0, 0) for other formats)."""
+    try:
+        return int(header["sform_code"]), int(header["qform_code"])
+    except (KeyError, TypeError, ValueError):
+        return 0, 0
+
+
+def image_layer(img, *, stat=None, name=None, threshold=None, source=None, keys=None,
+                visible=True, legend=None, languages=None) -> tuple:
+    """Layer tuple of a nibabel image (the core of :func:`nifti_layer` / :func:`map_layer`)."""
+    keys = dict(keys or {})
+    source = source if source is not None else _source(img)
+    data, aff, transform = to_napari_order(img, source)
+    meta = _metadata(img, transform, source, stat, keys, threshold)
+    labels = ("volume",) + AXIS_LABELS if data.ndim == 4 else AXIS_LABELS
+    kwargs = {"name": name or Path(source).name, "affine": aff, "metadata": meta,
+              "axis_labels": labels, "units": "mm", "visible": visible}
+    if stat in ("categories", "mask"):
+        if legend is None:
+            legend = ({0: {"name": "none"}, 1: {"name": "mask", "colour": "#ffffff"}}
+                      if stat == "mask" else {})
+        meta["legend"] = legend
+        ints = (np.asarray(data) if np.issubdtype(np.asarray(data).dtype, np.integer) else
+                np.rint(np.nan_to_num(np.asarray(data, dtype=float))).astype(np.int32))
+        cmap = category_colormap(legend, languages)
+        for label in np.unique(ints):
+            cmap.setdefault(int(label), "#ffffff" if label else "transparent")
+        kwargs.update(style("categories", None), colormap=cmap)
+        return ints, kwargs, "labels"
+    kwargs.update(style(stat, data, threshold))
+    return data, kwargs, "image"
+
+
+def nifti_layer(img_or_path, name=None, stat=None, threshold=None) -> tuple:
+    """Layer tuple of any 3D NIfTI (a path or a nibabel image).
+
+    The stat (styling) is guessed from our file names when not given
+    (``..._stat-<stat>_statmap.nii.gz``, ``..._categories.nii.gz``, ``mask.nii.gz``);
+    other images are shown grey. A ``categories.json`` next to a categories file gives
+    its legend. A 4D image becomes a layer with a leading volume axis (a slider).
+    """
+    img, source = load_nifti(img_or_path)
+    keys = parse_filename(source)
+    stat = stat or keys.get("stat")
+    legend = _sibling_legend(source) if stat == "categories" else None
+    if name is None and {"subject", "language", "condition"} <= keys.keys() and stat:
+        name = layer_name(keys["subject"], keys["language"], keys["condition"], stat)
+    if stat in SEQUENTIAL + DIVERGING:
+        img = _outside_mask_nan(img, source)
+    return image_layer(img, stat=stat, name=name, threshold=threshold, source=source,
+                       keys=keys, legend=legend)
+
+
+def load_nifti(img_or_path):
+    """``(nibabel image, source string)``; a clear error for files nibabel cannot read."""
+    import nibabel as nib
+
+    if isinstance(img_or_path, nib.spatialimages.SpatialImage):
+        return img_or_path, _source(img_or_path)
+    path = Path(img_or_path)
+    if not path.exists():
+        raise LesionAlignError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)  # read now: truncated files fail here, not later
+        img = img.__class__(data, img.affine, img.header)
+    except Exception as err:  # nibabel raises many types for bad files
+        raise LesionAlignError(
+            f"{path}: cannot read as NIfTI ({type(err).__name__}: {err}); check that the file "
+            "is a complete .nii/.nii.gz (re-export or re-download it)") from err
+    return img, str(path)
+
+
+def _sibling_legend(source) -> dict | None:
+    import json
+
+    path = Path(str(source))
+    cat_json = path.parent / "categories.json"
+    if not cat_json.is_file():
+        return None
+    try:
+        doc = json.loads(cat_json.read_text())
+    except ValueError:
+        return None
+    for info in doc.values():
+        if isinstance(info, dict) and info.get("file") == path.name:
+            return {int(k): v for k, v in info.get("labels", {}).items()}
+    return None
+
+
+def _outside_mask_nan(img, source):
+    """Values outside a ``mask.nii.gz`` in the same folder (same grid) become NaN."""
+    import nibabel as nib
+
+    mask_path = Path(str(source)).parent / "mask.nii.gz"
+    if not mask_path.is_file() or len(img.shape) != 3:
+        return img
+    try:
+        mask = nib.load(str(mask_path))
+        m = np.asanyarray(mask.dataobj) > 0
+    except Exception:
+        return img
+    if m.shape != img.shape or not np.allclose(mask.affine, img.affine, atol=1e-4):
+        return img
+    data = np.asarray(img.get_fdata(dtype=np.float32))
+    data[~m] = np.nan
+    return nib.Nifti1Image(data, img.affine, img.header)
+
+
+@lru_cache(maxsize=4)
+def _template(resolution):
+    from nilearn.datasets import load_mni152_template
+
+    return load_mni152_template(resolution=resolution)
+
+
+def template_layer(resolution=2) -> tuple:
+    """nilearn's shipped MNI152 template (no download) as a grey image layer, meant to be
+    the bottom layer: ``"MNI152 template (2 mm)"``."""
+    img = _template(int(resolution))
+    return image_layer(img, stat="template", name=f"MNI152 template ({resolution} mm)",
+                       source=f"nilearn MNI152 template, {resolution} mm")
+
+
+# --------------------------------------------------------------------------- results
+def _volume_space(result):
+    if getattr(result.space, "kind", None) != "volume":
+        raise LesionAlignError(
+            "this result is on regions (a table per region), not a volume: there is nothing "
+            "to show in napari; open its .tsv maps or summary.tsv instead")
+    return result.space
+
+
+def map_layer(result, subject, language, condition, stat, threshold=None, *, source=None,
+              visible=True) -> tuple:
+    """Layer tuple of one map of a result; ``subject="group"`` for group maps.
+
+    Voxels outside the analysis mask are NaN (transparent).
+    """
+    space = _volume_space(result)
+    if str(subject) == "group":
+        try:
+            values = result.group_maps[(language, condition, stat)]
+        except KeyError:
+            raise LesionAlignError(
+                f"no group map for language={language!r}, condition={condition!r}, "
+                f"stat={stat!r}; available: {sorted(result.group_maps)}") from None
+    else:
+        values = result.get(subject, language, condition, stat)
+    img = space.to_image(values, fill=np.nan)
+    keys = {"subject": subject, "language": language, "condition": condition}
+    name = layer_name(subject, language, condition, stat)
+    return image_layer(img, stat=stat, name=name, threshold=threshold, keys=keys,
+                       source=source or "<result>", visible=visible)
+
+
+def category_layer(result, name="lesion", languages=None, *, source=None,
+                   visible=True) -> tuple:
+    """Labels layer tuple of a category map: 0 transparent, shared amber, each language's
+    specific voxels in its colour (``core.analysis``); ``metadata["legend"]`` is the
+    legend (label -> name, meaning, colour). ``languages`` restricts the specific
+    categories shown."""
+    import nibabel as nib
+
+    space = _volume_space(result)
+    if name not in result.categories:
+        raise LesionAlignError(f"no category map {name!r} in this result; available: "
+                               f"{sorted(result.categories) or 'none (no lesion pair)'}")
+    labels, legend = result.categories[name]
+    m = np.asarray(space.mask_img.dataobj, dtype=bool)
+    vol = np.zeros(m.shape, dtype=np.int16)
+    vol[m] = np.asarray(labels, dtype=np.int16)
+    img = nib.Nifti1Image(vol, space.affine)
+    data, kwargs, kind = image_layer(img, stat="categories", name=category_layer_name(name),
+                                     source=source or "<result>", keys={"condition": name},
+                                     legend=dict(legend), languages=languages, visible=visible)
+    kwargs["metadata"]["category_set"] = name
+    return data, kwargs, kind
+
+
+def result_layers(result_or_folder, *, subjects=False, stats=("t",), conditions=None,
+                  controls=False, threshold=None) -> list[tuple]:
+    """What the reader adds for a result folder (the template is not included).
+
+    Parameters
+    ----------
+    subjects : also add each subject's r maps (intact and the selected conditions).
+    stats : group stats to add (default ``("t",)``; e.g. ``("t", "q")``).
+    conditions : conditions to add (default: every condition except random controls and
+        the layer sweep; ``controls=True`` adds the controls too).
+    threshold : display threshold of the group t maps (p/q maps use 0.05).
+
+    Returns group maps (hidden), then the category layers (``categories lesion`` visible,
+    on top). Without group maps (one subject), the subjects' r maps are added and the
+    first is visible.
+    """
+    from .core.result import AlignmentResult
+
+    source = None
+    if not hasattr(result_or_folder, "maps"):
+        source = str(result_or_folder)
+        result = AlignmentResult.load(result_or_folder)
+    else:
+        result = result_or_folder
+    _volume_space(result)
+    conds = _conditions(result, conditions, controls)
+    layers = []
+    for (lang, cond, stat) in result.group_maps:
+        if stat in stats and cond in conds:
+            th = threshold if stat in DIVERGING else None
+            layers.append(map_layer(result, "group", lang, cond, stat, th, source=source,
+                                    visible=False))
+    if subjects or not result.group_maps:
+        for (s, lang, cond, stat) in result.maps:
+            if stat == "r" and cond in conds:
+                layers.append(map_layer(result, s, lang, cond, stat, source=source,
+                                        visible=False))
+    for i, name in enumerate(result.categories):
+        layers.append(category_layer(result, name, source=source, visible=(name == "lesion"
+                                                                             or i == 0)))
+    if layers and not any(kw.get("visible", True) for _, kw, _ in layers):
+        layers[0][1]["visible"] = True
+    return layers
+
+
+def _conditions(result, conditions, controls) -> list[str]:
+    every = list(dict.fromkeys(list(result.conditions)
+                               + [c for (_, c, _) in result.group_maps]))
+    if conditions is not None:
+        unknown = [c for c in conditions if c not in every]
+        if unknown:
+            raise LesionAlignError(f"unknown conditions {unknown}; this result has {every}")
+        return list(conditions)
+    sweep = set(result.sweep or [])
+    ctrl = set(result.controls or {})
+    return [c for c in every if c not in sweep and (controls or c not in ctrl)]
+
+
+def apply_neurological_view(viewer) -> None:
+    """Reset a viewer's camera to napari's default orientation, which this module's world
+    frame relies on (towards / down / right); harmless when it already is."""
+    cam = getattr(viewer, "camera", None)
+    if cam is not None and hasattr(cam, "orientation"):
+        cam.orientation = ("towards", "down", "right")

@@ -1,0 +1,72 @@
+"""npe2 reader: NIfTI maps and napari-lesion-align result folders.
+
+* ``*.nii`` / ``*.nii.gz``: one layer (:func:`._layers.nifti_layer`); a
+  ``..._categories.nii.gz`` file (or ``mask.nii.gz``) becomes a labels layer;
+* a folder with our ``result.json`` (volume results): :func:`._layers.result_layers`;
+* anything else (including region results, which have no volume): ``None``, so napari
+  asks another reader.
+
+A file that looks like NIfTI but cannot be read raises
+:class:`~.core.errors.LesionAlignError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .core.errors import LesionAlignError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def napari_get_reader(path):
+    """Return a reader function for ``path`` or ``None`` when it is not ours."""
+    if isinstance(path, (list, tuple)):
+        if not path or not all(_kind(p) == "nifti" for p in path):
+            return None
+        return read_paths
+    kind = _kind(path)
+    if kind == "nifti":
+        return read_paths
+    if kind == "result":
+        return read_result_folder
+    return None
+
+
+def _kind(path) -> str | None:
+    p = Path(str(path))
+    if p.is_dir():
+        return "result" if _is_volume_result(p) else None
+    if p.name.lower().endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    return None
+
+
+def _is_volume_result(folder: Path) -> bool:
+    meta = folder / "result.json"
+    if not meta.is_file():
+        return False
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return True  # ours but broken: AlignmentResult.load gives the clear error
+    return isinstance(doc, dict) and (doc.get("space") or {}).get("kind", "volume") == "volume"
+
+
+def read_paths(path) -> list[tuple]:
+    """Layer tuples of one or more NIfTI files."""
+    from ._layers import nifti_layer
+
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    return [nifti_layer(p) for p in paths]
+
+
+def read_result_folder(path) -> list[tuple]:
+    """Layer tuples of a result folder (group t maps and category maps)."""
+    from ._layers import result_layers
+
+    layers = result_layers(path)
+    if not layers:
+        raise LesionAlignError(f"{path}: this result has no maps to show")
+    return layers

@@ -1,0 +1,236 @@
+"""Quality-control figure of a result (matplotlib, Agg; no Qt, no napari).
+
+:func:`qc_figure` writes one PNG:
+
+* top: a few axial slices of the category map (``shared`` amber, ``specific:<L>`` in L's
+  colour, as in the napari layers) over nilearn's MNI152 template, in the neurological
+  convention (left hemisphere on the left, anterior at the top), with a legend and voxel
+  counts;
+* bottom: per condition (intact, each lesion followed by its random control), the
+  whole-brain mean r of each language (mean over subjects, error bar = SD across
+  subjects), bars in the language colours, controls hatched.
+
+The file is written atomically; nothing is written when an error is raised.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LesionAlignError
+
+FIGSIZE = (12.0, 8.0)  # inches
+DPI = 100
+N_SLICES = 5
+
+
+def category_colours(legend: dict, languages=None) -> dict:
+    """``{label: "#rrggbb[aa]"}`` of a category legend: 0 transparent, ``shared`` amber,
+    ``specific:<L>`` L's colour (:data:`.analysis.CATEGORY_COLOURS` /
+    :func:`.analysis.language_colour`); languages not in ``languages`` (when given)
+    transparent. The napari category layers use the same function."""
+    from .analysis import CATEGORY_COLOURS, language_colour
+
+    clear = CATEGORY_COLOURS["none"]
+    order = [str(e.get("name", "")).split(":", 1)[1] for _, e in sorted(legend.items())
+             if str(e.get("name", "")).startswith("specific:")]
+    out = {}
+    for label, entry in legend.items():
+        name = str(entry.get("name", ""))
+        if int(label) == 0 or name == "none":
+            out[int(label)] = clear
+        elif name == "shared":
+            out[int(label)] = CATEGORY_COLOURS["shared"]
+        elif name.startswith("specific:"):
+            lang = name.split(":", 1)[1]
+            shown = languages is None or lang in languages
+            out[int(label)] = language_colour(lang, order) if shown else clear
+        else:
+            out[int(label)] = entry.get("colour") or clear
+    return out
+
+
+def qc_figure(result_or_folder, path, name: str = "lesion", slices=None) -> Path:
+    """Write the QC figure of a result's category map ``name`` to ``path`` (PNG).
+
+    Parameters
+    ----------
+    result_or_folder : an :class:`~.result.AlignmentResult` or its output folder.
+    path : the PNG to write.
+    name : the category set (``"lesion"``, or ``"random"`` for the random controls).
+    slices : MNI z levels (mm) of the axial slices; default: 5 levels spread over the
+        categorised voxels (over the mask when there are none).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .result import AlignmentResult, atomic_write_bytes
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise LesionAlignError(f"{path}: the QC figure is a PNG; give a file name ending .png")
+    result = (result_or_folder if hasattr(result_or_folder, "maps")
+              else AlignmentResult.load(result_or_folder))
+    if getattr(result.space, "kind", None) != "volume":
+        raise LesionAlignError("the QC figure needs volume results (a brain mask); this "
+                               "result is on regions")
+    if name not in result.categories:
+        raise LesionAlignError(
+            f"no category map {name!r} in this result (available: "
+            f"{sorted(result.categories) or 'none'}); categories need a lesion run with the "
+            "shared and specific lesions and at least 2 subjects")
+    cat_img, legend = _category_image(result, name)
+    template, labels = _on_template(cat_img)
+    zs = _slice_levels(template.affine, labels, slices)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, len(zs) + 1, height_ratios=(1.15, 1.0),
+                            width_ratios=[1.0] * len(zs) + [0.9])
+    colours = category_colours(legend)
+    for i, z in enumerate(zs):
+        _draw_slice(fig.add_subplot(grid[0, i]), template, labels, colours, z)
+    counts = np.bincount(np.asarray(result.categories[name][0], dtype=np.int64).clip(0))
+    _draw_legend(fig.add_subplot(grid[0, -1]), legend, colours, counts)
+    _draw_bars(fig.add_subplot(grid[1, :]), result)
+    fig.suptitle(_title(result, name), fontsize=11)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _category_image(result, name):
+    import nibabel as nib
+
+    labels, legend = result.categories[name]
+    m = np.asarray(result.space.mask_img.dataobj, dtype=bool)
+    vol = np.zeros(m.shape, dtype=np.int16)
+    vol[m] = np.asarray(labels, dtype=np.int16)
+    return nib.Nifti1Image(vol, result.space.affine), dict(legend)
+
+
+def _on_template(cat_img):
+    """The RAS MNI152 template (2 mm) and the labels resampled onto it (nearest)."""
+    import nibabel as nib
+    from nilearn.datasets import load_mni152_template
+    from nilearn.image import resample_to_img
+
+    template = nib.as_closest_canonical(load_mni152_template(resolution=2))
+    lab = resample_to_img(cat_img, template, interpolation="nearest", force_resample=True,
+                          copy_header=True)
+    return template, np.rint(np.asarray(lab.dataobj)).astype(np.int16)
+
+
+def _slice_levels(affine, labels, slices) -> list[float]:
+    """MNI z (mm) of the slices: given, or spread over the labelled voxels."""
+    if slices is not None:
+        zs = [float(z) for z in slices]
+        if not zs:
+            raise LesionAlignError("slices is empty; give MNI z levels in mm, e.g. [-10, 10, 30]")
+        return zs
+    k = np.nonzero(labels > 0)[2]
+    if not len(k):
+        k = np.arange(labels.shape[2] // 5, 4 * labels.shape[2] // 5)
+    ks = np.unique(np.quantile(k, np.linspace(0.1, 0.9, N_SLICES)).round().astype(int))
+    return [float(affine[2, 2] * kk + affine[2, 3]) for kk in ks]
+
+
+def _draw_slice(ax, template, labels, colours, z) -> None:
+    """One axial slice: x to the right (left hemisphere left), y up (anterior top)."""
+    from matplotlib.colors import to_rgba
+
+    aff = template.affine
+    k = int(round((z - aff[2, 3]) / aff[2, 2]))
+    if not 0 <= k < labels.shape[2]:
+        top = aff[2, 3] + aff[2, 2] * (labels.shape[2] - 1)
+        raise LesionAlignError(f"slice z = {z:g} mm is outside the template "
+                               f"({aff[2, 3]:g} to {top:g} mm); give slices within it")
+    x0, y0 = aff[0, 3], aff[1, 3]
+    nx, ny = labels.shape[:2]
+    ext = (x0 - aff[0, 0] / 2, x0 + aff[0, 0] * (nx - 0.5),
+           y0 - aff[1, 1] / 2, y0 + aff[1, 1] * (ny - 0.5))
+    anat = np.asarray(template.dataobj)[:, :, k].T
+    ax.imshow(anat, cmap="gray", origin="lower", extent=ext, interpolation="nearest")
+    rgba = np.zeros(labels.shape[:2][::-1] + (4,))
+    for label, colour in colours.items():
+        if label:
+            rgba[labels[:, :, k].T == label] = to_rgba(colour)
+    ax.imshow(rgba, origin="lower", extent=ext, interpolation="nearest")
+    ax.set_title(f"z = {aff[2, 2] * k + aff[2, 3]:g} mm", fontsize=9)
+    ax.text(0.02, 0.02, "L", transform=ax.transAxes, color="w", fontsize=9)
+    ax.text(0.93, 0.02, "R", transform=ax.transAxes, color="w", fontsize=9)
+    ax.set_axis_off()
+
+
+def _draw_legend(ax, legend, colours, counts) -> None:
+    """Legend patches with each category's number of voxels (analysis grid)."""
+    from matplotlib.patches import Patch
+
+    def n(lab):
+        return int(counts[lab]) if lab < len(counts) else 0
+
+    handles = [Patch(facecolor=colours[int(lab)], edgecolor="k",
+                     label=f"{e.get('name', lab)} ({n(int(lab))} voxels)")
+               for lab, e in sorted(legend.items()) if int(lab) != 0]
+    ax.set_axis_off()
+    if handles:
+        ax.legend(handles=handles, loc="center left", fontsize=8, frameon=False,
+                  title="category", title_fontsize=8)
+    else:
+        ax.text(0, 0.5, "no categorised voxel", fontsize=8)
+
+
+def bar_conditions(result) -> list[str]:
+    """Conditions of the bar chart: intact, then each lesion followed by its control
+    (layer-sweep conditions left out)."""
+    controls = dict(result.controls or {})
+    sweep = set(result.sweep or [])
+    sweep |= {c for c, of in controls.items() if of in sweep}
+    out = []
+    for cond in result.conditions:
+        if cond in controls or cond in sweep:
+            continue
+        out.append(cond)
+        out += [c for c, of in controls.items() if of == cond and c in result.conditions]
+    return out
+
+
+def _draw_bars(ax, result) -> None:
+    """Whole-brain mean r per condition (groups) and language (bars), SD across subjects."""
+    from .analysis import language_colour
+
+    rows = [r for r in result.summary_rows() if r["subject"] != "group"]
+    langs = result.languages
+    conds = bar_conditions(result)
+    controls = set(result.controls or {})
+    width = 0.8 / max(len(langs), 1)
+    for j, lang in enumerate(langs):
+        means, sds = [], []
+        for cond in conds:
+            vals = [r["mean_r"] for r in rows if r["language"] == lang and
+                    r["condition"] == cond and np.isfinite(r["mean_r"])]
+            means.append(np.mean(vals) if vals else np.nan)
+            sds.append(np.std(vals) if len(vals) > 1 else 0.0)
+        xs = np.arange(len(conds)) + (j - (len(langs) - 1) / 2) * width
+        bars = ax.bar(xs, means, width, yerr=sds, capsize=2, label=lang,
+                      color=language_colour(lang, langs), edgecolor="k", linewidth=0.5)
+        for bar, cond in zip(bars, conds):
+            if cond in controls:
+                bar.set_hatch("//")
+                bar.set_alpha(0.55)
+    ax.set_xticks(np.arange(len(conds)))
+    ax.set_xticklabels(conds, rotation=20, fontsize=8, ha="right")
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.set_ylabel("whole-brain mean r")
+    ax.legend(fontsize=8, ncols=len(langs), loc="upper right", frameon=False)
+    ax.set_title("mean r over subjects (error bar: SD across subjects; hatched: random "
+                 "control)", fontsize=9)
+
+
+def _title(result, name) -> str:
+    model = (result.provenance.get("model") or {}).get("name", "model")
+    return (f"{model}: categories '{name}', {len(result.subjects)} subjects, "
+            f"languages {', '.join(result.languages)}")

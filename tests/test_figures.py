@@ -1,0 +1,154 @@
+"""The QC figure (matplotlib only) and the tiny result the napari tests share."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_lesion_align.core import analysis as an
+from napari_lesion_align.core.bold import VolumeSpace
+from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.figures import (DPI, FIGSIZE, bar_conditions, category_colours,
+                                              qc_figure)
+from napari_lesion_align.core.result import AlignmentResult
+
+#: a 4 mm MNI grid (x -40..40, y -60..32, z -20..48): grid points are also 2 mm template points
+AFFINE_4MM = np.array([[4.0, 0, 0, -40], [0, 4.0, 0, -60], [0, 0, 4.0, -20], [0, 0, 0, 1]])
+SHAPE = (21, 24, 18)
+LANGS = ["EN", "FR"]
+CONDS = ["intact", "shared", "sharedRandom", "specificEN", "specificFR"]
+
+
+def _test(sig: np.ndarray) -> an.PairedTest:
+    q = np.where(sig, 0.001, 0.9).astype(np.float32)
+    return an.PairedTest(t=np.where(sig, 5.0, 0.1).astype(np.float32), p=q, q=q, n_subjects=3)
+
+
+def make_tiny_result(shared: bool = True, seed: int = 0) -> AlignmentResult:
+    """3 subjects x EN/FR x (intact, shared + its random control, one specific lesion per
+    language) on a small 4 mm MNI grid, with group t/p/q maps and a ``lesion`` category
+    map from :func:`analysis.categories`: shared = left frontal (x < 0, y > 0, z > 10)
+    when ``shared``, specific:EN = right, z > 10, specific:FR = right, z <= 10."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(SHAPE, dtype=np.int8)
+    mask[2:19, 2:22, 2:16] = 1
+    space = VolumeSpace(nib.Nifti1Image(mask, AFFINE_4MM))
+    xyz = space.coordinates()
+    V = len(xyz)
+    drop = {"intact": 0.0, "shared": 0.06, "sharedRandom": 0.01, "specificEN": 0.04,
+            "specificFR": 0.03}
+    maps = {}
+    for s in ("01", "02", "03"):
+        for lang in LANGS:
+            for cond in CONDS:
+                r = 0.2 - drop[cond] + 0.02 * rng.normal(size=V)
+                maps[(s, lang, cond, "r")] = r.astype(np.float32)
+                if cond != "intact":
+                    maps[(s, lang, cond, "deltar")] = (maps[(s, lang, "intact", "r")]
+                                                       - maps[(s, lang, cond, "r")])
+    zero = np.zeros(V, dtype=bool)
+    shared_sig = (xyz[:, 0] < 0) & (xyz[:, 1] > 0) & (xyz[:, 2] > 10) if shared else zero
+    en_only = (xyz[:, 0] > 8) & (xyz[:, 2] > 10)
+    fr_only = (xyz[:, 0] > 8) & (xyz[:, 2] <= 10)
+    shared_tests = {lang: _test(shared_sig) for lang in LANGS}
+    specific = {"EN": {"EN": _test(en_only), "FR": _test(zero)},
+                "FR": {"EN": _test(zero), "FR": _test(fr_only)}}
+    labels, legend = an.categories(shared_tests, specific, LANGS)
+    group = {}
+    for lang in LANGS:
+        for cond, res in (("intact", _test(np.ones(V, bool))), ("shared", shared_tests[lang]),
+                          ("specificEN", specific["EN"][lang]),
+                          ("specificFR", specific["FR"][lang])):
+            for stat in ("t", "p", "q"):
+                group[(lang, cond, stat)] = getattr(res, stat)
+    return AlignmentResult(space=space, maps=maps, group_maps=group,
+                           categories={"lesion": (labels, legend)},
+                           controls={"sharedRandom": "shared"},
+                           provenance={"model": {"name": "tiny"}},
+                           n_valid={(s, lang): V for s in ("01", "02", "03") for lang in LANGS})
+
+
+def _pixels_near(img: np.ndarray, hex_colour: str, tol: int = 12) -> np.ndarray:
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return (np.abs(img[..., :3].astype(int) - rgb) <= tol).all(-1)
+
+
+def _read_png(path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return (imread(str(path))[..., :3] * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "result"
+    make_tiny_result().save(out)
+    return out
+
+
+def test_qc_figure_written_with_category_colours(tiny_folder, tmp_path):
+    path = qc_figure(tiny_folder, tmp_path / "qc.png")
+    assert path.is_file()
+    img = _read_png(path)
+    assert img.shape[:2] == (FIGSIZE[1] * DPI, FIGSIZE[0] * DPI)
+    h, w = img.shape[:2]
+    slices = img[: h // 2, : int(0.75 * w)]  # the axial slices (not the legend, not the bars)
+    assert _pixels_near(slices, an.CATEGORY_COLOURS["shared"]).sum() > 20
+    assert _pixels_near(slices, an.CATEGORY_COLOURS["EN"]).sum() > 20
+    assert _pixels_near(slices, an.CATEGORY_COLOURS["FR"]).sum() > 20
+    bars = img[h // 2:]
+    assert _pixels_near(bars, an.CATEGORY_COLOURS["EN"]).sum() > 100
+    assert not list(tmp_path.glob(".*tmp"))  # atomic: no temporary file left
+
+
+def test_qc_figure_shared_colour_only_where_shared_voxels(tmp_path):
+    qc_figure(make_tiny_result(shared=False), tmp_path / "qc.png")
+    img = _read_png(tmp_path / "qc.png")
+    h, w = img.shape[:2]
+    assert _pixels_near(img[: h // 2, : int(0.75 * w)], an.CATEGORY_COLOURS["shared"]).sum() == 0
+
+
+def test_qc_figure_left_hemisphere_on_the_left(tmp_path):
+    """Shared voxels are only at x < 0: in each slice panel they lie in its left half."""
+    qc_figure(make_tiny_result(), tmp_path / "qc.png", slices=[20.0])
+    img = _read_png(tmp_path / "qc.png")
+    h, w = img.shape[:2]
+    amber = _pixels_near(img[: h // 2, : int(0.5 * w)], an.CATEGORY_COLOURS["shared"])
+    fr = _pixels_near(img[: h // 2, : int(0.5 * w)], an.CATEGORY_COLOURS["EN"])
+    ys, xs = np.nonzero(amber)
+    yb, xb = np.nonzero(fr)
+    assert len(xs) and len(xb)
+    assert xs.max() < xb.min()  # left frontal shared voxels left of the right-sided EN ones
+    assert ys.mean() < yb.mean() + 1  # anterior (y > 0) shared voxels not below
+
+
+def test_qc_figure_errors_write_nothing(tiny_folder, tmp_path):
+    with pytest.raises(LesionAlignError, match="no category map 'nope'"):
+        qc_figure(tiny_folder, tmp_path / "a.png", name="nope")
+    with pytest.raises(LesionAlignError, match="ending .png"):
+        qc_figure(tiny_folder, tmp_path / "a.pdf")
+    with pytest.raises(LesionAlignError, match="outside the template"):
+        qc_figure(tiny_folder, tmp_path / "b.png", slices=[500])
+    with pytest.raises(LesionAlignError, match="no result.json"):
+        qc_figure(tmp_path, tmp_path / "c.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bar_conditions_put_controls_after_their_lesion():
+    assert bar_conditions(make_tiny_result()) == ["intact", "shared", "sharedRandom",
+                                                  "specificEN", "specificFR"]
+
+
+def test_category_colours_are_the_analysis_colours():
+    _, legend = make_tiny_result().categories["lesion"]
+    colours = category_colours(legend)
+    assert colours[1] == an.CATEGORY_COLOURS["shared"]
+    names = {lab: e["name"] for lab, e in legend.items()}
+    for lab, name in names.items():
+        if name.startswith("specific:"):
+            assert colours[lab] == an.CATEGORY_COLOURS[name.split(":")[1]]
+            assert colours[lab] == legend[lab]["colour"]
+    only_en = category_colours(legend, languages=["EN"])
+    fr = next(lab for lab, n in names.items() if n == "specific:FR")
+    assert only_en[fr] == an.CATEGORY_COLOURS["none"]
