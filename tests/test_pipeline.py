@@ -319,3 +319,33 @@ correction = "none"
     np.testing.assert_array_equal(back.categories["lesion"][0], res.categories["lesion"][0])
     np.testing.assert_allclose(back.group_maps[("EN", "shared", "t")],
                                res.group_maps[("EN", "shared", "t")], atol=1e-6)
+
+
+def test_subjects_fitted_together_match_one_at_a_time(tmp_path, tiny_model):
+    """Subjects with the same runs share one fit (voxels side by side); the maps equal
+    those of fitting each subject alone, and each subject keeps its own excluded voxels."""
+    import dataclasses
+
+    from napari_lesion_align.core.model import load_model
+    from napari_lesion_align.core.pipeline import FeatureStore, run_analysis
+
+    cfg = load_config(write_study(tmp_path / "study", tiny_model, n_subjects=3))
+    # subject 02 gets a second constant voxel: the stacked fit must keep the columns apart
+    img = nib.load(str(tmp_path / "study" / "sub-02" / "run-2.nii.gz"))
+    data = np.asarray(img.dataobj).copy()
+    data[1, 1, 1, :] = 3.0
+    nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / "study" / "sub-02" / "run-2.nii.gz"))
+    lm = load_model(str(tiny_model), offline=True, device="cpu")
+    store = FeatureStore()
+    together = run_analysis(cfg, model=lm, store=store)
+    alone = run_analysis(dataclasses.replace(
+        cfg, encoding=dataclasses.replace(cfg.encoding, stack_mb=0)), model=lm, store=store)
+    assert together.provenance["fits"]["01/EN"]["fitted_with"] == ["01", "02", "03"]
+    assert alone.provenance["fits"]["01/EN"]["fitted_with"] == ["01"]
+    for s in ("01", "02", "03"):
+        a, b = together.get(s, "EN"), alone.get(s, "EN")
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_allclose(a, b, atol=1e-4, equal_nan=True)
+    assert together.n_valid[("02", "EN")] == together.n_valid[("01", "EN")] - 1
+    assert np.isnan(together.get("02", "EN")).sum() == 2
+    assert np.isnan(together.get("01", "EN")).sum() == 1

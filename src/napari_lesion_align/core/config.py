@@ -42,8 +42,12 @@ class EncodingConfig:
     score: str = "r2"
     dtype: str = "float32"
     backend: str = "auto"
+    stack_mb: float = 1024.0  # subjects with the same runs are fitted together up to this
 
     def __post_init__(self):
+        if not self.stack_mb >= 0:
+            raise LesionAlignError(f"encoding.stack_mb = {self.stack_mb}; use a size in MiB "
+                                   ">= 0 (0 fits one subject at a time)")
         if self.downsample not in ("floor", "lanczos"):
             raise LesionAlignError(
                 f"encoding.downsample = {self.downsample!r}; use 'floor' (paper) or 'lanczos'"

@@ -236,53 +236,76 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
             progress=P.sub(li / len(codes), (li + 1) / len(codes)), cancel=cancel)
     timings["features_s"] = time.perf_counter() - t
 
-    # 4. encoding models: one subject and language at a time, cleaned once, every condition
+    # 4. encoding models: per language, every condition; the subjects whose runs have the
+    # same lengths share the features, so they are fitted together (their voxels side by
+    # side: one decomposition per fold for all of them), within a memory budget.
     t = time.perf_counter()
     P.phase(0.45, 0.97)
     result = AlignmentResult(space=ds.space)
     keys = list(ds.bold)
     per_fit = {}
     warnings: list[str] = []
-    for ki, (s, code) in enumerate(keys):
-        P.check()
-        sub = P.sub(ki / len(keys), (ki + 1) / len(keys))
-        sub(0.0, f"subject {s}, {code}: cleaning")
-        runs = ds.bold[(s, code)]
-        raw = [run.load() for run in runs]
-        valid = valid_columns(raw)  # NaN or constant in any run: excluded and counted
-        result.n_valid[(s, code)] = int(valid.sum())
-        if not valid.any():
-            for c in conditions:
-                result.maps[(s, code, c.label, "r")] = np.full(ds.space.n_features, np.nan,
-                                                               dtype=np.float32)
-            per_fit[f"{s}/{code}"] = {"n_excluded": int(valid.size),
-                                      "note": "every voxel/region is constant or NaN"}
-            warnings.append(f"subject {s}, {code}: every voxel/region is constant or NaN; "
-                            "excluded")
-            continue
-        Y_runs = []
-        for run, Y in zip(runs, raw):
-            Y_runs.append(clean_run(Y[:, valid], ds.tr, config.cleaning, run.confounds))
+    n_keys = len(keys)
+    done = 0
+    for code in codes:
+        subjects = [s for (s, c) in keys if c == code]
+        cleaned = {}
+        for s in subjects:
             P.check()
-        del raw
-        t_fit = time.perf_counter()
-        fit_info = {}
-        for ci, c in enumerate(conditions):
-            X_runs = [X[: pad + Y.shape[0]] for X, Y in zip(features[code][c.label], Y_runs)]
-            lo, hi = ci / len(conditions), (ci + 1) / len(conditions)
-            res = cross_validated_r(
-                X_runs, Y_runs, delays, enc.alphas, pad_before=pad,
-                n_blocks=enc.n_blocks, score=enc.score, dtype=np.dtype(enc.dtype),
-                backend=enc.backend,
-                progress=lambda f, m, s=s, code=code, c=c, lo=lo, hi=hi: sub(
-                    lo + (hi - lo) * f, f"subject {s}, {code}, {c.label}: {m}"),
-                cancel=cancel)
-            r = np.full(ds.space.n_features, np.nan, dtype=np.float32)
-            r[valid] = res.r
-            result.maps[(s, code, c.label, "r")] = r
-            fit_info = {"cv": res.folds}
-        per_fit[f"{s}/{code}"] = {"seconds": time.perf_counter() - t_fit,
-                                  "n_excluded": int((~valid).sum()), **fit_info}
+            P(done / n_keys, f"subject {s}, {code}: cleaning")
+            runs = ds.bold[(s, code)]
+            raw = [run.load() for run in runs]
+            valid = valid_columns(raw)  # NaN or constant in any run: excluded and counted
+            result.n_valid[(s, code)] = int(valid.sum())
+            if not valid.any():
+                for c in conditions:
+                    result.maps[(s, code, c.label, "r")] = np.full(
+                        ds.space.n_features, np.nan, dtype=np.float32)
+                per_fit[f"{s}/{code}"] = {"n_excluded": int(valid.size),
+                                          "note": "every voxel/region is constant or NaN"}
+                warnings.append(f"subject {s}, {code}: every voxel/region is constant or "
+                                "NaN; excluded")
+                done += 1
+                continue
+            Y_runs = []
+            for run, Y in zip(runs, raw):
+                Y_runs.append(clean_run(Y[:, valid], ds.tr, config.cleaning, run.confounds))
+                P.check()
+            del raw
+            cleaned[s] = (valid, Y_runs)
+        for group in _fit_groups(cleaned, enc.stack_mb):
+            P.check()
+            lo, hi = done / n_keys, (done + len(group)) / n_keys
+            sub = P.sub(lo, hi)
+            who = (f"subject {group[0]}" if len(group) == 1
+                   else f"subjects {group[0]}-{group[-1]}")
+            Y_runs = [np.hstack([cleaned[s][1][i] for s in group])
+                      for i in range(len(cleaned[group[0]][1]))]
+            widths = np.cumsum([0] + [int(cleaned[s][0].sum()) for s in group])
+            t_fit = time.perf_counter()
+            for ci, c in enumerate(conditions):
+                X_runs = [X[: pad + Y.shape[0]] for X, Y in zip(features[code][c.label], Y_runs)]
+                clo, chi = ci / len(conditions), (ci + 1) / len(conditions)
+                res = cross_validated_r(
+                    X_runs, Y_runs, delays, enc.alphas, pad_before=pad,
+                    n_blocks=enc.n_blocks, score=enc.score, dtype=np.dtype(enc.dtype),
+                    backend=enc.backend,
+                    progress=lambda f, m, c=c, clo=clo, chi=chi: sub(
+                        clo + (chi - clo) * f, f"{who}, {code}, {c.label}: {m}"),
+                    cancel=cancel)
+                for j, s in enumerate(group):
+                    r = np.full(ds.space.n_features, np.nan, dtype=np.float32)
+                    r[cleaned[s][0]] = res.r[widths[j]:widths[j + 1]]
+                    result.maps[(s, code, c.label, "r")] = r
+                cv = res.folds
+            seconds = time.perf_counter() - t_fit
+            for s in group:
+                per_fit[f"{s}/{code}"] = {"seconds": seconds / len(group),
+                                          "fitted_with": list(group),
+                                          "n_excluded": int((~cleaned[s][0]).sum()), "cv": cv}
+            del Y_runs
+            done += len(group)
+        del cleaned
     timings["encoding_s"] = time.perf_counter() - t
 
     # 5. lesion effects: delta r per subject, group statistics, categories, sweep table
@@ -323,6 +346,25 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     if progress is not None:
         progress(1.0, "done")
     return result
+
+
+def _fit_groups(cleaned: dict, budget_mb: float) -> list[list]:
+    """Subjects fitted together: same run lengths, stacked BOLD within ``budget_mb``."""
+    groups: dict = {}
+    for s, (_, Y_runs) in cleaned.items():
+        groups.setdefault(tuple(Y.shape[0] for Y in Y_runs), []).append(s)
+    out = []
+    for subjects in groups.values():
+        cur, size = [], 0.0
+        for s in subjects:
+            mb = sum(Y.nbytes for Y in cleaned[s][1]) / 2**20
+            if cur and size + mb > budget_mb:
+                out.append(cur)
+                cur, size = [], 0.0
+            cur.append(s)
+            size += mb
+        out.append(cur)
+    return out
 
 
 def compare_conditions(result: AlignmentResult, conditions: list, les_cfg, warnings: list) -> None:
