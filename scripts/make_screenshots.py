@@ -1,0 +1,146 @@
+"""Make the user guide's napari screenshots (docs/images/napari-*.png) with a real viewer.
+
+    xvfb-run -a python scripts/make_screenshots.py [--result demo-lesions/] [--out docs/images]
+
+``--result``: an output folder of ``napari-lesion-align demo --lesions``, opened in the
+Results widget (default ``$NLA_DEMO_RESULT``, else the plugin's cached demo result, which
+is computed the first time: several minutes). The Model & lesion and Run screenshots use
+the built-in model (a real run is started, photographed while it works, then cancelled;
+``--no-run`` skips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WIDGETS = ("Data", "Model & lesion", "Run", "Results", "Inspector")
+
+
+def wait(app, condition, timeout=600.0, what="a task"):
+    t0 = time.perf_counter()
+    while not condition():
+        app.processEvents()
+        time.sleep(0.01)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+
+
+def settle(app, seconds=0.5):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def dock_all(viewer):
+    """The five widgets: Data, Model & lesion and Run tabbed on the left under napari's
+    layer list, Results and Inspector on the right (napari's Plugins menu docks them all
+    on the right)."""
+    from napari_lesion_align import _widgets
+
+    classes = dict(zip(WIDGETS, ("DataWidget", "ModelLesionWidget", "RunWidget",
+                                 "ResultsWidget", "InspectorWidget")))
+    out = {}
+    for name in WIDGETS:
+        left = name in ("Data", "Model & lesion", "Run")
+        w = getattr(_widgets, classes[name])(viewer)
+        viewer.window.add_dock_widget(w, name=name, area="left" if left else "right",
+                                      tabify=left and name != "Data")
+        out[name] = w
+    return out
+
+
+def grab(widget, path: Path) -> None:
+    widget.grab().save(str(path))
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--result", default=os.environ.get("NLA_DEMO_RESULT"),
+                    help="a lesion demo output folder (default $NLA_DEMO_RESULT)")
+    ap.add_argument("--out", default=str(REPO / "docs" / "images"))
+    ap.add_argument("--no-run", action="store_true", help="skip the Run screenshot")
+    args = ap.parse_args(argv)
+    if not args.result:
+        from napari_lesion_align._sample_data import ensure_demo_result
+
+        print("computing (or reusing) the cached lesion demo result…", file=sys.stderr)
+        args.result = str(ensure_demo_result())
+    if not (Path(args.result) / "result.json").is_file():
+        ap.error(f"{args.result}: not a result folder (no result.json); give a folder "
+                 "written by 'napari-lesion-align demo --lesions'")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import napari
+    from qtpy.QtWidgets import QApplication, QWidget
+
+    from napari_lesion_align import _layers
+    from napari_lesion_align.data import demo
+
+    viewer = napari.Viewer(show=True, title="napari-lesion-align")
+    app = QApplication.instance()
+    viewer.window._qt_window.resize(1600, 1000)
+    w = dock_all(viewer)
+    settle(app, 1.0)
+
+    # Data: the built-in demo, checked
+    w["Data"].load_demo()
+    wait(app, lambda: w["Data"].task.done, 120, "the data check")
+    settle(app)
+    grab(w["Data"], out / "napari-data.png")
+
+    # Model & lesion: the built-in model's anatomy and the default lesion's size
+    w["Model & lesion"].update_size()
+    wait(app, lambda: w["Model & lesion"].size_task.done, 600, "the lesion size")
+    settle(app)
+    grab(w["Model & lesion"], out / "napari-model.png")
+
+    # Results: the lesion demo's result, the category overlay over the template
+    res = w["Results"]
+    task = res.open_result(args.result)
+    wait(app, lambda: task.done, 300, "the result")
+    wait(app, lambda: res.feeder.done, 120, "the layers")
+    res.set_overlay(True, "lesion")
+    viewer.dims.set_point(0, _layers.mni_to_world((0.0, 0.0, 4.0))[0])  # axial z = 4 mm
+    viewer.reset_view()
+    settle(app, 1.0)
+    # Inspector: a voxel of the planted shared region (left superior temporal gyrus)
+    centre = next(c for cat, c, _ in demo.REGIONS if cat == "shared")
+    w["Inspector"].inspect(_layers.mni_to_world(centre))
+    settle(app, 1.0)
+    grab(res, out / "napari-results.png")
+    grab(w["Inspector"], out / "napari-inspector.png")
+    settle(app, 1.0)
+    for toast in viewer.window._qt_window.findChildren(QWidget):  # close the notifications
+        if type(toast).__name__ == "NapariQtNotification":
+            toast.close()
+    settle(app, 1.0)
+    viewer.screenshot(str(out / "napari-overview.png"), canvas_only=False)
+    print(f"wrote {out / 'napari-overview.png'}")
+
+    # Run: a real run of the demo, photographed while it works, then cancelled
+    if not args.no_run:
+        run = w["Run"]
+        task = run.run()
+        t0 = time.perf_counter()
+        wait(app, lambda: (run.fraction > 0.14 and time.perf_counter() - t0 > 20)
+             or task.done, 900, "the run to progress")
+        settle(app, 1.0)
+        grab(run, out / "napari-run.png")
+        run.cancel()
+        wait(app, lambda: task.done, 120, "the cancel")
+        settle(app)
+
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The state the dock widgets of one viewer share: data, model & lesion settings, last result.
+
+:func:`session_for` returns the :class:`Session` of a viewer (one per viewer, created on
+first use, forgotten with the viewer). The widgets write their forms into it as plain
+config tables (the same keys as the TOML file, see docs/configuration.md), and
+:meth:`Session.build_config` turns them into an :class:`~..core.config.AnalysisConfig`
+through the core's own parser, so the GUI and the CLI validate input the same way.
+
+Events (psygnal, emitted in the GUI thread):
+
+* ``data_changed()`` -- the data form changed (languages may have changed);
+* ``model_changed()`` -- the model / lesion form changed;
+* ``result_changed(result)`` -- a new :class:`~..core.result.AlignmentResult` arrived
+  (or ``None`` when it was cleared);
+* ``busy_changed(what)`` -- a long task that uses the model started (``what`` says which)
+  or ended (``None``); the widgets disable their other model tasks meanwhile, because
+  importance scoring and lesioned feature extraction must not share the model at once.
+
+Nothing here imports Qt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from pathlib import Path
+
+from psygnal import Signal
+
+from ..core.config import BUILTIN_MODEL, AnalysisConfig, config_from_dict, demo_config
+from ..core.errors import LesionAlignError
+
+DEMO_LANGUAGES = ("EN", "FR", "ZH")
+
+#: the lesion recipe the widgets start with (the demo's: top 1 % of weights by Wanda)
+DEFAULT_LESIONS = {"element": "weights", "method": "wanda", "k_percent": 1.0,
+                   "random_control": True, "mode": "zero"}
+
+
+def unwrap(viewer):
+    """The viewer behind napari's ``PublicOnlyProxy`` (what plugin widgets receive)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+class Session:
+    """What the widgets of one viewer share (see the module docstring)."""
+
+    data_changed = Signal()
+    model_changed = Signal()
+    result_changed = Signal(object)
+    busy_changed = Signal(object)
+
+    def __init__(self):
+        #: ``{"data": {...}, "languages": {...}}`` as in a config file, or the demo
+        self.data: dict = {"data": {"kind": "demo", "tr": 2.0,
+                                    "demo": {"n_subjects": 5, "seed": 0}}}
+        #: a config file the data comes from (its encoding / features / cleaning too)
+        self.data_file: str | None = None
+        #: what is wrong with the data form (raised by build_config), None when complete
+        self.data_error: str | None = None
+        self.model: dict = {"name": BUILTIN_MODEL, "layer": -1, "offline": True,
+                            "device": "auto"}
+        #: the [lesions] table; empty = intact model only
+        self.lesions: dict = dict(DEFAULT_LESIONS)
+        #: a manual lesion to build on the model at run time: {"element", "indices"}
+        self.manual: dict | None = None
+        #: what is wrong with the model / lesion form (raised by build_config)
+        self.model_error: str | None = None
+        #: [encoding] overrides (e.g. a shorter alpha grid)
+        self.encoding: dict = {}
+        self.seed: int = 0
+        self.name: str = "napari"
+        self.result = None
+        self.result_folder: Path | None = None
+        self.busy: str | None = None
+
+    # ------------------------------------------------------------------ data
+    @property
+    def is_demo(self) -> bool:
+        return self.data_file is None and self.data.get("data", {}).get("kind") == "demo"
+
+    def languages(self) -> list[str]:
+        """Language codes of the current data (best effort: [] when unknown)."""
+        if self.is_demo:
+            return list(DEMO_LANGUAGES)
+        if self.data_file is not None:
+            try:
+                return list(_read_table(self.data_file).get("languages", {}))
+            except LesionAlignError:
+                return []
+        return [str(c) for c in self.data.get("languages", {})]
+
+    def set_data(self, tables: dict, data_file: str | None = None) -> None:
+        self.data = tables
+        self.data_file = data_file
+        self.data_changed.emit()
+
+    def set_model(self, model: dict, lesions: dict, manual: dict | None = None) -> None:
+        self.model = dict(model)
+        self.lesions = dict(lesions)
+        self.manual = manual
+        self.model_changed.emit()
+
+    def set_result(self, result, folder: Path | None = None) -> None:
+        self.result = result
+        self.result_folder = folder
+        self.result_changed.emit(result)
+
+    def set_busy(self, what: str | None) -> None:
+        self.busy = what
+        self.busy_changed.emit(what)
+
+    # ------------------------------------------------------------------ config
+    def build_config(self, extra_lesion_files: tuple = ()) -> AnalysisConfig:
+        """The :class:`AnalysisConfig` of the current forms (raises LesionAlignError).
+
+        ``extra_lesion_files``: saved lesions to run as well (e.g. the manual lesion built
+        at run time).
+        """
+        if self.data_error:
+            raise LesionAlignError(self.data_error)
+        if self.model_error:
+            raise LesionAlignError(self.model_error)
+        lesions = dict(self.lesions)
+        if lesions and extra_lesion_files:
+            lesions["files"] = list(lesions.get("files", ())) + [str(f) for f in
+                                                               extra_lesion_files]
+        model = dict(self.model)
+        if self.is_demo:
+            demo = self.data["data"].get("demo", {})
+            overrides = {"model": model}
+            if self.encoding:
+                overrides["encoding"] = dict(self.encoding)
+            cfg = demo_config(n_subjects=int(demo.get("n_subjects", 5)),
+                              seed=int(demo.get("seed", self.seed)), lesions=False,
+                              **overrides)
+            # demo_config's ``lesions`` is a switch for its own recipe: parse ours the way
+            # a config file's [lesions] table is parsed, then put it in
+            les = config_from_dict({"data": {"kind": "demo"}, "lesions": lesions}).lesions
+            return dataclasses.replace(cfg, lesions=les, name="demo")
+        if self.data_file is not None:
+            d = _read_table(self.data_file)
+            base = Path(self.data_file).resolve().parent
+            source = str(self.data_file)
+        else:
+            d = {k: _copy(v) for k, v in self.data.items()}
+            base, source = Path.cwd(), None
+        d["model"] = model
+        d["lesions"] = lesions
+        if self.encoding:
+            d.setdefault("encoding", {}).update(self.encoding)
+        d.setdefault("name", self.name)
+        d.setdefault("seed", self.seed)
+        return config_from_dict(d, base=base, source=source)
+
+
+def _copy(v):
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_copy(x) for x in v]
+    return v
+
+
+def _read_table(path) -> dict:
+    """A config file as a dict (TOML or JSON), with the core's error messages."""
+    import json
+    import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise LesionAlignError(f"{p}: config file not found")
+    try:
+        if p.suffix == ".json":
+            return json.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except Exception as err:
+        raise LesionAlignError(f"{p}: cannot parse the config ({err})") from err
+
+
+_SESSIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def session_for(viewer) -> Session:
+    """The :class:`Session` of ``viewer`` (created on first use; dropped with the viewer)."""
+    v = unwrap(viewer)
+    s = _SESSIONS.get(v)
+    if s is None:
+        s = _SESSIONS[v] = Session()
+    return s
+
+
+def connect(signal, method) -> None:
+    """Connect a session event to a widget's method; disconnected when the widget dies."""
+    signal.connect(method)
+    widget = method.__self__
+
+    def drop(*_):
+        try:
+            signal.disconnect(method, missing_ok=True)
+        except Exception:  # the signal's owner may be gone already
+            pass
+
+    widget.destroyed.connect(drop)

@@ -1,0 +1,445 @@
+"""Data dock widget: the built-in demo, your files (per language: annotations and BOLD runs
+or ROI time series; TR; mask), or a config file; shows what was found before a run."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+                            QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton,
+                            QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
+
+from ..core.errors import LesionAlignError
+from ._state import session_for
+from ._tasks import start_task
+
+SOURCES = ("Demo (built-in)", "Files", "Config file")
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in str(text).replace("\n", ";").split(";") if t.strip()]
+
+
+def _path_row(edit: QLineEdit, pick) -> QWidget:
+    w = QWidget()
+    lay = QHBoxLayout(w)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit, 1)
+    btn = QPushButton("…")
+    btn.setFixedWidth(28)
+    btn.clicked.connect(pick)
+    lay.addWidget(btn)
+    return w
+
+
+class LanguageBox(QGroupBox):
+    """One language: code, text language, annotation files, BOLD runs (or ROI tables)."""
+
+    def __init__(self, parent: "DataWidget", code: str = ""):
+        super().__init__(f"Language {code}".strip(), parent)
+        self.owner = parent
+        form = QFormLayout(self)
+        self.code = QLineEdit(code)
+        self.code.setPlaceholderText("EN")
+        self.text_language = QLineEdit()
+        self.text_language.setPlaceholderText("ISO code of the text, e.g. en, fr, zh")
+        self.annotations = QLineEdit()
+        self.annotations.setPlaceholderText("one TextGrid / CSV / TSV per run, separated by ;")
+        self.runs = QLineEdit()
+        self.runs.setPlaceholderText("optional: run labels (a multi-run table's run column)")
+        self.bold = QLineEdit()
+        self.bold.setPlaceholderText("sub-{subject}/run-{run}.nii.gz, or files separated by ;")
+        self.bold.setToolTip(
+            "A template with {subject} and {run} (glob characters allowed), or one file per run "
+            "and subject separated by ';' (subject by subject, runs in order).")
+        remove = QPushButton("Remove language")
+        remove.clicked.connect(lambda: parent.remove_language(self))
+        form.addRow("Code", self.code)
+        form.addRow("Text language", self.text_language)
+        form.addRow("Annotations", _path_row(self.annotations, self._pick_annotations))
+        form.addRow("Runs", self.runs)
+        form.addRow("BOLD", _path_row(self.bold, self._pick_bold))
+        form.addRow(remove)
+        for e in (self.code, self.text_language, self.annotations, self.runs, self.bold):
+            e.textChanged.connect(parent._form_changed)
+        self.code.textChanged.connect(lambda t: self.setTitle(f"Language {t}".strip()))
+
+    def _pick_annotations(self):
+        files, _ = QFileDialog.getOpenFileNames(
+            self, "Word annotations (one per run)", "",
+            "Annotations (*.TextGrid *.textgrid *.csv *.tsv *.txt);;All files (*)")
+        if files:
+            self.annotations.setText("; ".join(files))
+
+    def _pick_bold(self):
+        files, _ = QFileDialog.getOpenFileNames(
+            self, "BOLD runs or ROI time series (subject by subject, runs in order)", "",
+            "BOLD (*.nii *.nii.gz *.tsv *.csv *.txt *.npy);;All files (*)")
+        if files:
+            self.bold.setText("; ".join(files))
+
+    def values(self) -> dict:
+        return {"code": self.code.text().strip(), "text_language": self.text_language.text(),
+                "annotations": _split(self.annotations.text()),
+                "runs": [r.strip() for r in self.runs.text().split(",") if r.strip()],
+                "bold": _split(self.bold.text())}
+
+
+class DataWidget(QWidget):
+    """Choose the data of an analysis and check it before running."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.task = None
+        self.report = None
+        self.feeder = None
+        self._loading = False
+        self.language_boxes: list[LanguageBox] = []
+
+        lay = QVBoxLayout(self)
+        top = QFormLayout()
+        self.source = QComboBox()
+        self.source.addItems(SOURCES)
+        top.addRow("Source", self.source)
+        lay.addLayout(top)
+
+        self.stack = QStackedWidget()
+        lay.addWidget(self.stack)
+        # demo page
+        demo = QWidget()
+        f = QFormLayout(demo)
+        self.demo_subjects = QSpinBox()
+        self.demo_subjects.setRange(1, 50)
+        self.demo_subjects.setValue(5)
+        self.demo_seed = QSpinBox()
+        self.demo_seed.setRange(0, 1_000_000)
+        self.load_demo_button = QPushButton("Load demo")
+        self.load_demo_button.setToolTip("Le Petit Prince annotations (EN, FR, ZH) with "
+                                         "synthetic BOLD that has planted regions")
+        self.load_demo_button.clicked.connect(lambda: self.load_demo())
+        f.addRow("Subjects", self.demo_subjects)
+        f.addRow("Seed", self.demo_seed)
+        f.addRow(self.load_demo_button)
+        self.stack.addWidget(demo)
+        # files page
+        files = QWidget()
+        fl = QVBoxLayout(files)
+        fl.setContentsMargins(0, 0, 0, 0)
+        ff = QFormLayout()
+        self.kind = QComboBox()
+        self.kind.addItems(["NIfTI volumes", "ROI time series"])
+        self.tr = QDoubleSpinBox()
+        self.tr.setRange(0.1, 20.0)
+        self.tr.setDecimals(3)
+        self.tr.setSingleStep(0.1)
+        self.tr.setValue(2.0)
+        self.tr.setSuffix(" s")
+        self.mask = QLineEdit()
+        self.mask.setPlaceholderText("brain mask (NIfTI, > 0 inside)")
+        self.subjects = QLineEdit()
+        self.subjects.setPlaceholderText("01, 02, 03")
+        ff.addRow("Input", self.kind)
+        ff.addRow("TR", self.tr)
+        ff.addRow("Mask", _path_row(self.mask, self._pick_mask))
+        ff.addRow("Subjects", self.subjects)
+        fl.addLayout(ff)
+        self.languages_layout = QVBoxLayout()
+        fl.addLayout(self.languages_layout)
+        add = QPushButton("Add language")
+        add.clicked.connect(lambda: self.add_language())
+        fl.addWidget(add)
+        self.stack.addWidget(files)
+        # config page
+        conf = QWidget()
+        cf = QFormLayout(conf)
+        self.config_path = QLineEdit()
+        self.config_path.setPlaceholderText("study.toml: its [data], [languages.*], "
+                                            "[features], [encoding], [cleaning]")
+        cf.addRow("Config", _path_row(self.config_path, self._pick_config))
+        cf.addRow(QLabel("Model and lesions come from the Model & lesion widget."))
+        self.stack.addWidget(conf)
+
+        row = QHBoxLayout()
+        self.check_button = QPushButton("Check data")
+        self.check_button.clicked.connect(lambda: self.check())
+        row.addWidget(self.check_button)
+        lay.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self.summary = QPlainTextEdit()
+        self.summary.setReadOnly(True)
+        self.summary.setMinimumHeight(120)
+        lay.addWidget(self.summary, 1)
+
+        self.source.currentIndexChanged.connect(self._source_changed)
+        for w in (self.mask, self.subjects, self.config_path):
+            w.textChanged.connect(self._form_changed)
+        self.kind.currentIndexChanged.connect(self._form_changed)
+        self.tr.valueChanged.connect(self._form_changed)
+        self.demo_subjects.valueChanged.connect(self._form_changed)
+        self.demo_seed.valueChanged.connect(self._form_changed)
+        self._source_changed(0)
+
+    # ------------------------------------------------------------------ form
+    def _pick_mask(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Brain mask", "", "NIfTI (*.nii *.nii.gz)")
+        if path:
+            self.mask.setText(path)
+
+    def _pick_config(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Config file", "",
+                                              "Config (*.toml *.json);;All files (*)")
+        if path:
+            self.config_path.setText(path)
+
+    def add_language(self, code: str = "") -> LanguageBox:
+        box = LanguageBox(self, code)
+        self.language_boxes.append(box)
+        self.languages_layout.addWidget(box)
+        self._form_changed()
+        return box
+
+    def remove_language(self, box: LanguageBox) -> None:
+        if box in self.language_boxes:
+            self.language_boxes.remove(box)
+            self.languages_layout.removeWidget(box)
+            box.setParent(None)
+            box.deleteLater()
+            self._form_changed()
+
+    def _source_changed(self, index: int) -> None:
+        from qtpy.QtWidgets import QSizePolicy
+
+        self.stack.setCurrentIndex(index)
+        for i in range(self.stack.count()):  # the stack as tall as the page shown
+            page = self.stack.widget(i)
+            policy = QSizePolicy.Policy.Preferred if i == index else \
+                QSizePolicy.Policy.Ignored
+            page.setSizePolicy(policy, policy)
+        self.stack.adjustSize()
+        self.mask.setEnabled(True)
+        self._form_changed()
+
+    def _form_changed(self, *_) -> None:
+        if self._loading:
+            return
+        self.mask.setEnabled(self.kind.currentIndex() == 0)
+        self.report = None
+        self.summary.setPlainText("")
+        self.status.setText("")
+        self._push()
+
+    def form_tables(self) -> tuple[dict, str | None]:
+        """The form as config tables (``{"data": ..., "languages": ...}``, config file)."""
+        src = self.source.currentIndex()
+        if src == 0:
+            return ({"data": {"kind": "demo", "tr": 2.0,
+                              "demo": {"n_subjects": self.demo_subjects.value(),
+                                       "seed": self.demo_seed.value()}}}, None)
+        if src == 2:
+            path = self.config_path.text().strip()
+            if not path:
+                raise LesionAlignError("Data: choose a config file (TOML or JSON)")
+            return {}, path
+        kind = "volume" if self.kind.currentIndex() == 0 else "regions"
+        subjects = [s.strip() for s in self.subjects.text().replace(";", ",").split(",")
+                    if s.strip()]
+        data = {"kind": kind, "tr": float(self.tr.value())}
+        if kind == "volume" and self.mask.text().strip():
+            data["mask"] = self.mask.text().strip()
+        if subjects:
+            data["subjects"] = subjects
+        langs = {}
+        for box in self.language_boxes:
+            v = box.values()
+            code = v["code"]
+            if not code:
+                raise LesionAlignError("Data: every language needs a code (e.g. EN)")
+            if code in langs:
+                raise LesionAlignError(f"Data: language {code!r} is listed twice")
+            if not v["annotations"]:
+                raise LesionAlignError(f"Data: language {code}: choose its annotation files "
+                                       "(one per run)")
+            entry = {"annotations": v["annotations"] if len(v["annotations"]) > 1
+                     or not v["runs"] else v["annotations"][0]}
+            if v["runs"]:
+                entry["runs"] = v["runs"]
+            if v["text_language"].strip():
+                entry["text_language"] = v["text_language"].strip()
+            n_runs = len(v["runs"]) or len(v["annotations"])
+            entry["bold"] = self._bold_value(code, v["bold"], subjects, n_runs)
+            langs[code] = entry
+        if not langs:
+            raise LesionAlignError("Data: add at least one language (Add language)")
+        return {"data": data, "languages": langs}, None
+
+    @staticmethod
+    def _bold_value(code, entries, subjects, n_runs):
+        if not entries:
+            raise LesionAlignError(f"Data: language {code}: give its BOLD runs (a template "
+                                   "with {subject} and {run}, or the files)")
+        if len(entries) == 1 and "{" in entries[0]:
+            return entries[0]
+        if not subjects:
+            raise LesionAlignError(f"Data: language {code}: list the subjects to pair "
+                                   "BOLD files with them")
+        if len(entries) != n_runs * len(subjects):
+            raise LesionAlignError(
+                f"Data: language {code}: {len(entries)} BOLD files for {n_runs} run(s) x "
+                f"{len(subjects)} subject(s); give {n_runs * len(subjects)} (subject by "
+                "subject, runs in order) or a template with {subject} and {run}")
+        return {s: entries[i * n_runs:(i + 1) * n_runs] for i, s in enumerate(subjects)}
+
+    def _push(self) -> None:
+        """Write the form into the session (an error is kept and raised at check/run)."""
+        try:
+            tables, path = self.form_tables()
+            self.session.data_error = None
+        except LesionAlignError as err:
+            tables, path = {}, None
+            self.session.data_error = str(err)
+        self.session.set_data(tables, path)
+
+    # ------------------------------------------------------------------ API
+    def load_demo(self, n_subjects: int | None = None, seed: int | None = None):
+        """Select the built-in demo and check it (what the Load demo button does)."""
+        self._loading = True
+        try:
+            self.source.setCurrentIndex(0)
+            if n_subjects is not None:
+                self.demo_subjects.setValue(int(n_subjects))
+            if seed is not None:
+                self.demo_seed.setValue(int(seed))
+        finally:
+            self._loading = False
+        self._form_changed()
+        return self.check()
+
+    def set_files(self, *, kind: str = "volume", tr: float = 2.0, mask: str | None = None,
+                  subjects=(), languages=()) -> None:
+        """Fill the Files form: ``languages`` is a list of dicts with ``code``,
+        ``annotations`` (list), ``bold`` (template or list), optional ``text_language``
+        and ``runs``."""
+        self._loading = True
+        try:
+            self.source.setCurrentIndex(1)
+            self.kind.setCurrentIndex(0 if kind == "volume" else 1)
+            self.tr.setValue(float(tr))
+            self.mask.setText(str(mask or ""))
+            self.subjects.setText(", ".join(str(s) for s in subjects))
+            for box in list(self.language_boxes):
+                self.remove_language(box)
+            for lang in languages:
+                box = self.add_language(lang["code"])
+                box.text_language.setText(lang.get("text_language", ""))
+                box.annotations.setText("; ".join(str(a) for a in lang["annotations"]))
+                box.runs.setText(", ".join(str(r) for r in lang.get("runs", ())))
+                bold = lang["bold"]
+                box.bold.setText(bold if isinstance(bold, str)
+                                 else "; ".join(str(b) for b in bold))
+        finally:
+            self._loading = False
+        self._form_changed()
+
+    def set_config_file(self, path) -> None:
+        self._loading = True
+        try:
+            self.source.setCurrentIndex(2)
+            self.config_path.setText(str(path))
+        finally:
+            self._loading = False
+        self._form_changed()
+
+    def check(self):
+        """Read every annotation and BOLD header in a worker; show what was found."""
+        from napari.utils.notifications import show_error
+
+        from . import _datacheck
+
+        if self.task is not None and self.task.running:
+            return self.task
+        self._push()
+        session = self.session
+        try:
+            if session.data_error:
+                raise LesionAlignError(session.data_error)
+            if session.is_demo:
+                from ..data import demo
+
+                n = int(session.data["data"]["demo"]["n_subjects"])
+                mask = demo.MASK_FILE
+
+                def check(progress, cancel):
+                    return _datacheck.check_demo(n, progress, cancel)
+            else:
+                config = session.build_config()
+                mask = config.data.mask if config.data.kind == "volume" else None
+
+                def check(progress, cancel):
+                    return _datacheck.check_config(config, progress, cancel)
+
+            def fn(progress, cancel):
+                from ._show import space_layers
+
+                rep = check(progress, cancel)
+                layers = []
+                if mask is not None and rep.ok:
+                    try:
+                        layers = space_layers(mask, "analysis mask")
+                    except LesionAlignError as err:
+                        rep.errors.append(str(err))
+                return rep, layers
+        except LesionAlignError as err:
+            self._show_error(str(err))
+            show_error(str(err))
+            return None
+        self.status.setText("checking…")
+        self.check_button.setEnabled(False)
+        self.task = start_task(fn, owner=self, on_done=self._checked, name="check data",
+                               on_progress=lambda f, m: self.status.setText(
+                                   f"checking… {m}"))
+        return self.task
+
+    def _show_space(self, layers) -> None:
+        """Add the template (when the viewer has none) and the mask outline."""
+        from ._tasks import LayerFeeder
+
+        has_template = any(lay.metadata.get("stat") == "template" for lay in self.viewer.layers)
+        todo = [lay for lay in layers
+                if not (has_template and lay.metadata.get("stat") == "template")]
+        self.feeder = LayerFeeder(self.viewer, todo, parent=self).start()
+
+    def _show_error(self, message: str) -> None:
+        self.status.setText(f"<span style='color:#e63946'>{message}</span>")
+        self.summary.setPlainText(message)
+
+    def _checked(self, outcome) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        self.check_button.setEnabled(True)
+        if outcome.kind == "ok":
+            rep, layers = outcome.value
+            self.report = rep
+            self.summary.setPlainText(rep.text())
+            if layers:
+                self._show_space(layers)
+            if rep.ok:
+                self.status.setText("Data OK")
+                show_info("Data OK: " + rep.lines[0])
+            else:
+                msg = f"{len(rep.errors)} problem(s) in the data: {rep.errors[0]}"
+                self.status.setText(f"<span style='color:#e63946'>{msg}</span>")
+                show_error(msg)
+        elif outcome.kind == "error":
+            self._show_error(outcome.message)
+            show_error(outcome.message)
+        elif outcome.kind == "crash":
+            self._show_error(outcome.message)
+        else:
+            self.status.setText("check cancelled")
+
+    def closeEvent(self, event):  # noqa: N802 (Qt)
+        if self.task is not None and self.task.running:
+            self.task.cancel()
+        super().closeEvent(event)

@@ -1,0 +1,244 @@
+"""Inspector dock widget: click a voxel to see its MNI coordinate, its atlas / ROI label
+(when a label image is loaded), and r per language for the intact model, each lesion and
+its random control at that voxel (mean over subjects)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
+
+from ._state import connect, session_for
+
+
+def _voxel_index(space):
+    """``(inverse affine, volume of feature indices (-1 outside the mask))``."""
+    mask = np.asarray(space.mask_img.dataobj, dtype=bool)
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[mask] = np.arange(int(mask.sum()))
+    return np.linalg.inv(np.asarray(space.affine, dtype=float)), index
+
+
+def _atlas_name(layer, value):
+    """A label's name from a Labels layer's features or metadata, when it has one."""
+    feats = getattr(layer, "features", None)
+    if feats is not None and len(feats):
+        cols = {c.lower(): c for c in feats.columns}
+        name_col = next((cols[c] for c in ("name", "label_name", "region", "roi")
+                         if c in cols), None)
+        idx_col = next((cols[c] for c in ("index", "label", "value", "id") if c in cols), None)
+        if name_col is not None:
+            if idx_col is not None:
+                hit = feats[feats[idx_col] == value]
+                if len(hit):
+                    return str(hit[name_col].iloc[0])
+            elif 0 <= value < len(feats):
+                return str(feats[name_col].iloc[value])
+    names = layer.metadata.get("labels") or layer.metadata.get("label_names")
+    if isinstance(names, dict):
+        return names.get(value) or names.get(str(value))
+    if isinstance(names, (list, tuple)) and 0 <= value < len(names):
+        return str(names[value])
+    return None
+
+
+class InspectorWidget(QWidget):
+    """Click a voxel: MNI coordinate, atlas label, r per language and condition."""
+
+    def __init__(self, napari_viewer, parent=None):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self._index = None
+        self.values: dict = {}
+        self.mni = None
+        self.voxel = None
+        self.atlas = []
+
+        lay = QVBoxLayout(self)
+        self.active = QCheckBox("inspect on click")
+        self.active.setChecked(True)
+        lay.addWidget(self.active)
+        self.where = QLabel("Click a voxel in the viewer.")
+        self.where.setWordWrap(True)
+        self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(self.where)
+        self.figure = Figure(figsize=(4.0, 2.8), dpi=90, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+        lay.addWidget(self.canvas, 1)
+
+        self._callback = self._on_mouse
+        self.viewer.mouse_drag_callbacks.append(self._callback)
+        self.destroyed.connect(self._drop_callback_factory())
+        connect(self.session.result_changed, self._result_changed)
+        self._draw_empty()
+
+    def _drop_callback_factory(self):
+        viewer, cb = self.viewer, self._callback
+
+        def drop(*_):
+            try:
+                viewer.mouse_drag_callbacks.remove(cb)
+            except (ValueError, RuntimeError):
+                pass
+        return drop
+
+    def closeEvent(self, event):  # noqa: N802 (Qt)
+        self._drop_callback_factory()()
+        super().closeEvent(event)
+
+    # ------------------------------------------------------------------ events
+    def _result_changed(self, result) -> None:
+        self._index = None
+        self.values = {}
+        if self.mni is not None and result is not None:
+            from .. import _layers
+
+            self.inspect(_layers.mni_to_world(self.mni))
+        else:
+            self._draw_empty()
+
+    def _on_mouse(self, viewer, event):
+        """A click (press + release without moving) inspects the voxel under the mouse."""
+        if not self.active.isChecked() or getattr(event, "button", 1) != 1:
+            return
+        start = tuple(event.position)
+        moved = False
+        yield
+        while event.type == "mouse_move":
+            moved = True
+            yield
+        if not moved:
+            self.inspect(start)
+
+    # ------------------------------------------------------------------ inspect
+    def inspect(self, world_position) -> dict:
+        """Show what is at a napari world position; returns the values shown."""
+        from .. import _layers
+
+        self.mni = _layers.world_to_mni(world_position)
+        x, y, z = self.mni
+        lines = [f"MNI ({x:.1f}, {y:.1f}, {z:.1f}) mm"]
+        self.atlas = self._atlas_labels(world_position)
+        for name, value, label in self.atlas:
+            lines.append(f"{name}: {value}" + (f" ({label})" if label else ""))
+        result = self.session.result
+        self.values = {}
+        self.voxel = None
+        if result is None:
+            lines.append("no result yet")
+        elif getattr(result.space, "kind", None) != "volume":
+            lines.append("this result is on regions: no voxels to inspect")
+        else:
+            if self._index is None:
+                self._index = _voxel_index(result.space)
+            inv, index = self._index
+            ijk = np.rint(inv @ np.array([x, y, z, 1.0]))[:3].astype(int)
+            inside = all(0 <= ijk[a] < index.shape[a] for a in range(3))
+            v = int(index[tuple(ijk)]) if inside else -1
+            self.voxel = tuple(int(i) for i in ijk)
+            if v < 0:
+                lines.append(f"voxel {self.voxel}: outside the analysis mask")
+            else:
+                lines.append(f"voxel {self.voxel} (#{v} in the mask)")
+                self.values = self._values_at(result, v)
+                cats = self._categories_at(result, v)
+                if cats:
+                    lines.append("category: " + cats)
+        self.where.setText("\n".join(lines))
+        self._draw()
+        return self.values
+
+    def _atlas_labels(self, world_position):
+        """``[(layer name, label value, label name)]`` of the label layers under the point
+        (our own category overlays and analysis masks excluded)."""
+        from napari.layers import Labels
+
+        out = []
+        for layer in self.viewer.layers:
+            if not isinstance(layer, Labels) or layer.metadata.get("stat") in ("categories",
+                                                                               "mask"):
+                continue
+            try:
+                value = layer.get_value(tuple(world_position), world=True)
+            except Exception:  # a layer of another dimensionality
+                continue
+            if value is None:
+                continue
+            value = int(value)
+            out.append((layer.name, value, _atlas_name(layer, value)))
+        return out
+
+    @staticmethod
+    def _categories_at(result, v) -> str:
+        parts = []
+        for name, (labels, legend) in result.categories.items():
+            lab = int(labels[v])
+            entry = legend.get(lab, {})
+            parts.append(f"{name}: {entry.get('name', lab)}")
+        return "; ".join(parts)
+
+    @staticmethod
+    def _values_at(result, v) -> dict:
+        """``{condition: {language: (mean r over subjects, SD)}}`` at feature ``v``."""
+        from ..core.figures import bar_conditions
+
+        out = {}
+        for cond in bar_conditions(result):
+            out[cond] = {}
+            for lang in result.languages:
+                vals = np.array([result.maps[(s, lang, cond, "r")][v] for s in result.subjects
+                                 if (s, lang, cond, "r") in result.maps], dtype=float)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    out[cond][lang] = (float(np.nanmean(vals)) if len(vals) else np.nan,
+                                       float(np.nanstd(vals)) if len(vals) > 1 else 0.0)
+        return out
+
+    # ------------------------------------------------------------------ plot
+    def _draw_empty(self) -> None:
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        ax.text(0.5, 0.5, "r per language and condition\nat the clicked voxel",
+                ha="center", va="center", fontsize=9, color="0.4", transform=ax.transAxes)
+        ax.set_axis_off()
+        self.canvas.draw_idle()
+
+    def _draw(self) -> None:
+        from ..core.analysis import language_colour
+
+        if not self.values:
+            self._draw_empty()
+            return
+        result = self.session.result
+        langs = result.languages
+        conds = list(self.values)
+        controls = set(result.controls or {})
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        width = 0.8 / max(len(langs), 1)
+        for j, lang in enumerate(langs):
+            xs = np.arange(len(conds)) + (j - (len(langs) - 1) / 2) * width
+            means = [self.values[c][lang][0] for c in conds]
+            sds = [self.values[c][lang][1] for c in conds]
+            bars = ax.bar(xs, means, width, yerr=sds, capsize=2, label=lang,
+                          color=language_colour(lang, langs), edgecolor="k", linewidth=0.4)
+            for bar, cond in zip(bars, conds):
+                if cond in controls:
+                    bar.set_hatch("//")
+                    bar.set_alpha(0.55)
+        ax.set_xticks(np.arange(len(conds)))
+        ax.set_xticklabels(conds, rotation=25, ha="right", fontsize=7)
+        ax.axhline(0, color="k", linewidth=0.5)
+        ax.set_ylabel("r (mean over subjects)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        x, y, z = self.mni
+        ax.set_title(f"MNI ({x:.0f}, {y:.0f}, {z:.0f})", fontsize=8)
+        ax.legend(fontsize=7, ncols=len(langs), frameon=False)
+        self.canvas.draw_idle()

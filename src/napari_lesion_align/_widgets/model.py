@@ -1,0 +1,462 @@
+"""Model & lesion dock widget: the language model, its layer, and the lesion to make.
+
+The lesion's size (elements per layer) is shown before running: it is computed in a
+worker from the model's anatomy (loading a model may take seconds). Lesions can be saved
+(``<label>.json`` + ``<label>.safetensors`` per lesion, :meth:`~..core.lesions.Lesion.save`)
+and loaded back to run them again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                            QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from ..core.config import BUILTIN_MODEL
+from ..core.errors import LesionAlignError
+from ._lesion_size import IMPORTANCE_ELEMENTS, UNIT_ELEMENTS, parse_indices, parse_list
+from ._state import connect, session_for
+from ._tasks import start_task
+
+ELEMENTS = ("weights", "neurons", "heads", "hidden", "layers")
+METHODS = ("wanda", "auto", "gradxweight", "lape")
+
+
+class ModelLesionWidget(QWidget):
+    """Choose the model, the layer and the lesion; see its size; save / load lesions."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.size_task = None
+        self.save_task = None
+        self.size_text = ""
+        self.size_info: dict | None = None
+        self._size_dirty = False
+        self._importance = True
+        self._last_error = None
+        self._updating = False
+
+        lay = QVBoxLayout(self)
+        # ---- model
+        mbox = QGroupBox("Model")
+        mf = QFormLayout(mbox)
+        self.model_name = QComboBox()
+        self.model_name.setEditable(True)
+        self.model_name.addItem(BUILTIN_MODEL)
+        self.model_name.setToolTip("The built-in offline model, a local model folder, or a "
+                                   "Hugging Face id (from the local cache when offline)")
+        folder = QPushButton("Folder…")
+        folder.clicked.connect(self._pick_folder)
+        row = QWidget()
+        rl = QHBoxLayout(row)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.model_name, 1)
+        rl.addWidget(folder)
+        self.offline = QCheckBox("offline (never download)")
+        self.offline.setChecked(True)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.layer = QSpinBox()
+        self.layer.setRange(-128, 128)
+        self.layer.setValue(-1)
+        self.layer.setToolTip("Hidden state: 0 = embeddings, i = output of block i, "
+                              "negative counts from the last (-1)")
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        mf.addRow("Model", row)
+        mf.addRow("", self.offline)
+        mf.addRow("Device", self.device)
+        mf.addRow("Layer", self.layer)
+        mf.addRow(self.model_info)
+        lay.addWidget(mbox)
+
+        # ---- lesion
+        self.lesion_box = QGroupBox("Lesion")
+        self.lesion_box.setCheckable(True)
+        self.lesion_box.setChecked(True)
+        lf = QFormLayout(self.lesion_box)
+        self.element = QComboBox()
+        self.element.addItems(ELEMENTS)
+        self.selection = QComboBox()
+        self.method = QComboBox()
+        self.method.addItems(METHODS)
+        self.method.setToolTip("Importance: wanda (|W| x input norm, any model), gradxweight "
+                               "(needs a language-modelling head), lape (neurons), auto")
+        self.k_percent = QDoubleSpinBox()
+        self.k_percent.setRange(0.001, 100.0)
+        self.k_percent.setDecimals(3)
+        self.k_percent.setValue(1.0)
+        self.k_percent.setSuffix(" %")
+        self.indices = QLineEdit()
+        self.indices.setPlaceholderText("manual: '0: 1-10, 15; 3: 5'  ·  sweep: '0, 10, 20'")
+        self.mode = QComboBox()
+        self.mode.addItems(["zero", "mean"])
+        self.random_control = QCheckBox("size-matched random control for each lesion")
+        self.random_control.setChecked(True)
+        lf.addRow("Element", self.element)
+        lf.addRow("Selection", self.selection)
+        lf.addRow("Importance", self.method)
+        lf.addRow("k", self.k_percent)
+        lf.addRow("Indices", self.indices)
+        lf.addRow("Ablation", self.mode)
+        lf.addRow("", self.random_control)
+        self.files = QListWidget()
+        self.files.setMaximumHeight(70)
+        lf.addRow("Lesion files", self.files)
+        frow = QWidget()
+        fl = QHBoxLayout(frow)
+        fl.setContentsMargins(0, 0, 0, 0)
+        self.load_button = QPushButton("Load lesion…")
+        self.remove_button = QPushButton("Remove")
+        self.save_button = QPushButton("Save lesions…")
+        self.save_button.setToolTip("Compute the lesions of this form on the model and save "
+                                    "each one (.json + .safetensors) into a folder")
+        for b in (self.load_button, self.remove_button, self.save_button):
+            fl.addWidget(b)
+        lf.addRow(frow)
+        lay.addWidget(self.lesion_box)
+
+        self.size_label = QLabel("")
+        self.size_label.setWordWrap(True)
+        self.size_label.setTextInteractionFlags(self.size_label.textInteractionFlags()
+                                                | self.size_label.textInteractionFlags().
+                                                TextSelectableByMouse)
+        lay.addWidget(QLabel("<b>Lesion size</b>"))
+        lay.addWidget(self.size_label)
+        lay.addStretch(1)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(400)
+        self._timer.timeout.connect(self.update_size)
+
+        self.load_button.clicked.connect(lambda: self._pick_lesion())
+        self.remove_button.clicked.connect(self._remove_file)
+        self.save_button.clicked.connect(lambda: self._pick_save_folder())
+        self.model_name.currentTextChanged.connect(self._changed)
+        for w in (self.element, self.selection, self.method, self.mode, self.device):
+            w.currentIndexChanged.connect(self._changed)
+        self.offline.toggled.connect(self._changed)
+        self.random_control.toggled.connect(self._changed)
+        self.lesion_box.toggled.connect(self._changed)
+        self.layer.valueChanged.connect(self._changed)
+        self.k_percent.valueChanged.connect(self._changed)
+        self.indices.textChanged.connect(self._changed)
+        connect(self.session.data_changed, self._languages_changed)
+        connect(self.session.busy_changed, self._busy_changed)
+        self._languages_changed()
+        self._changed()
+
+    # ------------------------------------------------------------------ form
+    def _pick_folder(self):
+        path = QFileDialog.getExistingDirectory(self, "Model folder (Hugging Face format)")
+        if path:
+            self.set_model(path)
+
+    def set_model(self, name: str, layer: int | None = None) -> None:
+        self.model_name.setCurrentText(str(name))
+        if layer is not None:
+            self.layer.setValue(int(layer))
+
+    def _languages_changed(self, *_):
+        current = self.selection.currentData()
+        self._updating = True
+        try:
+            self.selection.clear()
+            self.selection.addItem("shared + specific per language", "default")
+            self.selection.addItem("shared", "shared")
+            for code in self.session.languages():
+                self.selection.addItem(f"specific: {code}", f"specific:{code}")
+            self.selection.addItem("manual (indices)", "manual")
+            self.selection.addItem("layer sweep", "sweep")
+            self.selection.addItem("saved lesion files only", "files")
+            i = self.selection.findData(current)
+            self.selection.setCurrentIndex(max(i, 0))
+        finally:
+            self._updating = False
+        self._changed()
+
+    def set_lesion(self, *, enabled: bool = True, element: str | None = None,
+                   selection: str | None = None, method: str | None = None,
+                   k_percent: float | None = None, indices: str | None = None,
+                   mode: str | None = None, random_control: bool | None = None) -> None:
+        """Fill the lesion form (``selection``: default, shared, specific:<L>, manual,
+        sweep, files)."""
+        self._updating = True
+        try:
+            self.lesion_box.setChecked(enabled)
+            if element is not None:
+                self.element.setCurrentText(element)
+            if selection is not None:
+                i = self.selection.findData(selection)
+                if i < 0:
+                    raise LesionAlignError(f"unknown selection {selection!r}")
+                self.selection.setCurrentIndex(i)
+            if method is not None:
+                self.method.setCurrentText(method)
+            if k_percent is not None:
+                self.k_percent.setValue(float(k_percent))
+            if indices is not None:
+                self.indices.setText(indices)
+            if mode is not None:
+                self.mode.setCurrentText(mode)
+            if random_control is not None:
+                self.random_control.setChecked(random_control)
+        finally:
+            self._updating = False
+        self._changed()
+
+    def form_tables(self):
+        """``(model, lesions, manual, importance)`` from the form (raises LesionAlignError)."""
+        name = self.model_name.currentText().strip()
+        if not name:
+            raise LesionAlignError("Model: give the built-in model, a folder or a Hugging Face id")
+        model = {"name": name, "layer": int(self.layer.value()),
+                 "offline": bool(self.offline.isChecked()), "device": self.device.currentText()}
+        if not self.lesion_box.isChecked():
+            return model, {}, None, False
+        el = self.element.currentText()
+        sel = self.selection.currentData() or "default"
+        files = [self.files.item(i).data(256) for i in range(self.files.count())]
+        les = {"method": self.method.currentText(), "k_percent": float(self.k_percent.value()),
+               "random_control": bool(self.random_control.isChecked()),
+               "mode": self.mode.currentText()}
+        if files:
+            les["files"] = files
+        manual = None
+        importance = sel in ("default", "shared") or sel.startswith("specific:")
+        if importance:
+            if el not in IMPORTANCE_ELEMENTS:
+                raise LesionAlignError(
+                    f"Lesion: shared / specific selections rank weights, neurons or heads by "
+                    f"importance, not {el}; lesion {el} with 'manual' or 'layer sweep'")
+            les["element"] = el
+            if sel != "default":
+                les["selections"] = [sel]
+        else:
+            # no importance-based selection: the lesions carry their own element
+            les.update(element="hidden", method="auto")
+            if sel in ("manual", "sweep") and el not in UNIT_ELEMENTS:
+                raise LesionAlignError(
+                    f"Lesion: {'manual lesions' if sel == 'manual' else 'layer sweeps'} address "
+                    f"units (neurons, heads, hidden, layers), not {el}")
+            if sel == "manual":
+                manual = {"element": el, "indices": parse_indices(self.indices.text(), el),
+                          "mode": self.mode.currentText()}
+            elif sel == "sweep":
+                les.update(sweep=True, sweep_element=el)
+                idx = parse_list(self.indices.text())
+                if idx:
+                    les["sweep_indices"] = idx
+            elif not files:
+                raise LesionAlignError("Lesion: load a lesion file first (Load lesion…)")
+        return model, les, manual, importance
+
+    def _changed(self, *_) -> None:
+        if self._updating:
+            return
+        sel = self.selection.currentData() or "default"
+        self.indices.setEnabled(sel in ("manual", "sweep"))
+        self.method.setEnabled(sel in ("default", "shared") or sel.startswith("specific:"))
+        try:
+            model, les, manual, self._importance = self.form_tables()
+            self.session.model_error = None
+            self.session.set_model(model, les, manual)
+        except LesionAlignError as err:
+            self.session.model_error = str(err)
+            self.session.model_changed.emit()
+        self.size_info = None
+        if self.isVisible():
+            self._timer.start()
+
+    # ------------------------------------------------------------------ size
+    def showEvent(self, event):  # noqa: N802 (Qt)
+        super().showEvent(event)
+        if self.size_info is None and (self.size_task is None or not self.size_task.running):
+            self._timer.start()
+
+    def update_size(self):
+        """Compute the lesion's size from the model's anatomy in a worker (returns the task)."""
+        if self.session.model_error:
+            self._show_size(self.session.model_error, error=True)
+            return None
+        if self.size_task is not None and self.size_task.running:
+            self._size_dirty = True
+            return self.size_task
+        s = self.session
+        model, lesions, manual = dict(s.model), dict(s.lesions), s.manual
+        languages, importance = s.languages(), self._importance
+
+        def fn(progress, cancel):
+            from ..core.anatomy import describe_model
+            from ..core.lesions import Lesion, check_fits
+            from ..core.model import load_model
+            from . import _lesion_size as ls
+
+            progress(0.0, f"loading {model['name']}")
+            lm = load_model(model["name"], offline=model["offline"], device=model["device"])
+            anatomy = describe_model(lm.model)
+            files = []
+            for f in lesions.get("files", ()):
+                lesion = Lesion.load(f)
+                check_fits(lesion, anatomy)
+                files.append(lesion)
+            sizes = ls.estimate(anatomy, lesions, manual, languages, files, importance)
+            return {"anatomy": anatomy.describe(), "n_layers": lm.n_layers, "sizes": sizes,
+                    "text": ls.describe(anatomy, sizes, lesions.get("random_control", False))}
+
+        self._show_size("computing… (loading the model may take a few seconds)")
+        self.size_task = start_task(fn, owner=self, on_done=self._size_done,
+                                    name="lesion size")
+        return self.size_task
+
+    def _show_size(self, text: str, error: bool = False) -> None:
+        from html import escape
+
+        from qtpy.QtCore import Qt
+
+        self.size_text = text
+        if error:
+            self.size_label.setTextFormat(Qt.TextFormat.RichText)
+            self.size_label.setText(f"<span style='color:#e63946'>{escape(text)}</span>")
+        else:
+            self.size_label.setTextFormat(Qt.TextFormat.PlainText)
+            self.size_label.setText(text)
+
+    def _size_done(self, outcome) -> None:
+        from napari.utils.notifications import show_error
+
+        if self._size_dirty:
+            self._size_dirty = False
+            self.update_size()
+            return
+        if outcome.kind == "ok":
+            info = self.size_info = outcome.value
+            n = info["n_layers"]
+            self.model_info.setText(f"{n} blocks; layer -1 = output of block {n - 1}. "
+                                    f"{info['anatomy']}")
+            self.layer.blockSignals(True)
+            self.layer.setRange(-(n + 1), n)
+            self.layer.blockSignals(False)
+            self._show_size(info["text"])
+            self._last_error = None
+        elif outcome.kind in ("error", "crash"):
+            self._show_size(outcome.message, error=True)
+            if outcome.kind == "error" and outcome.message != self._last_error:
+                show_error(outcome.message)
+            self._last_error = outcome.message
+
+    # ------------------------------------------------------------------ files
+    def _pick_lesion(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Lesion file", "",
+                                              "Lesion (*.json *.safetensors)")
+        if path:
+            self.load_lesion(path)
+
+    def load_lesion(self, path) -> bool:
+        """Add a saved lesion (``.json`` + ``.safetensors``) to the run."""
+        from napari.utils.notifications import show_error
+
+        from ..core.lesions import Lesion
+
+        try:
+            lesion = Lesion.load(path)
+        except LesionAlignError as err:
+            show_error(str(err))
+            return False
+        base = Path(path)
+        if base.suffix in (".json", ".safetensors"):
+            base = base.with_suffix("")
+        per = ", ".join(f"L{b} {n}" for b, n in lesion.per_layer().items())
+        from qtpy.QtWidgets import QListWidgetItem
+
+        item = QListWidgetItem(f"{base.name}: {lesion.n_elements:,} {lesion.element} ({per})")
+        item.setData(256, str(base))
+        item.setToolTip(str(base))
+        self.files.addItem(item)
+        self._changed()
+        return True
+
+    def _remove_file(self):
+        for item in self.files.selectedItems():
+            self.files.takeItem(self.files.row(item))
+        self._changed()
+
+    def _pick_save_folder(self):
+        path = QFileDialog.getExistingDirectory(self, "Folder for the lesion files")
+        if path:
+            self.save_lesions(path)
+
+    def save_lesions(self, folder):
+        """Compute this form's lesions on the model (worker) and save each into ``folder``."""
+        from napari.utils.notifications import show_error
+
+        s = self.session
+        if s.busy:
+            show_error(f"wait for the {s.busy} to finish")
+            return None
+        try:
+            if s.model_error:
+                raise LesionAlignError(s.model_error)
+            config = s.build_config()
+        except LesionAlignError as err:
+            show_error(str(err))
+            return None
+        manual = s.manual
+        folder = Path(folder)
+
+        def fn(progress, cancel):
+            from ..core.conditions import build_conditions
+            from ..core.model import load_model
+            from ._run_prep import build_manual, stimuli_of
+
+            m = config.model
+            lm = load_model(m.name, offline=m.offline, device=m.device)
+            stimuli = stimuli_of(config)
+            conds = build_conditions(config, lm, stimuli, progress=progress, cancel=cancel)
+            lesions = [c.lesion for c in conds if c.lesion is not None]
+            labels = [c.label for c in conds if c.lesion is not None]
+            if manual is not None:
+                lesions.append(build_manual(lm, manual))
+                labels.append("manual")
+            folder.mkdir(parents=True, exist_ok=True)
+            written = []
+            for label, lesion in zip(labels, lesions):
+                written.extend(lesion.save(folder / label))
+            return written
+
+        s.set_busy("lesion computation")
+        self.save_task = start_task(fn, owner=self, on_done=self._saved, name="save lesions",
+                                    on_progress=lambda f, m: self._show_size(
+                                        f"computing lesions… {m}"))
+        return self.save_task
+
+    def _saved(self, outcome) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        self.session.set_busy(None)
+        if outcome.kind == "ok":
+            files = [p for p in outcome.value if str(p).endswith(".json")]
+            folder = Path(files[0]).parent if files else ""
+            show_info(f"saved {len(files)} lesion(s) in {folder}")
+            self._show_size(f"saved {len(files)} lesion(s) in {folder}: "
+                            + ", ".join(Path(f).stem for f in files))
+        elif outcome.kind == "error":
+            show_error(outcome.message)
+            self._show_size(outcome.message, error=True)
+        elif outcome.kind == "cancelled":
+            self._show_size("cancelled")
+
+    def _busy_changed(self, what) -> None:
+        self.save_button.setEnabled(what is None)
+
+    def closeEvent(self, event):  # noqa: N802 (Qt)
+        for t in (self.size_task, self.save_task):
+            if t is not None and t.running:
+                t.cancel()
+        super().closeEvent(event)

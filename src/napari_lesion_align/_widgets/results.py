@@ -1,0 +1,513 @@
+"""Results dock widget: which map to show, its threshold, the category overlay, the legend,
+and exports (the current view as PNG, the standard QC figure)."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
+                            QLabel, QPushButton, QSlider, QVBoxLayout, QWidget)
+
+from ..core.errors import LesionAlignError
+from ._state import connect, session_for
+from ._tasks import start_task
+
+STAT_NAMES = {"r": "r", "deltar": "Δr", "t": "t", "q": "q", "p": "p", "lpi": "LPI",
+              "categories": "categories"}
+SEQUENTIAL = ("p", "q")
+SLIDER_STEPS = 200
+
+
+class ResultsWidget(QWidget):
+    """Choose subject / group, language, condition and statistic of the map shown."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.task = None
+        self.qc_task = None
+        self.feeder = None
+        self._limit = 1.0
+        self._thresholds: dict = {}  # the user's threshold per statistic
+        self._populating = False
+
+        lay = QVBoxLayout(self)
+        self.open_button = QPushButton("Open result folder…")
+        self.open_button.setToolTip("A folder written by a run or by "
+                                    "'napari-lesion-align run/demo' (result.json)")
+        lay.addWidget(self.open_button)
+        form = QFormLayout()
+        self.subject = QComboBox()
+        self.language = QComboBox()
+        self.condition = QComboBox()
+        self.stat = QComboBox()
+        form.addRow("Subject", self.subject)
+        form.addRow("Language", self.language)
+        form.addRow("Condition", self.condition)
+        form.addRow("Statistic", self.stat)
+        row = QWidget()
+        rl = QHBoxLayout(row)
+        rl.setContentsMargins(0, 0, 0, 0)
+        self.threshold = QSlider(Qt.Orientation.Horizontal)
+        self.threshold.setRange(0, SLIDER_STEPS)
+        self.threshold_label = QLabel("")
+        self.threshold_label.setMinimumWidth(70)
+        rl.addWidget(self.threshold, 1)
+        rl.addWidget(self.threshold_label)
+        form.addRow("Threshold", row)
+        crow = QWidget()
+        cl = QHBoxLayout(crow)
+        cl.setContentsMargins(0, 0, 0, 0)
+        self.overlay = QCheckBox("category overlay")
+        self.overlay.setChecked(True)
+        self.category_set = QComboBox()
+        self.category_set.setToolTip("lesion: the shared / specific lesions; random: their "
+                                     "random controls")
+        cl.addWidget(self.overlay)
+        cl.addWidget(self.category_set, 1)
+        form.addRow("", crow)
+        lay.addLayout(form)
+        self.legend = QLabel("")
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setWordWrap(True)
+        lay.addWidget(self.legend)
+        brow = QHBoxLayout()
+        self.export_button = QPushButton("Export view…")
+        self.export_button.setToolTip("Save the canvas as it is now (PNG)")
+        self.qc_button = QPushButton("QC figure…")
+        self.qc_button.setToolTip("The standard QC figure: category slices + mean r per "
+                                  "condition and language (PNG)")
+        brow.addWidget(self.export_button)
+        brow.addWidget(self.qc_button)
+        lay.addLayout(brow)
+        self.status = QLabel("No result yet: run one (Run) or open a result folder.")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self.open_button.clicked.connect(lambda: self._pick_folder())
+        self.export_button.clicked.connect(lambda: self._pick_export())
+        self.qc_button.clicked.connect(lambda: self._pick_qc())
+        self.subject.currentIndexChanged.connect(lambda *_: self._choice_changed("subject"))
+        self.language.currentIndexChanged.connect(lambda *_: self._choice_changed("language"))
+        self.condition.currentIndexChanged.connect(lambda *_: self._choice_changed("condition"))
+        self.stat.currentIndexChanged.connect(lambda *_: self._choice_changed("stat"))
+        self.threshold.valueChanged.connect(self._threshold_changed)
+        self.overlay.toggled.connect(lambda *_: self.set_overlay())
+        self.category_set.currentIndexChanged.connect(lambda *_: self.set_overlay())
+        connect(self.session.result_changed, self._result_changed)
+        layers_events = self.viewer.layers.events
+        layers_events.inserted.connect(self._layer_inserted)
+        self.destroyed.connect(lambda *_, ev=layers_events, cb=self._layer_inserted:
+                               ev.inserted.disconnect(cb))
+        self._enable(False)
+        if self.session.result is not None:
+            self._result_changed(self.session.result)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def result(self):
+        return self.session.result
+
+    @property
+    def view_layer(self):
+        """The map layer shown (the one this widget replaces), or None."""
+        from ._show import VIEW_TAG
+
+        shown = [layer for layer in self.viewer.layers if layer.metadata.get(VIEW_TAG)]
+        return shown[-1] if shown else None
+
+    def _layer_inserted(self, event) -> None:
+        from ._show import VIEW_TAG
+
+        try:
+            if event.value.metadata.get(VIEW_TAG):
+                self._update_threshold_range()
+        except RuntimeError:  # this widget is being deleted
+            pass
+
+    def _enable(self, on: bool) -> None:
+        for w in (self.subject, self.language, self.condition, self.stat, self.threshold,
+                  self.overlay, self.category_set, self.export_button, self.qc_button):
+            w.setEnabled(on)
+
+    def _set_items(self, combo: QComboBox, items, current=None, labels=None) -> None:
+        combo.blockSignals(True)
+        combo.clear()
+        for it in items:
+            combo.addItem((labels or {}).get(it, it), it)
+        i = combo.findData(current) if current is not None else -1
+        combo.setCurrentIndex(i if i >= 0 else 0)
+        combo.blockSignals(False)
+
+    def current_view(self) -> dict:
+        return {"subject": self.subject.currentData(), "language": self.language.currentData(),
+                "condition": self.condition.currentData(), "stat": self.stat.currentData()}
+
+    def _result_changed(self, result) -> None:
+        from ._show import default_view, view_choices
+
+        if result is None:
+            self._enable(False)
+            return
+        self._enable(True)
+        ch = view_choices(result)
+        view = default_view(result)
+        shown = self.view_layer
+        if shown is not None and shown.metadata.get("language"):
+            # follow what the viewer shows (e.g. the map a run added)
+            view = {k: shown.metadata.get(k) for k in ("subject", "language", "condition",
+                                                        "stat")}
+        self._populating = True
+        try:
+            self._set_items(self.subject, ch["subjects"], view["subject"])
+            self._set_items(self.category_set, ch["category_sets"], "lesion")
+            self._refresh_choices(view)
+        finally:
+            self._populating = False
+        self.overlay.setEnabled(bool(ch["category_sets"]))
+        self._update_legend()
+        self._update_threshold_range()
+        model = (result.provenance.get("model") or {}).get("name", "")
+        self.status.setText(f"{len(result.subjects)} subject(s), languages "
+                            f"{', '.join(result.languages)}, conditions "
+                            f"{', '.join(ch['conditions'])}" + (f"; model {model}" if model
+                                                                else ""))
+
+    def _refresh_choices(self, want: dict) -> None:
+        """Fill the language / condition / stat lists for the chosen subject (and stat)."""
+        from ._show import stats_for, view_choices
+
+        result = self.result
+        ch = view_choices(result)
+        subject = want.get("subject") or self.subject.currentData()
+        if want.get("stat") == "categories":
+            self._set_items(self.language, ["all"] + ch["languages"], want.get("language"))
+            self._set_items(self.condition, ch["category_sets"], want.get("condition"))
+            stats = stats_for(result, subject, "intact")
+            self._set_items(self.stat, stats, "categories", STAT_NAMES)
+            return
+        self._set_items(self.language, ch["languages"], want.get("language"))
+        if subject == "group":
+            conds = ch["conditions"]
+        else:
+            conds = list(dict.fromkeys(c for (s, _, c, _) in result.maps if s == subject))
+        self._set_items(self.condition, conds, want.get("condition"))
+        stats = stats_for(result, subject, self.condition.currentData())
+        self._set_items(self.stat, stats, want.get("stat"), STAT_NAMES)
+
+    def _choice_changed(self, which: str) -> None:
+        if self._populating or self.result is None:
+            return
+        want = self.current_view()
+        if which == "stat" and want["stat"] == "categories":
+            want.update(language="all", condition=self.category_set.currentData())
+        elif which == "stat" and self.language.findData("all") >= 0:
+            want.update(language=None, condition="intact")
+        self._populating = True
+        try:
+            self._refresh_choices(want)
+        finally:
+            self._populating = False
+        self.show_view()
+
+    # ------------------------------------------------------------------ map
+    def set_view(self, subject=None, language=None, condition=None, stat=None):
+        """Choose the map programmatically (like the combo boxes) and show it."""
+        want = self.current_view()
+        want.update({k: v for k, v in dict(subject=subject, language=language,
+                                           condition=condition, stat=stat).items()
+                     if v is not None})
+        sets = self._items("category_set")
+        if want["stat"] == "categories" and want["condition"] not in sets:
+            want["condition"] = self.category_set.currentData()
+            want["language"] = language or "all"
+        elif want["stat"] != "categories" and want["condition"] in sets and \
+                condition is None:
+            want["condition"] = "intact"
+        if want["stat"] != "categories" and want["language"] == "all":
+            want["language"] = None
+        self._populating = True
+        try:
+            self._set_items(self.subject, [self.subject.itemData(i)
+                                           for i in range(self.subject.count())],
+                            want["subject"])
+            self._refresh_choices(want)
+        finally:
+            self._populating = False
+        got = self.current_view()
+        for k, v in want.items():
+            if k == "language" and v is None:
+                continue
+            if v is not None and got[k] != v:
+                raise LesionAlignError(f"Results: {k} {v!r} is not available here; "
+                                       f"choices: {self._items(k)}")
+        return self.show_view()
+
+    def _items(self, which):
+        combo = getattr(self, which)
+        return [combo.itemData(i) for i in range(combo.count())]
+
+    def show_view(self):
+        """Replace the shown map by the current choice. ``categories`` shows the category
+        overlay of the chosen set (one language's specific voxels only, or all)."""
+        from napari.utils.notifications import show_error
+
+        from ._show import view_layer
+        from ._tasks import add_layer
+
+        if self.result is None:
+            return None
+        view = self.current_view()
+        if None in view.values():
+            return None
+        old = self.view_layer
+        if view["stat"] == "categories":
+            if old is not None:
+                self.viewer.layers.remove(old)
+            lang = view["language"]
+            return self.set_overlay(True, view["condition"],
+                                    languages=None if lang == "all" else [lang])
+        try:
+            layer = view_layer(self.result, view, self._thresholds.get(view["stat"]))
+        except LesionAlignError as err:
+            show_error(str(err))
+            return None
+        if old is not None:
+            index = self.viewer.layers.index(old)
+            self.viewer.layers.remove(old)
+        else:  # below the category overlays, above everything else
+            cats = [i for i, lay in enumerate(self.viewer.layers)
+                    if lay.metadata.get("stat") == "categories"]
+            index = min(cats) if cats else len(self.viewer.layers)
+        add_layer(self.viewer, layer)
+        cur = self.viewer.layers.index(layer)
+        if cur != index and index < len(self.viewer.layers):
+            self.viewer.layers.move(cur, index)
+        self._update_threshold_range()
+        self._threshold_changed(self.threshold.value())
+        return layer
+
+    def _update_threshold_range(self) -> None:
+        from .. import _layers
+
+        stat = self.stat.currentData()
+        layer = self.view_layer
+        ok = layer is not None and stat not in (None, "categories") and \
+            layer.metadata.get("stat") == stat
+        self.threshold.setEnabled(ok)
+        if not ok:
+            self.threshold_label.setText("")
+            return
+        if stat in SEQUENTIAL:
+            self._limit = 0.2
+        else:
+            self._limit = 1.0 if stat == "lpi" else _layers.robust_limit(layer.data)
+        self.threshold.blockSignals(True)
+        current = layer.metadata.get("threshold")
+        if stat in SEQUENTIAL:
+            current = current or _layers.DEFAULT_P_THRESHOLD
+        self.threshold.setValue(int(round(SLIDER_STEPS * min(float(current or 0.0)
+                                                             / self._limit, 1.0))))
+        self.threshold.blockSignals(False)
+        self.threshold_label.setText(self._threshold_text())
+
+    def threshold_value(self) -> float:
+        v = self._limit * self.threshold.value() / SLIDER_STEPS
+        if self.stat.currentData() in SEQUENTIAL:
+            v = max(v, 0.001)
+        return v
+
+    def _threshold_text(self) -> str:
+        stat = self.stat.currentData()
+        v = self.threshold_value()
+        return f"{'<' if stat in SEQUENTIAL else '|·| ≥'} {v:.3g}"
+
+    def set_threshold(self, value: float) -> None:
+        """Set the display threshold (in the statistic's units)."""
+        self.threshold.setValue(int(round(SLIDER_STEPS * min(max(value, 0.0) / self._limit,
+                                                              1.0))))
+
+    def _threshold_changed(self, _value) -> None:
+        from .. import _layers
+
+        layer = self.view_layer
+        if layer is None or not self.threshold.isEnabled() or layer not in self.viewer.layers:
+            return
+        value = self.threshold_value()
+        _layers.set_threshold(layer, value or None)
+        self._thresholds[layer.metadata.get("stat")] = value
+        self.threshold_label.setText(self._threshold_text())
+
+    # ------------------------------------------------------------------ overlay
+    def category_layer(self, name=None):
+        from .. import _layers
+
+        name = name or self.category_set.currentData()
+        target = _layers.category_layer_name(name) if name else None
+        for layer in self.viewer.layers:
+            if layer.name == target:
+                return layer
+        return None
+
+    def set_overlay(self, on: bool | None = None, name: str | None = None, languages=None):
+        """Show (or hide) the category overlay of a set (``lesion`` / ``random``);
+        ``languages``: show only these languages' specific categories (and shared)."""
+        from .. import _layers
+        from ._show import RESULT_TAG
+        from ._tasks import add_layer, make_layer
+
+        if on is not None:
+            self.overlay.blockSignals(True)
+            self.overlay.setChecked(on)
+            self.overlay.blockSignals(False)
+        if name is not None:
+            self.category_set.blockSignals(True)
+            self.category_set.setCurrentIndex(max(self.category_set.findData(name), 0))
+            self.category_set.blockSignals(False)
+        result = self.result
+        if result is None or not result.categories:
+            return None
+        chosen = self.category_set.currentData()
+        on = self.overlay.isChecked()
+        for set_name in result.categories:
+            layer = self.category_layer(set_name)
+            want = on and set_name == chosen
+            shown_langs = layer.metadata.get("languages") if layer is not None else None
+            if want and (layer is None or shown_langs != languages):
+                layer = make_layer(_layers.category_layer(result, set_name,
+                                                          languages=languages))
+                layer.metadata[RESULT_TAG] = True
+                layer.metadata["languages"] = languages
+                add_layer(self.viewer, layer)
+            elif layer is not None:
+                layer.visible = want
+        self._update_legend()
+        return self.category_layer(chosen)
+
+    def _update_legend(self) -> None:
+        from ..core.analysis import language_colour
+        from ..core.figures import category_colours
+
+        result = self.result
+        if result is None:
+            self.legend.setText("")
+            return
+        entries = []
+        name = self.category_set.currentData()
+        if name and name in result.categories:
+            legend = result.categories[name][1]
+            colours = category_colours(legend)
+            for label, entry in sorted(legend.items()):
+                if int(label) == 0:
+                    continue
+                title = str(entry.get("name", label)).replace("specific:", "")
+                entries.append((colours[int(label)], title, entry.get("meaning", "")))
+        else:
+            from ..core.analysis import CATEGORY_COLOURS
+
+            entries.append((CATEGORY_COLOURS["shared"], "shared", "all languages"))
+            for code in result.languages:
+                entries.append((language_colour(code, result.languages), code, code))
+        self.legend_entries = [(c[:7], t) for c, t, _ in entries]
+        html = " &nbsp; ".join(
+            f"<span style='color:{c[:7]}; font-size:16px'>&#9632;</span> "
+            f"<span title='{escape(m)}'>{escape(t)}</span>" for c, t, m in entries)
+        self.legend.setText(html)
+
+    # ------------------------------------------------------------------ open / export
+    def _pick_folder(self):
+        path = QFileDialog.getExistingDirectory(self, "Result folder (with result.json)")
+        if path:
+            self.open_result(path)
+
+    def open_result(self, folder):
+        """Load a saved result folder in a worker and show it (returns the task)."""
+        from ._show import run_layers
+
+        folder = Path(folder)
+        with_template = True
+
+        def fn(progress, cancel):
+            from ..core.result import AlignmentResult
+
+            progress(0.0, f"reading {folder}")
+            result = AlignmentResult.load(folder)
+            return result, run_layers(result, with_template)
+
+        self.status.setText(f"opening {folder}…")
+        self.open_button.setEnabled(False)
+        self.task = start_task(fn, owner=self, on_done=lambda o: self._opened(o, folder),
+                               name="open")
+        return self.task
+
+    def _opened(self, outcome, folder) -> None:
+        from napari.utils.notifications import show_error
+
+        from ._show import show_result
+
+        self.open_button.setEnabled(True)
+        if outcome.kind == "ok":
+            result, layers = outcome.value
+            self.feeder = show_result(self.viewer, self.session, result, layers, folder,
+                                      parent=self)
+        elif outcome.kind == "error":
+            self.status.setText(outcome.message)
+            show_error(outcome.message)
+        else:
+            self.status.setText(outcome.message)
+
+    def _pick_export(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Export the view", "view.png",
+                                              "PNG (*.png)")
+        if path:
+            self.export_view(path)
+
+    def export_view(self, path) -> Path:
+        """Save the canvas as it is now (``viewer.screenshot``) to a PNG."""
+        from napari.utils.notifications import show_info
+
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            path = path.with_suffix(".png")
+        self.viewer.screenshot(str(path), canvas_only=True)
+        show_info(f"saved {path}")
+        return path
+
+    def _pick_qc(self):
+        path, _ = QFileDialog.getSaveFileName(self, "QC figure", "qc.png", "PNG (*.png)")
+        if path:
+            self.qc_figure(path)
+
+    def qc_figure(self, path):
+        """Write the standard QC figure (``core.figures.qc_figure``) in a worker."""
+        from napari.utils.notifications import show_error
+
+        result = self.result
+        if result is None:
+            show_error("no result yet: run one or open a result folder")
+            return None
+        name = self.category_set.currentData() or "lesion"
+        path = Path(path)
+
+        def fn(progress, cancel):
+            from ..core.figures import qc_figure
+
+            return qc_figure(result, path, name=name)
+
+        self.qc_button.setEnabled(False)
+        self.qc_task = start_task(fn, owner=self, on_done=self._qc_done,
+                                  name="QC figure")
+        return self.qc_task
+
+    def _qc_done(self, outcome) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        self.qc_button.setEnabled(True)
+        if outcome.kind == "ok":
+            show_info(f"saved {outcome.value}")
+        elif outcome.kind == "error":
+            show_error(outcome.message)

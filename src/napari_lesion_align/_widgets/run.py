@@ -1,0 +1,267 @@
+"""Run dock widget: start and cancel the analysis, follow its progress, save the result.
+
+The analysis (:func:`~..core.pipeline.run_analysis`) runs in a napari thread worker; its
+progress reaches the GUI thread through a queued Qt signal, so the viewer stays usable.
+Cancel stops it at the core's next check (the model is restored: lesions are applied in a
+context manager). At the end the result's layers are added a few per event-loop turn.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                            QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+
+from ..core.errors import LesionAlignError
+from ._state import connect, session_for
+from ._tasks import freeze_gc_once, start_task
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0.0)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class RunWidget(QWidget):
+    """Start / cancel a run; progress with the current step, elapsed and remaining time."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.task = None
+        self.save_task = None
+        self.feeder = None
+        self.outcome = None
+        self.fraction = 0.0
+        self.message = ""
+        self._t0 = None
+
+        lay = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Run the analysis of the Data and Model & lesion widgets")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setFormat("%p%")
+        lay.addWidget(self.progress)
+        self.step = QLabel("ready")
+        self.step.setWordWrap(True)
+        lay.addWidget(self.step)
+        self.times = QLabel("")
+        lay.addWidget(self.times)
+        form = QFormLayout()
+        self.out_dir = QLineEdit()
+        self.out_dir.setPlaceholderText("optional: save each run into this folder")
+        pick = QPushButton("…")
+        pick.setFixedWidth(28)
+        pick.clicked.connect(self._pick_out_dir)
+        orow = QWidget()
+        ol = QHBoxLayout(orow)
+        ol.setContentsMargins(0, 0, 0, 0)
+        ol.addWidget(self.out_dir, 1)
+        ol.addWidget(pick)
+        form.addRow("Output", orow)
+        self.with_template = QCheckBox("show the MNI152 template under the maps")
+        self.with_template.setChecked(True)
+        form.addRow("", self.with_template)
+        lay.addLayout(form)
+        self.save_button = QPushButton("Save result…")
+        self.save_button.setEnabled(False)
+        self.save_button.setToolTip("Write the maps (NIfTI), summary.tsv and result.json")
+        lay.addWidget(self.save_button)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        lay.addWidget(self.summary)
+        lay.addStretch(1)
+
+        self._clock = QTimer(self)
+        self._clock.setInterval(250)
+        self._clock.timeout.connect(self._tick)
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(lambda: self._pick_save())
+        connect(self.session.busy_changed, self._busy_changed)
+        connect(self.session.result_changed, self._result_changed)
+        # a run outlives no widget: destroyed mid-run, it is cancelled and frees the session
+        self.destroyed.connect(lambda *_, s=self.session: s.set_busy(None)
+                               if s.busy == "run" else None)
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self.task is not None and self.task.running
+
+    def run(self):
+        """Build the config from the forms and start the worker (returns the task)."""
+        from napari.utils.notifications import show_error
+
+        from . import _run_prep
+
+        s = self.session
+        if self.running:
+            return self.task
+        if s.busy:
+            show_error(f"wait for the {s.busy} to finish")
+            return None
+        manual, manual_path = s.manual, None
+        try:
+            if manual is not None:
+                manual_path = Path(tempfile.mkdtemp(prefix="napari-lesion-align-")) / "manual"
+            config = s.build_config(extra_lesion_files=(str(manual_path) + ".json",)
+                                    if manual_path else ())
+        except LesionAlignError as err:
+            self._failed(str(err))
+            return None
+        out = self.out_dir.text().strip() or None
+        with_template = self.with_template.isChecked()
+
+        def fn(progress, cancel):
+            return _run_prep.run(config, manual, manual_path, with_template, progress, cancel,
+                                 out_dir=out)
+
+        self.outcome = None
+        self.fraction, self.message = 0.0, "starting"
+        self.progress.setValue(0)
+        self.step.setText("starting…")
+        self.summary.setText("")
+        self._t0 = time.perf_counter()
+        self._clock.start()
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.save_button.setEnabled(False)
+        s.set_busy("run")
+        freeze_gc_once()
+        self.task = start_task(fn, owner=self, on_done=self._done,
+                               on_progress=self._progress, name="run")
+        self._out = out
+        return self.task
+
+    def cancel(self) -> None:
+        """Ask the run to stop (at the core's next check, well under a second)."""
+        if self.running:
+            self.task.cancel()
+            self.cancel_button.setEnabled(False)
+            self.step.setText("cancelling…")
+
+    def _progress(self, frac: float, msg: str) -> None:
+        self.fraction, self.message = frac, msg
+        self.progress.setValue(int(round(1000 * min(max(frac, 0.0), 1.0))))
+        if msg and not (self.task is not None and self.task.cancelled):
+            self.step.setText(msg)
+
+    def _tick(self) -> None:
+        if self._t0 is None:
+            return
+        el = time.perf_counter() - self._t0
+        f = self.fraction
+        left = f" · about {_clock(el * (1 - f) / f)} left" if 0.02 < f < 1.0 else ""
+        self.times.setText(f"elapsed {_clock(el)}{left}")
+
+    def _failed(self, message: str) -> None:
+        from html import escape
+
+        from napari.utils.notifications import show_error
+
+        self.step.setText(f"<span style='color:#e63946'>{escape(message)}</span>")
+        show_error(message)
+
+    def _done(self, outcome) -> None:
+        from napari.utils.notifications import show_info
+
+        from ._show import show_result
+
+        self.outcome = outcome
+        self._clock.stop()
+        self._tick()
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.session.set_busy(None)
+        if outcome.kind == "ok":
+            result, tuples = outcome.value
+            self.progress.setValue(1000)
+            self.step.setText(f"done in {_clock(outcome.seconds)}; adding {len(tuples)} "
+                              "layers…")
+            folder = Path(self._out) if self._out else None
+            self.feeder = show_result(self.viewer, self.session, result, tuples, folder,
+                                      on_done=self._layers_added, parent=self)
+        elif outcome.kind == "error":
+            self._failed(outcome.message)
+        elif outcome.kind == "cancelled":
+            self.step.setText("cancelled")
+            show_info("Run cancelled; the model is unchanged")
+        else:
+            self.step.setText(f"failed: {outcome.message}")
+
+    def _layers_added(self) -> None:
+        self.step.setText(f"done in {_clock(self.outcome.seconds)}")
+
+    # ------------------------------------------------------------------ result
+    def _result_changed(self, result) -> None:
+        self.save_button.setEnabled(result is not None and not self.running)
+        if result is None:
+            self.summary.setText("")
+            return
+        rows = [r for r in result.summary_rows() if r["subject"] == "group"] or \
+            result.summary_rows()
+        lines = [f"{r['language']} {r['condition']}: mean r {r['mean_r']:.3f}"
+                 + (f", drop {100 * r['rel_drop']:.1f} %" if r["rel_drop"] == r["rel_drop"]
+                    else "") for r in rows[:12]]
+        more = f"\n… {len(rows) - 12} more in summary.tsv" if len(rows) > 12 else ""
+        self.summary.setText("\n".join(lines) + more)
+
+    def _pick_out_dir(self):
+        path = QFileDialog.getExistingDirectory(self, "Output folder")
+        if path:
+            self.out_dir.setText(path)
+
+    def _pick_save(self):
+        path = QFileDialog.getExistingDirectory(self, "Save the result into a folder")
+        if path:
+            self.save_result(path)
+
+    def save_result(self, folder):
+        """Write the last result (maps, summary.tsv, result.json) in a worker."""
+        result = self.session.result
+        if result is None:
+            return None
+        folder = Path(folder)
+
+        def fn(progress, cancel):
+            return result.save(folder)
+
+        self.save_button.setEnabled(False)
+        self.save_task = start_task(fn, owner=self, on_done=lambda o: self._saved(o, folder),
+                                    name="save result")
+        return self.save_task
+
+    def _saved(self, outcome, folder) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        self.save_button.setEnabled(True)
+        if outcome.kind == "ok":
+            self.session.result_folder = folder
+            show_info(f"saved {len(outcome.value)} files in {folder}")
+        elif outcome.kind == "error":
+            show_error(outcome.message)
+
+    def _busy_changed(self, what) -> None:
+        if not self.running:
+            self.run_button.setEnabled(what is None)
+
+    def closeEvent(self, event):  # noqa: N802 (Qt)
+        if self.running:
+            self.task.cancel()
+        super().closeEvent(event)
