@@ -2,7 +2,7 @@
 
     xvfb-run -a python scripts/make_screenshots.py [--result demo-lesions/] [--out docs/images]
 
-``--result``: an output folder of ``napari-lesion-align demo --lesions``, opened in the
+``--result``: an output folder of ``napari-lesion-align demo`` (with its lesions), opened in the
 Results widget (default ``$NLA_DEMO_RESULT``, else the plugin's cached demo result, which
 is computed the first time: several minutes). The Model & lesion and Run screenshots use
 the built-in model (a real run is started, photographed while it works, then cancelled;
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         args.result = str(ensure_demo_result())
     if not (Path(args.result) / "result.json").is_file():
         ap.error(f"{args.result}: not a result folder (no result.json); give a folder "
-                 "written by 'napari-lesion-align demo --lesions'")
+                 "written by 'napari-lesion-align demo'")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

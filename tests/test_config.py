@@ -76,6 +76,10 @@ def test_glob_template_must_match_one_file(tmp_path):
     (lambda d: d.update(extra={}), "unknown section"),
     (lambda d: d["encoding"].update(alphas=[1, -2]), "positive"),
     (lambda d: d["languages"]["EN"].update(bold="sub-{subj}.nii"), "unknown placeholder"),
+    (lambda d: d.update(lesions={"sweep": True, "sweep_element": "weights"}),
+     r"sweep_element = 'weights'"),
+    (lambda d: d.update(lesions={"alpha": 5}), r"\[lesions\].alpha = 5"),
+    (lambda d: d["encoding"].update(stack_mb=-1), "stack_mb"),
 ])
 def test_bad_values_give_one_clear_error(mutate, message):
     d = {"data": {"kind": "volume", "tr": 2.0, "mask": "m.nii.gz", "subjects": ["01"]},

@@ -206,6 +206,19 @@ def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
 
 
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+
+    from napari_lesion_align.core import result as result_mod
+
+    old = os.umask(0o022)
+    try:
+        result_mod.atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
 def test_region_input_writes_tsv_per_region(tmp_path, tiny_model):
     from napari_lesion_align.core.pipeline import run_analysis
 

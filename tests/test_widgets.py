@@ -389,8 +389,8 @@ def demo_result(demo_output):
     folder, _ = demo_output
     result = AlignmentResult.load(folder)
     if "lesion" not in result.categories:
-        pytest.fail(f"{folder}: the demo output has no lesion categories (run the demo with "
-                    "--lesions)")
+        pytest.fail(f"{folder}: the demo output has no lesion categories (run the demo "
+                    "without --no-lesions)")
     return folder, result
 
 

@@ -53,9 +53,9 @@ def main(argv=None) -> int:
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--subjects", type=int, default=5, help="number of synthetic subjects (5)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--lesions", action="store_true",
-                   help="also run the shared lesion, one specific lesion per language and "
-                        "their random controls (in development: slower, see docs)")
+    d.add_argument("--no-lesions", dest="lesions", action="store_false",
+                   help="intact model only (by default the demo also runs the shared lesion, "
+                        "one specific lesion per language and their random controls)")
     d.add_argument("--quiet", action="store_true")
     r = sub.add_parser("run", help="run the analysis a config file describes")
     r.add_argument("config", help="TOML or JSON config (see docs/configuration.md)")

@@ -58,8 +58,9 @@ class PairedTest:
     n_subjects: int
 
 
-def alignment_test(r: np.ndarray, alpha: float = 0.05, correction: str = "fdr") -> PairedTest:
-    """Where the intact model aligns: one-sample t-test of r > 0 across subjects (rows)."""
+def alignment_test(r: np.ndarray) -> PairedTest:
+    """Where the intact model aligns: one-sample t-test of r > 0 across subjects (rows);
+    threshold it with :func:`responsive`."""
     return paired_t(r, np.zeros_like(r))
 
 

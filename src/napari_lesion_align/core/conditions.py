@@ -158,7 +158,8 @@ def build_conditions(config, lm, stimuli, progress=None, cancel=None) -> list[Co
             label = f"sweepL{lesion.spec['layer']}"
             lesion.spec["name"] = label
             conds.append(Condition(label, lesion, "sweep"))
-            if les.random_control:
+            # a whole block has no size-matched random alternative inside that block
+            if les.random_control and les.sweep_element != "layers":
                 rnd = random_like(lesion, anatomy, seed=config.seed + len(conds),
                                   name=f"{label}Random")
                 conds.append(Condition(rnd.name, rnd, "random", control_of=label))

@@ -140,6 +140,13 @@ class LesionConfig:
             raise LesionAlignError(f"[lesions].mode = {self.mode!r}; use 'zero' or 'mean'")
         if not 0 < self.k_percent <= 100:
             raise LesionAlignError(f"[lesions].k_percent = {self.k_percent}; use 0 < k <= 100")
+        if self.sweep_element not in ("neurons", "heads", "hidden", "layers"):
+            raise LesionAlignError(
+                f"[lesions].sweep_element = {self.sweep_element!r}; a layer sweep lesions "
+                "'neurons', 'heads', 'hidden' or 'layers'")
+        if not 0 < self.alpha < 1:
+            raise LesionAlignError(f"[lesions].alpha = {self.alpha}; use a level in (0, 1), "
+                                   "e.g. 0.05")
         if self.correction not in ("fdr", "none"):
             raise LesionAlignError(f"[lesions].correction = {self.correction!r}; use 'fdr' or 'none'")
         for sel in self.selections:
@@ -377,14 +384,15 @@ def demo_config(n_subjects: int = 5, seed: int = 0, lesions: bool = False,
     With ``lesions``: the shared lesion, one specific lesion per language and their
     random controls (top 1 % of weights per tensor by Wanda importance). Features are read
     in windows of 500 context tokens + 256 new ones (half the passes of the default), and
-    alphas run from 1 to 1e12 (13 values).
+    alphas run from 1 to 1e12 in steps of 10^1.5 (9 values; the paper: 1 to 1e19 in steps
+    of 10).
     """
     d = {"name": "demo", "seed": seed,
          "data": {"kind": "demo", "tr": 2.0, "demo": {"n_subjects": n_subjects, "seed": seed}},
          "features": {"stride_tokens": 256},
          # the paper's grid stops at 1e19; on the demo's data every alpha above 1e12 (1e6 x the
          # largest kernel eigenvalue) predicts the same up to scale, i.e. the same r
-         "encoding": {"alphas": {"logspace": [0, 12, 13]}}}
+         "encoding": {"alphas": {"logspace": [0, 12, 9]}}}
     if lesions:
         d["lesions"] = {"element": "weights", "method": "wanda", "k_percent": 1.0}
     for key, val in overrides.items():

@@ -10,13 +10,15 @@ shared and language-specific parts (:data:`GENERATOR_LESIONS`: the top 1 % of we
 tensor by Wanda importance, shared and specific per language):
 
 * *shared* regions respond to the intact features along the directions that the *shared*
-  lesion destroys (found on all languages pooled: the same directions in every language),
-  in every language;
+  lesion destroys more than its size-matched random control does (found on all languages
+  pooled: the same directions in every language), in every language;
 * the *specific* region of L responds, in L only, to the intact features along the
-  directions that L's *specific* lesion destroys in L;
-* "destroys" is what a linear encoding model sees: the top principal axes of the residual
-  of the intact features regressed on the lesioned ones (:func:`lost_directions`);
-  ``N_DRIVERS`` directions, z-scored, convolved with the SPM HRF;
+  directions that L's *specific* lesion destroys in L more than its random control does;
+* "destroys" is what a linear encoding model sees: the residual of the intact features
+  regressed on the lesioned ones; the directions are the top eigenvectors of the
+  difference of the residual covariances of the lesion and of its random control
+  (:func:`lost_directions`), found on the first run; ``N_DRIVERS`` directions, z-scored,
+  convolved with the SPM HRF;
 * every voxel mixes its category's drivers with its own fixed weights;
 * the amplitude falls off from the region's centre (Gaussian, sigma = radius / 2), and
   varies across subjects (a factor of 0.9-1.1 per subject and category);
@@ -133,18 +135,32 @@ def _z(X: np.ndarray) -> np.ndarray:
     return (X - X.mean(0)) / sd
 
 
-def lost_directions(intact: list, lesioned: list, k: int = N_DRIVERS, alpha: float = 100.0):
+def _residual_cov(intact: list, lesioned: list, alpha: float = 100.0) -> np.ndarray:
+    """Covariance of what a linear map of the lesioned features cannot express of the
+    intact ones: intact (z-scored) regressed on lesioned (ridge, ``alpha``), residual."""
+    H0 = np.concatenate([_z(h) for h in intact])
+    H1 = np.concatenate([_z(h) for h in lesioned])
+    B = np.linalg.solve(H1.T @ H1 + alpha * np.eye(H1.shape[1]), H1.T @ H0)
+    R = H0 - H1 @ B
+    return R.T @ R / len(R)
+
+
+def lost_directions(intact: list, lesioned: list, k: int = N_DRIVERS, alpha: float = 100.0,
+                    control: list | None = None):
     """The ``k`` feature directions the lesion destroys, as a linear encoding model sees it.
 
     Intact features (z-scored) are regressed on the lesioned ones (ridge, ``alpha``); the
     top principal axes of the residual -- what the lesioned model cannot express linearly
-    -- are returned as a ``(d, k)`` matrix.
+    -- are returned as a ``(d, k)`` matrix. With ``control`` (the features under the
+    lesion's size-matched random control), the axes are those the lesion destroys *more
+    than its random control does*: the top eigenvectors of the difference of the two
+    residual covariances.
     """
-    H0 = np.concatenate([_z(h) for h in intact])
-    H1 = np.concatenate([_z(h) for h in lesioned])
-    B = np.linalg.solve(H1.T @ H1 + alpha * np.eye(H1.shape[1]), H1.T @ H0)
-    _, _, vt = np.linalg.svd(H0 - H1 @ B, full_matrices=False)
-    return vt[:k].T
+    C = _residual_cov(intact, lesioned, alpha)
+    if control is not None:
+        C = C - _residual_cov(intact, control, alpha)
+    w, v = np.linalg.eigh(C)
+    return v[:, ::-1][:, :k]
 
 
 def drivers_from(features: list, directions: np.ndarray, tr: float = TR) -> list:
@@ -167,20 +183,26 @@ def planted_drivers(intact: dict, probe: dict) -> dict:
     """{(category, language): per-run drivers}.
 
     ``intact[code]``: per-run intact features; ``probe[code][label]``: features of the first
-    run(s) under ``intact``, ``shared`` and ``specific<code>`` (the directions are found on
-    these, then applied to every run).
+    run(s) under the generator's conditions (:func:`generator_labels`); the directions are
+    found on these, then applied to every run.
 
-    * shared regions: the directions the *shared* lesion destroys, found on all languages
-      pooled (the same directions in every language);
-    * the specific region of L: the directions L's *specific* lesion destroys in L.
+    * shared regions: the directions the *shared* lesion destroys beyond its random control,
+      found on all languages pooled (the same directions in every language);
+    * the specific region of L: the directions L's *specific* lesion destroys in L beyond
+      its random control.
     """
     langs = [c for c in LANGUAGES if c in intact]
-    shared_dirs = lost_directions([x for c in langs for x in probe[c]["intact"]],
-                                  [x for c in langs for x in probe[c]["shared"]])
+
+    def pooled(label):
+        return [x for c in langs for x in probe[c][label]]
+
+    shared_dirs = lost_directions(pooled("intact"), pooled("shared"),
+                                  control=pooled("sharedRandom"))
     out = {}
     for c in langs:
         out[("shared", c)] = drivers_from(intact[c], shared_dirs)
-        spec = lost_directions(probe[c]["intact"], probe[c][f"specific{c}"])
+        spec = lost_directions(probe[c]["intact"], probe[c][f"specific{c}"],
+                               control=probe[c][f"specific{c}Random"])
         out[(c, c)] = drivers_from(intact[c], spec)
     return out
 
@@ -225,6 +247,14 @@ def synthesize_run(drivers: dict, truth: dict, language: str, subject_index: int
     return np.ascontiguousarray(Y, dtype=np.float32)
 
 
+def generator_labels() -> list[str]:
+    """Conditions the generator extracts features under (on the first run)."""
+    out = ["intact", "shared", "sharedRandom"]
+    for c in LANGUAGES:
+        out += [f"specific{c}", f"specific{c}Random"]
+    return out
+
+
 def generator_conditions(config, lm, stimuli: dict, conditions: list) -> list:
     """The conditions the generator needs (intact, shared, specific per language, made with
     :data:`GENERATOR_LESIONS`): taken from the analysis' own conditions when they match,
@@ -234,12 +264,14 @@ def generator_conditions(config, lm, stimuli: dict, conditions: list) -> list:
     from ..core.conditions import build_conditions
     from ..core.config import LesionConfig
 
-    want = ["intact", "shared"] + [f"specific{c}" for c in LANGUAGES]
+    want = generator_labels()
     have = {c.label: c for c in conditions}
 
     def matches(c):
         if c.lesion is None:
             return True
+        if c.control_of is not None:
+            return matches(have[c.control_of]) if c.control_of in have else False
         sp = c.lesion.spec
         return (c.lesion.element == GENERATOR_LESIONS["element"]
                 and c.lesion.mode == GENERATOR_LESIONS["mode"]
@@ -249,7 +281,7 @@ def generator_conditions(config, lm, stimuli: dict, conditions: list) -> list:
 
     if all(lbl in have and matches(have[lbl]) for lbl in want):
         return [have[lbl] for lbl in want]
-    recipe = LesionConfig(enabled=True, random_control=False, **GENERATOR_LESIONS)
+    recipe = LesionConfig(enabled=True, random_control=True, **GENERATOR_LESIONS)
     gen = build_conditions(dataclasses.replace(config, lesions=recipe), lm, stimuli)
     return [c for c in gen if c.label in want]
 
@@ -258,9 +290,9 @@ def build_demo_dataset(config, stimuli: dict, features_for, progress=None):
     """The demo Dataset: shipped stimuli, the demo mask and lazily synthesised BOLD.
 
     ``features_for(code)`` must return ``(intact, probe)`` at ``GENERATOR_LAYER``: the intact
-    features of every run, and ``{label: features of the first run}`` for the labels
-    ``intact``, ``shared`` and ``specific<code>`` of the generator's lesions
-    (:data:`GENERATOR_LESIONS`); the pipeline passes a function that shares its feature
+    features of every run, and ``{label: features of the first run}`` for the labels of
+    :func:`generator_labels` (the generator's lesions, :data:`GENERATOR_LESIONS`, and their
+    random controls); the pipeline passes a function that shares its feature
     cache, so nothing is extracted twice. Drivers are computed on the first BOLD load.
     """
     from ..core.dataset import BoldRun, Dataset
