@@ -66,17 +66,9 @@ def check_demo(n_subjects: int, progress=None, cancel=None) -> DataReport:
 
 def _n_vols(kind: str, path: str, data_cfg) -> int:
     if kind == "volume":
-        import nibabel as nib
+        from ..core.dataset import nifti_volumes
 
-        if not Path(path).exists():
-            raise LesionAlignError(f"{path}: BOLD file not found")
-        try:
-            shape = nib.load(path).shape
-        except Exception as err:
-            raise LesionAlignError(f"{path}: cannot read as NIfTI ({err})") from err
-        if len(shape) != 4:
-            raise LesionAlignError(f"{path}: a BOLD run must be a 4D image, got shape {shape}")
-        return int(shape[3])
+        return nifti_volumes(path)
     from ..core.bold import read_region_series
 
     Y, _ = read_region_series(path, data_cfg.roi_names, skip_rows=data_cfg.bold_skip_rows)

@@ -211,34 +211,19 @@ class InspectorWidget(QWidget):
         self.canvas.draw_idle()
 
     def _draw(self) -> None:
-        from ..core.analysis import language_colour
+        from ..core.figures import condition_bars
 
         if not self.values:
             self._draw_empty()
             return
         result = self.session.result
-        langs = result.languages
-        conds = list(self.values)
-        controls = set(result.controls or {})
         self.figure.clear()
         ax = self.figure.add_subplot(111)
-        width = 0.8 / max(len(langs), 1)
-        for j, lang in enumerate(langs):
-            xs = np.arange(len(conds)) + (j - (len(langs) - 1) / 2) * width
-            means = [self.values[c][lang][0] for c in conds]
-            sds = [self.values[c][lang][1] for c in conds]
-            bars = ax.bar(xs, means, width, yerr=sds, capsize=2, label=lang,
-                          color=language_colour(lang, langs), edgecolor="k", linewidth=0.4)
-            for bar, cond in zip(bars, conds):
-                if cond in controls:
-                    bar.set_hatch("//")
-                    bar.set_alpha(0.55)
-        ax.set_xticks(np.arange(len(conds)))
-        ax.set_xticklabels(conds, rotation=25, ha="right", fontsize=7)
-        ax.axhline(0, color="k", linewidth=0.5)
+        condition_bars(ax, self.values, result.languages, set(result.controls or {}),
+                       fontsize=7)
         ax.set_ylabel("r (mean over subjects)", fontsize=8)
         ax.tick_params(labelsize=7)
         x, y, z = self.mni
         ax.set_title(f"MNI ({x:.0f}, {y:.0f}, {z:.0f})", fontsize=8)
-        ax.legend(fontsize=7, ncols=len(langs), frameon=False)
+        ax.legend(fontsize=7, ncols=len(result.languages), frameon=False)
         self.canvas.draw_idle()

@@ -99,7 +99,8 @@ def check_lengths(ds: Dataset, tolerance: int) -> None:
                              audio_end_s=getattr(words, "audio_end", None))
 
 
-def _nifti_run(space: VolumeSpace, path: str) -> BoldRun:
+def nifti_volumes(path: str) -> int:
+    """Volumes of a 4D NIfTI BOLD run (header only), with a clear error for anything else."""
     import nibabel as nib
 
     if not Path(path).exists():
@@ -110,7 +111,11 @@ def _nifti_run(space: VolumeSpace, path: str) -> BoldRun:
         raise LesionAlignError(f"{path}: cannot read as NIfTI ({err})") from err
     if len(shape) != 4:
         raise LesionAlignError(f"{path}: a BOLD run must be a 4D image, got shape {shape}")
-    return BoldRun(path, int(shape[3]), lambda: space.load_run(path))
+    return int(shape[3])
+
+
+def _nifti_run(space: VolumeSpace, path: str) -> BoldRun:
+    return BoldRun(path, nifti_volumes(path), lambda: space.load_run(path))
 
 
 def load_dataset(config: AnalysisConfig, progress: Callable | None = None,

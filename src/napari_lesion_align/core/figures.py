@@ -198,32 +198,40 @@ def bar_conditions(result) -> list[str]:
     return out
 
 
-def _draw_bars(ax, result) -> None:
-    """Whole-brain mean r per condition (groups) and language (bars), SD across subjects."""
+def condition_bars(ax, values: dict, languages: list, controls, fontsize: float = 8) -> None:
+    """Grouped bars: one group per condition, one bar per language (its colour), error bars;
+    random controls hatched. ``values[condition][language] = (mean, sd)``."""
     from .analysis import language_colour
 
-    rows = [r for r in result.summary_rows() if r["subject"] != "group"]
-    langs = result.languages
-    conds = bar_conditions(result)
-    controls = set(result.controls or {})
-    width = 0.8 / max(len(langs), 1)
-    for j, lang in enumerate(langs):
-        means, sds = [], []
-        for cond in conds:
-            vals = [r["mean_r"] for r in rows if r["language"] == lang and
-                    r["condition"] == cond and np.isfinite(r["mean_r"])]
-            means.append(np.mean(vals) if vals else np.nan)
-            sds.append(np.std(vals) if len(vals) > 1 else 0.0)
-        xs = np.arange(len(conds)) + (j - (len(langs) - 1) / 2) * width
-        bars = ax.bar(xs, means, width, yerr=sds, capsize=2, label=lang,
-                      color=language_colour(lang, langs), edgecolor="k", linewidth=0.5)
+    conds = list(values)
+    width = 0.8 / max(len(languages), 1)
+    for j, lang in enumerate(languages):
+        xs = np.arange(len(conds)) + (j - (len(languages) - 1) / 2) * width
+        bars = ax.bar(xs, [values[c][lang][0] for c in conds], width,
+                      yerr=[values[c][lang][1] for c in conds], capsize=2, label=lang,
+                      color=language_colour(lang, languages), edgecolor="k", linewidth=0.5)
         for bar, cond in zip(bars, conds):
             if cond in controls:
                 bar.set_hatch("//")
                 bar.set_alpha(0.55)
     ax.set_xticks(np.arange(len(conds)))
-    ax.set_xticklabels(conds, rotation=20, fontsize=8, ha="right")
+    ax.set_xticklabels(conds, rotation=20, fontsize=fontsize, ha="right")
     ax.axhline(0, color="k", linewidth=0.5)
+
+
+def _draw_bars(ax, result) -> None:
+    """Whole-brain mean r per condition (groups) and language (bars), SD across subjects."""
+    rows = [r for r in result.summary_rows() if r["subject"] != "group"]
+    langs = result.languages
+    values: dict = {}
+    for cond in bar_conditions(result):
+        values[cond] = {}
+        for lang in langs:
+            vals = [r["mean_r"] for r in rows if r["language"] == lang and
+                    r["condition"] == cond and np.isfinite(r["mean_r"])]
+            values[cond][lang] = (np.mean(vals) if vals else np.nan,
+                                  np.std(vals) if len(vals) > 1 else 0.0)
+    condition_bars(ax, values, langs, set(result.controls or {}))
     ax.set_ylabel("whole-brain mean r")
     ax.legend(fontsize=8, ncols=len(langs), loc="upper right", frameon=False)
     ax.set_title("mean r over subjects (error bar: SD across subjects; hatched: random "
