@@ -63,6 +63,27 @@ def _capacity(model, tokenizer) -> int:
     return min(model_capacity(model, tokenizer), 510)
 
 
+def _feed(model, tokenizer, texts, capacity: int, max_tokens: int, hooks: list,
+          cancel=None) -> int:
+    """Run ``texts`` through ``model`` (no gradients) while ``hooks`` observe it; the hooks
+    are removed afterwards, also on error or cancel. Returns the tokens fed."""
+    import torch
+
+    fed = 0
+    try:
+        with torch.inference_mode():
+            for batch in text_batches(tokenizer, texts, capacity, max_tokens):
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                ids = torch.tensor(batch, device=next(model.parameters()).device)
+                model(input_ids=ids)
+                fed += ids.numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    return fed
+
+
 # --------------------------------------------------------------------------- scores
 def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | None = None,
                  max_tokens: int = 20000, progress=None, cancel=None) -> dict:
@@ -76,7 +97,6 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
     out = {}
     for li, (lang, texts) in enumerate(texts_by_language.items()):
         sumsq = {k: torch.zeros(m.in_features, dtype=torch.float64) for k, m in targets.items()}
-        count = [0]
 
         def make_hook(key):
             def hook(module, args):
@@ -85,18 +105,8 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
             return hook
 
         hooks = [m.register_forward_pre_hook(make_hook(k)) for k, m in targets.items()]
-        try:
-            with torch.inference_mode():
-                for batch in text_batches(tokenizer, texts, cap, max_tokens):
-                    if cancel is not None and cancel():
-                        raise Cancelled()
-                    ids = torch.tensor(batch, device=next(model.parameters()).device)
-                    model(input_ids=ids)
-                    count[0] += ids.numel()
-        finally:
-            for h in hooks:
-                h.remove()
-        rms = {k: torch.sqrt(v / max(count[0], 1)).float() for k, v in sumsq.items()}
+        count = _feed(model, tokenizer, texts, cap, max_tokens, hooks, cancel)
+        rms = {k: torch.sqrt(v / max(count, 1)).float() for k, v in sumsq.items()}
         out[lang] = {k: targets[k].weight.detach().abs().float().cpu() * rms[k][None, :]
                      for k in targets}
         if progress is not None:
@@ -200,15 +210,7 @@ def lape_probabilities(model, tokenizer, texts_by_language: dict, anatomy: Anato
 
         hooks = [anatomy.module(b.linears["ffn_down"]).register_forward_pre_hook(make_hook(b.index))
                  for b in anatomy.blocks]
-        try:
-            with torch.inference_mode():
-                for batch in text_batches(tokenizer, texts, cap, max_tokens):
-                    if cancel is not None and cancel():
-                        raise Cancelled()
-                    model(input_ids=torch.tensor(batch, device=next(model.parameters()).device))
-        finally:
-            for h in hooks:
-                h.remove()
+        _feed(model, tokenizer, texts, cap, max_tokens, hooks, cancel)
         out[lang] = {f"{i}.neurons": (p / max(n[0], 1)).float() for i, p in pos.items()}
     return out
 
@@ -222,8 +224,6 @@ def mean_activations(model, tokenizer, texts_by_language: dict, element: str,
     the per-head attention outputs (input of the attention output projection); hidden: the
     block outputs. Keyed like lesion masks (``"<block>.neurons"`` ...).
     """
-    import torch
-
     anatomy = anatomy or describe_model(model)
     if element not in ("neurons", "heads", "hidden"):
         raise LesionAlignError(f"mean-ablation of {element!r} is not defined; use mode = 'zero'")
@@ -249,12 +249,8 @@ def mean_activations(model, tokenizer, texts_by_language: dict, element: str,
             hooks.append(target.register_forward_pre_hook(lambda m, a, key=key: add(key, a[0])))
     cap = _capacity(model, tokenizer)
     try:
-        with torch.inference_mode():
-            for texts in texts_by_language.values():
-                for batch in text_batches(tokenizer, texts, cap, max_tokens):
-                    if cancel is not None and cancel():
-                        raise Cancelled()
-                    model(input_ids=torch.tensor(batch, device=next(model.parameters()).device))
+        for texts in texts_by_language.values():
+            _feed(model, tokenizer, texts, cap, max_tokens, [], cancel)
     finally:
         for h in hooks:
             h.remove()
