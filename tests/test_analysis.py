@@ -79,6 +79,41 @@ def test_random_control_gives_near_empty_categories():
     assert (labels != 0).mean() < 0.02
 
 
+def test_paired_t_reports_the_group_relative_drop():
+    A = np.array([[0.4, 0.2, -0.1], [0.6, 0.2, -0.1]])
+    B = np.array([[0.2, 0.1, -0.2], [0.4, 0.2, -0.1]])
+    rel = an.paired_t(A, B).rel_drop
+    np.testing.assert_allclose(rel[:2], [0.4, 0.25], atol=1e-6)  # mean drop / mean intact
+    assert np.isnan(rel[2])  # no positive intact alignment: no relative drop
+
+
+def test_min_relative_drop_keeps_large_drops_and_drops_tiny_consistent_ones():
+    """A control that lowers r by a tiny but perfectly consistent amount is significant by
+    the t-test alone; with a minimum relative drop only the planted large drops count."""
+    rng = np.random.default_rng(3)
+    n, V = 6, 300
+    intact = {L: rng.normal(0.4, 0.05, (n, V)) for L in LANGS}
+    big = np.zeros(V, bool)
+    big[:50] = True  # 50 % drop for EN in voxels 0-49
+    tiny = np.zeros(V, bool)
+    tiny[100:200] = True  # 3 % drop, nearly no variance across subjects
+
+    def lesioned(L):
+        out = intact[L] - rng.normal(0, 0.002, (n, V))
+        if L == "EN":
+            out = out - 0.2 * big - 0.012 * tiny
+        return out
+
+    spec = {"EN": {L: an.paired_t(intact[L], lesioned(L)) for L in LANGS}}
+    plain, _ = an.categories({}, spec, LANGS)
+    assert (plain[tiny] == 2).mean() > 0.9  # the tiny drop is "significant"
+    labels, _ = an.categories({}, spec, LANGS, min_relative_drop=0.1)
+    assert (labels[big] == 2).all() and not (labels[~big] != 0).any()
+    with pytest.raises(LesionAlignError, match="relative drops"):
+        t = spec["EN"]["EN"]
+        an.significant(an.PairedTest(t.t, t.p, t.q, n), 0.05, "fdr", 0.1)
+
+
 def test_lpi_sign_and_threshold():
     truth, _, specific = _planted_tests()
     v = an.lpi(specific["FR"], "FR")

@@ -79,6 +79,7 @@ def test_glob_template_must_match_one_file(tmp_path):
     (lambda d: d.update(lesions={"sweep": True, "sweep_element": "weights"}),
      r"sweep_element = 'weights'"),
     (lambda d: d.update(lesions={"alpha": 5}), r"\[lesions\].alpha = 5"),
+    (lambda d: d.update(lesions={"min_relative_drop": 1.5}), r"min_relative_drop = 1.5"),
     (lambda d: d["encoding"].update(stack_mb=-1), "stack_mb"),
 ])
 def test_bad_values_give_one_clear_error(mutate, message):

@@ -53,10 +53,10 @@ WORLD_FROM_MNI = np.array([[0.0, 0.0, 1.0, 0.0],
 NAPARI_AXCODES = ("S", "P", "R")
 AXIS_LABELS = ("z", "-y", "x")
 #: stats shown with a diverging colormap (symmetric limits)
-DIVERGING = ("r", "deltar", "t", "lpi", "z", "beta")
+DIVERGING = ("r", "deltar", "reldrop", "t", "lpi", "z", "beta")
 #: stats shown with a sequential colormap, small = significant
 SEQUENTIAL = ("p", "q")
-STAT_LABELS = {"r": "r", "deltar": "Δr", "t": "t", "p": "p", "q": "q", "lpi": "LPI",
+STAT_LABELS = {"r": "r", "deltar": "Δr", "reldrop": "rel. drop", "t": "t", "p": "p", "q": "q", "lpi": "LPI",
                "categories": "categories", "template": "template", "mask": "mask"}
 DEFAULT_P_THRESHOLD = 0.05
 _STEPS = 128  # colours per side of the stepwise colormaps

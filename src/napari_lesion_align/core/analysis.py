@@ -56,6 +56,9 @@ class PairedTest:
     p: np.ndarray
     q: np.ndarray
     n_subjects: int
+    #: group relative drop per voxel: mean(intact - lesioned) / mean(intact) over subjects
+    #: (NaN where the mean intact r is not positive); None when not computed
+    rel_drop: np.ndarray | None = None
 
 
 def alignment_test(r: np.ndarray) -> PairedTest:
@@ -93,6 +96,9 @@ def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "g
     ok[ok] = d.std(0) > 1e-9 * (1.0 + np.abs(d.mean(0)))
     t = np.zeros(A.shape[1])
     p = np.ones(A.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mA = A.mean(0)
+        rel = np.where(mA > 0, (mA - B.mean(0)) / mA, np.nan)
     if ok.any():
         res = ttest_rel(A[:, ok], B[:, ok], axis=0, alternative=alternative)
         t[ok] = res.statistic
@@ -103,26 +109,41 @@ def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "g
         q[fam] = false_discovery_control(p[fam], method=fdr_method)
     if within is not None:
         p = np.where(np.asarray(within, dtype=bool), p, 1.0)
-    return PairedTest(t.astype(np.float32), p.astype(np.float32), q.astype(np.float32), n)
+    return PairedTest(t.astype(np.float32), p.astype(np.float32), q.astype(np.float32), n,
+                      rel.astype(np.float32))
 
 
-def significant(test: PairedTest, alpha: float = 0.05, correction: str = "fdr") -> np.ndarray:
-    """Voxels with a significant drop: q < alpha (``fdr``) or p < alpha (``none``)."""
+def significant(test: PairedTest, alpha: float = 0.05, correction: str = "fdr",
+                min_relative_drop: float = 0.0) -> np.ndarray:
+    """Voxels with a significant drop: q < alpha (``fdr``) or p < alpha (``none``) and, when
+    ``min_relative_drop`` > 0, a group relative drop of at least that much (a drop that is
+    consistent across subjects but tiny is not counted)."""
     if correction == "fdr":
-        return test.q < alpha
-    if correction == "none":
-        return test.p < alpha
-    raise LesionAlignError(f"unknown correction {correction!r}; use 'fdr' or 'none'")
+        sig = test.q < alpha
+    elif correction == "none":
+        sig = test.p < alpha
+    else:
+        raise LesionAlignError(f"unknown correction {correction!r}; use 'fdr' or 'none'")
+    if min_relative_drop > 0:
+        if test.rel_drop is None:
+            raise LesionAlignError("min_relative_drop needs the tests' relative drops "
+                                   "(paired_t computes them)")
+        with np.errstate(invalid="ignore"):
+            sig &= test.rel_drop >= min_relative_drop
+    return sig
 
 
 def categories(shared_tests: dict, specific_tests: dict, languages: list[str],
-               alpha: float = 0.05, correction: str = "fdr") -> tuple[np.ndarray, dict]:
+               alpha: float = 0.05, correction: str = "fdr",
+               min_relative_drop: float = 0.0) -> tuple[np.ndarray, dict]:
     """Per-voxel category labels and their legend.
 
     Parameters
     ----------
     shared_tests : {language: PairedTest} under the shared lesion.
     specific_tests : {L: {language: PairedTest}} under L's specific lesion, every language.
+    min_relative_drop : a "drop" is significant *and* at least this relative drop
+        (:func:`significant`); 0 = significance alone.
 
     Returns
     -------
@@ -131,35 +152,37 @@ def categories(shared_tests: dict, specific_tests: dict, languages: list[str],
     """
     V = len(next(iter(shared_tests.values())).t) if shared_tests else \
         len(next(iter(next(iter(specific_tests.values())).values())).t)
+    rule = (f" (a drop: q < {alpha:g}" if correction == "fdr" else f" (a drop: p < {alpha:g}") + (
+        f" and a group relative drop >= {min_relative_drop:g})" if min_relative_drop > 0 else ")")
     labels = np.zeros(V, dtype=np.int16)
     legend = {0: {"name": "none", "meaning": "no category", "colour": CATEGORY_COLOURS["none"]}}
     for i, L in enumerate(languages):
         tests = specific_tests.get(L)
         if not tests:
             continue
-        own = significant(tests[L], alpha, correction)
+        own = significant(tests[L], alpha, correction, min_relative_drop)
         others = np.zeros(V, dtype=bool)
         for L2 in languages:
             if L2 != L and L2 in tests:
-                others |= significant(tests[L2], alpha, correction)
+                others |= significant(tests[L2], alpha, correction, min_relative_drop)
         labels[own & ~others] = 2 + i
         legend[2 + i] = {"name": f"specific:{L}",
                          "meaning": f"significant drop for {L} under the {L}-specific lesion and "
-                                    "not for the other languages",
+                                    "not for the other languages" + rule,
                          "colour": language_colour(L, languages)}
     if shared_tests:
         shared = np.ones(V, dtype=bool)
         for L in languages:
-            shared &= significant(shared_tests[L], alpha, correction)
+            shared &= significant(shared_tests[L], alpha, correction, min_relative_drop)
         labels[shared] = 1  # shared wins where a voxel is also language-specific
         legend[1] = {"name": "shared",
-                     "meaning": "significant drop in every language under the shared lesion",
+                     "meaning": "significant drop in every language under the shared lesion" + rule,
                      "colour": CATEGORY_COLOURS["shared"]}
     return labels, dict(sorted(legend.items()))
 
 
 def lpi(tests: dict, language: str, alpha: float = 0.05, correction: str = "fdr",
-        eps: float = 1e-6) -> np.ndarray:
+        eps: float = 1e-6, min_relative_drop: float = 0.0) -> np.ndarray:
     """Language Processing Index of ``language`` under its specific lesion (NaN where its own
     test is not significant); positive = specific to ``language``."""
     tL = tests[language].t.astype(np.float64)
@@ -168,7 +191,7 @@ def lpi(tests: dict, language: str, alpha: float = 0.05, correction: str = "fdr"
         raise LesionAlignError("the LPI needs at least two languages")
     to = np.mean(others, axis=0)
     val = (tL - to) / (np.abs(tL) + np.abs(to) + eps)
-    val[~significant(tests[language], alpha, correction)] = np.nan
+    val[~significant(tests[language], alpha, correction, min_relative_drop)] = np.nan
     return val.astype(np.float32)
 
 

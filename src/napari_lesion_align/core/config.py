@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,7 @@ class LesionConfig:
     sweep_indices: tuple = ()  # unit indices (default every 10th unit)
     alpha: float = 0.05
     correction: str = "fdr"  # fdr | none
+    min_relative_drop: float = 0.0  # categories: a drop must also be >= this relative drop
 
     def __post_init__(self):
         from .lesions import ELEMENTS, MODES
@@ -147,6 +148,9 @@ class LesionConfig:
         if not 0 < self.alpha < 1:
             raise LesionAlignError(f"[lesions].alpha = {self.alpha}; use a level in (0, 1), "
                                    "e.g. 0.05")
+        if not 0 <= self.min_relative_drop < 1:
+            raise LesionAlignError(f"[lesions].min_relative_drop = {self.min_relative_drop}; use "
+                                   "a fraction in [0, 1), e.g. 0.1 (a drop of at least 10 %)")
         if self.correction not in ("fdr", "none"):
             raise LesionAlignError(f"[lesions].correction = {self.correction!r}; use 'fdr' or 'none'")
         for sel in self.selections:
@@ -394,7 +398,8 @@ def demo_config(n_subjects: int = 5, seed: int = 0, lesions: bool = False,
          # largest kernel eigenvalue) predicts the same up to scale, i.e. the same r
          "encoding": {"alphas": {"logspace": [0, 12, 9]}}}
     if lesions:
-        d["lesions"] = {"element": "weights", "method": "wanda", "k_percent": 1.0}
+        d["lesions"] = {"element": "weights", "method": "wanda", "k_percent": 1.0,
+                        "min_relative_drop": 0.15}
     for key, val in overrides.items():
         d.setdefault(key, {}).update(val)
     return config_from_dict(d)
