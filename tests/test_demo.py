@@ -120,7 +120,7 @@ def test_each_specific_lesion_lowers_its_own_language_most(demo_run):
         assert own > max(others.values()) and own > control + 0.01, (lang, own, others, control)
 
 
-def test_category_map_recovers_planted_shared_region_and_random_is_near_empty(demo_run):
+def test_category_map_recovers_planted_regions_and_random_is_near_empty(demo_run):
     from napari_lesion_align.core.analysis import dice
 
     res, _, _ = demo_run
@@ -145,7 +145,11 @@ def test_category_map_recovers_planted_shared_region_and_random_is_near_empty(de
     print("Dice per category:", {k: round(v, 2) for k, v in scores.items()})
     # nothing is labelled where no signal was planted
     assert ((labels > 0) & (truth["labels"] == 0)).sum() <= 0.02 * (labels > 0).sum()
-    assert scores["shared"] >= 0.6
+    # measured here (seed 0): shared 0.89, specific 0.72-0.81 (docs/method.md); the floors
+    # leave room for other BLAS / CPU rounding of the features
+    assert scores["shared"] >= 0.8
+    for L in demo.LANGUAGES:
+        assert scores[f"specific:{L}"] >= 0.6, (L, scores)
     random_labels, _ = res.categories["random"]
     n_planted = int(sum(c.sum() for c in cores.values()))
     assert (random_labels > 0).sum() <= 0.05 * n_planted

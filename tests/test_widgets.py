@@ -706,7 +706,7 @@ def test_files_and_config_file_sources_check_and_run(make_napari_viewer, qtbot, 
     assert conds["manual"]["per_layer"] == {0: 8, 1: 1} == conds["manualRandom"]["per_layer"]
     # the same study as a config file
     cfg = tmp_path / "study.toml"
-    cfg.write_text(f"""
+    cfg.write_text("""
 [data]
 kind = "volume"
 tr = 2.0
@@ -716,7 +716,7 @@ subjects = ["01", "02"]
 [languages.EN]
 text_language = "en"
 annotations = ["study/EN_run-1.TextGrid", "study/EN_run-2.TextGrid", "study/EN_run-3.TextGrid"]
-bold = "study/sub-{{subject}}_run-{{run}}.nii.gz"
+bold = "study/sub-{subject}_run-{run}.nii.gz"
 """)
     data.set_config_file(cfg)
     assert data.session.languages() == ["EN"]

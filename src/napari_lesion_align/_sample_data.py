@@ -3,7 +3,7 @@
 ``demo_result`` needs the demo's output folder. The first use **computes it** (the demo
 with lesions: the built-in offline model, 5 simulated subjects, 3 languages; several
 minutes, napari waits meanwhile) and caches it in
-``<cache>/demo-result-<package version>/`` where ``<cache>`` is
+``<cache>/demo-result-<package version>-g<demo.GENERATOR_REVISION>/`` where ``<cache>`` is
 ``$NAPARI_LESION_ALIGN_CACHE`` or ``~/.cache/napari-lesion-align`` (the same root as the
 built-in model). Later uses read the cached folder (seconds). Delete that folder to
 recompute it.
@@ -28,12 +28,14 @@ def mni_template() -> list[tuple]:
 
 
 def demo_cache_folder(cache_root=None) -> Path:
-    """``<cache>/demo-result-<version>``: where the demo's result is cached."""
+    """``<cache>/demo-result-<version>-g<generator revision>``: where the demo's result is
+    cached (a new revision of the demo's generator computes it again)."""
     from . import __version__
     from .core.e5_offline import _default_cache_dir
+    from .data.demo import GENERATOR_REVISION
 
     root = Path(cache_root) if cache_root is not None else _default_cache_dir()
-    return root / f"demo-result-{__version__}"
+    return root / f"demo-result-{__version__}-g{GENERATOR_REVISION}"
 
 
 def ensure_demo_result(cache_root=None, progress=None) -> Path:

@@ -22,7 +22,7 @@ layer sweep (:func:`layer_sweep`).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -7,7 +7,6 @@ returns True (raising :class:`~napari_lesion_align.core.errors.Cancelled`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import platform
 import time
@@ -215,12 +214,9 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         def features_for(code):
             st = stimuli[code]
             args = (config.features, demo.TR, "floor", 0)
-            intact = condition_features(store, lm, st, [demo.RUN_TRS] * demo.N_RUNS,
-                                        demo.GENERATOR_LAYER, *args, gen[:1], cancel=cancel)
-            first = dataclasses.replace(st, runs=st.runs[:1], run_labels=st.run_labels[:1])
-            probe = condition_features(store, lm, first, [demo.RUN_TRS], demo.GENERATOR_LAYER,
-                                       *args, gen, cancel=cancel)
-            return intact["intact"], probe
+            probe = condition_features(store, lm, st, [demo.RUN_TRS] * demo.N_RUNS,
+                                       demo.GENERATOR_LAYER, *args, gen, cancel=cancel)
+            return probe["intact"], probe
 
         ds = demo.build_demo_dataset(config, stimuli, features_for)
     timings["lesions_s"] = time.perf_counter() - t
@@ -404,6 +400,7 @@ def compare_conditions(result: AlignmentResult, conditions: list, les_cfg, warni
             result.group_maps[(L, c.label, "t")] = res.t
             result.group_maps[(L, c.label, "p")] = res.p
             result.group_maps[(L, c.label, "q")] = res.q
+            result.group_maps[(L, c.label, "reldrop")] = res.rel_drop
     # categories: the shared lesion with the specific lesions, and their random controls
     by_label = {c.label: c for c in conditions}
     sets = {}
@@ -419,12 +416,13 @@ def compare_conditions(result: AlignmentResult, conditions: list, les_cfg, warni
         if not shared_tests and not spec_tests:
             continue
         labels, legend = an.categories(shared_tests, spec_tests, langs, les_cfg.alpha,
-                                       les_cfg.correction)
+                                       les_cfg.correction, les_cfg.min_relative_drop)
         result.categories[name] = (labels, legend)
         for L, lbl in spec_lbls.items():
             if lbl in by_label and len(langs) > 1:
                 result.group_maps[(L, lbl, "lpi")] = an.lpi(
-                    {L2: tests[(lbl, L2)] for L2 in langs}, L, les_cfg.alpha, les_cfg.correction)
+                    {L2: tests[(lbl, L2)] for L2 in langs}, L, les_cfg.alpha, les_cfg.correction,
+                    min_relative_drop=les_cfg.min_relative_drop)
     result.controls = {c.label: c.control_of for c in conditions if c.control_of}
     result.sweep = [c.label for c in conditions if c.kind == "sweep"]
 

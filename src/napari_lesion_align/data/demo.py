@@ -10,18 +10,20 @@ shared and language-specific parts (:data:`GENERATOR_LESIONS`: the top 1 % of we
 tensor by Wanda importance, shared and specific per language):
 
 * *shared* regions respond to the intact features along the directions that the *shared*
-  lesion destroys more than its size-matched random control does (found on all languages
+  lesion destroys more than random lesions of the same size do (found on all languages
   pooled: the same directions in every language), in every language;
 * the *specific* region of L responds, in L only, to the intact features along the
-  directions that L's *specific* lesion destroys in L more than its random control does;
+  directions that L's *specific* lesion destroys in L more than random lesions do, relative
+  to the intact variance along them (``DIRECTION_SHRINK``);
 * "destroys" is what a linear encoding model sees: the residual of the intact features
-  regressed on the lesioned ones; the directions are the top eigenvectors of the
-  difference of the residual covariances of the lesion and of its random control
-  (:func:`lost_directions`), found on the first run; ``N_DRIVERS`` directions, z-scored,
-  convolved with the SPM HRF;
+  regressed on the lesioned ones; the directions are the top (generalised) eigenvectors of
+  the difference between the lesion's residual covariance and the mean one of the four
+  random controls (:func:`lost_directions`), found on all runs; ``N_DRIVERS`` directions,
+  z-scored, convolved with the SPM HRF;
 * every voxel mixes its category's drivers with its own fixed weights;
-* the amplitude falls off from the region's centre (Gaussian, sigma = radius / 2), and
-  varies across subjects (a factor of 0.9-1.1 per subject and category);
+* the amplitude is flat up to ``PLATEAU`` x the region's radius, then falls off (cosine
+  taper, :func:`profile`), and varies across subjects (a factor of 0.9-1.1 per subject and
+  category);
 * everything else is noise: AR(1) (rho 0.3), a slow drift and a scanner baseline.
 
 The regions sit where the real LPP inter-subject reliability is high for the shared
@@ -46,8 +48,13 @@ GRID_SHAPE = (37, 46, 38)
 GRID_AFFINE = np.array([[4.0, 0, 0, -72], [0, 4.0, 0, -106], [0, 0, 4.0, -64], [0, 0, 0, 1]])
 MASK_FILE = DEMO_DIR / "mask_mni152_4mm.nii.gz"
 GENERATOR_LAYER = -1
-N_DRIVERS = 6
-AMPLITUDE = 2.0  # peak signal standard deviation relative to unit noise
+#: bumped whenever the generator's output changes (the napari sample's cache folder names it)
+GENERATOR_REVISION = 2
+N_DRIVERS = 3
+AMPLITUDE = 5.0  # peak signal standard deviation relative to unit noise
+PLATEAU = 0.6  # full amplitude up to 0.6 x the radius, then a cosine taper (profile)
+DIRECTION_ALPHA = 1000.0  # ridge penalty of the intact-on-lesioned regression (lost_directions)
+DIRECTION_SHRINK = 2.0  # specific drivers: relative loss (lost_directions' shrink)
 LANGUAGES = ("EN", "FR", "ZH")
 TEXT_LANGUAGE = {"EN": "en", "FR": "fr", "ZH": "zh"}
 
@@ -88,6 +95,14 @@ def demo_space():
     return VolumeSpace(MASK_FILE)
 
 
+def profile(x: np.ndarray) -> np.ndarray:
+    """Amplitude profile of a region at ``x`` = distance / radius: 1 up to ``PLATEAU``, then
+    a cosine taper to 0 at the radius (half amplitude at ``(1 + PLATEAU) / 2``)."""
+    x = np.asarray(x, dtype=np.float64)
+    u = np.clip((x - PLATEAU) / (1.0 - PLATEAU), 0.0, 1.0)
+    return np.where(x <= 1.0, 0.5 * (1.0 + np.cos(np.pi * u)), 0.0)
+
+
 def planted_truth(space) -> dict:
     """Amplitude of each category per voxel and the label map (0 none, 1 shared, 2.. languages).
 
@@ -97,9 +112,7 @@ def planted_truth(space) -> dict:
     amp = {c: np.zeros(len(xyz)) for c in CATEGORIES}
     for cat, centre, radius in REGIONS:
         d = np.linalg.norm(xyz - np.asarray(centre), axis=1)
-        a = AMPLITUDE * np.exp(-0.5 * (d / (radius / 2.0)) ** 2)
-        a[d > radius] = 0.0
-        amp[cat] = np.maximum(amp[cat], a)
+        amp[cat] = np.maximum(amp[cat], AMPLITUDE * profile(d / radius))
     labels = np.zeros(len(xyz), dtype=np.int16)
     for i, cat in enumerate(CATEGORIES):
         labels[amp[cat] > 0] = i + 1
@@ -145,22 +158,35 @@ def _residual_cov(intact: list, lesioned: list, alpha: float = 100.0) -> np.ndar
     return R.T @ R / len(R)
 
 
-def lost_directions(intact: list, lesioned: list, k: int = N_DRIVERS, alpha: float = 100.0,
-                    control: list | None = None):
+def lost_directions(intact: list, lesioned: list, k: int | None = None, alpha: float = 100.0,
+                    control: list | None = None, shrink: float | None = None):
     """The ``k`` feature directions the lesion destroys, as a linear encoding model sees it.
 
     Intact features (z-scored) are regressed on the lesioned ones (ridge, ``alpha``); the
     top principal axes of the residual -- what the lesioned model cannot express linearly
-    -- are returned as a ``(d, k)`` matrix. With ``control`` (the features under the
-    lesion's size-matched random control), the axes are those the lesion destroys *more
-    than its random control does*: the top eigenvectors of the difference of the two
-    residual covariances.
+    -- are returned as a ``(d, k)`` matrix (unit columns). With ``control`` (the features
+    under the lesion's size-matched random control), the axes are those the lesion destroys
+    *more than its random control does*: the top eigenvectors of the difference of the two
+    residual covariances (``control`` may also be a list of several controls' features: their
+    mean residual covariance is subtracted). With ``shrink``, the axes maximise that loss *relative to* the
+    intact variance along them (generalised eigenvectors of the loss and of the intact
+    correlation matrix plus ``shrink`` times the identity): small ``shrink`` favours
+    directions the lesion removes almost entirely but the intact features carry weakly,
+    large ``shrink`` tends to the absolute loss.
     """
+    from scipy.linalg import eigh
+
     C = _residual_cov(intact, lesioned, alpha)
     if control is not None:
-        C = C - _residual_cov(intact, control, alpha)
-    w, v = np.linalg.eigh(C)
-    return v[:, ::-1][:, :k]
+        controls = control if isinstance(control[0], (list, tuple)) else [control]
+        C = C - sum(_residual_cov(intact, c, alpha) for c in controls) / len(controls)
+    if shrink is None:
+        w, v = eigh(C)
+    else:
+        H = np.concatenate([_z(h) for h in intact])
+        w, v = eigh(C, H.T @ H / len(H) + shrink * np.eye(H.shape[1]))
+    v = v[:, ::-1][:, : N_DRIVERS if k is None else k]
+    return v / np.linalg.norm(v, axis=0)
 
 
 def drivers_from(features: list, directions: np.ndarray, tr: float = TR) -> list:
@@ -182,27 +208,28 @@ def drivers_from(features: list, directions: np.ndarray, tr: float = TR) -> list
 def planted_drivers(intact: dict, probe: dict) -> dict:
     """{(category, language): per-run drivers}.
 
-    ``intact[code]``: per-run intact features; ``probe[code][label]``: features of the first
-    run(s) under the generator's conditions (:func:`generator_labels`); the directions are
-    found on these, then applied to every run.
+    ``intact[code]``: per-run intact features; ``probe[code][label]``: per-run features under
+    the generator's conditions (:func:`generator_labels`); the directions are found on these.
 
-    * shared regions: the directions the *shared* lesion destroys beyond its random control,
+    * shared regions: the directions the *shared* lesion destroys beyond the random controls,
       found on all languages pooled (the same directions in every language);
-    * the specific region of L: the directions L's *specific* lesion destroys in L beyond
-      its random control.
+    * the specific region of L: the directions L's *specific* lesion destroys in L beyond the
+      random controls, relative to the intact variance (``DIRECTION_SHRINK``).
     """
     langs = [c for c in LANGUAGES if c in intact]
 
     def pooled(label):
         return [x for c in langs for x in probe[c][label]]
 
-    shared_dirs = lost_directions(pooled("intact"), pooled("shared"),
-                                  control=pooled("sharedRandom"))
+    controls = [lbl for lbl in generator_labels() if lbl.endswith("Random")]
+    shared_dirs = lost_directions(pooled("intact"), pooled("shared"), alpha=DIRECTION_ALPHA,
+                                  control=[pooled(lbl) for lbl in controls])
     out = {}
     for c in langs:
         out[("shared", c)] = drivers_from(intact[c], shared_dirs)
-        spec = lost_directions(probe[c]["intact"], probe[c][f"specific{c}"],
-                               control=probe[c][f"specific{c}Random"])
+        spec = lost_directions(probe[c]["intact"], probe[c][f"specific{c}"], alpha=DIRECTION_ALPHA,
+                               shrink=DIRECTION_SHRINK,
+                               control=[probe[c][lbl] for lbl in controls])
         out[(c, c)] = drivers_from(intact[c], spec)
     return out
 
@@ -248,7 +275,7 @@ def synthesize_run(drivers: dict, truth: dict, language: str, subject_index: int
 
 
 def generator_labels() -> list[str]:
-    """Conditions the generator extracts features under (on the first run)."""
+    """Conditions the generator extracts features under (on every run)."""
     out = ["intact", "shared", "sharedRandom"]
     for c in LANGUAGES:
         out += [f"specific{c}", f"specific{c}Random"]
@@ -290,7 +317,7 @@ def build_demo_dataset(config, stimuli: dict, features_for, progress=None):
     """The demo Dataset: shipped stimuli, the demo mask and lazily synthesised BOLD.
 
     ``features_for(code)`` must return ``(intact, probe)`` at ``GENERATOR_LAYER``: the intact
-    features of every run, and ``{label: features of the first run}`` for the labels of
+    features of every run, and ``{label: features of every run}`` for the labels of
     :func:`generator_labels` (the generator's lesions, :data:`GENERATOR_LESIONS`, and their
     random controls); the pipeline passes a function that shares its feature
     cache, so nothing is extracted twice. Drivers are computed on the first BOLD load.
