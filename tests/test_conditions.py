@@ -373,6 +373,19 @@ def test_lesion_file_of_another_model_is_a_clear_error(stimuli, tmp_path, tmp_pa
         ["intact", "theirs", "theirsRandom"]
 
 
+def test_lesions_that_make_nothing_are_a_clear_error(stimuli, tmp_path_factory):
+    """[lesions] on with element hidden / layers and no sweep or files used to run the
+    intact model alone, silently."""
+    lm, _ = _model("xlm-roberta", tmp_path_factory)
+    for element in ("hidden", "layers"):
+        with pytest.raises(LesionAlignError, match=rf"element = '{element}' makes no lesion"):
+            build_conditions(_config(element=element), lm, stimuli)
+    # with a sweep the same element is fine
+    conds = build_conditions(_config(element="hidden", sweep=True, sweep_indices=[0]), lm,
+                             stimuli)
+    assert [c.label for c in conds][:3] == ["intact", "sweepL0", "sweepL0Random"]
+
+
 def test_lesion_file_named_like_a_selection_is_a_clear_error(tiny, stimuli, tmp_path):
     fam, lm, anat = tiny
     if fam != "xlm-roberta":

@@ -66,19 +66,20 @@ def importance_texts(config, stimuli) -> dict:
     return out
 
 
-def _method(config, lm) -> str:
+def _method(config, lm) -> tuple[str, tuple | None]:
+    """The importance method and, for ``auto`` resolving to gradxweight, the model with its
+    language-modelling head already loaded (so that it is loaded once)."""
     m = config.lesions.method
     if m != "auto":
-        return m
+        return m, None
     if config.lesions.element == "neurons":
-        return "lape"
+        return "lape", None
     try:
         from .importance import load_lm_head_model
 
-        load_lm_head_model(lm.source)
-        return "gradxweight"
+        return "gradxweight", load_lm_head_model(lm.source, lm.device)
     except (LesionAlignError, OSError, ValueError):
-        return "wanda"
+        return "wanda", None
 
 
 def build_conditions(config, lm, stimuli, progress=None, cancel=None) -> list[Condition]:
@@ -99,7 +100,7 @@ def build_conditions(config, lm, stimuli, progress=None, cancel=None) -> list[Co
                                          if len(langs) > 1 else ["shared"])
     made: list[Lesion] = []
     if selections and les.element in ("weights", "neurons", "heads"):
-        method = _method(config, lm)
+        method, head_model = _method(config, lm)
         texts = importance_texts(config, stimuli)
         if method == "lape":
             probs = imp.lape_probabilities(lm.model, lm.tokenizer, texts, anatomy,
@@ -110,7 +111,9 @@ def build_conditions(config, lm, stimuli, progress=None, cancel=None) -> list[Co
         else:
             if method == "gradxweight":
                 scores = imp.gradxweight_scores(lm.source, lm.tokenizer, texts, lm.device,
-                                                les.max_tokens, config.seed, progress, cancel)
+                                                les.max_tokens, config.seed, progress, cancel,
+                                                head_model=head_model)
+                del head_model
             else:
                 scores = imp.wanda_scores(lm.model, lm.tokenizer, texts, anatomy, les.max_tokens,
                                           progress, cancel)
@@ -173,6 +176,12 @@ def build_conditions(config, lm, stimuli, progress=None, cancel=None) -> list[Co
                 for c in conds:
                     if c.lesion is not None and c.lesion.element == element:
                         c.lesion.means = {k: means[k] for k in c.lesion.masks}
+    if len(conds) == 1:  # [lesions] is on, but nothing in it makes a lesion
+        raise LesionAlignError(
+            f"[lesions]: element = {les.element!r} makes no lesion by itself (shared / specific "
+            "selections rank weights, neurons or heads); set sweep = true, give saved lesion "
+            "files, choose element = 'weights', 'neurons' or 'heads', or remove [lesions] to "
+            "run the intact model only")
     labels = [c.label for c in conds]
     if len(set(labels)) != len(labels):
         raise LesionAlignError(f"two conditions share a label: {labels}; rename the lesion files")

@@ -144,11 +144,14 @@ def load_lm_head_model(source: str, device: str = "cpu"):
 
 def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: str = "cpu",
                        max_tokens: int = 20000, seed: int = 0, progress=None,
-                       cancel=None) -> dict:
-    """{language: {"<block>.<role>": (mean over batches of dLoss/dW) * W}} (signed)."""
+                       cancel=None, head_model=None) -> dict:
+    """{language: {"<block>.<role>": (mean over batches of dLoss/dW) * W}} (signed).
+
+    ``head_model``: ``(model, kind)`` from :func:`load_lm_head_model` when already loaded.
+    """
     import torch
 
-    model, kind = load_lm_head_model(source, device)
+    model, kind = head_model or load_lm_head_model(source, device)
     model.eval()
     anatomy = describe_model(model)
     targets = {f"{b.index}.{r}": anatomy.module(n) for b in anatomy.blocks
