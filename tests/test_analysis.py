@@ -142,3 +142,15 @@ def test_tests_restricted_to_aligned_voxels_gain_power():
     np.testing.assert_allclose(restricted.t, everywhere.t)
     assert an.significant(restricted)[:50].sum() > an.significant(everywhere)[:50].sum()
     assert not an.significant(restricted)[100:].any()  # never outside the aligned voxels
+
+
+def test_colour_of_an_unlisted_language_is_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    code = ("from napari_lesion_align.core.analysis import language_colour; "
+            "print(language_colour('DE'))")
+    got = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+                          check=True).stdout.strip() for seed in ("1", "2", "3")}
+    assert got == {an.language_colour("DE")} and got <= set(an._EXTRA_COLOURS)

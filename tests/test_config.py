@@ -104,3 +104,24 @@ def test_unparseable_file_names_the_file(tmp_path):
 def test_demo_config():
     cfg = demo_config(n_subjects=3, seed=4)
     assert cfg.data.kind == "demo" and cfg.data.demo.n_subjects == 3 and cfg.seed == 4
+
+
+def test_demo_config_lesions_dict_replaces_the_recipe_key_by_key():
+    from napari_lesion_align.core.config import DEMO_MIN_RELATIVE_DROP, demo_config
+
+    les = demo_config(lesions=True).lesions
+    assert les.enabled and les.k_percent == 1.0 and les.min_relative_drop == DEMO_MIN_RELATIVE_DROP
+    les = demo_config(lesions={"k_percent": 2.5, "element": "heads"}).lesions
+    assert (les.k_percent, les.element, les.method) == (2.5, "heads", "wanda")
+    assert les.min_relative_drop == DEMO_MIN_RELATIVE_DROP
+    assert not demo_config().lesions.enabled
+
+
+def test_widget_demo_config_uses_the_demo_category_rule():
+    from napari_lesion_align._widgets._state import Session
+    from napari_lesion_align.core.config import DEMO_MIN_RELATIVE_DROP
+
+    s = Session()
+    assert s.build_config().lesions.min_relative_drop == DEMO_MIN_RELATIVE_DROP
+    s.set_model(s.model, dict(s.lesions, min_relative_drop=0.3))
+    assert s.build_config().lesions.min_relative_drop == 0.3

@@ -127,6 +127,9 @@ def test_lape_selection_on_planted_probabilities():
     assert en.masks["0.neurons"].nonzero().ravel().tolist() == [3]
     assert fr.masks["0.neurons"].nonzero().ravel().tolist() == [7]
     assert sh.masks["0.neurons"].nonzero().ravel().tolist() == [11]
+    # a language-specific selection needs a language to be specific against
+    with pytest.raises(LesionAlignError, match="at least two languages"):
+        imp.select_lape({"EN": P["EN"]}, "specific:EN", 5.0)
 
 
 def test_lape_probabilities_and_unit_scores_on_a_model(xlmr):

@@ -157,6 +157,9 @@ def test_save_load_roundtrip_and_random_control(tmp_path, tiny):
     assert set(back.masks) == set(lesion.masks)
     for k in lesion.masks:
         assert torch.equal(back.masks[k], lesion.masks[k])
+    # into a folder that does not exist yet: created
+    st2, _ = lesion.save(tmp_path / "new" / "folder" / "copy")
+    assert st2.read_bytes() == st.read_bytes()
     rnd = random_like(lesion, anat, seed=3)
     assert rnd.per_layer() == lesion.per_layer()
     for k in lesion.masks:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from ..core.config import BUILTIN_MODEL, AnalysisConfig, config_from_dict, demo_config
+from ..core.config import (BUILTIN_MODEL, DEMO_MIN_RELATIVE_DROP, AnalysisConfig,
+                           config_from_dict, demo_config)
 from ..core.errors import LesionAlignError
 
 DEMO_LANGUAGES = ("EN", "FR", "ZH")
@@ -136,6 +137,8 @@ class Session:
                               **overrides)
             # demo_config's ``lesions`` is a switch for its own recipe: parse ours the way
             # a config file's [lesions] table is parsed, then put it in
+            if lesions:  # the demo's category rule unless the forms set one
+                lesions = {"min_relative_drop": DEMO_MIN_RELATIVE_DROP, **lesions}
             les = config_from_dict({"data": {"kind": "demo"}, "lesions": lesions}).lesions
             return dataclasses.replace(cfg, lesions=les, name="demo")
         if self.data_file is not None:

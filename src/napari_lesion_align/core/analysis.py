@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,8 @@ _EXTRA_COLOURS = ("#8338ec", "#fb5607", "#06d6a0", "#ff006e", "#8d99ae")
 def language_colour(code: str, order: list[str] | None = None) -> str:
     if code in CATEGORY_COLOURS:
         return CATEGORY_COLOURS[code]
-    idx = (order or []).index(code) if order and code in order else abs(hash(code))
+    # a stable index (str hash() changes from one process to the next)
+    idx = (order or []).index(code) if order and code in order else zlib.crc32(code.encode())
     return _EXTRA_COLOURS[idx % len(_EXTRA_COLOURS)]
 
 

@@ -381,11 +381,18 @@ def load_config(path) -> AnalysisConfig:
     return config_from_dict(d, base=path.parent.resolve(), source=str(path))
 
 
-def demo_config(n_subjects: int = 5, seed: int = 0, lesions: bool = False,
+#: the demo's category rule: a drop must be significant and at least 15 % of the intact r
+#: (its simulated subjects share stimuli and model: a random control's few-% drop is the
+#: same in every subject, hence "significant"; docs/method.md)
+DEMO_MIN_RELATIVE_DROP = 0.15
+
+
+def demo_config(n_subjects: int = 5, seed: int = 0, lesions: bool | dict = False,
                 **overrides: Any) -> AnalysisConfig:
     """The built-in demo's configuration.
 
-    With ``lesions``: the shared lesion, one specific lesion per language and their
+    With ``lesions`` (True, or a dict of ``[lesions]`` keys that replace the demo's
+    recipe key by key): the shared lesion, one specific lesion per language and their
     random controls (top 1 % of weights per tensor by Wanda importance). Features are read
     in windows of 500 context tokens + 256 new ones (half the passes of the default), and
     alphas run from 1 to 1e12 in steps of 10^1.5 (9 values; the paper: 1 to 1e19 in steps
@@ -399,7 +406,9 @@ def demo_config(n_subjects: int = 5, seed: int = 0, lesions: bool = False,
          "encoding": {"alphas": {"logspace": [0, 12, 9]}}}
     if lesions:
         d["lesions"] = {"element": "weights", "method": "wanda", "k_percent": 1.0,
-                        "min_relative_drop": 0.15}
+                        "min_relative_drop": DEMO_MIN_RELATIVE_DROP}
+        if isinstance(lesions, dict):
+            d["lesions"].update(lesions)
     for key, val in overrides.items():
         d.setdefault(key, {}).update(val)
     return config_from_dict(d)

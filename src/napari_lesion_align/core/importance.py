@@ -353,6 +353,8 @@ def select_lape(probs: dict, selection: str, k_percent: float, name: str | None 
         target = selection.split(":", 1)[1] if selection.startswith("specific:") else None
         if target not in langs:
             raise LesionAlignError(f"selection {selection!r}: languages are {langs}")
+        if len(langs) < 2:
+            raise LesionAlignError("a language-specific selection needs at least two languages")
         Q = P / P.sum(0, keepdim=True).clamp_min(1e-12)
         entropy = -(Q * torch.log(Q.clamp_min(1e-12))).sum(0)
         own = P.argmax(0) == langs.index(target)

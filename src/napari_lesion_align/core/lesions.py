@@ -78,7 +78,8 @@ class Lesion:
 
     # ------------------------------------------------------------------ io
     def save(self, path) -> tuple[Path, Path]:
-        """Write ``path.safetensors`` (masks, and means in mean mode) and ``path.json``."""
+        """Write ``path.safetensors`` (masks, and means in mean mode) and ``path.json``
+        (the folder is created when missing)."""
         from safetensors.torch import save_file
 
         from .result import atomic_write_bytes, atomic_write_text
@@ -86,6 +87,7 @@ class Lesion:
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
+        base.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"mask/{k}": m.to(dtype=__import__("torch").uint8).contiguous()
                    for k, m in self.masks.items()}
         tensors.update({f"mean/{k}": v.contiguous() for k, v in self.means.items()})
@@ -110,6 +112,7 @@ class Lesion:
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
+        base.parent.mkdir(parents=True, exist_ok=True)
         js = base.with_name(base.name + ".json")
         st = base.with_name(base.name + ".safetensors")
         for p in (js, st):
