@@ -326,6 +326,14 @@ def test_lesion_size_before_running_matches_the_lesions_made(make_napari_viewer,
     model.set_model(str(tiny_model))
     model.set_lesion(enabled=True, element="weights", selection="default", method="wanda",
                      k_percent=5.0)
+    # the statistics row reaches the config: the demo's default rule, then the form's
+    les = model.session.build_config().lesions
+    assert (les.alpha, les.correction, les.min_relative_drop) == (0.05, "fdr", 0.15)
+    model.set_lesion(alpha=0.01, correction="none", min_relative_drop=0.3)
+    les = model.session.build_config().lesions
+    assert (les.alpha, les.correction, les.min_relative_drop) == (0.01, "none", 0.3)
+    model.set_lesion(alpha=0.05, correction="fdr", min_relative_drop=-1)
+    assert model.session.build_config().lesions.min_relative_drop == 0.15
     _wait_task(qtbot, model.update_size(), 60_000)
     info = model.size_info
     assert info is not None and info["n_layers"] == 2, model.size_text

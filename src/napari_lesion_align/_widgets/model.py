@@ -105,6 +105,33 @@ class ModelLesionWidget(QWidget):
         lf.addRow("Indices", self.indices)
         lf.addRow("Ablation", self.mode)
         lf.addRow("", self.random_control)
+        # group statistics of the lesion effects (category maps, LPI)
+        self.stat_alpha = QDoubleSpinBox()
+        self.stat_alpha.setRange(0.0001, 0.5)
+        self.stat_alpha.setDecimals(4)
+        self.stat_alpha.setSingleStep(0.01)
+        self.stat_alpha.setValue(0.05)
+        self.stat_alpha.setToolTip("significance level of the group tests")
+        self.correction = QComboBox()
+        self.correction.addItems(["fdr", "none"])
+        self.correction.setToolTip("fdr: q-values (Benjamini-Hochberg) < level; none: p < level")
+        self.min_drop = QDoubleSpinBox()
+        self.min_drop.setRange(-0.01, 0.99)
+        self.min_drop.setDecimals(2)
+        self.min_drop.setSingleStep(0.05)
+        self.min_drop.setSpecialValueText("default")
+        self.min_drop.setValue(-0.01)
+        self.min_drop.setToolTip(
+            "minimum group relative drop for a voxel to count as dropping in the category "
+            "maps (besides significance); default: 0.15 on the demo, 0 otherwise")
+        srow = QWidget()
+        sl = QHBoxLayout(srow)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.addWidget(self.stat_alpha)
+        sl.addWidget(self.correction)
+        sl.addWidget(QLabel("min. drop"))
+        sl.addWidget(self.min_drop)
+        lf.addRow("Statistics", srow)
         self.files = QListWidget()
         self.files.setMaximumHeight(70)
         lf.addRow("Lesion files", self.files)
@@ -146,6 +173,9 @@ class ModelLesionWidget(QWidget):
         self.lesion_box.toggled.connect(self._changed)
         self.layer.valueChanged.connect(self._changed)
         self.k_percent.valueChanged.connect(self._changed)
+        self.stat_alpha.valueChanged.connect(self._changed)
+        self.min_drop.valueChanged.connect(self._changed)
+        self.correction.currentIndexChanged.connect(self._changed)
         self.indices.textChanged.connect(self._changed)
         connect(self.session.data_changed, self._languages_changed)
         connect(self.session.busy_changed, self._busy_changed)
@@ -184,9 +214,11 @@ class ModelLesionWidget(QWidget):
     def set_lesion(self, *, enabled: bool = True, element: str | None = None,
                    selection: str | None = None, method: str | None = None,
                    k_percent: float | None = None, indices: str | None = None,
-                   mode: str | None = None, random_control: bool | None = None) -> None:
+                   mode: str | None = None, random_control: bool | None = None,
+                   alpha: float | None = None, correction: str | None = None,
+                   min_relative_drop: float | None = None) -> None:
         """Fill the lesion form (``selection``: default, shared, specific:<L>, manual,
-        sweep, files)."""
+        sweep, files; ``min_relative_drop`` < 0: the default)."""
         self._updating = True
         try:
             self.lesion_box.setChecked(enabled)
@@ -207,6 +239,12 @@ class ModelLesionWidget(QWidget):
                 self.mode.setCurrentText(mode)
             if random_control is not None:
                 self.random_control.setChecked(random_control)
+            if alpha is not None:
+                self.stat_alpha.setValue(float(alpha))
+            if correction is not None:
+                self.correction.setCurrentText(correction)
+            if min_relative_drop is not None:
+                self.min_drop.setValue(max(float(min_relative_drop), -0.01))
         finally:
             self._updating = False
         self._changed()
@@ -225,7 +263,10 @@ class ModelLesionWidget(QWidget):
         files = [self.files.item(i).data(256) for i in range(self.files.count())]
         les = {"method": self.method.currentText(), "k_percent": float(self.k_percent.value()),
                "random_control": bool(self.random_control.isChecked()),
-               "mode": self.mode.currentText()}
+               "mode": self.mode.currentText(), "alpha": float(self.stat_alpha.value()),
+               "correction": self.correction.currentText()}
+        if self.min_drop.value() >= 0:
+            les["min_relative_drop"] = float(self.min_drop.value())
         if files:
             les["files"] = files
         manual = None
