@@ -169,6 +169,9 @@ def test_save_load_roundtrip_and_random_control(tmp_path, tiny):
     assert all(torch.equal(again.masks[k], rnd.masks[k]) for k in rnd.masks)
     with pytest.raises(LesionAlignError, match="not found"):
         Lesion.load(tmp_path / "nothing")
+    with pytest.raises(LesionAlignError, match="not found"):  # loading creates nothing
+        Lesion.load(tmp_path / "no-folder" / "nothing.json")
+    assert not (tmp_path / "no-folder").exists()
 
 
 def test_top_k_and_percentile_rank():

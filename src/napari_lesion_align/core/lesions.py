@@ -112,7 +112,6 @@ class Lesion:
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
-        base.parent.mkdir(parents=True, exist_ok=True)
         js = base.with_name(base.name + ".json")
         st = base.with_name(base.name + ".safetensors")
         for p in (js, st):
