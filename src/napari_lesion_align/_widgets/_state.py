@@ -21,14 +21,12 @@ Nothing here imports Qt.
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from pathlib import Path
 
 from psygnal import Signal
 
-from ..core.config import (BUILTIN_MODEL, DEMO_MIN_RELATIVE_DROP, AnalysisConfig,
-                           config_from_dict, demo_config)
+from ..core.config import BUILTIN_MODEL, AnalysisConfig, config_from_dict, demo_config
 from ..core.errors import LesionAlignError
 
 DEMO_LANGUAGES = ("EN", "FR", "ZH")
@@ -132,15 +130,10 @@ class Session:
             overrides = {"model": model}
             if self.encoding:
                 overrides["encoding"] = dict(self.encoding)
-            cfg = demo_config(n_subjects=int(demo.get("n_subjects", 5)),
-                              seed=int(demo.get("seed", self.seed)), lesions=False,
-                              **overrides)
-            # demo_config's ``lesions`` is a switch for its own recipe: parse ours the way
-            # a config file's [lesions] table is parsed, then put it in
-            if lesions:  # the demo's category rule unless the forms set one
-                lesions = {"min_relative_drop": DEMO_MIN_RELATIVE_DROP, **lesions}
-            les = config_from_dict({"data": {"kind": "demo"}, "lesions": lesions}).lesions
-            return dataclasses.replace(cfg, lesions=les, name="demo")
+            # the form's [lesions] over the demo's recipe (its category rule included)
+            return demo_config(n_subjects=int(demo.get("n_subjects", 5)),
+                               seed=int(demo.get("seed", self.seed)), lesions=lesions or False,
+                               **overrides)
         if self.data_file is not None:
             d = _read_table(self.data_file)
             base = Path(self.data_file).resolve().parent

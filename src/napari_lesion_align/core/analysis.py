@@ -154,8 +154,9 @@ def categories(shared_tests: dict, specific_tests: dict, languages: list[str],
     """
     V = len(next(iter(shared_tests.values())).t) if shared_tests else \
         len(next(iter(next(iter(specific_tests.values())).values())).t)
-    rule = (f" (a drop: q < {alpha:g}" if correction == "fdr" else f" (a drop: p < {alpha:g}") + (
-        f" and a group relative drop >= {min_relative_drop:g})" if min_relative_drop > 0 else ")")
+    stat = "q" if correction == "fdr" else "p"
+    size = f" and a group relative drop >= {min_relative_drop:g}" if min_relative_drop > 0 else ""
+    rule = f" (a drop: {stat} < {alpha:g}{size})"
     labels = np.zeros(V, dtype=np.int16)
     legend = {0: {"name": "none", "meaning": "no category", "colour": CATEGORY_COLOURS["none"]}}
     for i, L in enumerate(languages):

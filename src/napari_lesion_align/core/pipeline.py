@@ -214,9 +214,8 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         def features_for(code):
             st = stimuli[code]
             args = (config.features, demo.TR, "floor", 0)
-            probe = condition_features(store, lm, st, [demo.RUN_TRS] * demo.N_RUNS,
-                                       demo.GENERATOR_LAYER, *args, gen, cancel=cancel)
-            return probe["intact"], probe
+            return condition_features(store, lm, st, [demo.RUN_TRS] * demo.N_RUNS,
+                                      demo.GENERATOR_LAYER, *args, gen, cancel=cancel)
 
         ds = demo.build_demo_dataset(config, stimuli, features_for)
     timings["lesions_s"] = time.perf_counter() - t

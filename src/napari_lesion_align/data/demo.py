@@ -148,43 +148,46 @@ def _z(X: np.ndarray) -> np.ndarray:
     return (X - X.mean(0)) / sd
 
 
-def _residual_cov(intact: list, lesioned: list, alpha: float = 100.0) -> np.ndarray:
-    """Covariance of what a linear map of the lesioned features cannot express of the
-    intact ones: intact (z-scored) regressed on lesioned (ridge, ``alpha``), residual."""
-    H0 = np.concatenate([_z(h) for h in intact])
-    H1 = np.concatenate([_z(h) for h in lesioned])
+def _stack_z(runs: list) -> np.ndarray:
+    """Runs z-scored one by one, stacked: (sum of rows, d) float64."""
+    return np.concatenate([_z(h) for h in runs])
+
+
+def _residual_cov(H0: np.ndarray, H1: np.ndarray, alpha: float = 100.0) -> np.ndarray:
+    """Covariance of what a linear map of the lesioned features ``H1`` cannot express of
+    the intact ones ``H0`` (both from :func:`_stack_z`): H0 regressed on H1 (ridge,
+    ``alpha``), residual."""
     B = np.linalg.solve(H1.T @ H1 + alpha * np.eye(H1.shape[1]), H1.T @ H0)
     R = H0 - H1 @ B
     return R.T @ R / len(R)
 
 
 def lost_directions(intact: list, lesioned: list, k: int | None = None, alpha: float = 100.0,
-                    control: list | None = None, shrink: float | None = None):
+                    controls: list | None = None, shrink: float | None = None):
     """The ``k`` feature directions the lesion destroys, as a linear encoding model sees it.
 
-    Intact features (z-scored) are regressed on the lesioned ones (ridge, ``alpha``); the
-    top principal axes of the residual -- what the lesioned model cannot express linearly
-    -- are returned as a ``(d, k)`` matrix (unit columns). With ``control`` (the features
-    under the lesion's size-matched random control), the axes are those the lesion destroys
-    *more than its random control does*: the top eigenvectors of the difference of the two
-    residual covariances (``control`` may also be a list of several controls' features: their
-    mean residual covariance is subtracted). With ``shrink``, the axes maximise that loss *relative to* the
-    intact variance along them (generalised eigenvectors of the loss and of the intact
-    correlation matrix plus ``shrink`` times the identity): small ``shrink`` favours
-    directions the lesion removes almost entirely but the intact features carry weakly,
-    large ``shrink`` tends to the absolute loss.
+    ``intact``, ``lesioned``: per-run features. Intact features (z-scored) are regressed on
+    the lesioned ones (ridge, ``alpha``); the top principal axes of the residual -- what
+    the lesioned model cannot express linearly -- are returned as a ``(d, k)`` matrix (unit
+    columns; ``k`` defaults to ``N_DRIVERS``). With ``controls`` (a list: per control, its
+    per-run features under a size-matched random lesion), the axes are those the lesion
+    destroys *more than random lesions do*: the top eigenvectors of the lesion's residual
+    covariance minus the controls' mean one. With ``shrink``, the axes maximise that loss
+    *relative to* the intact variance along them (generalised eigenvectors of the loss and
+    of the intact correlation matrix plus ``shrink`` times the identity): small ``shrink``
+    favours directions the lesion removes almost entirely but the intact features carry
+    weakly, large ``shrink`` tends to the absolute loss.
     """
     from scipy.linalg import eigh
 
-    C = _residual_cov(intact, lesioned, alpha)
-    if control is not None:
-        controls = control if isinstance(control[0], (list, tuple)) else [control]
-        C = C - sum(_residual_cov(intact, c, alpha) for c in controls) / len(controls)
+    H0 = _stack_z(intact)
+    C = _residual_cov(H0, _stack_z(lesioned), alpha)
+    if controls:
+        C = C - sum(_residual_cov(H0, _stack_z(c), alpha) for c in controls) / len(controls)
     if shrink is None:
         w, v = eigh(C)
     else:
-        H = np.concatenate([_z(h) for h in intact])
-        w, v = eigh(C, H.T @ H / len(H) + shrink * np.eye(H.shape[1]))
+        w, v = eigh(C, H0.T @ H0 / len(H0) + shrink * np.eye(H0.shape[1]))
     v = v[:, ::-1][:, : N_DRIVERS if k is None else k]
     return v / np.linalg.norm(v, axis=0)
 
@@ -205,32 +208,33 @@ def drivers_from(features: list, directions: np.ndarray, tr: float = TR) -> list
     return [Z / zs for Z in out]
 
 
-def planted_drivers(intact: dict, probe: dict) -> dict:
+def planted_drivers(features: dict) -> dict:
     """{(category, language): per-run drivers}.
 
-    ``intact[code]``: per-run intact features; ``probe[code][label]``: per-run features under
-    the generator's conditions (:func:`generator_labels`); the directions are found on these.
+    ``features[code][label]``: per-run features of every run under the generator's
+    conditions (:func:`generator_labels`, ``"intact"`` among them); the directions are found
+    on these and the drivers are made from the intact ones.
 
     * shared regions: the directions the *shared* lesion destroys beyond the random controls,
       found on all languages pooled (the same directions in every language);
     * the specific region of L: the directions L's *specific* lesion destroys in L beyond the
       random controls, relative to the intact variance (``DIRECTION_SHRINK``).
     """
-    langs = [c for c in LANGUAGES if c in intact]
+    langs = [c for c in LANGUAGES if c in features]
 
     def pooled(label):
-        return [x for c in langs for x in probe[c][label]]
+        return [x for c in langs for x in features[c][label]]
 
     controls = [lbl for lbl in generator_labels() if lbl.endswith("Random")]
     shared_dirs = lost_directions(pooled("intact"), pooled("shared"), alpha=DIRECTION_ALPHA,
-                                  control=[pooled(lbl) for lbl in controls])
+                                  controls=[pooled(lbl) for lbl in controls])
     out = {}
     for c in langs:
-        out[("shared", c)] = drivers_from(intact[c], shared_dirs)
-        spec = lost_directions(probe[c]["intact"], probe[c][f"specific{c}"], alpha=DIRECTION_ALPHA,
-                               shrink=DIRECTION_SHRINK,
-                               control=[probe[c][lbl] for lbl in controls])
-        out[(c, c)] = drivers_from(intact[c], spec)
+        f = features[c]
+        out[("shared", c)] = drivers_from(f["intact"], shared_dirs)
+        spec = lost_directions(f["intact"], f[f"specific{c}"], alpha=DIRECTION_ALPHA,
+                               shrink=DIRECTION_SHRINK, controls=[f[lbl] for lbl in controls])
+        out[(c, c)] = drivers_from(f["intact"], spec)
     return out
 
 
@@ -316,11 +320,10 @@ def generator_conditions(config, lm, stimuli: dict, conditions: list) -> list:
 def build_demo_dataset(config, stimuli: dict, features_for, progress=None):
     """The demo Dataset: shipped stimuli, the demo mask and lazily synthesised BOLD.
 
-    ``features_for(code)`` must return ``(intact, probe)`` at ``GENERATOR_LAYER``: the intact
-    features of every run, and ``{label: features of every run}`` for the labels of
-    :func:`generator_labels` (the generator's lesions, :data:`GENERATOR_LESIONS`, and their
-    random controls); the pipeline passes a function that shares its feature
-    cache, so nothing is extracted twice. Drivers are computed on the first BOLD load.
+    ``features_for(code)`` must return ``{label: per-run features}`` at ``GENERATOR_LAYER``
+    for the labels of :func:`generator_labels` (intact, the generator's lesions,
+    :data:`GENERATOR_LESIONS`, and their random controls); the pipeline passes a function
+    that shares its feature cache, so nothing is extracted twice. Drivers are computed on the first BOLD load.
     """
     from ..core.dataset import BoldRun, Dataset
 
@@ -334,9 +337,7 @@ def build_demo_dataset(config, stimuli: dict, features_for, progress=None):
 
     def drivers(code, run):
         if not cache:
-            got = {c: features_for(c) for c in LANGUAGES}
-            cache.update(planted_drivers({c: g[0] for c, g in got.items()},
-                                         {c: g[1] for c, g in got.items()}))
+            cache.update(planted_drivers({c: features_for(c) for c in LANGUAGES}))
         return {cat: cache[(cat, lang)][run] for (cat, lang) in cache if lang == code}
 
     for si in range(n_sub):
