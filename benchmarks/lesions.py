@@ -14,8 +14,8 @@ the same process after a warm-up pass:
 * ``demo lesion set``: the demo's conditions (``demo_config(lesions=True)``: a shared and
   one specific weight lesion per language, top 1 % per tensor by Wanda importance, each
   with its size-matched random control) -- importance scoring timed apart, then the
-  features of every condition, intact included, through
-  :func:`napari_lesion_align.core.pipeline.condition_features`. Weight lesions touch
+  features of every condition, intact included, through the pipeline's feature stage
+  (:func:`napari_lesion_align.core.stages.stage_features`). Weight lesions touch
   every block, so nothing below them can be reused: expect about 1 + 8 passes;
 * ``layer sweep``: a hidden-unit lesion (every 10th unit) applied to each block in turn
   (no random controls), intact pass included. A lesion confined to blocks >= l reuses the
@@ -30,7 +30,6 @@ else a tiny random XLM-RoBERTa (its times say little about a real model).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -44,10 +43,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from napari_lesion_align.core.conditions import build_conditions  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
 from napari_lesion_align.core.config import LesionConfig, demo_config  # noqa: E402
 from napari_lesion_align.core.dataset import load_stimuli  # noqa: E402
-from napari_lesion_align.core.pipeline import FeatureStore, condition_features  # noqa: E402
+from napari_lesion_align.core.plan import LesionPlan  # noqa: E402
+from napari_lesion_align.core.stages import (ConditionSet, Engine, ModelInfo,  # noqa: E402
+                                             Progress, stage_features)
+from napari_lesion_align.core.store import FeatureStore  # noqa: E402
 from napari_lesion_align.data import demo  # noqa: E402
 
 
@@ -64,13 +67,20 @@ def load(tiny: bool):
     return load_model(str(folder), offline=True, device="cpu")
 
 
+def build(lm, stimuli, lesions, seed=0):
+    """The plan of a ``[lesions]`` config on ``stimuli``' languages, built on ``lm``."""
+    return LesionPlan.from_config(lesions, list(stimuli), seed).build(lm, stimuli)
+
+
 def features(lm, stimuli, config, conditions) -> float:
-    """Seconds to extract the features of ``conditions`` for every language and run."""
-    store = FeatureStore()
+    """Seconds to extract the features of ``conditions`` for every language and run, into a
+    fresh feature store (the pipeline's feature stage)."""
+    eng = Engine(config, SimpleNamespace(stimuli=stimuli),
+                 FeatureStore(tempfile.mkdtemp(prefix="nla-bench-features-")), None,
+                 Progress(None, None), model=lm, info=ModelInfo.of(lm))
+    eng.sets = [ConditionSet("analysis", None, config.model.layer, conditions)]
     t = time.perf_counter()
-    for code, stim in stimuli.items():
-        condition_features(store, lm, stim, [demo.RUN_TRS] * demo.N_RUNS, config.model.layer,
-                           config.features, demo.TR, "floor", 0, conditions)
+    stage_features(eng)
     return time.perf_counter() - t
 
 
@@ -91,19 +101,17 @@ def main(argv=None) -> None:
     print(f"model: {lm.name} ({lm.n_layers} blocks), torch threads {torch.get_num_threads()}, "
           f"languages {list(stimuli)}, words "
           f"{sum(len(w.words) for s in stimuli.values() for w in s.runs)}")
-    intact = build_conditions(dataclasses.replace(config, lesions=LesionConfig()), lm, stimuli)
+    intact = build(lm, stimuli, LesionConfig())
     features(lm, {c: s for c, s in list(stimuli.items())[:1]}, config, intact)  # warm-up
     t_intact = features(lm, stimuli, config, intact)
 
     t = time.perf_counter()
-    demo_set = build_conditions(config, lm, stimuli)
+    demo_set = build(lm, stimuli, config.lesions)
     t_importance = time.perf_counter() - t
     t_demo = features(lm, stimuli, config, demo_set)
 
-    sweep_cfg = dataclasses.replace(config, lesions=LesionConfig(
-        enabled=True, element="hidden", sweep=True, sweep_element="hidden",
-        random_control=False))
-    sweep = build_conditions(sweep_cfg, lm, stimuli)
+    sweep = build(lm, stimuli, LesionConfig(enabled=True, selections=(), sweep=True,
+                                            sweep_element="hidden", random_control=False))
     t_sweep = features(lm, stimuli, config, sweep)
     n_sweep = sum(c.kind == "sweep" for c in sweep)
 

@@ -16,6 +16,18 @@ if _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_store(tmp_path_factory):
+    """The tests' feature store: a fresh folder per test session (never the user's cache)."""
+    old = os.environ.get("NAPARI_LESION_ALIGN_FEATURES")
+    os.environ["NAPARI_LESION_ALIGN_FEATURES"] = str(tmp_path_factory.mktemp("features"))
+    yield
+    if old is None:
+        os.environ.pop("NAPARI_LESION_ALIGN_FEATURES", None)
+    else:
+        os.environ["NAPARI_LESION_ALIGN_FEATURES"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Folder of the real test data: $NLA_SHARED_DATA, default <repo>/../shared/data.

@@ -1,4 +1,4 @@
-"""build_conditions: the analysis conditions built from the [lesions] config.
+"""LesionPlan.build: the analysis conditions built from the [lesions] config.
 
 Per tiny family (xlm-roberta, bert, llama) and element (weights, neurons, heads): the
 labels, the size of every selection (k % per tensor / layer), the random controls
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from napari_lesion_align.core.anatomy import describe_model
-from napari_lesion_align.core.conditions import build_conditions
 from napari_lesion_align.core.config import config_from_dict
 from napari_lesion_align.core.dataset import load_stimuli
 from napari_lesion_align.core.errors import LesionAlignError
 from napari_lesion_align.core.lesions import Lesion, apply_lesion
 from napari_lesion_align.core.model import parameters_hash
+from napari_lesion_align.core.plan import LesionPlan
 from napari_lesion_align.data.demo import demo_language_data
 from tiny_models import load_tiny, make_tiny_model
 
@@ -69,6 +69,12 @@ def _config(seed=0, **lesions):
     return config_from_dict({"data": {"kind": "demo"}, "seed": seed, **d})
 
 
+def build_conditions(config, lm, stimuli):
+    """The plan of ``config`` on the languages of ``stimuli``, built on ``lm``."""
+    plan = LesionPlan.from_config(config.lesions, list(stimuli), config.seed)
+    return plan.build(lm, stimuli)
+
+
 _BUILT: dict = {}
 
 
@@ -117,7 +123,7 @@ def test_labels_kinds_and_methods(tiny, stimuli, element, method):
         if c.label.endswith("Random"):
             assert c.kind == "random" and c.control_of == c.label[:-len("Random")]
         else:
-            assert c.kind == "lesion" and c.control_of is None
+            assert c.kind == "selection" and c.control_of is None
             assert c.lesion.spec["model_hash"] == lm.weights_hash
     # auto: LAPE for neurons; gradient x weight where the folder has an LM head (the tiny
     # decoders are saved as *ForCausalLM), else wanda (the tiny encoders have no head)
@@ -197,7 +203,7 @@ def test_conditions_are_reproducible_with_the_same_seed(tiny, stimuli, element):
     # another seed: the importance selections stay, the random controls move
     c = build_conditions(_config(7, element=element, method="auto"), lm, stimuli)
     for x, y in zip(a[1:], c[1:]):
-        if x.kind == "lesion":
+        if x.kind == "selection":
             assert _same_masks(x.lesion, y.lesion), x.label
     assert any(not _same_masks(x.lesion, y.lesion) for x, y in zip(a[1:], c[1:])
                if x.kind == "random")
@@ -273,8 +279,8 @@ def test_layer_sweep(tiny, stimuli, sweep_element, indices):
         pytest.skip("sweep: xlm-roberta (both index sets) and llama (default) suffice")
     if sweep_element == "heads" and indices:
         indices = (0, 3)
-    # element = hidden: no importance-based selection, only the sweep
-    conds = _build(lm, stimuli, fam, element="hidden", sweep=True, sweep_element=sweep_element,
+    # selections = []: no importance-based selection, only the sweep
+    conds = _build(lm, stimuli, fam, selections=(), sweep=True, sweep_element=sweep_element,
                    sweep_indices=indices)
     controls = sweep_element != "layers"  # a skipped block has no random alternative
     want = []
@@ -315,7 +321,7 @@ def test_layer_skip_sweep_has_no_random_control(stimuli, tmp_path_factory):
     'layers' sweep runs without controls (a control would be the lesion itself)."""
     fam = "xlm-roberta"
     lm, _ = _model(fam, tmp_path_factory)
-    conds = _build(lm, stimuli, fam, element="hidden", sweep=True, sweep_element="layers",
+    conds = _build(lm, stimuli, fam, selections=(), sweep=True, sweep_element="layers",
                    sweep_indices=())
     assert [c.kind for c in conds[1:]] == ["sweep"] * (len(conds) - 1) and len(conds) > 1
     assert len({c.key for c in conds}) == len(conds)
@@ -331,7 +337,7 @@ def test_saved_lesion_files_round_trip(tiny, stimuli, tmp_path):
     src["shared"].save(tmp_path / "my_shared")
     heads["specificFR"].save(tmp_path / "fr-heads")
     cfg = config_from_dict({"data": {"kind": "demo"}, "lesions": {
-        "element": "hidden", "files": ["my_shared.json", "fr-heads.json"]}}, base=tmp_path)
+        "selections": [], "files": ["my_shared.json", "fr-heads.json"]}}, base=tmp_path)
     conds = build_conditions(cfg, lm, stimuli)
     assert [c.label for c in conds] == ["intact", "myshared", "mysharedRandom", "frheads",
                                         "frheadsRandom"]
@@ -365,7 +371,7 @@ def test_lesion_file_of_another_model_is_a_clear_error(stimuli, tmp_path, tmp_pa
     assert other.weights_hash != lm.weights_hash
     theirs = build_conditions(_config(element="neurons", method="wanda"), other, stimuli)
     theirs[1].lesion.save(tmp_path / "theirs")
-    cfg = _config(element="hidden", files=[str(tmp_path / "theirs.json")])
+    cfg = _config(selections=[], files=[str(tmp_path / "theirs.json")])
     with pytest.raises(LesionAlignError, match=r"made for model weights .*make it again"):
         build_conditions(cfg, lm, stimuli)
     # the same file is fine on the model it was made for
@@ -373,15 +379,17 @@ def test_lesion_file_of_another_model_is_a_clear_error(stimuli, tmp_path, tmp_pa
         ["intact", "theirs", "theirsRandom"]
 
 
-def test_lesions_that_make_nothing_are_a_clear_error(stimuli, tmp_path_factory):
-    """[lesions] on with element hidden / layers and no sweep or files used to run the
-    intact model alone, silently."""
+def test_lesions_that_make_nothing_are_a_clear_error_when_read(stimuli, tmp_path_factory):
+    """[lesions] on with no selection, manual lesion, sweep or file used to run the intact
+    model alone, silently; hidden / layers are not importance elements."""
     lm, _ = _model("xlm-roberta", tmp_path_factory)
+    with pytest.raises(LesionAlignError, match="makes no lesion"):
+        _config(selections=[])
     for element in ("hidden", "layers"):
-        with pytest.raises(LesionAlignError, match=rf"element = '{element}' makes no lesion"):
-            build_conditions(_config(element=element), lm, stimuli)
-    # with a sweep the same element is fine
-    conds = build_conditions(_config(element="hidden", sweep=True, sweep_indices=[0]), lm,
+        with pytest.raises(LesionAlignError, match=rf"element = '{element}'.*lesions\.manual"):
+            _config(element=element)
+    # with a sweep there is a lesion
+    conds = build_conditions(_config(selections=[], sweep=True, sweep_indices=[0]), lm,
                              stimuli)
     assert [c.label for c in conds][:3] == ["intact", "sweepL0", "sweepL0Random"]
 
@@ -393,5 +401,66 @@ def test_lesion_file_named_like_a_selection_is_a_clear_error(tiny, stimuli, tmp_
     src = _build(lm, stimuli, fam, element="neurons", method="auto")
     src[1].lesion.save(tmp_path / "shared")
     cfg = _config(element="neurons", files=[str(tmp_path / "shared.json")])
-    with pytest.raises(LesionAlignError, match="share a label"):
+    with pytest.raises(LesionAlignError, match=r"share the label\(s\) \['shared'"):
         build_conditions(cfg, lm, stimuli)
+
+
+def test_a_file_named_like_a_selection_stays_a_file_condition(tiny, stimuli, tmp_path):
+    """Conditions are linked by type: a lesion file named shared.json is a file condition,
+    not the shared lesion of the category maps (which only selections make)."""
+    fam, lm, anat = tiny
+    if fam != "xlm-roberta":
+        pytest.skip("one family")
+    src = _build(lm, stimuli, fam, element="neurons", method="auto")
+    src[1].lesion.save(tmp_path / "shared")
+    cfg = _config(selections=[], files=[str(tmp_path / "shared.json")])
+    plan = LesionPlan.from_config(cfg.lesions, list(stimuli), cfg.seed)
+    conds = plan.build(lm, stimuli)
+    assert [(c.label, c.kind, c.control_of) for c in conds] == [
+        ("intact", "intact", None), ("shared", "file", None),
+        ("sharedRandom", "random", "shared")]
+    assert plan.selection_specs([c.spec for c in conds]) == {}
+    # with selections, the categories use the selection, found by kind
+    plan2 = LesionPlan.from_config(_config(element="neurons").lesions, ["EN", "FR"], 0)
+    specs = plan2.specs(N_LAYERS)
+    assert plan2.selection_specs(specs) == {
+        "lesion": ("shared", {"EN": "specificEN", "FR": "specificFR"}),
+        "random": ("sharedRandom", {"EN": "specificENRandom", "FR": "specificFRRandom"})}
+
+
+# --------------------------------------------------------------------------- plan sizes
+SIZE_CASES = [("weights", "wanda"), ("weights", "auto"), ("neurons", "auto"),
+              ("neurons", "wanda"), ("heads", "wanda"), ("heads", "auto")]
+
+
+@pytest.mark.parametrize("element,method", SIZE_CASES)
+def test_plan_sizes_equal_the_built_lesions(tiny, stimuli, tmp_path, element, method):
+    """What the Model & lesion widget previews (LesionPlan.sizes, from the anatomy alone)
+    is what build() makes, for every element x method, manual lesions, sweeps and files."""
+    fam, lm, anat = tiny
+    saved = _build(lm, stimuli, fam, element="heads", method="wanda")[3].lesion
+    saved.save(tmp_path / "saved")
+    cfg = _config(element=element, method=method, sweep=True, sweep_element="neurons",
+                  sweep_indices=[1, 5, 9],
+                  files=[str(tmp_path / "saved.json")],
+                  manual=[{"name": "units", "element": "hidden", "indices": {"0": [1, 2, 3],
+                                                                             "2": [7]}},
+                          {"name": "skip", "element": "layers", "indices": {"1": []}}])
+    plan = LesionPlan.from_config(cfg.lesions, list(stimuli), cfg.seed)
+    sizes = {spec.label: (per, el) for spec, per, el in plan.sizes(anat)}
+    built = {c.label: c for c in plan.build(lm, stimuli)}
+    assert set(sizes) == {lbl for lbl, c in built.items() if c.kind not in ("intact", "random")}
+    for label, (per, el) in sizes.items():
+        les = built[label].lesion
+        assert el == les.element, label
+        got = les.per_layer()
+        if built[label].lesion.spec.get("method") == "lape" and label.startswith("specific"):
+            assert all(got.get(b, 0) <= n for b, n in per.items()), label  # at most k %
+        else:
+            assert got == per, (label, got, per)
+    for c in built.values():  # random controls: the size of what they control
+        if c.kind == "random":
+            assert c.lesion.per_layer() == built[c.control_of].lesion.per_layer()
+    assert sizes["units"][0] == {0: 3, 2: 1} and sizes["skip"][0] == {1: 1}
+    assert sizes["sweepL2"][0] == {2: 3}
+

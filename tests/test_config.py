@@ -68,19 +68,56 @@ def test_glob_template_must_match_one_file(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["model"].update(layr=3), r"\[model\]: unknown key\(s\) \['layr'\]"),
-    (lambda d: d["encoding"].update(downsample="cubic"), "use 'floor'"),
+    (lambda d: d["model"].update(layr=3), r"\[model\]\.layr: unknown key; allowed: \["),
+    (lambda d: d["encoding"].update(downsample="cubic"),
+     r"\[encoding\]\.downsample = 'cubic': Input should be 'floor' or 'lanczos'"),
     (lambda d: d["data"].pop("mask"), "mask is required"),
-    (lambda d: d["data"].update(tr=0), "repetition time"),
+    (lambda d: d["data"].update(tr=0), r"\[data\]\.tr = 0: Input should be greater than 0"),
     (lambda d: d["languages"]["EN"].update(bold={"01": ["only-one.nii"]}), "1 files for 2 runs"),
     (lambda d: d.update(extra={}), "unknown section"),
-    (lambda d: d["encoding"].update(alphas=[1, -2]), "positive"),
-    (lambda d: d["languages"]["EN"].update(bold="sub-{subj}.nii"), "unknown placeholder"),
+    (lambda d: d["encoding"].update(alphas=[1, -2]), r"\[encoding\]\.alphas\[1\] = -2"),
+    (lambda d: d["languages"]["EN"].update(bold="sub-{subj}.nii"), "placeholders"),
     (lambda d: d.update(lesions={"sweep": True, "sweep_element": "weights"}),
-     r"sweep_element = 'weights'"),
-    (lambda d: d.update(lesions={"alpha": 5}), r"\[lesions\].alpha = 5"),
+     r"\[lesions\]\.sweep_element = 'weights': Input should be 'neurons', 'heads', 'hidden' "
+     r"or 'layers'"),
+    (lambda d: d.update(lesions={"alpha": 5}), r"\[lesions\]\.alpha = 5"),
     (lambda d: d.update(lesions={"min_relative_drop": 1.5}), r"min_relative_drop = 1.5"),
-    (lambda d: d["encoding"].update(stack_mb=-1), "stack_mb"),
+    (lambda d: d["encoding"].update(stack_mb=-1), r"\[encoding\]\.stack_mb = -1"),
+    # wrong types are refused when the file is read, naming the key, the value, the fix
+    (lambda d: d.update(lesions={"random_control": "no"}),
+     r"\[lesions\]\.random_control = 'no': .*valid boolean.*true or false"),
+    (lambda d: d.update(lesions={"selections": "shared"}),
+     r"\[lesions\]\.selections = 'shared': .*list"),
+    (lambda d: d.update(lesions={"selections": ["shred"]}),
+     r"\[lesions\]\.selections\[0\] = 'shred': use 'shared' or 'specific:<LANGUAGE>'"),
+    (lambda d: d["model"].update(layer="last"), r"\[model\]\.layer = 'last': .*whole number"),
+    (lambda d: d["model"].update(layer=1.5), r"\[model\]\.layer = 1.5"),
+    (lambda d: d["model"].update(device="gpu"), r"\[model\]\.device = 'gpu': use 'auto'"),
+    (lambda d: d["encoding"].update(backend="cuda"),
+     r"\[encoding\]\.backend = 'cuda': Input should be 'auto', 'numpy' or 'torch'"),
+    (lambda d: d["encoding"].update(delays="1,2"), r"\[encoding\]\.delays = '1,2'"),
+    (lambda d: d["encoding"].update(n_blocks="5"), r"\[encoding\]\.n_blocks = '5'"),
+    (lambda d: d.update(cleaning={"detrend": 1}), r"\[cleaning\]\.detrend = 1"),
+    (lambda d: d.update(features={"stride_tokens": "128"}),
+     r"\[features\]\.stride_tokens = '128'"),
+    (lambda d: d.update(lesions={"k_percent": "1%"}), r"\[lesions\]\.k_percent = '1%'"),
+    (lambda d: d.update(lesions={"element": "hidden"}),
+     r"\[lesions\]\.element = 'hidden': .*\[\[lesions\.manual\]\]"),
+    (lambda d: d.update(lesions={"method": "lape"}), "element = 'neurons'"),
+    (lambda d: d.update(lesions={"selections": ["specific:FR"]}), "names no configured language"),
+    (lambda d: d.update(lesions={"selections": ["specific:EN"]}), "at least two languages"),
+    (lambda d: d.update(lesions={"selections": []}), "makes no lesion"),
+    (lambda d: d.update(lesions={"manual": [{"element": "hidden", "indices": {}}]}),
+     r"\[lesions\]\.manual\[0\].*at least one block"),
+    (lambda d: d.update(lesions={"manual": [{"element": "layers", "indices": {"0": [1]}}]}),
+     "lists stay empty"),
+    (lambda d: d.update(lesions={"manual": [{"element": "weights", "indices": {"0": [1]}}]}),
+     r"\[lesions\]\.manual\[0\]\.element = 'weights'"),
+    (lambda d: d["data"].update(subjects=["0_1"]), "letters and digits"),
+    (lambda d: d["languages"]["EN"].update(text_language="klingonish"),
+     r"\[languages\.EN\]\.text_language.*klingonish"),
+    (lambda d: d["languages"]["EN"].update(bold_start_s="20"),
+     r"\[languages\.EN\]\.bold_start_s = '20'"),
 ])
 def test_bad_values_give_one_clear_error(mutate, message):
     d = {"data": {"kind": "volume", "tr": 2.0, "mask": "m.nii.gz", "subjects": ["01"]},
@@ -104,10 +141,71 @@ def test_unparseable_file_names_the_file(tmp_path):
 def test_demo_config():
     cfg = demo_config(n_subjects=3, seed=4)
     assert cfg.data.kind == "demo" and cfg.data.demo.n_subjects == 3 and cfg.seed == 4
+    assert cfg.languages == ["EN", "FR", "ZH"]
+
+
+def test_a_demo_config_file_runs_the_demo_command_analysis(tmp_path):
+    """One source for the demo's recipe: the demo command's config and a file with
+    kind = "demo" are the same analysis (features, alphas, lesions, category rule)."""
+    from napari_lesion_align.core.store import identity
+    from napari_lesion_align.data.demo import RECIPE
+
+    p = tmp_path / "demo.toml"
+    p.write_text('name = "demo"\n[data]\nkind = "demo"\n[lesions]\nenabled = true\n')
+    from_file = load_config(p)
+    command = demo_config(lesions=True)
+    assert identity(from_file)["fits"] == identity(command)["fits"]
+    assert from_file.lesions == command.lesions
+    assert from_file.features.stride_tokens == RECIPE["features"]["stride_tokens"] == 256
+    assert len(from_file.encoding.alphas) == 9
+    assert from_file.lesions.min_relative_drop == RECIPE["lesions"]["min_relative_drop"]
+    # the file's own keys win over the recipe, key by key
+    p.write_text('[data]\nkind = "demo"\n[encoding]\nalphas = [1.0, 10.0]\n')
+    own = load_config(p)
+    assert own.encoding.alphas == (1.0, 10.0) and own.features.stride_tokens == 256
+    assert not own.lesions.enabled
+
+
+def test_config_errors_name_the_file(tmp_path):
+    p = tmp_path / "study.toml"
+    p.write_text('[data]\nkind = "demo"\n[lesions]\nrandom_control = "no"\n')
+    with pytest.raises(LesionAlignError, match=r"study\.toml: \[lesions\]\.random_control"):
+        load_config(p)
+
+
+def test_manual_lesions_and_sweeps_are_config_keys():
+    cfg = demo_config(lesions={"selections": [], "sweep": True, "sweep_element": "heads",
+                               "manual": [{"name": "mine", "element": "hidden",
+                                           "indices": {"0": [1, 2], "3": [5]}},
+                                          {"name": "blocks", "element": "layers",
+                                           "indices": {"1": []}}]})
+    (m, b) = cfg.lesions.manual
+    assert (m.name, m.element, m.indices) == ("mine", "hidden", {0: (1, 2), 3: (5,)})
+    assert b.indices == {1: ()} and cfg.lesions.selections == ()
+    assert cfg.lesions.sweep and cfg.lesions.sweep_element == "heads"
+
+
+@pytest.mark.parametrize("tag", ["zh", "zh-CN", "zh-Hans", "cmn", "Chinese", "ja", "jpn",
+                                 "tha"])
+def test_one_rule_for_spaceless_text(tag):
+    d = {"data": {"kind": "regions", "tr": 2.0},
+         "languages": {"CN": {"text_language": tag, "annotations": ["a.tsv"],
+                              "bold": {"s1": ["b.txt"]}}}}
+    (lang,) = config_from_dict(d).data.languages
+    assert lang.spaceless
+
+
+def test_language_code_without_text_language_must_be_known():
+    d = {"data": {"kind": "regions", "tr": 2.0},
+         "languages": {"CN": {"annotations": ["a.tsv"], "bold": {"s1": ["b.txt"]}}}}
+    with pytest.raises(LesionAlignError, match=r"\[languages\.CN\]\.text_language.*'CN'.*zh"):
+        config_from_dict(d)
+    d["languages"]["CN"]["text_language"] = "zh"
+    assert config_from_dict(d).data.languages[0].spaceless
 
 
 def test_demo_config_lesions_dict_replaces_the_recipe_key_by_key():
-    from napari_lesion_align.core.config import DEMO_MIN_RELATIVE_DROP, demo_config
+    from napari_lesion_align.data.demo import DEMO_MIN_RELATIVE_DROP
 
     les = demo_config(lesions=True).lesions
     assert les.enabled and les.k_percent == 1.0 and les.min_relative_drop == DEMO_MIN_RELATIVE_DROP
@@ -119,7 +217,7 @@ def test_demo_config_lesions_dict_replaces_the_recipe_key_by_key():
 
 def test_widget_demo_config_uses_the_demo_category_rule():
     from napari_lesion_align._widgets._state import Session
-    from napari_lesion_align.core.config import DEMO_MIN_RELATIVE_DROP
+    from napari_lesion_align.data.demo import DEMO_MIN_RELATIVE_DROP
 
     s = Session()
     assert s.build_config().lesions.min_relative_drop == DEMO_MIN_RELATIVE_DROP

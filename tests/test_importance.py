@@ -146,14 +146,14 @@ def test_lape_probabilities_and_unit_scores_on_a_model(xlmr):
     assert heads.shape == (anat.n_heads,)
 
 
-def test_manual_and_layer_sweep(xlmr):
+def test_manual_lesions(xlmr):
     _, lm = xlmr
     anat = describe_model(lm.model)
     les = imp.manual("hidden", {1: list(range(0, anat.hidden_size, 10))}, anat)
     assert les.per_layer() == {1: len(range(0, anat.hidden_size, 10))}
-    sweep = imp.layer_sweep("hidden", range(0, anat.hidden_size, 10), anat)
-    assert [s.first_layer for s in sweep] == [0, 1]
-    assert [s.spec["layer"] for s in sweep] == [0, 1]
+    assert les.first_layer == 1 and list(les.masks) == ["1.hidden"]
+    skip = imp.manual("layers", {0: []}, anat)
+    assert list(skip.masks) == ["0.layer"] and skip.n_elements == 1
     with pytest.raises(LesionAlignError, match="out of range"):
         imp.manual("heads", {0: [99]}, anat)
     with pytest.raises(LesionAlignError, match="block 5"):

@@ -101,7 +101,7 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["mask.nii.gz", "result.json",
                      "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz",
-                     "sub-02_lang-EN_desc-intact_stat-r_statmap.nii.gz", "summary.tsv"]
+                     "sub-02_lang-EN_desc-intact_stat-r_statmap.nii.gz", "summary.tsv", "units"]
     img = nib.load(str(out / "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz"))
     assert img.get_data_dtype() == np.float32 and img.shape == SHAPE
     np.testing.assert_allclose(img.affine, AFFINE)
@@ -169,16 +169,17 @@ def test_unknown_model_folder_is_a_clear_error(tmp_path, tiny_model, capsys):
     assert "no-such-model" in capsys.readouterr().err
 
 
-def test_interrupted_save_leaves_no_half_written_file(tmp_path, tiny_model, monkeypatch):
+def test_interrupted_write_leaves_no_half_written_file_and_resumes(tmp_path, tiny_model,
+                                                                    monkeypatch):
+    """A write that fails half-way (disk full) leaves the finished units complete, no
+    temporary file and no result.json; the rerun computes only the missing unit."""
     from napari_lesion_align.core import pipeline, result as result_mod
 
     cfg = load_config(write_study(tmp_path / "study", tiny_model, n_subjects=2))
-    calls = {"n": 0}
     real = result_mod.atomic_write_bytes
 
     def flaky(path, data):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the second file: fail half-way through writing it
+        if Path(path).name.startswith("sub-02"):  # the second subject's map
             tmp = Path(path).parent / ".partial.tmp"
             tmp.write_bytes(data[: len(data) // 2])
             tmp.unlink()
@@ -190,9 +191,15 @@ def test_interrupted_save_leaves_no_half_written_file(tmp_path, tiny_model, monk
     with pytest.raises(OSError, match="disk full"):
         pipeline.run_analysis(cfg, out)
     files = sorted(p.name for p in out.iterdir())
-    # the first map is complete; nothing else, no temporary file, no result.json
-    assert files == ["sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz"]
+    # the first subject's unit is complete; nothing else, no temporary file, no result.json
+    assert files == ["sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz", "units"]
+    assert sorted(p.name for p in (out / "units" / "fit").iterdir()) == ["sub-01_lang-EN.json"]
     nib.load(str(out / files[0])).get_fdata()  # readable, complete
+    monkeypatch.setattr(result_mod, "atomic_write_bytes", real)
+    res = pipeline.run_analysis(cfg, out)
+    assert res.provenance["units"]["fits"] == {"computed": ["sub-02_lang-EN"],
+                                               "reused": ["sub-01_lang-EN"]}
+    assert (out / "result.json").is_file()
 
 
 def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):
@@ -265,7 +272,7 @@ def test_lesion_conditions_end_to_end(tmp_path, tiny_model):
     """Shared + specific weight lesions with random controls and a layer sweep on a tiny
     model, two languages, from the config to the output files; the model stays intact."""
     from napari_lesion_align.core.model import load_model, parameters_hash
-    from napari_lesion_align.core.pipeline import FeatureStore, run_analysis
+    from napari_lesion_align.core.pipeline import run_analysis
 
     cfg_path = write_study(tmp_path / "study", tiny_model, n_subjects=3)
     root = cfg_path.parent
@@ -291,7 +298,7 @@ correction = "none"
     lm = load_model(str(tiny_model), offline=True, device="cpu")
     h0 = parameters_hash(lm.model)
     out = tmp_path / "out"
-    res = run_analysis(cfg, out, model=lm, store=FeatureStore())
+    res = run_analysis(cfg, out, model=lm)
     assert parameters_hash(lm.model) == h0
     labels = [c["label"] for c in res.provenance["conditions"]]
     assert labels == ["intact", "shared", "sharedRandom", "specificEN", "specificENRandom",
@@ -337,10 +344,8 @@ correction = "none"
 def test_subjects_fitted_together_match_one_at_a_time(tmp_path, tiny_model):
     """Subjects with the same runs share one fit (voxels side by side); the maps equal
     those of fitting each subject alone, and each subject keeps its own excluded voxels."""
-    import dataclasses
-
     from napari_lesion_align.core.model import load_model
-    from napari_lesion_align.core.pipeline import FeatureStore, run_analysis
+    from napari_lesion_align.core.pipeline import run_analysis
 
     cfg = load_config(write_study(tmp_path / "study", tiny_model, n_subjects=3))
     # subject 02 gets a second constant voxel: the stacked fit must keep the columns apart
@@ -349,10 +354,8 @@ def test_subjects_fitted_together_match_one_at_a_time(tmp_path, tiny_model):
     data[1, 1, 1, :] = 3.0
     nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / "study" / "sub-02" / "run-2.nii.gz"))
     lm = load_model(str(tiny_model), offline=True, device="cpu")
-    store = FeatureStore()
-    together = run_analysis(cfg, model=lm, store=store)
-    alone = run_analysis(dataclasses.replace(
-        cfg, encoding=dataclasses.replace(cfg.encoding, stack_mb=0)), model=lm, store=store)
+    together = run_analysis(cfg, model=lm)
+    alone = run_analysis(cfg.replace(encoding=cfg.encoding.replace(stack_mb=0)), model=lm)
     assert together.provenance["fits"]["01/EN"]["fitted_with"] == ["01", "02", "03"]
     assert alone.provenance["fits"]["01/EN"]["fitted_with"] == ["01"]
     for s in ("01", "02", "03"):

@@ -523,7 +523,16 @@ def test_text_and_spaceless():
     w = Words(("我", "是", "B612"), [0, 1, 2], [1, 2, 3])
     assert w.text() == "我 是 B612"
     assert w.text("zh") == "我是B612"
+    assert w.text("") == w.text(None) == "我 是 B612"
+    assert w.text("Mandarin") == w.text("zh-TW") == "我是B612"
+    assert w.text("zh-Latn") == "我 是 B612"  # pinyin is written with spaces
     for code in ("zh", "ZH-cn", "zh_Hans", "cmn", "ja", "jpn", "th", "Chinese"):
         assert is_spaceless(code), code
-    for code in ("en", "fr", "ko", "", None, "zhx"):
+    for code in ("en", "fr", "ko"):
         assert not is_spaceless(code), code
+    # unknown codes are an error, not silently "spaced" (nor, as before, spaceless)
+    for code in ("cn", "jp", "xx", "", None):
+        with pytest.raises(LesionAlignError, match="not a known language"):
+            is_spaceless(code)
+    with pytest.raises(LesionAlignError, match="did you mean 'zh'"):
+        w.text("cn")

@@ -702,7 +702,17 @@ def test_files_and_config_file_sources_check_and_run(make_napari_viewer, qtbot, 
     back = AlignmentResult.load(tmp_path / "saved")
     np.testing.assert_array_equal(back.get("02", "EN"), run.session.result.get("02", "EN"))
     assert (tmp_path / "saved" / "summary.tsv").is_file()
-    # a manual lesion (FFN neurons by index), built on the model when the run starts
+    # pointed at an output folder, a second run of the same analysis resumes: nothing is
+    # fitted again
+    run.out_dir.setText(str(tmp_path / "runout"))
+    for expected in ([], ["sub-01_lang-EN", "sub-02_lang-EN"]):
+        _wait_task(qtbot, run.run(), 300_000)
+        assert run.outcome.kind == "ok", run.outcome.message
+        qtbot.waitUntil(lambda: run.feeder.done, timeout=30_000)
+        assert run.session.result.provenance["units"]["fits"]["reused"] == expected
+    assert (tmp_path / "runout" / "result.json").is_file()
+    run.out_dir.setText("")
+    # a manual lesion (FFN neurons by index), made on the model by the run
     model.set_lesion(enabled=True, element="neurons", selection="manual",
                      indices="0: 1-8; 1: 2", mode="zero")
     task = run.run()

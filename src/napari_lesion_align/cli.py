@@ -34,11 +34,24 @@ class _ProgressPrinter:
 
 
 def _summary(result, out: Path | None) -> str:
+    """Mean r per language and condition: the group rows (every subject's row when there is
+    one subject per language); summary.tsv has them all."""
+    rows = result.summary_rows()
+    shown = [r for r in rows if r["subject"] == "group"] or rows
+    unit = "voxels" if result.space.kind == "volume" else "regions"
     lines = []
-    for row in result.summary_rows():
-        lines.append(f"  sub-{row['subject']} {row['language']} {row['condition']}: "
-                     f"mean r {row['mean_r']:.3f} over {row['n_voxels']} "
-                     f"{'voxels' if result.space.kind == 'volume' else 'regions'}")
+    for row in shown[:40]:
+        who = "group" if row["subject"] == "group" else f"sub-{row['subject']}"
+        drop = (f", drop {100 * row['rel_drop']:.1f} %" if row["rel_drop"] == row["rel_drop"]
+                else "")
+        lines.append(f"  {who} {row['language']} {row['condition']}: mean r "
+                     f"{row['mean_r']:.3f} over {row['n_voxels']} {unit}{drop}")
+    if len(shown) > 40:
+        lines.append(f"  ... {len(shown) - 40} more rows in summary.tsv")
+    fits = (result.provenance.get("units") or {}).get("fits") or {}
+    if fits.get("reused"):
+        lines.append(f"resumed: {len(fits['reused'])} subject fits were already done, "
+                     f"{len(fits.get('computed', []))} computed now")
     if out is not None:
         lines.append(f"wrote {out}/ (result.json, summary.tsv, maps)")
     return "\n".join(lines)
@@ -56,11 +69,16 @@ def main(argv=None) -> int:
     d.add_argument("--no-lesions", dest="lesions", action="store_false",
                    help="intact model only (by default the demo also runs the shared lesion, "
                         "one specific lesion per language and their random controls)")
-    d.add_argument("--quiet", action="store_true")
     r = sub.add_parser("run", help="run the analysis a config file describes")
     r.add_argument("config", help="TOML or JSON config (see docs/configuration.md)")
-    r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--out", required=True,
+                   help="output folder: a new or empty one, or the folder of an interrupted "
+                        "run of the same config (it resumes)")
+    for p in (d, r):
+        p.add_argument("--force", action="store_true",
+                       help="the output folder holds another analysis: delete its results "
+                            "and start again (other files are never touched)")
+        p.add_argument("--quiet", action="store_true")
     c = sub.add_parser("convert-model", help="convert the built-in offline model into the cache")
     c.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
@@ -81,7 +99,8 @@ def main(argv=None) -> int:
             config = load_config(args.config)
         out = Path(args.out)
         t0 = time.perf_counter()
-        result = run_analysis(config, out, progress=_ProgressPrinter(quiet=args.quiet))
+        result = run_analysis(config, out, progress=_ProgressPrinter(quiet=args.quiet),
+                              force=args.force)
         print(_summary(result, out))
         print(f"done in {time.perf_counter() - t0:.1f} s")
         return 0

@@ -1,9 +1,6 @@
-"""Lesion sizes before a run, from the model's anatomy alone (no importance scores needed).
-
-Importance-based selections keep the top ``k`` % of every tensor (weights) or of every
-block's units (neurons, heads) -- :func:`~..core.lesions.top_k_mask`, at least one
-element each -- so their size per block follows from the shapes; manual lesions and layer
-sweeps are their indices. No Qt here (runs in a worker).
+"""The Model & lesion widget's text around the lesion plan: manual / sweep indices typed
+into the form, and the lesion sizes (:meth:`~..core.plan.LesionPlan.sizes`, from the
+model's anatomy alone) as text. No Qt here (runs in a worker).
 """
 
 from __future__ import annotations
@@ -11,9 +8,7 @@ from __future__ import annotations
 import re
 
 from ..core.errors import LesionAlignError
-
-UNIT_ELEMENTS = ("neurons", "heads", "hidden", "layers")
-IMPORTANCE_ELEMENTS = ("weights", "neurons", "heads")
+from ..core.plan import lesionable
 
 
 def parse_indices(text: str, element: str) -> dict[int, list[int]]:
@@ -67,84 +62,9 @@ def _int(tok, where) -> int:
         raise LesionAlignError(f"indices: {tok!r} in {where!r} is not a whole number") from None
 
 
-def unit_count(anatomy, element: str) -> int:
-    """Units of one block: FFN neurons, heads, hidden dimensions, or 1 (the block)."""
-    return {"neurons": anatomy.intermediate_size, "heads": anatomy.n_heads,
-            "hidden": anatomy.hidden_size, "layers": 1}[element]
-
-
-def lesionable(anatomy, element: str) -> int:
-    """How many elements of this kind the model has (all blocks)."""
-    if element == "weights":
-        return sum(anatomy.module(b.linears[r]).weight.numel()
-                   for b in anatomy.blocks for r in b.linears)
-    return unit_count(anatomy, element) * len(anatomy.blocks)
-
-
-def _top_k(n: int, k_percent: float) -> int:
-    return max(1, int(round(n * k_percent / 100.0))) if n else 0
-
-
-def importance_per_layer(anatomy, element: str, k_percent: float) -> dict[int, int]:
-    """Elements per block of an importance-based selection (top k % per tensor / block)."""
-    out = {}
-    for b in anatomy.blocks:
-        if element == "weights":
-            out[b.index] = sum(_top_k(anatomy.module(b.linears[r]).weight.numel(), k_percent)
-                               for r in b.linears)
-        elif element in ("neurons", "heads"):
-            out[b.index] = _top_k(unit_count(anatomy, element), k_percent)
-        else:
-            raise LesionAlignError(f"importance-based selections choose weights, neurons or "
-                                   f"heads, not {element!r}; use manual or layer sweep")
-    return out
-
-
-def estimate(anatomy, lesions: dict, manual: dict | None, languages: list,
-             files: list | None = None, importance: bool = True) -> list[tuple[str, dict, str]]:
-    """``[(label, {block: n}, element)]`` of every lesion a run would make (random controls
-    have the same sizes and are not listed). ``importance``: whether the run makes
-    importance-based selections (shared / specific)."""
-    out = []
-    if not lesions:
-        return out
-    element = lesions.get("element", "weights")
-    sels = list(lesions.get("selections") or ())
-    if importance and element in IMPORTANCE_ELEMENTS:
-        if not sels:
-            sels = ["shared"] + ([f"specific:{c}" for c in languages]
-                                 if len(languages) > 1 else [])
-        per = importance_per_layer(anatomy, element, float(lesions.get("k_percent", 1.0)))
-        for s in sels:
-            out.append((s.replace("specific:", "specific"), per, element))
-    if manual is not None:
-        el = manual["element"]
-        n_blocks = len(anatomy.blocks)
-        per = {}
-        for b, idx in sorted(manual["indices"].items()):
-            if not 0 <= b < n_blocks:
-                raise LesionAlignError(f"manual lesion: block {b} does not exist "
-                                       f"(0..{n_blocks - 1})")
-            size = unit_count(anatomy, el)
-            bad = [i for i in idx if not 0 <= i < size]
-            if bad:
-                raise LesionAlignError(f"manual lesion: {el} indices {bad} out of range "
-                                       f"0..{size - 1}")
-            per[b] = 1 if el == "layers" else len(set(idx))
-        out.append(("manual", per, el))
-    if lesions.get("sweep"):
-        el = lesions.get("sweep_element", "hidden")
-        idx = list(lesions.get("sweep_indices") or range(0, unit_count(anatomy, el), 10))
-        n = 1 if el == "layers" else len(set(idx))
-        for b in anatomy.blocks:
-            out.append((f"sweepL{b.index}", {b.index: n}, el))
-    for lesion in files or ():
-        out.append((lesion.name, lesion.per_layer(), lesion.element))
-    return out
-
-
 def describe(anatomy, sizes: list, random_control: bool) -> str:
-    """Human-readable sizes: one line per distinct lesion size, then per block."""
+    """Human-readable sizes (``[(label, {block: n}, element)]``): one line per distinct
+    lesion size, then per block."""
     if not sizes:
         return "No lesion: the intact model only."
     lines = []

@@ -28,12 +28,12 @@ from psygnal import Signal
 
 from ..core.config import BUILTIN_MODEL, AnalysisConfig, config_from_dict, demo_config
 from ..core.errors import LesionAlignError
+from ..data.demo import GENERATOR_LESIONS
 
 DEMO_LANGUAGES = ("EN", "FR", "ZH")
 
-#: the lesion recipe the widgets start with (the demo's: top 1 % of weights by Wanda)
-DEFAULT_LESIONS = {"element": "weights", "method": "wanda", "k_percent": 1.0,
-                   "random_control": True, "mode": "zero"}
+#: the lesion recipe the widgets start with: the demo's (top 1 % of weights by Wanda)
+DEFAULT_LESIONS = dict(GENERATOR_LESIONS, enabled=True, random_control=True)
 
 
 def unwrap(viewer):
@@ -59,10 +59,8 @@ class Session:
         self.data_error: str | None = None
         self.model: dict = {"name": BUILTIN_MODEL, "layer": -1, "offline": True,
                             "device": "auto"}
-        #: the [lesions] table; empty = intact model only
+        #: the [lesions] table (manual lesions and sweeps included); empty = intact only
         self.lesions: dict = dict(DEFAULT_LESIONS)
-        #: a manual lesion to build on the model at run time: {"element", "indices"}
-        self.manual: dict | None = None
         #: what is wrong with the model / lesion form (raised by build_config)
         self.model_error: str | None = None
         #: [encoding] overrides (e.g. a shorter alpha grid)
@@ -94,10 +92,9 @@ class Session:
         self.data_file = data_file
         self.data_changed.emit()
 
-    def set_model(self, model: dict, lesions: dict, manual: dict | None = None) -> None:
+    def set_model(self, model: dict, lesions: dict) -> None:
         self.model = dict(model)
         self.lesions = dict(lesions)
-        self.manual = manual
         self.model_changed.emit()
 
     def set_result(self, result, folder: Path | None = None) -> None:
@@ -110,20 +107,13 @@ class Session:
         self.busy_changed.emit(what)
 
     # ------------------------------------------------------------------ config
-    def build_config(self, extra_lesion_files: tuple = ()) -> AnalysisConfig:
-        """The :class:`AnalysisConfig` of the current forms (raises LesionAlignError).
-
-        ``extra_lesion_files``: saved lesions to run as well (e.g. the manual lesion built
-        at run time).
-        """
+    def build_config(self) -> AnalysisConfig:
+        """The :class:`AnalysisConfig` of the current forms (raises LesionAlignError)."""
         if self.data_error:
             raise LesionAlignError(self.data_error)
         if self.model_error:
             raise LesionAlignError(self.model_error)
         lesions = dict(self.lesions)
-        if lesions and extra_lesion_files:
-            lesions["files"] = list(lesions.get("files", ())) + [str(f) for f in
-                                                               extra_lesion_files]
         model = dict(self.model)
         if self.is_demo:
             demo = self.data["data"].get("demo", {})
@@ -148,6 +138,21 @@ class Session:
         d.setdefault("name", self.name)
         d.setdefault("seed", self.seed)
         return config_from_dict(d, base=base, source=source)
+
+    def lesion_plan(self):
+        """The :class:`~..core.plan.LesionPlan` of the forms (what the size preview shows):
+        the config's when the forms make one, else the lesion form's alone on the known
+        languages (the data form may still be incomplete)."""
+        from ..core.config import LesionConfig
+        from ..core.plan import LesionPlan
+
+        if self.model_error:
+            raise LesionAlignError(self.model_error)
+        try:
+            return LesionPlan.of(self.build_config())
+        except LesionAlignError:
+            les = LesionConfig(**self.lesions) if self.lesions else LesionConfig()
+            return LesionPlan.from_config(les, self.languages(), self.seed)
 
 
 def _copy(v):

@@ -17,12 +17,13 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 
 from ..core.config import BUILTIN_MODEL
 from ..core.errors import LesionAlignError
-from ._lesion_size import IMPORTANCE_ELEMENTS, UNIT_ELEMENTS, parse_indices, parse_list
+from ..core.plan import ELEMENTS, IMPORTANCE_ELEMENTS, METHODS, UNIT_ELEMENTS
+from ._lesion_size import parse_indices, parse_list
 from ._state import connect, session_for
 from ._tasks import start_task
 
-ELEMENTS = ("weights", "neurons", "heads", "hidden", "layers")
-METHODS = ("wanda", "auto", "gradxweight", "lape")
+#: the form's importance method when nothing is chosen (gradient-free, any model)
+DEFAULT_METHOD = "wanda"
 
 
 class ModelLesionWidget(QWidget):
@@ -37,7 +38,6 @@ class ModelLesionWidget(QWidget):
         self.size_text = ""
         self.size_info: dict | None = None
         self._size_dirty = False
-        self._importance = True
         self._last_error = None
         self._updating = False
 
@@ -85,6 +85,7 @@ class ModelLesionWidget(QWidget):
         self.selection = QComboBox()
         self.method = QComboBox()
         self.method.addItems(METHODS)
+        self.method.setCurrentText(DEFAULT_METHOD)
         self.method.setToolTip("Importance: wanda (|W| x input norm, any model), gradxweight "
                                "(needs a language-modelling head), lape (neurons), auto")
         self.k_percent = QDoubleSpinBox()
@@ -249,18 +250,23 @@ class ModelLesionWidget(QWidget):
         self._changed()
 
     def form_tables(self):
-        """``(model, lesions, manual, importance)`` from the form (raises LesionAlignError)."""
+        """``(model, lesions)`` from the form, as config tables (raises LesionAlignError).
+
+        ``lesions`` is the ``[lesions]`` table (``{}``: the intact model only): importance
+        selections, a ``[[lesions.manual]]`` entry, a sweep or the loaded files, with
+        ``selections = []`` when the form asks for no importance-based selection.
+        """
         name = self.model_name.currentText().strip()
         if not name:
             raise LesionAlignError("Model: give the built-in model, a folder or a Hugging Face id")
         model = {"name": name, "layer": int(self.layer.value()),
                  "offline": bool(self.offline.isChecked()), "device": self.device.currentText()}
         if not self.lesion_box.isChecked():
-            return model, {}, None, False
+            return model, {}
         el = self.element.currentText()
         sel = self.selection.currentData() or "default"
         files = [self.files.item(i).data(256) for i in range(self.files.count())]
-        les = {"method": self.method.currentText(), "k_percent": float(self.k_percent.value()),
+        les = {"enabled": True, "k_percent": float(self.k_percent.value()),
                "random_control": bool(self.random_control.isChecked()),
                "mode": self.mode.currentText(), "alpha": float(self.stat_alpha.value()),
                "correction": self.correction.currentText()}
@@ -268,34 +274,32 @@ class ModelLesionWidget(QWidget):
             les["min_relative_drop"] = float(self.min_drop.value())
         if files:
             les["files"] = files
-        manual = None
-        importance = sel in ("default", "shared") or sel.startswith("specific:")
-        if importance:
+        if sel in ("default", "shared") or sel.startswith("specific:"):
             if el not in IMPORTANCE_ELEMENTS:
                 raise LesionAlignError(
                     f"Lesion: shared / specific selections rank weights, neurons or heads by "
                     f"importance, not {el}; lesion {el} with 'manual' or 'layer sweep'")
-            les["element"] = el
+            les.update(element=el, method=self.method.currentText())
             if sel != "default":
                 les["selections"] = [sel]
-        else:
-            # no importance-based selection: the lesions carry their own element
-            les.update(element="hidden", method="auto")
-            if sel in ("manual", "sweep") and el not in UNIT_ELEMENTS:
-                raise LesionAlignError(
-                    f"Lesion: {'manual lesions' if sel == 'manual' else 'layer sweeps'} address "
-                    f"units (neurons, heads, hidden, layers), not {el}")
-            if sel == "manual":
-                manual = {"element": el, "indices": parse_indices(self.indices.text(), el),
-                          "mode": self.mode.currentText()}
-            elif sel == "sweep":
-                les.update(sweep=True, sweep_element=el)
-                idx = parse_list(self.indices.text())
-                if idx:
-                    les["sweep_indices"] = idx
-            elif not files:
-                raise LesionAlignError("Lesion: load a lesion file first (Load lesion…)")
-        return model, les, manual, importance
+            return model, les
+        les["selections"] = []  # no importance-based selection: the lesions below only
+        if sel in ("manual", "sweep") and el not in UNIT_ELEMENTS:
+            raise LesionAlignError(
+                f"Lesion: {'manual lesions' if sel == 'manual' else 'layer sweeps'} address "
+                f"units (neurons, heads, hidden, layers), not {el}")
+        if sel == "manual":
+            indices = parse_indices(self.indices.text(), el)
+            les["manual"] = [{"name": "manual", "element": el,
+                              "indices": {str(b): idx for b, idx in indices.items()}}]
+        elif sel == "sweep":
+            les.update(sweep=True, sweep_element=el)
+            idx = parse_list(self.indices.text())
+            if idx:
+                les["sweep_indices"] = idx
+        elif not files:
+            raise LesionAlignError("Lesion: load a lesion file first (Load lesion…)")
+        return model, les
 
     def _changed(self, *_) -> None:
         if self._updating:
@@ -304,9 +308,13 @@ class ModelLesionWidget(QWidget):
         self.indices.setEnabled(sel in ("manual", "sweep"))
         self.method.setEnabled(sel in ("default", "shared") or sel.startswith("specific:"))
         try:
-            model, les, manual, self._importance = self.form_tables()
+            model, les = self.form_tables()
+            if les:
+                from ..core.config import LesionConfig
+
+                LesionConfig(**les)  # what the config would refuse, refused now
             self.session.model_error = None
-            self.session.set_model(model, les, manual)
+            self.session.set_model(model, les)
         except LesionAlignError as err:
             self.session.model_error = str(err)
             self.session.model_changed.emit()
@@ -329,26 +337,20 @@ class ModelLesionWidget(QWidget):
             self._size_dirty = True
             return self.size_task
         s = self.session
-        model, lesions, manual = dict(s.model), dict(s.lesions), s.manual
-        languages, importance = s.languages(), self._importance
+        model = dict(s.model)
+        plan = s.lesion_plan()
 
         def fn(progress, cancel):
             from ..core.anatomy import describe_model
-            from ..core.lesions import Lesion, check_fits
             from ..core.model import load_model
             from . import _lesion_size as ls
 
             progress(0.0, f"loading {model['name']}")
             lm = load_model(model["name"], offline=model["offline"], device=model["device"])
             anatomy = describe_model(lm.model)
-            files = []
-            for f in lesions.get("files", ()):
-                lesion = Lesion.load(f)
-                check_fits(lesion, anatomy)
-                files.append(lesion)
-            sizes = ls.estimate(anatomy, lesions, manual, languages, files, importance)
+            sizes = [(spec.label, per, el) for spec, per, el in plan.sizes(anatomy)]
             return {"anatomy": anatomy.describe(), "n_layers": lm.n_layers, "sizes": sizes,
-                    "text": ls.describe(anatomy, sizes, lesions.get("random_control", False))}
+                    "text": ls.describe(anatomy, sizes, plan.random_control)}
 
         self._show_size("computing… (loading the model may take a few seconds)")
         self.size_task = start_task(fn, owner=self, on_done=self._size_done,
@@ -447,27 +449,22 @@ class ModelLesionWidget(QWidget):
         except LesionAlignError as err:
             show_error(str(err))
             return None
-        manual = s.manual
         folder = Path(folder)
 
         def fn(progress, cancel):
-            from ..core.conditions import build_conditions
+            from ..core.dataset import load_stimuli
             from ..core.model import load_model
-            from ._run_prep import build_manual, stimuli_of
+            from ..core.plan import LesionPlan
 
             m = config.model
             lm = load_model(m.name, offline=m.offline, device=m.device)
-            stimuli = stimuli_of(config)
-            conds = build_conditions(config, lm, stimuli, progress=progress, cancel=cancel)
-            lesions = [c.lesion for c in conds if c.lesion is not None]
-            labels = [c.label for c in conds if c.lesion is not None]
-            if manual is not None:
-                lesions.append(build_manual(lm, manual))
-                labels.append("manual")
+            stimuli = {lang.code: load_stimuli(lang) for lang in config.data.languages}
+            conds = LesionPlan.of(config).build(lm, stimuli, progress=progress, cancel=cancel)
             folder.mkdir(parents=True, exist_ok=True)
             written = []
-            for label, lesion in zip(labels, lesions):
-                written.extend(lesion.save(folder / label))
+            for c in conds:
+                if c.lesion is not None:
+                    written.extend(c.lesion.save(folder / c.label))
             return written
 
         s.set_busy("lesion computation")

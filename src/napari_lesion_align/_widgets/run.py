@@ -8,7 +8,6 @@ context manager). At the end the result's layers are added a few per event-loop 
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -116,12 +115,8 @@ class RunWidget(QWidget):
         if s.busy:
             show_error(f"wait for the {s.busy} to finish")
             return None
-        manual, manual_path = s.manual, None
         try:
-            if manual is not None:
-                manual_path = Path(tempfile.mkdtemp(prefix="napari-lesion-align-")) / "manual"
-            config = s.build_config(extra_lesion_files=(str(manual_path) + ".json",)
-                                    if manual_path else ())
+            config = s.build_config()
         except LesionAlignError as err:
             self._failed(str(err))
             return None
@@ -129,8 +124,7 @@ class RunWidget(QWidget):
         with_template = self.with_template.isChecked()
 
         def fn(progress, cancel):
-            return _run_prep.run(config, manual, manual_path, with_template, progress, cancel,
-                                 out_dir=out)
+            return _run_prep.run(config, with_template, progress, cancel, out_dir=out)
 
         self.outcome = None
         self.fraction, self.message = 0.0, "starting"

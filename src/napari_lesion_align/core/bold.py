@@ -17,11 +17,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, ClassVar, Sequence
 
 import numpy as np
+from pydantic import Field, Strict
 
 from .errors import LesionAlignError
+from .schema import Bool, Table
 
 
 # --------------------------------------------------------------------------- spaces
@@ -222,13 +224,16 @@ def valid_columns(runs: Sequence[np.ndarray]) -> np.ndarray:
     return ok
 
 
-@dataclass(frozen=True)
-class CleaningOptions:
-    """Options of :func:`nilearn.signal.clean`, applied to each run."""
+class CleaningOptions(Table):
+    """Options of :func:`nilearn.signal.clean`, applied to each run (``[cleaning]``)."""
 
-    detrend: bool = True
-    high_pass_hz: float | None = 0.008
-    standardize: bool = True
+    TABLE: ClassVar[str] = "[cleaning]"
+    #: remove linear trends
+    detrend: Bool = True
+    #: high-pass cut-off (cosine drift basis); 0 or None disables it
+    high_pass_hz: Annotated[float, Strict(), Field(ge=0)] | None = 0.008
+    #: z-score every run
+    standardize: Bool = True
 
     def describe(self) -> dict:
         return {"detrend": self.detrend, "high_pass_hz": self.high_pass_hz,

@@ -1,230 +1,258 @@
 """The analysis configuration: one object that the CLI, the GUI and the cluster runner build.
 
 A config is a TOML (or JSON) file; relative paths are resolved against the file's folder.
-See docs/configuration.md for every key. Unknown keys are errors (a typo must not be
-silently ignored).
+See docs/configuration.md for every key. Every table is a typed, frozen pydantic model
+(:mod:`.schema`): unknown keys, values of the wrong type (``random_control = "no"``,
+``layer = "last"``, ``selections = "shared"``) and values outside their allowed set
+(``backend = "cuda"``) are errors *when the file is read*, naming the key, the value and
+what is allowed.
+
+A config with ``[data] kind = "demo"`` takes its defaults from the demo's recipe
+(:data:`napari_lesion_align.data.demo.RECIPE`): the ``demo`` command, the widgets' demo and
+a file with ``kind = "demo"`` run the same analysis.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from .bold import CleaningOptions
 from .errors import LesionAlignError
 from .features import FeatureOptions
+from .plan import IMPORTANCE_ELEMENTS, METHODS, MODES, UNIT_ELEMENTS, default_selections
+from .schema import (PATTERN_MESSAGES, Bool, Int, Label, NonNegInt, Number, PositiveNumber,
+                     Section, Table, Text)
 
 BUILTIN_MODEL = "builtin:multilingual-e5-small-q4"
-SPACELESS_LANGS = {"zh", "cn", "ja", "jp", "th", "lo", "km", "my", "bo"}
+#: the paper's ridge penalties: logspace(0, 19, 20)
+PAPER_ALPHAS = tuple(np.logspace(0, 19, 20).tolist())
+SELECTION_PATTERN = r"^(shared|specific:[A-Za-z0-9]+)$"
+PATTERN_MESSAGES[SELECTION_PATTERN] = "use 'shared' or 'specific:<LANGUAGE>'"
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = BUILTIN_MODEL
-    layer: int = -1
-    offline: bool = True
-    device: str = "auto"
+def _logspace(v):
+    """``{logspace = [start, stop, num]}`` -> the list of alphas."""
+    if isinstance(v, dict):
+        spec = v.get("logspace")
+        if set(v) != {"logspace"} or not isinstance(spec, (list, tuple)) or len(spec) != 3:
+            raise ValueError("write alphas as a list of numbers or as "
+                             "{logspace = [start, stop, num]}")
+        a, b, n = spec
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in spec) \
+                or int(n) != n or n < 1:
+            raise ValueError("logspace = [start, stop, num]: numbers, num a whole number >= 1")
+        return tuple(np.logspace(a, b, int(n)).tolist())
+    return v
 
 
-@dataclass(frozen=True)
-class EncodingConfig:
-    delays: tuple = (1, 2, 3, 4)
-    alphas: tuple = tuple(np.logspace(0, 19, 20).tolist())
-    downsample: str = "floor"
-    inner_cv: str = "runs"  # "runs" (leave one training run out) or "blocks"
-    n_blocks: int = 5  # outer/inner contiguous blocks when a language has one run
-    score: str = "r2"
-    dtype: str = "float32"
-    backend: str = "auto"
-    stack_mb: float = 1024.0  # subjects with the same runs are fitted together up to this
-
-    def __post_init__(self):
-        if not self.stack_mb >= 0:
-            raise LesionAlignError(f"encoding.stack_mb = {self.stack_mb}; use a size in MiB "
-                                   ">= 0 (0 fits one subject at a time)")
-        if self.downsample not in ("floor", "lanczos"):
-            raise LesionAlignError(
-                f"encoding.downsample = {self.downsample!r}; use 'floor' (paper) or 'lanczos'"
-            )
-        if self.inner_cv not in ("runs", "blocks"):
-            raise LesionAlignError(f"encoding.inner_cv = {self.inner_cv!r}; use 'runs' or 'blocks'")
-        if self.score not in ("r2", "r"):
-            raise LesionAlignError(f"encoding.score = {self.score!r}; use 'r2' or 'r'")
-        if self.dtype not in ("float32", "float64"):
-            raise LesionAlignError(f"encoding.dtype = {self.dtype!r}; use 'float32' or 'float64'")
-        if not self.delays or any(int(d) < 0 for d in self.delays):
-            raise LesionAlignError(f"encoding.delays = {list(self.delays)}; use volumes >= 0")
-        if not self.alphas or any(not a > 0 for a in self.alphas):
-            raise LesionAlignError(f"encoding.alphas must be positive numbers, got {self.alphas}")
-        if self.n_blocks < 2:
-            raise LesionAlignError(f"encoding.n_blocks = {self.n_blocks}; use at least 2")
+def _subject(v):
+    """Subject labels may be written as whole numbers (``1`` -> ``"1"``)."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
-@dataclass(frozen=True)
-class LanguageData:
-    """Stimuli and BOLD files of one language."""
+SubjectLabel = Annotated[Label, BeforeValidator(_subject)]
+Selection = Annotated[Text, Field(pattern=SELECTION_PATTERN)]
 
-    code: str
-    annotations: tuple  # one path per run (or a single multi-run table repeated)
-    runs: tuple  # run labels
-    bold: dict  # subject -> tuple of paths (one per run)
-    text_language: str = ""
-    tier: str | None = None
-    confounds: dict | None = None  # subject -> tuple of paths
-    bold_start_s: float = 0.0
+
+class ModelConfig(Table):
+    """``[model]``: the language model and the hidden state used as features."""
+
+    TABLE: ClassVar[str] = "[model]"
+    name: Text = BUILTIN_MODEL
+    layer: Int = -1
+    offline: Bool = True
+    device: Text = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v):
+            raise ValueError("use 'auto', 'cpu', 'cuda', 'cuda:<N>' or 'mps'")
+        return v
+
+
+class EncodingConfig(Table):
+    """``[encoding]``: the cross-validated ridge encoding model."""
+
+    TABLE: ClassVar[str] = "[encoding]"
+    delays: Annotated[tuple[NonNegInt, ...], Field(min_length=1)] = (1, 2, 3, 4)
+    alphas: Annotated[tuple[PositiveNumber, ...], Field(min_length=1),
+                      BeforeValidator(_logspace)] = PAPER_ALPHAS
+    downsample: Literal["floor", "lanczos"] = "floor"
+    #: outer / inner contiguous blocks when a language has a single run
+    n_blocks: Annotated[int, Field(strict=True, ge=2)] = 5
+    score: Literal["r2", "r"] = "r2"
+    dtype: Literal["float32", "float64"] = "float32"
+    backend: Literal["auto", "numpy", "torch"] = "auto"
+    #: MiB of cleaned BOLD fitted together (subjects with the same runs); 0 = one at a time
+    stack_mb: Annotated[float, Field(strict=True, ge=0)] = 1024.0
+
+
+class DemoConfig(Section):
+    """``[data.demo]``: the built-in demo's synthetic subjects."""
+
+    TABLE: ClassVar[str] = "[data.demo]"
+    n_subjects: Annotated[int, Field(strict=True, ge=1)] = 5
+    seed: Int = 0
+
+
+class LanguageData(Section):
+    """Stimuli and BOLD files of one language (a ``[languages.<CODE>]`` table, expanded)."""
+
+    code: Label
+    annotations: tuple[Text, ...]  # one path per run (or a single multi-run table repeated)
+    runs: tuple[Int | Text, ...]  # run labels
+    bold: dict[SubjectLabel, tuple[Text, ...]] = {}  # subject -> one path per run
+    text_language: Text = ""
+    tier: Text | None = None
+    confounds: dict[SubjectLabel, tuple[Text, ...]] | None = None
+    bold_start_s: Number = 0.0
+
+    @property
+    def language_tag(self) -> str:
+        """What says how the text is written: ``text_language``, else the code."""
+        return self.text_language or self.code
 
     @property
     def spaceless(self) -> bool:
-        return (self.text_language or self.code).lower() in SPACELESS_LANGS
+        """Whether the words are joined without spaces (:func:`.languages.is_spaceless`)."""
+        from .languages import is_spaceless
+
+        return is_spaceless(self.language_tag, where=f"[languages.{self.code}].text_language")
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    n_subjects: int = 5
-    seed: int = 0
+class DataConfig(Table):
+    """``[data]``: what kind of data, the TR, the mask, the subjects."""
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    kind: str = "volume"  # "volume", "regions" or "demo"
-    tr: float = 2.0
-    mask: str | None = None
-    roi_names: tuple | None = None
-    languages: tuple = ()
-    subjects: tuple = ()
-    length_tolerance_trs: int = 10
-    confounds_skip_rows: int = 0
-    bold_skip_rows: int = 0
+    TABLE: ClassVar[str] = "[data]"
+    kind: Literal["volume", "regions", "demo"] = "volume"
+    tr: PositiveNumber = 2.0
+    mask: Text | None = None
+    roi_names: tuple[Text, ...] | None = None
+    languages: tuple[LanguageData, ...] = ()
+    subjects: tuple[SubjectLabel, ...] = ()
+    length_tolerance_trs: NonNegInt = 10
+    confounds_skip_rows: NonNegInt = 0
+    bold_skip_rows: NonNegInt = 0
     demo: DemoConfig | None = None
 
 
-@dataclass(frozen=True)
-class LesionConfig:
-    """Which lesions to run next to the intact model (none when ``enabled`` is false)."""
+class ManualLesion(Section):
+    """One ``[[lesions.manual]]`` table: explicit units per block."""
 
-    enabled: bool = False
-    element: str = "weights"  # weights | neurons | heads | hidden | layers
-    method: str = "auto"  # auto | wanda | gradxweight | lape
-    k_percent: float = 1.0
-    selections: tuple = ()  # default: shared + one specific per language
-    random_control: bool = True
-    mode: str = "zero"  # zero | mean
-    text: dict | None = None  # {language: text file}; default: the stimulus words
-    max_tokens: int = 20000  # of importance text per language
-    files: tuple = ()  # saved lesions (.json) to run as well
-    sweep: bool = False  # a layer sweep: the manual lesion below, on each block in turn
-    sweep_element: str = "hidden"
-    sweep_indices: tuple = ()  # unit indices (default every 10th unit)
-    alpha: float = 0.05
-    correction: str = "fdr"  # fdr | none
-    min_relative_drop: float = 0.0  # categories: a drop must also be >= this relative drop
+    TABLE: ClassVar[str] = "[lesions].manual"
+    name: Label = "manual"
+    element: Literal[UNIT_ELEMENTS]
+    #: block -> unit indices (``{0 = [1, 2], 3 = [5]}``); for layers the blocks, lists empty
+    indices: dict[Annotated[int, Field(ge=0)], tuple[NonNegInt, ...]]
 
-    def __post_init__(self):
-        from .lesions import ELEMENTS, MODES
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.indices:
+            raise ValueError("give at least one block in indices, e.g. {0 = [1, 2, 3]}")
+        if self.element == "layers" and any(self.indices.values()):
+            raise ValueError("a layers lesion names whole blocks: write indices = {0 = [], "
+                             "3 = []} (the lists stay empty)")
+        if self.element != "layers" and not all(self.indices.values()):
+            raise ValueError(f"every block of a {self.element} lesion needs unit indices, "
+                             "e.g. {0 = [1, 2, 3]}")
+        return self
 
-        if self.element not in ELEMENTS:
-            raise LesionAlignError(f"[lesions].element = {self.element!r}; use one of {ELEMENTS}")
-        if self.method not in ("auto", "wanda", "gradxweight", "lape"):
-            raise LesionAlignError(
-                f"[lesions].method = {self.method!r}; use 'auto', 'wanda', 'gradxweight' or 'lape'"
-            )
+
+class LesionConfig(Table):
+    """``[lesions]``: which lesions to run next to the intact model.
+
+    Four kinds of request, any combination: importance-based ``selections`` (shared /
+    specific per language, of ``element``), ``manual`` lesions (explicit units), a layer
+    ``sweep``, and saved lesion ``files``. ``selections`` left out means the default
+    (:func:`.plan.default_selections`); ``selections = []`` means none.
+    """
+
+    TABLE: ClassVar[str] = "[lesions]"
+    enabled: Bool = False
+    element: Literal[IMPORTANCE_ELEMENTS] = "weights"
+    method: Literal[METHODS] = "auto"
+    k_percent: Annotated[float, Field(strict=True, gt=0, le=100)] = 1.0
+    selections: tuple[Selection, ...] | None = None
+    random_control: Bool = True
+    mode: Literal[MODES] = "zero"
+    text: dict[Label, Text] | None = None  # {language: text file}; default: the stimulus
+    max_tokens: Annotated[int, Field(strict=True, ge=1)] = 20000
+    files: tuple[Text, ...] = ()
+    manual: tuple[ManualLesion, ...] = ()
+    sweep: Bool = False
+    sweep_element: Literal[UNIT_ELEMENTS] = "hidden"
+    sweep_indices: tuple[NonNegInt, ...] = ()  # default: every 10th unit
+    alpha: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.05
+    correction: Literal["fdr", "none"] = "fdr"
+    min_relative_drop: Annotated[float, Field(strict=True, ge=0, lt=1)] = 0.0
+
+    @field_validator("element", mode="before")
+    @classmethod
+    def _element(cls, v):
+        if v in ("hidden", "layers"):
+            raise ValueError(
+                f"shared / specific selections rank {', '.join(IMPORTANCE_ELEMENTS)}; lesion "
+                f"{v} with a [[lesions.manual]] table or a sweep (sweep_element = '{v}')")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
         if self.method == "lape" and self.element != "neurons":
-            raise LesionAlignError("[lesions].method = 'lape' selects FFN neurons: set "
-                                   "element = 'neurons'")
-        if self.mode not in MODES:
-            raise LesionAlignError(f"[lesions].mode = {self.mode!r}; use 'zero' or 'mean'")
-        if not 0 < self.k_percent <= 100:
-            raise LesionAlignError(f"[lesions].k_percent = {self.k_percent}; use 0 < k <= 100")
-        if self.sweep_element not in ("neurons", "heads", "hidden", "layers"):
-            raise LesionAlignError(
-                f"[lesions].sweep_element = {self.sweep_element!r}; a layer sweep lesions "
-                "'neurons', 'heads', 'hidden' or 'layers'")
-        if not 0 < self.alpha < 1:
-            raise LesionAlignError(f"[lesions].alpha = {self.alpha}; use a level in (0, 1), "
-                                   "e.g. 0.05")
-        if not 0 <= self.min_relative_drop < 1:
-            raise LesionAlignError(f"[lesions].min_relative_drop = {self.min_relative_drop}; use "
-                                   "a fraction in [0, 1), e.g. 0.1 (a drop of at least 10 %)")
-        if self.correction not in ("fdr", "none"):
-            raise LesionAlignError(f"[lesions].correction = {self.correction!r}; use 'fdr' or 'none'")
-        for sel in self.selections:
-            if sel != "shared" and not str(sel).startswith("specific:"):
-                raise LesionAlignError(
-                    f"[lesions].selections: {sel!r}; use 'shared' or 'specific:<LANGUAGE>'"
-                )
+            raise ValueError("method = 'lape' selects FFN neurons: set element = 'neurons'")
+        names = [m.name for m in self.manual]
+        if len(set(names)) != len(names):
+            raise ValueError(f"manual lesions need distinct names, got {names}")
+        return self
 
 
-@dataclass(frozen=True)
-class AnalysisConfig:
+class ComputeConfig(Table):
+    """``[compute]``: where and how the units run (not part of the analysis' identity)."""
+
+    TABLE: ClassVar[str] = "[compute]"
+    #: folder of the content-addressed feature store (default: the user cache)
+    feature_store: Text | None = None
+
+
+#: the keys whose change does not change any unit's result (only the group statistics);
+#: a folder computed with other values of these is resumed, not refused
+GROUP_KEYS = ("alpha", "correction", "min_relative_drop")
+
+
+class AnalysisConfig(Section):
+    """Everything an analysis needs; built by :func:`config_from_dict` / :func:`load_config`."""
+
     data: DataConfig
     model: ModelConfig = ModelConfig()
     features: FeatureOptions = FeatureOptions()
     encoding: EncodingConfig = EncodingConfig()
     cleaning: CleaningOptions = CleaningOptions()
     lesions: LesionConfig = LesionConfig()
-    seed: int = 0
-    name: str = "analysis"
-    source: str | None = None  # the config file, for provenance
+    compute: ComputeConfig = ComputeConfig()
+    seed: Int = 0
+    name: Text = "analysis"
+    source: Text | None = None  # the config file, for provenance
 
     def to_dict(self) -> dict:
         """A JSON-serialisable description (for result.json)."""
-        return _jsonable(dataclasses.asdict(self))
+        return self.model_dump(mode="json")
 
     @property
     def languages(self) -> list[str]:
         return [lang.code for lang in self.data.languages]
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 # --------------------------------------------------------------------------- parsing
-def _take(section: dict, cls, where: str, **extra):
-    """Build dataclass ``cls`` from a TOML table, refusing unknown keys."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(section) - names
-    if unknown:
-        raise LesionAlignError(
-            f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names - set(extra))}"
-        )
-    kw = {}
-    for f in dataclasses.fields(cls):
-        if f.name in section:
-            v = section[f.name]
-            if isinstance(v, list):
-                v = tuple(v)
-            kw[f.name] = v
-    kw.update(extra)
-    try:
-        return cls(**kw)
-    except TypeError as err:
-        raise LesionAlignError(f"{where}: {err}") from err
-
-
-def _alphas(v, where):
-    if isinstance(v, dict):
-        if set(v) != {"logspace"} or len(v["logspace"]) != 3:
-            raise LesionAlignError(
-                f"{where}: write alphas as a list or as {{logspace = [start, stop, num]}}"
-            )
-        a, b, n = v["logspace"]
-        return tuple(np.logspace(a, b, int(n)).tolist())
-    return tuple(float(a) for a in v)
+SECTIONS = ("name", "seed", "data", "model", "features", "encoding", "cleaning", "languages",
+            "lesions", "compute")
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -235,9 +263,10 @@ def _resolve(path: str, base: Path) -> str:
 def _expand(template: str, base: Path, where: str, **fields) -> str:
     try:
         pattern = _resolve(str(template).format(**fields), base)
-    except KeyError as err:
+    except (KeyError, IndexError, ValueError) as err:
         raise LesionAlignError(
-            f"{where}: unknown placeholder {err} in {template!r}; use {{subject}} and {{run}}"
+            f"{where}: cannot fill in {template!r} ({err}); use the placeholders {{subject}} "
+            "and {run}"
         ) from err
     if any(ch in pattern for ch in "*?["):
         hits = sorted(glob.glob(pattern))
@@ -259,114 +288,195 @@ def _per_subject_runs(value, subjects, runs, base, where) -> dict:
         for s, paths in value.items():
             if isinstance(paths, str):
                 paths = [paths]
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise LesionAlignError(f"{where}.{s} = {paths!r}: give a list of file paths")
             if len(paths) != len(runs):
                 raise LesionAlignError(
                     f"{where}.{s}: {len(paths)} files for {len(runs)} runs; give one per run"
                 )
             out[str(s)] = tuple(_resolve(p, base) for p in paths)
         return out
-    raise LesionAlignError(f"{where}: give a path template with {{subject}} and {{run}} or a table")
+    raise LesionAlignError(f"{where} = {value!r}: give a path template with {{subject}} and "
+                           "{run}, or a table {\"01\" = [\"run1.nii.gz\", ...]}")
+
+
+_LANGUAGE_KEYS = ("annotations", "runs", "bold", "text_language", "tier", "confounds",
+                  "bold_start_s")
+
+
+def _language(code, ld, kind: str, subjects: tuple, base: Path) -> LanguageData:
+    where = f"[languages.{code}]"
+    if not isinstance(ld, dict):
+        raise LesionAlignError(f"{where}: must be a table")
+    bad = set(ld) - set(_LANGUAGE_KEYS)
+    if bad:
+        raise LesionAlignError(f"{where}: unknown key(s) {sorted(bad)}; allowed: "
+                               f"{sorted(_LANGUAGE_KEYS)}")
+    if "annotations" not in ld:
+        raise LesionAlignError(f"{where}: 'annotations' is required (one file per run)")
+    ann = ld["annotations"]
+    runs = ld.get("runs", [])
+    if not isinstance(runs, list):
+        raise LesionAlignError(f"{where}.runs = {runs!r}: write a list of run labels, "
+                               "e.g. [1, 2, 3]")
+    if isinstance(ann, str):
+        if not runs:
+            raise LesionAlignError(f"{where}: one annotation table for several runs needs "
+                                   "'runs = [...]'")
+        ann = [ann] * len(runs)
+    if not isinstance(ann, list) or not all(isinstance(a, str) for a in ann):
+        raise LesionAlignError(f"{where}.annotations = {ann!r}: give a list of file paths, "
+                               "one per run")
+    if not runs:
+        runs = list(range(1, len(ann) + 1))
+    if len(runs) != len(ann):
+        raise LesionAlignError(f"{where}: {len(ann)} annotation files for {len(runs)} runs")
+    table = {"code": str(code), "annotations": tuple(_resolve(a, base) for a in ann),
+             "runs": tuple(runs)}
+    if kind != "demo":
+        if "bold" not in ld:
+            raise LesionAlignError(f"{where}: 'bold' is required (template or table)")
+        if isinstance(ld["bold"], str) and not subjects:
+            raise LesionAlignError(f"{where}: a bold template needs [data].subjects")
+        table["bold"] = _per_subject_runs(ld["bold"], subjects, runs, base, f"{where}.bold")
+    if ld.get("confounds"):
+        table["confounds"] = _per_subject_runs(ld["confounds"],
+                                               tuple(table.get("bold", ())) or subjects,
+                                               runs, base, f"{where}.confounds")
+    for key in ("text_language", "tier", "bold_start_s"):
+        if key in ld:
+            table[key] = ld[key]
+    lang = LanguageData.parse(table, where)
+    lang.spaceless  # an unknown language code is an error now, not in the middle of a run
+    return lang
+
+
+def _merge(defaults: dict, table: dict) -> dict:
+    """``table`` over ``defaults``, key by key (one level)."""
+    return {**defaults, **table}
+
+
+def _table(d: dict, key: str) -> dict:
+    v = d.get(key, {})
+    if not isinstance(v, dict):
+        raise LesionAlignError(f"[{key}] = {v!r}: must be a table")
+    return dict(v)
 
 
 def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None) -> AnalysisConfig:
     """Build and validate an :class:`AnalysisConfig` from a parsed TOML/JSON mapping."""
     base = Path(base)
+    if not isinstance(d, dict):
+        raise LesionAlignError("config: the top level must be a table")
     d = dict(d)
-    allowed = {"name", "seed", "data", "model", "features", "encoding", "cleaning", "languages",
-               "lesions"}
-    unknown = set(d) - allowed
+    unknown = set(d) - set(SECTIONS)
     if unknown:
-        raise LesionAlignError(f"config: unknown section(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    model = _take(d.get("model", {}), ModelConfig, "[model]")
-    features = _take(d.get("features", {}), FeatureOptions, "[features]")
-    enc = dict(d.get("encoding", {}))
-    if "alphas" in enc:
-        enc["alphas"] = _alphas(enc["alphas"], "[encoding].alphas")
-    encoding = _take(enc, EncodingConfig, "[encoding]")
-    cleaning = _take(d.get("cleaning", {}), CleaningOptions, "[cleaning]")
-    les = dict(d.get("lesions", {}))
+        raise LesionAlignError(f"config: unknown section(s) {sorted(unknown)}; allowed: "
+                               f"{sorted(SECTIONS)}")
+    data_d = _table(d, "data")
+    kind = data_d.get("kind", "volume")
+    les = _table(d, "lesions")
+    features, encoding = _table(d, "features"), _table(d, "encoding")
+    if kind == "demo":
+        from ..data import demo as demo_mod
+
+        recipe = demo_mod.RECIPE
+        features = _merge(recipe["features"], features)
+        encoding = _merge(recipe["encoding"], encoding)
+        if les:
+            les = _merge(recipe["lesions"], les)
+        if data_d.get("tr", demo_mod.TR) != demo_mod.TR:
+            raise LesionAlignError(f"[data].tr = {data_d['tr']!r}: the demo's TR is "
+                                   f"{demo_mod.TR} s; leave it out")
+        if d.get("languages"):
+            raise LesionAlignError("[languages.*]: the demo brings its own languages "
+                                   f"({', '.join(demo_mod.LANGUAGES)}); remove these tables "
+                                   "or use kind = 'volume' / 'regions'")
     if les:
         les.setdefault("enabled", True)
         if isinstance(les.get("text"), dict):
-            les["text"] = {k: _resolve(v, base) for k, v in les["text"].items()}
-        if les.get("files"):
-            les["files"] = [_resolve(f, base) for f in les["files"]]
-    lesions = _take(les, LesionConfig, "[lesions]")
+            les["text"] = {k: _resolve(v, base) if isinstance(v, str) else v
+                           for k, v in les["text"].items()}
+        if isinstance(les.get("files"), list):
+            les["files"] = [_resolve(f, base) if isinstance(f, str) else f for f in les["files"]]
+    model = ModelConfig(**_table(d, "model"))
+    feature_opts = FeatureOptions(**features)
+    encoding_cfg = EncodingConfig(**encoding)
+    cleaning = CleaningOptions(**_table(d, "cleaning"))
+    lesions = LesionConfig(**les)
+    compute_d = _table(d, "compute")
+    if isinstance(compute_d.get("feature_store"), str):
+        compute_d["feature_store"] = _resolve(compute_d["feature_store"], base)
+    compute = ComputeConfig(**compute_d)
 
-    data_d = dict(d.get("data", {}))
-    kind = data_d.get("kind", "volume")
-    if kind not in ("volume", "regions", "demo"):
-        raise LesionAlignError(f"[data].kind = {kind!r}; use 'volume', 'regions' or 'demo'")
     demo = None
     if kind == "demo":
-        demo = _take(data_d.pop("demo", {}), DemoConfig, "[data.demo]")
-    subjects = tuple(str(s) for s in data_d.pop("subjects", ()))
-    languages = []
-    for code, ld in (d.get("languages") or {}).items():
-        where = f"[languages.{code}]"
-        ld = dict(ld)
-        allowed_l = {"annotations", "runs", "bold", "text_language", "tier", "confounds",
-                     "bold_start_s"}
-        bad = set(ld) - allowed_l
-        if bad:
-            raise LesionAlignError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(allowed_l)}")
-        if "annotations" not in ld:
-            raise LesionAlignError(f"{where}: 'annotations' is required (one file per run)")
-        ann = ld["annotations"]
-        runs = tuple(ld.get("runs", ()))
-        if isinstance(ann, str):
-            if not runs:
-                raise LesionAlignError(
-                    f"{where}: one annotation table for several runs needs 'runs = [...]'"
-                )
-            ann = [ann] * len(runs)
-        if not runs:
-            runs = tuple(range(1, len(ann) + 1))
-        if len(runs) != len(ann):
-            raise LesionAlignError(f"{where}: {len(ann)} annotation files for {len(runs)} runs")
-        ann = tuple(_resolve(a, base) for a in ann)
-        bold = {}
-        if kind != "demo":
-            if "bold" not in ld:
-                raise LesionAlignError(f"{where}: 'bold' is required (template or table)")
-            if isinstance(ld["bold"], str) and not subjects:
-                raise LesionAlignError(f"{where}: a bold template needs [data].subjects")
-            bold = _per_subject_runs(ld["bold"], subjects, runs, base, f"{where}.bold")
-        conf = None
-        if ld.get("confounds"):
-            conf = _per_subject_runs(ld["confounds"], tuple(bold) or subjects, runs, base,
-                                     f"{where}.confounds")
-        languages.append(LanguageData(
-            code=str(code), annotations=ann, runs=runs, bold=bold,
-            text_language=str(ld.get("text_language", "")), tier=ld.get("tier"),
-            confounds=conf, bold_start_s=float(ld.get("bold_start_s", 0.0)),
-        ))
-    if kind != "demo" and not languages:
-        raise LesionAlignError("config: no [languages.<CODE>] section; add one per language")
-    if not subjects:
-        subjects = tuple(dict.fromkeys(s for lang in languages for s in lang.bold))
-    if "mask" in data_d and data_d["mask"]:
-        data_d["mask"] = _resolve(data_d["mask"], base)
-    if kind == "volume" and not data_d.get("mask"):
-        raise LesionAlignError("[data].mask is required for NIfTI input (kind = 'volume')")
-    data = _take(data_d, DataConfig, "[data]", languages=tuple(languages), subjects=subjects,
-                 demo=demo)
-    if not data.tr > 0:
-        raise LesionAlignError(f"[data].tr = {data.tr}; give the repetition time in seconds")
-    for sel in lesions.selections:
-        code = sel.split(":", 1)[1] if sel.startswith("specific:") else None
-        if code is not None and languages and code not in [lang.code for lang in languages]:
-            raise LesionAlignError(f"[lesions].selections: {sel!r} names no configured language; "
-                                   f"languages are {[lang.code for lang in languages]}")
-    return AnalysisConfig(data=data, model=model, features=features, encoding=encoding,
-                          cleaning=cleaning, lesions=lesions, seed=int(d.get("seed", 0)),
-                          name=str(d.get("name", "analysis")), source=source)
+        demo = DemoConfig.parse(_table(data_d, "demo"))
+        data_d.pop("demo", None)
+        languages = list(demo_mod.demo_language_data())
+    else:
+        if "demo" in data_d:
+            raise LesionAlignError("[data.demo]: only for kind = 'demo'")
+        subjects_raw = data_d.get("subjects", [])
+        if not isinstance(subjects_raw, list):
+            raise LesionAlignError(f"[data].subjects = {subjects_raw!r}: write a list, e.g. "
+                                   "[\"01\", \"02\"]")
+        subjects = tuple(_subject(s) for s in subjects_raw)
+        langs_d = d.get("languages") or {}
+        if not isinstance(langs_d, dict):
+            raise LesionAlignError("[languages]: write one table per language, "
+                                   "[languages.EN], [languages.FR], ...")
+        languages = [_language(code, ld, kind, subjects, base) for code, ld in langs_d.items()]
+        if not languages:
+            raise LesionAlignError("config: no [languages.<CODE>] section; add one per "
+                                   "language")
+        if not subjects:
+            data_d["subjects"] = list(dict.fromkeys(s for lang in languages for s in lang.bold))
+        if isinstance(data_d.get("mask"), str) and data_d["mask"]:
+            data_d["mask"] = _resolve(data_d["mask"], base)
+        if kind == "volume" and not data_d.get("mask"):
+            raise LesionAlignError("[data].mask is required for NIfTI input (kind = 'volume')")
+    if "languages" in data_d:
+        raise LesionAlignError("[data].languages: write one [languages.<CODE>] table per "
+                               "language instead")
+    data = DataConfig(**data_d, languages=tuple(languages), demo=demo)
+    codes = [lang.code for lang in languages]
+    _check_lesions(lesions, codes)
+    top = {k: d[k] for k in ("seed", "name") if k in d}
+    return AnalysisConfig.parse(dict(
+        top, data=data, model=model, features=feature_opts, encoding=encoding_cfg,
+        cleaning=cleaning, lesions=lesions, compute=compute, source=source), "")
+
+
+def _check_lesions(les: LesionConfig, codes: list[str]) -> None:
+    """What the [lesions] table asks that depends on the languages."""
+    if not les.enabled:
+        return
+    for sel in les.selections or ():
+        if sel.startswith("specific:"):
+            code = sel.split(":", 1)[1]
+            if code not in codes:
+                raise LesionAlignError(f"[lesions].selections: {sel!r} names no configured "
+                                       f"language; languages are {codes}")
+            if len(codes) < 2:
+                raise LesionAlignError(f"[lesions].selections: {sel!r} needs at least two "
+                                       "languages (specific = more important for one "
+                                       "language than for the others)")
+    for code in les.text or {}:
+        if code not in codes:
+            raise LesionAlignError(f"[lesions.text].{code}: names no configured language; "
+                                   f"languages are {codes}")
+    selections = default_selections(codes) if les.selections is None else les.selections
+    if not (selections or les.files or les.manual or les.sweep):
+        raise LesionAlignError(
+            "[lesions]: makes no lesion (selections = [] and no manual lesions, sweep or "
+            "files); add one of them, or remove [lesions] to run the intact model only")
 
 
 def load_config(path) -> AnalysisConfig:
-    """Read a TOML or JSON config file."""
+    """Read a TOML or JSON config file (errors name the file)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise LesionAlignError(f"{path}: config file not found")
     text = path.read_bytes()
     try:
@@ -378,37 +488,25 @@ def load_config(path) -> AnalysisConfig:
             d = tomllib.loads(text.decode("utf-8"))
     except Exception as err:
         raise LesionAlignError(f"{path}: cannot parse the config ({err})") from err
-    return config_from_dict(d, base=path.parent.resolve(), source=str(path))
-
-
-#: the demo's category rule: a drop must be significant and at least 15 % of the intact r
-#: (its simulated subjects share stimuli and model: a random control's few-% drop is the
-#: same in every subject, hence "significant"; docs/method.md)
-DEMO_MIN_RELATIVE_DROP = 0.15
+    try:
+        return config_from_dict(d, base=path.parent.resolve(), source=str(path))
+    except LesionAlignError as err:
+        raise LesionAlignError(f"{path}: {err}") from None
 
 
 def demo_config(n_subjects: int = 5, seed: int = 0, lesions: bool | dict = False,
                 **overrides: Any) -> AnalysisConfig:
-    """The built-in demo's configuration.
+    """The built-in demo's configuration (its recipe: :data:`..data.demo.RECIPE`).
 
-    With ``lesions`` (True, or a dict of ``[lesions]`` keys that replace the demo's
-    recipe key by key): the shared lesion, one specific lesion per language and their
-    random controls (top 1 % of weights per tensor by Wanda importance). Features are read
-    in windows of 500 context tokens + 256 new ones (half the passes of the default), and
-    alphas run from 1 to 1e12 in steps of 10^1.5 (9 values; the paper: 1 to 1e19 in steps
-    of 10).
+    ``lesions``: True for the recipe's lesions (the shared lesion, one specific lesion per
+    language and their random controls), or a dict of ``[lesions]`` keys that replace the
+    recipe's key by key. ``overrides``: other tables (``model={...}``), merged key by key.
     """
-    d = {"name": "demo", "seed": seed,
-         "data": {"kind": "demo", "tr": 2.0, "demo": {"n_subjects": n_subjects, "seed": seed}},
-         "features": {"stride_tokens": 256},
-         # the paper's grid stops at 1e19; on the demo's data every alpha above 1e12 (1e6 x the
-         # largest kernel eigenvalue) predicts the same up to scale, i.e. the same r
-         "encoding": {"alphas": {"logspace": [0, 12, 9]}}}
+    d: dict = {"name": "demo", "seed": seed,
+               "data": {"kind": "demo", "demo": {"n_subjects": n_subjects, "seed": seed}}}
     if lesions:
-        d["lesions"] = {"element": "weights", "method": "wanda", "k_percent": 1.0,
-                        "min_relative_drop": DEMO_MIN_RELATIVE_DROP}
-        if isinstance(lesions, dict):
-            d["lesions"].update(lesions)
+        d["lesions"] = dict(lesions) if isinstance(lesions, dict) else {}
+        d["lesions"].setdefault("enabled", True)
     for key, val in overrides.items():
-        d.setdefault(key, {}).update(val)
+        d[key] = {**d.get(key, {}), **val} if isinstance(val, dict) else val
     return config_from_dict(d)

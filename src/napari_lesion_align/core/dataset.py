@@ -1,8 +1,15 @@
-"""A Dataset: every language's stimuli and every subject's raw BOLD, checked and in memory.
+"""A Dataset: a data source of the analysis -- stimuli per language, BOLD runs per subject.
 
-:func:`load_dataset` reads what a config points to (TextGrid / CSV / TSV annotations,
+:func:`load_dataset` indexes what a config points to (TextGrid / CSV / TSV annotations,
 NIfTI runs + mask or region tables) and checks run lengths against the annotations before
-any model is loaded, so a mistake in the data costs seconds, not an hour.
+any model is loaded, so a mistake in the data costs seconds, not an hour. NIfTI runs are
+read only when a fit unit needs them. :func:`open_source` gives the source of any config:
+this one for files, :class:`~napari_lesion_align.data.demo.DemoDataset` for the demo.
+
+What the stages ask of a source: ``stimuli``, ``space``, ``tr``, ``subjects_of(code)``,
+``runs(subject, code)``, ``n_vols(code)``, ``inputs(subject, code)`` (what identifies a
+subject's data, for resuming), ``condition_sets(config)`` (model conditions the source
+itself needs features of) and ``prepare(engine)`` (called before the first fit).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class BoldRun:
     n_vols: int
     loader: Callable[[], np.ndarray]
     confounds: np.ndarray | None = None  # (n_vols, k), read and checked up front
+    confounds_source: str | None = None
 
     def load(self) -> np.ndarray:
         Y = self.loader()
@@ -65,6 +73,31 @@ class Dataset:
         """Volumes per run of a language (the largest over subjects)."""
         lens = [[r.n_vols for r in runs] for (s, c), runs in self.bold.items() if c == code]
         return [int(x) for x in np.max(np.asarray(lens), axis=0)] if lens else []
+
+    def subjects_of(self, code: str) -> list[str]:
+        """The subjects with BOLD in language ``code``, in config order."""
+        return [s for (s, c) in self.bold if c == code]
+
+    def runs(self, subject: str, code: str) -> list:
+        return self.bold[(subject, code)]
+
+    def inputs(self, subject: str, code: str) -> dict:
+        """The files a subject's fit reads, with their sizes and times (a changed file
+        makes its unit run again)."""
+        from .store import file_identity
+
+        out = {"bold": [file_identity(r.source) for r in self.bold[(subject, code)]]}
+        conf = [r.confounds_source for r in self.bold[(subject, code)] if r.confounds_source]
+        if conf:
+            out["confounds"] = [file_identity(p) for p in conf]
+        return out
+
+    def condition_sets(self, config) -> list:
+        """Model conditions this source needs features of itself (none for files)."""
+        return []
+
+    def prepare(self, engine) -> None:
+        """Nothing to prepare for files."""
 
 
 def load_stimuli(lang: LanguageData) -> LanguageStimuli:
@@ -127,7 +160,7 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
     """
     data = config.data
     if data.kind == "demo":
-        raise LesionAlignError("load_dataset reads files; build the demo with data.demo")
+        raise LesionAlignError("load_dataset reads files; the demo is data.demo.DemoDataset")
     space = VolumeSpace(data.mask) if data.kind == "volume" else None
     stimuli = {lang.code: load_stimuli(lang) for lang in data.languages}
     ds = Dataset(space=space, tr=data.tr, stimuli=stimuli)
@@ -135,7 +168,6 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
     done = 0
     for lang in data.languages:
         for s, paths in lang.bold.items():
-            check_label(s, "subject")
             runs = []
             for i, path in enumerate(paths):
                 if cancel is not None and cancel():
@@ -155,6 +187,7 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
                 if lang.confounds and s in lang.confounds:
                     run.confounds = read_confounds(lang.confounds[s][i], run.n_vols,
                                                    data.confounds_skip_rows)
+                    run.confounds_source = lang.confounds[s][i]
                 runs.append(run)
                 done += 1
                 if progress is not None:
@@ -162,6 +195,16 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
             ds.bold[(s, lang.code)] = runs
     check_lengths(ds, data.length_tolerance_trs)
     return ds
+
+
+def open_source(config: AnalysisConfig, progress: Callable | None = None,
+                cancel: Callable | None = None):
+    """The data source of a config: its files (:func:`load_dataset`) or the demo."""
+    if config.data.kind == "demo":
+        from ..data.demo import DemoDataset
+
+        return DemoDataset(config)
+    return load_dataset(config, progress=progress, cancel=cancel)
 
 
 def describe_words(words: Words) -> str:

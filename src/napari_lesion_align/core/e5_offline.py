@@ -559,10 +559,9 @@ def _check_tokenizer_matches(e5: dict, tokenizer_json: Path) -> None:
 
 
 def _default_cache_dir() -> Path:
-    env = os.environ.get("NAPARI_LESION_ALIGN_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "napari-lesion-align"
+    from .store import cache_dir
+
+    return cache_dir()
 
 
 _SHA_MEMO: dict[tuple, str] = {}

@@ -799,6 +799,7 @@ def cross_validated_r(
     score: str = "r2",
     dtype=np.float32,
     backend: str = "auto",
+    run_lengths: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> EncodingResult:
@@ -808,7 +809,9 @@ def cross_validated_r(
     ----------
     X_runs : per run, ``(pad_before + T_i, d)`` word features on the TR grid; the first
         ``pad_before`` rows precede the run (they feed the FIR delays).
-    Y_runs : per run, ``(T_i, V)`` cleaned, z-scored BOLD with finite, non-constant columns.
+    Y_runs : per run, ``(T_i, V)`` cleaned, z-scored BOLD with finite, non-constant columns;
+        or, with ``run_lengths``, the runs one after another in one ``(sum T_i, V)`` array
+        (any strides: a column slice of a larger buffer is used as it is, not copied).
     delays : FIR delays in volumes.
 
     Features are z-scored on the training rows of every outer fold, then delayed. Alpha is
@@ -817,10 +820,15 @@ def cross_validated_r(
     """
     from .features import fir_delays
 
-    n_runs = len(Y_runs)
+    if run_lengths is not None:
+        lens = [int(n) for n in run_lengths]
+        if Y_runs.shape[0] != sum(lens):
+            raise LesionAlignError(f"{Y_runs.shape[0]} BOLD rows for runs of {lens} volumes")
+    else:
+        lens = [Y.shape[0] for Y in Y_runs]
+    n_runs = len(lens)
     if len(X_runs) != n_runs:
         raise LesionAlignError(f"{len(X_runs)} feature runs for {n_runs} BOLD runs")
-    lens = [Y.shape[0] for Y in Y_runs]
     for i, (X, T) in enumerate(zip(X_runs, lens)):
         if X.shape[0] != T + pad_before:
             raise LesionAlignError(
@@ -828,7 +836,10 @@ def cross_validated_r(
             )
     starts = np.r_[0, np.cumsum(lens)[:-1]]
     groups = np.repeat(np.arange(n_runs), lens)
-    Y = np.concatenate(Y_runs, axis=0) if n_runs > 1 else np.asarray(Y_runs[0])
+    if run_lengths is not None:
+        Y = Y_runs
+    else:
+        Y = np.concatenate(Y_runs, axis=0) if n_runs > 1 else np.asarray(Y_runs[0])
     gap = max(delays) if len(delays) else 0
     rows = np.arange(len(groups))
     if n_runs >= 2:

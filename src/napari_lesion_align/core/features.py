@@ -15,32 +15,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Annotated, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from pydantic import Field, Strict
+
 from .errors import Cancelled, LesionAlignError
+from .schema import Table
 
 SENTENCE_END = (".", "!", "?", "。", "！", "？", "…", "؟")
 
 
-@dataclass(frozen=True)
-class FeatureOptions:
-    """How text is fed to the model."""
+class FeatureOptions(Table):
+    """How text is fed to the model (the ``[features]`` table)."""
 
-    max_context_tokens: int = 500
-    stride_tokens: int = 128
-    batch_size: int = 8
+    TABLE: ClassVar[str] = "[features]"
 
-    def __post_init__(self):
-        if self.stride_tokens < 1:
-            raise LesionAlignError(f"stride_tokens must be >= 1, got {self.stride_tokens}")
-        if self.max_context_tokens < 0:
-            raise LesionAlignError(
-                f"max_context_tokens must be >= 0, got {self.max_context_tokens}"
-            )
-        if self.batch_size < 1:
-            raise LesionAlignError(f"batch_size must be >= 1, got {self.batch_size}")
+    #: preceding tokens a word can see
+    max_context_tokens: Annotated[int, Strict(), Field(ge=0)] = 500
+    #: new tokens read out per model pass
+    stride_tokens: Annotated[int, Strict(), Field(ge=1)] = 128
+    #: windows per forward pass
+    batch_size: Annotated[int, Strict(), Field(ge=1)] = 8
 
 
 # --------------------------------------------------------------------------- tokens

@@ -16,8 +16,8 @@ model with a language-modelling head apply to the same model loaded without it.
 Selections (:func:`select`): ``shared`` (sum over languages of ``|I_L|``, top k % per
 tensor), ``specific:<L>`` (the paper's rank method: percentile rank of ``|I_L|`` within
 the tensor minus the largest percentile rank among the other languages, top k % per
-tensor), ``random`` (see :func:`.lesions.random_like`), ``manual`` (explicit indices) and a
-layer sweep (:func:`layer_sweep`).
+tensor), ``random`` (see :func:`.lesions.random_like`) and ``manual`` (explicit indices; a
+layer sweep is one manual lesion per block, :class:`.plan.LesionPlan`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import numpy as np
 from .anatomy import Anatomy, describe_model
 from .errors import Cancelled, LesionAlignError
 from .lesions import Lesion, percentile_rank, top_k_mask
-
-METHODS = ("wanda", "gradxweight", "lape", "activation")
+from .plan import UNIT_ELEMENTS, UNIT_PART, top_k_count, unit_count
 
 
 # --------------------------------------------------------------------------- text batches
@@ -359,8 +358,7 @@ def select_lape(probs: dict, selection: str, k_percent: float, name: str | None 
         entropy = -(Q * torch.log(Q.clamp_min(1e-12))).sum(0)
         own = P.argmax(0) == langs.index(target)
         score = torch.where(own & (P.sum(0) > 0), -entropy, torch.tensor(-np.inf))
-        n = max(1, int(round(score.numel() * k_percent / 100.0)))
-        n = min(n, int(own.sum()))
+        n = min(top_k_count(score.numel(), k_percent), int(own.sum()))
         m = torch.zeros(score.numel(), dtype=torch.bool)
         if n > 0:
             m[torch.topk(score, n).indices] = True
@@ -372,43 +370,29 @@ def select_lape(probs: dict, selection: str, k_percent: float, name: str | None 
 
 
 def manual(element: str, indices: dict, anatomy: Anatomy, name: str = "manual") -> Lesion:
-    """A lesion from explicit indices: ``{block: [unit indices]}`` (``[]``/True for layers)."""
+    """A lesion from explicit indices: ``{block: [unit indices]}`` (``[]`` for layers)."""
     import torch
 
-    sizes = {"neurons": anatomy.intermediate_size, "heads": anatomy.n_heads,
-             "hidden": anatomy.hidden_size, "layers": 1}
-    if element not in sizes:
-        raise LesionAlignError(f"manual lesions address units (neurons, heads, hidden, layers), "
-                               f"not {element!r}")
-    part = {"neurons": "neurons", "heads": "heads", "hidden": "hidden", "layers": "layer"}[element]
+    if element not in UNIT_ELEMENTS:
+        raise LesionAlignError(f"manual lesions address units {UNIT_ELEMENTS}, not {element!r}")
+    size = unit_count(anatomy, element)
     masks = {}
     for b, idx in indices.items():
         b = int(b)
         if not 0 <= b < len(anatomy.blocks):
             raise LesionAlignError(f"manual lesion: block {b} does not exist "
                                    f"(0..{len(anatomy.blocks) - 1})")
-        m = torch.zeros(sizes[element], dtype=torch.bool)
+        m = torch.zeros(size, dtype=torch.bool)
         if element == "layers":
             m[0] = True
         else:
-            idx = list(idx)
-            bad = [i for i in idx if not 0 <= int(i) < sizes[element]]
+            idx = [int(i) for i in idx]
+            bad = [i for i in idx if not 0 <= i < size]
             if bad:
                 raise LesionAlignError(f"manual lesion: {element} indices {bad} out of range "
-                                       f"0..{sizes[element] - 1}")
+                                       f"0..{size - 1}")
             m[idx] = True
-        masks[f"{b}.{part}"] = m
+        masks[f"{b}.{UNIT_PART[element]}"] = m
     return Lesion(element, masks, {"selection": "manual", "name": name,
                                    "indices": {str(k): list(map(int, v)) if element != "layers"
                                                else [] for k, v in indices.items()}})
-
-
-def layer_sweep(element: str, indices: Sequence[int] | None, anatomy: Anatomy,
-                name: str = "sweep") -> list[Lesion]:
-    """The same unit lesion applied to each block in turn (one lesion per block)."""
-    out = []
-    for b in range(len(anatomy.blocks)):
-        les = manual(element, {b: list(indices or [])}, anatomy, name=f"{name}-L{b}")
-        les.spec.update(sweep=name, layer=b)
-        out.append(les)
-    return out

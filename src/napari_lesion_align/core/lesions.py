@@ -33,9 +33,7 @@ import numpy as np
 
 from .anatomy import Anatomy, describe_model
 from .errors import LesionAlignError
-
-ELEMENTS = ("weights", "neurons", "heads", "hidden", "layers")
-MODES = ("zero", "mean")
+from .plan import ELEMENTS, MODES, UNIT_PART, top_k_count, unit_count
 
 
 @dataclass
@@ -149,8 +147,10 @@ def check_fits(lesion: Lesion, anatomy: Anatomy) -> None:
                 raise LesionAlignError(f"lesion key {key!r}: the model's blocks have no {part!r}")
             shape = tuple(anatomy.module(blk.linears[part]).weight.shape)
         else:
-            shape = {"neurons": (anatomy.intermediate_size,), "heads": (blk.n_heads,),
-                     "hidden": (anatomy.hidden_size,), "layer": (1,)}[part]
+            element = {v: k for k, v in UNIT_PART.items()}.get(part)
+            if element is None or element != lesion.element:
+                raise LesionAlignError(f"lesion key {key!r}: not a {lesion.element} mask")
+            shape = (blk.n_heads,) if element == "heads" else (unit_count(anatomy, element),)
         if tuple(m.shape) != shape:
             raise LesionAlignError(
                 f"lesion key {key!r} has shape {tuple(m.shape)} but the model needs {shape}: "
@@ -284,9 +284,7 @@ def top_k_mask(scores, k_percent: float):
     import torch
 
     flat = scores.reshape(-1)
-    n = int(round(flat.numel() * k_percent / 100.0))
-    if k_percent > 0:
-        n = max(n, 1)
+    n = top_k_count(flat.numel(), k_percent)
     mask = torch.zeros(flat.numel(), dtype=torch.bool)
     if n:
         mask[torch.topk(flat.float(), n, sorted=False).indices] = True

@@ -23,10 +23,20 @@ class LoadedModel:
     source: str  # the folder or hub id it was loaded from
     device: str
     _hash: str | None = None
+    _tok_hash: str | None = None
 
     @property
     def n_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
+
+    @property
+    def tokenizer_hash(self) -> str:
+        """Identifies the tokenizer (its full serialisation for fast tokenizers)."""
+        if self._tok_hash is None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            text = backend.to_str() if backend is not None else repr(self.tokenizer)
+            self._tok_hash = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        return self._tok_hash
 
     @property
     def weights_hash(self) -> str:

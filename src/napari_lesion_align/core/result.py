@@ -18,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,13 @@ GROUP_PATTERN = "group_lang-{language}_desc-{condition}_stat-{stat}_statmap"
 CATEGORY_PATTERN = "group_desc-{name}_categories"
 SUMMARY_COLUMNS = ["subject", "language", "condition", "n_voxels", "mean_r", "median_r",
                    "rel_drop", "control_rel_drop"]
+SWEEP_COLUMNS = ["layer", "language", "rel_change", "rel_change_sd", "control_rel_change",
+                 "control_sd", "n_subjects"]
+#: every file an analysis writes into its output folder (``--force`` deletes these only)
+OWN_FILE_PATTERNS = ("sub-*_statmap.nii.gz", "sub-*_statmap.tsv", "group_*_statmap.nii.gz",
+                     "group_*_statmap.tsv", "group_desc-*_categories.nii.gz",
+                     "group_desc-*_categories.tsv", "categories.json", "summary.tsv",
+                     "layer_sweep.tsv", "mask.nii.gz", "result.json")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -88,6 +96,77 @@ def atomic_save_nifti(img, path: Path) -> None:
     atomic_write_bytes(path, raw)
 
 
+# --------------------------------------------------------------------------- file names
+def _ext(space) -> str:
+    return ".nii.gz" if space.kind == "volume" else ".tsv"
+
+
+def map_file(space, subject, language, condition, stat) -> str:
+    return MAP_PATTERN.format(subject=subject, language=language, condition=condition,
+                              stat=stat) + _ext(space)
+
+
+def group_file(space, language, condition, stat) -> str:
+    return GROUP_PATTERN.format(language=language, condition=condition, stat=stat) + _ext(space)
+
+
+def category_file(space, name) -> str:
+    return CATEGORY_PATTERN.format(name=name) + _ext(space)
+
+
+def write_values(space, path: Path, v: np.ndarray) -> None:
+    """One map, atomically: a NIfTI image in the mask's space, or a region table (values
+    written with 9 significant digits: float32 reads back exactly)."""
+    if space.kind == "volume":
+        atomic_save_nifti(space.to_image(v), path)
+    else:
+        lines = ["region\tvalue"] + [f"{n}\t{float(x):.9g}" for n, x in zip(space.names, v)]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_labels(space, path: Path, labels: np.ndarray) -> None:
+    """A category label map (int16 volume, or a region table)."""
+    if space.kind == "volume":
+        import nibabel as nib
+
+        m = np.asarray(space.mask_img.dataobj, dtype=bool)
+        vol = np.zeros(m.shape, dtype=np.int16)
+        vol[m] = labels
+        atomic_save_nifti(nib.Nifti1Image(vol, space.affine), path)
+    else:
+        write_values(space, path, labels.astype(float))
+
+
+class LazyMaps(MutableMapping):
+    """Maps of a result folder, read from their files on first access (then kept)."""
+
+    def __init__(self, space, folder: Path, files: dict):
+        self.space, self.folder = space, Path(folder)
+        self.files = dict(files)  # key -> file name
+        self._loaded: dict = {}
+
+    def __getitem__(self, key):
+        if key not in self._loaded:
+            if key not in self.files:
+                raise KeyError(key)
+            self._loaded[key] = _read_values(self.space, self.folder / self.files[key])
+        return self._loaded[key]
+
+    def __setitem__(self, key, value):
+        self.files.setdefault(key, None)
+        self._loaded[key] = value
+
+    def __delitem__(self, key):
+        self.files.pop(key)
+        self._loaded.pop(key, None)
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self):
+        return len(self.files)
+
+
 # --------------------------------------------------------------------------- result
 @dataclass
 class AlignmentResult:
@@ -102,6 +181,8 @@ class AlignmentResult:
     categories: dict = field(default_factory=dict)  # set name -> (labels (V,), legend)
     controls: dict = field(default_factory=dict)  # condition -> the lesion it controls for
     sweep: list = field(default_factory=list)  # layer-sweep condition labels, in layer order
+    sweep_layers: dict = field(default_factory=dict)  # sweep label -> block lesioned
+    summary: list | None = None  # summary rows computed when the result was made
 
     # ----------------------------------------------------------------- access
     @property
@@ -140,6 +221,8 @@ class AlignmentResult:
 
     def summary_rows(self) -> list[dict]:
         """One row per subject, language and condition, then the group means (subject 'group')."""
+        if self.summary is not None:
+            return self.summary
         rows = []
         for (s, lang, cond, stat), v in self.maps.items():
             if stat != "r":
@@ -175,7 +258,7 @@ class AlignmentResult:
         the random control's mean and standard deviation across subjects (the band)."""
         rows = []
         for label in self.sweep:
-            layer = int(label.replace("sweepL", ""))
+            layer = self.sweep_layers[label]
             ctrl = next((c for c, of in self.controls.items() if of == label), None)
             for lang in self.languages:
                 subs = [s for s in self.subjects if np.isfinite(self.rel_drop(s, lang, label))]
@@ -191,46 +274,35 @@ class AlignmentResult:
 
     # ----------------------------------------------------------------- saving
     def filename(self, subject, language, condition, stat) -> str:
-        ext = ".nii.gz" if self.space.kind == "volume" else ".tsv"
-        return MAP_PATTERN.format(subject=subject, language=language, condition=condition,
-                                  stat=stat) + ext
+        return map_file(self.space, subject, language, condition, stat)
 
     def save(self, out_dir) -> list[Path]:
         """Write every map, the mask, summary.tsv and result.json (last) into ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        files = []
         for (s, lang, cond, stat), v in self.maps.items():
-            name = self.filename(s, lang, cond, stat)
-            path = out / name
-            self._write_values(path, v)  # NaN = excluded voxel
+            path = out / self.filename(s, lang, cond, stat)
+            write_values(self.space, path, v)  # NaN = excluded voxel
             written.append(path)
-            files.append({"subject": s, "language": lang, "condition": cond, "stat": stat,
-                          "file": name})
+        for (lang, cond, stat), v in self.group_maps.items():
+            path = out / group_file(self.space, lang, cond, stat)
+            write_values(self.space, path, v)
+            written.append(path)
+        written += self.write_tables(out)
+        return written
+
+    def write_tables(self, out: Path) -> list[Path]:
+        """The mask, category maps, categories.json, summary.tsv, layer_sweep.tsv and
+        result.json (last), for maps already in ``out``."""
+        written = []
         if self.space.kind == "volume":
             atomic_save_nifti(self.space.mask_img, out / "mask.nii.gz")
             written.append(out / "mask.nii.gz")
-        for (lang, cond, stat), v in self.group_maps.items():
-            name = GROUP_PATTERN.format(language=lang, condition=cond, stat=stat) + (
-                ".nii.gz" if self.space.kind == "volume" else ".tsv")
-            self._write_values(out / name, v)
-            written.append(out / name)
-            files.append({"subject": "group", "language": lang, "condition": cond, "stat": stat,
-                          "file": name})
         cats = {}
         for name, (labels, legend) in self.categories.items():
-            fname = CATEGORY_PATTERN.format(name=name) + (
-                ".nii.gz" if self.space.kind == "volume" else ".tsv")
-            if self.space.kind == "volume":
-                import nibabel as nib
-
-                m = np.asarray(self.space.mask_img.dataobj, dtype=bool)
-                vol = np.zeros(m.shape, dtype=np.int16)
-                vol[m] = labels
-                atomic_save_nifti(nib.Nifti1Image(vol, self.space.affine), out / fname)
-            else:
-                self._write_values(out / fname, labels.astype(float))
+            fname = category_file(self.space, name)
+            write_labels(self.space, out / fname, labels)
             written.append(out / fname)
             cats[name] = {"file": fname, "labels": {str(k): v for k, v in legend.items()}}
         if cats:
@@ -239,10 +311,14 @@ class AlignmentResult:
         atomic_write_text(out / "summary.tsv", _tsv(self.summary_rows(), SUMMARY_COLUMNS))
         written.append(out / "summary.tsv")
         if self.sweep:
-            cols = ["layer", "language", "rel_change", "rel_change_sd", "control_rel_change",
-                    "control_sd", "n_subjects"]
-            atomic_write_text(out / "layer_sweep.tsv", _tsv(self.sweep_rows(), cols))
+            atomic_write_text(out / "layer_sweep.tsv", _tsv(self.sweep_rows(), SWEEP_COLUMNS))
             written.append(out / "layer_sweep.tsv")
+        files = [{"subject": s, "language": lang, "condition": cond, "stat": stat,
+                  "file": self.filename(s, lang, cond, stat)}
+                 for (s, lang, cond, stat) in self.maps]
+        files += [{"subject": "group", "language": lang, "condition": cond, "stat": stat,
+                   "file": group_file(self.space, lang, cond, stat)}
+                  for (lang, cond, stat) in self.group_maps]
         doc = dict(self.provenance)
         doc["space"] = ({"kind": "volume", "mask": "mask.nii.gz", "shape": list(self.space.shape),
                          "affine": np.asarray(self.space.affine).tolist()}
@@ -251,23 +327,20 @@ class AlignmentResult:
         doc["maps"] = files
         doc["categories"] = cats
         doc["controls"] = self.controls
-        doc["sweep"] = self.sweep
+        doc["sweep"] = [{"label": lbl, "layer": self.sweep_layers[lbl]} for lbl in self.sweep]
         doc["n_valid"] = [{"subject": s, "language": lang, "n_voxels": int(n)}
                           for (s, lang), n in self.n_valid.items()]
         atomic_write_text(out / "result.json", json.dumps(doc, indent=2, default=_json_default))
         written.append(out / "result.json")
         return written
 
-    def _write_values(self, path: Path, v: np.ndarray) -> None:
-        if self.space.kind == "volume":
-            atomic_save_nifti(self.space.to_image(v), path)
-        else:
-            lines = ["region\tvalue"] + [f"{n}\t{x:.6g}" for n, x in zip(self.space.names, v)]
-            atomic_write_text(path, "\n".join(lines) + "\n")
-
     @classmethod
-    def load(cls, out_dir) -> "AlignmentResult":
-        """Read a result folder written by :meth:`save`."""
+    def load(cls, out_dir, lazy: bool = False) -> "AlignmentResult":
+        """Read a result folder written by :meth:`save` (or by an analysis).
+
+        ``lazy``: maps are read from their files when first used (a study's maps need not
+        all fit in memory at once).
+        """
         from .bold import RegionSpace, VolumeSpace
 
         out = Path(out_dir)
@@ -285,22 +358,33 @@ class AlignmentResult:
             space = VolumeSpace(out / sp.get("mask", "mask.nii.gz"))
         else:
             space = RegionSpace(sp.get("names", []))
-        maps = {}
-        for m in doc.get("maps", []):
-            vals = _read_values(space, out / m["file"])
-            maps[(m["subject"], m["language"], m["condition"], m["stat"])] = vals
+        files = {(m["subject"], m["language"], m["condition"], m["stat"]): m["file"]
+                 for m in doc.get("maps", [])}
+        for f in files.values():
+            if not (out / f).exists():
+                raise LesionAlignError(f"{out / f}: listed in result.json but missing")
+        subject_files = {k: f for k, f in files.items() if k[0] != "group"}
+        group_files = {k[1:]: f for k, f in files.items() if k[0] == "group"}
+        maps = LazyMaps(space, out, subject_files)
+        group = LazyMaps(space, out, group_files)
+        if not lazy:
+            maps, group = dict(maps.items()), dict(group.items())
         n_valid = {(d["subject"], d["language"]): d["n_voxels"] for d in doc.get("n_valid", [])}
-        group = {(L, c, st): v for (s, L, c, st), v in maps.items() if s == "group"}
-        maps = {k: v for k, v in maps.items() if k[0] != "group"}
         cats = {}
         for name, info in (doc.get("categories") or {}).items():
             vals = _read_values(space, out / info["file"]).astype(np.int16)
             cats[name] = (vals, {int(k): v for k, v in info["labels"].items()})
+        sweep = [e["label"] if isinstance(e, dict) else e for e in doc.get("sweep") or []]
+        sweep_layers = {e["label"]: int(e["layer"]) for e in doc.get("sweep") or []
+                        if isinstance(e, dict)}
         prov = {k: v for k, v in doc.items()
                 if k not in ("space", "maps", "n_valid", "categories", "controls", "sweep")}
+        for c in prov.get("conditions") or []:  # JSON keys are text; blocks are numbers
+            if isinstance(c.get("per_layer"), dict):
+                c["per_layer"] = {int(b): n for b, n in c["per_layer"].items()}
         return cls(space=space, maps=maps, n_valid=n_valid, provenance=prov, group_maps=group,
-                   categories=cats, controls=doc.get("controls") or {},
-                   sweep=doc.get("sweep") or [])
+                   categories=cats, controls=doc.get("controls") or {}, sweep=sweep,
+                   sweep_layers=sweep_layers)
 
 
 def _read_values(space, path: Path) -> np.ndarray:
@@ -314,7 +398,8 @@ def _read_values(space, path: Path) -> np.ndarray:
         return vol[np.asarray(space.mask_img.dataobj, dtype=bool)]
     import pandas as pd
 
-    return pd.read_csv(path, sep="\t")["value"].to_numpy(dtype=np.float32)
+    return pd.read_csv(path, sep="\t", dtype={"region": str})["value"].to_numpy(
+        dtype=np.float32)
 
 
 def _tsv(rows: list[dict], cols: list[str]) -> str:

@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import LesionAlignError
+from .languages import is_spaceless
 
 __all__ = [
     "SILENCE_LABELS",
     "WORD_TIER_NAMES",
-    "SPACELESS_LANGUAGES",
     "Words",
     "read_textgrid",
     "read_table",
@@ -51,19 +51,6 @@ SILENCE_LABELS = frozenset({"", "#", "sp", "sil", "<sil>"})
 #: Tier names taken for the word tier when a TextGrid has several interval tiers
 #: (compared lower-cased).
 WORD_TIER_NAMES = ("word", "words", "text words", "tokensalign")
-
-#: Language codes (ISO 639-1, 639-2/3) and English names of languages written without
-#: spaces between words; their words are joined without spaces.
-SPACELESS_LANGUAGES = frozenset(
-    {
-        "zh", "zho", "chi", "cmn", "yue", "chinese", "mandarin", "cantonese",
-        "ja", "jpn", "japanese",
-        "th", "tha", "thai",
-        "lo", "lao",
-        "km", "khm", "khmer",
-        "my", "mya", "bur", "burmese",
-    }
-)
 
 #: Column names recognised in tables (compared lower-cased, spaces and dashes as "_"),
 #: in order of preference.
@@ -161,15 +148,21 @@ class Words:
         Parameters
         ----------
         language : str, optional
-            Language code; for languages written without spaces (see
-            :func:`is_spaceless`, e.g. ``"zh"``) the words are joined without spaces.
+            Language code or name; for languages written without spaces (see
+            :func:`~napari_lesion_align.core.languages.is_spaceless`, e.g. ``"zh"``) the
+            words are joined without spaces. None or ``""``: joined with spaces.
 
         Returns
         -------
         str
             The words joined by single spaces, or without separator.
+
+        Raises
+        ------
+        LesionAlignError
+            When ``language`` is given but is not a known language code or name.
         """
-        sep = "" if is_spaceless(language) else " "
+        sep = "" if language and is_spaceless(language) else " "
         return sep.join(self.words)
 
     def to_frame(self) -> pd.DataFrame:
@@ -188,27 +181,6 @@ class Words:
         if self.sentence_ids is not None:
             cols["sentence_id"] = np.array(self.sentence_ids)
         return pd.DataFrame(cols)
-
-
-def is_spaceless(language: str | None) -> bool:
-    """Whether a language is written without spaces between words.
-
-    Parameters
-    ----------
-    language : str or None
-        A language code such as ``"zh"``, ``"zh-CN"``, ``"cmn_Hans"``, ``"ja"``, ``"th"``,
-        or an English name (``"Chinese"``); case-insensitive.
-
-    Returns
-    -------
-    bool
-        True for Chinese, Japanese, Thai, Lao, Khmer and Burmese (see
-        :data:`SPACELESS_LANGUAGES`); False otherwise and for ``None``.
-    """
-    if not language:
-        return False
-    primary = re.split(r"[-_\s]", str(language).strip().lower(), maxsplit=1)[0]
-    return primary in SPACELESS_LANGUAGES
 
 
 def words_text_for_model(words: Words, language: str) -> list[str]:

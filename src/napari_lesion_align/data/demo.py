@@ -84,7 +84,7 @@ def demo_language_data():
     out = []
     for code in LANGUAGES:
         paths, runs = annotation_files(code)
-        out.append(LanguageData(code=code, annotations=tuple(paths), runs=tuple(runs), bold={},
+        out.append(LanguageData(code=code, annotations=tuple(paths), runs=tuple(runs),
                                 text_language=TEXT_LANGUAGE[code]))
     return out
 
@@ -139,6 +139,25 @@ def _hrf(tr: float) -> np.ndarray:
 
 #: the lesions whose effect the demo's brain carries (the generator's own recipe)
 GENERATOR_LESIONS = {"element": "weights", "method": "wanda", "k_percent": 1.0, "mode": "zero"}
+
+#: the demo's category rule: a drop must be significant and at least 15 % of the intact r
+#: (its simulated subjects share stimuli and model: a random control's few-% drop is the
+#: same in every subject, hence "significant"; docs/method.md)
+DEMO_MIN_RELATIVE_DROP = 0.15
+
+#: the demo's analysis: the defaults of every config with ``[data] kind = "demo"`` (the
+#: ``demo`` command, the widgets' demo and a config file alike); a config's own keys win.
+#: Features are read in windows of 500 context tokens + 256 new ones (half the passes of
+#: the default); alphas run from 1 to 1e12 in steps of 10^1.5 (9 values; the paper: 1 to
+#: 1e19 in steps of 10): on the demo's data every alpha above 1e12 (1e6 x the largest
+#: kernel eigenvalue) predicts the same up to scale, i.e. the same r. ``lesions`` applies
+#: when the config has a ``[lesions]`` table (the ``demo`` command adds one unless
+#: ``--no-lesions``): the generator's lesions, shared + specific per language + controls.
+RECIPE = {
+    "features": {"stride_tokens": 256},
+    "encoding": {"alphas": {"logspace": [0, 12, 9]}},
+    "lesions": dict(GENERATOR_LESIONS, min_relative_drop=DEMO_MIN_RELATIVE_DROP),
+}
 
 
 def _z(X: np.ndarray) -> np.ndarray:
@@ -211,9 +230,10 @@ def drivers_from(features: list, directions: np.ndarray, tr: float = TR) -> list
 def planted_drivers(features: dict) -> dict:
     """{(category, language): per-run drivers}.
 
-    ``features[code][label]``: per-run features of every run under the generator's
-    conditions (:func:`generator_labels`, ``"intact"`` among them); the directions are found
-    on these and the drivers are made from the intact ones.
+    ``features[code]``: per-run features of every run under the generator's conditions:
+    ``{"intact": runs, "shared": runs, "specific": runs (the code's own specific lesion),
+    "controls": [runs, ...] (the random controls)}``; the directions are found on these
+    and the drivers are made from the intact ones.
 
     * shared regions: the directions the *shared* lesion destroys beyond the random controls,
       found on all languages pooled (the same directions in every language);
@@ -222,18 +242,20 @@ def planted_drivers(features: dict) -> dict:
     """
     langs = [c for c in LANGUAGES if c in features]
 
-    def pooled(label):
-        return [x for c in langs for x in features[c][label]]
+    def pooled(part):
+        return [x for c in langs for x in features[c][part]]
 
-    controls = [lbl for lbl in generator_labels() if lbl.endswith("Random")]
+    n_controls = len(features[langs[0]]["controls"])
+    controls = [[x for c in langs for x in features[c]["controls"][j]]
+                for j in range(n_controls)]
     shared_dirs = lost_directions(pooled("intact"), pooled("shared"), alpha=DIRECTION_ALPHA,
-                                  controls=[pooled(lbl) for lbl in controls])
+                                  controls=controls)
     out = {}
     for c in langs:
         f = features[c]
         out[("shared", c)] = drivers_from(f["intact"], shared_dirs)
-        spec = lost_directions(f["intact"], f[f"specific{c}"], alpha=DIRECTION_ALPHA,
-                               shrink=DIRECTION_SHRINK, controls=[f[lbl] for lbl in controls])
+        spec = lost_directions(f["intact"], f["specific"], alpha=DIRECTION_ALPHA,
+                               shrink=DIRECTION_SHRINK, controls=f["controls"])
         out[(c, c)] = drivers_from(f["intact"], spec)
     return out
 
@@ -278,75 +300,97 @@ def synthesize_run(drivers: dict, truth: dict, language: str, subject_index: int
     return np.ascontiguousarray(Y, dtype=np.float32)
 
 
-def generator_labels() -> list[str]:
-    """Conditions the generator extracts features under (on every run)."""
-    out = ["intact", "shared", "sharedRandom"]
-    for c in LANGUAGES:
-        out += [f"specific{c}", f"specific{c}Random"]
-    return out
-
-
-def generator_conditions(config, lm, stimuli: dict, conditions: list) -> list:
-    """The conditions the generator needs (intact, shared, specific per language, made with
-    :data:`GENERATOR_LESIONS`): taken from the analysis' own conditions when they match,
-    built otherwise (e.g. when the demo runs without lesions)."""
-    import dataclasses
-
-    from ..core.conditions import build_conditions
+def generator_plan(seed: int):
+    """The generator's lesion plan (:data:`GENERATOR_LESIONS`: shared, one specific lesion
+    per language, a random control for each); its lesions are the analysis' own when the
+    analysis runs the demo's recipe (the pipeline makes them once)."""
     from ..core.config import LesionConfig
+    from ..core.plan import LesionPlan
 
-    want = generator_labels()
-    have = {c.label: c for c in conditions}
-
-    def matches(c):
-        if c.lesion is None:
-            return True
-        if c.control_of is not None:
-            return matches(have[c.control_of]) if c.control_of in have else False
-        sp = c.lesion.spec
-        return (c.lesion.element == GENERATOR_LESIONS["element"]
-                and c.lesion.mode == GENERATOR_LESIONS["mode"]
-                and sp.get("method") == GENERATOR_LESIONS["method"]
-                and float(sp.get("k_percent", -1)) == GENERATOR_LESIONS["k_percent"]
-                and sp.get("seed") == config.seed)
-
-    if all(lbl in have and matches(have[lbl]) for lbl in want):
-        return [have[lbl] for lbl in want]
-    recipe = LesionConfig(enabled=True, random_control=True, **GENERATOR_LESIONS)
-    gen = build_conditions(dataclasses.replace(config, lesions=recipe), lm, stimuli)
-    return [c for c in gen if c.label in want]
+    return LesionPlan.from_config(LesionConfig(enabled=True, random_control=True,
+                                               **GENERATOR_LESIONS), LANGUAGES, seed)
 
 
-def build_demo_dataset(config, stimuli: dict, features_for, progress=None):
-    """The demo Dataset: shipped stimuli, the demo mask and lazily synthesised BOLD.
+def generator_features(conditions: list, features_of) -> dict:
+    """``planted_drivers``' input from the generator's conditions (found by kind, never by
+    label): ``features_of(code, label)`` gives one condition's per-run features."""
+    specs = [c.spec for c in conditions]
+    shared = next(s.label for s in specs if s.kind == "selection"
+                  and s.selection.kind == "shared")
+    specific = {s.selection.language: s.label for s in specs
+                if s.kind == "selection" and s.selection.kind == "specific"}
+    controls = [s.label for s in specs if s.kind == "random"]
+    return {code: {"intact": features_of(code, "intact"), "shared": features_of(code, shared),
+                   "specific": features_of(code, specific[code]),
+                   "controls": [features_of(code, lbl) for lbl in controls]}
+            for code in LANGUAGES}
 
-    ``features_for(code)`` must return ``{label: per-run features}`` at ``GENERATOR_LAYER``
-    for the labels of :func:`generator_labels` (intact, the generator's lesions,
-    :data:`GENERATOR_LESIONS`, and their random controls); the pipeline passes a function
-    that shares its feature cache, so nothing is extracted twice. Drivers are computed on the first BOLD load.
+
+class DemoDataset:
+    """The demo as a data source: shipped stimuli, the demo mask, synthesised BOLD.
+
+    Its BOLD needs the demo model's features under the generator's conditions
+    (:func:`condition_sets`); :meth:`prepare` turns them into the planted drivers before
+    the first subject is fitted. Each subject's runs are synthesised when its fit loads
+    them.
     """
-    from ..core.dataset import BoldRun, Dataset
 
-    demo = config.data.demo
-    n_sub = demo.n_subjects if demo else 5
-    seed = demo.seed if demo else 0
-    space = demo_space()
-    truth = planted_truth(space)
-    ds = Dataset(space=space, tr=TR, stimuli=stimuli, truth=truth)
-    cache: dict = {}
+    kind = "demo"
 
-    def drivers(code, run):
-        if not cache:
-            cache.update(planted_drivers({c: features_for(c) for c in LANGUAGES}))
-        return {cat: cache[(cat, lang)][run] for (cat, lang) in cache if lang == code}
+    def __init__(self, config):
+        from ..core.dataset import load_stimuli
 
-    for si in range(n_sub):
-        s = f"{si + 1:02d}"
-        for code in LANGUAGES:
-            ds.bold[(s, code)] = [
-                BoldRun(f"demo:sub-{s}_lang-{code}_run-{r + 1}", RUN_TRS,
-                        (lambda code=code, si=si, r=r:
-                         synthesize_run(drivers(code, r), truth, code, si, r, seed)))
-                for r in range(N_RUNS)
-            ]
-    return ds
+        demo = config.data.demo
+        self.n_subjects = demo.n_subjects if demo else 5
+        self.seed = demo.seed if demo else 0
+        self.analysis_seed = config.seed
+        self.stimuli = {lang.code: load_stimuli(lang) for lang in config.data.languages}
+        self.space = demo_space()
+        self.tr = TR
+        self.truth = planted_truth(self.space)
+        self.drivers: dict | None = None
+        self.subjects = [f"{i + 1:02d}" for i in range(self.n_subjects)]
+
+    def subjects_of(self, code: str) -> list[str]:
+        return list(self.subjects)
+
+    def n_vols(self, code: str) -> list[int]:
+        return [RUN_TRS] * N_RUNS
+
+    def runs(self, subject: str, code: str) -> list:
+        from ..core.dataset import BoldRun
+
+        si = self.subjects.index(subject)
+        return [BoldRun(f"demo:sub-{subject}_lang-{code}_run-{r + 1}", RUN_TRS,
+                        (lambda r=r: synthesize_run(self._drivers(code, r), self.truth, code,
+                                                    si, r, self.seed)))
+                for r in range(N_RUNS)]
+
+    def inputs(self, subject: str, code: str) -> dict:
+        return {"demo": GENERATOR_REVISION, "seed": self.seed,
+                "subject_index": self.subjects.index(subject)}
+
+    def condition_sets(self, config) -> list:
+        from ..core.stages import ConditionSet
+
+        return [ConditionSet("demo", generator_plan(config.seed), GENERATOR_LAYER)]
+
+    def prepare(self, engine) -> None:
+        """The planted drivers, from the generator's features in the feature store."""
+        from ..core.features import words_to_trs
+        from ..core.stages import word_features
+
+        cs = next(c for c in engine.sets if c.name == "demo")
+
+        def features_of(code, label):
+            stim = self.stimuli[code]
+            return [words_to_trs(wf, w.onsets, RUN_TRS, TR, "floor", 0.0, 0)
+                    for wf, w in zip(word_features(engine, cs, code, label), stim.runs)]
+
+        self.drivers = planted_drivers(generator_features(cs.conditions, features_of))
+
+    def _drivers(self, code: str, run: int) -> dict:
+        if self.drivers is None:
+            raise RuntimeError("internal: the demo's BOLD is read before prepare()")
+        return {cat: self.drivers[(cat, lang)][run] for (cat, lang) in self.drivers
+                if lang == code}

@@ -1,0 +1,622 @@
+"""The analysis' stages, as functions over units whose inputs and outputs are on disk.
+
+::
+
+    conditions  the lesion plan built on the model (or read back from units/conditions.json)
+    features    one unit per language x condition x run: word features, content-addressed in
+                the feature store (needs the model)
+    fits        one unit per subject x language: load and clean that subject's runs, fit
+                every condition, write its maps, then its record (units/fit/...json); subjects
+                with the same run lengths are fitted together up to [encoding] stack_mb
+    group       per language: group statistics, categories, the layer-sweep table, summary.tsv
+                and result.json (last)
+
+A unit whose record (fits) or file (features) exists is skipped: a rerun resumes. Memory
+follows the unit (one subject, or one budget-sized group of subjects), never the study.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import Cancelled, LesionAlignError
+from .plan import Condition, ConditionSpec, LesionPlan
+
+ProgressFn = Callable[[float, str], None]
+
+
+class Progress:
+    """Maps the progress of consecutive phases onto one 0..1 scale."""
+
+    def __init__(self, callback: ProgressFn | None, cancel: Callable[[], bool] | None):
+        self.callback = callback
+        self.cancel_fn = cancel
+        self.lo, self.hi = 0.0, 1.0
+
+    def phase(self, lo: float, hi: float) -> "Progress":
+        self.lo, self.hi = lo, hi
+        self(0.0, "")
+        return self
+
+    def __call__(self, frac: float, msg: str) -> None:
+        if self.callback is not None:
+            self.callback(self.lo + (self.hi - self.lo) * min(max(frac, 0.0), 1.0), msg)
+
+    def sub(self, lo: float, hi: float) -> ProgressFn:
+        """A callback for a part [lo, hi] of the current phase."""
+        def f(frac, msg):
+            self(lo + (hi - lo) * frac, msg)
+        return f
+
+    def check(self) -> None:
+        if self.cancel_fn is not None and self.cancel_fn():
+            raise Cancelled()
+
+
+@dataclass
+class ModelInfo:
+    """What the units need to know of the model without loading it."""
+
+    name: str
+    source: str
+    weights_hash: str
+    tokenizer_hash: str
+    n_layers: int
+
+    @property
+    def identity(self) -> str:
+        return f"{self.weights_hash}:{self.tokenizer_hash}"
+
+    @classmethod
+    def of(cls, lm) -> "ModelInfo":
+        return cls(lm.name, lm.source, lm.weights_hash, lm.tokenizer_hash, lm.n_layers)
+
+
+@dataclass
+class ConditionSet:
+    """Conditions that need features at one layer: the analysis', or a data source's own
+    (the demo's generator)."""
+
+    name: str
+    plan: LesionPlan
+    layer: int
+    conditions: list = field(default_factory=list)  # of Condition
+
+
+@dataclass
+class Engine:
+    """What the stages share: the config, the data source, the stores, the model."""
+
+    config: object
+    source: object  # dataset.Dataset (files) or data.demo.DemoDataset
+    store: object  # store.FeatureStore
+    out: object  # store.OutputFolder
+    progress: Progress
+    model: object = None  # a LoadedModel, loaded on first need
+    info: ModelInfo | None = None
+    sets: list = field(default_factory=list)  # of ConditionSet
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def cancel(self):
+        return self.progress.cancel_fn
+
+    def lm(self):
+        """The model, loaded once (the cache of :func:`.model.load_model` is per process)."""
+        if self.model is None:
+            from .model import load_model
+
+            m = self.config.model
+            self.progress(0.0, f"loading model {m.name}")
+            self.model = load_model(m.name, offline=m.offline, device=m.device,
+                                    progress=lambda msg: self.progress(0.5, msg))
+            self.progress.check()
+        if self.info is not None and self.info.identity != ModelInfo.of(self.model).identity:
+            raise LesionAlignError(
+                f"{self.out.root}: its units were computed with other weights of "
+                f"{self.config.model.name!r} (the model changed since); rerun with --force")
+        return self.model
+
+    @property
+    def analysis(self) -> ConditionSet:
+        return self.sets[0]
+
+
+# --------------------------------------------------------------------------- conditions
+def stage_conditions(eng: Engine) -> None:
+    """Every condition set's conditions, with the lesions' keys.
+
+    The first run builds the lesions on the model and records them (labels, keys, sizes,
+    specs) in ``units/conditions.json``; a rerun reads that record and builds nothing
+    (:func:`ensure_lesions` builds them again, the same way, only when a feature unit is
+    missing).
+    """
+    record = eng.out.read_record("", "conditions")
+    if record is not None:
+        info = ModelInfo(**record["model"])
+        sets = {s["name"]: s for s in record["sets"]}
+        loaded = []
+        for cs in eng.sets:
+            rec = (sets.get(cs.name) or {}).get("conditions")
+            specs = cs.plan.specs(info.n_layers)
+            if rec is None or [s.describe() for s in specs] != [_spec_part(r) for r in rec]:
+                break
+            loaded.append([Condition(s, None, r["key"], recorded=r) for s, r in zip(specs, rec)])
+        else:
+            eng.info = info
+            for cs, conds in zip(eng.sets, loaded):
+                cs.conditions = conds
+            return
+    _build(eng)
+
+
+def _build(eng: Engine) -> None:
+    """Make the lesions of every condition set on the model; record them."""
+    from .plan import LesionBuilder
+
+    lm = eng.lm()
+    eng.info = ModelInfo.of(lm)
+    builder = LesionBuilder(lm, eng.source.stimuli)
+    for cs in eng.sets:
+        eng.progress.check()
+        built = cs.plan.build(lm, eng.source.stimuli, progress=eng.progress,
+                              cancel=eng.cancel, builder=builder)
+        if cs.conditions and [c.key for c in cs.conditions] != [c.key for c in built]:
+            raise LesionAlignError(
+                f"{eng.out.root}: the lesions made now differ from those its units were "
+                "computed with (the model or the importance text changed); rerun with --force")
+        cs.conditions = built
+    eng.out.write_record("", "conditions", {
+        "model": vars(eng.info),
+        "sets": [{"name": cs.name, "layer": cs.layer,
+                  "conditions": [c.describe() for c in cs.conditions]} for cs in eng.sets]})
+
+
+def ensure_lesions(eng: Engine) -> None:
+    """The lesions themselves (not only their keys), for units that must run the model."""
+    if any(c.lesion is None and c.key != "intact" for cs in eng.sets for c in cs.conditions):
+        _build(eng)
+
+
+def _spec_part(recorded: dict) -> dict:
+    keys = ConditionSpec("x", "intact").describe().keys()
+    return {k: recorded.get(k) for k in keys}
+
+
+# --------------------------------------------------------------------------- features
+def _feature_keys(eng: Engine) -> dict:
+    """{(set name, code, run index, label): store key} of every feature unit."""
+    out = {}
+    opts = eng.config.features
+    for cs in eng.sets:
+        for code, stim in eng.source.stimuli.items():
+            for i, words in enumerate(stim.runs):
+                for c in cs.conditions:
+                    out[(cs.name, code, i, c.label)] = eng.store.key(
+                        eng.info.identity, c.key, cs.layer, opts, stim.spaceless, words)
+    return out
+
+
+def stage_features(eng: Engine) -> None:
+    """Compute every missing feature unit (language x condition x run) into the store.
+
+    Per run, the intact pass stores the inputs of the blocks where lesions start, so a
+    lesion confined to blocks >= l only recomputes blocks l.. (exact); a lesion entirely
+    above the chosen layer has the intact features.
+    """
+    from .features import extract_word_features
+    from .lesions import apply_lesion
+
+    keys = _feature_keys(eng)
+    missing = {k: v for k, v in keys.items() if not eng.store.has(v)}
+    eng.counts["features"] = {"computed": len(set(missing.values())),
+                              "reused": len(set(keys.values()) - set(missing.values()))}
+    if not missing:
+        return
+    ensure_lesions(eng)
+    lm = eng.lm()
+    from .anatomy import describe_model
+
+    anatomy = describe_model(lm.model)
+    opts = eng.config.features
+    n_hidden = lm.n_layers + 1
+    todo = sorted({(cs_name, code, i) for (cs_name, code, i, _) in missing},
+                  key=lambda t: ([c.name for c in eng.sets].index(t[0]), t[1], t[2]))
+    done_keys: set = set()
+    for step, (cs_name, code, i) in enumerate(todo):
+        cs = next(c for c in eng.sets if c.name == cs_name)
+        stim = eng.source.stimuli[code]
+        words = stim.runs[i]
+        target = cs.layer if cs.layer >= 0 else n_hidden + cs.layer
+        need = [c for c in cs.conditions
+                if (cs_name, code, i, c.label) in missing
+                and keys[(cs_name, code, i, c.label)] not in done_keys]
+        lesioned = [c for c in need if c.lesion is not None]
+        reusable = [c for c in lesioned if 1 <= c.lesion.first_layer < target]
+        intact_key = keys[(cs_name, code, i, "intact")]
+        intact_missing = any(c.lesion is None for c in need)
+        starts = sorted({c.lesion.first_layer for c in reusable})
+        record = starts if (intact_missing or len(reusable) >= 2) else []
+        cache: dict = {}
+        frac = step / len(todo)
+
+        def prog(f, m, c_label):
+            eng.progress(frac + f / len(todo), f"features {code} run {i + 1}, {c_label}: {m}")
+
+        def extract(label, **reuse):
+            return next(iter(extract_word_features(
+                lm.model, lm.tokenizer, list(words.words), [cs.layer], opts,
+                spaceless=stim.spaceless, sentence_ids=words.sentence_ids,
+                progress=lambda f, m: prog(f, m, label), cancel=eng.cancel,
+                **reuse).values()))
+
+        intact = None
+        if intact_missing or record or any(c.lesion.first_layer >= target for c in lesioned):
+            if record or intact_missing or not eng.store.has(intact_key):
+                intact = extract("intact", **({"record": record, "cache": cache}
+                                              if record else {}))
+                eng.store.save(intact_key, intact)
+            else:
+                intact = eng.store.load(intact_key)
+            done_keys.add(intact_key)
+        for c in lesioned:
+            eng.progress.check()
+            k = keys[(cs_name, code, i, c.label)]
+            if k in done_keys or eng.store.has(k):
+                continue
+            first = c.lesion.first_layer
+            if first >= target:
+                wf = intact  # the lesion acts above the chosen layer
+            else:
+                reuse = {"cache": cache, "start_layer": first} if first in record else {}
+                with apply_lesion(lm.model, c.lesion, anatomy):
+                    wf = extract(c.label, **reuse)
+            eng.store.save(k, wf)
+            done_keys.add(k)
+        del cache
+
+
+def word_features(eng: Engine, cs: ConditionSet, code: str, label: str) -> list:
+    """Per run, the stored word features of one condition of a set."""
+    stim = eng.source.stimuli[code]
+    c = next(c for c in cs.conditions if c.label == label)
+    return [eng.store.load(eng.store.key(eng.info.identity, c.key, cs.layer, eng.config.features,
+                                         stim.spaceless, w)) for w in stim.runs]
+
+
+# --------------------------------------------------------------------------- fits
+@dataclass(frozen=True)
+class FitJob:
+    """Subjects of one language fitted together (their units are still one per subject)."""
+
+    language: str
+    subjects: tuple
+    todo: tuple  # the subjects whose maps are missing
+
+
+def unit_name(subject: str, language: str) -> str:
+    return f"sub-{subject}_lang-{language}"
+
+
+def fit_jobs(eng: Engine) -> tuple[list[FitJob], list[str]]:
+    """The fit groups (deterministic: the same whatever was done before, so that a resumed
+    run fits exactly what an uninterrupted one does) and the units already done."""
+    src = eng.source
+    budget = eng.config.encoding.stack_mb * 2**20
+    V = src.space.n_features if src.space is not None else 1
+    jobs, reused = [], []
+    for code in src.stimuli:
+        by_lengths: dict = {}
+        for s in src.subjects_of(code):
+            by_lengths.setdefault(tuple(r.n_vols for r in src.runs(s, code)), []).append(s)
+        for lengths, subjects in by_lengths.items():
+            size = sum(lengths) * V * 4  # float32 cleaned BOLD, every voxel (an upper bound)
+            groups, cur = [], []
+            for s in subjects:
+                if cur and (len(cur) + 1) * size > budget:
+                    groups.append(cur)
+                    cur = []
+                cur.append(s)
+            groups.append(cur)
+            for g in groups:
+                todo = tuple(s for s in g if not _fit_done(eng, s, code))
+                reused += [unit_name(s, code) for s in g if s not in todo]
+                if todo:
+                    jobs.append(FitJob(code, tuple(g), todo))
+    return jobs, reused
+
+
+def _fit_inputs(eng: Engine, subject: str, code: str) -> dict:
+    return {"data": eng.source.inputs(subject, code),
+            "conditions": [[c.label, c.key] for c in eng.analysis.conditions]}
+
+
+def _fit_done(eng: Engine, subject: str, code: str) -> bool:
+    rec = eng.out.read_record("fit", unit_name(subject, code))
+    if rec is None or rec.get("inputs") != json.loads(json.dumps(_fit_inputs(eng, subject,
+                                                                             code))):
+        return False
+    return all((eng.out.root / f).is_file() for f in rec.get("files", []))
+
+
+class _TRFeatures:
+    """TR-grid features of one language, per condition (kept for the language's jobs)."""
+
+    def __init__(self, eng: Engine):
+        self.eng = eng
+        self.code = None
+        self.cache: dict = {}
+
+    def get(self, code: str, label: str) -> list:
+        from .features import words_to_trs
+
+        if code != self.code:
+            self.code, self.cache = code, {}
+        if label not in self.cache:
+            eng = self.eng
+            stim = eng.source.stimuli[code]
+            enc = eng.config.encoding
+            pad = max(int(d) for d in enc.delays)
+            wfs = word_features(eng, eng.analysis, code, label)
+            self.cache[label] = [
+                words_to_trs(wf, w.onsets, n, eng.source.tr, enc.downsample, stim.bold_start_s,
+                             pad) for wf, w, n in zip(wfs, stim.runs, eng.source.n_vols(code))]
+        return self.cache[label]
+
+
+def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn) -> list[str]:
+    """Fit every condition for the job's subjects; write the maps and records of ``todo``.
+
+    The subjects' cleaned BOLD is put side by side into one preallocated array (one
+    decomposition per fold for all of them), so the memory is the job's stacked BOLD plus
+    one subject's raw runs.
+    """
+    from . import analysis as an
+    from .bold import clean_run, valid_columns
+    from .encoding import cross_validated_r
+    from .result import map_file, write_values
+
+    cfg, src = eng.config, eng.source
+    enc = cfg.encoding
+    delays = [int(d) for d in enc.delays]
+    pad = max(delays)
+    code = job.language
+    lengths = [r.n_vols for r in src.runs(job.subjects[0], code)]
+    starts = np.r_[0, np.cumsum(lengths)]
+    V = src.space.n_features if src.space is not None else None
+    Y = None
+    valid, width = {}, {}
+    col = 0
+    t0 = time.perf_counter()
+    for s in job.subjects:
+        eng.progress.check()
+        progress(0.0, f"subject {s}, {code}: loading and cleaning")
+        runs = src.runs(s, code)
+        raw = [run.load() for run in runs]
+        ok = valid_columns(raw)  # NaN or constant in any run: excluded and counted
+        valid[s] = ok
+        width[s] = int(ok.sum())
+        if Y is None:
+            V = V or ok.size
+            Y = np.empty((int(starts[-1]), V * len(job.subjects)), dtype=np.float32)
+        for i, (run, R) in enumerate(zip(runs, raw)):
+            if width[s]:
+                Y[starts[i]:starts[i + 1], col:col + width[s]] = clean_run(
+                    R[:, ok], src.tr, cfg.cleaning, run.confounds)
+            raw[i] = None
+            eng.progress.check()
+        del raw
+        col += width[s]
+    Yv = Y[:, :col]
+    r_maps: dict = {s: {} for s in job.subjects}
+    cv = None
+    conds = eng.analysis.conditions
+    for ci, c in enumerate(conds):
+        eng.progress.check()
+        if col:
+            X_runs = [X[: pad + n] for X, n in zip(trf.get(code, c.label), lengths)]
+            who = (f"subject {job.subjects[0]}" if len(job.subjects) == 1
+                   else f"subjects {job.subjects[0]}-{job.subjects[-1]}")
+            res = cross_validated_r(
+                X_runs, Yv, delays, enc.alphas, pad_before=pad, n_blocks=enc.n_blocks,
+                score=enc.score, dtype=np.dtype(enc.dtype), backend=enc.backend,
+                run_lengths=lengths,
+                progress=lambda f, m, ci=ci, c=c, who=who: progress(
+                    (ci + f) / len(conds), f"{who}, {code}, {c.label}: {m}"),
+                cancel=eng.cancel)
+            cv = res.folds
+        a = 0
+        for s in job.subjects:
+            r = np.full(valid[s].size, np.nan, dtype=np.float32)
+            if width[s]:
+                r[valid[s]] = res.r[a:a + width[s]]
+            a += width[s]
+            r_maps[s][c.label] = r
+    del Y, Yv
+    seconds = time.perf_counter() - t0
+    written = []
+    for s in job.todo:
+        files = []
+        for c in conds:
+            maps = {"r": r_maps[s][c.label]}
+            if c.lesion is not None or c.kind != "intact":
+                maps["deltar"] = an.delta(r_maps[s]["intact"], r_maps[s][c.label])[0]
+            for stat, v in maps.items():
+                name = map_file(src.space, s, code, c.label, stat)
+                write_values(src.space, eng.out.root / name, v)
+                files.append(name)
+        rec = {"subject": s, "language": code, "seconds": seconds / len(job.subjects),
+               "fitted_with": list(job.subjects), "n_valid": width[s],
+               "n_excluded": int(valid[s].size - width[s]), "cv": cv, "files": files,
+               "inputs": _fit_inputs(eng, s, code)}
+        if not width[s]:
+            rec["note"] = "every voxel/region is constant or NaN"
+        eng.out.write_record("fit", unit_name(s, code), rec)
+        written.append(unit_name(s, code))
+    return written
+
+
+def stage_fits(eng: Engine, jobs: list, reused: list) -> None:
+    """Run the fit jobs (:func:`fit_jobs`); count what was computed and reused."""
+    total = sum(len(j.todo) for j in jobs)
+    computed = []
+    done = 0
+    trf = _TRFeatures(eng)
+    if reused and total:
+        eng.progress(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
+    for job in jobs:
+        eng.progress.check()
+        lo, hi = done / total, (done + len(job.todo)) / total
+        computed += run_fit_job(eng, job, trf, eng.progress.sub(lo, hi))
+        done += len(job.todo)
+    eng.counts["fits"] = {"computed": computed, "reused": reused}
+
+
+# --------------------------------------------------------------------------- group
+def stage_group(eng: Engine):
+    """Group statistics per language, categories, LPI and the sweep and summary rows.
+
+    Reads the subjects' r maps back from their files, one language at a time, and writes
+    the group maps. Returns the :class:`~.result.AlignmentResult` (its maps read lazily);
+    the caller writes its tables and ``result.json``.
+    """
+    from . import analysis as an
+    from .result import AlignmentResult, LazyMaps, _read_values, group_file, map_file
+
+    src, out = eng.source, eng.out.root
+    les = eng.config.lesions
+    conds = eng.analysis.conditions
+    cat_sets = eng.analysis.plan.selection_specs([c.spec for c in conds])
+    needed = {lbl for shared, spec in cat_sets.values() for lbl in [shared, *spec.values()]
+              if lbl}
+    control = {c.control_of: c.label for c in conds if c.control_of}
+    files, group_files, n_valid, fits, warnings = {}, {}, {}, {}, []
+    rows, group_rows, tests = [], [], {}
+    langs = list(src.stimuli)
+
+    def write(code, label, stat, v):
+        name = group_file(src.space, code, label, stat)
+        from .result import write_values
+
+        write_values(src.space, out / name, v)
+        group_files[(code, label, stat)] = name
+
+    for code in langs:
+        subjects = src.subjects_of(code)
+        for s in subjects:
+            rec = eng.out.read_record("fit", unit_name(s, code))
+            n_valid[(s, code)] = rec["n_valid"]
+            fits[f"{s}/{code}"] = {k: rec[k] for k in ("seconds", "fitted_with", "n_excluded",
+                                                       "cv", "note") if k in rec}
+            if "note" in rec:
+                warnings.append(f"subject {s}, {code}: {rec['note']}; excluded")
+            for c in conds:
+                for stat in ("r",) if c.kind == "intact" else ("r", "deltar"):
+                    files[(s, code, c.label, stat)] = map_file(src.space, s, code, c.label, stat)
+
+        def stack(label):
+            return np.stack([_read_values(src.space, out / files[(s, code, label, "r")])
+                             for s in subjects])
+
+        intact = stack("intact")
+        ok = np.array([np.isfinite(row).any() for row in intact])
+        grouped = len(conds) > 1 and ok.sum() >= 2
+        if len(conds) > 1 and not grouped:
+            warnings.append(f"{code}: group statistics need at least 2 subjects with data; "
+                            "skipped")
+        aligned = None
+        if grouped:
+            t0 = an.alignment_test(intact[ok])
+            for stat in ("t", "p", "q"):
+                write(code, "intact", stat, getattr(t0, stat))
+            aligned = an.responsive(t0, les.alpha, les.correction)
+        means = {}
+        for c in conds:
+            eng.progress.check()
+            B = intact if c.label == "intact" else stack(c.label)
+            means[c.label] = _subject_rows(rows, subjects, code, c.label, B, n_valid)
+            if grouped and c.label != "intact":
+                res = an.paired_t(intact[ok], B[ok], within=aligned)
+                for stat in ("t", "p", "q", "reldrop"):
+                    write(code, c.label, stat, res.rel_drop if stat == "reldrop"
+                          else getattr(res, stat))
+                if c.label in needed:
+                    tests[(c.label, code)] = res
+            del B
+        m0 = means["intact"]
+        for row in rows:
+            if row["language"] == code and row["condition"] != "intact":
+                i = subjects.index(row["subject"])
+                row["rel_drop"] = _rel(m0[i], means[row["condition"]][i])
+                ctrl = control.get(row["condition"])
+                if ctrl is not None:
+                    row["control_rel_drop"] = _rel(m0[i], means[ctrl][i])
+        if len(subjects) > 1:
+            group_rows += _group_rows(rows, code, [c.label for c in conds])
+        del intact
+    categories = {}
+    for name, (shared, spec) in cat_sets.items():
+        shared_tests = {}
+        if shared and all((shared, L) in tests for L in langs):
+            shared_tests = {L: tests[(shared, L)] for L in langs}
+        spec_tests = {L: {L2: tests[(lbl, L2)] for L2 in langs}
+                      for L, lbl in spec.items() if all((lbl, L2) in tests for L2 in langs)}
+        if not shared_tests and not spec_tests:
+            continue
+        categories[name] = an.categories(shared_tests, spec_tests, langs, les.alpha,
+                                         les.correction, les.min_relative_drop)
+        if len(langs) > 1:
+            for L, t in spec_tests.items():
+                write(L, spec[L], "lpi", an.lpi(t, L, les.alpha, les.correction,
+                                                min_relative_drop=les.min_relative_drop))
+    result = AlignmentResult(
+        space=src.space, maps=LazyMaps(src.space, out, files), n_valid=n_valid,
+        group_maps=LazyMaps(src.space, out, group_files), categories=categories,
+        controls={c.label: c.control_of for c in conds if c.control_of},
+        sweep=[c.label for c in conds if c.kind == "sweep"],
+        sweep_layers={c.label: c.spec.layer for c in conds if c.kind == "sweep"},
+        summary=rows + group_rows, truth=getattr(src, "truth", None))
+    result.provenance = {"fits": fits, "warnings": warnings,
+                         "conditions": [c.describe() for c in conds]}
+    return result
+
+
+def _rel(m0: float, m1: float) -> float:
+    """Relative drop of whole-brain mean r: (intact - condition) / intact."""
+    return (m0 - m1) / m0 if m0 > 0 else float("nan")
+
+
+def _subject_rows(rows: list, subjects: list, code: str, label: str, B: np.ndarray,
+                  n_valid: dict) -> list[float]:
+    """Append one summary row per subject; return the subjects' whole-brain mean r."""
+    means = []
+    for i, s in enumerate(subjects):
+        v = B[i][np.isfinite(B[i])]
+        mean = float(v.mean()) if len(v) else float("nan")
+        means.append(mean)
+        rows.append({"subject": s, "language": code, "condition": label,
+                     "n_voxels": int(n_valid.get((s, code), len(v))), "mean_r": mean,
+                     "median_r": float(np.median(v)) if len(v) else float("nan"),
+                     "rel_drop": float("nan"), "control_rel_drop": float("nan")})
+    return means
+
+
+def _group_rows(rows: list, code: str, labels: list) -> list[dict]:
+    """Group means (subject 'group') of a language's rows."""
+    out = []
+    for label in labels:
+        sub = [r for r in rows if r["language"] == code and r["condition"] == label
+               and np.isfinite(r["mean_r"])]
+        if not sub:
+            continue
+        out.append({"subject": "group", "language": code, "condition": label,
+                    "n_voxels": int(np.mean([r["n_voxels"] for r in sub])),
+                    **{k: float(np.nanmean([r[k] for r in sub])) if any(
+                        np.isfinite(r[k]) for r in sub) else float("nan")
+                       for k in ("mean_r", "median_r", "rel_drop", "control_rel_drop")}})
+    return out

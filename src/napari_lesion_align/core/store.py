@@ -1,0 +1,234 @@
+"""What the analysis keeps on disk: the feature store and the output folder's units.
+
+:class:`FeatureStore` -- word features, content-addressed: the file name is a hash of
+everything the features depend on (model weights and tokenizer, the lesion's masks, the
+layer, the feature options, how the words are joined, and the words with their onsets and
+sentence numbers). A second analysis that needs the same features reads them instead of
+running the model again. It lives outside the output folder (the user cache by default,
+``[compute] feature_store``), so several analyses share it.
+
+:class:`OutputFolder` -- one output folder holds one analysis. ``units/analysis.json``
+(written first) says which; every finished unit leaves a record in ``units/`` written after
+its files, so a rerun of the same config skips it, and a different analysis is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LesionAlignError
+from .result import atomic_write_bytes, atomic_write_text
+
+#: bump when feature extraction changes its output for the same inputs
+FEATURES_VERSION = 1
+#: the output folder's layout version
+FOLDER_FORMAT = "napari-lesion-align analysis 1"
+UNITS = "units"
+
+
+def cache_dir() -> Path:
+    """The user cache: ``$NAPARI_LESION_ALIGN_CACHE`` or ``~/.cache/napari-lesion-align``."""
+    env = os.environ.get("NAPARI_LESION_ALIGN_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-lesion-align"
+
+
+def _digest(*parts) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    for p in parts:
+        b = p if isinstance(p, bytes) else str(p).encode()
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def words_digest(words) -> str:
+    """Identity of a run's words: the strings, onsets and sentence numbers."""
+    parts = ["\x1f".join(words.words).encode(), np.asarray(words.onsets).tobytes()]
+    if words.sentence_ids is not None:
+        parts.append(np.asarray(words.sentence_ids).tobytes())
+    return _digest(*parts)
+
+
+class FeatureStore:
+    """Word features on disk, one ``.npy`` file per (model, lesion, layer, options, words).
+
+    ``root``: the folder (default ``$NAPARI_LESION_ALIGN_FEATURES``, else
+    ``cache_dir() / "features"``).
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        root = root or os.environ.get("NAPARI_LESION_ALIGN_FEATURES")
+        self.root = Path(root).expanduser() if root else cache_dir() / "features"
+
+    @staticmethod
+    def key(model_identity: str, condition_key: str, layer: int, opts, spaceless: bool,
+            words) -> str:
+        return _digest("features", FEATURES_VERSION, model_identity, condition_key, int(layer),
+                       json.dumps(opts.model_dump(), sort_keys=True), bool(spaceless),
+                       words_digest(words))
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def load(self, key: str) -> np.ndarray:
+        p = self.path(key)
+        try:
+            return np.load(p, allow_pickle=False)
+        except FileNotFoundError:
+            raise LesionAlignError(f"{p}: features missing from the feature store") from None
+        except (ValueError, OSError) as err:
+            raise LesionAlignError(f"{p}: unreadable feature file ({err}); delete it and "
+                                   "run again") from err
+
+    def save(self, key: str, features: np.ndarray) -> Path:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(features, dtype=np.float32), allow_pickle=False)
+        p = self.path(key)
+        try:
+            atomic_write_bytes(p, buf.getvalue())
+        except OSError as err:
+            raise LesionAlignError(f"{self.root}: cannot write to the feature store ({err}); "
+                                   "set [compute] feature_store to a writable folder") from err
+        return p
+
+
+# --------------------------------------------------------------------------- output folder
+def identity(config) -> dict:
+    """What makes two runs the same analysis (``units/analysis.json``).
+
+    ``fits``: a hash of everything that changes a unit's result (the config without its
+    name, source, ``[compute]`` and the group-level statistics keys, plus the package
+    version); ``group``: a hash of the group-level keys (changing them only recomputes the
+    group statistics).
+    """
+    from .. import __version__
+    from .config import GROUP_KEYS
+
+    d = config.to_dict()
+    for k in ("name", "source", "compute"):
+        d.pop(k, None)
+    les = d.get("lesions", {})
+    group = {k: les.pop(k, None) for k in GROUP_KEYS}
+    return {"format": FOLDER_FORMAT, "version": __version__,
+            "fits": _digest(json.dumps(d, sort_keys=True), __version__),
+            "group": _digest(json.dumps(group, sort_keys=True)),
+            "config": config.to_dict()}
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two nested dicts (for the refusal message)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _diff(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+class OutputFolder:
+    """One analysis' output folder; its ``units/`` records make reruns resume."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.units = self.root / UNITS
+
+    @classmethod
+    def open(cls, root, ident: dict, force: bool = False) -> "OutputFolder":
+        """Open ``root`` for the analysis ``ident`` (:func:`identity`).
+
+        A new or empty folder is claimed; a folder of the same analysis is resumed; a folder
+        of another analysis is refused (``force``: its analysis files are deleted first);
+        a non-empty folder that holds no analysis is refused (nothing of the user's is
+        overwritten).
+        """
+        folder = cls(root)
+        root = folder.root
+        if root.exists() and not root.is_dir():
+            raise LesionAlignError(f"{root}: exists and is not a folder; choose another --out")
+        marker = folder.units / "analysis.json"
+        if marker.is_file():
+            try:
+                old = json.loads(marker.read_text())
+            except ValueError:
+                old = {}
+            if old.get("fits") != ident["fits"]:
+                if not force:
+                    keys = _diff(old.get("config") or {}, ident["config"])
+                    keys = [k for k in keys if not k.startswith(("name", "source", "compute"))]
+                    what = (f" (differs in {', '.join(keys[:6])}"
+                            f"{', ...' if len(keys) > 6 else ''})" if keys else "")
+                    if not keys and old.get("version") != ident["version"]:
+                        what = (f" (made by napari-lesion-align {old.get('version')}; this "
+                                f"is {ident['version']})")
+                    raise LesionAlignError(
+                        f"{root}: holds another analysis{what}; choose another output folder, "
+                        "or rerun with --force to delete its results and start again")
+                folder.clear()
+            elif old.get("group") != ident["group"]:
+                (root / "result.json").unlink(missing_ok=True)  # the group stage reruns
+        elif root.exists() and any(root.iterdir()):
+            what = ("a result of an earlier version (no units/ folder)"
+                    if (root / "result.json").exists() else "files of its own")
+            raise LesionAlignError(
+                f"{root}: is not empty and holds {what}; choose a new or empty output folder "
+                "(nothing in it is overwritten)")
+        folder.units.mkdir(parents=True, exist_ok=True)
+        for stale in list(root.glob(".*.tmp")) + list(folder.units.rglob(".*.tmp")):
+            stale.unlink(missing_ok=True)  # a write interrupted by a kill (atomic_write_*)
+        atomic_write_text(marker, json.dumps(ident, indent=2))
+        return folder
+
+    def clear(self) -> None:
+        """Delete this analysis' files: every file its unit records list, the group files
+        and ``units/`` (nothing else)."""
+        from .result import OWN_FILE_PATTERNS
+
+        for pattern in OWN_FILE_PATTERNS:
+            for p in self.root.glob(pattern):
+                if p.is_file():
+                    p.unlink()
+        shutil.rmtree(self.units, ignore_errors=True)
+
+    # ------------------------------------------------------------------ records
+    def record_path(self, stage: str, name: str) -> Path:
+        return self.units / stage / f"{name}.json"
+
+    def read_record(self, stage: str, name: str) -> dict | None:
+        p = self.record_path(stage, name)
+        try:
+            return json.loads(p.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write_record(self, stage: str, name: str, record: dict) -> None:
+        atomic_write_text(self.record_path(stage, name),
+                          json.dumps(record, indent=2, default=_json_default))
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def file_identity(path: str) -> list:
+    """``[path, size, mtime_ns]`` of an input file (a changed file reruns its unit)."""
+    try:
+        st = os.stat(path)
+        return [str(path), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), None, None]

@@ -1,0 +1,182 @@
+"""The analysis as units on disk: resume after a kill, shared features, one analysis per
+output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_lesion_align import cli
+from napari_lesion_align.core.config import load_config
+from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.pipeline import run_analysis
+from test_pipeline import write_study
+from tiny_models import make_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-xlmr", "xlm-roberta",
+                           max_positions=130)
+
+
+def _study(root: Path, model: Path, n_subjects: int, extra: str = "") -> Path:
+    """The test_pipeline study, one subject per fit unit (stack_mb = 0)."""
+    cfg = write_study(root, model, n_subjects=n_subjects)
+    cfg.write_text(cfg.read_text().replace("[encoding]\n", "[encoding]\nstack_mb = 0\n") + extra)
+    return cfg
+
+
+def _maps(out: Path) -> dict:
+    """Every map file of a folder: name -> values (NaN where excluded)."""
+    return {p.name: np.asarray(nib.load(str(p)).dataobj)
+            for p in sorted(out.glob("*_statmap.nii.gz"))}
+
+
+def _units(out: Path) -> dict:
+    return json.loads((out / "result.json").read_text())["units"]
+
+
+def test_kill_in_the_middle_of_the_fits_and_resume(tmp_path, tiny_model):
+    """SIGKILL while subjects are being fitted, run again: the maps equal those of an
+    uninterrupted run bit for bit, and only the missing subjects were fitted again."""
+    lesions = '\n[lesions]\nelement = "neurons"\nmethod = "wanda"\nk_percent = 10.0\n' \
+              'selections = ["shared"]\ncorrection = "none"\n'
+    cfg = _study(tmp_path / "study", tiny_model, n_subjects=6, extra=lesions)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert cli.main(["run", str(cfg), "--out", str(whole), "--quiet"]) == 0
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "napari_lesion_align.cli", "run", str(cfg),
+                             "--out", str(killed), "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = killed / "units" / "fit"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.is_dir() and len(list(records.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = sorted(p.stem for p in records.glob("*.json"))
+    assert 2 <= len(done_before) < 6 and not (killed / "result.json").exists()
+    for p in killed.glob("*_statmap.nii.gz"):  # whatever has a final name is complete
+        nib.load(str(p)).get_fdata()
+    # the rerun computes what is missing, and only that
+    assert cli.main(["run", str(cfg), "--out", str(killed), "--quiet"]) == 0
+    fits = _units(killed)["fits"]
+    assert sorted(fits["reused"]) == done_before
+    assert sorted(fits["computed"]) == sorted(
+        f"sub-{s:02d}_lang-EN" for s in range(1, 7) if f"sub-{s:02d}_lang-EN" not in done_before)
+    assert _units(killed)["features"]["computed"] == 0  # all stored before the kill
+    a, b = _maps(whole), _maps(killed)
+    # per subject: r intact, r + deltar of shared and of its control; group: t/p/q of the
+    # intact alignment, t/p/q/reldrop of each lesion
+    assert a.keys() == b.keys() and len(a) == 6 * 5 + 3 + 2 * 4
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert (whole / "summary.tsv").read_text() == (killed / "summary.tsv").read_text()
+    # no temporary file is left under a final name, nothing half-written
+    assert not [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_second_analysis_reads_the_shared_features(tmp_path, tiny_model):
+    """Features are content-addressed: another analysis of the same words, model, layer and
+    options (here: other alphas) reads them from the feature store instead of the model."""
+    store = tmp_path / "features"
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=2))
+    cfg = cfg.replace(compute=cfg.compute.replace(feature_store=str(store)))
+    first = run_analysis(cfg, tmp_path / "a")
+    assert first.provenance["units"]["features"] == {"computed": 3, "reused": 0}
+    n_files = len(list(store.rglob("*.npy")))
+    assert n_files == 3  # one per run
+    other = cfg.replace(encoding=cfg.encoding.replace(alphas=(1.0, 100.0)))
+    second = run_analysis(other, tmp_path / "b")
+    assert second.provenance["units"]["features"] == {"computed": 0, "reused": 3}
+    assert len(list(store.rglob("*.npy"))) == n_files
+    assert not np.array_equal(first.get("01", "EN"), second.get("01", "EN"), equal_nan=True)
+    # another layer is other features
+    third = run_analysis(cfg.replace(model=cfg.model.replace(layer=1)), tmp_path / "c")
+    assert third.provenance["units"]["features"] == {"computed": 3, "reused": 0}
+
+
+def test_one_analysis_per_output_folder(tmp_path, tiny_model, capsys):
+    cfg = _study(tmp_path / "study", tiny_model, n_subjects=2)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    first = _maps(out)
+    # the same config again: nothing to do
+    assert cli.main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert _units(out)["fits"] == {"computed": [], "reused": ["sub-01_lang-EN",
+                                                              "sub-02_lang-EN"]}
+    assert "resumed: 2 subject fits were already done" in capsys.readouterr().out
+    # another analysis into the same folder is refused, naming what differs
+    other = cfg.with_name("other.toml")
+    other.write_text(cfg.read_text().replace("logspace = [0, 6, 7]", "logspace = [0, 3, 4]"))
+    assert cli.main(["run", str(other), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds another analysis" in err[0]
+    assert "encoding.alphas" in err[0] and "--force" in err[0]
+    for name, values in _maps(out).items():  # nothing was touched
+        np.testing.assert_array_equal(values, first[name])
+    # --force deletes that analysis' files (only those) and runs the new one
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(["run", str(other), "--out", str(out), "--quiet", "--force"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert _units(out)["fits"]["computed"] == ["sub-01_lang-EN", "sub-02_lang-EN"]
+
+
+def test_group_statistics_options_resume_without_refitting(tmp_path, tiny_model):
+    """alpha / correction / min_relative_drop change only the group statistics: the same
+    folder is resumed, the subject fits are reused, the group maps are recomputed."""
+    lesions = '\n[lesions]\nelement = "neurons"\nmethod = "wanda"\nk_percent = 10.0\n' \
+              'selections = ["shared"]\nrandom_control = false\ncorrection = "none"\n'
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=3, extra=lesions))
+    out = tmp_path / "out"
+    a = run_analysis(cfg, out)
+    p_before = np.asarray(a.group_maps[("EN", "shared", "p")]).copy()
+    b = run_analysis(cfg.replace(lesions=cfg.lesions.replace(alpha=0.2)), out)
+    assert b.provenance["units"]["fits"]["computed"] == []
+    assert json.loads((out / "result.json").read_text())["config"]["lesions"]["alpha"] == 0.2
+    np.testing.assert_array_equal(b.group_maps[("EN", "shared", "p")], p_before)
+
+
+def test_foreign_folders_are_never_written_into(tmp_path, tiny_model):
+    """An output folder with files of the user's (e.g. the study folder itself, whose
+    mask.nii.gz has an output's name) or an old result without units/ is refused."""
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=1))
+    study = tmp_path / "study"
+    before = {p: p.read_bytes() for p in study.rglob("*") if p.is_file()}
+    with pytest.raises(LesionAlignError, match="is not empty"):
+        run_analysis(cfg, study)
+    assert {p: p.read_bytes() for p in study.rglob("*") if p.is_file()} == before
+    with pytest.raises(LesionAlignError, match="is not empty"):
+        run_analysis(cfg, study, force=True)  # --force deletes analyses, never user files
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "result.json").write_text("{}")
+    with pytest.raises(LesionAlignError, match="earlier version"):
+        run_analysis(cfg, old)
+
+
+def test_a_changed_input_file_reruns_its_unit(tmp_path, tiny_model):
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=2))
+    out = tmp_path / "out"
+    run_analysis(cfg, out)
+    run2 = tmp_path / "study" / "sub-02" / "run-2.nii.gz"
+    img = nib.load(str(run2))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 1.5 + 3, img.affine), str(run2))
+    res = run_analysis(cfg, out)
+    assert res.provenance["units"]["fits"] == {"computed": ["sub-02_lang-EN"],
+                                               "reused": ["sub-01_lang-EN"]}
