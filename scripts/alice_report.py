@@ -31,7 +31,7 @@ def alice_scores(config_path, layer=-1, n_shifts=5, progress=print):
     from napari_lesion_align.core.encoding import cross_validated_r
     from napari_lesion_align.core.features import words_to_trs
     from napari_lesion_align.core.model import load_model
-    from napari_lesion_align.core.pipeline import FeatureStore
+    from napari_lesion_align.core.store import FeatureStore
 
     cfg = load_config(config_path)
     ds = load_dataset(cfg)
@@ -41,7 +41,8 @@ def alice_scores(config_path, layer=-1, n_shifts=5, progress=print):
     (n_vols,) = ds.n_vols("EN")
     enc = cfg.encoding
     pad = max(enc.delays)
-    wf = FeatureStore().word_features(lm, words, layer, cfg.features, stim.spaceless)
+    wf = FeatureStore(cfg.compute.feature_store).intact_features(lm, words, layer, cfg.features,
+                                                                 stim.spaceless)
     X = words_to_trs(wf, words.onsets, n_vols, ds.tr, enc.downsample, stim.bold_start_s, pad)
     Xshuf = words_to_trs(controls.shuffled_words(wf, seed=cfg.seed), words.onsets, n_vols,
                          ds.tr, enc.downsample, stim.bold_start_s, pad)

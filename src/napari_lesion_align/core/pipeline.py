@@ -125,7 +125,8 @@ def _provenance(config, eng: Engine, result, timings: dict) -> dict:
         "seed": config.seed,
         "conditions": result.provenance["conditions"],
         "timings": timings,
-        "units": {"features": eng.counts.get("features", {"computed": 0, "reused": None}),
+        # no fit to do: no feature was needed (nor looked up)
+        "units": {"features": eng.counts.get("features", {"computed": 0, "reused": 0}),
                   "fits": eng.counts.get("fits")},
         "fits": result.provenance["fits"],
         "warnings": result.provenance["warnings"],

@@ -70,7 +70,9 @@ class ModelInfo:
 
     @property
     def identity(self) -> str:
-        return f"{self.weights_hash}:{self.tokenizer_hash}"
+        from .store import model_identity
+
+        return model_identity(self.weights_hash, self.tokenizer_hash)
 
     @classmethod
     def of(cls, lm) -> "ModelInfo":
@@ -444,7 +446,7 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
         files = []
         for c in conds:
             maps = {"r": r_maps[s][c.label]}
-            if c.lesion is not None or c.kind != "intact":
+            if c.kind != "intact":
                 maps["deltar"] = an.delta(r_maps[s]["intact"], r_maps[s][c.label])[0]
             for stat, v in maps.items():
                 name = map_file(src.space, s, code, c.label, stat)

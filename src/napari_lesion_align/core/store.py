@@ -48,6 +48,11 @@ def _digest(*parts) -> str:
     return h.hexdigest()
 
 
+def model_identity(weights_hash: str, tokenizer_hash: str) -> str:
+    """What identifies a model's features: its weights and its tokenizer."""
+    return f"{weights_hash}:{tokenizer_hash}"
+
+
 def words_digest(words) -> str:
     """Identity of a run's words: the strings, onsets and sentence numbers."""
     parts = ["\x1f".join(words.words).encode(), np.asarray(words.onsets).tobytes()]
@@ -89,6 +94,21 @@ class FeatureStore:
         except (ValueError, OSError) as err:
             raise LesionAlignError(f"{p}: unreadable feature file ({err}); delete it and "
                                    "run again") from err
+
+    def intact_features(self, lm, words, layer: int, opts, spaceless: bool) -> np.ndarray:
+        """The intact model's word features of one run: read from the store, else
+        extracted (and stored)."""
+        from .features import extract_word_features
+
+        key = self.key(model_identity(lm.weights_hash, lm.tokenizer_hash), "intact", layer,
+                       opts, spaceless, words)
+        if self.has(key):
+            return self.load(key)
+        wf = next(iter(extract_word_features(lm.model, lm.tokenizer, list(words.words),
+                                             [layer], opts, spaceless=spaceless,
+                                             sentence_ids=words.sentence_ids).values()))
+        self.save(key, wf)
+        return wf
 
     def save(self, key: str, features: np.ndarray) -> Path:
         buf = io.BytesIO()
