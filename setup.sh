@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up napari-lesion-align in ./.venv (CPU build of torch, the built-in offline model).
 #   ./setup.sh          the package, its offline model and the napari GUI (PyQt6)
-#   ./setup.sh --test   the same plus what the tests need (pytest, pytest-qt, Xvfb libraries)
+#   ./setup.sh --test   the same plus what the tests need (pytest, pytest-qt, Xvfb libraries,
+#                       Dask for the cluster tests)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -30,6 +31,6 @@ fi
 # torch first, pinned: a bare 'torch' requirement would pull a multi-GB CUDA build
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 extras="offline,gui"
-[ "$with_tests" = 1 ] && extras="offline,gui,test"
+[ "$with_tests" = 1 ] && extras="offline,gui,dask,test"
 .venv/bin/python -m pip install -q -e ".[$extras]"
 echo "setup.sh: ready (.venv)"

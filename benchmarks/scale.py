@@ -267,9 +267,11 @@ def study_bytes(folder: Path) -> int:
 
 
 # --------------------------------------------------------------------------- versions
-def version_src(version: str, old_tree: Path) -> Path:
+def version_src(version: str, old_tree: Path, new_tree: Path | None = None) -> Path:
+    """The ``src`` folder of a version: ``new`` = this checkout (or ``new_tree``, a frozen
+    copy, so that editing this checkout during a long run does not change what runs)."""
     if version == "new":
-        return REPO / "src"
+        return (new_tree or REPO) / "src"
     head = None
     if (old_tree / ".git").exists():
         head = subprocess.run(["git", "-C", str(old_tree), "rev-parse", "HEAD"],
@@ -354,24 +356,52 @@ def check_import(src: Path, env: dict, cwd: Path) -> None:
         raise SystemExit(f"PYTHONPATH={src}: the child imports {got} instead\n{out.stderr}")
 
 
+def _sample_descendants(pid: int, stop: threading.Event, peaks: dict) -> None:
+    """Peak RSS of every process below ``pid`` (Dask's worker processes), every 0.2 s."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not stop.wait(0.2):
+        try:
+            kids = parent.children(recursive=True)
+        except psutil.Error:
+            return
+        for k in kids:
+            try:
+                peaks[k.pid] = max(peaks.get(k.pid, 0), k.memory_info().rss)
+            except psutil.Error:
+                pass
+
+
 def run_cli(config: Path, out: Path, env: dict, cwd: Path, log: Path,
-            timeout: float | None) -> dict:
-    """One analysis in a fresh child: wall time, peak RSS, result.json's timings and fits."""
+            timeout: float | None, extra: tuple = ()) -> dict:
+    """One analysis in a fresh child: wall time, peak RSS (the child's, and of its Dask
+    worker processes), result.json's timings and fits."""
     cmd = [sys.executable, "-m", "napari_lesion_align.cli", "run", str(config),
-           "--out", str(out), "--quiet"]
+           "--out", str(out), "--quiet", *extra]
+    peaks: dict = {}
     with open(log, "w") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_descendants, args=(proc.pid, stop, peaks),
+                                   daemon=True)
+        sampler.start()
         timer = threading.Timer(timeout, proc.kill) if timeout else None
         if timer:
             timer.start()
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        stop.set()
         if timer:
             timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     row = {"wall_s": wall, "peak_rss_gib": ru.ru_maxrss / 2**20, "rc": proc.returncode,
-           "cpu_s": ru.ru_utime + ru.ru_stime, "load": os.getloadavg()[0]}
+           "cpu_s": ru.ru_utime + ru.ru_stime, "load": os.getloadavg()[0],
+           "peak_worker_gib": max(peaks.values(), default=0) / 2**30}
     res = out / "result.json"
     if proc.returncode != 0 or not res.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-15:]
@@ -431,7 +461,7 @@ def print_table(rows: list) -> None:
     rows = sorted(rows, key=lambda r: (order[r["version"]], r["budget_mb"], r["n"]))
     print(f"\n{'version':7s} {'budget MiB':>10s} {'N':>3s} {'groups':>6s} {'wall s':>8s} "
           f"{'features s':>10s} {'fit s':>8s} {'fit s/subj':>10s} {'peak RSS GiB':>12s} "
-          f"{'cpu/wall':>8s} {'load':>5s}")
+          f"{'worker GiB':>10s} {'cpu/wall':>8s} {'load':>5s}")
     for r in rows:
         if "error" in r:
             print(f"{r['version']:7s} {r['budget_mb']:10g} {r['n']:3d}  FAILED: "
@@ -442,7 +472,8 @@ def print_table(rows: list) -> None:
         print(f"{r['version']:7s} {r['budget_mb']:10g} {r['n']:3d} {g:>6s} {r['wall_s']:8.1f} "
               f"{t.get('features_s', float('nan')):10.1f} {r['fit_s']:8.1f} "
               f"{r['fit_s_per_subject']:10.1f} {r['peak_rss_gib']:12.2f} "
-              f"{r['cpu_s'] / r['wall_s']:8.2f} {r['load']:5.1f}")
+              f"{r.get('peak_worker_gib', 0.0):10.2f} {r['cpu_s'] / r['wall_s']:8.2f} "
+              f"{r['load']:5.1f}")
 
 
 def print_ratios(rows: list, subject_mib: float) -> None:
@@ -483,6 +514,20 @@ def print_ratios(rows: list, subject_mib: float) -> None:
                       f"{_ratio(f_n, f_o):10.2f} "
                       f"{_ratio(w['fit_s_per_subject'], o['fit_s_per_subject']):10.2f} "
                       f"{_ratio(w['peak_rss_gib'], o['peak_rss_gib']):7.2f}")
+    dask = [v for v in versions if v.startswith("new+")]
+    if dask and "new" in versions:
+        print("\nDask / embedded (new), the same total number of BLAS threads (aim: wall and "
+              "fit time within 1.10x); peak per worker process")
+        print(f"{'version':8s} {'budget MiB':>10s} {'N':>3s} {'wall x':>7s} {'fit/subj x':>10s} "
+              f"{'worker GiB':>10s}")
+        for v in dask:
+            for b in budgets:
+                for n in sizes:
+                    d, e = by.get((v, b, n)), by.get(("new", b, n))
+                    if d and e:
+                        print(f"{v:8s} {b:10g} {n:3d} {_ratio(d['wall_s'], e['wall_s']):7.2f} "
+                              f"{_ratio(d['fit_s_per_subject'], e['fit_s_per_subject']):10.2f} "
+                              f"{d['peak_worker_gib']:10.2f}")
 
 
 def _ratio(a: float, b: float) -> float:
@@ -517,6 +562,13 @@ def main(argv=None):
                     help="NAPARI_LESION_ALIGN_CACHE of every run (default <data>/cache)")
     ap.add_argument("--old-tree", type=Path, default=OLD_TREE,
                     help=f"worktree of the old commit {OLD_COMMIT[:8]} (made when missing)")
+    ap.add_argument("--workers", type=int, nargs="*", default=[],
+                    help="also run 'new' on a local Dask cluster of each of these numbers of "
+                         "workers (BLAS threads per worker = --threads / workers), to "
+                         "measure Dask's overhead against the embedded run")
+    ap.add_argument("--new-tree", type=Path, default=None,
+                    help="run 'new' from this checkout instead of this one (e.g. a git "
+                         "worktree of the commit to measure)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run (none)")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
@@ -547,7 +599,7 @@ def main(argv=None):
           f"{cache}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="nla_scale_"))
-    srcs = {v: version_src(v, args.old_tree) for v in args.versions}
+    srcs = {v: version_src(v, args.old_tree, args.new_tree) for v in args.versions}
     envs = {v: child_env(srcs[v], cache, args.threads) for v in args.versions}
     for v in args.versions:
         check_import(srcs[v], envs[v], work)
@@ -556,12 +608,15 @@ def main(argv=None):
     model = model_name(args.model, cache)
     print(f"model: {model}", flush=True)
 
-    def one(version, budget, n, tag):
+    def one(version, budget, n, tag, workers=0):
         cfg = write_config(work / f"{tag}.toml", version, data, cache, n, args.runs, budget,
                            args.alphas, model)
         out = work / f"{tag}_out"
-        row = run_cli(cfg, out, envs[version], work, work / f"{tag}.log", args.timeout)
-        row.update(version=version, budget_mb=budget, n=n)
+        extra = (("--workers", str(workers), "--threads", str(max(1, args.threads // workers)))
+                 if workers else ())
+        row = run_cli(cfg, out, envs[version], work, work / f"{tag}.log", args.timeout, extra)
+        row.update(version=f"{version}+{workers}w" if workers else version, budget_mb=budget,
+                   n=n)
         if "error" not in row:
             row["fit_s"] = fit_seconds(row["timings"])
             row["fit_s_per_subject"] = row["fit_s"] / n
@@ -593,14 +648,16 @@ def main(argv=None):
     rows = []
     for b in budgets:
         for n in sizes:
-            for v in args.versions:
-                row, out = one(v, b, n, f"{v}_{b:g}_{n}")
+            runs = [(v, 0) for v in args.versions]
+            runs += [("new", w) for w in args.workers if "new" in args.versions]
+            for v, w in runs:
+                row, out = one(v, b, n, f"{v}_{b:g}_{n}" + (f"_w{w}" if w else ""), w)
                 shutil.rmtree(out, ignore_errors=True)
                 rows.append(row)
                 if "error" in row:
                     print(f"{v} budget {b:g} N={n}: FAILED\n{row['error']}", flush=True)
                 else:
-                    print(f"{v} budget {b:g} MiB N={n}: wall {row['wall_s']:.1f} s, fit "
+                    print(f"{row['version']} budget {b:g} MiB N={n}: wall {row['wall_s']:.1f} s, fit "
                           f"{row['fit_s_per_subject']:.1f} s/subject, peak "
                           f"{row['peak_rss_gib']:.2f} GiB, groups {row.get('groups')}",
                           flush=True)

@@ -171,8 +171,9 @@ def test_unknown_model_folder_is_a_clear_error(tmp_path, tiny_model, capsys):
 
 def test_interrupted_write_leaves_no_half_written_file_and_resumes(tmp_path, tiny_model,
                                                                     monkeypatch):
-    """A write that fails half-way (disk full) leaves the finished units complete, no
-    temporary file and no result.json; the rerun computes only the missing unit."""
+    """A write that fails half-way (disk full) fails its unit, named in the error; the
+    finished units are complete, there is no temporary file and no result.json; the rerun
+    computes only the missing unit."""
     from napari_lesion_align.core import pipeline, result as result_mod
 
     cfg = load_config(write_study(tmp_path / "study", tiny_model, n_subjects=2))
@@ -188,7 +189,8 @@ def test_interrupted_write_leaves_no_half_written_file_and_resumes(tmp_path, tin
 
     monkeypatch.setattr(result_mod, "atomic_write_bytes", flaky)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LesionAlignError,
+                       match=r"1 of 2 fit units failed: sub-02_lang-EN: OSError: disk full"):
         pipeline.run_analysis(cfg, out)
     files = sorted(p.name for p in out.iterdir())
     # the first subject's unit is complete; nothing else, no temporary file, no result.json

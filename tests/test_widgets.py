@@ -254,6 +254,25 @@ def test_cancel_stops_the_run_within_a_second_and_restores_the_model(
     assert any("cancelled" in n.message for n in notifications)
 
 
+def test_run_on_a_local_dask_cluster(make_napari_viewer, qtbot, tiny_model, tmp_path,
+                                     notifications):
+    """Compute = 2 Dask workers: the run's units go to a local cluster and the result
+    arrives as usual (cancelling a Dask run: tests/test_dask.py)."""
+    pytest.importorskip("distributed")
+    viewer = make_napari_viewer()
+    data, model, run = (_dock(viewer, n) for n in ("Data", "Model & lesion", "Run"))
+    data.set_files(**_write_study(tmp_path / "study", n_vols=150, n_subjects=3))
+    _use_tiny(run.session, model, tiny_model)
+    run.workers.setValue(2)
+    task = run.run()
+    _wait_task(qtbot, task, 300_000)
+    assert run.outcome.kind == "ok", run.outcome.message
+    res = run.session.result
+    assert res.provenance["executor"].startswith("Dask LocalCluster: 2 workers")
+    assert res.subjects == ["01", "02", "03"]
+    assert not _errors(notifications)
+
+
 # --------------------------------------------------------------------------- bad input
 def _write_study(root: Path, n_vols: int, n_subjects: int = 1) -> dict:
     """A tiny NIfTI study with the demo's English annotations (3 runs)."""

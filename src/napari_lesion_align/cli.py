@@ -1,5 +1,8 @@
 """Command line: ``napari-lesion-align demo | run CONFIG | convert-model``.
 
+``run`` and ``demo`` take ``--out DIR`` (resumed when it holds the same analysis),
+``--force``, and ``--workers N`` / ``--scheduler ADDRESS`` to run the units on Dask.
+
 Errors a user can cause are printed on one line (``error: ...``) with exit status 2.
 """
 
@@ -11,26 +14,35 @@ import time
 from pathlib import Path
 
 
-class _ProgressPrinter:
-    """One line per step (or per 5 % of progress), with elapsed and remaining time."""
+class _Progress:
+    """A tqdm progress bar on stderr: percent done, elapsed and remaining time, the current
+    step; resumes, failures and the cluster are also printed as lines."""
 
-    def __init__(self, stream=sys.stderr, quiet=False):
-        self.stream = stream
-        self.quiet = quiet
-        self.t0 = time.perf_counter()
-        self.last_frac = -1.0
-        self.last_head = None
+    LINES = ("resuming", "failed", "Dask")
+
+    def __init__(self, quiet: bool = False):
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            tty = sys.stderr.isatty()
+            self.bar = tqdm(total=100, file=sys.stderr, mininterval=0.5 if tty else 10,
+                            bar_format="{percentage:5.1f}%|{bar:20}| {elapsed}<{remaining} "
+                                       "{desc}", dynamic_ncols=tty)
 
     def __call__(self, frac: float, msg: str) -> None:
-        if self.quiet or not msg:
+        if self.bar is None:
             return
-        head = msg.split(":")[0]
-        if frac - self.last_frac < 0.05 and head == self.last_head and frac < 1.0:
-            return
-        self.last_frac, self.last_head = frac, head
-        el = time.perf_counter() - self.t0
-        eta = f", ~{el * (1 - frac) / frac:.0f} s left" if 0.02 < frac < 1.0 else ""
-        print(f"[{frac * 100:5.1f}% {el:6.1f} s{eta}] {msg}", file=self.stream, flush=True)
+        self.bar.n = round(100 * min(max(frac, 0.0), 1.0), 1)
+        if msg:
+            if msg.startswith(self.LINES):
+                self.bar.write(msg, file=sys.stderr)
+            self.bar.set_description_str(msg[:90], refresh=False)
+        self.bar.refresh() if frac >= 1.0 else self.bar.update(0)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _summary(result, out: Path | None) -> str:
@@ -78,6 +90,14 @@ def main(argv=None) -> int:
         p.add_argument("--force", action="store_true",
                        help="the output folder holds another analysis: delete its results "
                             "and start again (other files are never touched)")
+        p.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="run the units on a local Dask cluster of N worker processes "
+                            "(the 'dask' extra); BLAS threads per worker = cores / N")
+        p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run the units on the Dask cluster whose scheduler is at ADDRESS "
+                            "(e.g. tcp://10.0.0.5:8786; docs/cluster.md)")
+        p.add_argument("--threads", type=int, default=None, metavar="T",
+                       help="BLAS threads per Dask worker (default: cores / workers)")
         p.add_argument("--quiet", action="store_true")
     c = sub.add_parser("convert-model", help="convert the built-in offline model into the cache")
     c.add_argument("--cache-dir", default=None)
@@ -90,6 +110,7 @@ def main(argv=None) -> int:
             print(e5_offline.ensure_converted(args.cache_dir, progress=lambda m: print(m)))
             return 0
         from .core.config import demo_config, load_config
+        from .core.executor import executor_for
         from .core.pipeline import run_analysis
 
         if args.cmd == "demo":
@@ -97,10 +118,22 @@ def main(argv=None) -> int:
                                  lesions=args.lesions)
         else:
             config = load_config(args.config)
+        compute = {k: getattr(args, k) for k in ("workers", "scheduler", "threads")
+                   if getattr(args, k) is not None}
+        if compute:
+            config = config.replace(compute=config.compute.replace(**compute))
         out = Path(args.out)
         t0 = time.perf_counter()
-        result = run_analysis(config, out, progress=_ProgressPrinter(quiet=args.quiet),
-                              force=args.force)
+        executor = executor_for(config.compute)
+        progress = _Progress(quiet=args.quiet)
+        try:
+            if not args.quiet and executor.description != "in this process":
+                print(executor.description, file=sys.stderr, flush=True)
+            result = run_analysis(config, out, progress=progress, force=args.force,
+                                  executor=executor)
+        finally:
+            progress.close()
+            executor.close()
         print(_summary(result, out))
         print(f"done in {time.perf_counter() - t0:.1f} s")
         return 0

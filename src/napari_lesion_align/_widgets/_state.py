@@ -65,6 +65,8 @@ class Session:
         self.model_error: str | None = None
         #: [encoding] overrides (e.g. a shorter alpha grid)
         self.encoding: dict = {}
+        #: [compute]: where the units run (the Run widget's form)
+        self.compute: dict = {}
         self.seed: int = 0
         self.name: str = "napari"
         self.result = None
@@ -120,6 +122,8 @@ class Session:
             overrides = {"model": model}
             if self.encoding:
                 overrides["encoding"] = dict(self.encoding)
+            if self.compute:
+                overrides["compute"] = dict(self.compute)
             # the form's [lesions] over the demo's recipe (its category rule included)
             return demo_config(n_subjects=int(demo.get("n_subjects", 5)),
                                seed=int(demo.get("seed", self.seed)), lesions=lesions or False,
@@ -135,6 +139,8 @@ class Session:
         d["lesions"] = lesions
         if self.encoding:
             d.setdefault("encoding", {}).update(self.encoding)
+        if self.compute:
+            d.setdefault("compute", {}).update(self.compute)
         d.setdefault("name", self.name)
         d.setdefault("seed", self.seed)
         return config_from_dict(d, base=base, source=source)

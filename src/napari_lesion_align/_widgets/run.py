@@ -2,8 +2,11 @@
 
 The analysis (:func:`~..core.pipeline.run_analysis`) runs in a napari thread worker; its
 progress reaches the GUI thread through a queued Qt signal, so the viewer stays usable.
-Cancel stops it at the core's next check (the model is restored: lesions are applied in a
-context manager). At the end the result's layers are added a few per event-loop turn.
+Its units run in napari's process, on a local Dask cluster (*Compute*: N workers) or on a
+running Dask cluster (a scheduler address). Cancel stops it at the core's next check (the
+model is restored: lesions are applied in a context manager; Dask units not yet started
+are cancelled). With an output folder, running again into it resumes. At the end the
+result's layers are added a few per event-loop turn.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                            QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+                            QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
+                            QWidget)
 
 from ..core.errors import LesionAlignError
 from ._state import connect, session_for
@@ -73,6 +77,23 @@ class RunWidget(QWidget):
         ol.addWidget(self.out_dir, 1)
         ol.addWidget(pick)
         form.addRow("Output", orow)
+        # where the units run: this process, a local Dask cluster, or a Dask scheduler
+        self.workers = QSpinBox()
+        self.workers.setRange(0, 256)
+        self.workers.setSpecialValueText("this process")
+        self.workers.setSuffix(" Dask workers")
+        self.workers.setToolTip("0: every unit in napari's process; N: a local Dask cluster "
+                                "of N worker processes (needs the 'dask' extra)")
+        self.scheduler = QLineEdit()
+        self.scheduler.setPlaceholderText("optional: tcp://host:8786 (a running Dask cluster)")
+        self.scheduler.setToolTip("the address of a Dask scheduler whose workers run the "
+                                  "units (the output folder must be on a shared file system)")
+        crow = QWidget()
+        cl = QHBoxLayout(crow)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.addWidget(self.workers)
+        cl.addWidget(self.scheduler, 1)
+        form.addRow("Compute", crow)
         self.with_template = QCheckBox("show the MNI152 template under the maps")
         self.with_template.setChecked(True)
         form.addRow("", self.with_template)
@@ -115,6 +136,9 @@ class RunWidget(QWidget):
         if s.busy:
             show_error(f"wait for the {s.busy} to finish")
             return None
+        s.compute = {"workers": int(self.workers.value())}
+        if self.scheduler.text().strip():
+            s.compute["scheduler"] = self.scheduler.text().strip()
         try:
             config = s.build_config()
         except LesionAlignError as err:

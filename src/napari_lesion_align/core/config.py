@@ -220,6 +220,13 @@ class ComputeConfig(Table):
     TABLE: ClassVar[str] = "[compute]"
     #: folder of the content-addressed feature store (default: the user cache)
     feature_store: Text | None = None
+    #: 0: every unit in this process; N: a Dask LocalCluster of N worker processes
+    workers: NonNegInt = 0
+    #: the address of an existing Dask scheduler (tcp://host:8786): its workers run the units
+    scheduler: Text | None = None
+    #: BLAS threads per worker (0: the cores divided among the local workers; for a
+    #: scheduler, the workers' own setting)
+    threads: NonNegInt = 0
 
 
 #: the keys whose change does not change any unit's result (only the group statistics);

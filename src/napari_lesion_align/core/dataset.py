@@ -152,11 +152,11 @@ def _nifti_run(space: VolumeSpace, path: str) -> BoldRun:
 
 
 def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
-                 cancel: Callable | None = None) -> Dataset:
+                 cancel: Callable | None = None, subjects=None) -> Dataset:
     """Index every file of a file-based config (kind 'volume' or 'regions') and check lengths.
 
     NIfTI data is read later, one subject and language at a time; region tables are small
-    and read now.
+    and read now. ``subjects``: index only these (a cluster worker fitting a few).
     """
     data = config.data
     if data.kind == "demo":
@@ -168,6 +168,8 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
     done = 0
     for lang in data.languages:
         for s, paths in lang.bold.items():
+            if subjects is not None and s not in subjects:
+                continue
             runs = []
             for i, path in enumerate(paths):
                 if cancel is not None and cancel():
@@ -198,13 +200,14 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
 
 
 def open_source(config: AnalysisConfig, progress: Callable | None = None,
-                cancel: Callable | None = None):
-    """The data source of a config: its files (:func:`load_dataset`) or the demo."""
+                cancel: Callable | None = None, subjects=None):
+    """The data source of a config: its files (:func:`load_dataset`; ``subjects``: only
+    these) or the demo."""
     if config.data.kind == "demo":
         from ..data.demo import DemoDataset
 
         return DemoDataset(config)
-    return load_dataset(config, progress=progress, cancel=cancel)
+    return load_dataset(config, progress=progress, cancel=cancel, subjects=subjects)
 
 
 def describe_words(words: Words) -> str:

@@ -3,7 +3,8 @@
 The GUI, the CLI and the cluster runner all call it. It is a short sequence of stage calls
 (:mod:`.stages`) over units whose inputs and outputs are on disk: running the same config
 into the same output folder again resumes (finished units are skipped), a different
-analysis in that folder is refused. It reports progress through a callback
+analysis in that folder is refused. The units run in this process or on a Dask cluster
+(:mod:`.executor`, ``[compute]``). It reports progress through a callback
 ``progress(fraction, message)`` and stops at the next check when ``cancel()`` returns True
 (raising :class:`~napari_lesion_align.core.errors.Cancelled`).
 """
@@ -18,15 +19,14 @@ from typing import Callable
 
 from .. import __version__
 from .config import AnalysisConfig
-from .stages import (ConditionSet, Engine, Progress, ProgressFn, fit_jobs, stage_conditions,
-                     stage_features, stage_fits, stage_group)
+from .stages import Engine, Progress, ProgressFn, fit_jobs, make_engine, stage_group
 
 __all__ = ["run_analysis", "Progress", "ProgressFn"]
 
 
 def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn | None = None,
                  cancel: Callable[[], bool] | None = None, model=None,
-                 force: bool = False):
+                 force: bool = False, executor=None):
     """Run the analysis a config describes into ``out_dir``.
 
     Parameters
@@ -41,6 +41,8 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     model : an already loaded :class:`~.model.LoadedModel` (skips loading ``config.model``).
     force : when ``out_dir`` holds another analysis, delete its files and start again
         (instead of refusing).
+    executor : where the units run (:mod:`.executor`); default: what ``[compute]`` says
+        (this process, a local Dask cluster or a Dask scheduler), closed at the end.
 
     Returns
     -------
@@ -48,17 +50,17 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         Its maps are read from ``out_dir`` when first used.
     """
     from .dataset import open_source
-    from .plan import LesionPlan
+    from .executor import executor_for, failures_error
     from .result import AlignmentResult
-    from .store import FeatureStore, OutputFolder, identity
+    from .store import OutputFolder, identity
 
     t_start = time.perf_counter()
-    timings: dict = {}
     P = Progress(progress, cancel)
-    plan = LesionPlan.of(config)
     tmp = None
     if out_dir is None:
         tmp = out_dir = tempfile.mkdtemp(prefix="napari-lesion-align-")
+    own = executor is None
+    ex = None
     try:
         # 1. data (files are checked before the model is loaded, and before the folder is
         # claimed)
@@ -66,40 +68,37 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         P.phase(0.0, 0.04)
         source = open_source(config, progress=P, cancel=cancel)
         out = OutputFolder.open(out_dir, identity(config), force=force)
-        timings["data_s"] = time.perf_counter() - t
-        eng = Engine(config, source, FeatureStore(config.compute.feature_store), out, P,
-                     model=model)
-        eng.sets = [ConditionSet("analysis", plan, config.model.layer)]
-        eng.sets += source.condition_sets(config)
+        ex = executor_for(config.compute) if own else executor
+        eng = make_engine(config, out.root, P, model=model, source=source)
+        data_s = time.perf_counter() - t
 
-        # 2. conditions: the lesions (or the record of a previous run)
+        # 2. the model's work: the lesions (or the record of a previous run) and the
+        # features the missing fits need
+        ex.model_stages(eng)
+        timings = {"data_s": data_s, "lesions_s": eng.timings.get("lesions_s", 0.0),
+                   "features_s": eng.timings.get("features_s", 0.0)}
+
+        # 3. the fits not done yet
         t = time.perf_counter()
-        P.phase(0.04, 0.15)
-        P(0.0, "choosing lesions" if config.lesions.enabled else "intact model")
-        stage_conditions(eng)
-        timings["lesions_s"] = time.perf_counter() - t
-
-        # 3. features and fits, for the units not done yet
         jobs, reused = fit_jobs(eng)
-        t = time.perf_counter()
-        if jobs:
-            P.phase(0.15, 0.45)
-            stage_features(eng)
-            source.prepare(eng)
-        timings["features_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        total = sum(len(j.todo) for j in jobs)
         P.phase(0.45, 0.97)
-        stage_fits(eng, jobs, reused)
+        if reused and total:
+            P(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
+        computed, failures = ex.fits(eng, jobs)
+        eng.counts["fits"] = {"computed": computed, "reused": reused}
         timings["encoding_s"] = time.perf_counter() - t
+        if failures:
+            raise failures_error(failures, total, out.root)
 
         # 4. group statistics, tables, result.json (last)
         t = time.perf_counter()
         P.phase(0.97, 1.0)
-        P(0.0, "group statistics" if len(plan.specs(eng.info.n_layers)) > 1 else "summary")
+        P(0.0, "group statistics" if len(eng.analysis.conditions) > 1 else "summary")
         result = stage_group(eng)
         timings["analysis_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
-        result.provenance = _provenance(config, eng, result, timings)
+        result.provenance = _provenance(config, eng, result, timings, ex)
         P(0.5, "writing results")
         result.write_tables(out.root)
         if tmp is not None:
@@ -109,11 +108,13 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
             progress(1.0, "done")
         return result
     finally:
+        if own and ex is not None:
+            ex.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _provenance(config, eng: Engine, result, timings: dict) -> dict:
+def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
     info = eng.info
     prov = {
         "package": "napari-lesion-align",
@@ -125,6 +126,7 @@ def _provenance(config, eng: Engine, result, timings: dict) -> dict:
         "seed": config.seed,
         "conditions": result.provenance["conditions"],
         "timings": timings,
+        "executor": executor.description,
         # no fit to do: no feature was needed (nor looked up)
         "units": {"features": eng.counts.get("features", {"computed": 0, "reused": 0}),
                   "fits": eng.counts.get("fits")},

@@ -8,6 +8,7 @@
     fits        one unit per subject x language: load and clean that subject's runs, fit
                 every condition, write its maps, then its record (units/fit/...json); subjects
                 with the same run lengths are fitted together up to [encoding] stack_mb
+                (:mod:`.executor` runs them here or on a Dask cluster)
     group       per language: group statistics, categories, the layer-sweep table, summary.tsv
                 and result.json (last)
 
@@ -24,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import Cancelled, LesionAlignError
+from .errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
 from .plan import Condition, ConditionSpec, LesionPlan
 
 ProgressFn = Callable[[float, str], None]
@@ -103,6 +104,7 @@ class Engine:
     info: ModelInfo | None = None
     sets: list = field(default_factory=list)  # of ConditionSet
     counts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
 
     @property
     def cancel(self):
@@ -129,6 +131,25 @@ class Engine:
         return self.sets[0]
 
 
+def make_engine(config, out_root, progress: Progress | None = None, model=None,
+                source=None) -> Engine:
+    """The engine of an analysis whose output folder is ``out_root`` (already claimed by
+    :meth:`.store.OutputFolder.open`): its data source (opened here unless given), the
+    feature store, the condition sets (the analysis', then the source's own)."""
+    from .dataset import open_source
+    from .plan import LesionPlan
+    from .store import FeatureStore, OutputFolder
+
+    progress = progress or Progress(None, None)
+    if source is None:
+        source = open_source(config, cancel=progress.cancel_fn)
+    eng = Engine(config, source, FeatureStore(config.compute.feature_store),
+                 OutputFolder(out_root), progress, model=model)
+    eng.sets = [ConditionSet("analysis", LesionPlan.of(config), config.model.layer)]
+    eng.sets += source.condition_sets(config)
+    return eng
+
+
 # --------------------------------------------------------------------------- conditions
 def stage_conditions(eng: Engine) -> None:
     """Every condition set's conditions, with the lesions' keys.
@@ -138,6 +159,14 @@ def stage_conditions(eng: Engine) -> None:
     (:func:`ensure_lesions` builds them again, the same way, only when a feature unit is
     missing).
     """
+    t0 = time.perf_counter()
+    try:
+        _conditions(eng)
+    finally:
+        eng.timings["lesions_s"] = eng.timings.get("lesions_s", 0.0) + time.perf_counter() - t0
+
+
+def _conditions(eng: Engine) -> None:
     record = eng.out.read_record("", "conditions")
     if record is not None:
         info = ModelInfo(**record["model"])
@@ -211,6 +240,14 @@ def stage_features(eng: Engine) -> None:
     lesion confined to blocks >= l only recomputes blocks l.. (exact); a lesion entirely
     above the chosen layer has the intact features.
     """
+    t0 = time.perf_counter()
+    try:
+        _features(eng)
+    finally:
+        eng.timings["features_s"] = eng.timings.get("features_s", 0.0) + time.perf_counter() - t0
+
+
+def _features(eng: Engine) -> None:
     from .features import extract_word_features
     from .lesions import apply_lesion
 
@@ -376,8 +413,22 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
 
     The subjects' cleaned BOLD is put side by side into one preallocated array (one
     decomposition per fold for all of them), so the memory is the job's stacked BOLD plus
-    one subject's raw runs.
+    one subject's raw runs. A failure raises :class:`~.errors.UnitFailed` naming the
+    units and the condition (cancelling raises :class:`~.errors.Cancelled`).
     """
+    state = {"condition": None, "written": []}
+    try:
+        return _fit_job(eng, job, trf, progress, state)
+    except (Cancelled, KeyboardInterrupt, UnitFailed):
+        raise
+    except Exception as err:
+        names = [unit_name(s, job.language) for s in job.todo]
+        raise unit_failed([n for n in names if n not in state["written"]],
+                          state["condition"], err) from err
+
+
+def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
+             state: dict) -> list[str]:
     from . import analysis as an
     from .bold import clean_run, valid_columns
     from .encoding import cross_validated_r
@@ -420,6 +471,7 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
     conds = eng.analysis.conditions
     for ci, c in enumerate(conds):
         eng.progress.check()
+        state["condition"] = c.label
         if col:
             X_runs = [X[: pad + n] for X, n in zip(trf.get(code, c.label), lengths)]
             who = (f"subject {job.subjects[0]}" if len(job.subjects) == 1
@@ -440,6 +492,7 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
             a += width[s]
             r_maps[s][c.label] = r
     del Y, Yv
+    state["condition"] = None
     seconds = time.perf_counter() - t0
     written = []
     for s in job.todo:
@@ -460,23 +513,8 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
             rec["note"] = "every voxel/region is constant or NaN"
         eng.out.write_record("fit", unit_name(s, code), rec)
         written.append(unit_name(s, code))
+        state["written"] = written
     return written
-
-
-def stage_fits(eng: Engine, jobs: list, reused: list) -> None:
-    """Run the fit jobs (:func:`fit_jobs`); count what was computed and reused."""
-    total = sum(len(j.todo) for j in jobs)
-    computed = []
-    done = 0
-    trf = _TRFeatures(eng)
-    if reused and total:
-        eng.progress(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
-    for job in jobs:
-        eng.progress.check()
-        lo, hi = done / total, (done + len(job.todo)) / total
-        computed += run_fit_job(eng, job, trf, eng.progress.sub(lo, hi))
-        done += len(job.todo)
-    eng.counts["fits"] = {"computed": computed, "reused": reused}
 
 
 # --------------------------------------------------------------------------- group

@@ -1,0 +1,158 @@
+"""The analysis' units on a real Dask LocalCluster (the 'dask' extra): the same maps as in
+one process, failures named while the other units are saved, a killed worker replaced."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from napari_lesion_align import cli  # noqa: E402
+from napari_lesion_align.core.config import load_config  # noqa: E402
+from napari_lesion_align.core.errors import LesionAlignError  # noqa: E402
+from napari_lesion_align.core.executor import DaskExecutor, blas_threads  # noqa: E402
+from napari_lesion_align.core.pipeline import run_analysis  # noqa: E402
+from test_resume import _maps, _study, _units  # noqa: E402
+from tiny_models import make_tiny_model  # noqa: E402
+
+LESIONS = ('\n[lesions]\nelement = "neurons"\nmethod = "wanda"\nk_percent = 10.0\n'
+           'selections = ["shared"]\ncorrection = "none"\n')
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-xlmr", "xlm-roberta",
+                           max_positions=130)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 worker processes with 1 BLAS thread each."""
+    ex = DaskExecutor.local(2, threads=1)
+    yield ex
+    ex.close()
+
+
+def _assert_same_maps(a: Path, b: Path, atol: float = 0.0) -> None:
+    ma, mb = _maps(a), _maps(b)
+    assert ma.keys() == mb.keys() and ma
+    for name in ma:
+        if atol:
+            np.testing.assert_allclose(ma[name], mb[name], atol=atol, rtol=0, err_msg=name)
+        else:
+            np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
+
+
+def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
+        tmp_path, tiny_model, cluster):
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=4, extra=LESIONS))
+    with blas_threads(1):  # the workers' thread count: identical results
+        run_analysis(cfg, tmp_path / "seq")
+    assert cluster.description.startswith("Dask LocalCluster: 2 workers x 1 BLAS thread")
+    res = run_analysis(cfg, tmp_path / "dask", executor=cluster)
+    assert res.provenance["executor"] == cluster.description
+    assert sorted(_units(tmp_path / "dask")["fits"]["computed"]) == [
+        f"sub-{s:02d}_lang-EN" for s in range(1, 5)]
+    _assert_same_maps(tmp_path / "seq", tmp_path / "dask")
+    assert (tmp_path / "seq" / "summary.tsv").read_text() == \
+        (tmp_path / "dask" / "summary.tsv").read_text()
+    # one subject's data cannot be read (its header can): its unit fails, is named, and
+    # the other units are saved; fixing the file and running again computes only it
+    bad = tmp_path / "study" / "sub-03" / "run-2.nii.gz"
+    good = bad.read_bytes()
+    raw = gzip.decompress(good)
+    bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    out = tmp_path / "failing"
+    with pytest.raises(LesionAlignError, match=r"1 of 4 fit units failed: sub-03_lang-EN"):
+        run_analysis(cfg, out, executor=cluster)
+    assert not (out / "result.json").exists()
+    assert sorted(p.stem for p in (out / "units" / "fit").glob("*.json")) == [
+        "sub-01_lang-EN", "sub-02_lang-EN", "sub-04_lang-EN"]
+    bad.write_bytes(good)
+    again = run_analysis(cfg, out, executor=cluster)
+    assert again.provenance["units"]["fits"]["computed"] == ["sub-03_lang-EN"]
+    _assert_same_maps(tmp_path / "seq", out)
+
+
+def test_cli_workers_runs_on_a_local_cluster(tmp_path, tiny_model, capsys):
+    """--workers 2: the maps equal the in-process ones (thread counts may differ: within
+    1e-6), and the cluster is announced on the console."""
+    cfg = _study(tmp_path / "study", tiny_model, n_subjects=2)
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "one")]) == 0
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "Dask LocalCluster: 2 workers" in err
+    _assert_same_maps(tmp_path / "one", tmp_path / "two", atol=1e-6)
+    doc = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert doc["executor"].startswith("Dask LocalCluster: 2 workers")
+
+
+def test_a_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny_model, cluster):
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=6))
+    out = tmp_path / "out"
+    records = out / "units" / "fit"
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = run_analysis(cfg, out, executor=cluster)
+        except Exception as err:  # noqa: BLE001 - reported below
+            outcome["error"] = err
+
+    pids = cluster.client.run(os.getpid)  # {worker address: pid}
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and t.is_alive():
+        if records.is_dir() and any(records.glob("*.json")):
+            break
+        time.sleep(0.01)
+    assert t.is_alive(), "the run ended before a worker could be killed"
+    os.kill(next(iter(pids.values())), signal.SIGKILL)
+    t.join(600)
+    assert not t.is_alive(), "the run hangs after a worker died"
+    if "error" in outcome:  # a clear error is acceptable; the rerun must then complete
+        assert isinstance(outcome["error"], LesionAlignError), outcome["error"]
+        run_analysis(cfg, out, executor=cluster)
+    assert (out / "result.json").is_file()
+    assert sorted(p.stem for p in records.glob("*.json")) == [
+        f"sub-{s:02d}_lang-EN" for s in range(1, 7)]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    for p in out.glob("*_statmap.nii.gz"):  # every map is complete
+        assert np.isfinite(nib.load(str(p)).get_fdata()).any()
+    # the cluster has its two workers again
+    deadline = time.monotonic() + 60
+    while len(cluster.client.scheduler_info()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(cluster.client.scheduler_info()["workers"]) == 2
+
+
+def test_cancel_stops_the_units_not_started_and_the_rerun_resumes(tmp_path, tiny_model,
+                                                                  cluster):
+    from napari_lesion_align.core.errors import Cancelled
+
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=8))
+    out = tmp_path / "out"
+    records = out / "units" / "fit"
+
+    def cancel():  # as the GUI's Cancel button does, once the first unit has landed
+        return records.is_dir() and any(records.glob("*.json"))
+
+    with pytest.raises(Cancelled):
+        run_analysis(cfg, out, executor=cluster, cancel=cancel)
+    time.sleep(2)  # units already running on a worker may still land
+    done = sorted(p.stem for p in records.glob("*.json"))
+    assert 1 <= len(done) < 8 and not (out / "result.json").exists()
+    res = run_analysis(cfg, out, executor=cluster)
+    assert sorted(res.provenance["units"]["fits"]["reused"]) == done
+    assert len(res.provenance["units"]["fits"]["computed"]) == 8 - len(done)
