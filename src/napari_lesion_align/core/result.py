@@ -38,13 +38,13 @@ OWN_FILE_PATTERNS = ("sub-*_statmap.nii.gz", "sub-*_statmap.tsv", "group_*_statm
                      "group_*_statmap.tsv", "group_desc-*_categories.nii.gz",
                      "group_desc-*_categories.tsv", "categories.json", "summary.tsv",
                      "layer_sweep.tsv", "mask.nii.gz", "result.json")
-_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_LABEL = re.compile(r"[A-Za-z0-9]+")
 
 
 def check_label(value: str, what: str) -> str:
     """BIDS-style labels: letters and digits only (they go into file names)."""
     value = str(value)
-    if not _LABEL.match(value):
+    if not _LABEL.fullmatch(value):  # (match: "$" also matches before a final newline)
         raise LesionAlignError(
             f"{what} label {value!r} must contain only letters and digits (it becomes part of "
             "the output file names); rename it in the config"

@@ -71,14 +71,21 @@ class Table(Section):
 
 
 def _where(prefix: str, loc: tuple) -> str:
-    """``[lesions].random_control``, ``[languages.EN].bold``, ``[lesions.manual][0].element``."""
-    keys = [str(k) for k in loc]
+    """``[lesions].random_control``, ``[languages.EN].bold``, ``[lesions].manual[0].element``;
+    a table's key that is wrong itself: ``[languages.EN].bold['0 1'] (the key)``."""
+    import re
+
     head = prefix
-    for k in keys:
-        if k.isdigit() and head:
+    for k in loc:
+        k = str(k)
+        if k == "[key]":
+            head += " (the key)"
+        elif k.isdigit() and head:
             head += f"[{k}]"
-        else:
+        elif re.fullmatch(r"[A-Za-z0-9_]+", k):
             head += f".{k}" if head else k
+        else:
+            head += f"[{k!r}]"
     return head or "config"
 
 
