@@ -180,3 +180,24 @@ def test_a_changed_input_file_reruns_its_unit(tmp_path, tiny_model):
     res = run_analysis(cfg, out)
     assert res.provenance["units"]["fits"] == {"computed": ["sub-02_lang-EN"],
                                                "reused": ["sub-01_lang-EN"]}
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, tiny_model):
+    """Two runs into one folder at once: the second is refused (a lock held while the first
+    runs, released when it ends, however it ends); an --out that cannot be written is one
+    message."""
+    from napari_lesion_align.core.store import OutputFolder, identity
+
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=1))
+    out = tmp_path / "out"
+    first = OutputFolder.open(out, identity(cfg))  # a run in progress holds the folder
+    with pytest.raises(LesionAlignError, match=r"another run is writing into this folder "
+                                               rf"\(process {os.getpid()}\)"):
+        run_analysis(cfg, out)
+    first.close()
+    run_analysis(cfg, out)  # now free
+    assert (out / "result.json").is_file()
+    with pytest.raises(LesionAlignError, match="exists and is not a folder"):
+        run_analysis(cfg, tmp_path / "study" / "mask.nii.gz")
+    with pytest.raises(LesionAlignError, match="cannot write the output folder"):
+        run_analysis(cfg, tmp_path / "study" / "mask.nii.gz" / "out")  # below a file

@@ -60,7 +60,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     if out_dir is None:
         tmp = out_dir = tempfile.mkdtemp(prefix="napari-lesion-align-")
     own = executor is None
-    ex = None
+    ex = out = None
     try:
         # 1. data (files are checked before the model is loaded, and before the folder is
         # claimed)
@@ -110,6 +110,8 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     finally:
         if own and ex is not None:
             ex.close()
+        if out is not None:
+            out.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 

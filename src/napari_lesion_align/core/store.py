@@ -158,11 +158,46 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 class OutputFolder:
-    """One analysis' output folder; its ``units/`` records make reruns resume."""
+    """One analysis' output folder; its ``units/`` records make reruns resume.
+
+    :meth:`open` claims it for one run: a lock (``units/.lock``) refuses a second run into
+    the same folder while the first is running (released by :meth:`close`, or when the
+    process ends, however it ends).
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.units = self.root / UNITS
+        self._lock = None
+
+    def _take_lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: no lock
+            return
+        path = self.units / ".lock"
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            who = fh.read().strip()
+            fh.close()
+            raise LesionAlignError(
+                f"{self.root}: another run is writing into this folder"
+                + (f" (process {who})" if who else "")
+                + "; wait for it to finish, or choose another output folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock = fh
+
+    def close(self) -> None:
+        """Release the folder (its lock)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @classmethod
     def open(cls, root, ident: dict, force: bool = False) -> "OutputFolder":
@@ -177,7 +212,22 @@ class OutputFolder:
         root = folder.root
         if root.exists() and not root.is_dir():
             raise LesionAlignError(f"{root}: exists and is not a folder; choose another --out")
+        try:
+            folder._claim(ident, force)
+        except OSError as err:
+            folder.close()
+            raise LesionAlignError(f"{root}: cannot write the output folder ({err}); choose a "
+                                   "folder you can write to") from err
+        except BaseException:
+            folder.close()
+            raise
+        return folder
+
+    def _claim(self, ident: dict, force: bool) -> None:
+        folder, root = self, self.root
         marker = folder.units / "analysis.json"
+        if marker.is_file():  # lock first: another run may be writing there
+            folder._take_lock()
         if marker.is_file():
             try:
                 old = json.loads(marker.read_text())
@@ -205,10 +255,11 @@ class OutputFolder:
                 f"{root}: is not empty and holds {what}; choose a new or empty output folder "
                 "(nothing in it is overwritten)")
         folder.units.mkdir(parents=True, exist_ok=True)
+        if folder._lock is None:
+            folder._take_lock()
         for stale in list(root.glob(".*.tmp")) + list(folder.units.rglob(".*.tmp")):
             stale.unlink(missing_ok=True)  # a write interrupted by a kill (atomic_write_*)
         atomic_write_text(marker, json.dumps(ident, indent=2))
-        return folder
 
     def clear(self) -> None:
         """Delete this analysis' files: every file its unit records list, the group files
@@ -219,7 +270,10 @@ class OutputFolder:
             for p in self.root.glob(pattern):
                 if p.is_file():
                     p.unlink()
-        shutil.rmtree(self.units, ignore_errors=True)
+        for p in self.units.iterdir() if self.units.is_dir() else ():
+            if p.name == ".lock":  # held by this run
+                continue
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     # ------------------------------------------------------------------ records
     def record_path(self, stage: str, name: str) -> Path:
