@@ -403,6 +403,8 @@ class LesionBuilder:
         self._scores: dict = {}
         self._lesions: dict = {}
         self._means: dict = {}
+        self._auto: str | None = None  # what method = "auto" means for this model
+        self._head = None  # the model with its LM head, until gradxweight scores are made
 
     def _base_spec(self, plan: LesionPlan) -> dict:
         return {"model": self.lm.name, "model_hash": self.lm.weights_hash, "mode": plan.mode,
@@ -478,10 +480,7 @@ class LesionBuilder:
     def _select(self, plan: LesionPlan, spec: ConditionSpec, base: dict, progress, cancel):
         from . import importance as imp
 
-        method = plan.method
-        head_model = None
-        if method == "auto":
-            method, head_model = self._auto_method(plan)
+        method = self._method(plan)
         key = (method, spec.element, plan.text, plan.max_tokens, plan.languages, plan.seed)
         if key not in self._scores:
             texts = self.texts(plan)
@@ -491,9 +490,11 @@ class LesionBuilder:
                                                 plan.max_tokens, cancel=cancel)
             else:
                 if method == "gradxweight":
+                    head, self._head = self._head, None  # loaded by _method, used once
                     scores = imp.gradxweight_scores(lm.source, lm.tokenizer, texts, lm.device,
                                                     plan.max_tokens, plan.seed, progress,
-                                                    cancel, head_model=head_model)
+                                                    cancel, head_model=head)
+                    del head
                 else:
                     scores = imp.wanda_scores(lm.model, lm.tokenizer, texts, self.anatomy,
                                               plan.max_tokens, progress, cancel)
@@ -501,7 +502,6 @@ class LesionBuilder:
                     scores = {L: imp.unit_scores(s, spec.element, self.anatomy)
                               for L, s in scores.items()}
             self._scores[key] = (scores, {})
-        del head_model
         scores, ranks = self._scores[key]
         spec_d = dict(base, element=spec.element, method=method)
         if method == "lape":
@@ -513,17 +513,23 @@ class LesionBuilder:
         lesion.mode = plan.mode
         return lesion
 
-    def _auto_method(self, plan: LesionPlan):
-        """``auto``: LAPE for neurons, gradient x weight where the model loads with a
-        language-modelling head (returned, loaded once), Wanda otherwise."""
+    def _method(self, plan: LesionPlan) -> str:
+        """The importance method; ``auto``: LAPE for neurons, gradient x weight where the
+        model loads with a language-modelling head (loaded once, kept until its scores are
+        computed), Wanda otherwise."""
+        if plan.method != "auto":
+            return plan.method
         if plan.element == "neurons":
-            return "lape", None
-        from .importance import load_lm_head_model
+            return "lape"
+        if self._auto is None:
+            from .importance import load_lm_head_model
 
-        try:
-            return "gradxweight", load_lm_head_model(self.lm.source, self.lm.device)
-        except (LesionAlignError, OSError, ValueError):
-            return "wanda", None
+            try:
+                self._head = load_lm_head_model(self.lm.source, self.lm.device)
+                self._auto = "gradxweight"
+            except (LesionAlignError, OSError, ValueError):
+                self._auto = "wanda"
+        return self._auto
 
     def add_means(self, plan: LesionPlan, lesions: list, cancel=None) -> None:
         """Mean-ablation: the mean activation of every unit over the importance text."""
