@@ -22,17 +22,7 @@ from napari_lesion_align.core.config import load_config  # noqa: E402
 from napari_lesion_align.core.errors import LesionAlignError  # noqa: E402
 from napari_lesion_align.core.executor import DaskExecutor, blas_threads  # noqa: E402
 from napari_lesion_align.core.pipeline import run_analysis  # noqa: E402
-from test_resume import _maps, _study, _units  # noqa: E402
-from tiny_models import make_tiny_model  # noqa: E402
-
-LESIONS = ('\n[lesions]\nelement = "neurons"\nmethod = "wanda"\nk_percent = 10.0\n'
-           'selections = ["shared"]\ncorrection = "none"\n')
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-xlmr", "xlm-roberta",
-                           max_positions=130)
+from test_resume import LESIONS, _maps, _study, _units, tiny_model  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +56,21 @@ def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
     _assert_same_maps(tmp_path / "seq", tmp_path / "dask")
     assert (tmp_path / "seq" / "summary.tsv").read_text() == \
         (tmp_path / "dask" / "summary.tsv").read_text()
-    # one subject's data cannot be read (its header can): its unit fails, is named, and
-    # the other units are saved; fixing the file and running again computes only it
+    # one subject's data cannot be read when its unit runs (the file is damaged after the
+    # inputs were checked, before the output folder was claimed): its unit fails, is
+    # named, and the other units are saved; fixing the file and running again computes
+    # only it
     bad = tmp_path / "study" / "sub-03" / "run-2.nii.gz"
     good = bad.read_bytes()
     raw = gzip.decompress(good)
-    bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+
+    def damage_after_the_checks(frac, msg):
+        if msg.startswith("lesions and features"):  # the model's stage: after the checks
+            bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+
     out = tmp_path / "failing"
     with pytest.raises(LesionAlignError, match=r"1 of 4 fit units failed: sub-03_lang-EN"):
-        run_analysis(cfg, out, executor=cluster)
+        run_analysis(cfg, out, executor=cluster, progress=damage_after_the_checks)
     assert not (out / "result.json").exists()
     assert sorted(p.stem for p in (out / "units" / "fit").glob("*.json")) == [
         "sub-01_lang-EN", "sub-02_lang-EN", "sub-04_lang-EN"]

@@ -107,7 +107,7 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
     np.testing.assert_allclose(img.affine, AFFINE)
     r = np.asarray(img.dataobj)
     mask = np.asarray(nib.load(str(out / "mask.nii.gz")).dataobj) > 0
-    assert np.all(r[~mask] == 0)
+    assert np.isnan(r[~mask]).all()  # NaN outside the mask: no tool takes it for a result
     assert np.isnan(r[2, 2, 1])  # the constant voxel: excluded, NaN
     xs = np.indices(SHAPE)[0] * 4.0 - 10
     sig = mask & (xs < 0) & np.isfinite(r)
@@ -123,17 +123,22 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
     fits = doc["fits"]["01/EN"]
     assert fits["n_excluded"] == 1 and "leave-one-run-out over 3 runs" in fits["cv"]
     summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
-    assert list(summary.columns) == ["subject", "language", "condition", "n_voxels", "mean_r",
-                                     "median_r", "rel_drop", "control_rel_drop"]
+    assert list(summary.columns) == ["subject", "language", "condition", "n_voxels",
+                                     "n_excluded", "mean_r", "median_r", "rel_drop",
+                                     "control_rel_drop"]
     assert summary["subject"].tolist() == ["01", "02", "group"]
     assert summary["n_voxels"].tolist() == [int(mask.sum()) - 1] * 3
+    assert summary["n_excluded"].tolist() == [1] * 3  # the constant voxel, reported
     np.testing.assert_allclose(summary["mean_r"][0], np.nanmean(r[mask]), atol=1e-5)
     np.testing.assert_allclose(summary["mean_r"][2], summary["mean_r"][:2].mean(), atol=1e-5)
     assert summary["rel_drop"].isna().all()  # intact only: no lesion
     # the folder reads back
     res = AlignmentResult.load(out)
     np.testing.assert_allclose(res.get("01", "EN"), r[mask], equal_nan=True)
-    assert "mean r" in capsys.readouterr().out
+    console = capsys.readouterr().out
+    assert "mean r" in console
+    assert f"excluded: sub-01 EN: 1 of {int(mask.sum())} voxels excluded (constant or NaN" \
+        in console
 
 
 def test_mismatched_run_length_is_one_clear_error(tmp_path, tiny_model, capsys):

@@ -23,6 +23,9 @@ from test_pipeline import write_study
 from tiny_models import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
+#: a shared lesion of 10 % of the neurons (Wanda) and its random control
+LESIONS = ('\n[lesions]\nelement = "neurons"\nmethod = "wanda"\nk_percent = 10.0\n'
+           'selections = ["shared"]\ncorrection = "none"\n')
 
 
 @pytest.fixture(scope="module")

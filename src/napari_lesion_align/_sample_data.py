@@ -11,6 +11,7 @@ recompute it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -44,10 +45,15 @@ def ensure_demo_result(cache_root=None, progress=None) -> Path:
     from .core.config import demo_config
     from .core.errors import LesionAlignError
     from .core.pipeline import run_analysis
+    from .core.result import check_manifest
 
     final = demo_cache_folder(cache_root)
     if (final / "result.json").is_file():
-        return final
+        try:
+            check_manifest(final, json.loads((final / "result.json").read_text()))
+            return final
+        except (LesionAlignError, ValueError, OSError) as err:
+            log.warning("the cached demo result cannot be used (%s); computing it again", err)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))

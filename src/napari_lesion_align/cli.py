@@ -60,6 +60,15 @@ def _summary(result, out: Path | None) -> str:
                      f"{row['mean_r']:.3f} over {row['n_voxels']} {unit}{drop}")
     if len(shown) > 40:
         lines.append(f"  ... {len(shown) - 40} more rows in summary.tsv")
+    excluded = result.exclusions()
+    for line in excluded[:10]:
+        lines.append(f"  excluded: {line}")
+    if len(excluded) > 10:
+        lines.append(f"  excluded: ... {len(excluded) - 10} more (column n_excluded of "
+                     "summary.tsv)")
+    for w in result.provenance.get("warnings") or []:
+        if "excluded" not in w:  # (those are listed above)
+            lines.append(f"  warning: {w}")
     fits = (result.provenance.get("units") or {}).get("fits") or {}
     if fits.get("reused"):
         lines.append(f"resumed: {len(fits['reused'])} subject fits were already done, "
@@ -138,7 +147,8 @@ def main(argv=None) -> int:
         print(f"done in {time.perf_counter() - t0:.1f} s")
         return 0
     except LesionAlignError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # one line, whatever the message quotes (a library's error may hold line breaks)
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
     except Cancelled:
         print("cancelled", file=sys.stderr)

@@ -238,6 +238,11 @@ class RunWidget(QWidget):
                  + (f", drop {100 * r['rel_drop']:.1f} %" if r["rel_drop"] == r["rel_drop"]
                     else "") for r in rows[:12]]
         more = f"\n… {len(rows) - 12} more in summary.tsv" if len(rows) > 12 else ""
+        excluded = result.exclusions()
+        if excluded:
+            more += "\nexcluded: " + "; ".join(excluded[:3]) + (
+                f"; … {len(excluded) - 3} more (n_excluded in summary.tsv)"
+                if len(excluded) > 3 else "")
         self.summary.setText("\n".join(lines) + more)
 
     def _pick_out_dir(self):

@@ -36,6 +36,10 @@ class VolumeSpace:
         import nibabel as nib
         from nilearn.maskers import NiftiMasker
 
+        if not isinstance(mask, nib.spatialimages.SpatialImage):
+            from .inputs import regular_file
+
+            regular_file(mask, "brain mask", "set [data].mask to a 3D NIfTI image")
         try:
             img = mask if isinstance(mask, nib.spatialimages.SpatialImage) else nib.load(str(mask))
             data = np.asanyarray(img.dataobj)
@@ -65,25 +69,50 @@ class VolumeSpace:
         import nibabel as nib
         from nilearn.image import resample_to_img
 
-        path = Path(path)
+        from .inputs import regular_file
+
+        path = regular_file(path, "BOLD run", "give one 4D NIfTI image per run")
         try:
             img = nib.load(str(path))
-        except FileNotFoundError as err:
-            raise LesionAlignError(f"{path}: BOLD file not found") from err
         except Exception as err:
             raise LesionAlignError(f"{path}: cannot read as NIfTI ({err})") from err
         if len(img.shape) != 4:
             raise LesionAlignError(f"{path}: a BOLD run must be a 4D image, got shape {img.shape}")
-        if img.shape[:3] != self.shape or not np.allclose(img.affine, self.affine, atol=1e-3):
-            # different grid: resample the run onto the mask's grid
-            img = resample_to_img(img, self.mask_img, interpolation="continuous",
-                                  force_resample=True, copy_header=True)
+        self.check_grid(img, path)
         try:
+            if img.shape[:3] != self.shape or not np.allclose(img.affine, self.affine,
+                                                               atol=1e-3):
+                # different grid: resample the run onto the mask's grid
+                img = resample_to_img(img, self.mask_img, interpolation="continuous",
+                                      force_resample=True, copy_header=True)
             data = img.get_fdata(dtype=np.float32)
         except Exception as err:
-            raise LesionAlignError(f"{path}: cannot read the image data ({err})") from err
+            raise LesionAlignError(f"{path}: cannot read the image data "
+                                   f"({' '.join(str(err).split())}); the file "
+                                   "may be truncated or damaged") from err
         m = np.asarray(self.mask_img.dataobj, dtype=bool)
         return np.ascontiguousarray(data[m].T)  # same C order as NiftiMasker
+
+    def check_grid(self, img, path) -> None:
+        """A run on another grid is resampled onto the mask's; it must cover the mask's
+        voxels (a run of another space, or with a broken affine, is refused by name)."""
+        if img.shape[:3] == self.shape and np.allclose(img.affine, self.affine, atol=1e-3):
+            return
+        aff = np.asarray(img.affine, dtype=float)
+        if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+            raise LesionAlignError(f"{path}: the image's affine is not usable ({aff.tolist()});"
+                                   " fix the NIfTI header (qform / sform)")
+        ijk = np.argwhere(np.asarray(self.mask_img.dataobj, dtype=bool))
+        xyz = ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+        inv = np.linalg.inv(aff)
+        rc = xyz @ inv[:3, :3].T + inv[:3, 3]
+        inside = np.all((rc > -0.5) & (rc < np.asarray(img.shape[:3]) - 0.5), axis=1)
+        if inside.mean() < 0.5:
+            raise LesionAlignError(
+                f"{path}: the run's field of view covers {100 * inside.mean():.0f} % of the "
+                f"mask's voxels (grid {tuple(img.shape[:3])}, mask {self.shape}): the run and "
+                "the mask are not in the same space. Register the run to the mask's space, "
+                "or use the mask of this space")
 
     def to_image(self, values: np.ndarray, fill: float = 0.0):
         """A 3D float32 image with ``values`` inside the mask."""
@@ -112,43 +141,43 @@ class RegionSpace:
         self.n_features = len(self.names)
 
 
-def read_region_series(path, names: Sequence[str] | None = None, skip_rows: int = 0):
+def read_region_series(path, names: Sequence[str] | None = None, skip_rows: int = 0,
+                       what: str = "region time-series table"):
     """Read a ``T x V`` array of region time series.
+
+    ``.npy`` (a 1D or 2D numeric array), or a text table: ``.csv`` (commas), ``.tsv``
+    (tabs) or whitespace-separated (``.txt`` and others), with or without a header row of
+    region names. Every row must have one number per column: a short or long row, an
+    empty field or a value that is not a number is an error naming the line (``nan`` is a
+    number: see :func:`censored_volumes`). Region names (header or ``names``) must be
+    distinct and free of tabs and line breaks (they are written into TSV tables).
 
     Returns ``(data, names)``; ``names`` come from a header row when the file has one, from
     ``names`` otherwise, else ``roi-1 .. roi-V``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise LesionAlignError(f"{path}: region time-series file not found")
-    header = None
-    try:
-        if path.suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        else:
-            import pandas as pd
+    from .inputs import read_bytes, read_text
 
-            sep = "," if path.suffix == ".csv" else ("\t" if path.suffix == ".tsv" else r"\s+")
-            first = path.read_text(errors="replace").splitlines()[:1]
-            tokens = first[0].replace(",", " ").split() if first else []
-            has_header = bool(tokens) and not all(_is_number(t) for t in tokens)
-            df = pd.read_csv(path, sep=sep, header=0 if has_header else None, engine="python")
-            if has_header:
-                header = [str(c) for c in df.columns]
-            data = df.to_numpy(dtype=np.float64)
-    except LesionAlignError:
-        raise
-    except Exception as err:
-        raise LesionAlignError(
-            f"{path}: cannot read a T x V numeric table ({err}); use .npy, .tsv/.csv or "
-            "whitespace .txt with one column per region"
-        ) from err
-    data = np.asarray(data, dtype=np.float32)
+    path = Path(path)
+    header = None
+    fix = "use .npy, .tsv/.csv or whitespace .txt with one column per region"
+    if path.suffix == ".npy":
+        import io
+
+        try:
+            data = np.load(io.BytesIO(read_bytes(path, what, fix)), allow_pickle=False)
+            data = np.asarray(data, dtype=np.float64)
+        except LesionAlignError:
+            raise
+        except Exception as err:
+            raise LesionAlignError(f"{path}: cannot read a T x V numeric array ({err}); "
+                                   f"{fix}") from err
+    else:
+        data, header = _parse_table(path, read_text(path, what, fix))
     if data.ndim == 1:
         data = data[:, None]
-    if data.ndim != 2:
+    if data.ndim != 2 or 0 in data.shape:
         raise LesionAlignError(f"{path}: expected a 2D T x V array, got shape {data.shape}")
-    data = data[skip_rows:]
+    data = np.asarray(data, dtype=np.float32)[skip_rows:]
     V = data.shape[1]
     if names is not None:
         if len(names) != V:
@@ -160,7 +189,69 @@ def read_region_series(path, names: Sequence[str] | None = None, skip_rows: int 
         names = header
     else:
         names = [f"roi-{i + 1}" for i in range(V)]
+    check_region_names(names, str(path))
+    if data.shape[0] == 0:
+        raise LesionAlignError(f"{path}: no rows left after skipping {skip_rows}")
     return np.ascontiguousarray(data), names
+
+
+def _parse_table(path: Path, text: str):
+    """``(T x V float64 array, header names or None)`` of a text table; every row checked."""
+    import csv
+    import io
+
+    sep = {".csv": ",", ".tsv": "\t"}.get(path.suffix)
+    if sep is None:
+        rows = [(i, line.split()) for i, line in enumerate(text.splitlines(), 1)]
+    else:
+        reader = csv.reader(io.StringIO(text), delimiter=sep)
+        try:
+            rows = [(reader.line_num, row) for row in reader]
+        except csv.Error as err:
+            raise LesionAlignError(f"{path}: cannot read the table ({err})") from err
+    rows = [(i, [f.strip() for f in r]) for i, r in rows if r and any(f.strip() for f in r)]
+    if not rows:
+        raise LesionAlignError(f"{path}: the table is empty; it needs one row per volume and "
+                               "one column per region")
+    header = None
+    first = rows[0][1]
+    if not all(_is_number(t) for t in first if t):
+        header = first
+        rows = rows[1:]
+    width = len(header) if header is not None else len(first)
+    kind = {",": "comma", "\t": "tab"}.get(sep, "whitespace")
+    out = np.empty((len(rows), width), dtype=np.float64)
+    for k, (line, row) in enumerate(rows):
+        if len(row) != width:
+            raise LesionAlignError(
+                f"{path}: line {line} has {len(row)} {kind}-separated fields but "
+                f"{'the header has' if header is not None else 'the first row has'} {width}; "
+                "every row needs one value per region (fix the missing or extra fields)")
+        try:
+            out[k] = [float(f) for f in row]
+        except ValueError:
+            j = next(j for j, f in enumerate(row) if not _is_number(f))
+            raise LesionAlignError(
+                f"{path}: line {line}, column {j + 1}: {row[j]!r} is not a number; every "
+                "value must be a number (write nan for a missing one)") from None
+    return out, header
+
+
+def check_region_names(names: Sequence[str], where: str) -> None:
+    """Region names go into TSV tables: distinct, not empty, no tab or line break."""
+    for n in names:
+        if not str(n).strip() or any(ch in str(n) for ch in "\t\n\r\x00"):
+            raise LesionAlignError(f"{where}: region name {str(n)!r} is empty or holds a tab or "
+                                   "a line break; rename the region (names are written into "
+                                   "tab-separated tables)")
+    seen, dup = set(), []
+    for n in names:
+        if n in seen and n not in dup:
+            dup.append(n)
+        seen.add(n)
+    if dup:
+        raise LesionAlignError(f"{where}: region name(s) {dup} appear more than once; every "
+                               "region needs its own name")
 
 
 def _is_number(s: str) -> bool:
@@ -173,7 +264,13 @@ def _is_number(s: str) -> bool:
 
 def read_confounds(path, n_vols: int, skip_rows: int = 0) -> np.ndarray:
     """Read a confounds table (e.g. 6 motion parameters), one row per volume."""
-    data, _ = read_region_series(path, skip_rows=skip_rows)
+    data, _ = read_region_series(path, skip_rows=skip_rows, what="confounds table")
+    if not np.all(np.isfinite(data)):
+        i, j = np.argwhere(~np.isfinite(data))[0]
+        raise LesionAlignError(f"{path}: row {i + 1 + skip_rows}, column {j + 1} is "
+                               f"{data[i, j]}; confounds must be finite numbers (fill the "
+                               "missing values, e.g. with 0 for the first volume's motion "
+                               "derivatives)")
     if data.shape[0] != n_vols:
         raise LesionAlignError(
             f"{path}: {data.shape[0]} confound rows (after skipping {skip_rows}) but the run has "
@@ -215,6 +312,73 @@ def check_run_length(n_vols: int, last_offset_s: float, tr: float, where: str,
         )
 
 
+#: a volume is censored when at least this fraction of its voxels / regions is NaN or inf
+CENSOR_VOLUME_FRACTION = 0.5
+#: a run may lose at most this fraction of its volumes (and at least one volume) to censoring
+MAX_CENSORED_FRACTION = 0.1
+
+
+def censored_volumes(Y: np.ndarray, source: str) -> np.ndarray:
+    """The volumes of one run that are kept: the NaN-volume rule.
+
+    A volume (one TR) in which at least half of the voxels / regions are NaN or infinite
+    (:data:`CENSOR_VOLUME_FRACTION`; e.g. an all-NaN volume written for a dropped or
+    corrupted acquisition) is *censored*: that TR is left out of the fit of this run --
+    its BOLD row and the matching row of every feature matrix (the FIR delays are applied
+    on the full time grid first, so the other volumes keep their true timing) -- and the
+    drifts and confounds are regressed out of the kept volumes at their true acquisition
+    times (:func:`clean_run`). The subject stays in the analysis; its fit record lists the
+    censored volumes per run (``censored_volumes``). A run may lose at most 10 % of its
+    volumes this way (:data:`MAX_CENSORED_FRACTION`, at least one volume): a run whose
+    volumes are mostly NaN is an error naming the file. After censoring, a voxel / region
+    with a NaN in a kept volume, or constant in a run, is excluded from the subject's maps
+    and counted (``n_excluded``); see :func:`check_subject_runs` for runs with no signal.
+
+    Returns the boolean mask of the kept volumes (all True for a clean run).
+    """
+    Y = np.asarray(Y)
+    T = Y.shape[0]
+    if T == 0 or Y.ndim != 2 or Y.shape[1] == 0:
+        raise LesionAlignError(f"{source}: the run has no data (shape {Y.shape})")
+    bad = (~np.isfinite(Y)).mean(axis=1) >= CENSOR_VOLUME_FRACTION
+    n = int(bad.sum())
+    most = max(1, int(MAX_CENSORED_FRACTION * T))
+    if n > most:
+        first = ", ".join(str(i + 1) for i in np.flatnonzero(bad)[:5])
+        raise LesionAlignError(
+            f"{source}: {n} of {T} volumes are NaN or infinite (in at least half of the "
+            f"voxels/regions; volumes {first}{', ...' if n > 5 else ''}): more than the "
+            f"{int(100 * MAX_CENSORED_FRACTION)} % (at most {most}) that are censored. "
+            "Check the preprocessing of this run, or leave the run out")
+    return ~bad
+
+
+def has_signal(Y: np.ndarray, keep: np.ndarray) -> bool:
+    """Whether any voxel / region of a run is finite and varies over its kept volumes."""
+    K = np.asarray(Y)[keep]
+    finite = np.isfinite(K).all(axis=0)
+    if not finite.any():
+        return False
+    Kf = K[:, finite]
+    return bool(np.any(Kf.std(axis=0) > 1e-8 * (1.0 + np.abs(Kf).max(axis=0))))
+
+
+def check_subject_runs(runs: Sequence[np.ndarray], sources: Sequence[str]) -> list:
+    """The kept volumes of each run of one subject (:func:`censored_volumes`), and the rule
+    for runs without signal: a subject whose every run is constant or NaN (a placeholder
+    file of zeros) is excluded from the analysis with a warning in ``result.json``; a run
+    without signal *next to runs with data* (a file of zeros, a run outside the mask) is an
+    error naming the file -- it would otherwise exclude every voxel of the subject."""
+    keeps = [censored_volumes(Y, src) for Y, src in zip(runs, sources)]
+    empty = [src for Y, k, src in zip(runs, keeps, sources) if not has_signal(Y, k)]
+    if empty and len(empty) < len(keeps):
+        raise LesionAlignError(
+            f"{empty[0]}: every voxel/region of the run is constant or NaN over time (e.g. "
+            "a file of zeros, or a run that does not overlap the mask) while the subject's "
+            "other runs have data; check the file and the mask")
+    return keeps
+
+
 def valid_columns(runs: Sequence[np.ndarray]) -> np.ndarray:
     """Columns that are finite and not constant in every run."""
     ok = np.ones(runs[0].shape[1], dtype=bool)
@@ -241,24 +405,61 @@ class CleaningOptions(Table):
 
 
 def clean_run(Y: np.ndarray, tr: float, opts: CleaningOptions = CleaningOptions(),
-              confounds: np.ndarray | None = None) -> np.ndarray:
+              confounds: np.ndarray | None = None,
+              keep: np.ndarray | None = None) -> np.ndarray:
     """Clean one run with nilearn: detrend, high-pass (cosine drift basis), confounds, z-score.
 
     The signal and the confounds are detrended and high-passed the same way first, then the
     filtered confounds are regressed out; this equals one joint regression on [drifts,
     confounds] and avoids nilearn dropping its whole cosine basis when a confound (slow
     motion) correlates with one of the cosines. Returns float32; constant columns stay 0.
+
+    ``keep``: the volumes kept (:func:`censored_volumes`); the censored ones are dropped
+    (the result has ``keep.sum()`` rows) and the linear trend and cosine drifts, evaluated
+    at the kept volumes' true times, are regressed out of the kept volumes (for a run
+    without censored volumes this equals nilearn's detrending and cosine high-pass).
     """
     from nilearn.signal import clean
+
+    if keep is not None and not np.all(keep):
+        return _clean_censored(Y, tr, opts, confounds, np.asarray(keep, dtype=bool))
 
     def filt(x):
         return clean(np.asarray(x, dtype=np.float64), detrend=opts.detrend, standardize=None,
                      high_pass=opts.high_pass_hz, t_r=tr,
                      filter="cosine" if opts.high_pass_hz else False)
 
-    out = filt(Y)
-    if confounds is not None:
-        C = filt(confounds)
+    return _regress_standardize(filt(Y), None if confounds is None else filt(confounds),
+                                opts)
+
+
+def _clean_censored(Y, tr, opts, confounds, keep) -> np.ndarray:
+    """:func:`clean_run` of a run with censored volumes: one projection on the kept rows
+    off [constant, linear trend, cosine drifts] at the true frame times."""
+    from nilearn.signal import create_cosine_drift
+
+    T = len(keep)
+    cols = [np.ones((T, 1)), np.arange(T, dtype=np.float64)[:, None]] if opts.detrend else []
+    if opts.high_pass_hz:
+        cols.append(create_cosine_drift(opts.high_pass_hz, np.arange(T) * tr)[:, :-1])
+    Dk = np.column_stack(cols)[keep] if cols else np.zeros((int(keep.sum()), 0))
+    if not opts.detrend:  # the mean stays (nilearn centres the drifts)
+        Dk = Dk - Dk.mean(0)
+
+    def filt(x):
+        x = np.asarray(x, dtype=np.float64)[keep]
+        if not Dk.shape[1]:
+            return x  # neither detrend nor high-pass: nothing to remove
+        beta, *_ = np.linalg.lstsq(Dk, x, rcond=None)
+        return x - Dk @ beta
+
+    return _regress_standardize(filt(Y), None if confounds is None else filt(confounds),
+                                opts)
+
+
+def _regress_standardize(out: np.ndarray, C, opts) -> np.ndarray:
+    """The filtered run without the (filtered) confounds ``C``, z-scored when asked."""
+    if C is not None:
         C = C[:, C.std(0) > 1e-12 * (1 + np.abs(C).max())]
         if C.shape[1]:
             beta, *_ = np.linalg.lstsq(C, out, rcond=None)

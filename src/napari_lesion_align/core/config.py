@@ -331,7 +331,8 @@ def _language(code, ld, kind: str, subjects: tuple, base: Path) -> LanguageData:
             raise LesionAlignError(f"{where}: one annotation table for several runs needs "
                                    "'runs = [...]'")
         ann = [ann] * len(runs)
-    if not isinstance(ann, list) or not all(isinstance(a, str) for a in ann):
+    if not isinstance(ann, list) or not all(isinstance(a, str) and a for a in ann) \
+            or not ann:
         raise LesionAlignError(f"{where}.annotations = {ann!r}: give a list of file paths, "
                                "one per run")
     if not runs:
@@ -482,10 +483,13 @@ def _check_lesions(les: LesionConfig, codes: list[str]) -> None:
 
 def load_config(path) -> AnalysisConfig:
     """Read a TOML or JSON config file (errors name the file)."""
+    from .inputs import read_bytes
+
     path = Path(path)
-    if not path.is_file():
-        raise LesionAlignError(f"{path}: config file not found")
-    text = path.read_bytes()
+    text = read_bytes(path, "config file", "give the path of a TOML or JSON config file")
+    if not text.strip():
+        raise LesionAlignError(f"{path}: the config file is empty; see docs/configuration.md "
+                               "for what it must hold")
     try:
         if path.suffix == ".json":
             d = json.loads(text)

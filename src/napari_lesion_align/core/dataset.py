@@ -20,7 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from .bold import RegionSpace, VolumeSpace, check_run_length, read_confounds, read_region_series
+from .bold import (RegionSpace, VolumeSpace, check_run_length, check_subject_runs,
+                   read_confounds, read_region_series)
 from .config import AnalysisConfig, LanguageData
 from .errors import Cancelled, LesionAlignError
 from .result import check_label
@@ -136,19 +137,33 @@ def nifti_volumes(path: str) -> int:
     """Volumes of a 4D NIfTI BOLD run (header only), with a clear error for anything else."""
     import nibabel as nib
 
-    if not Path(path).exists():
-        raise LesionAlignError(f"{path}: BOLD file not found")
+    from .inputs import regular_file
+
+    regular_file(path, "BOLD run", "give one 4D NIfTI image per run")
     try:
-        shape = nib.load(path).shape
+        img = nib.load(path)
+        shape = img.shape
     except Exception as err:
         raise LesionAlignError(f"{path}: cannot read as NIfTI ({err})") from err
-    if len(shape) != 4:
-        raise LesionAlignError(f"{path}: a BOLD run must be a 4D image, got shape {shape}")
+    if len(shape) != 4 or min(shape) < 1:
+        raise LesionAlignError(f"{path}: a BOLD run must be a 4D image (x, y, z, time), got "
+                               f"shape {shape}")
+    if not path.endswith(".gz"):  # an uncompressed file's size is known from its header
+        hdr = img.header
+        need = int(hdr.get_data_offset()) + int(np.prod(shape)) * hdr.get_data_dtype().itemsize
+        size = Path(path).stat().st_size
+        if size < need:
+            raise LesionAlignError(f"{path}: the file is truncated ({size} bytes, its header "
+                                   f"describes {need}); copy or export it again")
     return int(shape[3])
 
 
 def _nifti_run(space: VolumeSpace, path: str) -> BoldRun:
-    return BoldRun(path, nifti_volumes(path), lambda: space.load_run(path))
+    n = nifti_volumes(path)
+    import nibabel as nib
+
+    space.check_grid(nib.load(path), path)  # header only: the run covers the mask
+    return BoldRun(path, n, lambda: space.load_run(path))
 
 
 def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
@@ -187,15 +202,20 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
                         )
                     run = BoldRun(path, Y.shape[0], (lambda Y=Y: Y))
                 if lang.confounds and s in lang.confounds:
-                    run.confounds = read_confounds(lang.confounds[s][i], run.n_vols,
-                                                   data.confounds_skip_rows)
-                    run.confounds_source = lang.confounds[s][i]
+                    run.confounds_source = lang.confounds[s][i]  # read after the lengths
                 runs.append(run)
                 done += 1
                 if progress is not None:
                     progress(done / max(total, 1), f"indexing BOLD {Path(path).name}")
+            if data.kind != "volume":  # the NaN-volume rule, checked now (in memory)
+                check_subject_runs([r.load() for r in runs], [r.source for r in runs])
             ds.bold[(s, lang.code)] = runs
     check_lengths(ds, data.length_tolerance_trs)
+    for runs in ds.bold.values():  # a run's length is checked before its confounds'
+        for run in runs:
+            if run.confounds_source is not None:
+                run.confounds = read_confounds(run.confounds_source, run.n_vols,
+                                               data.confounds_skip_rows)
     return ds
 
 

@@ -800,6 +800,7 @@ def cross_validated_r(
     dtype=np.float32,
     backend: str = "auto",
     run_lengths: Sequence[int] | None = None,
+    keep: Sequence[np.ndarray] | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> EncodingResult:
@@ -813,6 +814,11 @@ def cross_validated_r(
         or, with ``run_lengths``, the runs one after another in one ``(sum T_i, V)`` array
         (any strides: a column slice of a larger buffer is used as it is, not copied).
     delays : FIR delays in volumes.
+    keep : per run, a boolean mask of its volumes (``(T_i,)``): the censored volumes
+        (False) are not in ``Y_runs`` / ``run_lengths`` (which count the kept volumes),
+        while ``X_runs`` still has every volume; the features are delayed on the full time
+        grid, then their censored rows are dropped too
+        (:func:`~.bold.censored_volumes`).
 
     Features are z-scored on the training rows of every outer fold, then delayed. Alpha is
     chosen per voxel by inner CV on the training runs (leave one training run out, or
@@ -829,7 +835,15 @@ def cross_validated_r(
     n_runs = len(lens)
     if len(X_runs) != n_runs:
         raise LesionAlignError(f"{len(X_runs)} feature runs for {n_runs} BOLD runs")
-    for i, (X, T) in enumerate(zip(X_runs, lens)):
+    full = lens
+    if keep is not None:
+        keep = [np.asarray(k, dtype=bool) for k in keep]
+        if len(keep) != n_runs or any(int(k.sum()) != T for k, T in zip(keep, lens)):
+            raise LesionAlignError(f"kept volumes {[int(k.sum()) for k in keep]} do not "
+                                   f"match the BOLD runs of {lens} volumes")
+        full = [len(k) for k in keep]
+        kept_rows = [np.flatnonzero(k) for k in keep]
+    for i, (X, T) in enumerate(zip(X_runs, full)):
         if X.shape[0] != T + pad_before:
             raise LesionAlignError(
                 f"run {i + 1}: {X.shape[0] - pad_before} feature rows for {T} volumes"
@@ -854,8 +868,13 @@ def cross_validated_r(
         train_runs = sorted(set(groups[fold.train].tolist()))
         # z-score on the training rows of this fold, then delay per run
         per_run_rows = [fold.train[groups[fold.train] == i] - starts[i] for i in range(n_runs)]
+        if keep is not None:  # rows of the kept volumes -> rows of the full runs
+            per_run_rows = [kept_rows[i][r] for i, r in enumerate(per_run_rows)]
         Xz = _standardize_on(X_runs, [pad_before] * n_runs, per_run_rows)
-        Xd = np.concatenate([fir_delays(x, delays, pad_before) for x in Xz], axis=0)
+        Xd = [fir_delays(x, delays, pad_before) for x in Xz]
+        if keep is not None:
+            Xd = [x[k] for x, k in zip(Xd, keep)]
+        Xd = np.concatenate(Xd, axis=0)
         if len(train_runs) >= 2 and n_runs >= 2:
             inner = [Fold(fold.train[groups[fold.train] != g], fold.train[groups[fold.train] == g])
                      for g in train_runs]

@@ -11,6 +11,12 @@ class LesionAlignError(Exception):
     """A problem with the user's input (file, value, option) with the fix in the message."""
 
 
+class WriteFailed(LesionAlignError, OSError):
+    """A file could not be written (disk full, quota, file size limit, permissions): a
+    user's error with its one-line message, and still an ``OSError`` for callers that
+    catch those."""
+
+
 class Cancelled(Exception):
     """Raised inside a running analysis when the caller asked to cancel."""
 

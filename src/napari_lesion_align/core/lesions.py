@@ -112,25 +112,48 @@ class Lesion:
             base = base.with_suffix("")
         js = base.with_name(base.name + ".json")
         st = base.with_name(base.name + ".safetensors")
-        for p in (js, st):
-            if not p.exists():
-                raise LesionAlignError(f"{p}: lesion file not found (a lesion is a .json + "
-                                       ".safetensors pair)")
+        from .inputs import read_text, regular_file
+
+        fix = "a lesion is a .json + .safetensors pair written by Lesion.save"
+        text = read_text(js, "lesion file", fix)
+        regular_file(st, "lesion file", fix)
         try:
-            doc = json.loads(js.read_text())
+            doc = json.loads(text)
+        except ValueError as err:
+            raise LesionAlignError(f"{js}: the lesion file is not valid JSON ({err}); "
+                                   "save the lesion again") from err
+        if not isinstance(doc, dict) or doc.get("format") != "napari-lesion-align lesion 1":
+            raise LesionAlignError(f"{js}: not a napari-lesion-align lesion file (no "
+                                   "'format': 'napari-lesion-align lesion 1')")
+        try:
             tensors = load_file(str(st))
-        except Exception as err:
-            raise LesionAlignError(f"{base}: cannot read the lesion files ({err})") from err
-        if doc.get("format") != "napari-lesion-align lesion 1":
-            raise LesionAlignError(f"{js}: not a napari-lesion-align lesion file")
+        except Exception as err:  # noqa: BLE001 - any failure: a damaged file
+            raise LesionAlignError(f"{st}: cannot read the lesion masks ({err}); save the "
+                                   "lesion again") from err
+        element, mode, spec = doc.get("element"), doc.get("mode", "zero"), doc.get("spec", {})
+        if element not in ELEMENTS:
+            raise LesionAlignError(f"{js}: element {element!r} is not one of {ELEMENTS}")
+        if mode not in MODES:
+            raise LesionAlignError(f"{js}: mode {mode!r} is not one of {MODES}")
+        if not isinstance(spec, dict):
+            raise LesionAlignError(f"{js}: 'spec' must be a JSON object")
         masks = {k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask/")}
         means = {k[5:]: v for k, v in tensors.items() if k.startswith("mean/")}
-        return cls(doc["element"], masks, doc.get("spec", {}), doc.get("mode", "zero"), means)
+        unknown = sorted(k for k in tensors if not k.startswith(("mask/", "mean/")))
+        if unknown or not masks:
+            raise LesionAlignError(f"{st}: not lesion masks (tensors {sorted(tensors)[:5]}; "
+                                   "a lesion holds 'mask/<block>.<part>' tensors)")
+        for k in masks:
+            _parse_key(k, st)
+        return cls(element, masks, spec, mode, means)
 
 
 # --------------------------------------------------------------------------- apply
-def _parse_key(key: str) -> tuple[int, str]:
-    b, part = key.split(".", 1)
+def _parse_key(key: str, where="lesion") -> tuple[int, str]:
+    b, _, part = key.partition(".")
+    if not b.isdigit() or not part:
+        raise LesionAlignError(f"{where}: mask key {key!r} is not '<block>.<part>' (e.g. "
+                               "'3.q', '0.neurons')")
     return int(b), part
 
 
@@ -140,7 +163,9 @@ def check_fits(lesion: Lesion, anatomy: Anatomy) -> None:
     for key, m in lesion.masks.items():
         b, part = _parse_key(key)
         if not 0 <= b < n:
-            raise LesionAlignError(f"lesion {lesion.name!r} addresses block {b}; the model has {n}")
+            raise LesionAlignError(f"lesion {lesion.name!r} addresses block {b}; the model "
+                                   f"has {n} blocks (0..{n - 1}): the lesion was made for "
+                                   "another model")
         blk = anatomy.blocks[b]
         if lesion.element == "weights":
             if part not in blk.linears:

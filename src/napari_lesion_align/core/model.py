@@ -102,7 +102,14 @@ def _from_pretrained(source: str, local_only: bool, where: str = "folder"):
         kwargs = {}
         if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
             kwargs["add_pooling_layer"] = False
-        model = AutoModel.from_pretrained(source, **opts, **kwargs)
+        model, info = AutoModel.from_pretrained(source, **opts, **kwargs,
+                                                output_loading_info=True)
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:  # transformers would fill them with random values: never silently
+            raise LesionAlignError(
+                f"model {source!r}: its weights lack {len(missing)} of the architecture's "
+                f"parameters (e.g. {', '.join(missing[:3])}); the weights do not belong to "
+                "this config.json. Save the model again")
         tok = AutoTokenizer.from_pretrained(source, **opts)
     except (OSError, ValueError) as err:
         if "trust_remote_code" in str(err):

@@ -51,6 +51,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     """
     from .dataset import open_source
     from .executor import executor_for, failures_error
+    from .inputs import check_inputs
     from .result import AlignmentResult
     from .store import OutputFolder, identity
 
@@ -67,6 +68,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         t = time.perf_counter()
         P.phase(0.0, 0.04)
         source = open_source(config, progress=P, cancel=cancel)
+        check_inputs(config, model=model, source=source, out_dir=out_dir, progress=P)
         out = OutputFolder.open(out_dir, identity(config), force=force)
         ex = executor_for(config.compute) if own else executor
         eng = make_engine(config, out.root, P, model=model, source=source)
@@ -85,13 +87,15 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         P.phase(0.45, 0.97)
         if reused and total:
             P(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
+        # the folder stops claiming to be a complete result before any of its files changes
+        (out.root / "result.json").unlink(missing_ok=True)
         computed, failures = ex.fits(eng, jobs)
         eng.counts["fits"] = {"computed": computed, "reused": reused}
         timings["encoding_s"] = time.perf_counter() - t
         if failures:
             raise failures_error(failures, total, out.root)
 
-        # 4. group statistics, tables, result.json (last)
+        # 4. group statistics, tables, result.json (last, with the manifest of every file)
         t = time.perf_counter()
         P.phase(0.97, 1.0)
         P(0.0, "group statistics" if len(eng.analysis.conditions) > 1 else "summary")

@@ -417,13 +417,10 @@ class LesionBuilder:
         for code, stim in self.stimuli.items():
             path = files.get(code)
             if path:
-                p = Path(path)
-                if not p.is_file():
-                    raise LesionAlignError(f"{p}: importance text for {code} not found")
-                try:
-                    out[code] = [p.read_text(encoding="utf-8")]
-                except UnicodeDecodeError as err:
-                    raise LesionAlignError(f"{p}: importance text must be UTF-8 ({err})") from err
+                from .inputs import read_text
+
+                out[code] = [read_text(path, f"importance text for {code}",
+                                       "set [lesions.text] to a UTF-8 text file")]
             else:
                 sep = "" if stim.spaceless else " "
                 out[code] = [sep.join(w.words) for w in stim.runs]

@@ -8,7 +8,13 @@ name):
   affine, MNI) -- or ``.tsv`` (one row per region) for region input;
 * ``mask.nii.gz`` (volume input) -- the analysis mask;
 * ``summary.tsv`` -- subject, language, condition, n_voxels, mean_r, median_r;
-* ``result.json`` -- provenance and the list of maps, written last.
+* ``result.json`` -- provenance, the list of maps and the *manifest*, written last.
+
+The manifest lists every file of the result with its size and BLAKE2b hash.
+:meth:`AlignmentResult.load` (and so the napari reader, the widgets and the QC figure)
+refuses a folder whose files do not match it: a folder is either one complete result or
+refused with a message, never a mix of two runs. Maps hold NaN outside the mask (and in
+excluded voxels), so no outside tool mistakes the background for a result.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LesionAlignError
+from .errors import LesionAlignError, WriteFailed
 
 MAP_PATTERN = "sub-{subject}_lang-{language}_desc-{condition}_stat-{stat}_statmap"
 GROUP_PATTERN = "group_lang-{language}_desc-{condition}_stat-{stat}_statmap"
 CATEGORY_PATTERN = "group_desc-{name}_categories"
-SUMMARY_COLUMNS = ["subject", "language", "condition", "n_voxels", "mean_r", "median_r",
-                   "rel_drop", "control_rel_drop"]
+SUMMARY_COLUMNS = ["subject", "language", "condition", "n_voxels", "n_excluded", "mean_r",
+                   "median_r", "rel_drop", "control_rel_drop"]
 SWEEP_COLUMNS = ["layer", "language", "rel_change", "rel_change_sd", "control_rel_change",
                  "control_sd", "n_subjects"]
 #: every file an analysis writes into its output folder (``--force`` deletes these only)
@@ -39,6 +45,8 @@ OWN_FILE_PATTERNS = ("sub-*_statmap.nii.gz", "sub-*_statmap.tsv", "group_*_statm
                      "group_desc-*_categories.tsv", "categories.json", "summary.tsv",
                      "layer_sweep.tsv", "mask.nii.gz", "result.json")
 _LABEL = re.compile(r"[A-Za-z0-9]+")
+#: the key of result.json that lists every file of the result with its size and hash
+MANIFEST = "manifest"
 
 
 def check_label(value: str, what: str) -> str:
@@ -56,6 +64,18 @@ def check_label(value: str, what: str) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and os.replace."""
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except WriteFailed:
+        raise
+    except OSError as err:
+        raise WriteFailed(
+            f"{path}: cannot be written ({err.strerror or err}); make room on the disk or "
+            "choose a folder you can write to, then run the same command again (finished "
+            "units are kept)") from err
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -96,6 +116,73 @@ def atomic_save_nifti(img, path: Path) -> None:
     atomic_write_bytes(path, raw)
 
 
+def file_digest(path: Path) -> str:
+    """BLAKE2b (160 bits) of a file's bytes."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_manifest(folder: Path, names) -> list[dict]:
+    """``[{"file", "bytes", "blake2b"}]`` of the files ``names`` in ``folder``."""
+    return [{"file": n, "bytes": (folder / n).stat().st_size,
+             "blake2b": file_digest(folder / n)} for n in sorted(set(names))]
+
+
+def check_manifest(folder: Path, doc: dict) -> None:
+    """Refuse a result folder whose files do not match its manifest (a file missing,
+    changed, or not listed)."""
+    meta = folder / "result.json"
+    entries = doc.get(MANIFEST)
+    if not isinstance(entries, list):
+        raise LesionAlignError(
+            f"{meta}: has no manifest of its files (written by an earlier version of "
+            "napari-lesion-align, or not by it), so it cannot be checked; run the analysis "
+            "again into a new folder")
+    listed = {}
+    for e in entries:
+        if not (isinstance(e, dict) and isinstance(e.get("file"), str)
+                and "/" not in e["file"] and e["file"] not in ("", ".", "..")):
+            raise LesionAlignError(f"{meta}: malformed manifest entry {e!r}; this folder is "
+                                   "not a result written by napari-lesion-align")
+        listed[e["file"]] = e
+    bad = []
+    for name, e in listed.items():
+        p = folder / name
+        try:
+            size = p.stat().st_size
+        except OSError:
+            bad.append(f"{name} is missing")
+            continue
+        if not p.is_file():
+            bad.append(f"{name} is not a file")
+        elif size != e.get("bytes") or file_digest(p) != e.get("blake2b"):
+            bad.append(f"{name} has changed")
+    needed = [m.get("file") for m in doc.get("maps", []) if isinstance(m, dict)]
+    needed += [c.get("file") for c in (doc.get("categories") or {}).values()
+               if isinstance(c, dict)]
+    if (doc.get("space") or {}).get("kind") == "volume":
+        needed.append(doc["space"].get("mask", "mask.nii.gz"))
+    bad += [f"{n} is not in the manifest" for n in needed if n not in listed]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise LesionAlignError(
+            f"{folder}: its files do not match result.json ({'; '.join(bad[:3])}{more}): the "
+            "folder was changed after the run, or a run into it stopped part-way. Run the same "
+            "command again to finish it (finished units are kept), or use another folder")
+
+
+def _stray_files(folder: Path, keep: set) -> list[Path]:
+    """Files of ours (:data:`OWN_FILE_PATTERNS`) in ``folder`` that ``keep`` does not list:
+    maps of an earlier analysis or of an earlier group stage."""
+    return [p for pattern in OWN_FILE_PATTERNS for p in folder.glob(pattern)
+            if p.is_file() and p.name not in keep and p.name != "result.json"]
+
+
 # --------------------------------------------------------------------------- file names
 def _ext(space) -> str:
     return ".nii.gz" if space.kind == "volume" else ".tsv"
@@ -118,7 +205,7 @@ def write_values(space, path: Path, v: np.ndarray) -> None:
     """One map, atomically: a NIfTI image in the mask's space, or a region table (values
     written with 9 significant digits: float32 reads back exactly)."""
     if space.kind == "volume":
-        atomic_save_nifti(space.to_image(v), path)
+        atomic_save_nifti(space.to_image(v, fill=np.nan), path)  # NaN outside the mask
     else:
         lines = ["region\tvalue"] + [f"{n}\t{float(x):.9g}" for n, x in zip(space.names, v)]
         atomic_write_text(path, "\n".join(lines) + "\n")
@@ -253,6 +340,25 @@ class AlignmentResult:
                     })
         return rows
 
+    def summary_table(self) -> list[dict]:
+        """:meth:`summary_rows` with ``n_excluded``: the voxels (regions) of the mask left
+        out of a subject's fit (constant or NaN in its runs; all of them for a subject
+        excluded whole); for group rows, the subjects' mean."""
+        n = self.space.n_features
+        return [dict(r, n_excluded=n - int(r["n_voxels"])) for r in self.summary_rows()]
+
+    def exclusions(self) -> list[str]:
+        """One line per subject and language with voxels (regions) excluded, for the
+        console and the GUI."""
+        unit = "voxels" if self.space.kind == "volume" else "regions"
+        n, lines = self.space.n_features, []
+        for (s, lang), k in sorted(self.n_valid.items()):
+            if k < n:
+                what = ("excluded whole" if k == 0 else
+                        f"{n - k} of {n} {unit} excluded (constant or NaN in its runs)")
+                lines.append(f"sub-{s} {lang}: {what}")
+        return lines
+
     def sweep_rows(self) -> list[dict]:
         """Layer sweep: relative change of whole-brain mean r per layer and language, with
         the random control's mean and standard deviation across subjects (the band)."""
@@ -277,24 +383,48 @@ class AlignmentResult:
         return map_file(self.space, subject, language, condition, stat)
 
     def save(self, out_dir) -> list[Path]:
-        """Write every map, the mask, summary.tsv and result.json (last) into ``out_dir``."""
+        """Write the result (every map, the mask, summary.tsv, result.json) as a new folder
+        ``out_dir``, or in place of an earlier saved result there.
+
+        Everything is written into a staging folder beside ``out_dir`` and then renamed into
+        place, so ``out_dir`` holds the previous result or the new one, never a mix. A
+        folder that holds anything else (files of the user's, or an analysis' output folder
+        with its ``units/``) is refused: nothing is overwritten.
+        """
+        import shutil
+
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for (s, lang, cond, stat), v in self.maps.items():
-            path = out / self.filename(s, lang, cond, stat)
-            write_values(self.space, path, v)  # NaN = excluded voxel
-            written.append(path)
-        for (lang, cond, stat), v in self.group_maps.items():
-            path = out / group_file(self.space, lang, cond, stat)
-            write_values(self.space, path, v)
-            written.append(path)
-        written += self.write_tables(out)
-        return written
+        if out.exists():
+            _check_save_target(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.saving-", dir=out.parent))
+        try:
+            for (s, lang, cond, stat), v in self.maps.items():
+                write_values(self.space, stage / self.filename(s, lang, cond, stat), v)
+            for (lang, cond, stat), v in self.group_maps.items():
+                write_values(self.space, stage / group_file(self.space, lang, cond, stat), v)
+            names = [p.name for p in self.write_tables(stage)]
+            os.chmod(stage, 0o777 & ~_umask())
+            old = None
+            if out.exists():
+                _check_save_target(out)  # (again: it may have changed meanwhile)
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / "result")
+            os.replace(stage, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return [out / n for n in names]
 
     def write_tables(self, out: Path) -> list[Path]:
         """The mask, category maps, categories.json, summary.tsv, layer_sweep.tsv and
-        result.json (last), for maps already in ``out``."""
+        result.json (last, with the manifest of every file), for maps already in ``out``.
+
+        Files of ours that this result does not list (maps of an earlier group stage) are
+        deleted before result.json is written.
+        """
         written = []
         if self.space.kind == "volume":
             atomic_save_nifti(self.space.mask_img, out / "mask.nii.gz")
@@ -308,7 +438,7 @@ class AlignmentResult:
         if cats:
             atomic_write_text(out / "categories.json", json.dumps(cats, indent=2))
             written.append(out / "categories.json")
-        atomic_write_text(out / "summary.tsv", _tsv(self.summary_rows(), SUMMARY_COLUMNS))
+        atomic_write_text(out / "summary.tsv", _tsv(self.summary_table(), SUMMARY_COLUMNS))
         written.append(out / "summary.tsv")
         if self.sweep:
             atomic_write_text(out / "layer_sweep.tsv", _tsv(self.sweep_rows(), SWEEP_COLUMNS))
@@ -330,16 +460,22 @@ class AlignmentResult:
         doc["sweep"] = [{"label": lbl, "layer": self.sweep_layers[lbl]} for lbl in self.sweep]
         doc["n_valid"] = [{"subject": s, "language": lang, "n_voxels": int(n)}
                           for (s, lang), n in self.n_valid.items()]
+        names = {m["file"] for m in files} | {p.name for p in written}
+        for stray in _stray_files(out, names):
+            stray.unlink()
+        doc[MANIFEST] = make_manifest(out, names)
         atomic_write_text(out / "result.json", json.dumps(doc, indent=2, default=_json_default))
         written.append(out / "result.json")
         return written
 
     @classmethod
-    def load(cls, out_dir, lazy: bool = False) -> "AlignmentResult":
+    def load(cls, out_dir, lazy: bool = False, verify: bool = True) -> "AlignmentResult":
         """Read a result folder written by :meth:`save` (or by an analysis).
 
         ``lazy``: maps are read from their files when first used (a study's maps need not
-        all fit in memory at once).
+        all fit in memory at once). ``verify``: check every file against the manifest in
+        ``result.json`` first (:func:`check_manifest`; a folder that does not match is
+        refused).
         """
         from .bold import RegionSpace, VolumeSpace
 
@@ -347,12 +483,16 @@ class AlignmentResult:
         meta_path = out / "result.json"
         if not meta_path.exists():
             raise LesionAlignError(
-                f"{out}: no result.json; this is not a finished napari-lesion-align output folder"
-            )
+                f"{out}: no result.json; this is not a finished napari-lesion-align output "
+                "folder (if a run into it stopped, run the same command again to finish it)")
         try:
             doc = json.loads(meta_path.read_text())
-        except ValueError as err:
+        except (ValueError, UnicodeDecodeError) as err:
             raise LesionAlignError(f"{meta_path}: not valid JSON ({err})") from err
+        if not isinstance(doc, dict):
+            raise LesionAlignError(f"{meta_path}: not a napari-lesion-align result")
+        if verify:
+            check_manifest(out, doc)
         sp = doc.get("space", {})
         if sp.get("kind") == "volume":
             space = VolumeSpace(out / sp.get("mask", "mask.nii.gz"))
@@ -385,6 +525,28 @@ class AlignmentResult:
         return cls(space=space, maps=maps, n_valid=n_valid, provenance=prov, group_maps=group,
                    categories=cats, controls=doc.get("controls") or {}, sweep=sweep,
                    sweep_layers=sweep_layers)
+
+
+def _check_save_target(out: Path) -> None:
+    """A folder :meth:`AlignmentResult.save` may replace: empty, or an earlier saved result
+    (result.json and files of ours only, no ``units/``)."""
+    if not out.is_dir():
+        raise LesionAlignError(f"{out}: exists and is not a folder; choose another folder")
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    if (out / "units").exists():
+        raise LesionAlignError(f"{out}: is an analysis' output folder; save into another "
+                               "folder (this one is kept as it is)")
+    ours = set()
+    for pattern in OWN_FILE_PATTERNS:
+        ours |= {p for p in out.glob(pattern) if p.is_file()}
+    others = [p.name for p in entries if p not in ours]
+    if not (out / "result.json").is_file() or others:
+        what = f" ({', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''})" \
+            if others else ""
+        raise LesionAlignError(f"{out}: is not empty and is not a saved result{what}; choose a "
+                               "new or empty folder (nothing in it is overwritten)")
 
 
 def _read_values(space, path: Path) -> np.ndarray:

@@ -430,7 +430,7 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
 def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
              state: dict) -> list[str]:
     from . import analysis as an
-    from .bold import clean_run, valid_columns
+    from .bold import check_subject_runs, clean_run, valid_columns
     from .encoding import cross_validated_r
     from .result import map_file, write_values
 
@@ -443,7 +443,7 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     starts = np.r_[0, np.cumsum(lengths)]
     V = src.space.n_features if src.space is not None else None
     Y = None
-    valid, width = {}, {}
+    valid, width, first, kept = {}, {}, {}, {}
     col = 0
     t0 = time.perf_counter()
     for s in job.subjects:
@@ -451,47 +451,78 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
         progress(0.0, f"subject {s}, {code}: loading and cleaning")
         runs = src.runs(s, code)
         raw = [run.load() for run in runs]
-        ok = valid_columns(raw)  # NaN or constant in any run: excluded and counted
+        # the NaN-volume rule (bold.censored_volumes): mostly-NaN volumes are censored, a
+        # mostly-NaN run, or a run without signal next to runs with data, is an error
+        kept[s] = check_subject_runs(raw, [run.source for run in runs])
+        ok = valid_columns([R[k] for R, k in zip(raw, kept[s])])  # NaN / constant: excluded
         valid[s] = ok
         width[s] = int(ok.sum())
+        first[s] = col
         if Y is None:
             V = V or ok.size
             Y = np.empty((int(starts[-1]), V * len(job.subjects)), dtype=np.float32)
         for i, (run, R) in enumerate(zip(runs, raw)):
             if width[s]:
-                Y[starts[i]:starts[i + 1], col:col + width[s]] = clean_run(
-                    R[:, ok], src.tr, cfg.cleaning, run.confounds)
+                cleaned = clean_run(R[:, ok], src.tr, cfg.cleaning, run.confounds,
+                                    keep=kept[s][i])
+                block = Y[starts[i]:starts[i + 1], col:col + width[s]]
+                if kept[s][i].all():
+                    block[:] = cleaned
+                else:  # censored rows: 0, left out of this subject's fit
+                    block[:] = 0.0
+                    block[kept[s][i]] = cleaned
             raw[i] = None
             eng.progress.check()
         del raw
         col += width[s]
-    Yv = Y[:, :col]
+    # subjects fitted together share their kept volumes (usually all of them: one group)
+    groups: dict = {}
+    for s in job.subjects:
+        if width[s]:
+            key = b"".join(np.packbits(k).tobytes() for k in kept[s])
+            groups.setdefault(key, []).append(s)
     r_maps: dict = {s: {} for s in job.subjects}
     cv = None
     conds = eng.analysis.conditions
     for ci, c in enumerate(conds):
         eng.progress.check()
         state["condition"] = c.label
-        if col:
+        res_of: dict = {}
+        for gi, members in enumerate(groups.values()):
+            keep = kept[members[0]]
+            censored = not all(k.all() for k in keep)
+            if len(groups) == 1 and not censored:
+                Yv = Y[:, :col]  # a view: no copy
+            else:
+                rows = np.concatenate([np.flatnonzero(k) + starts[i]
+                                       for i, k in enumerate(keep)])
+                cols = np.concatenate([np.arange(first[s], first[s] + width[s])
+                                       for s in members])
+                Yv = Y[np.ix_(rows, cols)]
             X_runs = [X[: pad + n] for X, n in zip(trf.get(code, c.label), lengths)]
-            who = (f"subject {job.subjects[0]}" if len(job.subjects) == 1
-                   else f"subjects {job.subjects[0]}-{job.subjects[-1]}")
+            who = (f"subject {members[0]}" if len(members) == 1
+                   else f"subjects {members[0]}-{members[-1]}")
+            frac0, step = (ci + gi / len(groups)) / len(conds), 1 / (len(conds) * len(groups))
             res = cross_validated_r(
                 X_runs, Yv, delays, enc.alphas, pad_before=pad, n_blocks=enc.n_blocks,
                 score=enc.score, dtype=np.dtype(enc.dtype), backend=enc.backend,
-                run_lengths=lengths,
-                progress=lambda f, m, ci=ci, c=c, who=who: progress(
-                    (ci + f) / len(conds), f"{who}, {code}, {c.label}: {m}"),
+                run_lengths=[int(k.sum()) for k in keep],
+                keep=keep if censored else None,
+                progress=lambda f, m, c=c, who=who, frac0=frac0, step=step: progress(
+                    frac0 + step * f, f"{who}, {code}, {c.label}: {m}"),
                 cancel=eng.cancel)
             cv = res.folds
-        a = 0
+            a = 0
+            for s in members:
+                res_of[s] = res.r[a:a + width[s]]
+                a += width[s]
+            del Yv
         for s in job.subjects:
             r = np.full(valid[s].size, np.nan, dtype=np.float32)
             if width[s]:
-                r[valid[s]] = res.r[a:a + width[s]]
-            a += width[s]
+                r[valid[s]] = res_of[s]
             r_maps[s][c.label] = r
-    del Y, Yv
+    del Y
     state["condition"] = None
     seconds = time.perf_counter() - t0
     written = []
@@ -509,6 +540,9 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                "fitted_with": list(job.subjects), "n_valid": width[s],
                "n_excluded": int(valid[s].size - width[s]), "cv": cv, "files": files,
                "inputs": _fit_inputs(eng, s, code)}
+        censored = {str(i + 1): int((~k).sum()) for i, k in enumerate(kept[s]) if not k.all()}
+        if censored:  # run number (1-based) -> volumes censored
+            rec["censored_volumes"] = censored
         if not width[s]:
             rec["note"] = "every voxel/region is constant or NaN"
         eng.out.write_record("fit", unit_name(s, code), rec)

