@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 def alice_scores(config_path, layer=-1, n_shifts=5, progress=print):
     """{control: (n_subjects, n_rois) r}, subject labels, roi names."""
     from napari_lesion_align.core import controls
-    from napari_lesion_align.core.bold import clean_run, valid_columns
+    from napari_lesion_align.core.bold import clean_run, cleaning_regressors, valid_columns
     from napari_lesion_align.core.config import load_config
     from napari_lesion_align.core.dataset import load_dataset
     from napari_lesion_align.core.encoding import cross_validated_r
@@ -49,9 +49,10 @@ def alice_scores(config_path, layer=-1, n_shifts=5, progress=print):
     Xrate = controls.word_rate(words.onsets, n_vols, ds.tr, stim.bold_start_s, pad)
     shifts = controls.shift_amounts(n_vols, n_shifts)
 
-    def fit(Xr, Y):
+    def fit(Xr, Y, D):
         return cross_validated_r([Xr], [Y], enc.delays, enc.alphas, pad_before=pad,
-                                 n_blocks=enc.n_blocks, score=enc.score, backend="numpy").r
+                                 n_blocks=enc.n_blocks, score=enc.score, backend="numpy",
+                                 nuisance=D).r
 
     out = {"model": [], "shifted": [], "shuffled words": [], "word rate": []}
     subjects = []
@@ -61,12 +62,13 @@ def alice_scores(config_path, layer=-1, n_shifts=5, progress=print):
             progress(f"subject {s}: constant or NaN regions; excluded")
             continue
         Y = clean_run(raw, ds.tr, cfg.cleaning, runs[0].confounds)
+        D = cleaning_regressors(len(raw), ds.tr, cfg.cleaning, runs[0].confounds)
         subjects.append(s)
-        out["model"].append(fit(X, Y))
-        out["shifted"].append(np.mean([fit(controls.circular_shift(X, k, pad), Y)
+        out["model"].append(fit(X, Y, D))
+        out["shifted"].append(np.mean([fit(controls.circular_shift(X, k, pad), Y, D)
                                        for k in shifts], axis=0))
-        out["shuffled words"].append(fit(Xshuf, Y))
-        out["word rate"].append(fit(Xrate, Y))
+        out["shuffled words"].append(fit(Xshuf, Y, D))
+        out["word rate"].append(fit(Xrate, Y, D))
         progress(f"subject {s}: model r {np.round(out['model'][-1], 3)}")
     return {k: np.asarray(v) for k, v in out.items()}, subjects, list(ds.space.names)
 

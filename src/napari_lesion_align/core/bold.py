@@ -15,6 +15,7 @@ high-pass, optional confounds, z-score) before any fit.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, ClassVar, Sequence
@@ -431,6 +432,37 @@ def clean_run(Y: np.ndarray, tr: float, opts: CleaningOptions = CleaningOptions(
 
     return _regress_standardize(filt(Y), None if confounds is None else filt(confounds),
                                 opts)
+
+
+def cleaning_regressors(n_vols: int, tr: float, opts: CleaningOptions = CleaningOptions(),
+                        confounds: np.ndarray | None = None,
+                        keep: np.ndarray | None = None) -> np.ndarray:
+    """The regressors :func:`clean_run` projects a run off, at its kept volumes.
+
+    ``(keep.sum(), k)`` float64: a constant, the linear trend (``detrend``), the cosine
+    drifts below ``high_pass_hz`` (at the volumes' true times) and the confounds as given
+    (their filtered versions span the same space together with the drifts). The cleaned run
+    is orthogonal to these columns; the z-scoring adds a scale per voxel.
+
+    With a single run, :func:`.encoding.cross_validated_r` projects the training rows of
+    each outer fold off the training rows of these columns (``nuisance``): whole-run
+    cleaning fits them on every volume, so that the held-out block's cleaned BOLD depends on
+    the training blocks' (and theirs on it) through the fitted coefficients; after the
+    projection the training BOLD no longer does.
+    """
+    from nilearn.signal import create_cosine_drift
+
+    keep = np.ones(n_vols, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    cols = [np.ones((n_vols, 1))]
+    if opts.detrend:
+        cols.append(np.arange(n_vols, dtype=np.float64)[:, None])
+    if opts.high_pass_hz:
+        with warnings.catch_warnings():  # a run too short for any cosine: none
+            warnings.filterwarnings("ignore", message="Cosine filter was not created")
+            cols.append(create_cosine_drift(opts.high_pass_hz, np.arange(n_vols) * tr)[:, :-1])
+    if confounds is not None:
+        cols.append(np.asarray(confounds, dtype=np.float64).reshape(n_vols, -1))
+    return np.column_stack(cols)[keep]
 
 
 def _clean_censored(Y, tr, opts, confounds, keep) -> np.ndarray:

@@ -766,6 +766,48 @@ def pearson_r(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(den > 0, r, 0.0)
 
 
+# --------------------------------------------------------------------------- one run
+class _TrainingRowsProjected:
+    """``Y`` whose rows ``train`` are projected off the span of ``D[train]``, read lazily.
+
+    ``groups``: ``(c0, c1, D)`` per column range (``D``: ``(n_samples, k)`` regressors of
+    those columns, e.g. one subject's confounds). Only ``Y[rows, v0:v1]`` reads are served
+    (all that :func:`ridge_cv` does): the training rows come back as
+    ``Y - Q (Q.T Y[train])`` (``Q`` an orthonormal basis of ``D[train]``), every other row as
+    it is. Holds ``Q`` (zero outside ``train``) and ``Q.T Y[train]`` (``rank x V``, float64).
+    """
+
+    def __init__(self, Y, train: np.ndarray, groups, batch: int = 4096):
+        self.Y = Y
+        self.shape = Y.shape
+        self.dtype = Y.dtype
+        train = np.asarray(train)
+        self.parts = []
+        for c0, c1, D in groups:
+            D = np.asarray(D, dtype=np.float64)[train]
+            norm = np.sqrt((D * D).sum(0))
+            D = D[:, norm > 0] / norm[norm > 0]  # columns of unit norm: a fair rank cut
+            u, sv, _ = np.linalg.svd(D, full_matrices=False)
+            Q = u[:, sv > sv[0] * max(D.shape) * np.finfo(float).eps] if sv.size else u[:, :0]
+            Qf = np.zeros((Y.shape[0], Q.shape[1]))
+            Qf[train] = Q
+            B = np.empty((Q.shape[1], c1 - c0))
+            for v0 in range(c0, c1, batch):
+                v1 = min(c1, v0 + batch)
+                B[:, v0 - c0 : v1 - c0] = Q.T @ np.asarray(Y[train, v0:v1], dtype=np.float64)
+            self.parts.append((c0, c1, Qf, B))
+
+    def __getitem__(self, key):
+        rows, cols = key
+        v0, v1 = cols.start or 0, self.shape[1] if cols.stop is None else cols.stop
+        out = np.array(self.Y[rows, v0:v1], dtype=np.float64)
+        for c0, c1, Qf, B in self.parts:
+            a, b = max(v0, c0), min(v1, c1)
+            if a < b:
+                out[:, a - v0 : b - v0] -= Qf[rows] @ B[:, a - c0 : b - c0]
+        return out
+
+
 # --------------------------------------------------------------------------- runs
 @dataclass
 class EncodingResult:
@@ -801,6 +843,7 @@ def cross_validated_r(
     backend: str = "auto",
     run_lengths: Sequence[int] | None = None,
     keep: Sequence[np.ndarray] | None = None,
+    nuisance=None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> EncodingResult:
@@ -819,10 +862,26 @@ def cross_validated_r(
         while ``X_runs`` still has every volume; the features are delayed on the full time
         grid, then their censored rows are dropped too
         (:func:`~.bold.censored_volumes`).
+    nuisance : with a single run, the regressors its BOLD was cleaned with, at the rows of
+        ``Y`` (:func:`~.bold.cleaning_regressors`): a ``(n_rows, k)`` array for every
+        column, or a list of ``(c0, c1, array)`` per column range (subjects with their own
+        confounds). Ignored with several runs.
 
     Features are z-scored on the training rows of every outer fold, then delayed. Alpha is
     chosen per voxel by inner CV on the training runs (leave one training run out, or
     contiguous blocks with a gap of ``max(delays)`` volumes when there is one run).
+
+    The held-out BOLD must not depend on the training BOLD. With several runs each run is
+    cleaned on its own and held out whole, so it does not. A single run is cleaned as a
+    whole (drifts and confounds fitted on every volume), which couples its blocks through
+    the fitted coefficients: on pure noise the mean r is then off zero (by up to ~0.01,
+    through the cosine high-pass). So with one run and ``nuisance``, each outer fold's
+    training rows (those of its inner CV and of its refit) are projected off the span of
+    ``nuisance`` at the training rows -- the training blocks cleaned by themselves, as a
+    run with a hole -- while the test block keeps the whole-run cleaning. The training BOLD
+    is then uncorrelated with the test block's (independent for Gaussian noise), and r
+    centres on 0 as with several runs. The whole-run z-scoring scale is one factor per
+    voxel over train and test, to which r and the choice of alpha are invariant.
     """
     from .features import fir_delays
 
@@ -859,9 +918,17 @@ def cross_validated_r(
     if n_runs >= 2:
         outer = leave_one_group_out(groups)
         scheme = f"leave-one-run-out over {n_runs} runs"
+        nuisance = None
     else:
         outer = contiguous_blocks(rows, n_blocks, gap=gap)
         scheme = f"{n_blocks} contiguous blocks, gap {gap} volumes"
+    if nuisance is not None:
+        if not isinstance(nuisance, (list, tuple)):
+            nuisance = [(0, Y.shape[1], nuisance)]
+        for c0, c1, D in nuisance:
+            if np.shape(D)[0] != Y.shape[0] or not 0 <= c0 <= c1 <= Y.shape[1]:
+                raise LesionAlignError(f"nuisance regressors of shape {np.shape(D)} for "
+                                       f"columns {c0}:{c1} of BOLD of shape {Y.shape}")
     fold_r, fold_alpha = [], []
     t0 = time.perf_counter()
     for k, fold in enumerate(outer):
@@ -888,8 +955,10 @@ def cross_validated_r(
             if progress is not None:
                 progress((k + frac) / len(outer), f"fold {k + 1}/{len(outer)}: {msg}")
 
-        res = ridge_cv(Xd, Y, fold.train, fold.test, inner, alphas, score=score, dtype=dtype,
+        Yk = Y if nuisance is None else _TrainingRowsProjected(Y, fold.train, nuisance)
+        res = ridge_cv(Xd, Yk, fold.train, fold.test, inner, alphas, score=score, dtype=dtype,
                        backend=backend, progress=sub_progress, cancel=cancel)
+        del Yk
         fold_r.append(res.test_r)
         fold_alpha.append(res.best_alpha)
     fold_r = np.stack(fold_r)

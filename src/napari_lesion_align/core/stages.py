@@ -430,7 +430,7 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
 def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
              state: dict) -> list[str]:
     from . import analysis as an
-    from .bold import check_subject_runs, clean_run, valid_columns
+    from .bold import check_subject_runs, clean_run, cleaning_regressors, valid_columns
     from .encoding import cross_validated_r
     from .result import map_file, write_values
 
@@ -444,6 +444,7 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     V = src.space.n_features if src.space is not None else None
     Y = None
     valid, width, first, kept = {}, {}, {}, {}
+    nuisance = {}  # one run: its cleaning regressors, for the outer folds (cross_validated_r)
     col = 0
     t0 = time.perf_counter()
     for s in job.subjects:
@@ -471,6 +472,9 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                 else:  # censored rows: 0, left out of this subject's fit
                     block[:] = 0.0
                     block[kept[s][i]] = cleaned
+                if len(runs) == 1:
+                    nuisance[s] = cleaning_regressors(len(R), src.tr, cfg.cleaning,
+                                                      run.confounds, keep=kept[s][i])
             raw[i] = None
             eng.progress.check()
         del raw
@@ -500,6 +504,15 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                                        for s in members])
                 Yv = Y[np.ix_(rows, cols)]
             X_runs = [X[: pad + n] for X, n in zip(trf.get(code, c.label), lengths)]
+            nuis = None
+            if len(lengths) == 1:  # per subject's columns (the confounds are the subject's)
+                nuis, a = [], 0
+                for s in members:
+                    if nuis and np.array_equal(nuis[-1][2], nuisance[s]):  # no confounds
+                        nuis[-1] = (nuis[-1][0], a + width[s], nuis[-1][2])
+                    else:
+                        nuis.append((a, a + width[s], nuisance[s]))
+                    a += width[s]
             who = (f"subject {members[0]}" if len(members) == 1
                    else f"subjects {members[0]}-{members[-1]}")
             frac0, step = (ci + gi / len(groups)) / len(conds), 1 / (len(conds) * len(groups))
@@ -507,7 +520,7 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                 X_runs, Yv, delays, enc.alphas, pad_before=pad, n_blocks=enc.n_blocks,
                 score=enc.score, dtype=np.dtype(enc.dtype), backend=enc.backend,
                 run_lengths=[int(k.sum()) for k in keep],
-                keep=keep if censored else None,
+                keep=keep if censored else None, nuisance=nuis,
                 progress=lambda f, m, c=c, who=who, frac0=frac0, step=step: progress(
                     frac0 + step * f, f"{who}, {code}, {c.label}: {m}"),
                 cancel=eng.cancel)
