@@ -125,7 +125,7 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
     summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
     assert list(summary.columns) == ["subject", "language", "condition", "n_voxels",
                                      "n_excluded", "mean_r", "median_r", "rel_drop",
-                                     "control_rel_drop"]
+                                     "control_rel_drop", "note"]
     assert summary["subject"].tolist() == ["01", "02", "group"]
     assert summary["n_voxels"].tolist() == [int(mask.sum()) - 1] * 3
     assert summary["n_excluded"].tolist() == [1] * 3  # the constant voxel, reported

@@ -208,3 +208,34 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, tiny_model):
         run_analysis(cfg, tmp_path / "study" / "mask.nii.gz")
     with pytest.raises(LesionAlignError, match="cannot write the output folder"):
         run_analysis(cfg, tmp_path / "study" / "mask.nii.gz" / "out")  # below a file
+
+
+def test_an_empty_or_underpowered_result_says_why(tmp_path, tiny_model, capsys):
+    """No voxel passes the intact group test (alpha 1e-12 with 3 subjects: impossible for a
+    t-test with 2 degrees of freedom here): the console, summary.tsv (the group intact
+    row's note) and result.json say the lesion and category maps are empty and what would
+    help. With a usual alpha the same 3 subjects are called underpowered, also a group-only
+    rerun (the fits are reused)."""
+    import pandas as pd
+
+    extra = LESIONS.replace('correction = "none"', 'correction = "fdr"\nalpha = 1e-12')
+    cfg = _study(tmp_path / "study", tiny_model, n_subjects=3, extra=extra)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    console = capsys.readouterr().out
+    why = "EN: no voxel passes the intact model's group test (FDR-corrected p < 1e-12, 3 subjects)"
+    assert f"warning: {why}" in console and "category maps of EN are empty" in console
+    summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
+    row = summary[(summary["subject"] == "group") & (summary["condition"] == "intact")]
+    assert row["note"].iloc[0].startswith(why[4:])
+    assert summary[summary["subject"] != "group"]["note"].isna().all()
+    assert any(w.startswith(why) for w in json.loads((out / "result.json").read_text())["warnings"])
+    q = nib.load(str(out / "group_lang-EN_desc-shared_stat-q_statmap.nii.gz")).get_fdata()
+    assert np.nanmin(q) == 1.0  # indeed: nothing tested, nothing significant
+    # a usual alpha: voxels pass, but 3 subjects are flagged as little power
+    cfg.write_text(cfg.read_text().replace("alpha = 1e-12", "alpha = 0.05"))
+    assert cli.main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    console = capsys.readouterr().out
+    assert "warning: EN: only 3 subjects with data: the group tests have little power" \
+        in console and "no voxel passes" not in console
+    assert _units(out)["fits"]["computed"] == []

@@ -243,6 +243,9 @@ class RunWidget(QWidget):
             more += "\nexcluded: " + "; ".join(excluded[:3]) + (
                 f"; … {len(excluded) - 3} more (n_excluded in summary.tsv)"
                 if len(excluded) > 3 else "")
+        for w in result.provenance.get("warnings") or []:
+            if "excluded" not in w:  # (listed above)
+                more += f"\nwarning: {w}"
         self.summary.setText("\n".join(lines) + more)
 
     def _pick_out_dir(self):

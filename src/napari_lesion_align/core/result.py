@@ -36,7 +36,7 @@ MAP_PATTERN = "sub-{subject}_lang-{language}_desc-{condition}_stat-{stat}_statma
 GROUP_PATTERN = "group_lang-{language}_desc-{condition}_stat-{stat}_statmap"
 CATEGORY_PATTERN = "group_desc-{name}_categories"
 SUMMARY_COLUMNS = ["subject", "language", "condition", "n_voxels", "n_excluded", "mean_r",
-                   "median_r", "rel_drop", "control_rel_drop"]
+                   "median_r", "rel_drop", "control_rel_drop", "note"]
 SWEEP_COLUMNS = ["layer", "language", "rel_change", "rel_change_sd", "control_rel_change",
                  "control_sd", "n_subjects"]
 #: every file an analysis writes into its output folder (``--force`` deletes these only)
@@ -345,7 +345,18 @@ class AlignmentResult:
         out of a subject's fit (constant or NaN in its runs; all of them for a subject
         excluded whole); for group rows, the subjects' mean."""
         n = self.space.n_features
-        return [dict(r, n_excluded=n - int(r["n_voxels"])) for r in self.summary_rows()]
+        notes = {}  # language -> its warnings, on the language's group intact row
+        for w in self.provenance.get("warnings") or []:
+            lang, _, text = w.partition(": ")
+            if text:
+                notes.setdefault(lang, []).append(" ".join(text.split()))
+        rows = []
+        for r in self.summary_rows():
+            note = ""
+            if r["subject"] == "group" and r["condition"] == "intact":
+                note = "; ".join(notes.get(r["language"], []))
+            rows.append(dict(r, n_excluded=n - int(r["n_voxels"]), note=note))
+        return rows
 
     def exclusions(self) -> list[str]:
         """One line per subject and language with voxels (regions) excluded, for the

@@ -585,6 +585,7 @@ def stage_group(eng: Engine):
     files, group_files, n_valid, fits, warnings = {}, {}, {}, {}, []
     rows, group_rows, tests = [], [], {}
     langs = list(src.stimuli)
+    unit = "voxel" if src.space.kind == "volume" else "region"
 
     def write(code, label, stat, v):
         name = group_file(src.space, code, label, stat)
@@ -622,6 +623,7 @@ def stage_group(eng: Engine):
             for stat in ("t", "p", "q"):
                 write(code, "intact", stat, getattr(t0, stat))
             aligned = an.responsive(t0, les.alpha, les.correction)
+            warnings += _power_warnings(code, int(ok.sum()), int(aligned.sum()), les, unit)
         means = {}
         for c in conds:
             eng.progress.check()
@@ -671,6 +673,28 @@ def stage_group(eng: Engine):
     result.provenance = {"fits": fits, "warnings": warnings,
                          "conditions": [c.describe() for c in conds]}
     return result
+
+
+#: fewer subjects with data than this: the group tests are called underpowered
+MIN_POWERED_SUBJECTS = 5
+
+
+def _power_warnings(code: str, n_subjects: int, n_aligned: int, les, unit: str) -> list[str]:
+    """Why a language's lesion tests and category maps may be empty, and what would help."""
+    out = []
+    test = (f"{'FDR-corrected ' if les.correction == 'fdr' else ''}p < {les.alpha:g}, "
+            f"{n_subjects} subjects")
+    if n_aligned == 0:
+        out.append(f"{code}: no {unit} passes the intact model's group test ({test}), so "
+                   f"no lesion can be tested there: the lesion maps and category maps of "
+                   f"{code} are empty. More subjects, a larger [lesions] alpha or "
+                   "correction = \"none\" would help")
+    elif n_subjects < MIN_POWERED_SUBJECTS:
+        out.append(f"{code}: only {n_subjects} subjects with data: the group tests have little "
+                   f"power ({n_aligned} {unit}s pass the intact test, {test}); empty or small "
+                   f"category maps may mean too few subjects rather than no effect "
+                   f"({MIN_POWERED_SUBJECTS} or more recommended)")
+    return out
 
 
 def _rel(m0: float, m1: float) -> float:
