@@ -60,15 +60,7 @@ def _summary(result, out: Path | None) -> str:
                      f"{row['mean_r']:.3f} over {row['n_voxels']} {unit}{drop}")
     if len(shown) > 40:
         lines.append(f"  ... {len(shown) - 40} more rows in summary.tsv")
-    excluded = result.exclusions()
-    for line in excluded[:10]:
-        lines.append(f"  excluded: {line}")
-    if len(excluded) > 10:
-        lines.append(f"  excluded: ... {len(excluded) - 10} more (column n_excluded of "
-                     "summary.tsv)")
-    for w in result.provenance.get("warnings") or []:
-        if "excluded" not in w:  # (those are listed above)
-            lines.append(f"  warning: {w}")
+    lines += [f"  {n}" for n in result.notices()]
     fits = (result.provenance.get("units") or {}).get("fits") or {}
     if fits.get("reused"):
         lines.append(f"resumed: {len(fits['reused'])} subject fits were already done, "

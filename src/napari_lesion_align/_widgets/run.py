@@ -238,15 +238,8 @@ class RunWidget(QWidget):
                  + (f", drop {100 * r['rel_drop']:.1f} %" if r["rel_drop"] == r["rel_drop"]
                     else "") for r in rows[:12]]
         more = f"\n… {len(rows) - 12} more in summary.tsv" if len(rows) > 12 else ""
-        excluded = result.exclusions()
-        if excluded:
-            more += "\nexcluded: " + "; ".join(excluded[:3]) + (
-                f"; … {len(excluded) - 3} more (n_excluded in summary.tsv)"
-                if len(excluded) > 3 else "")
-        for w in result.provenance.get("warnings") or []:
-            if "excluded" not in w:  # (listed above)
-                more += f"\nwarning: {w}"
-        self.summary.setText("\n".join(lines) + more)
+        notices = "".join(f"\n{n}" for n in result.notices(max_excluded=3))
+        self.summary.setText("\n".join(lines) + more + notices)
 
     def _pick_out_dir(self):
         path = QFileDialog.getExistingDirectory(self, "Output folder")

