@@ -265,9 +265,137 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def read_confounds(path, n_vols: int, skip_rows: int = 0) -> np.ndarray:
-    """Read a confounds table (e.g. 6 motion parameters), one row per volume."""
-    data, _ = read_region_series(path, skip_rows=skip_rows, what="confounds table")
+#: nilearn's preset denoising strategies (``load_confounds_strategy``)
+CONFOUND_PRESETS = ("simple", "scrubbing", "compcor", "ica_aroma")
+#: an fMRIPrep confounds table: ``<entities>_desc-confounds_timeseries.tsv`` (``_regressors``
+#: before fMRIPrep 20.2)
+FMRIPREP_CONFOUNDS = r"^(?P<prefix>.+)_desc-confounds_(timeseries|regressors)\.tsv$"
+
+
+def confound_strategy(value, where: str = "[data].confounds") -> dict | None:
+    """The one reading of a confound strategy (``[data].confounds``): ``None`` / ``false``
+    (the tables' columns as they are), a preset name of nilearn's
+    :func:`~nilearn.interfaces.fmriprep.load_confounds_strategy` (``"simple"``,
+    ``"scrubbing"``, ``"compcor"``, ``"ica_aroma"``), or a table of arguments of
+    :func:`~nilearn.interfaces.fmriprep.load_confounds` (``{strategy = ["motion",
+    "wm_csf"], motion = "basic"}``), optionally with ``denoise_strategy = "<preset>"`` to
+    adjust a preset. Returns the arguments as a dict (``denoise_strategy`` set for a preset).
+    """
+    import inspect
+
+    from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
+
+    if value is None or value is False:
+        return None
+    fix = (f"write {where} = \"simple\" (or \"scrubbing\", \"compcor\", \"ica_aroma\"), or "
+           "a table of nilearn load_confounds arguments, e.g. {strategy = [\"motion\", "
+           "\"wm_csf\"], motion = \"basic\"}")
+    if isinstance(value, str):
+        value = {"denoise_strategy": value}
+    if not isinstance(value, dict) or not value:
+        raise LesionAlignError(f"{where} = {value!r}: {fix}")
+    out = dict(value)
+    preset = out.get("denoise_strategy")
+    if preset is not None and preset not in CONFOUND_PRESETS:
+        raise LesionAlignError(f"{where}: denoise_strategy {preset!r} is not one of nilearn's "
+                               f"presets {list(CONFOUND_PRESETS)}; {fix}")
+    fn = load_confounds_strategy if preset is not None else load_confounds
+    allowed = set(inspect.signature(load_confounds).parameters) - {"img_files"}
+    if preset is not None:
+        allowed = (allowed | {"denoise_strategy"}) - {"strategy"}
+    bad = sorted(set(out) - allowed)
+    if bad:
+        raise LesionAlignError(f"{where}: unknown key(s) {bad} for nilearn's {fn.__name__}; "
+                               f"allowed: {sorted(allowed)}")
+    if "strategy" in out:
+        s = out["strategy"]
+        if isinstance(s, str):
+            s = [s]
+        if not isinstance(s, (list, tuple)) or not all(isinstance(x, str) for x in s):
+            raise LesionAlignError(f"{where}.strategy = {out['strategy']!r}: write a list of "
+                                   "noise components, e.g. [\"motion\", \"wm_csf\"]")
+        out["strategy"] = list(s)
+    return out
+
+
+def _fmriprep_confounds(path, strategy: dict) -> np.ndarray:
+    """The confounds nilearn's fMRIPrep interface selects from one fMRIPrep table.
+
+    nilearn finds the table from the name of the BOLD image next to it; the image named
+    here (``<entities>_desc-preproc_bold.nii.gz``) only carries the entities, it is not read.
+    Volumes that nilearn marks for removal (non-steady-state volumes, scrubbed motion
+    outliers: its ``sample_mask``) become one spike regressor each, so that cleaning
+    regresses them out (equivalent to censoring them in the confound regression).
+    """
+    import re
+
+    from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
+
+    from .inputs import regular_file
+
+    path = regular_file(path, "confounds table", "give fMRIPrep's "
+                        "*_desc-confounds_timeseries.tsv")
+    m = re.match(FMRIPREP_CONFOUNDS, Path(path).name)
+    if m is None:
+        raise LesionAlignError(
+            f"{path}: a confound strategy ([data].confounds) reads fMRIPrep confound tables, "
+            "named <entities>_desc-confounds_timeseries.tsv; rename the file or remove the "
+            "strategy to use every column of the table as it is")
+    image = str(Path(path).parent / f"{m['prefix']}_desc-preproc_bold.nii.gz")
+    kw = dict(strategy)
+    preset = kw.pop("denoise_strategy", None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if preset is not None:
+                conf, sample_mask = load_confounds_strategy(image, denoise_strategy=preset, **kw)
+            else:
+                conf, sample_mask = load_confounds(image, **kw)
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        import pandas as pd
+
+        try:
+            cols = list(pd.read_csv(path, sep="\t", nrows=0).columns)
+        except Exception:  # noqa: BLE001 - the columns are only shown
+            cols = []
+        shown = ", ".join(cols[:12]) + (", ..." if len(cols) > 12 else "")
+        raise LesionAlignError(
+            f"{path}: nilearn's load_confounds could not apply the confound strategy "
+            f"{strategy} ({' '.join(str(err).split())}); the table has columns [{shown}]. "
+            "Choose a strategy whose columns the table has ([data].confounds)") from err
+    import pandas as pd
+
+    n = len(pd.read_csv(path, sep="\t", usecols=[0]))
+    data = (np.zeros((n, 0)) if conf is None
+            else np.asarray(conf.to_numpy(dtype=np.float64)).reshape(n, -1))
+    if sample_mask is not None:
+        dropped = np.setdiff1d(np.arange(n), np.asarray(sample_mask, dtype=int))
+        spikes = np.zeros((n, len(dropped)))
+        spikes[dropped, np.arange(len(dropped))] = 1.0
+        data = np.column_stack([data, spikes])
+    return data
+
+
+def read_confounds(path, n_vols: int, skip_rows: int = 0,
+                   strategy: dict | None = None) -> np.ndarray:
+    """Read a confounds table (e.g. 6 motion parameters), one row per volume.
+
+    ``strategy`` (:func:`confound_strategy`): the columns of an fMRIPrep table that
+    nilearn's ``load_confounds`` / ``load_confounds_strategy`` select (plus a spike
+    regressor per volume it removes); ``None``: every column of the table."""
+    if strategy:
+        data = np.asarray(_fmriprep_confounds(path, strategy), dtype=np.float32)[skip_rows:]
+    else:
+        import re
+
+        try:
+            data, _ = read_region_series(path, skip_rows=skip_rows, what="confounds table")
+        except LesionAlignError as err:
+            if re.match(FMRIPREP_CONFOUNDS, Path(path).name):  # every column of fMRIPrep's
+                raise LesionAlignError(f"{err}. This is an fMRIPrep confounds table: choose "
+                                       "its columns with a strategy, e.g. [data].confounds = "
+                                       "\"simple\"") from None
+            raise
     if not np.all(np.isfinite(data)):
         i, j = np.argwhere(~np.isfinite(data))[0]
         raise LesionAlignError(f"{path}: row {i + 1 + skip_rows}, column {j + 1} is "

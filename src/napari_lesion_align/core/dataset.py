@@ -219,7 +219,8 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
         for run in runs:
             if run.confounds_source is not None:
                 run.confounds = read_confounds(run.confounds_source, run.n_vols,
-                                               data.confounds_skip_rows)
+                                               data.confounds_skip_rows,
+                                               strategy=data.confounds)
     return ds
 
 
