@@ -65,7 +65,9 @@ def tiny(request, tmp_path_factory):
 
 
 def _config(seed=0, **lesions):
-    d = {"lesions": dict(dict(k_percent=K, max_tokens=MAX_TOKENS), **lesions)}
+    # one random draw per lesion (the draws themselves: tests/test_controls.py)
+    d = {"lesions": dict(dict(k_percent=K, max_tokens=MAX_TOKENS, random_controls=1),
+                         **lesions)}
     return config_from_dict({"data": {"kind": "demo"}, "seed": seed, **d})
 
 
@@ -337,7 +339,8 @@ def test_saved_lesion_files_round_trip(tiny, stimuli, tmp_path):
     src["shared"].save(tmp_path / "my_shared")
     heads["specificFR"].save(tmp_path / "fr-heads")
     cfg = config_from_dict({"data": {"kind": "demo"}, "lesions": {
-        "selections": [], "files": ["my_shared.json", "fr-heads.json"]}}, base=tmp_path)
+        "selections": [], "files": ["my_shared.json", "fr-heads.json"],
+        "random_controls": 1}}, base=tmp_path)
     conds = build_conditions(cfg, lm, stimuli)
     assert [c.label for c in conds] == ["intact", "myshared", "mysharedRandom", "frheads",
                                         "frheadsRandom"]

@@ -38,7 +38,9 @@ def _assert_same_maps(a: Path, b: Path, atol: float = 0.0) -> None:
     assert ma.keys() == mb.keys() and ma
     for name in ma:
         if atol:
-            np.testing.assert_allclose(ma[name], mb[name], atol=atol, rtol=0, err_msg=name)
+            # (t maps: large t values carry the r maps' float32 rounding, relative)
+            np.testing.assert_allclose(ma[name], mb[name], atol=atol,
+                                       rtol=1e-4 if "_stat-t" in name else 0, err_msg=name)
         else:
             np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
 

@@ -81,14 +81,17 @@ def _cores(res):
 
 def test_demo_runs_shared_and_specific_lesions_with_random_controls(demo_run):
     res, out, _ = demo_run
-    want = ["intact", "shared", "sharedRandom"]
+    draws = ["Random", "Random2"][:demo.DEMO_RANDOM_CONTROLS]
+    want = ["intact", "shared"] + [f"shared{d}" for d in draws]
     for lang in demo.LANGUAGES:
-        want += [f"specific{lang}", f"specific{lang}Random"]
-    assert res.conditions == want
+        want += [f"specific{lang}"] + [f"specific{lang}{d}" for d in draws]
+    controls = ["nullShift", "nullShuffled", "wordRate", "aboveWordRate"]
+    assert res.conditions == want + controls and list(res.baselines) == controls
     conds = {c["label"]: c for c in res.provenance["conditions"]}
     for label in want[1:]:
-        if label.endswith("Random"):  # size-matched: the same count in every tensor
-            assert conds[label]["per_layer"] == conds[label[:-6]]["per_layer"]
+        of = conds[label]["control_of"]
+        if of:  # size-matched: the same count in every tensor
+            assert conds[label]["per_layer"] == conds[of]["per_layer"]
     for f in ("group_desc-lesion_categories.nii.gz", "group_desc-random_categories.nii.gz",
               "categories.json", "sub-03_lang-ZH_desc-specificZH_stat-deltar_statmap.nii.gz",
               "group_lang-FR_desc-shared_stat-q_statmap.nii.gz"):
@@ -153,3 +156,26 @@ def test_category_map_recovers_planted_regions_and_random_is_near_empty(demo_run
     random_labels, _ = res.categories["random"]
     n_planted = int(sum(c.sum() for c in cores.values()))
     assert (random_labels > 0).sum() <= 0.05 * n_planted
+
+
+def test_shared_lesion_is_beyond_its_random_draws_in_the_shared_regions(demo_run):
+    """The shared lesion's drop is beyond its K random draws' (in every language) in the
+    planted shared regions, and not where no signal was planted."""
+    from napari_lesion_align.core.analysis import dice
+
+    res, out, _ = demo_run
+    truth = demo.planted_truth(res.space)
+    cores = _cores(res)
+    beyond = np.ones(res.space.n_features, dtype=bool)
+    for lang in demo.LANGUAGES:
+        beyond &= res.group_maps[(lang, "shared", "beyondrandom")] > 0.5
+    d = dice(beyond, cores["shared"])
+    print(f"beyond random in every language: {beyond.sum()} voxels, Dice with the shared "
+          f"regions' cores {d:.2f}")
+    assert d >= 0.7
+    assert (beyond & (truth["labels"] == 0)).sum() <= 0.02 * beyond.sum()
+    # the category map's shared voxels are beyond random too (it requires it)
+    labels, legend = res.categories["lesion"]
+    assert not (labels == 1)[~beyond].any()
+    assert "random draws" in legend[1]["meaning"]
+

@@ -14,7 +14,7 @@ import pytest
 from napari_lesion_align import cli
 from napari_lesion_align.core.config import load_config
 from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.result import AlignmentResult
+from napari_lesion_align.core.result import SUMMARY_COLUMNS, AlignmentResult
 from napari_lesion_align.data import demo
 from tiny_models import make_tiny_model
 
@@ -99,9 +99,15 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
     out = tmp_path / "out"
     assert cli.main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["mask.nii.gz", "result.json",
-                     "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz",
-                     "sub-02_lang-EN_desc-intact_stat-r_statmap.nii.gz", "summary.tsv", "units"]
+    # the intact model and its controls ([controls] on by default): r per subject, group
+    # t / p / q of the model above each (the intact model: above 0)
+    labels = ["intact", "nullShift", "nullShuffled", "wordRate", "aboveWordRate"]
+    assert names == sorted(
+        ["controls.tsv", "mask.nii.gz", "result.json", "summary.tsv", "units"]
+        + [f"sub-{s}_lang-EN_desc-{c}_stat-r_statmap.nii.gz" for s in ("01", "02")
+           for c in labels]
+        + [f"group_lang-EN_desc-{c}_stat-{t}_statmap.nii.gz" for c in labels
+           for t in "tpq"])
     img = nib.load(str(out / "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz"))
     assert img.get_data_dtype() == np.float32 and img.shape == SHAPE
     np.testing.assert_allclose(img.affine, AFFINE)
@@ -123,9 +129,8 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
     fits = doc["fits"]["01/EN"]
     assert fits["n_excluded"] == 1 and "leave-one-run-out over 3 runs" in fits["cv"]
     summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
-    assert list(summary.columns) == ["subject", "language", "condition", "n_voxels",
-                                     "n_excluded", "mean_r", "median_r", "rel_drop",
-                                     "control_rel_drop", "note"]
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    summary = summary[summary["condition"] == "intact"].reset_index(drop=True)
     assert summary["subject"].tolist() == ["01", "02", "group"]
     assert summary["n_voxels"].tolist() == [int(mask.sum()) - 1] * 3
     assert summary["n_excluded"].tolist() == [1] * 3  # the constant voxel, reported
@@ -199,7 +204,9 @@ def test_interrupted_write_leaves_no_half_written_file_and_resumes(tmp_path, tin
         pipeline.run_analysis(cfg, out)
     files = sorted(p.name for p in out.iterdir())
     # the first subject's unit is complete; nothing else, no temporary file, no result.json
-    assert files == ["sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz", "units"]
+    first = [f"sub-01_lang-EN_desc-{c}_stat-r_statmap.nii.gz" for c in
+             ("intact", "nullShift", "nullShuffled", "wordRate", "aboveWordRate")]
+    assert files == sorted(first) + ["units"]
     assert sorted(p.name for p in (out / "units" / "fit").iterdir()) == ["sub-01_lang-EN.json"]
     nib.load(str(out / files[0])).get_fdata()  # readable, complete
     monkeypatch.setattr(result_mod, "atomic_write_bytes", real)
@@ -299,6 +306,7 @@ sweep = true
 sweep_element = "hidden"
 sweep_indices = [0, 3, 6, 9]
 correction = "none"
+random_controls = 1
 """
     cfg_path.write_text(text)
     cfg = load_config(cfg_path)

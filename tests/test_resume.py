@@ -55,7 +55,8 @@ def test_kill_in_the_middle_of_the_fits_and_resume(tmp_path, tiny_model):
     """SIGKILL while subjects are being fitted, run again: the maps equal those of an
     uninterrupted run bit for bit, and only the missing subjects were fitted again."""
     lesions = '\n[lesions]\nelement = "neurons"\nmethod = "wanda"\nk_percent = 10.0\n' \
-              'selections = ["shared"]\ncorrection = "none"\n'
+              'selections = ["shared"]\ncorrection = "none"\nrandom_controls = 1\n' \
+              '[controls]\nshifts = 1\nshuffled_words = false\nabove_word_rate = false\n'
     cfg = _study(tmp_path / "study", tiny_model, n_subjects=6, extra=lesions)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     # every run in a fresh process with the same environment: BLAS and torch results
@@ -88,9 +89,10 @@ def test_kill_in_the_middle_of_the_fits_and_resume(tmp_path, tiny_model):
         f"sub-{s:02d}_lang-EN" for s in range(1, 7) if f"sub-{s:02d}_lang-EN" not in done_before)
     assert _units(killed)["features"]["computed"] == 0  # all stored before the kill
     a, b = _maps(whole), _maps(killed)
-    # per subject: r intact, r + deltar of shared and of its control; group: t/p/q of the
-    # intact alignment, t/p/q/reldrop of each lesion
-    assert a.keys() == b.keys() and len(a) == 6 * 5 + 3 + 2 * 4
+    # per subject: r intact, r + deltar of shared and of its control, r of the two controls;
+    # group: t/p/q of the intact alignment, t/p/q/reldrop of each lesion, t/p/q/beyondrandom
+    # of shared against its draw, t/p/q of each control
+    assert a.keys() == b.keys() and len(a) == 6 * 7 + 3 + 2 * 4 + 4 + 2 * 3
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert (whole / "summary.tsv").read_text() == (killed / "summary.tsv").read_text()

@@ -182,10 +182,18 @@ alphas = [1.0, 100.0]
 
     monkeypatch.setattr(enc, "cross_validated_r", spy)
     res = run_analysis(load_config(root / "c.toml"), tmp_path / "out")
-    assert len(calls) == 1 and len(calls[0]) == 1
+    # the intact model, then the controls: 2 shifts, shuffled words, word rate, above word rate
+    assert len(calls) == 6 and all(len(c) == 1 for c in calls)
+    assert all(np.array_equal(c[0][2], calls[0][0][2]) for c in calls[:5])
     c0, c1, D = calls[0][0]
     keep = np.ones(150, dtype=bool)
     keep[60] = False
     assert (c0, c1) == (0, 2)
     np.testing.assert_array_equal(D, cleaning_regressors(150, 2.0, keep=keep))
+    # aboveWordRate: the word rate joins the cleaning regressors, orthogonal to them
+    D_above = calls[-1][0][2]
+    k = D.shape[1]
+    assert D_above.shape[0] == D.shape[0] and D_above.shape[1] > k
+    np.testing.assert_array_equal(D_above[:, :k], D)
+    np.testing.assert_allclose(D.T @ D_above[:, k:], 0.0, atol=1e-6)
     assert "4 contiguous blocks" in res.provenance["fits"]["s1/EN"]["cv"]

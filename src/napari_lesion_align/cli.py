@@ -1,4 +1,4 @@
-"""Command line: ``napari-lesion-align demo | run CONFIG | convert-model``.
+"""Command line: ``napari-lesion-align demo | run CONFIG | init-config BIDS_ROOT | convert-model``.
 
 ``run`` and ``demo`` take ``--out DIR`` (resumed when it holds the same analysis),
 ``--force``, and ``--workers N`` / ``--scheduler ADDRESS`` to run the units on Dask.
@@ -46,27 +46,18 @@ class _Progress:
 
 
 def _summary(result, out: Path | None) -> str:
-    """Mean r per language and condition: the group rows (every subject's row when there is
-    one subject per language); summary.tsv has them all."""
-    rows = result.summary_rows()
-    shown = [r for r in rows if r["subject"] == "group"] or rows
-    unit = "voxels" if result.space.kind == "volume" else "regions"
-    lines = []
-    for row in shown[:40]:
-        who = "group" if row["subject"] == "group" else f"sub-{row['subject']}"
-        drop = (f", drop {100 * row['rel_drop']:.1f} %" if row["rel_drop"] == row["rel_drop"]
-                else "")
-        lines.append(f"  {who} {row['language']} {row['condition']}: mean r "
-                     f"{row['mean_r']:.3f} over {row['n_voxels']} {unit}{drop}")
-    if len(shown) > 40:
-        lines.append(f"  ... {len(shown) - 40} more rows in summary.tsv")
+    """The run's closing summary (:meth:`~.core.result.AlignmentResult.closing_summary`):
+    per language the intact model against its controls, each lesion against its random
+    draws, the category counts; summary.tsv and controls.tsv have every row."""
+    lines = [f"  {line}" for line in result.closing_summary()]
     lines += [f"  {n}" for n in result.notices()]
     fits = (result.provenance.get("units") or {}).get("fits") or {}
     if fits.get("reused"):
         lines.append(f"resumed: {len(fits['reused'])} subject fits were already done, "
                      f"{len(fits.get('computed', []))} computed now")
     if out is not None:
-        lines.append(f"wrote {out}/ (result.json, summary.tsv, maps)")
+        tables = "summary.tsv" + (", controls.tsv" if result.baselines else "")
+        lines.append(f"wrote {out}/ (result.json, {tables}, maps)")
     return "\n".join(lines)
 
 
@@ -100,6 +91,12 @@ def main(argv=None) -> int:
         p.add_argument("--threads", type=int, default=None, metavar="T",
                        help="BLAS threads per Dask worker (default: cores / workers)")
         p.add_argument("--quiet", action="store_true")
+    i = sub.add_parser("init-config", help="write a starting config for a BIDS dataset "
+                                           "(tasks, subjects, runs, spaces, confounds found)")
+    i.add_argument("root", metavar="BIDS_ROOT",
+                   help="the BIDS dataset (raw with derivatives/, or a derivatives folder)")
+    i.add_argument("--out", default="config.toml", help="the config to write (config.toml)")
+    i.add_argument("--force", action="store_true", help="replace an existing --out file")
     c = sub.add_parser("convert-model", help="convert the built-in offline model into the cache")
     c.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
@@ -109,6 +106,13 @@ def main(argv=None) -> int:
             from .core import e5_offline
 
             print(e5_offline.ensure_converted(args.cache_dir, progress=lambda m: print(m)))
+            return 0
+        if args.cmd == "init-config":
+            from .core.bids import write_init_config
+
+            out = write_init_config(args.root, args.out, force=args.force)
+            print(f"wrote {out}: check the lines marked CHECK and FILL IN, then run "
+                  f"napari-lesion-align run {out} --out DIR")
             return 0
         from .core.config import demo_config, load_config
         from .core.executor import executor_for

@@ -61,6 +61,9 @@ class PairedTest:
     #: group relative drop per voxel: mean(intact - lesioned) / mean(intact) over subjects
     #: (NaN where the mean intact r is not positive); None when not computed
     rel_drop: np.ndarray | None = None
+    #: where the drop is beyond the lesion's random draws' (a boolean map; None: not
+    #: compared): :func:`significant` then also requires it
+    beyond: np.ndarray | None = None
 
 
 def alignment_test(r: np.ndarray) -> PairedTest:
@@ -117,7 +120,8 @@ def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "g
 
 def significant(test: PairedTest, alpha: float = 0.05, correction: str = "fdr",
                 min_relative_drop: float = 0.0) -> np.ndarray:
-    """Voxels with a significant drop: q < alpha (``fdr``) or p < alpha (``none``) and, when
+    """Voxels with a significant drop: q < alpha (``fdr``) or p < alpha (``none``), beyond
+    the lesion's random draws where they were compared (``test.beyond``) and, when
     ``min_relative_drop`` > 0, a group relative drop of at least that much (a drop that is
     consistent across subjects but tiny is not counted)."""
     if correction == "fdr":
@@ -126,6 +130,8 @@ def significant(test: PairedTest, alpha: float = 0.05, correction: str = "fdr",
         sig = test.p < alpha
     else:
         raise LesionAlignError(f"unknown correction {correction!r}; use 'fdr' or 'none'")
+    if test.beyond is not None:
+        sig &= test.beyond
     if min_relative_drop > 0:
         if test.rel_drop is None:
             raise LesionAlignError("min_relative_drop needs the tests' relative drops "
@@ -156,6 +162,10 @@ def categories(shared_tests: dict, specific_tests: dict, languages: list[str],
         len(next(iter(next(iter(specific_tests.values())).values())).t)
     stat = "q" if correction == "fdr" else "p"
     size = f" and a group relative drop >= {min_relative_drop:g}" if min_relative_drop > 0 else ""
+    every = list(shared_tests.values()) + [t for d in specific_tests.values()
+                                           for t in d.values()]
+    if any(t.beyond is not None for t in every):
+        size += " and beyond the lesion's random draws"
     rule = f" (a drop: {stat} < {alpha:g}{size})"
     labels = np.zeros(V, dtype=np.int16)
     legend = {0: {"name": "none", "meaning": "no category", "colour": CATEGORY_COLOURS["none"]}}

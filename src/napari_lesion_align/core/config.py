@@ -25,7 +25,8 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from .bold import CleaningOptions
 from .errors import LesionAlignError
 from .features import FeatureOptions
-from .plan import IMPORTANCE_ELEMENTS, METHODS, MODES, UNIT_ELEMENTS, default_selections
+from .plan import (DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, METHODS, MODES, UNIT_ELEMENTS,
+                   default_selections)
 from .schema import (PATTERN_MESSAGES, Bool, Int, Label, NonNegInt, Number, PositiveNumber,
                      Section, Table, Text)
 
@@ -68,6 +69,13 @@ class ModelConfig(Table):
     layer: Int = -1
     offline: Bool = True
     device: Text = "auto"
+    #: weights' dtype: auto = bfloat16 on a CUDA GPU that supports it, else float32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: "" = the whole model on ``device``; else passed to transformers / accelerate to
+    #: spread a model larger than one GPU ("auto", "balanced", "sequential")
+    device_map: Literal["", "auto", "balanced", "balanced_low_0", "sequential"] = ""
+    #: load the weights one tensor at a time (no second copy in memory while loading)
+    low_cpu_mem_usage: Bool = True
 
     @field_validator("device")
     @classmethod
@@ -77,6 +85,12 @@ class ModelConfig(Table):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v):
             raise ValueError("use 'auto', 'cpu', 'cuda', 'cuda:<N>' or 'mps'")
         return v
+
+    def load_options(self) -> dict:
+        """Keyword arguments of :func:`.model.load_model` for this table."""
+        return {"offline": self.offline, "device": self.device, "dtype": self.dtype,
+                "device_map": self.device_map or None,
+                "low_cpu_mem_usage": self.low_cpu_mem_usage}
 
 
 class EncodingConfig(Table):
@@ -115,6 +129,8 @@ class LanguageData(Section):
     tier: Text | None = None
     confounds: dict[SubjectLabel, tuple[Text, ...]] | None = None
     bold_start_s: Number = 0.0
+    #: kind = "bids": the entities the files were chosen by (task, space, desc, ...)
+    bids: dict[Text, Text] | None = None
 
     @property
     def language_tag(self) -> str:
@@ -129,8 +145,20 @@ class LanguageData(Section):
         return is_spaceless(self.language_tag, where=f"[languages.{self.code}].text_language")
 
 
+class BidsSource(Section):
+    """Where a ``kind = "bids"`` config's files came from (recorded in ``[data].bids``)."""
+
+    root: Text
+    derivatives: tuple[Text, ...] = ()
+    mask: Text = ""  # how the mask was made
+
+
 class DataConfig(Table):
-    """``[data]``: what kind of data, the TR, the mask, the subjects."""
+    """``[data]``: what kind of data, the TR, the mask, the subjects.
+
+    A ``kind = "bids"`` config is read as a ``volume`` config whose files were found in the
+    BIDS dataset (:mod:`.bids`); ``bids`` records where.
+    """
 
     TABLE: ClassVar[str] = "[data]"
     kind: Literal["volume", "regions", "demo"] = "volume"
@@ -143,6 +171,10 @@ class DataConfig(Table):
     confounds_skip_rows: NonNegInt = 0
     bold_skip_rows: NonNegInt = 0
     demo: DemoConfig | None = None
+    #: a nilearn confound strategy for fMRIPrep confound tables (None: every column)
+    #: (the arguments of load_confounds[_strategy], read by .bold.confound_strategy)
+    confounds: dict[Text, Any] | None = None
+    bids: BidsSource | None = None
 
 
 class ManualLesion(Section):
@@ -182,7 +214,11 @@ class LesionConfig(Table):
     method: Literal[METHODS] = "auto"
     k_percent: Annotated[float, Field(strict=True, gt=0, le=100)] = 1.0
     selections: tuple[Selection, ...] | None = None
-    random_control: Bool = True
+    #: whether lesions get size-matched random controls (false: none, whatever
+    #: random_controls says); kept for older configs
+    random_control: Bool | None = None
+    #: random draws per lesion (size-matched, seeded): the null distribution of its effect
+    random_controls: NonNegInt = DEFAULT_RANDOM_CONTROLS
     mode: Literal[MODES] = "zero"
     text: dict[Label, Text] | None = None  # {language: text file}; default: the stimulus
     max_tokens: Annotated[int, Field(strict=True, ge=1)] = 20000
@@ -194,6 +230,21 @@ class LesionConfig(Table):
     alpha: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.05
     correction: Literal["fdr", "none"] = "fdr"
     min_relative_drop: Annotated[float, Field(strict=True, ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, v):
+        if isinstance(v, dict) and v.get("random_control") is False:
+            if v.get("random_controls"):
+                raise ValueError("random_control = false contradicts random_controls = "
+                                 f"{v['random_controls']!r}: keep one of them")
+            v = dict(v, random_controls=0)
+        return v
+
+    @property
+    def n_random(self) -> int:
+        """Random draws per lesion (0: no random controls)."""
+        return 0 if self.random_control is False else self.random_controls
 
     @field_validator("element", mode="before")
     @classmethod
@@ -212,6 +263,23 @@ class LesionConfig(Table):
         if len(set(names)) != len(names):
             raise ValueError(f"manual lesions need distinct names, got {names}")
         return self
+
+
+class ControlsConfig(Table):
+    """``[controls]``: nulls and baselines fitted next to the intact model, per subject and
+    language, with group maps "model > control" (:mod:`.controls`)."""
+
+    TABLE: ClassVar[str] = "[controls]"
+    enabled: Bool = True
+    #: circular-shift null: the model's own features rotated in time, this many shifts (their
+    #: mean r is the null); 0 = none
+    shifts: NonNegInt = 2
+    #: the word vectors given to other words' onsets (same timing, no content)
+    shuffled_words: Bool = True
+    #: the number of words per volume alone (what a model must beat)
+    word_rate: Bool = True
+    #: the model fitted to the BOLD with the word rate regressed out (a nuisance regressor)
+    above_word_rate: Bool = True
 
 
 class ComputeConfig(Table):
@@ -243,6 +311,7 @@ class AnalysisConfig(Section):
     encoding: EncodingConfig = EncodingConfig()
     cleaning: CleaningOptions = CleaningOptions()
     lesions: LesionConfig = LesionConfig()
+    controls: ControlsConfig = ControlsConfig()
     compute: ComputeConfig = ComputeConfig()
     seed: Int = 0
     name: Text = "analysis"
@@ -259,7 +328,7 @@ class AnalysisConfig(Section):
 
 # --------------------------------------------------------------------------- parsing
 SECTIONS = ("name", "seed", "data", "model", "features", "encoding", "cleaning", "languages",
-            "lesions", "compute")
+            "lesions", "controls", "compute")
 
 
 def _resolve(path: str, base: Path) -> str:
@@ -383,6 +452,9 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
                                f"{sorted(SECTIONS)}")
     data_d = _table(d, "data")
     kind = data_d.get("kind", "volume")
+    if kind not in ("volume", "regions", "demo", "bids"):
+        raise LesionAlignError(f"[data].kind = {kind!r}: use 'volume', 'regions', 'bids' or "
+                               "'demo'")
     les = _table(d, "lesions")
     features, encoding = _table(d, "features"), _table(d, "encoding")
     if kind == "demo":
@@ -412,6 +484,11 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
     encoding_cfg = EncodingConfig(**encoding)
     cleaning = CleaningOptions(**_table(d, "cleaning"))
     lesions = LesionConfig(**les)
+    if kind == "demo":
+        controls_d = _merge(recipe["controls"], _table(d, "controls"))
+    else:
+        controls_d = _table(d, "controls")
+    controls = ControlsConfig(**controls_d)
     compute_d = _table(d, "compute")
     if isinstance(compute_d.get("feature_store"), str):
         compute_d["feature_store"] = _resolve(compute_d["feature_store"], base)
@@ -434,7 +511,16 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
         if not isinstance(langs_d, dict):
             raise LesionAlignError("[languages]: write one table per language, "
                                    "[languages.EN], [languages.FR], ...")
-        languages = [_language(code, ld, kind, subjects, base) for code, ld in langs_d.items()]
+        if kind == "bids":
+            from .bids import bids_languages
+
+            data_d, languages = bids_languages(data_d, langs_d, subjects, base)
+            kind = "volume"
+        elif "root" in data_d or "derivatives" in data_d:
+            raise LesionAlignError("[data].root / derivatives: only for kind = 'bids'")
+        else:
+            languages = [_language(code, ld, kind, subjects, base)
+                         for code, ld in langs_d.items()]
         if not languages:
             raise LesionAlignError("config: no [languages.<CODE>] section; add one per "
                                    "language")
@@ -447,13 +533,18 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
     if "languages" in data_d:
         raise LesionAlignError("[data].languages: write one [languages.<CODE>] table per "
                                "language instead")
+    if data_d.get("confounds") is not None:
+        from .bold import confound_strategy
+
+        data_d["confounds"] = confound_strategy(data_d["confounds"])
     data = DataConfig(**data_d, languages=tuple(languages), demo=demo)
     codes = [lang.code for lang in languages]
     _check_lesions(lesions, codes)
     top = {k: d[k] for k in ("seed", "name") if k in d}
     return AnalysisConfig.parse(dict(
         top, data=data, model=model, features=feature_opts, encoding=encoding_cfg,
-        cleaning=cleaning, lesions=lesions, compute=compute, source=source), "")
+        cleaning=cleaning, lesions=lesions, controls=controls, compute=compute,
+        source=source), "")
 
 
 def _check_lesions(les: LesionConfig, codes: list[str]) -> None:

@@ -44,6 +44,11 @@ KINDS = ("intact", "selection", "random", "file", "manual", "sweep")
 UNIT_PART = {"neurons": "neurons", "heads": "heads", "hidden": "hidden", "layers": "layer"}
 #: a sweep's default indices: every SWEEP_STEP-th unit
 SWEEP_STEP = 10
+#: random draws per lesion by default ([lesions] random_controls)
+DEFAULT_RANDOM_CONTROLS = 5
+#: seeds of a lesion's draws 2..K: its first draw's seed + DRAW_SEED_STEP x (k - 1) (the first
+#: draw keeps the seed a single control always had)
+DRAW_SEED_STEP = 100_003
 
 
 def unit_count(anatomy, element: str) -> int:
@@ -127,6 +132,7 @@ class ConditionSpec:
     """One model condition of an analysis, before its lesion is made.
 
     ``control_of``: for ``random`` conditions, the label of the condition it is matched to;
+    ``draw``: which of that condition's random draws (1..K);
     ``layer``: for ``sweep`` conditions (and their controls), the block lesioned;
     ``seed``: the random control's seed.
     """
@@ -140,6 +146,7 @@ class ConditionSpec:
     file: str | None = None
     indices: tuple | None = None  # manual / sweep: ((block, (unit, ...)), ...)
     seed: int | None = None
+    draw: int | None = None
 
     @property
     def is_lesion(self) -> bool:
@@ -148,7 +155,7 @@ class ConditionSpec:
     def describe(self) -> dict:
         """The typed fields, JSON-ready (``result.json``'s ``conditions``)."""
         return {"label": self.label, "kind": self.kind, "element": self.element,
-                "control_of": self.control_of,
+                "control_of": self.control_of, "draw": self.draw,
                 "selection": str(self.selection) if self.selection else None,
                 "layer": self.layer, "file": self.file}
 
@@ -225,7 +232,7 @@ class LesionPlan:
     method: str
     k_percent: float
     selections: tuple  # of Selection
-    random_control: bool
+    n_random: int  # random draws per lesion (0: none)
     mode: str
     files: tuple
     manual: tuple  # of (name, element, ((block, (units...)), ...))
@@ -242,7 +249,7 @@ class LesionPlan:
         """The plan of a :class:`~.config.LesionConfig` (off when ``enabled`` is false)."""
         langs = tuple(languages)
         if not lesions.enabled:
-            return cls(False, lesions.element, lesions.method, lesions.k_percent, (), False,
+            return cls(False, lesions.element, lesions.method, lesions.k_percent, (), 0,
                        lesions.mode, (), (), None, (), langs, seed)
         texts = (default_selections(langs) if lesions.selections is None
                  else list(lesions.selections))
@@ -250,11 +257,22 @@ class LesionPlan:
                                                         for b, v in m.indices.items())))
                        for m in lesions.manual)
         return cls(True, lesions.element, lesions.method, lesions.k_percent,
-                   tuple(Selection.parse(s) for s in texts), lesions.random_control,
+                   tuple(Selection.parse(s) for s in texts), lesions.n_random,
                    lesions.mode, tuple(lesions.files), manual,
                    lesions.sweep_element if lesions.sweep else None,
                    tuple(lesions.sweep_indices), langs, seed,
                    tuple(sorted((lesions.text or {}).items())), lesions.max_tokens)
+
+    @property
+    def random_control(self) -> bool:
+        """Whether lesions get random controls."""
+        return self.n_random > 0
+
+    @staticmethod
+    def draw_label(label: str, draw: int) -> str:
+        """The label of a lesion's random draw: ``<label>Random`` (the first),
+        ``<label>Random<k>`` (the others)."""
+        return f"{label}Random" + (str(draw) if draw > 1 else "")
 
     @classmethod
     def of(cls, config) -> "LesionPlan":
@@ -264,17 +282,23 @@ class LesionPlan:
     # ------------------------------------------------------------------ conditions
     def specs(self, n_blocks: int) -> list[ConditionSpec]:
         """Every condition, intact first, then the selections, manual lesions, the sweep
-        and the files; each lesion followed by its random control."""
+        and the files; each lesion followed by its random draws (:meth:`draw_label`;
+        seeded from ``seed`` and the lesion's position, the draws of a lesion differ)."""
         out = [INTACT]
         if not self.enabled:
             return out
+        position = [1]  # where the lesion's first draw stood when a lesion had one control
 
         def add(spec: ConditionSpec, control: bool = True) -> None:
             out.append(spec)
-            if self.random_control and control:
-                out.append(ConditionSpec(f"{spec.label}Random", "random", spec.element,
-                                         control_of=spec.label, layer=spec.layer,
-                                         seed=self.seed + len(out)))
+            position[0] += 1
+            if self.n_random and control:
+                for k in range(1, self.n_random + 1):
+                    out.append(ConditionSpec(
+                        self.draw_label(spec.label, k), "random", spec.element,
+                        control_of=spec.label, layer=spec.layer, draw=k,
+                        seed=self.seed + position[0] + DRAW_SEED_STEP * (k - 1)))
+                position[0] += 1
 
         for sel in self.selections:
             add(ConditionSpec(sel.label, "selection", self.element, selection=sel))
@@ -288,7 +312,14 @@ class LesionPlan:
                     control=self.sweep_element != "layers")
         for f in self.files:
             add(ConditionSpec(file_label(f), "file", None, file=str(f)))
+        from .controls import CONTROL_LABELS
+
         labels = [s.label for s in out]
+        taken = sorted(set(labels) & set(CONTROL_LABELS.values()))
+        if taken:
+            raise LesionAlignError(
+                f"[lesions]: the label(s) {taken} name controls of the analysis ([controls]); "
+                "rename the manual lesions or the lesion files")
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise LesionAlignError(
@@ -307,7 +338,8 @@ class LesionPlan:
                     if s.kind == "selection" and s.selection.kind == "specific"}
         if shared is None and not specific:
             return {}
-        control = {s.control_of: s.label for s in specs if s.kind == "random"}
+        control = {s.control_of: s.label for s in specs  # (the first draw)
+                   if s.kind == "random" and s.draw in (None, 1)}
         out = {"lesion": (shared, specific)}
         rs = control.get(shared)
         rspec = {L: control[lbl] for L, lbl in specific.items() if lbl in control}

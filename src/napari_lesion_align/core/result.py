@@ -7,7 +7,10 @@ name):
 * ``sub-<S>_lang-<L>_desc-<condition>_stat-<stat>_statmap.nii.gz`` (float32, the mask's
   affine, MNI) -- or ``.tsv`` (one row per region) for region input;
 * ``mask.nii.gz`` (volume input) -- the analysis mask;
-* ``summary.tsv`` -- subject, language, condition, n_voxels, mean_r, median_r;
+* ``summary.tsv`` -- per subject, language and condition (and per group): n_voxels, mean_r,
+  median_r, the relative drops of a lesion and of its random draws, the group tests' counts;
+* ``controls.tsv`` -- the intact model and its controls (nulls, baselines) with their group
+  tests, per region or over the whole brain;
 * ``result.json`` -- provenance, the list of maps and the *manifest*, written last.
 
 The manifest lists every file of the result with its size and BLAKE2b hash.
@@ -35,15 +38,20 @@ from .errors import LesionAlignError, WriteFailed
 MAP_PATTERN = "sub-{subject}_lang-{language}_desc-{condition}_stat-{stat}_statmap"
 GROUP_PATTERN = "group_lang-{language}_desc-{condition}_stat-{stat}_statmap"
 CATEGORY_PATTERN = "group_desc-{name}_categories"
-SUMMARY_COLUMNS = ["subject", "language", "condition", "n_voxels", "n_excluded", "mean_r",
-                   "median_r", "rel_drop", "control_rel_drop", "note"]
+SUMMARY_COLUMNS = ["subject", "language", "condition", "kind", "n_voxels", "n_excluded",
+                   "mean_r", "median_r", "rel_drop", "control_rel_drop", "control_rel_drop_sd",
+                   "random_draws", "n_significant", "n_beyond_random", "note"]
+#: controls.tsv: the intact model and its controls, per language and region (regions) or
+#: over the whole brain (volumes), with the group test of each
+CONTROL_COLUMNS = ["language", "region", "condition", "test", "mean_r", "sd_r", "t", "p", "q",
+                   "n_subjects"]
 SWEEP_COLUMNS = ["layer", "language", "rel_change", "rel_change_sd", "control_rel_change",
                  "control_sd", "n_subjects"]
 #: every file an analysis writes into its output folder (``--force`` deletes these only)
 OWN_FILE_PATTERNS = ("sub-*_statmap.nii.gz", "sub-*_statmap.tsv", "group_*_statmap.nii.gz",
                      "group_*_statmap.tsv", "group_desc-*_categories.nii.gz",
                      "group_desc-*_categories.tsv", "categories.json", "summary.tsv",
-                     "layer_sweep.tsv", "mask.nii.gz", "result.json")
+                     "controls.tsv", "layer_sweep.tsv", "mask.nii.gz", "result.json")
 _LABEL = re.compile(r"[A-Za-z0-9]+")
 #: the key of result.json that lists every file of the result with its size and hash
 MANIFEST = "manifest"
@@ -266,7 +274,9 @@ class AlignmentResult:
     truth: dict | None = None  # the demo's planted ground truth (not saved)
     group_maps: dict = field(default_factory=dict)  # (language, condition, stat) -> (V,)
     categories: dict = field(default_factory=dict)  # set name -> (labels (V,), legend)
-    controls: dict = field(default_factory=dict)  # condition -> the lesion it controls for
+    controls: dict = field(default_factory=dict)  # random draw -> the lesion it controls for
+    #: the nulls and baselines ([controls]): label -> {"kind", "test", "meaning"}
+    baselines: dict = field(default_factory=dict)
     sweep: list = field(default_factory=list)  # layer-sweep condition labels, in layer order
     sweep_layers: dict = field(default_factory=dict)  # sweep label -> block lesioned
     summary: list | None = None  # summary rows computed when the result was made
@@ -303,42 +313,152 @@ class AlignmentResult:
         """Relative drop of whole-brain mean r: (intact - condition) / intact."""
         if condition == "intact" or (subject, language, "intact", "r") not in self.maps:
             return float("nan")
-        m0 = self.mean_r(subject, language, "intact")
-        return (m0 - self.mean_r(subject, language, condition)) / m0 if m0 > 0 else float("nan")
+        return rel_drop(self.mean_r(subject, language, "intact"),
+                        self.mean_r(subject, language, condition))
+
+    def kind_of(self, condition: str) -> str:
+        """``intact``, a lesion's kind (``selection``, ``random``, ``manual``...) or
+        ``control`` (a null or baseline)."""
+        if condition in self.baselines:
+            return "control"
+        for c in self.provenance.get("conditions") or []:
+            if c.get("label") == condition:
+                return c.get("kind") or ""
+        return "intact" if condition == "intact" else (
+            "random" if condition in self.controls else "")
+
+    def draws_of(self, condition: str) -> list[str]:
+        """The random draws of a lesion (their labels, in order)."""
+        return [c for c, of in self.controls.items() if of == condition]
 
     def summary_rows(self) -> list[dict]:
-        """One row per subject, language and condition, then the group means (subject 'group')."""
+        """One row per subject, language and condition, then the group means (subject
+        'group'): the rows computed with the result (or read from its summary.tsv), else
+        computed from the maps (without the group tests' counts)."""
         if self.summary is not None:
             return self.summary
-        rows = []
-        for (s, lang, cond, stat), v in self.maps.items():
-            if stat != "r":
+        rows, group = [], []
+        for lang in self.languages:
+            subjects = [s for s in self.subjects if (s, lang, "intact", "r") in self.maps]
+            if not subjects:
                 continue
-            vals = v[np.isfinite(v)]
-            ctrl = next((c for c, of in self.controls.items() if of == cond), None)
-            rows.append({
-                "subject": s, "language": lang, "condition": cond,
-                "n_voxels": int(self.n_valid.get((s, lang), len(vals))),
-                "mean_r": float(vals.mean()) if len(vals) else float("nan"),
-                "median_r": float(np.median(vals)) if len(vals) else float("nan"),
-                "rel_drop": self.rel_drop(s, lang, cond),
-                "control_rel_drop": self.rel_drop(s, lang, ctrl) if ctrl else float("nan"),
-            })
-        if len(self.subjects) > 1:
-            for lang in self.languages:
-                for cond in self.conditions:
-                    sub = [r for r in rows if r["language"] == lang and r["condition"] == cond
-                           and np.isfinite(r["mean_r"])]
-                    if not sub:
-                        continue
-                    rows.append({
-                        "subject": "group", "language": lang, "condition": cond,
-                        "n_voxels": int(np.mean([r["n_voxels"] for r in sub])),
-                        **{k: float(np.nanmean([r[k] for r in sub])) if any(
-                            np.isfinite(r[k]) for r in sub) else float("nan")
-                           for k in ("mean_r", "median_r", "rel_drop", "control_rel_drop")},
-                    })
+            labels = [c for c in self.conditions if (subjects[0], lang, c, "r") in self.maps]
+            means = {c: subject_rows(rows, subjects, lang, c, np.stack(
+                [self.maps[(s, lang, c, "r")] for s in subjects]), self.n_valid,
+                self.kind_of(c)) for c in labels}
+            fill_drops(rows, lang, subjects, means,
+                       {c: self.draws_of(c) for c in labels if self.draws_of(c)})
+            if len(subjects) > 1:
+                group += summary_group_rows(rows, lang, labels)
+        return rows + group
+
+    def control_rows(self) -> list[dict]:
+        """controls.tsv: per language, the intact model and each control (null, baseline),
+        per region (region input) or over the whole brain (volumes: the subjects' mean r):
+        the mean r across subjects and the group test of the model above the control
+        (intact: above 0; aboveWordRate: above 0): one-sided t, p and, per region, the
+        FDR q of the group map."""
+        from scipy.stats import ttest_1samp, ttest_rel
+
+        rows = []
+        regions = self.space.kind == "regions"
+        units = list(self.space.names) if regions else ["whole brain"]
+        for lang in self.languages:
+            subs = [s for s in self.subjects if (s, lang, "intact", "r") in self.maps]
+            if not subs:
+                continue
+            intact = np.stack([self.maps[(s, lang, "intact", "r")] for s in subs])
+            for cond in ["intact", *self.baselines]:
+                if cond != "intact" and (subs[0], lang, cond, "r") not in self.maps:
+                    continue
+                B = intact if cond == "intact" else np.stack(
+                    [self.maps[(s, lang, cond, "r")] for s in subs])
+                paired = cond != "intact" and self.baselines[cond].get("test") != "positive"
+                test = "model > control" if paired else "r > 0"
+                if not regions:
+                    with np.errstate(invalid="ignore"):
+                        A = np.nanmean(intact, axis=1, keepdims=True)
+                        B = np.nanmean(B, axis=1, keepdims=True)
+                for j, unit in enumerate(units):
+                    a, b = A[:, j] if not regions else intact[:, j], B[:, j]
+                    okj = np.isfinite(a) & np.isfinite(b)
+                    t = p = float("nan")
+                    if okj.sum() >= 2:
+                        with np.errstate(invalid="ignore", divide="ignore"):
+                            res = (ttest_rel(a[okj], b[okj], alternative="greater") if paired
+                                   else ttest_1samp(b[okj], 0.0, alternative="greater"))
+                        t, p = float(res.statistic), float(res.pvalue)
+                    q = float("nan")
+                    if regions and (lang, cond, "q") in self.group_maps:
+                        q = float(self.group_maps[(lang, cond, "q")][j])
+                    elif regions and cond == "intact" and (lang, "intact", "q") in self.group_maps:
+                        q = float(self.group_maps[(lang, "intact", "q")][j])
+                    rows.append({"language": lang, "region": unit, "condition": cond,
+                                 "test": test,
+                                 "mean_r": float(np.mean(b[okj])) if okj.any() else float("nan"),
+                                 "sd_r": float(np.std(b[okj], ddof=1)) if okj.sum() > 1
+                                 else float("nan"), "t": t, "p": p, "q": q,
+                                 "n_subjects": int(okj.sum())})
         return rows
+
+    def closing_summary(self) -> list[str]:
+        """What a run found, in a few lines per language (the console, the Run widget):
+        the intact model against its controls, each lesion's relative drop against its
+        random draws, the category voxel counts."""
+        unit = "voxels" if self.space.kind == "volume" else "regions"
+        group = {(r["language"], r["condition"]): r for r in self.summary_rows()
+                 if r["subject"] == "group"}
+        if not group:  # one subject: its rows
+            group = {(r["language"], r["condition"]): r for r in self.summary_rows()}
+        lines = []
+
+        def count(r, key):
+            v = r.get(key, "")
+            return None if v in ("", None) or (isinstance(v, float) and not np.isfinite(v)) \
+                else int(float(v))
+
+        for lang in self.languages:
+            r0 = group.get((lang, "intact"))
+            if r0 is None:
+                continue
+            n_sub = len([s for s in self.subjects if (s, lang, "intact", "r") in self.maps
+                         and np.isfinite(self.maps[(s, lang, "intact", "r")]).any()])
+            k = count(r0, "n_significant")
+            aligned = f"; aligned in {k} of {self.space.n_features} {unit}" if k is not None \
+                else ""
+            lines.append(f"{lang}: intact model mean r {r0['mean_r']:.4f} ({n_sub} subjects"
+                         f"{aligned})")
+            for cond, info in self.baselines.items():
+                r = group.get((lang, cond))
+                if r is None:
+                    continue
+                k = count(r, "n_significant")
+                what = ("model above 0" if info.get("test") == "positive"
+                        else "model above it")
+                where = f"; {what} in {k} {unit}" if k is not None else ""
+                lines.append(f"  {cond:<14} mean r {r['mean_r']:.4f}{where}")
+            for (lg, cond), r in group.items():
+                if lg != lang or r.get("kind") in ("intact", "control", "random"):
+                    continue
+                drop = r["rel_drop"]
+                line = f"  lesion {cond:<12} relative drop {100 * drop:.1f} %"
+                nd = r.get("random_draws") or 0
+                if nd and int(float(nd)):
+                    sd = r.get("control_rel_drop_sd", float("nan"))
+                    sd_txt = f" ± {100 * float(sd):.1f}" if np.isfinite(float(sd)) else ""
+                    line += (f" vs its {int(float(nd))} random draws "
+                             f"{100 * float(r['control_rel_drop']):.1f}{sd_txt} %")
+                k, b = count(r, "n_significant"), count(r, "n_beyond_random")
+                if k is not None:
+                    line += f"; significant drop in {k} {unit}"
+                if b is not None:
+                    line += f", beyond random in {b}"
+                lines.append(line)
+        for name, (labels, legend) in self.categories.items():
+            counts = ", ".join(f"{info['name']} {int((labels == k).sum())}"
+                               for k, info in legend.items() if k != 0)
+            lines.append(f"categories ({name}): {counts} {unit}")
+        return lines
 
     def summary_table(self) -> list[dict]:
         """:meth:`summary_rows` with ``n_excluded``: the voxels (regions) of the mask left
@@ -355,7 +475,8 @@ class AlignmentResult:
             note = ""
             if r["subject"] == "group" and r["condition"] == "intact":
                 note = "; ".join(notes.get(r["language"], []))
-            rows.append(dict(r, n_excluded=n - int(r["n_voxels"]), note=note))
+            rows.append({**dict.fromkeys(SUMMARY_COLUMNS, ""), **r,
+                         "n_excluded": n - int(r["n_voxels"]), "note": note})
         return rows
 
     def exclusions(self) -> list[str]:
@@ -464,6 +585,9 @@ class AlignmentResult:
             written.append(out / "categories.json")
         atomic_write_text(out / "summary.tsv", _tsv(self.summary_table(), SUMMARY_COLUMNS))
         written.append(out / "summary.tsv")
+        if self.baselines:
+            atomic_write_text(out / "controls.tsv", _tsv(self.control_rows(), CONTROL_COLUMNS))
+            written.append(out / "controls.tsv")
         if self.sweep:
             atomic_write_text(out / "layer_sweep.tsv", _tsv(self.sweep_rows(), SWEEP_COLUMNS))
             written.append(out / "layer_sweep.tsv")
@@ -481,6 +605,8 @@ class AlignmentResult:
         doc["maps"] = files
         doc["categories"] = cats
         doc["controls"] = self.controls
+        doc["baselines"] = self.baselines
+        doc["closing_summary"] = self.closing_summary()
         doc["sweep"] = [{"label": lbl, "layer": self.sweep_layers[lbl]} for lbl in self.sweep]
         doc["n_valid"] = [{"subject": s, "language": lang, "n_voxels": int(n)}
                           for (s, lang), n in self.n_valid.items()]
@@ -542,13 +668,16 @@ class AlignmentResult:
         sweep_layers = {e["label"]: int(e["layer"]) for e in doc.get("sweep") or []
                         if isinstance(e, dict)}
         prov = {k: v for k, v in doc.items()
-                if k not in ("space", "maps", "n_valid", "categories", "controls", "sweep")}
+                if k not in ("space", "maps", "n_valid", "categories", "controls", "baselines",
+                             "sweep")}
         for c in prov.get("conditions") or []:  # JSON keys are text; blocks are numbers
             if isinstance(c.get("per_layer"), dict):
                 c["per_layer"] = {int(b): n for b, n in c["per_layer"].items()}
+        summary = _read_tsv(out / "summary.tsv") if (out / "summary.tsv").is_file() else None
         return cls(space=space, maps=maps, n_valid=n_valid, provenance=prov, group_maps=group,
-                   categories=cats, controls=doc.get("controls") or {}, sweep=sweep,
-                   sweep_layers=sweep_layers)
+                   categories=cats, controls=doc.get("controls") or {},
+                   baselines=doc.get("baselines") or {}, sweep=sweep,
+                   sweep_layers=sweep_layers, summary=summary)
 
 
 def _check_save_target(out: Path) -> None:
@@ -594,6 +723,99 @@ def _tsv(rows: list[dict], cols: list[str]) -> str:
         lines.append("\t".join(f"{r[c]:.6f}" if isinstance(r[c], float) else str(r[c])
                                for c in cols))
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- summary rows
+def subject_rows(rows: list, subjects: list, code: str, label: str, B: np.ndarray,
+                 n_valid: dict, kind: str = "") -> list[float]:
+    """Append one summary row per subject (``B``: their r maps, one row each); return the
+    subjects' whole-brain mean r."""
+    means = []
+    for i, s in enumerate(subjects):
+        v = B[i][np.isfinite(B[i])]
+        mean = float(v.mean()) if len(v) else float("nan")
+        means.append(mean)
+        rows.append({"subject": s, "language": code, "condition": label, "kind": kind,
+                     "n_voxels": int(n_valid.get((s, code), len(v))), "mean_r": mean,
+                     "median_r": float(np.median(v)) if len(v) else float("nan"),
+                     "rel_drop": float("nan"), "control_rel_drop": float("nan"),
+                     "control_rel_drop_sd": float("nan"), "random_draws": 0,
+                     "n_significant": "", "n_beyond_random": ""})
+    return means
+
+
+def summary_group_rows(rows: list, code: str, labels: list, n_sig: dict | None = None,
+                       n_beyond: dict | None = None) -> list[dict]:
+    """Group means (subject 'group') of a language's rows, with the group tests' counts:
+    ``n_significant`` (intact: voxels aligned; a lesion: voxels with a significant drop;
+    a control: voxels where the model is above it, or above 0) and ``n_beyond_random``
+    (a lesion: voxels where its drop is beyond its random draws')."""
+    out = []
+    for label in labels:
+        sub = [r for r in rows if r["language"] == code and r["condition"] == label
+               and np.isfinite(r["mean_r"])]
+        if not sub:
+            continue
+        out.append({"subject": "group", "language": code, "condition": label,
+                    "kind": sub[0]["kind"], "random_draws": sub[0]["random_draws"],
+                    "n_voxels": int(np.mean([r["n_voxels"] for r in sub])),
+                    "n_significant": (n_sig or {}).get(label, ""),
+                    "n_beyond_random": (n_beyond or {}).get(label, ""),
+                    **{k: float(np.nanmean([r[k] for r in sub])) if any(
+                        np.isfinite(r[k]) for r in sub) else float("nan")
+                       for k in ("mean_r", "median_r", "rel_drop", "control_rel_drop",
+                                 "control_rel_drop_sd")}})
+    return out
+
+
+def rel_drop(m0: float, m1: float) -> float:
+    """Relative drop of whole-brain mean r: (intact - condition) / intact (NaN when the
+    intact mean r is not positive)."""
+    return (m0 - m1) / m0 if m0 > 0 else float("nan")
+
+
+def fill_drops(rows: list, code: str, subjects: list, means: dict, draws: dict) -> None:
+    """Set the relative drops of a language's subject rows from the subjects' whole-brain
+    mean r per condition (``means``), and, for a lesion with random draws (``draws``:
+    lesion -> draw labels), the mean and spread of its draws' drops."""
+    m0 = means["intact"]
+    for row in rows:
+        if row["language"] == code and row["condition"] != "intact":
+            i = subjects.index(row["subject"])
+            row["rel_drop"] = rel_drop(m0[i], means[row["condition"]][i])
+            rel = [rel_drop(m0[i], means[d][i]) for d in draws.get(row["condition"], [])]
+            if rel:
+                row["control_rel_drop"] = float(np.mean(rel))
+                row["control_rel_drop_sd"] = (float(np.std(rel, ddof=1)) if len(rel) > 1
+                                              else float("nan"))
+                row["random_draws"] = len(rel)
+
+
+#: summary.tsv columns read back as numbers (the others stay text: subject "01")
+_NUMERIC = {"n_voxels": int, "n_excluded": int, "random_draws": int, "mean_r": float,
+            "median_r": float, "rel_drop": float, "control_rel_drop": float,
+            "control_rel_drop_sd": float, "n_significant": int, "n_beyond_random": int}
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    """A table written by :func:`_tsv` (summary.tsv), numbers as numbers, "" kept."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return []
+    cols = lines[0].split("\t")
+    rows = []
+    for line in lines[1:]:
+        vals = line.split("\t")
+        row = {}
+        for c, v in zip(cols, vals):
+            conv = _NUMERIC.get(c)
+            try:
+                row[c] = conv(float(v)) if conv is int and v != "" else (
+                    conv(v) if conv is not None and v != "" else v)
+            except ValueError:
+                row[c] = v
+        rows.append(row)
+    return rows
 
 
 def _json_default(x):

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from .controls import WORD_RATE
 from .errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
 from .plan import Condition, ConditionSpec, LesionPlan
 
@@ -376,7 +377,15 @@ def fit_jobs(eng: Engine) -> tuple[list[FitJob], list[str]]:
 
 def _fit_inputs(eng: Engine, subject: str, code: str) -> dict:
     return {"data": eng.source.inputs(subject, code),
-            "conditions": [[c.label, c.key] for c in eng.analysis.conditions]}
+            "conditions": [[c.label, c.key] for c in eng.analysis.conditions],
+            "controls": [c.describe() for c in control_specs(eng)]}
+
+
+def control_specs(eng: Engine) -> list:
+    """The analysis' controls (:func:`.controls.control_specs` of ``[controls]``)."""
+    from .controls import control_specs as specs
+
+    return specs(getattr(eng.config, "controls", None))
 
 
 def _fit_done(eng: Engine, subject: str, code: str) -> bool:
@@ -411,6 +420,40 @@ class _TRFeatures:
                 words_to_trs(wf, w.onsets, n, eng.source.tr, enc.downsample, stim.bold_start_s,
                              pad) for wf, w, n in zip(wfs, stim.runs, eng.source.n_vols(code))]
         return self.cache[label]
+
+    def control(self, code: str, spec, shift: int = 0) -> list:
+        """Per run, the TR features of a control (:mod:`.controls`); ``shift``: which of a
+        shift null's shifts."""
+        import zlib
+
+        from . import controls as ctl
+        from .features import words_to_trs
+
+        eng = self.eng
+        enc = eng.config.encoding
+        pad = max(int(d) for d in enc.delays)
+        n_vols = eng.source.n_vols(code)
+        if spec.kind in ("above",):
+            return self.get(code, "intact")
+        if spec.kind == "shift":
+            return [ctl.circular_shift(X, ctl.shift_amounts(n, spec.n_shifts)[shift], pad)
+                    for X, n in zip(self.get(code, "intact"), n_vols)]
+        key = (spec.label,)
+        if code != self.code:
+            self.code, self.cache = code, {}
+        if key not in self.cache:
+            stim = eng.source.stimuli[code]
+            if spec.kind == "wordrate":
+                out = [ctl.word_rate(w.onsets, n, eng.source.tr, stim.bold_start_s, pad)
+                       for w, n in zip(stim.runs, n_vols)]
+            else:  # shuffled: seeded by the analysis' seed, the language and the run
+                wfs = word_features(eng, eng.analysis, code, "intact")
+                out = [words_to_trs(ctl.shuffled_words(
+                    wf, seed=[eng.config.seed, zlib.crc32(code.encode()), i]), w.onsets, n,
+                    eng.source.tr, enc.downsample, stim.bold_start_s, pad)
+                    for i, (wf, w, n) in enumerate(zip(wfs, stim.runs, n_vols))]
+            self.cache[key] = out
+        return self.cache[key]
 
 
 def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn) -> list[str]:
@@ -450,6 +493,8 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     Y = None
     valid, width, first, kept = {}, {}, {}, {}
     nuisance = {}  # one run: its cleaning regressors, for the outer folds (cross_validated_r)
+    cleaning = {}  # (subject, run index) -> cleaning regressors (aboveWordRate needs them)
+    need_cleaning = any(c.kind == "above" for c in control_specs(eng))
     col = 0
     t0 = time.perf_counter()
     for s in job.subjects:
@@ -477,9 +522,11 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                 else:  # censored rows: 0, left out of this subject's fit
                     block[:] = 0.0
                     block[kept[s][i]] = cleaned
+                if len(runs) == 1 or need_cleaning:
+                    cleaning[(s, i)] = cleaning_regressors(len(R), src.tr, cfg.cleaning,
+                                                           run.confounds, keep=kept[s][i])
                 if len(runs) == 1:
-                    nuisance[s] = cleaning_regressors(len(R), src.tr, cfg.cleaning,
-                                                      run.confounds, keep=kept[s][i])
+                    nuisance[s] = cleaning[(s, i)]
             raw[i] = None
             eng.progress.check()
         del raw
@@ -493,10 +540,16 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     r_maps: dict = {s: {} for s in job.subjects}
     cv = None
     conds = eng.analysis.conditions
-    for ci, c in enumerate(conds):
-        eng.progress.check()
-        state["condition"] = c.label
+    ctrls = control_specs(eng)
+    n_fits = len(conds) + sum(max(1, c.n_shifts) for c in ctrls)
+    done = [0]
+    spent: dict = {}  # label -> seconds of its fits (all the job's subjects)
+
+    def fit(label: str, X_all: list) -> dict:
+        """Fit one feature set for every subject of the job: {subject: r over valid}."""
+        nonlocal cv
         res_of: dict = {}
+        t_fit = time.perf_counter()
         for gi, members in enumerate(groups.values()):
             keep = kept[members[0]]
             censored = not all(k.all() for k in keep)
@@ -508,7 +561,7 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                 cols = np.concatenate([np.arange(first[s], first[s] + width[s])
                                        for s in members])
                 Yv = Y[np.ix_(rows, cols)]
-            X_runs = [X[: pad + n] for X, n in zip(trf.get(code, c.label), lengths)]
+            X_runs = [X[: pad + n] for X, n in zip(X_all, lengths)]
             nuis = None
             if len(lengths) == 1:  # per subject's columns (the confounds are the subject's)
                 nuis, a = [], 0
@@ -520,14 +573,15 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                     a += width[s]
             who = (f"subject {members[0]}" if len(members) == 1
                    else f"subjects {members[0]}-{members[-1]}")
-            frac0, step = (ci + gi / len(groups)) / len(conds), 1 / (len(conds) * len(groups))
+            frac0 = (done[0] + gi / len(groups)) / n_fits
+            step = 1 / (n_fits * len(groups))
             res = cross_validated_r(
                 X_runs, Yv, delays, enc.alphas, pad_before=pad, n_blocks=enc.n_blocks,
                 score=enc.score, dtype=np.dtype(enc.dtype), backend=enc.backend,
                 run_lengths=[int(k.sum()) for k in keep],
                 keep=keep if censored else None, nuisance=nuis,
-                progress=lambda f, m, c=c, who=who, frac0=frac0, step=step: progress(
-                    frac0 + step * f, f"{who}, {code}, {c.label}: {m}"),
+                progress=lambda f, m, who=who, frac0=frac0, step=step: progress(
+                    frac0 + step * f, f"{who}, {code}, {label}: {m}"),
                 cancel=eng.cancel)
             cv = res.folds
             a = 0
@@ -535,28 +589,53 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                 res_of[s] = res.r[a:a + width[s]]
                 a += width[s]
             del Yv
+        done[0] += 1
+        spent[label] = spent.get(label, 0.0) + time.perf_counter() - t_fit
+        return res_of
+
+    def store(label: str, res_of: dict) -> None:
         for s in job.subjects:
             r = np.full(valid[s].size, np.nan, dtype=np.float32)
             if width[s]:
                 r[valid[s]] = res_of[s]
-            r_maps[s][c.label] = r
+            r_maps[s][label] = r
+
+    for c in conds:
+        eng.progress.check()
+        state["condition"] = c.label
+        store(c.label, fit(c.label, trf.get(code, c.label)))
+    for spec in ctrls:  # the controls (aboveWordRate last: it changes Y in place)
+        eng.progress.check()
+        state["condition"] = spec.label
+        if spec.kind == "shift":
+            fits = [fit(spec.label, trf.control(code, spec, k)) for k in range(spec.n_shifts)]
+            res_of = {s: np.mean([f[s] for f in fits], axis=0) for s in fits[0]}
+        else:
+            if spec.kind == "above":
+                _regress_word_rate(eng, job, Y, starts, first, width, cleaning, kept, nuisance,
+                                   rates=trf.control(code, WORD_RATE))
+            res_of = fit(spec.label, trf.control(code, spec))
+        store(spec.label, res_of)
     del Y
     state["condition"] = None
     seconds = time.perf_counter() - t0
+    lesions = {c.label for c in conds if c.kind != "intact"}
     written = []
     for s in job.todo:
         files = []
-        for c in conds:
-            maps = {"r": r_maps[s][c.label]}
-            if c.kind != "intact":
-                maps["deltar"] = an.delta(r_maps[s]["intact"], r_maps[s][c.label])[0]
+        for label in [c.label for c in conds] + [c.label for c in ctrls]:
+            maps = {"r": r_maps[s][label]}
+            if label in lesions:
+                maps["deltar"] = an.delta(r_maps[s]["intact"], r_maps[s][label])[0]
             for stat, v in maps.items():
-                name = map_file(src.space, s, code, c.label, stat)
+                name = map_file(src.space, s, code, label, stat)
                 write_values(src.space, eng.out.root / name, v)
                 files.append(name)
         rec = {"subject": s, "language": code, "seconds": seconds / len(job.subjects),
                "fitted_with": list(job.subjects), "n_valid": width[s],
                "n_excluded": int(valid[s].size - width[s]), "cv": cv, "files": files,
+               "condition_seconds": {k: round(v / len(job.subjects), 3)
+                                     for k, v in spent.items()},
                "inputs": _fit_inputs(eng, s, code)}
         censored = {str(i + 1): int((~k).sum()) for i, k in enumerate(kept[s]) if not k.all()}
         if censored:  # run number (1-based) -> volumes censored
@@ -569,6 +648,33 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     return written
 
 
+def _regress_word_rate(eng: Engine, job: FitJob, Y: np.ndarray, starts, first: dict,
+                       width: dict, cleaning: dict, kept: dict, nuisance: dict,
+                       rates: list) -> None:
+    """aboveWordRate: project every subject's cleaned runs in ``Y`` (in place) off the word
+    rate at the FIR delays (:func:`.controls.word_rate_regressors`); with one run, the word
+    rate joins the nuisance regressors of the outer folds."""
+    from .controls import project_out, word_rate_regressors
+
+    delays = [int(d) for d in eng.config.encoding.delays]
+    pad = max(delays)
+    for s in job.subjects:
+        if not width[s]:
+            continue
+        cols = np.arange(first[s], first[s] + width[s])
+        for i, k in enumerate(kept[s]):
+            Q = word_rate_regressors(rates[i][: pad + len(k)], delays, pad, cleaning[(s, i)],
+                                     keep=k)
+            if k.all():
+                block = Y[starts[i]:starts[i + 1], first[s]:first[s] + width[s]]
+                block[:] = project_out(block, Q)
+            else:
+                rows = np.flatnonzero(k) + starts[i]
+                Y[np.ix_(rows, cols)] = project_out(Y[np.ix_(rows, cols)], Q)
+            if len(kept[s]) == 1:
+                nuisance[s] = np.column_stack([nuisance[s], Q])
+
+
 # --------------------------------------------------------------------------- group
 def stage_group(eng: Engine):
     """Group statistics per language, categories, LPI and the sweep and summary rows.
@@ -578,7 +684,8 @@ def stage_group(eng: Engine):
     the caller writes its tables and ``result.json``.
     """
     from . import analysis as an
-    from .result import AlignmentResult, LazyMaps, _read_values, group_file, map_file
+    from .result import (AlignmentResult, LazyMaps, _read_values, fill_drops, group_file,
+                         map_file, subject_rows, summary_group_rows)
 
     src, out = eng.source, eng.out.root
     les = eng.config.lesions
@@ -586,7 +693,14 @@ def stage_group(eng: Engine):
     cat_sets = eng.analysis.plan.selection_specs([c.spec for c in conds])
     needed = {lbl for shared, spec in cat_sets.values() for lbl in [shared, *spec.values()]
               if lbl}
-    control = {c.control_of: c.label for c in conds if c.control_of}
+    draws: dict = {}  # lesion -> its random draws' labels
+    for c in conds:
+        if c.control_of:
+            draws.setdefault(c.control_of, []).append(c.label)
+    last_draw = {v[-1]: k for k, v in draws.items()}
+    kinds = {c.label: c.kind for c in conds}
+    ctrls = control_specs(eng)
+    kinds.update({c.label: "control" for c in ctrls})
     files, group_files, n_valid, fits, warnings = {}, {}, {}, {}, []
     rows, group_rows, tests = [], [], {}
     langs = list(src.stimuli)
@@ -604,13 +718,16 @@ def stage_group(eng: Engine):
         for s in subjects:
             rec = eng.out.read_record("fit", unit_name(s, code))
             n_valid[(s, code)] = rec["n_valid"]
-            fits[f"{s}/{code}"] = {k: rec[k] for k in ("seconds", "fitted_with", "n_excluded",
-                                                       "cv", "note") if k in rec}
+            fits[f"{s}/{code}"] = {k: rec[k] for k in ("seconds", "condition_seconds",
+                                                       "fitted_with", "n_excluded", "cv",
+                                                       "note") if k in rec}
             if "note" in rec:
                 warnings.append(f"subject {s}, {code}: {rec['note']}; excluded")
             for c in conds:
                 for stat in ("r",) if c.kind == "intact" else ("r", "deltar"):
                     files[(s, code, c.label, stat)] = map_file(src.space, s, code, c.label, stat)
+            for c in ctrls:
+                files[(s, code, c.label, "r")] = map_file(src.space, s, code, c.label, "r")
 
         def stack(label):
             return np.stack([_read_values(src.space, out / files[(s, code, label, "r")])
@@ -618,8 +735,9 @@ def stage_group(eng: Engine):
 
         intact = stack("intact")
         ok = np.array([np.isfinite(row).any() for row in intact])
-        grouped = len(conds) > 1 and ok.sum() >= 2
-        if len(conds) > 1 and not grouped:
+        tested = len(conds) > 1 or bool(ctrls)  # lesions or controls: group tests
+        grouped = tested and ok.sum() >= 2
+        if tested and not grouped:
             warnings.append(f"{code}: group statistics need at least 2 subjects with data; "
                             "skipped")
         aligned = None
@@ -629,29 +747,52 @@ def stage_group(eng: Engine):
                 write(code, "intact", stat, getattr(t0, stat))
             aligned = an.responsive(t0, les.alpha, les.correction)
             warnings += _power_warnings(code, int(ok.sum()), int(aligned.sum()), les, unit)
-        means = {}
+        means, n_sig, n_beyond = {}, {}, {}
+        if grouped:
+            n_sig["intact"] = int(aligned.sum())
+        held: dict = {}  # lesion -> its r (until its last draw), draws' sum and group means
         for c in conds:
             eng.progress.check()
             B = intact if c.label == "intact" else stack(c.label)
-            means[c.label] = _subject_rows(rows, subjects, code, c.label, B, n_valid)
+            means[c.label] = subject_rows(rows, subjects, code, c.label, B, n_valid,
+                                          c.kind)
             if grouped and c.label != "intact":
                 res = an.paired_t(intact[ok], B[ok], within=aligned)
                 for stat in ("t", "p", "q", "reldrop"):
                     write(code, c.label, stat, res.rel_drop if stat == "reldrop"
                           else getattr(res, stat))
+                n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
                 if c.label in needed:
                     tests[(c.label, code)] = res
+                if c.label in draws:
+                    held[c.label] = {"r": B[ok], "sum": np.zeros_like(B[ok]), "means": []}
+                elif c.control_of in held:
+                    h = held[c.control_of]
+                    h["sum"] += B[ok]
+                    h["means"].append(B[ok].mean(0))
+                    if c.label in last_draw:
+                        h = held.pop(c.control_of)
+                        beyond = _beyond_random(code, c.control_of, h, aligned, les, write)
+                        n_beyond[c.control_of] = int(beyond.sum())
+                        if (c.control_of, code) in tests:
+                            tests[(c.control_of, code)].beyond = beyond
             del B
-        m0 = means["intact"]
-        for row in rows:
-            if row["language"] == code and row["condition"] != "intact":
-                i = subjects.index(row["subject"])
-                row["rel_drop"] = _rel(m0[i], means[row["condition"]][i])
-                ctrl = control.get(row["condition"])
-                if ctrl is not None:
-                    row["control_rel_drop"] = _rel(m0[i], means[ctrl][i])
+        for c in ctrls:  # the nulls and baselines: the model above each (or above 0)
+            eng.progress.check()
+            B = stack(c.label)
+            means[c.label] = subject_rows(rows, subjects, code, c.label, B, n_valid,
+                                          "control")
+            if ok.sum() >= 2:
+                res = (an.alignment_test(B[ok]) if c.test == "positive"
+                       else an.paired_t(intact[ok], B[ok]))
+                for stat in ("t", "p", "q"):
+                    write(code, c.label, stat, getattr(res, stat))
+                n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
+            del B
+        fill_drops(rows, code, subjects, means, draws)
         if len(subjects) > 1:
-            group_rows += _group_rows(rows, code, [c.label for c in conds])
+            group_rows += summary_group_rows(rows, code, [c.label for c in conds]
+                                             + [c.label for c in ctrls], n_sig, n_beyond)
         del intact
     categories = {}
     for name, (shared, spec) in cat_sets.items():
@@ -672,6 +813,7 @@ def stage_group(eng: Engine):
         space=src.space, maps=LazyMaps(src.space, out, files), n_valid=n_valid,
         group_maps=LazyMaps(src.space, out, group_files), categories=categories,
         controls={c.label: c.control_of for c in conds if c.control_of},
+        baselines={c.label: c.describe() for c in ctrls},
         sweep=[c.label for c in conds if c.kind == "sweep"],
         sweep_layers={c.label: c.spec.layer for c in conds if c.kind == "sweep"},
         summary=rows + group_rows, truth=getattr(src, "truth", None))
@@ -702,37 +844,26 @@ def _power_warnings(code: str, n_subjects: int, n_aligned: int, les, unit: str) 
     return out
 
 
-def _rel(m0: float, m1: float) -> float:
-    """Relative drop of whole-brain mean r: (intact - condition) / intact."""
-    return (m0 - m1) / m0 if m0 > 0 else float("nan")
+def _beyond_random(code: str, label: str, held: dict, aligned: np.ndarray, les,
+                   write) -> np.ndarray:
+    """Where a lesion's drop is beyond its random draws' (per voxel, one language).
 
+    Two conditions, both required: across subjects, the lesion's r is below the mean r of
+    its K draws (paired one-sided t-test over the voxels where the intact model aligns,
+    corrected as ``[lesions] correction``, at ``alpha``), and the lesion's group mean r is
+    below every draw's group mean r (its group drop is larger than each of the K draws':
+    the empirical rank test's best, p = 1 / (K + 1)). Writes the maps ``tvsrandom``,
+    ``pvsrandom``, ``qvsrandom`` and ``beyondrandom`` (1 where both hold, 0 elsewhere).
+    """
+    from . import analysis as an
 
-def _subject_rows(rows: list, subjects: list, code: str, label: str, B: np.ndarray,
-                  n_valid: dict) -> list[float]:
-    """Append one summary row per subject; return the subjects' whole-brain mean r."""
-    means = []
-    for i, s in enumerate(subjects):
-        v = B[i][np.isfinite(B[i])]
-        mean = float(v.mean()) if len(v) else float("nan")
-        means.append(mean)
-        rows.append({"subject": s, "language": code, "condition": label,
-                     "n_voxels": int(n_valid.get((s, code), len(v))), "mean_r": mean,
-                     "median_r": float(np.median(v)) if len(v) else float("nan"),
-                     "rel_drop": float("nan"), "control_rel_drop": float("nan")})
-    return means
-
-
-def _group_rows(rows: list, code: str, labels: list) -> list[dict]:
-    """Group means (subject 'group') of a language's rows."""
-    out = []
-    for label in labels:
-        sub = [r for r in rows if r["language"] == code and r["condition"] == label
-               and np.isfinite(r["mean_r"])]
-        if not sub:
-            continue
-        out.append({"subject": "group", "language": code, "condition": label,
-                    "n_voxels": int(np.mean([r["n_voxels"] for r in sub])),
-                    **{k: float(np.nanmean([r[k] for r in sub])) if any(
-                        np.isfinite(r[k]) for r in sub) else float("nan")
-                       for k in ("mean_r", "median_r", "rel_drop", "control_rel_drop")}})
-    return out
+    K = len(held["means"])
+    mean_draws = held["sum"] / K
+    res = an.paired_t(mean_draws, held["r"], within=aligned)
+    beyond = an.significant(res, les.alpha, les.correction)
+    lesion_mean = held["r"].mean(0)
+    beyond &= np.all(np.stack(held["means"]) > lesion_mean, axis=0)
+    for stat in ("t", "p", "q"):
+        write(code, label, f"{stat}vsrandom", getattr(res, stat))
+    write(code, label, "beyondrandom", beyond.astype(np.float32))
+    return beyond

@@ -145,6 +145,10 @@ GENERATOR_LESIONS = {"element": "weights", "method": "wanda", "k_percent": 1.0, 
 #: same in every subject, hence "significant"; docs/method.md)
 DEMO_MIN_RELATIVE_DROP = 0.15
 
+#: the demo's random draws per lesion (the default of a config is 5; each draw is one more
+#: fit of every subject: the demo keeps its run time near 10 minutes on 2 cores)
+DEMO_RANDOM_CONTROLS = 2
+
 #: the demo's analysis: the defaults of every config with ``[data] kind = "demo"`` (the
 #: ``demo`` command, the widgets' demo and a config file alike); a config's own keys win.
 #: Features are read in windows of 500 context tokens + 256 new ones (half the passes of
@@ -156,7 +160,9 @@ DEMO_MIN_RELATIVE_DROP = 0.15
 RECIPE = {
     "features": {"stride_tokens": 256},
     "encoding": {"alphas": {"logspace": [0, 12, 9]}},
-    "lesions": dict(GENERATOR_LESIONS, min_relative_drop=DEMO_MIN_RELATIVE_DROP),
+    "lesions": dict(GENERATOR_LESIONS, min_relative_drop=DEMO_MIN_RELATIVE_DROP,
+                    random_controls=DEMO_RANDOM_CONTROLS),
+    "controls": {"shifts": 1},
 }
 
 
@@ -307,7 +313,7 @@ def generator_plan(seed: int):
     from ..core.config import LesionConfig
     from ..core.plan import LesionPlan
 
-    return LesionPlan.from_config(LesionConfig(enabled=True, random_control=True,
+    return LesionPlan.from_config(LesionConfig(enabled=True, random_controls=1,
                                                **GENERATOR_LESIONS), LANGUAGES, seed)
 
 
