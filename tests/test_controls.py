@@ -171,6 +171,10 @@ def test_controls_have_maps_tables_and_group_tests(three_runs):
     summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
     kinds = summary[summary["subject"] == "group"].set_index("condition")["kind"]
     assert kinds["intact"] == "intact" and (kinds[labels] == "control").all()
+    prof = res.voxel_profile(0, "EN")  # the Inspector's view of region R0
+    assert list(prof["controls"]) == labels and prof["lesions"] == {}
+    np.testing.assert_allclose(prof["controls"]["wordRate"],
+                               [res.get(s, "EN", "wordRate")[0] for s in res.subjects])
     # the closing summary names every control, per language
     text = "\n".join(res.closing_summary())
     assert all(c in text for c in labels) and text.startswith("EN: intact model mean r")
@@ -397,3 +401,12 @@ def test_lesion_rows_and_closing_summary_carry_the_draws(tmp_path, tiny_model):
         assert g["kind"] == r["kind"] and g["random_draws"] == r["random_draws"]
         for k in ("mean_r", "rel_drop", "control_rel_drop"):
             np.testing.assert_allclose(g[k], r[k], atol=2e-6, equal_nan=True)
+
+    # the Inspector's view of one region: the lesion with its two draws, the subjects' r
+    prof = back.voxel_profile(0, "EN")
+    assert prof["subjects"] == back.subjects
+    assert list(prof["lesions"]) == ["shared"]
+    assert list(prof["lesions"]["shared"]["draws"]) == ["sharedRandom", "sharedRandom2"]
+    np.testing.assert_allclose(prof["lesions"]["shared"]["draws"]["sharedRandom2"],
+                               [back.get(s, "EN", "sharedRandom2")[0] for s in back.subjects])
+    assert prof["controls"] == {}  # [controls] enabled = false

@@ -352,6 +352,31 @@ class AlignmentResult:
                 group += summary_group_rows(rows, lang, labels)
         return rows + group
 
+    def voxel_profile(self, index: int, language: str) -> dict:
+        """What one voxel (region) shows, for the Inspector: the subjects' r of the intact
+        model, of every control and of every lesion, each lesion with its random draws.
+
+        ``{"intact": [r per subject], "controls": {label: [r...]}, "lesions": {label:
+        {"r": [r...], "draws": {draw label: [r...]}}}}`` (subjects in :attr:`subjects`
+        order, NaN where a subject has no value); group means are the means of these.
+        """
+        subs = [s for s in self.subjects if (s, language, "intact", "r") in self.maps]
+
+        def values(cond):
+            return [float(self.maps[(s, language, cond, "r")][index])
+                    if (s, language, cond, "r") in self.maps else float("nan") for s in subs]
+
+        out = {"subjects": subs, "intact": values("intact"),
+               "controls": {c: values(c) for c in self.baselines
+                            if subs and (subs[0], language, c, "r") in self.maps},
+               "lesions": {}}
+        for cond in self.conditions:
+            if cond == "intact" or cond in self.baselines or cond in self.controls:
+                continue
+            out["lesions"][cond] = {"r": values(cond),
+                                    "draws": {d: values(d) for d in self.draws_of(cond)}}
+        return out
+
     def control_rows(self) -> list[dict]:
         """controls.tsv: per language, the intact model and each control (null, baseline),
         per region (region input) or over the whole brain (volumes: the subjects' mean r):
