@@ -531,15 +531,18 @@ class AlignmentResult:
 
     def sweep_rows(self) -> list[dict]:
         """Layer sweep: relative change of whole-brain mean r per layer and language, with
-        the random control's mean and standard deviation across subjects (the band)."""
+        the random draws' mean and standard deviation across subjects (the band; each
+        subject's value is the mean over the layer's draws)."""
         rows = []
         for label in self.sweep:
             layer = self.sweep_layers[label]
-            ctrl = next((c for c, of in self.controls.items() if of == label), None)
+            draws = self.draws_of(label)
             for lang in self.languages:
                 subs = [s for s in self.subjects if np.isfinite(self.rel_drop(s, lang, label))]
                 ch = [-self.rel_drop(s, lang, label) for s in subs]
-                cc = [-self.rel_drop(s, lang, ctrl) for s in subs] if ctrl else []
+                # per subject, the mean over the layer's random draws
+                cc = [-float(np.mean([self.rel_drop(s, lang, d) for d in draws]))
+                      for s in subs] if draws else []
                 rows.append({"layer": layer, "language": lang,
                              "rel_change": float(np.mean(ch)) if ch else float("nan"),
                              "rel_change_sd": float(np.std(ch)) if ch else float("nan"),
