@@ -68,3 +68,15 @@ def demo_output(tmp_path_factory):
     t0 = time.perf_counter()
     assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
     return out, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytest.mark.usefixtures``), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+

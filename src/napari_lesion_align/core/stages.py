@@ -118,7 +118,7 @@ class Engine:
 
             m = self.config.model
             self.progress(0.0, f"loading model {m.name}")
-            self.model = load_model(m.name, offline=m.offline, device=m.device,
+            self.model = load_model(m.name, **m.load_options(),
                                     progress=lambda msg: self.progress(0.5, msg))
             self.progress.check()
         if self.info is not None and self.info.identity != ModelInfo.of(self.model).identity:
