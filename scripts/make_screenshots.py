@@ -56,8 +56,23 @@ def dock_all(viewer):
 
 
 def grab(widget, path: Path) -> None:
-    widget.grab().save(str(path))
+    """The whole form of a dock widget (its scroll area's content, not only what shows)."""
+    area = getattr(widget, "scroll_area", None)
+    inner = area.widget() if area is not None else widget
+    if area is not None:
+        inner.resize(max(area.viewport().width(), inner.sizeHint().width()),
+                     max(inner.sizeHint().height(), inner.minimumSizeHint().height()))
+    inner.grab().save(str(path))
     print(f"wrote {path}")
+
+
+def close_toasts(app, viewer) -> None:
+    from qtpy.QtWidgets import QWidget
+
+    for toast in viewer.window._qt_window.findChildren(QWidget):  # close the notifications
+        if type(toast).__name__ == "NapariQtNotification":
+            toast.close()
+    settle(app, 0.5)
 
 
 def main(argv=None) -> int:
@@ -79,14 +94,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     import napari
-    from qtpy.QtWidgets import QApplication, QWidget
+    from qtpy.QtWidgets import QApplication
 
     from napari_lesion_align import _layers
     from napari_lesion_align.data import demo
 
     viewer = napari.Viewer(show=True, title="napari-lesion-align")
     app = QApplication.instance()
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window._qt_window.resize(1366, 768)  # a small laptop screen: every dock fits
     w = dock_all(viewer)
     settle(app, 1.0)
 
@@ -118,12 +133,42 @@ def main(argv=None) -> int:
     grab(res, out / "napari-results.png")
     grab(w["Inspector"], out / "napari-inspector.png")
     settle(app, 1.0)
-    for toast in viewer.window._qt_window.findChildren(QWidget):  # close the notifications
-        if type(toast).__name__ == "NapariQtNotification":
-            toast.close()
+    close_toasts(app, viewer)
     settle(app, 1.0)
     viewer.screenshot(str(out / "napari-overview.png"), canvas_only=False)
     print(f"wrote {out / 'napari-overview.png'}")
+    # Export view: the map's name, colour bar, legend, slice and directions
+    res.set_view(subject="group", language="EN", condition="shared", stat="t")
+    settle(app, 1.0)
+    res.export_view(out / "napari-export.png")
+    print(f"wrote {out / 'napari-export.png'}")
+    # coronal: roll the dims (slider over y), superior up, letters at the edges
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, _layers.mni_to_world((0.0, centre[1], 0.0))[1])
+    viewer.reset_view()
+    settle(app, 1.0)
+    viewer.screenshot(str(out / "napari-coronal.png"), canvas_only=True)
+    print(f"wrote {out / 'napari-coronal.png'}")
+    viewer.dims.order = (0, 1, 2)
+    # the cortical surface (fsaverage5): the map and the categories, inflated
+    task = res.show_surface()
+    wait(app, lambda: task.done, 600, "the surface projection")
+    wait(app, lambda: res.surface_feeder.done, 120, "the surface layers")
+    for layer in viewer.layers:
+        if type(layer).__name__ != "Surface":
+            layer.visible = False
+        elif layer.metadata.get("surface") == "inflated":
+            layer.visible = layer.metadata.get("stat") == "categories"
+    res.lateral_view("left")
+    settle(app, 1.5)
+    viewer.screenshot(str(out / "napari-surface.png"), canvas_only=True)
+    print(f"wrote {out / 'napari-surface.png'}")
+    for layer in list(viewer.layers):
+        if type(layer).__name__ == "Surface":
+            viewer.layers.remove(layer)
+        else:
+            layer.visible = True
+    viewer.dims.ndisplay = 2
 
     # Run: a real run of the demo, photographed while it works, then cancelled
     if not args.no_run:

@@ -63,7 +63,7 @@ def test_categories_recover_planted_regions():
     truth, shared, specific = _planted_tests()
     labels, legend = an.categories(shared, specific, LANGS)
     assert legend[1]["name"] == "shared" and legend[2]["name"] == "specific:EN"
-    assert legend[3]["colour"] == an.CATEGORY_COLOURS["FR"]
+    assert legend[3]["colour"] == an.language_colour("FR", LANGS)
     for lab in (1, 2, 3, 4):
         assert an.dice(labels == lab, truth == lab) > 0.9, lab
     assert (labels[truth == 0] != 0).mean() < 0.05
@@ -153,4 +153,4 @@ def test_colour_of_an_unlisted_language_is_the_same_in_every_process():
     got = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**__import__("os").environ, "PYTHONHASHSEED": seed},
                           check=True).stdout.strip() for seed in ("1", "2", "3")}
-    assert got == {an.language_colour("DE")} and got <= set(an._EXTRA_COLOURS)
+    assert got == {an.language_colour("DE")} and got <= set(an.LANGUAGE_COLOURS)

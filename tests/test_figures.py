@@ -9,7 +9,7 @@ import pytest
 from napari_lesion_align.core import analysis as an
 from napari_lesion_align.core.bold import VolumeSpace
 from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.figures import (DPI, FIGSIZE, bar_conditions, category_colours,
+from napari_lesion_align.core.figures import (DPI, FIGSIZE, bar_groups, category_colours,
                                               qc_figure)
 from napari_lesion_align.core.result import AlignmentResult
 
@@ -17,6 +17,7 @@ from napari_lesion_align.core.result import AlignmentResult
 AFFINE_4MM = np.array([[4.0, 0, 0, -40], [0, 4.0, 0, -60], [0, 0, 4.0, -20], [0, 0, 0, 1]])
 SHAPE = (21, 24, 18)
 LANGS = ["EN", "FR"]
+EN, FR = (an.language_colour(c, LANGS) for c in LANGS)
 CONDS = ["intact", "shared", "sharedRandom", "specificEN", "specificFR"]
 
 
@@ -95,10 +96,10 @@ def test_qc_figure_written_with_category_colours(tiny_folder, tmp_path):
     h, w = img.shape[:2]
     slices = img[: h // 2, : int(0.75 * w)]  # the axial slices (not the legend, not the bars)
     assert _pixels_near(slices, an.CATEGORY_COLOURS["shared"]).sum() > 20
-    assert _pixels_near(slices, an.CATEGORY_COLOURS["EN"]).sum() > 20
-    assert _pixels_near(slices, an.CATEGORY_COLOURS["FR"]).sum() > 20
+    assert _pixels_near(slices, EN).sum() > 20
+    assert _pixels_near(slices, FR).sum() > 20
     bars = img[h // 2:]
-    assert _pixels_near(bars, an.CATEGORY_COLOURS["EN"]).sum() > 100
+    assert _pixels_near(bars, EN).sum() > 100
     assert not list(tmp_path.glob(".*tmp"))  # atomic: no temporary file left
 
 
@@ -115,7 +116,7 @@ def test_qc_figure_left_hemisphere_on_the_left(tmp_path):
     img = _read_png(tmp_path / "qc.png")
     h, w = img.shape[:2]
     amber = _pixels_near(img[: h // 2, : int(0.5 * w)], an.CATEGORY_COLOURS["shared"])
-    fr = _pixels_near(img[: h // 2, : int(0.5 * w)], an.CATEGORY_COLOURS["EN"])
+    fr = _pixels_near(img[: h // 2, : int(0.5 * w)], EN)
     ys, xs = np.nonzero(amber)
     yb, xb = np.nonzero(fr)
     assert len(xs) and len(xb)
@@ -135,9 +136,32 @@ def test_qc_figure_errors_write_nothing(tiny_folder, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bar_conditions_put_controls_after_their_lesion():
-    assert bar_conditions(make_tiny_result()) == ["intact", "shared", "sharedRandom",
-                                                  "specificEN", "specificFR"]
+def test_bar_groups_put_the_random_draws_after_their_lesion():
+    assert bar_groups(make_tiny_result()) == [
+        ("intact", ("intact",)), ("shared", ("shared",)),
+        ("shared random (1)", ("sharedRandom",)), ("specificEN", ("specificEN",)),
+        ("specificFR", ("specificFR",))]
+
+
+def test_bar_values_band_of_the_random_draws():
+    from napari_lesion_align.core.figures import bar_values, hatched_bars
+
+    res = make_tiny_result()
+    # a second draw of the shared lesion: r lower by 0.02 everywhere
+    for s in res.subjects:
+        for lang in res.languages:
+            res.maps[(s, lang, "sharedRandom2", "r")] = res.maps[(s, lang, "sharedRandom",
+                                                                   "r")] - 0.02
+    res.controls = {"sharedRandom": "shared", "sharedRandom2": "shared"}
+    res.summary = None
+    values, hatched = bar_values(res, index=0)
+    assert "shared random (2)" in values and hatched == hatched_bars(res)
+    assert hatched == {"shared random (2)"}
+    for lang in res.languages:
+        d1 = np.mean([res.maps[(s, lang, "sharedRandom", "r")][0] for s in res.subjects])
+        mean, band = values["shared random (2)"][lang]
+        assert mean == pytest.approx(d1 - 0.01, abs=1e-6)
+        assert band == pytest.approx(np.std([d1, d1 - 0.02], ddof=1), abs=1e-6)
 
 
 def test_category_colours_are_the_analysis_colours():
@@ -147,7 +171,7 @@ def test_category_colours_are_the_analysis_colours():
     names = {lab: e["name"] for lab, e in legend.items()}
     for lab, name in names.items():
         if name.startswith("specific:"):
-            assert colours[lab] == an.CATEGORY_COLOURS[name.split(":")[1]]
+            assert colours[lab] == an.language_colour(name.split(":")[1], ["EN", "FR"])
             assert colours[lab] == legend[lab]["colour"]
     only_en = category_colours(legend, languages=["EN"])
     fr = next(lab for lab, n in names.items() if n == "specific:FR")

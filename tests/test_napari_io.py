@@ -161,7 +161,10 @@ def test_style_diverging_symmetric_and_threshold_transparent():
     values = np.concatenate([np.linspace(-2, 3, 200), [np.nan, 0.0]])
     st = L.style("t", values, threshold=1.0)
     lo, hi = st["contrast_limits"]
-    assert lo == -hi and hi == pytest.approx(L.robust_limit(values))
+    # the threshold lives in the contrast limits (|v| < BAND * limit is transparent)
+    assert lo == -hi and hi == pytest.approx(1.0 / L.BAND)
+    free = L.style("t", values)
+    assert free["contrast_limits"][1] == pytest.approx(L.robust_limit(values))
     cmap = st["colormap"]
 
     def alpha(v):
@@ -240,10 +243,18 @@ def test_map_and_category_layers_of_a_result(make_napari_viewer):
         return layer.colormap.map(np.array([label]))[0]
 
     assert shown(0)[3] == 0
-    assert np.allclose(shown(by_name["shared"]), transform_color(an.CATEGORY_COLOURS["shared"])[0])
-    for lang in ("EN", "FR"):
+    # Okabe-Ito: shared reddish purple, the languages in their legend order
+    assert np.allclose(shown(by_name["shared"]), transform_color(an.OKABE_ITO["reddish purple"])[0])
+    for lang, colour in (("EN", "bluish green"), ("FR", "sky blue")):
         assert np.allclose(shown(by_name[f"specific:{lang}"]),
-                           transform_color(an.CATEGORY_COLOURS[lang])[0])
+                           transform_color(an.OKABE_ITO[colour])[0])
+    # no category colour is a colour of the map colormaps (diverging and p/q)
+    ramp = np.vstack([L.plugin_colormap(k).colors[:, :3] for k in ("diverging", "sequential")])
+    for label in by_name.values():
+        if label:
+            dist = np.abs(ramp - shown(label)[:3]).sum(axis=1)
+            assert dist.min() > 0.25, (label, dist.min())
+    assert layer.metadata["contour"] == L.CATEGORY_CONTOUR  # an outline: the map stays visible
     # the voxel counts survive the reorientation
     labels = result.categories["lesion"][0]
     for lab in by_name.values():
@@ -284,8 +295,11 @@ def test_reader_claims_nifti_and_result_folders_only(tmp_path):
     assert napari_get_reader(str(tmp_path)) is None  # a folder without result.json
     assert napari_get_reader(str(folder / "summary.tsv")) is None
     layers = _read(folder)
-    assert [kw["name"] for _, kw, _ in layers] == [kw["name"] for _, kw, _ in
-                                                   L.result_layers(folder)]
+    # the template first (beneath), then the result's layers
+    assert [kw["name"] for _, kw, _ in layers] == ["MNI152 template (2 mm)"] + [
+        kw["name"] for _, kw, _ in L.result_layers(folder)]
+    assert all(kw["metadata"]["result_folder"] == str(folder.resolve())
+               for _, kw, _ in layers[1:])
     (t_map,) = _read(folder / "group_lang-FR_desc-shared_stat-t_statmap.nii.gz")
     assert t_map[1]["name"] == "t FR shared (group)" and t_map[2] == "image"
     assert np.isnan(t_map[0]).any()  # outside mask.nii.gz of the same folder
@@ -434,13 +448,14 @@ def _repo_manifest(drop=()):
     return npe2.PluginManifest(**doc)
 
 
-def test_manifest_reader_writer_and_sample_through_npe2(make_napari_viewer, npe2pm, tmp_path):
+def test_manifest_reader_writer_and_sample_through_npe2(make_napari_viewer, npe2pm, tmp_path,
+                                                       qtbot):
     """Through napari's plugin machinery with the repository's napari.yaml (npe2 must
     accept the whole manifest for napari to load the plugin at all)."""
-    check_through_npe2(make_napari_viewer, npe2pm, tmp_path, _repo_manifest())
+    check_through_npe2(make_napari_viewer, npe2pm, tmp_path, _repo_manifest(), qtbot)
 
 
-def check_through_npe2(make_napari_viewer, npe2pm, tmp_path, manifest):
+def check_through_npe2(make_napari_viewer, npe2pm, tmp_path, manifest, qtbot):
     npe2pm.register(manifest)
     path = tmp_path / "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz"
     nib.save(nib.Nifti1Image(_blob_volume(RAS_4MM, [((-42, 30, 20), 0.3)]), RAS_4MM), path)
@@ -451,7 +466,40 @@ def check_through_npe2(make_napari_viewer, npe2pm, tmp_path, manifest):
     out = tmp_path / "saved.nii.gz"
     layer.save(str(out), plugin="napari-lesion-align")
     assert np.array_equal(nib.load(out).affine, RAS_4MM)
+    # the template sample added after a map goes beneath it
+    viewer.open_sample("napari-lesion-align", "mni152")
+    qtbot.waitUntil(lambda: viewer.layers[0].name == "MNI152 template (2 mm)", timeout=5000)
+    assert [lay.name for lay in viewer.layers] == ["MNI152 template (2 mm)",
+                                                   "r EN intact (sub-01)"]
     folder_layers = viewer.open(str(tmp_path / "res"), plugin="napari-lesion-align")
     assert folder_layers[-1].name == "categories lesion"
-    viewer.open_sample("napari-lesion-align", "mni152")
-    assert viewer.layers[-1].name == "MNI152 template (2 mm)"
+    n = len(viewer.layers)
+    viewer.open_sample("napari-lesion-align", "mni152")  # shown already: not twice
+    qtbot.waitUntil(lambda: len(viewer.layers) == n, timeout=5000)
+    assert [lay.metadata.get("stat") for lay in viewer.layers].count("template") == 1
+
+
+def test_reader_thresholds_t_maps_at_the_group_tests_significance(tmp_path):
+    """A group t map read from a folder shows exactly the voxels whose q (FDR) is below
+    the result's alpha: the others are transparent."""
+    result = make_tiny_result()
+    folder = tmp_path / "res"
+    result.save(folder)
+    layers = {kw["name"]: (data, kw) for data, kw, _ in _read(folder)}
+    checked = 0
+    for (lang, cond, stat) in result.group_maps:
+        if stat != "t" or (lang, cond, "q") not in result.group_maps:
+            continue
+        data, kw = layers[L.layer_name("group", lang, cond, "t")]
+        q = nib.load(folder / f"group_lang-{lang}_desc-{cond}_stat-q_statmap.nii.gz")
+        qdata = L.to_napari_order(q)[0]
+        lo, hi = kw["contrast_limits"]
+        finite = np.isfinite(data)
+        x = np.clip((data[finite] - lo) / (hi - lo), 0, 1)
+        alpha = kw["colormap"].map(x)[:, 3]
+        sig = qdata[finite] < 0.05
+        if sig.any():
+            checked += 1
+        assert (alpha[sig] == 1).all() and (alpha[~sig] == 0).all(), (lang, cond)
+        assert kw["metadata"]["threshold"] is not None
+    assert checked >= 1  # the tiny result has significant voxels somewhere

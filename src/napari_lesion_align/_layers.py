@@ -37,6 +37,7 @@ defined relative to the contrast limits: after changing ``contrast_limits`` call
 from __future__ import annotations
 
 import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,10 +54,12 @@ WORLD_FROM_MNI = np.array([[0.0, 0.0, 1.0, 0.0],
 NAPARI_AXCODES = ("S", "P", "R")
 AXIS_LABELS = ("z", "-y", "x")
 #: stats shown with a diverging colormap (symmetric limits)
-DIVERGING = ("r", "deltar", "reldrop", "t", "lpi", "z", "beta")
+DIVERGING = ("r", "deltar", "reldrop", "t", "tvsrandom", "lpi", "z", "beta", "beyondrandom")
 #: stats shown with a sequential colormap, small = significant
-SEQUENTIAL = ("p", "q")
-STAT_LABELS = {"r": "r", "deltar": "Δr", "reldrop": "rel. drop", "t": "t", "p": "p", "q": "q", "lpi": "LPI",
+SEQUENTIAL = ("p", "q", "pvsrandom", "qvsrandom")
+STAT_LABELS = {"r": "r", "deltar": "Δr", "reldrop": "rel. drop", "t": "t", "p": "p", "q": "q",
+               "lpi": "LPI", "tvsrandom": "t vs random", "pvsrandom": "p vs random",
+               "qvsrandom": "q vs random", "beyondrandom": "beyond random",
                "categories": "categories", "template": "template", "mask": "mask"}
 DEFAULT_P_THRESHOLD = 0.05
 _STEPS = 128  # colours per side of the stepwise colormaps
@@ -184,39 +187,72 @@ def _ramp(c0, c1, n):
     return np.column_stack([rgb, np.ones(n)])
 
 
-def threshold_colormap(stat: str, limits, threshold=None):
-    """A stepwise napari ``Colormap`` with the sub-threshold band transparent.
+#: diverging maps with a threshold: ``|v| < BAND * limit`` is transparent, so the contrast
+#: limits are ``±threshold / BAND`` (colours run from the threshold to 3x the threshold)
+BAND = 1.0 / 3.0
+#: the names of the plugin's colormaps: one per kind, whatever the threshold
+COLORMAP_NAMES = {"diverging": "lesion-align diverging (thresholded)",
+                  "diverging-all": "lesion-align diverging",
+                  "sequential": "lesion-align p/q"}
 
-    Diverging stats: limits ``(-m, m)``, transparent where ``|v| < threshold`` (without
-    a threshold: ``|v| < 1e-3 m``). p/q: limits ``(0, t)``, transparent where ``v >= t``.
+
+@lru_cache(maxsize=None)
+def plugin_colormap(kind: str):
+    """One of the plugin's three fixed napari ``Colormap`` s (:data:`COLORMAP_NAMES`);
+    their content never changes, thresholds move the contrast limits.
+
+    * ``"diverging"``: blue-cyan below, red-yellow above, transparent where
+      ``|v| < BAND * limit`` (the band of the threshold);
+    * ``"diverging-all"``: the same ramps with only a tiny transparent band around 0 (maps
+      without a threshold: the 0 outside the mask stays invisible);
+    * ``"sequential"`` (p, q): yellow (0) to red (the limit), transparent at the limit
+      and above.
     """
     from napari.utils.colormaps import Colormap
 
-    lo, hi = (float(v) for v in limits)
-    span = hi - lo if hi > lo else 1.0
     clear = np.zeros((1, 4))
-    if stat in SEQUENTIAL:
+    if kind == "sequential":
         colors = np.vstack([_ramp(_POS[1], _POS[0], _STEPS), clear])
         controls = np.concatenate([np.linspace(0.0, 1.0 - 1e-6, _STEPS + 1), [1.0]])
-        name = f"lesion-align {stat} < {hi:.4g}"
-    else:
-        th = abs(float(threshold)) if threshold else 1e-3 * max(abs(lo), abs(hi))
-        c_lo = min(max((-th - lo) / span, 0.0), 0.5)
-        c_hi = max(min((th - lo) / span, 1.0), 0.5)
+    elif kind in ("diverging", "diverging-all"):
+        half = BAND / 2 if kind == "diverging" else 5e-4
         colors = np.vstack([_ramp(_NEG[1], _NEG[0], _STEPS), clear,
                             _ramp(_POS[0], _POS[1], _STEPS)])
-        controls = np.concatenate([np.linspace(0.0, c_lo, _STEPS + 1),
-                                   np.linspace(c_hi, 1.0, _STEPS + 1)])
-        name = f"lesion-align |{stat}| >= {th:.4g} of {hi:.4g}"
-    return Colormap(colors=colors, controls=controls, interpolation="zero", name=name)
+        controls = np.concatenate([np.linspace(0.0, 0.5 - half, _STEPS + 1),
+                                   np.linspace(0.5 + half, 1.0, _STEPS + 1)])
+    else:
+        raise LesionAlignError(f"unknown colormap kind {kind!r}; use one of "
+                               f"{sorted(COLORMAP_NAMES)}")
+    return Colormap(colors=colors, controls=controls, interpolation="zero",
+                    name=COLORMAP_NAMES[kind])
+
+
+def threshold_display(stat: str, threshold=None, limit: float = 1.0) -> dict:
+    """``colormap`` and ``contrast_limits`` that show ``stat`` thresholded at
+    ``threshold`` (``limit``: the colour range when there is no threshold)."""
+    if stat in SEQUENTIAL:
+        top = float(threshold) if threshold else DEFAULT_P_THRESHOLD
+        return {"colormap": plugin_colormap("sequential"), "contrast_limits": (0.0, top)}
+    th = abs(float(threshold)) if threshold else 0.0
+    if th > 0:
+        m = th / BAND
+        return {"colormap": plugin_colormap("diverging"), "contrast_limits": (-m, m)}
+    m = abs(float(limit)) or 1.0
+    return {"colormap": plugin_colormap("diverging-all"), "contrast_limits": (-m, m)}
+
+
+def threshold_colormap(stat: str, limits=None, threshold=None):
+    """The plugin colormap of ``stat`` with / without a threshold (kept for callers of
+    earlier versions; ``limits`` is ignored: thresholds live in the contrast limits)."""
+    return threshold_display(stat, threshold)["colormap"]
 
 
 def style(stat, values, threshold=None) -> dict:
     """Display kwargs of a map: ``colormap``, ``contrast_limits``, ``blending``, ``opacity``.
 
-    * r, Δr, t, LPI (:data:`DIVERGING`): symmetric limits ``±`` the 99th percentile of
-      ``|values|`` (LPI: ``±1``), blue-cyan below 0, red-yellow above, transparent band
-      ``|v| < threshold``;
+    * r, Δr, t, LPI (:data:`DIVERGING`): blue-cyan below 0, red-yellow above; with a
+      threshold, limits ``±threshold / BAND`` and ``|v| < threshold`` transparent;
+      without, limits ``±`` the 99th percentile of ``|values|`` (LPI: ``±1``);
     * p, q: limits ``[0, threshold or 0.05]``, yellow (smallest) to red, transparent
       ``>= threshold``;
     * template / unknown stats: grey, limits from the data's 0.5-99.5 percentiles;
@@ -224,19 +260,14 @@ def style(stat, values, threshold=None) -> dict:
     """
     stat = stat or "image"
     if stat == "categories":
-        return {"blending": "translucent", "opacity": 0.8}
+        return {"blending": "translucent", "opacity": 1.0}
     if stat in SEQUENTIAL:
-        top = float(threshold) if threshold else DEFAULT_P_THRESHOLD
-        limits = (0.0, top)
-        return {"colormap": threshold_colormap(stat, limits), "contrast_limits": limits,
-                "blending": "translucent", "opacity": 1.0}
+        return {**threshold_display(stat, threshold), "blending": "translucent",
+                "opacity": 1.0}
     if stat in DIVERGING:
         m = 1.0 if stat == "lpi" else robust_limit(values)
-        if threshold and abs(float(threshold)) >= m:
-            m = 1.5 * abs(float(threshold))  # keep supra-threshold values distinguishable
-        limits = (-m, m)
-        return {"colormap": threshold_colormap(stat, limits, threshold),
-                "contrast_limits": limits, "blending": "translucent", "opacity": 1.0}
+        return {**threshold_display(stat, threshold, m), "blending": "translucent",
+                "opacity": 1.0}
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     lo, hi = (np.percentile(v, [0.5, 99.5]) if len(v) else (0.0, 1.0))
@@ -247,24 +278,53 @@ def style(stat, values, threshold=None) -> dict:
 
 
 def set_threshold(layer, threshold) -> None:
-    """Apply (or change) a display threshold on a layer made here, keeping its limits."""
+    """Apply (or change) a display threshold on a layer made here: its contrast limits
+    move, its colormap stays one of the plugin's three (nothing new is registered)."""
     stat = layer.metadata.get("stat")
     if stat not in DIVERGING + SEQUENTIAL:
         raise LesionAlignError(f"layer {layer.name!r} (stat {stat!r}) has no threshold; "
                                f"thresholds apply to {', '.join(DIVERGING + SEQUENTIAL)}")
-    if stat in SEQUENTIAL:
-        top = float(threshold) if threshold else DEFAULT_P_THRESHOLD
-        layer.contrast_limits = (0.0, top)
-        layer.colormap = threshold_colormap(stat, (0.0, top))
-    else:
-        layer.colormap = threshold_colormap(stat, layer.contrast_limits, threshold)
+    limit = 1.0 if stat == "lpi" else layer.metadata.get("limit") or robust_limit(layer.data)
+    layer.metadata["limit"] = limit
+    shown = threshold_display(stat, threshold, limit)
+    lo, hi = shown["contrast_limits"]
+    rlo, rhi = layer.contrast_limits_range
+    if lo < rlo or hi > rhi:
+        layer.contrast_limits_range = (min(lo, rlo), max(hi, rhi))
+    if layer.colormap.name != shown["colormap"].name:
+        layer.colormap = shown["colormap"]
+    layer.contrast_limits = (lo, hi)
     layer.metadata["threshold"] = threshold
+
+
+def significance_threshold(result, language, condition) -> float | None:
+    """The smallest ``|t|`` of the voxels the group test calls significant for
+    ``language`` / ``condition`` (q < alpha with FDR, p < alpha without correction: the
+    result's ``[lesions] alpha`` / ``correction``); ``None`` when the result has no such
+    test. With no significant voxel, a value above every ``|t|`` (nothing shown)."""
+    from .core.config import LesionConfig
+
+    lesions = ((result.provenance or {}).get("config") or {}).get("lesions") or {}
+    alpha = float(lesions.get("alpha") or LesionConfig.model_fields["alpha"].default)
+    correction = lesions.get("correction") or LesionConfig.model_fields["correction"].default
+    which = "q" if correction == "fdr" else "p"
+    key_t, key_p = (language, condition, "t"), (language, condition, which)
+    if key_t not in result.group_maps or key_p not in result.group_maps:
+        return None
+    t = np.abs(np.asarray(result.group_maps[key_t], dtype=float))
+    p = np.asarray(result.group_maps[key_p], dtype=float)
+    with np.errstate(invalid="ignore"):
+        sig = np.isfinite(t) & (p < alpha)
+    if sig.any():
+        return float(t[sig].min())
+    finite = t[np.isfinite(t)]
+    return float(finite.max() * 1.001) if len(finite) else None
 
 
 def category_colormap(legend: dict, languages=None) -> dict:
     """``{label: colour}`` for a napari ``DirectLabelColormap``: 0 and unknown labels
-    transparent, ``shared`` amber, ``specific:<L>`` L's colour (``core.analysis``), via
-    :func:`.core.figures.category_colours` so layers and figures agree.
+    transparent, ``shared`` and each language's ``specific:<L>`` in Okabe-Ito colours no
+    map colormap uses first (:func:`.core.figures.category_colours`).
 
     ``languages``: show only these languages' specific categories (others transparent).
     """
@@ -274,6 +334,11 @@ def category_colormap(legend: dict, languages=None) -> dict:
     for label, colour in category_colours(legend, languages).items():
         cmap[label] = "transparent" if label == 0 or colour == "#00000000" else colour
     return cmap
+
+
+#: how category overlays are drawn: an outline (napari ``Labels.contour``, in voxels) so
+#: the map beneath stays visible; 0 fills them (the Results widget's "filled" toggle)
+CATEGORY_CONTOUR = 1
 
 
 # --------------------------------------------------------------------------- layers
@@ -323,6 +388,8 @@ def image_layer(img, *, stat=None, name=None, threshold=None, source=None, keys=
         for label in np.unique(ints):
             cmap.setdefault(int(label), "#ffffff" if label else "transparent")
         kwargs.update(style("categories", None), colormap=cmap)
+        if stat == "categories":
+            meta["contour"] = CATEGORY_CONTOUR  # applied by the widgets (no Labels kwarg)
         return ints, kwargs, "labels"
     kwargs.update(style(stat, data, threshold))
     return data, kwargs, "image"
@@ -453,7 +520,7 @@ def map_layer(result, subject, language, condition, stat, threshold=None, *, sou
 
 def category_layer(result, name="lesion", languages=None, *, source=None,
                    visible=True) -> tuple:
-    """Labels layer tuple of a category map: 0 transparent, shared amber, each language's
+    """Labels layer tuple of a category map: 0 transparent, shared reddish purple, each language's
     specific voxels in its colour (``core.analysis``); ``metadata["legend"]`` is the
     legend (label -> name, meaning, colour). ``languages`` restricts the specific
     categories shown."""
@@ -476,8 +543,9 @@ def category_layer(result, name="lesion", languages=None, *, source=None,
 
 
 def result_layers(result_or_folder, *, subjects=False, stats=("t",), conditions=None,
-                  controls=False, threshold=None) -> list[tuple]:
-    """What the reader adds for a result folder (the template is not included).
+                  controls=False, threshold=None, template=False) -> list[tuple]:
+    """What the reader adds for a result folder (``template=True``: nilearn's MNI152
+    template first, beneath the maps).
 
     Parameters
     ----------
@@ -485,7 +553,8 @@ def result_layers(result_or_folder, *, subjects=False, stats=("t",), conditions=
     stats : group stats to add (default ``("t",)``; e.g. ``("t", "q")``).
     conditions : conditions to add (default: every condition except random controls and
         the layer sweep; ``controls=True`` adds the controls too).
-    threshold : display threshold of the group t maps (p/q maps use 0.05).
+    threshold : display threshold of the group t maps (default: the group test's
+        significance, :func:`significance_threshold`; p/q maps use 0.05).
 
     Returns group maps (hidden), then the category layers (``categories lesion`` visible,
     on top). Without group maps (one subject), the subjects' r maps are added and the
@@ -505,6 +574,8 @@ def result_layers(result_or_folder, *, subjects=False, stats=("t",), conditions=
     for (lang, cond, stat) in result.group_maps:
         if stat in stats and cond in conds:
             th = threshold if stat in DIVERGING else None
+            if th is None and stat == "t":
+                th = significance_threshold(result, lang, cond)
             layers.append(map_layer(result, "group", lang, cond, stat, th, source=source,
                                     visible=False))
     if subjects or not result.group_maps:
@@ -517,6 +588,12 @@ def result_layers(result_or_folder, *, subjects=False, stats=("t",), conditions=
                                                                              or i == 0)))
     if layers and not any(kw.get("visible", True) for _, kw, _ in layers):
         layers[0][1]["visible"] = True
+    if source is not None:  # the widgets' registry of open results reads this
+        folder = str(Path(source).expanduser().resolve())
+        for _, kw, _ in layers:
+            kw["metadata"]["result_folder"] = folder
+    if template and layers:
+        layers.insert(0, template_layer(2))
     return layers
 
 
@@ -539,3 +616,133 @@ def apply_neurological_view(viewer) -> None:
     cam = getattr(viewer, "camera", None)
     if cam is not None and hasattr(cam, "orientation"):
         cam.orientation = ("towards", "down", "right")
+
+
+# --------------------------------------------------------------------------- surfaces
+#: the cortical mesh maps are projected onto (shipped with nilearn: no download)
+SURFACE_MESH = "fsaverage5"
+SURFACE_KINDS = ("inflated", "pial")
+HEMISPHERES = ("left", "right")
+_INFLATED_GAP_MM = 10.0  # inflated hemispheres overlap at x = 0: set them apart
+
+
+@lru_cache(maxsize=1)
+def _fsaverage():
+    from nilearn.datasets import load_fsaverage
+
+    return load_fsaverage(SURFACE_MESH)
+
+
+def surface_values(img, hemisphere: str, labels: bool = False) -> np.ndarray:
+    """``nilearn.surface.vol_to_surf`` of ``img`` on the fsaverage5 pial mesh of one
+    hemisphere (the white matter mesh as inner surface: values sampled through the
+    cortical ribbon; ``labels``: the label covering at least half of a vertex's samples,
+    0 elsewhere)."""
+    from nilearn.surface import vol_to_surf
+
+    fs = _fsaverage()
+    pial = fs["pial"].parts[hemisphere]
+    white = fs["white_matter"].parts[hemisphere]
+    if labels:  # per label, the fraction of the samples in it (linear): the largest wins
+        import nibabel as nib
+
+        data = np.rint(np.nan_to_num(np.asarray(img.get_fdata()))).astype(int)
+        best = np.zeros(len(pial.coordinates))
+        out = np.zeros(len(pial.coordinates))
+        for label in np.unique(data[data > 0]):
+            frac = surface_values(nib.Nifti1Image((data == label).astype(np.float32),
+                                                  img.affine), hemisphere)
+            frac = np.nan_to_num(frac)
+            win = (frac >= 0.5) & (frac > best)
+            out[win], best[win] = label, frac[win]
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # vertices with only NaN samples
+        return vol_to_surf(img, pial, inner_mesh=white)
+
+
+def surface_vertices(kind: str, hemisphere: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(vertices in the world frame (z, -y, x), faces)`` of a fsaverage5 mesh; inflated
+    hemispheres are moved apart along x so they do not overlap."""
+    if kind not in SURFACE_KINDS:
+        raise LesionAlignError(f"unknown surface {kind!r}; use one of {SURFACE_KINDS}")
+    part = _fsaverage()[kind].parts[hemisphere]
+    xyz = np.asarray(part.coordinates, dtype=float).copy()
+    if kind == "inflated":
+        if hemisphere == "left":
+            xyz[:, 0] += -_INFLATED_GAP_MM / 2 - xyz[:, 0].max()
+        else:
+            xyz[:, 0] += _INFLATED_GAP_MM / 2 - xyz[:, 0].min()
+    world = np.column_stack([xyz[:, 2], -xyz[:, 1], xyz[:, 0]])
+    return world, np.asarray(part.faces, dtype=np.int64)
+
+
+def _label_colormap(colours: dict, n: int):
+    """A stepwise colormap showing integer values ``0..n-1`` with contrast limits
+    ``(-0.5, n - 0.5)``: 0 light grey (the cortex), others their colour."""
+    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    rows = []
+    for label in range(n):
+        c = colours.get(label)
+        rows.append([0.75, 0.75, 0.75, 1.0] if label == 0 or c in (None, "transparent")
+                    else list(transform_color(c)[0]))
+    import hashlib
+
+    colors = np.array(rows)
+    digest = hashlib.sha1(colors.tobytes()).hexdigest()[:8]  # one name per content
+    return Colormap(colors=colors, controls=np.linspace(0.0, 1.0, n + 1),
+                    interpolation="zero", name=f"lesion-align categories (surface {digest})")
+
+
+def surface_layers(img, *, name: str, stat=None, threshold=None, kinds=SURFACE_KINDS,
+                   legend=None, visible_kind: str = "inflated") -> list[tuple]:
+    """Surface layer tuples of a volume (a map or a category image) on fsaverage5: one per
+    hemisphere and mesh kind (``kinds``), values from :func:`surface_values` (NaN, e.g.
+    outside the analysis mask, shown as 0). Maps use the plugin's diverging colours
+    (sub-threshold: the grey cortex); categories (``legend`` given) their overlay colours.
+    Only the ``visible_kind`` meshes start visible."""
+    is_labels = legend is not None
+    out = []
+    per_hemi = {h: surface_values(img, h, labels=is_labels) for h in HEMISPHERES}
+    for kind in kinds:
+        for hemi in HEMISPHERES:
+            verts, faces = surface_vertices(kind, hemi)
+            raw = np.asarray(per_hemi[hemi], dtype=np.float32)
+            values = np.nan_to_num(raw, nan=0.0)
+            meta = {"lesion_align": True, "stat": stat, "surface": kind, "hemisphere": hemi,
+                    "mesh": SURFACE_MESH, "source_map": name, "threshold": threshold}
+            kwargs = {"name": f"{name} · {kind} {hemi[0].upper()}H", "metadata": meta,
+                      "visible": kind == visible_kind, "shading": "smooth",
+                      "axis_labels": AXIS_LABELS, "units": "mm"}
+            if is_labels:
+                values = np.rint(values).astype(np.float32)
+                n = int(max(max(legend), values.max() if values.size else 0)) + 1
+                kwargs.update(colormap=_label_colormap(category_colormap(legend), n),
+                              contrast_limits=(-0.5, n - 0.5))
+                meta["legend"] = legend
+            elif stat in SEQUENTIAL + DIVERGING:
+                shown = threshold_display(stat, threshold,
+                                          1.0 if stat == "lpi" else robust_limit(values))
+                kwargs.update(colormap=surface_colormap(stat),
+                              contrast_limits=shown["contrast_limits"])
+            else:
+                kwargs.update(colormap="gray")
+            out.append(((verts, faces, values), kwargs, "surface"))
+    return out
+
+
+@lru_cache(maxsize=None)
+def surface_colormap(stat: str):
+    """The map colormap on a surface: the plugin's colours with the transparent band
+    (sub-threshold) painted the cortex's grey (a surface has nothing beneath)."""
+    from napari.utils.colormaps import Colormap
+
+    base = plugin_colormap("sequential" if stat in SEQUENTIAL else "diverging")
+    colors = np.asarray(base.colors, dtype=float).copy()
+    clear = colors[:, 3] == 0
+    colors[clear] = (0.75, 0.75, 0.75, 1.0)
+    kind = "p/q" if stat in SEQUENTIAL else "diverging"
+    return Colormap(colors=colors, controls=np.asarray(base.controls), interpolation="zero",
+                    name=f"lesion-align {kind} (surface)")

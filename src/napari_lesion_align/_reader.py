@@ -58,15 +58,25 @@ def read_paths(path) -> list[tuple]:
     """Layer tuples of one or more NIfTI files."""
     from ._layers import nifti_layer
 
+    from ._widgets._viewer import attach_current
+
     paths = path if isinstance(path, (list, tuple)) else [path]
-    return [nifti_layer(p) for p in paths]
+    layers = [nifti_layer(p) for p in paths]
+    attach_current()  # MNI status bar, orientation letters, template kept at the bottom
+    return layers
 
 
 def read_result_folder(path) -> list[tuple]:
     """Layer tuples of a result folder (group t maps and category maps)."""
     from ._layers import result_layers
+    from ._widgets._viewer import attach_current
 
-    layers = result_layers(path)
+    layers = result_layers(path, template=True)
     if not layers:
         raise LesionAlignError(f"{path}: this result has no maps to show")
+    from ._widgets._viewer import without_duplicate_template
+
+    layers = without_duplicate_template(layers)
+    attach_current()  # the Results / Inspector widgets see this result (metadata)
     return layers
+

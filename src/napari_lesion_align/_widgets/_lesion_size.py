@@ -62,7 +62,7 @@ def _int(tok, where) -> int:
         raise LesionAlignError(f"indices: {tok!r} in {where!r} is not a whole number") from None
 
 
-def describe(anatomy, sizes: list, random_control: bool) -> str:
+def describe(anatomy, sizes: list, n_random: int) -> str:
     """Human-readable sizes (``[(label, {block: n}, element)]``): one line per distinct
     lesion size, then per block."""
     if not sizes:
@@ -76,7 +76,8 @@ def describe(anatomy, sizes: list, random_control: bool) -> str:
         of = lesionable(anatomy, el)
         names = ", ".join(labels) if len(labels) <= 4 else f"{labels[0]} … {labels[-1]} " \
                                                             f"({len(labels)} lesions)"
-        ctrl = " (+ random control of the same size)" if random_control else ""
+        ctrl = (f" (+ {n_random} random draw{'s' if n_random > 1 else ''} of the same size "
+                "each)") if n_random else ""
         lines.append(f"{names}{ctrl}: {total:,} {el} ({100.0 * total / of:.3g} % of {of:,})")
         blocks = " · ".join(f"L{b} {n:,}" for b, n in per)
         lines.append(f"    per layer: {blocks}")

@@ -7,8 +7,10 @@ import weakref
 
 from ._tasks import LayerFeeder, make_layer
 
-#: marks the layers a result added (so the next result replaces them)
+#: marks the layers a result added (so the same result's next layers replace them)
 RESULT_TAG = "lesion_align_result"
+#: the key of the open result a layer belongs to (``Session.results``)
+RESULT_KEY = "result_key"
 
 
 def result_layer_objects(result, with_template: bool = True) -> list:
@@ -25,26 +27,47 @@ def result_layer_objects(result, with_template: bool = True) -> list:
     return layers
 
 
+def tag_layer(layer, session, key) -> None:
+    """Mark ``layer`` as one of result ``key``'s; when another open result already has a
+    layer of that name, the result's label is appended (``"t EN shared (group) [demo]"``),
+    so several results can be shown side by side."""
+    if layer.metadata.get("stat") == "template":
+        return
+    layer.metadata[RESULT_TAG] = True
+    layer.metadata[RESULT_KEY] = key
+    entry = session.results.get(key)
+    if entry is not None and len(session.results) > 1 and \
+            any(k != key for k in session.results) and not layer.name.endswith("]"):
+        first = next(iter(session.results))
+        if key != first:
+            layer.name = f"{layer.name} [{entry.label}]"
+
+
 def show_result(viewer, session, result, layers: list, folder=None, per_tick: int = 1,
                 on_done=None, parent=None) -> LayerFeeder:
-    """Make ``result`` the session's result and add its layers without blocking.
+    """Register ``result`` as an open result, make it current, and add its layers without
+    blocking.
 
-    Layers of a previous result that the new one does not have are removed; layers of the
-    same name are replaced in place. A template layer is added only when the viewer has
-    none.
+    Only this result's earlier layers are replaced (the same names) or removed (names it
+    no longer has); other open results keep theirs. A template layer is added only when
+    the viewer has none.
     """
     ref = getattr(session, "_feeder", None)
     prev = ref() if ref is not None else None
     if prev is not None and not prev.done:
         prev.stop()
+    key = session.key_for(result, folder)
     has_template = any(layer.metadata.get("stat") == "template" for layer in viewer.layers)
     todo = [layer for layer in (make_layer(x) for x in layers)
             if not (has_template and layer.metadata.get("stat") == "template")]
+    session.add_result(result, folder, key=key, select=False)
+    for layer in todo:
+        tag_layer(layer, session, key)
     names = {layer.name for layer in todo}
     for layer in list(viewer.layers):
-        if layer.metadata.get(RESULT_TAG) and layer.name not in names:
+        if layer.metadata.get(RESULT_KEY) == key and layer.name not in names:
             viewer.layers.remove(layer)
-    session.set_result(result, folder)
+    session.select_result(key, force=True)
     feeder = LayerFeeder(viewer, todo, per_tick=per_tick, parent=parent)
     if on_done is not None:
         feeder.finished.connect(on_done)
@@ -94,7 +117,8 @@ def stats_for(result, subject, condition) -> list[str]:
         have |= {st for (_, _, c, st) in result.maps if c == condition}  # group means
     else:
         have |= {st for (s, _, c, st) in result.maps if s == subject and c == condition}
-    order = ["r", "deltar", "t", "q", "p", "lpi"]
+    order = ["r", "deltar", "t", "q", "p", "lpi", "beyondrandom", "tvsrandom", "qvsrandom",
+             "pvsrandom"]
     out = [s for s in order if s in have] + sorted(have - set(order))
     if result.categories:
         out.append("categories")
@@ -105,7 +129,9 @@ def default_view(result) -> dict:
     """The map shown after a run: r of the intact model in the first language, the mean
     over subjects when there are several."""
     subject = "group" if len(result.subjects) > 1 else result.subjects[0]
-    return {"subject": subject, "language": result.languages[0], "condition": "intact",
+    conds = list(result.conditions)
+    condition = "intact" if "intact" in conds or not conds else conds[0]
+    return {"subject": subject, "language": result.languages[0], "condition": condition,
             "stat": "r"}
 
 

@@ -10,8 +10,16 @@ Events (psygnal, emitted in the GUI thread):
 
 * ``data_changed()`` -- the data form changed (languages may have changed);
 * ``model_changed()`` -- the model / lesion form changed;
-* ``result_changed(result)`` -- a new :class:`~..core.result.AlignmentResult` arrived
-  (or ``None`` when it was cleared);
+* ``result_changed(result)`` -- the current :class:`~..core.result.AlignmentResult`
+  changed (a new one arrived, or another open one was chosen; ``None`` when cleared);
+* ``results_changed()`` -- the list of open results changed (the Results widget's chooser).
+
+Open results (:attr:`Session.results`): every result the viewer shows, whatever opened it
+(a run, the reader, File > Open Sample, **Open result folder…**), keyed by its folder
+(resolved path) or ``"run N"`` for a run kept only in memory; the Results and Inspector
+widgets follow the current one (:attr:`Session.result`). The reader and the sample data
+mark their layers with ``metadata["result_folder"]``; :mod:`._viewer` loads such a folder
+once and adds it here.
 * ``busy_changed(what)`` -- a long task that uses the model started (``what`` says which)
   or ended (``None``); the widgets disable their other model tasks meanwhile, because
   importance scoring and lesioned feature extraction must not share the model at once.
@@ -22,18 +30,35 @@ Nothing here imports Qt.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from psygnal import Signal
 
 from ..core.config import BUILTIN_MODEL, AnalysisConfig, config_from_dict, demo_config
 from ..core.errors import LesionAlignError
-from ..data.demo import GENERATOR_LESIONS
+from ..data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
 
 DEMO_LANGUAGES = ("EN", "FR", "ZH")
 
 #: the lesion recipe the widgets start with: the demo's (top 1 % of weights by Wanda)
-DEFAULT_LESIONS = dict(GENERATOR_LESIONS, enabled=True, random_control=True)
+DEFAULT_LESIONS = dict(GENERATOR_LESIONS, enabled=True,
+                       random_controls=DEMO_RANDOM_CONTROLS)
+
+
+@dataclass
+class OpenResult:
+    """One result open in the viewer."""
+
+    key: str  # the resolved folder, or "run N"
+    result: object  # AlignmentResult
+    folder: Path | None
+    label: str  # what the chooser shows
+
+
+def result_key(folder) -> str:
+    """The registry key of a result folder (its resolved path, as the reader writes it)."""
+    return str(Path(folder).expanduser().resolve())
 
 
 def unwrap(viewer):
@@ -47,6 +72,7 @@ class Session:
     data_changed = Signal()
     model_changed = Signal()
     result_changed = Signal(object)
+    results_changed = Signal()
     busy_changed = Signal(object)
 
     def __init__(self):
@@ -69,8 +95,10 @@ class Session:
         self.compute: dict = {}
         self.seed: int = 0
         self.name: str = "napari"
-        self.result = None
-        self.result_folder: Path | None = None
+        #: every open result, by key (see the module docstring); insertion ordered
+        self.results: dict[str, OpenResult] = {}
+        self.current: str | None = None
+        self._runs = 0
         self.busy: str | None = None
 
     # ------------------------------------------------------------------ data
@@ -99,10 +127,72 @@ class Session:
         self.lesions = dict(lesions)
         self.model_changed.emit()
 
-    def set_result(self, result, folder: Path | None = None) -> None:
-        self.result = result
-        self.result_folder = folder
-        self.result_changed.emit(result)
+    @property
+    def result(self):
+        """The current result (None when no result is open)."""
+        entry = self.results.get(self.current) if self.current else None
+        return entry.result if entry is not None else None
+
+    @property
+    def result_folder(self) -> Path | None:
+        entry = self.results.get(self.current) if self.current else None
+        return entry.folder if entry is not None else None
+
+    @result_folder.setter
+    def result_folder(self, folder) -> None:
+        """The current result was saved into ``folder`` (its key stays the same)."""
+        entry = self.results.get(self.current) if self.current else None
+        if entry is not None:
+            entry.folder = Path(folder) if folder is not None else None
+
+    def key_for(self, result=None, folder=None) -> str:
+        """The key ``result`` has (or would get): its folder's, else the key it was
+        registered under, else a new ``"run N"``."""
+        if folder is not None:
+            return result_key(folder)
+        for key, entry in self.results.items():
+            if entry.result is result:
+                return key
+        self._runs += 1
+        return f"run {self._runs}"
+
+    def add_result(self, result, folder=None, *, select: bool = True, key=None) -> str:
+        """Register an open result (replacing one of the same key) and make it current
+        (``select``); returns its key."""
+        key = key or self.key_for(result, folder)
+        folder = Path(folder) if folder is not None else None
+        label = folder.name if folder is not None else key
+        if any(e.label == label for k, e in self.results.items() if k != key):
+            label = f"{label} ({len(self.results) + 1})"
+        self.results[key] = OpenResult(key, result, folder, label)
+        self.results_changed.emit()
+        if select or self.current is None:
+            self.select_result(key, force=True)
+        return key
+
+    def select_result(self, key, force: bool = False) -> None:
+        """Make the open result ``key`` current (``None``: no result)."""
+        if key is not None and key not in self.results:
+            raise LesionAlignError(f"no open result {key!r}; open: {list(self.results)}")
+        if key == self.current and not force:
+            return
+        self.current = key
+        self.result_changed.emit(self.result)
+
+    def close_result(self, key) -> None:
+        """Forget an open result (its layers stay); the last other one becomes current."""
+        self.results.pop(key, None)
+        self.results_changed.emit()
+        if self.current == key:
+            self.select_result(next(reversed(self.results), None), force=True)
+
+    def set_result(self, result, folder: Path | None = None) -> str:
+        """Register ``result`` (from a run or a folder) and make it current (``None``:
+        no current result)."""
+        if result is None:
+            self.select_result(None, force=True)
+            return None
+        return self.add_result(result, folder)
 
     def set_busy(self, what: str | None) -> None:
         self.busy = what
@@ -194,6 +284,9 @@ def session_for(viewer) -> Session:
     s = _SESSIONS.get(v)
     if s is None:
         s = _SESSIONS[v] = Session()
+        from ._viewer import attach  # Qt side: results opened by the reader, orientation
+
+        attach(v)
     return s
 
 

@@ -46,6 +46,19 @@ def freeze_gc_once() -> None:
         _GC_FROZEN = True
 
 
+_MODEL_IMPORT = threading.Lock()
+
+
+def import_model_libraries() -> None:
+    """Import torch and transformers once, one thread at a time: two workers importing
+    them at once (e.g. the lesion size and a run) can see half-initialised modules
+    (``'prims' object has no attribute 'sum'``). Call it first in tasks that use the
+    model."""
+    with _MODEL_IMPORT:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+
 @dataclass
 class Outcome:
     kind: str  # ok | error | cancelled | crash
@@ -90,6 +103,8 @@ class Task:
         self.t_start = time.perf_counter()
         self.t_cancel: float | None = None
         self.t_end: float | None = None
+        #: when the worker itself finished (its own clock, not the GUI's delivery)
+        self.t_worker_end: float | None = None
 
     def cancel(self) -> None:
         """Ask the task to stop at the core's next cancel check."""
@@ -108,11 +123,13 @@ class Task:
 
 def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
                on_progress: Callable[[float, str], None] | None = None,
-               name: str = "task", min_interval: float = 0.1, owner=None) -> Task:
+               name: str = "task", min_interval: float = 0.1, owner=None,
+               activity: bool = False) -> Task:
     """Run ``fn(progress, cancel)`` in a napari thread worker (see the module docstring).
 
     ``owner``: the widget the task reports to; when it is destroyed the task is cancelled
-    and ``on_done`` is not called. The task also stops when napari quits (its workers are
+    and ``on_done`` is not called. ``activity``: also show the progress as a bar in
+    napari's activity dock (``napari.utils.progress``), closed when the task ends. The task also stops when napari quits (its workers are
     asked to quit then).
     """
     from napari.qt.threading import create_worker
@@ -123,13 +140,27 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
     relay = _Relay()
     if on_progress is not None:
         relay.progressed.connect(on_progress)
+    bar = None
+    if activity:
+        from napari.utils import progress as napari_progress
+
+        bar = napari_progress(total=1000, desc=f"Lesion Align: {name}")
+
+        def to_bar(frac: float, msg: str) -> None:
+            if msg:
+                bar.set_description(f"Lesion Align: {msg}"[:80])
+            bar.n = int(round(1000 * min(max(frac, 0.0), 1.0)))
+            bar.refresh()
+
+        relay.progressed.connect(to_bar)
     last = {"t": 0.0, "head": None}
 
     def progress(frac: float, msg: str = "") -> None:
         now = time.perf_counter()
         head = (msg or "").split(":")[0]
         gap = now - last["t"]
-        if gap >= min_interval or frac >= 1.0 or (head != last["head"] and gap >= 0.02):
+        # a new phase's first message always goes through (its head differs)
+        if gap >= min_interval or frac >= 1.0 or head != last["head"]:
             last["t"], last["head"] = now, head
             relay.progressed.emit(float(frac), str(msg or ""))
 
@@ -141,15 +172,24 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
         try:
             value = fn(progress, cancelled)
         except Cancelled:
-            return Outcome("cancelled", None, "cancelled", time.perf_counter() - t0)
+            return Outcome("cancelled", None, "cancelled", _ended(t0))
         except LesionAlignError as err:
-            return Outcome("error", None, str(err), time.perf_counter() - t0)
-        return Outcome("ok", value, "", time.perf_counter() - t0)
+            return Outcome("error", None, str(err), _ended(t0))
+        return Outcome("ok", value, "", _ended(t0))
+
+    def _ended(t0) -> float:
+        now = time.perf_counter()
+        if holder_task:
+            holder_task[0].t_worker_end = now
+        return now - t0
+
+    holder_task: list = []
 
     worker = create_worker(_Named(work, f"napari-lesion-align: {name}"), _start_thread=False,
                            _ignore_errors=True)
     holder.append(worker)
     task = Task(worker, cancel_event, relay, name)
+    holder_task.append(task)
     if owner is not None:
         def owner_gone(*_):
             gone.set()
@@ -157,6 +197,8 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
         owner.destroyed.connect(owner_gone)
 
     def finish(outcome: Outcome) -> None:
+        if bar is not None:
+            bar.close()
         task.done = True
         task.t_end = time.perf_counter()
         if not gone.is_set():
@@ -182,7 +224,16 @@ def make_layer(layer_or_tuple):
         return layer_or_tuple
     t = tuple(layer_or_tuple)
     kwargs = dict(t[1]) if len(t) > 1 and t[1] else {}
-    return Layer.create(t[0], kwargs, t[2] if len(t) > 2 else "image")
+    layer = Layer.create(t[0], kwargs, t[2] if len(t) > 2 else "image")
+    apply_contour(layer)
+    return layer
+
+
+def apply_contour(layer) -> None:
+    """Category overlays are outlines (``metadata["contour"]``, see ``_layers``)."""
+    contour = layer.metadata.get("contour")
+    if contour is not None and hasattr(layer, "contour") and layer.contour != contour:
+        layer.contour = int(contour)
 
 
 def add_layer(viewer, layer_or_tuple):

@@ -8,6 +8,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
 
 from ..core.errors import LesionAlignError
+from ._dock import scroll_layout
 from ._state import session_for
 from ._tasks import start_task
 
@@ -96,7 +97,7 @@ class DataWidget(QWidget):
         self._loading = False
         self.language_boxes: list[LanguageBox] = []
 
-        lay = QVBoxLayout(self)
+        lay = scroll_layout(self)
         top = QFormLayout()
         self.source = QComboBox()
         self.source.addItems(SOURCES)

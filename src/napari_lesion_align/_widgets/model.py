@@ -13,13 +13,15 @@ from pathlib import Path
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                            QPushButton, QSpinBox, QWidget)
 
 from ..core.config import BUILTIN_MODEL
 from ..core.errors import LesionAlignError
+from ..core.plan import DEFAULT_RANDOM_CONTROLS
 from ..core.plan import ELEMENTS, IMPORTANCE_ELEMENTS, METHODS, UNIT_ELEMENTS
 from ._lesion_size import parse_indices, parse_list
-from ._state import connect, session_for
+from ._dock import scroll_layout
+from ._state import DEFAULT_LESIONS, connect, session_for
 from ._tasks import start_task
 
 #: the form's importance method when nothing is chosen (gradient-free, any model)
@@ -41,7 +43,7 @@ class ModelLesionWidget(QWidget):
         self._last_error = None
         self._updating = False
 
-        lay = QVBoxLayout(self)
+        lay = scroll_layout(self)
         # ---- model
         mbox = QGroupBox("Model")
         mf = QFormLayout(mbox)
@@ -97,15 +99,23 @@ class ModelLesionWidget(QWidget):
         self.indices.setPlaceholderText("manual: '0: 1-10, 15; 3: 5'  ·  sweep: '0, 10, 20'")
         self.mode = QComboBox()
         self.mode.addItems(["zero", "mean"])
-        self.random_control = QCheckBox("size-matched random control for each lesion")
-        self.random_control.setChecked(True)
+        # random draws per lesion: the null distribution of each lesion's effect
+        self.random_draws = QSpinBox()
+        self.random_draws.setRange(0, 50)
+        self.random_draws.setValue(DEFAULT_LESIONS["random_controls"])
+        self.random_draws.setSpecialValueText("none")
+        self.random_draws.setSuffix(" per lesion")
+        self.random_draws.setToolTip(
+            "Size-matched random lesions drawn for every lesion (seeded): each lesion's drop "
+            "is tested against them per voxel. Each draw is one more feature pass and one "
+            "more fit per subject.")
         lf.addRow("Element", self.element)
         lf.addRow("Selection", self.selection)
         lf.addRow("Importance", self.method)
         lf.addRow("k", self.k_percent)
         lf.addRow("Indices", self.indices)
         lf.addRow("Ablation", self.mode)
-        lf.addRow("", self.random_control)
+        lf.addRow("Random draws", self.random_draws)
         # group statistics of the lesion effects (category maps, LPI)
         self.stat_alpha = QDoubleSpinBox()
         self.stat_alpha.setRange(0.001, 0.5)
@@ -169,7 +179,7 @@ class ModelLesionWidget(QWidget):
         for w in (self.element, self.selection, self.method, self.mode, self.device):
             w.currentIndexChanged.connect(self._changed)
         self.offline.toggled.connect(self._changed)
-        self.random_control.toggled.connect(self._changed)
+        self.random_draws.valueChanged.connect(self._changed)
         self.lesion_box.toggled.connect(self._changed)
         self.layer.valueChanged.connect(self._changed)
         self.k_percent.valueChanged.connect(self._changed)
@@ -215,6 +225,7 @@ class ModelLesionWidget(QWidget):
                    selection: str | None = None, method: str | None = None,
                    k_percent: float | None = None, indices: str | None = None,
                    mode: str | None = None, random_control: bool | None = None,
+                   random_controls: int | None = None,
                    alpha: float | None = None, correction: str | None = None,
                    min_relative_drop: float | None = None) -> None:
         """Fill the lesion form (``selection``: default, shared, specific:<L>, manual,
@@ -237,8 +248,10 @@ class ModelLesionWidget(QWidget):
                 self.indices.setText(indices)
             if mode is not None:
                 self.mode.setCurrentText(mode)
-            if random_control is not None:
-                self.random_control.setChecked(random_control)
+            if random_control is not None:  # older callers: on (the default count) or off
+                self.random_draws.setValue(DEFAULT_RANDOM_CONTROLS if random_control else 0)
+            if random_controls is not None:
+                self.random_draws.setValue(int(random_controls))
             if alpha is not None:
                 self.stat_alpha.setValue(float(alpha))
             if correction is not None:
@@ -267,7 +280,7 @@ class ModelLesionWidget(QWidget):
         sel = self.selection.currentData() or "default"
         files = [self.files.item(i).data(256) for i in range(self.files.count())]
         les = {"enabled": True, "k_percent": float(self.k_percent.value()),
-               "random_control": bool(self.random_control.isChecked()),
+               "random_controls": int(self.random_draws.value()),
                "mode": self.mode.currentText(), "alpha": float(self.stat_alpha.value()),
                "correction": self.correction.currentText()}
         if self.min_drop.value() >= 0:
@@ -341,6 +354,9 @@ class ModelLesionWidget(QWidget):
         plan = s.lesion_plan()
 
         def fn(progress, cancel):
+            from ._tasks import import_model_libraries
+
+            import_model_libraries()
             from ..core.anatomy import describe_model
             from ..core.model import load_model
             from . import _lesion_size as ls
@@ -350,7 +366,7 @@ class ModelLesionWidget(QWidget):
             anatomy = describe_model(lm.model)
             sizes = [(spec.label, per, el) for spec, per, el in plan.sizes(anatomy)]
             return {"anatomy": anatomy.describe(), "n_layers": lm.n_layers, "sizes": sizes,
-                    "text": ls.describe(anatomy, sizes, plan.random_control)}
+                    "text": ls.describe(anatomy, sizes, plan.n_random)}
 
         self._show_size("computing… (loading the model may take a few seconds)")
         self.size_task = start_task(fn, owner=self, on_done=self._size_done,
@@ -452,12 +468,15 @@ class ModelLesionWidget(QWidget):
         folder = Path(folder)
 
         def fn(progress, cancel):
+            from ._tasks import import_model_libraries
+
+            import_model_libraries()
             from ..core.dataset import load_stimuli
             from ..core.model import load_model
             from ..core.plan import LesionPlan
 
             m = config.model
-            lm = load_model(m.name, offline=m.offline, device=m.device)
+            lm = load_model(m.name, **m.load_options())
             stimuli = {lang.code: load_stimuli(lang) for lang in config.data.languages}
             conds = LesionPlan.of(config).build(lm, stimuli, progress=progress, cancel=cancel)
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,30 @@
-"""Results dock widget: which map to show, its threshold, the category overlay, the legend,
-and exports (the current view as PNG, the standard QC figure)."""
+"""Results dock widget: which open result and which of its maps to show, its threshold, the
+category overlay (outlined or filled) and its legend, and exports (the current view as a
+PNG with legend, colour bar, slice position and orientation; the standard QC figure).
+
+The result list holds every result open in the viewer (a run, the reader, File > Open
+Sample, **Open result folder…**: :attr:`._state.Session.results`); the subject, language,
+condition and statistic lists come from what the chosen result contains, so new kinds of
+conditions (controls, null models) appear without changes here."""
 
 from __future__ import annotations
 
 from html import escape
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
-                            QLabel, QPushButton, QSlider, QVBoxLayout, QWidget)
+                            QLabel, QPushButton, QSlider, QWidget)
 
+from .. import _layers
 from ..core.errors import LesionAlignError
+from ._dock import scroll_layout
 from ._state import connect, session_for
 from ._tasks import start_task
 
-STAT_NAMES = {"r": "r", "deltar": "Δr", "t": "t", "q": "q", "p": "p", "lpi": "LPI",
-              "categories": "categories"}
-SEQUENTIAL = ("p", "q")
+STAT_NAMES = _layers.STAT_LABELS
+SEQUENTIAL = _layers.SEQUENTIAL
 SLIDER_STEPS = 200
 
 
@@ -34,12 +42,16 @@ class ResultsWidget(QWidget):
         self._thresholds: dict = {}  # the user's threshold per statistic
         self._populating = False
 
-        lay = QVBoxLayout(self)
+        lay = scroll_layout(self)
         self.open_button = QPushButton("Open result folder…")
         self.open_button.setToolTip("A folder written by a run or by "
                                     "'napari-lesion-align run/demo' (result.json)")
         lay.addWidget(self.open_button)
         form = QFormLayout()
+        self.result_choice = QComboBox()
+        self.result_choice.setToolTip("The results open in this viewer (runs, folders opened "
+                                      "with File > Open or here, the sample)")
+        form.addRow("Result", self.result_choice)
         self.subject = QComboBox()
         self.language = QComboBox()
         self.condition = QComboBox()
@@ -61,13 +73,18 @@ class ResultsWidget(QWidget):
         crow = QWidget()
         cl = QHBoxLayout(crow)
         cl.setContentsMargins(0, 0, 0, 0)
-        self.overlay = QCheckBox("category overlay")
+        self.overlay = QCheckBox("overlay")
         self.overlay.setChecked(True)
         self.category_set = QComboBox()
         self.category_set.setToolTip("lesion: the shared / specific lesions; random: their "
                                      "random controls")
+        self.filled = QCheckBox("filled")
+        self.filled.setToolTip("Fill the categories (hides the map beneath) instead of "
+                               "drawing their outlines")
         cl.addWidget(self.overlay)
-        cl.addWidget(self.category_set, 1)
+        cl.addWidget(self.filled)
+        cl.addStretch(1)
+        form.addRow("Categories", self.category_set)
         form.addRow("", crow)
         lay.addLayout(form)
         self.legend = QLabel("")
@@ -76,13 +93,19 @@ class ResultsWidget(QWidget):
         lay.addWidget(self.legend)
         brow = QHBoxLayout()
         self.export_button = QPushButton("Export view…")
-        self.export_button.setToolTip("Save the canvas as it is now (PNG)")
+        self.export_button.setToolTip("Save the view as a PNG with the map's name, colour "
+                                      "bar, category legend, slice position and orientation")
         self.qc_button = QPushButton("QC figure…")
         self.qc_button.setToolTip("The standard QC figure: category slices + mean r per "
                                   "condition and language (PNG)")
+        self.surface_button = QPushButton("Surface…")
+        self.surface_button.setToolTip("The map shown and the category overlay on the "
+                                       "fsaverage5 cortex (nilearn vol_to_surf; both "
+                                       "hemispheres, inflated and pial), in a 3D view")
         brow.addWidget(self.export_button)
         brow.addWidget(self.qc_button)
         lay.addLayout(brow)
+        lay.addWidget(self.surface_button)
         self.status = QLabel("No result yet: run one (Run) or open a result folder.")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
@@ -91,19 +114,24 @@ class ResultsWidget(QWidget):
         self.open_button.clicked.connect(lambda: self._pick_folder())
         self.export_button.clicked.connect(lambda: self._pick_export())
         self.qc_button.clicked.connect(lambda: self._pick_qc())
+        self.surface_button.clicked.connect(lambda: self.show_surface())
         self.subject.currentIndexChanged.connect(lambda *_: self._choice_changed("subject"))
         self.language.currentIndexChanged.connect(lambda *_: self._choice_changed("language"))
         self.condition.currentIndexChanged.connect(lambda *_: self._choice_changed("condition"))
         self.stat.currentIndexChanged.connect(lambda *_: self._choice_changed("stat"))
         self.threshold.valueChanged.connect(self._threshold_changed)
         self.overlay.toggled.connect(lambda *_: self.set_overlay())
+        self.filled.toggled.connect(lambda *_: self.set_filled())
+        self.result_choice.currentIndexChanged.connect(lambda *_: self._result_chosen())
         self.category_set.currentIndexChanged.connect(lambda *_: self.set_overlay())
         connect(self.session.result_changed, self._result_changed)
+        connect(self.session.results_changed, self._results_listed)
         layers_events = self.viewer.layers.events
         layers_events.inserted.connect(self._layer_inserted)
         self.destroyed.connect(lambda *_, ev=layers_events, cb=self._layer_inserted:
                                ev.inserted.disconnect(cb))
         self._enable(False)
+        self._results_listed()
         if self.session.result is not None:
             self._result_changed(self.session.result)
 
@@ -113,12 +141,55 @@ class ResultsWidget(QWidget):
         return self.session.result
 
     @property
+    def key(self):
+        """The key of the current result (``Session.results``)."""
+        return self.session.current
+
+    def _mine(self, layer) -> bool:
+        """Whether ``layer`` belongs to the current result (layers of a single open result
+        made before the registry knew it count too)."""
+        from ._show import RESULT_KEY
+
+        key = layer.metadata.get(RESULT_KEY)
+        return key == self.key or (key is None and len(self.session.results) <= 1)
+
+    @property
     def view_layer(self):
-        """The map layer shown (the one this widget replaces), or None."""
+        """The map layer shown for the current result (the one this widget replaces)."""
         from ._show import VIEW_TAG
 
-        shown = [layer for layer in self.viewer.layers if layer.metadata.get(VIEW_TAG)]
+        shown = [layer for layer in self.viewer.layers
+                 if layer.metadata.get(VIEW_TAG) and self._mine(layer)]
         return shown[-1] if shown else None
+
+    def _results_listed(self) -> None:
+        """Refill the result list (a result was opened or closed)."""
+        entries = list(self.session.results.values())
+        self.result_choice.blockSignals(True)
+        self.result_choice.clear()
+        for e in entries:
+            self.result_choice.addItem(e.label, e.key)
+            self.result_choice.setItemData(self.result_choice.count() - 1,
+                                           str(e.folder or "in memory (not saved)"),
+                                           Qt.ItemDataRole.ToolTipRole)
+        i = self.result_choice.findData(self.session.current)
+        self.result_choice.setCurrentIndex(max(i, 0))
+        self.result_choice.blockSignals(False)
+        self.result_choice.setEnabled(len(entries) > 1)
+
+    def _result_chosen(self) -> None:
+        key = self.result_choice.currentData()
+        if key is not None and key != self.session.current:
+            self.session.select_result(key)
+
+    def choose_result(self, key_or_label) -> None:
+        """Make an open result current, by key or by the label the list shows."""
+        for e in self.session.results.values():
+            if key_or_label in (e.key, e.label):
+                self.session.select_result(e.key)
+                return
+        raise LesionAlignError(f"Results: no open result {key_or_label!r}; open: "
+                               f"{[e.label for e in self.session.results.values()]}")
 
     def _layer_inserted(self, event) -> None:
         from ._show import VIEW_TAG
@@ -131,7 +202,8 @@ class ResultsWidget(QWidget):
 
     def _enable(self, on: bool) -> None:
         for w in (self.subject, self.language, self.condition, self.stat, self.threshold,
-                  self.overlay, self.category_set, self.export_button, self.qc_button):
+                  self.overlay, self.category_set, self.export_button, self.qc_button,
+                  self.surface_button, self.filled):
             w.setEnabled(on)
 
     def _set_items(self, combo: QComboBox, items, current=None, labels=None) -> None:
@@ -150,6 +222,11 @@ class ResultsWidget(QWidget):
     def _result_changed(self, result) -> None:
         from ._show import default_view, view_choices
 
+        i = self.result_choice.findData(self.session.current)
+        if i >= 0 and i != self.result_choice.currentIndex():
+            self.result_choice.blockSignals(True)
+            self.result_choice.setCurrentIndex(i)
+            self.result_choice.blockSignals(False)
         if result is None:
             self._enable(False)
             return
@@ -187,7 +264,7 @@ class ResultsWidget(QWidget):
         if want.get("stat") == "categories":
             self._set_items(self.language, ["all"] + ch["languages"], want.get("language"))
             self._set_items(self.condition, ch["category_sets"], want.get("condition"))
-            stats = stats_for(result, subject, "intact")
+            stats = stats_for(result, subject, (result.conditions or ["intact"])[0])
             self._set_items(self.stat, stats, "categories", STAT_NAMES)
             return
         self._set_items(self.language, ch["languages"], want.get("language"))
@@ -195,7 +272,10 @@ class ResultsWidget(QWidget):
             conds = ch["conditions"]
         else:
             conds = list(dict.fromkeys(c for (s, _, c, _) in result.maps if s == subject))
-        self._set_items(self.condition, conds, want.get("condition"))
+        cond = want.get("condition")
+        if cond not in conds and conds:
+            cond = conds[0]  # e.g. leaving the categories: the result's first condition
+        self._set_items(self.condition, conds, cond)
         stats = stats_for(result, subject, self.condition.currentData())
         self._set_items(self.stat, stats, want.get("stat"), STAT_NAMES)
 
@@ -206,7 +286,7 @@ class ResultsWidget(QWidget):
         if which == "stat" and want["stat"] == "categories":
             want.update(language="all", condition=self.category_set.currentData())
         elif which == "stat" and self.language.findData("all") >= 0:
-            want.update(language=None, condition="intact")
+            want.update(language=None, condition=None)
         self._populating = True
         try:
             self._refresh_choices(want)
@@ -227,7 +307,7 @@ class ResultsWidget(QWidget):
             want["language"] = language or "all"
         elif want["stat"] != "categories" and want["condition"] in sets and \
                 condition is None:
-            want["condition"] = "intact"
+            want["condition"] = None  # the result's first condition
         if want["stat"] != "categories" and want["language"] == "all":
             want["language"] = None
         self._populating = True
@@ -240,7 +320,7 @@ class ResultsWidget(QWidget):
             self._populating = False
         got = self.current_view()
         for k, v in want.items():
-            if k == "language" and v is None:
+            if k in ("language", "condition") and v is None:
                 continue
             if v is not None and got[k] != v:
                 raise LesionAlignError(f"Results: {k} {v!r} is not available here; "
@@ -256,7 +336,7 @@ class ResultsWidget(QWidget):
         overlay of the chosen set (one language's specific voxels only, or all)."""
         from napari.utils.notifications import show_error
 
-        from ._show import view_layer
+        from ._show import tag_layer, view_layer
         from ._tasks import add_layer
 
         if self.result is None:
@@ -276,6 +356,10 @@ class ResultsWidget(QWidget):
         except LesionAlignError as err:
             show_error(str(err))
             return None
+        tag_layer(layer, self.session, self.key)
+        if old is not None:  # the user's display settings survive the switch
+            layer.opacity = old.opacity
+            layer.blending = old.blending
         if old is not None:
             index = self.viewer.layers.index(old)
             self.viewer.layers.remove(old)
@@ -344,20 +428,35 @@ class ResultsWidget(QWidget):
 
     # ------------------------------------------------------------------ overlay
     def category_layer(self, name=None):
-        from .. import _layers
-
         name = name or self.category_set.currentData()
-        target = _layers.category_layer_name(name) if name else None
+        if not name:
+            return None
         for layer in self.viewer.layers:
-            if layer.name == target:
+            if layer.metadata.get("stat") == "categories" and self._mine(layer) and \
+                    layer.metadata.get("category_set", layer.metadata.get("condition")) == name:
                 return layer
         return None
+
+    def set_filled(self, on: bool | None = None) -> None:
+        """Draw the category overlays filled (``on``) or as outlines (the default)."""
+        from .. import _layers
+
+        if on is not None:
+            self.filled.blockSignals(True)
+            self.filled.setChecked(on)
+            self.filled.blockSignals(False)
+        contour = 0 if self.filled.isChecked() else _layers.CATEGORY_CONTOUR
+        for layer in self.viewer.layers:
+            if layer.metadata.get("stat") == "categories" and self._mine(layer):
+                layer.metadata["contour"] = contour
+                layer.contour = contour
+                layer.opacity = 0.6 if contour == 0 else 1.0
 
     def set_overlay(self, on: bool | None = None, name: str | None = None, languages=None):
         """Show (or hide) the category overlay of a set (``lesion`` / ``random``);
         ``languages``: show only these languages' specific categories (and shared)."""
         from .. import _layers
-        from ._show import RESULT_TAG
+        from ._show import tag_layer
         from ._tasks import add_layer, make_layer
 
         if on is not None:
@@ -378,18 +477,22 @@ class ResultsWidget(QWidget):
             want = on and set_name == chosen
             shown_langs = layer.metadata.get("languages") if layer is not None else None
             if want and (layer is None or shown_langs != languages):
+                old = layer
                 layer = make_layer(_layers.category_layer(result, set_name,
                                                           languages=languages))
-                layer.metadata[RESULT_TAG] = True
+                tag_layer(layer, self.session, self.key)
                 layer.metadata["languages"] = languages
+                if old is not None:
+                    layer.name = old.name
                 add_layer(self.viewer, layer)
+                self.set_filled()
             elif layer is not None:
                 layer.visible = want
         self._update_legend()
         return self.category_layer(chosen)
 
     def _update_legend(self) -> None:
-        from ..core.analysis import language_colour
+        from ..core.analysis import CATEGORY_COLOURS, language_colour
         from ..core.figures import category_colours
 
         result = self.result
@@ -407,8 +510,6 @@ class ResultsWidget(QWidget):
                 title = str(entry.get("name", label)).replace("specific:", "")
                 entries.append((colours[int(label)], title, entry.get("meaning", "")))
         else:
-            from ..core.analysis import CATEGORY_COLOURS
-
             entries.append((CATEGORY_COLOURS["shared"], "shared", "all languages"))
             for code in result.languages:
                 entries.append((language_colour(code, result.languages), code, code))
@@ -441,7 +542,7 @@ class ResultsWidget(QWidget):
         self.status.setText(f"opening {folder}…")
         self.open_button.setEnabled(False)
         self.task = start_task(fn, owner=self, on_done=lambda o: self._opened(o, folder),
-                               name="open")
+                               name="open", activity=True)
         return self.task
 
     def _opened(self, outcome, folder) -> None:
@@ -467,15 +568,139 @@ class ResultsWidget(QWidget):
             self.export_view(path)
 
     def export_view(self, path) -> Path:
-        """Save the canvas as it is now (``viewer.screenshot``) to a PNG."""
+        """Save the view as a PNG: the canvas with the map's name, the slice position, the
+        directions at its edges, the map's colour bar and the category legend."""
         from napari.utils.notifications import show_info
+
+        from . import _export
+        from ._viewer import edge_letters
 
         path = Path(path)
         if path.suffix.lower() != ".png":
             path = path.with_suffix(".png")
-        self.viewer.screenshot(str(path), canvas_only=True)
+        from ._viewer import markers_hidden
+
+        with markers_hidden(self.viewer):  # drawn in the margins instead
+            shot = self.viewer.screenshot(canvas_only=True, flash=False)
+        layer = self.view_layer
+        visible = [lay for lay in self.viewer.layers if lay.visible and
+                   lay.metadata.get("stat") not in (None, "template", "categories", "mask")]
+        layer = layer if layer is not None and layer.visible else (visible[-1] if visible
+                                                                   else None)
+        dims = self.viewer.dims
+        where, letters = "", {}
+        if dims.ndisplay == 2 and dims.ndim >= 3:
+            ndim = dims.ndim
+            axis = dims.order[-3]
+            where = _export.slice_text(axis - ndim + 3, float(dims.point[axis]))
+            v_axis, h_axis = (a - ndim + 3 for a in dims.order[-2:])
+            from ._viewer import camera
+
+            vertical = str(camera(self.viewer).orientation2d[0])
+            letters = edge_letters(v_axis, h_axis, "up" if "up" in vertical.lower()
+                                   else "down")
+        cats = self.category_layer()
+        legend = [(c, t) for c, t in getattr(self, "legend_entries", [])] \
+            if cats is not None and cats.visible else []
+        title = layer.name if layer is not None else (cats.name if cats is not None
+                                                      else "napari-lesion-align")
+        entry = self.session.results.get(self.key) if self.key else None
+        if entry is not None:
+            title += f" · {entry.label}"
+        _export.compose(shot, path, title=title, where=where, letters=letters,
+                        colorbar=_export.colorbar_of(layer) if layer is not None else None,
+                        legend=legend)
         show_info(f"saved {path}")
         return path
+
+    def show_surface(self):
+        """Project the map shown (and the category overlay shown, if any) onto fsaverage5
+        in a worker, then add them as Surface layers and switch to 3D (returns the task)."""
+        from napari.utils.notifications import show_error
+
+        from .. import _layers
+
+        layer = self.view_layer
+        cats = self.category_layer()
+        if layer is None and cats is None:
+            show_error("show a map (or the category overlay) first")
+            return None
+        result = self.result
+        view = self.current_view() if layer is not None else None
+        threshold = layer.metadata.get("threshold") if layer is not None else None
+        name = layer.name if layer is not None else None
+        cat_set = cats.metadata.get("category_set") if cats is not None and cats.visible \
+            else None
+
+        def fn(progress, cancel):
+            from ._show import group_mean
+
+            out = []
+            if view is not None:
+                progress(0.1, "projecting the map onto fsaverage5")
+                if view["subject"] == "group" and (view["language"], view["condition"],
+                                                   view["stat"]) not in result.group_maps:
+                    values = group_mean(result, view["language"], view["condition"],
+                                        view["stat"])
+                elif view["subject"] == "group":
+                    values = result.group_maps[(view["language"], view["condition"],
+                                                view["stat"])]
+                else:
+                    values = result.get(view["subject"], view["language"],
+                                        view["condition"], view["stat"])
+                img = result.space.to_image(values, fill=np.nan)
+                out += _layers.surface_layers(img, name=name, stat=view["stat"],
+                                              threshold=threshold)
+            if cat_set is not None and not cancel():
+                import nibabel as nib
+
+                progress(0.6, "projecting the categories onto fsaverage5")
+                labels, legend = result.categories[cat_set]
+                m = np.asarray(result.space.mask_img.dataobj, dtype=bool)
+                vol = np.zeros(m.shape, dtype=np.int16)
+                vol[m] = np.asarray(labels, dtype=np.int16)
+                out += _layers.surface_layers(nib.Nifti1Image(vol, result.space.affine),
+                                              name=_layers.category_layer_name(cat_set),
+                                              stat="categories", legend=dict(legend))
+            return out
+
+        self.surface_button.setEnabled(False)
+        self.surface_task = start_task(fn, owner=self, on_done=self._surface_done,
+                                       name="surface", activity=True)
+        return self.surface_task
+
+    def _surface_done(self, outcome) -> None:
+        from napari.utils.notifications import show_error
+
+        from ._show import tag_layer
+        from ._tasks import LayerFeeder, make_layer
+
+        self.surface_button.setEnabled(True)
+        if outcome.kind == "error":
+            show_error(outcome.message)
+            return
+        if outcome.kind != "ok":
+            return
+        layers = []
+        for t in outcome.value:
+            layer = make_layer(t)
+            tag_layer(layer, self.session, self.key)
+            layers.append(layer)
+        self.viewer.dims.ndisplay = 3
+        self.surface_feeder = LayerFeeder(self.viewer, layers, per_tick=2, parent=self)
+        self.surface_feeder.finished.connect(self.lateral_view)
+        self.surface_feeder.start()
+
+    def lateral_view(self, hemisphere: str = "left") -> None:
+        """3D camera on the lateral side of a hemisphere, superior up (world frame
+        ``(z, -y, x)``: looking along +x for the left hemisphere, -x for the right)."""
+        from ._viewer import camera
+
+        if self.viewer.dims.ndisplay != 3:
+            return
+        self.viewer.reset_view()
+        sign = 1.0 if hemisphere == "left" else -1.0
+        camera(self.viewer).set_view_direction((0.0, 0.0, sign), up_direction=(1.0, 0.0, 0.0))
 
     def _pick_qc(self):
         path, _ = QFileDialog.getSaveFileName(self, "QC figure", "qc.png", "PNG (*.png)")
@@ -500,7 +725,7 @@ class ResultsWidget(QWidget):
 
         self.qc_button.setEnabled(False)
         self.qc_task = start_task(fn, owner=self, on_done=self._qc_done,
-                                  name="QC figure")
+                                  name="QC figure", activity=True)
         return self.qc_task
 
     def _qc_done(self, outcome) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                            QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
-                            QWidget)
+                            QLineEdit, QProgressBar, QPushButton, QSpinBox, QWidget)
 
 from ..core.errors import LesionAlignError
+from ._dock import scroll_layout
 from ._state import connect, session_for
 from ._tasks import freeze_gc_once, start_task
 
@@ -46,7 +46,7 @@ class RunWidget(QWidget):
         self.message = ""
         self._t0 = None
 
-        lay = QVBoxLayout(self)
+        lay = scroll_layout(self)
         row = QHBoxLayout()
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Run the analysis of the Data and Model & lesion widgets")
@@ -148,9 +148,13 @@ class RunWidget(QWidget):
         with_template = self.with_template.isChecked()
 
         def fn(progress, cancel):
+            from ._tasks import import_model_libraries
+
+            import_model_libraries()
             return _run_prep.run(config, with_template, progress, cancel, out_dir=out)
 
         self.outcome = None
+        self._open_activity()
         self.fraction, self.message = 0.0, "starting"
         self.progress.setValue(0)
         self.step.setText("starting…")
@@ -167,6 +171,19 @@ class RunWidget(QWidget):
         self._out = out
         return self.task
 
+    def _open_activity(self) -> None:
+        """The run's progress bar in napari's activity dock (bottom right)."""
+        from napari.utils import progress as napari_progress
+
+        self._close_activity()
+        self.activity = napari_progress(total=1000, desc="Lesion Align: run")
+
+    def _close_activity(self) -> None:
+        bar = getattr(self, "activity", None)
+        if bar is not None:
+            bar.close()
+        self.activity = None
+
     def cancel(self) -> None:
         """Ask the run to stop (at the core's next check, well under a second)."""
         if self.running:
@@ -176,7 +193,14 @@ class RunWidget(QWidget):
 
     def _progress(self, frac: float, msg: str) -> None:
         self.fraction, self.message = frac, msg
-        self.progress.setValue(int(round(1000 * min(max(frac, 0.0), 1.0))))
+        value = int(round(1000 * min(max(frac, 0.0), 1.0)))
+        self.progress.setValue(value)
+        bar = getattr(self, "activity", None)
+        if bar is not None:
+            if msg:
+                bar.set_description(f"Lesion Align: {msg}"[:80])
+            bar.n = value
+            bar.refresh()
         if msg and not (self.task is not None and self.task.cancelled):
             self.step.setText(msg)
 
@@ -202,6 +226,7 @@ class RunWidget(QWidget):
         from ._show import show_result
 
         self.outcome = outcome
+        self._close_activity()
         self._clock.stop()
         self._tick()
         self.run_button.setEnabled(True)
@@ -232,14 +257,12 @@ class RunWidget(QWidget):
         if result is None:
             self.summary.setText("")
             return
-        rows = [r for r in result.summary_rows() if r["subject"] == "group"] or \
-            result.summary_rows()
-        lines = [f"{r['language']} {r['condition']}: mean r {r['mean_r']:.3f}"
-                 + (f", drop {100 * r['rel_drop']:.1f} %" if r["rel_drop"] == r["rel_drop"]
-                    else "") for r in rows[:12]]
-        more = f"\n… {len(rows) - 12} more in summary.tsv" if len(rows) > 12 else ""
+        # the run's closing summary (as on the console): the model against its controls,
+        # each lesion against its random draws, the category counts
+        lines = result.closing_summary()
+        more = f"\n… {len(lines) - 30} more lines (summary.tsv)" if len(lines) > 30 else ""
         notices = "".join(f"\n{n}" for n in result.notices(max_excluded=3))
-        self.summary.setText("\n".join(lines) + more + notices)
+        self.summary.setText("\n".join(lines[:30]) + more + notices)
 
     def _pick_out_dir(self):
         path = QFileDialog.getExistingDirectory(self, "Output folder")

@@ -25,23 +25,26 @@ import numpy as np
 
 from .errors import LesionAlignError
 
-#: one colour per category, the same in every layer, legend and figure
+#: Okabe & Ito's colour-blind-safe qualitative palette ("Color Universal Design", 2008)
+OKABE_ITO = {"black": "#000000", "orange": "#e69f00", "sky blue": "#56b4e9",
+             "bluish green": "#009e73", "yellow": "#f0e442", "blue": "#0072b2",
+             "vermillion": "#d55e00", "reddish purple": "#cc79a7"}
+#: one colour per category, the same in every napari layer, legend, Inspector bar and QC
+#: figure: Okabe-Ito hues, those furthest from the maps' red-yellow / blue-cyan ramps first
 CATEGORY_COLOURS = {
     "none": "#00000000",
-    "shared": "#f2c14e",  # amber
-    "EN": "#3a86ff",  # blue
-    "FR": "#e63946",  # red
-    "ZH": "#2a9d8f",  # teal
+    "shared": OKABE_ITO["reddish purple"],
 }
-_EXTRA_COLOURS = ("#8338ec", "#fb5607", "#06d6a0", "#ff006e", "#8d99ae")
+#: the languages' colours, by the language's position in the analysis
+LANGUAGE_COLOURS = tuple(OKABE_ITO[c] for c in ("bluish green", "sky blue", "orange", "blue",
+                                                 "vermillion", "yellow", "black"))
 
 
 def language_colour(code: str, order: list[str] | None = None) -> str:
-    if code in CATEGORY_COLOURS:
-        return CATEGORY_COLOURS[code]
-    # a stable index (str hash() changes from one process to the next)
-    idx = (order or []).index(code) if order and code in order else zlib.crc32(code.encode())
-    return _EXTRA_COLOURS[idx % len(_EXTRA_COLOURS)]
+    """A language's colour: by its position in ``order`` (the analysis' languages), else
+    by a stable hash of its code (str hash() changes from one process to the next)."""
+    idx = list(order).index(code) if order and code in order else zlib.crc32(code.encode())
+    return LANGUAGE_COLOURS[idx % len(LANGUAGE_COLOURS)]
 
 
 def delta(r_intact: np.ndarray, r_lesioned: np.ndarray, eps: float = 1e-6):

@@ -2,7 +2,7 @@
 
 :func:`qc_figure` writes one PNG:
 
-* top: a few axial slices of the category map (``shared`` amber, ``specific:<L>`` in L's
+* top: a few axial slices of the category map (``shared`` reddish purple, ``specific:<L>`` in L's
   colour, as in the napari layers) over nilearn's MNI152 template, in the neurological
   convention (left hemisphere on the left, anterior at the top), with a legend and voxel
   counts;
@@ -28,10 +28,11 @@ N_SLICES = 5
 
 
 def category_colours(legend: dict, languages=None) -> dict:
-    """``{label: "#rrggbb[aa]"}`` of a category legend: 0 transparent, ``shared`` amber,
-    ``specific:<L>`` L's colour (:data:`.analysis.CATEGORY_COLOURS` /
-    :func:`.analysis.language_colour`); languages not in ``languages`` (when given)
-    transparent. The napari category layers use the same function."""
+    """``{label: "#rrggbb[aa]"}`` of a category legend: 0 transparent, ``shared`` and
+    ``specific:<L>`` in their colours (:data:`.analysis.CATEGORY_COLOURS`,
+    :func:`.analysis.language_colour` by the legend's language order: colour-blind safe,
+    apart from the maps' colormaps); languages not in ``languages`` (when given)
+    transparent. The napari category layers, their legend and the QC figure use it."""
     from .analysis import CATEGORY_COLOURS, language_colour
 
     clear = CATEGORY_COLOURS["none"]
@@ -183,24 +184,75 @@ def _draw_legend(ax, legend, colours, counts) -> None:
         ax.text(0, 0.5, "no categorised voxel", fontsize=8)
 
 
-def bar_conditions(result) -> list[str]:
-    """Conditions of the bar chart: intact, then each lesion followed by its control
-    (layer-sweep conditions left out)."""
+def bar_groups(result) -> list[tuple[str, tuple[str, ...]]]:
+    """The bars of the bar charts (QC figure, Inspector): ``(label, conditions)`` in order:
+    intact, the controls (nulls and baselines), then each lesion followed by its random
+    draws as *one* bar (``"<lesion> random (K)"``: their mean, the spread across the draws
+    as the error bar); layer-sweep conditions left out."""
     controls = dict(result.controls or {})
     sweep = set(result.sweep or [])
     sweep |= {c for c, of in controls.items() if of in sweep}
-    out = []
+    baselines = [c for c in (result.baselines or {}) if c in result.conditions]
+    out = [("intact", ("intact",))] if "intact" in result.conditions else []
+    out += [(c, (c,)) for c in baselines]
     for cond in result.conditions:
-        if cond in controls or cond in sweep:
+        if cond == "intact" or cond in controls or cond in sweep or cond in baselines:
             continue
-        out.append(cond)
-        out += [c for c, of in controls.items() if of == cond and c in result.conditions]
+        out.append((cond, (cond,)))
+        draws = tuple(c for c, of in controls.items() if of == cond and c in result.conditions)
+        if draws:
+            out.append((f"{cond} random ({len(draws)})", draws))
     return out
 
 
-def condition_bars(ax, values: dict, languages: list, controls, fontsize: float = 8) -> None:
-    """Grouped bars: one group per condition, one bar per language (its colour), error bars;
-    random controls hatched. ``values[condition][language] = (mean, sd)``."""
+def bar_values(result, index: int | None = None) -> tuple[dict, set]:
+    """``({bar label: {language: (mean, error)}}, labels drawn hatched)`` of
+    :func:`bar_groups`: whole-brain mean r per subject (``index`` None) or the r of one
+    voxel (region). A single condition: the mean over subjects and the SD across them;
+    random draws: the mean over the draws of their means over subjects, and the SD
+    across the draws (the random-lesion band; with one draw, across subjects)."""
+    rows = {(r["subject"], r["language"], r["condition"]): r["mean_r"]
+            for r in result.summary_rows() if r["subject"] != "group"} if index is None else {}
+
+    def per_subject(lang, cond):
+        if index is None:
+            vals = [rows.get((s, lang, cond), np.nan) for s in result.subjects]
+        else:
+            vals = [result.maps[(s, lang, cond, "r")][index] for s in result.subjects
+                    if (s, lang, cond, "r") in result.maps]
+        v = np.asarray(vals, dtype=float)
+        return v[np.isfinite(v)]
+
+    values = {}
+    for label, conds in bar_groups(result):
+        values[label] = {}
+        for lang in result.languages:
+            subs = [per_subject(lang, c) for c in conds]
+            means = [v.mean() for v in subs if len(v)]
+            if not means:
+                values[label][lang] = (np.nan, 0.0)
+            elif len(conds) > 1:
+                values[label][lang] = (float(np.mean(means)),
+                                       float(np.std(means, ddof=1)) if len(means) > 1 else 0.0)
+            else:
+                v = subs[0]
+                values[label][lang] = (float(v.mean()), float(v.std()) if len(v) > 1 else 0.0)
+    return values, hatched_bars(result)
+
+
+def hatched_bars(result) -> set:
+    """The bars of :func:`bar_groups` drawn hatched: the controls and the random draws."""
+    baselines = set(result.baselines or {})
+    controls = set(result.controls or {})
+    return {label for label, conds in bar_groups(result)
+            if conds[0] in baselines or conds[0] in controls}
+
+
+def condition_bars(ax, values: dict, languages: list, controls, fontsize: float = 8,
+                   colours: dict | None = None) -> None:
+    """Grouped bars: one group per condition, one bar per language (its colour, or
+    ``colours[language]``), error bars; the bars in ``controls`` (random draws, nulls and
+    baselines) hatched. ``values[condition][language] = (mean, error)``."""
     from .analysis import language_colour
 
     conds = list(values)
@@ -209,7 +261,8 @@ def condition_bars(ax, values: dict, languages: list, controls, fontsize: float 
         xs = np.arange(len(conds)) + (j - (len(languages) - 1) / 2) * width
         bars = ax.bar(xs, [values[c][lang][0] for c in conds], width,
                       yerr=[values[c][lang][1] for c in conds], capsize=2, label=lang,
-                      color=language_colour(lang, languages), edgecolor="k", linewidth=0.5)
+                      color=(colours or {}).get(lang) or language_colour(lang, languages),
+                      edgecolor="k", linewidth=0.5)
         for bar, cond in zip(bars, conds):
             if cond in controls:
                 bar.set_hatch("//")
@@ -220,22 +273,14 @@ def condition_bars(ax, values: dict, languages: list, controls, fontsize: float 
 
 
 def _draw_bars(ax, result) -> None:
-    """Whole-brain mean r per condition (groups) and language (bars), SD across subjects."""
-    rows = [r for r in result.summary_rows() if r["subject"] != "group"]
+    """Whole-brain mean r per condition (groups) and language (bars)."""
+    values, hatched = bar_values(result)
     langs = result.languages
-    values: dict = {}
-    for cond in bar_conditions(result):
-        values[cond] = {}
-        for lang in langs:
-            vals = [r["mean_r"] for r in rows if r["language"] == lang and
-                    r["condition"] == cond and np.isfinite(r["mean_r"])]
-            values[cond][lang] = (np.mean(vals) if vals else np.nan,
-                                  np.std(vals) if len(vals) > 1 else 0.0)
-    condition_bars(ax, values, langs, set(result.controls or {}))
+    condition_bars(ax, values, langs, hatched)
     ax.set_ylabel("whole-brain mean r")
     ax.legend(fontsize=8, ncols=len(langs), loc="upper right", frameon=False)
-    ax.set_title("mean r over subjects (error bar: SD across subjects; hatched: random "
-                 "control)", fontsize=9)
+    ax.set_title("mean r over subjects (error bar: SD across subjects; hatched: controls, and "
+                 "random draws with the SD across the draws)", fontsize=9)
 
 
 def _title(result, name) -> str:

@@ -1,0 +1,154 @@
+"""Dock layout shared by the five widgets: scrollable content, readable tab titles.
+
+* :func:`scroll_layout` puts a widget's content in a ``QScrollArea``: the five docks fit a
+  small screen (1,366 x 768) together, each scrolling when it is taller than its share;
+* :func:`fix_tab_titles` keeps an ``&`` in a dock's title literal in the tab bar Qt shows
+  for tabified docks (Qt reads ``&`` there as a keyboard mnemonic: "Model & lesion"
+  became "Model _lesion").
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QFrame, QScrollArea, QTabBar, QVBoxLayout, QWidget
+
+#: the smallest height a dock asks for: the rest scrolls
+MIN_DOCK_HEIGHT = 90
+
+
+def scroll_layout(widget: QWidget) -> QVBoxLayout:
+    """A ``QVBoxLayout`` for ``widget``'s content, inside a ``QScrollArea`` that fills it."""
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    area = QScrollArea(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setMinimumHeight(MIN_DOCK_HEIGHT)
+    inner = QWidget(area)
+    # napari's style sheet gives combo boxes a wide minimum: a dock would scroll sideways
+    inner.setStyleSheet("QComboBox { min-width: 4em; }")
+    area.setWidget(inner)
+    outer.addWidget(area)
+    widget.scroll_area = area
+    widget.installEventFilter(_TabTitleFixer.instance())
+    return QVBoxLayout(inner)
+
+
+class _TabTitleFixer(QObject):
+    """On show / parent change of a widget, escapes ``&`` in the main window's tab bars."""
+
+    _instance = None
+
+    @classmethod
+    def instance(cls) -> "_TabTitleFixer":
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt)
+        kind = event.type()
+        if kind in (QEvent.Type.Show, QEvent.Type.ParentChange):
+            self._schedule_dock_title(obj)
+            if kind == QEvent.Type.Show:
+                compact_combos(obj)
+            window = obj.window()
+            if window is not None and window is not obj and \
+                    not window.property("lesion_align_tab_filter"):
+                # the main window: its tab bars appear when docks are tabified
+                window.setProperty("lesion_align_tab_filter", True)
+                window.installEventFilter(self)
+            self._schedule(window)
+        elif kind in (QEvent.Type.ChildAdded, QEvent.Type.LayoutRequest):
+            self._schedule(obj)
+        return False
+
+    @staticmethod
+    def _schedule_dock_title(widget) -> None:
+        ref = weakref.ref(widget)
+        QTimer.singleShot(0, lambda: escape_dock_title(ref()))
+
+    def _schedule(self, window) -> None:
+        if window is None or window.property("lesion_align_tab_pending"):
+            return
+        window.setProperty("lesion_align_tab_pending", True)
+        ref = weakref.ref(window)  # a pending timer must not keep a closed window alive
+
+        def run():
+            w = ref()
+            if w is None:
+                return
+            try:
+                w.setProperty("lesion_align_tab_pending", False)
+            except RuntimeError:  # deleted meanwhile
+                return
+            fix_tab_titles(w)
+
+        QTimer.singleShot(0, run)
+
+
+def compact_combos(widget) -> None:
+    """Combo boxes of ``widget`` ask for a few characters of width, not their longest item
+    (a long result folder name must not make the dock scroll sideways)."""
+    from qtpy.QtWidgets import QComboBox
+
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(6)
+
+
+def escape_dock_title(widget) -> bool:
+    """Escape a single ``&`` in the title of the dock holding ``widget``: Qt's tab bar (and
+    the dock's menu action) then show it literally; napari's own title bar keeps the
+    name it was made with. Returns whether the title changed."""
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget
+    try:
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        if dock is None:
+            return False
+        title = dock.windowTitle()
+    except RuntimeError:  # deleted meanwhile
+        return False
+    if "&" in title and "&&" not in title:
+        dock.setWindowTitle(title.replace("&", "&&"))
+        return True
+    return False
+
+
+def fix_tab_titles(window) -> int:
+    """Escape single ``&`` in the tab texts of ``window``'s tab bars (tabified docks);
+    returns how many tabs were changed."""
+    if window is None:
+        return 0
+    try:
+        bars = window.findChildren(QTabBar)
+    except RuntimeError:  # deleted
+        return 0
+    n = 0
+    for bar in bars:
+        if not _connected(bar):
+            bar.currentChanged.connect(lambda *_, b=bar: _fix_bar(b))
+        n += _fix_bar(bar)
+    return n
+
+
+def _connected(bar) -> bool:
+    done = bar.property("lesion_align_tabs")
+    if not done:
+        bar.setProperty("lesion_align_tabs", True)
+    return bool(done)
+
+
+def _fix_bar(bar) -> int:
+    n = 0
+    for i in range(bar.count()):
+        text = bar.tabText(i)
+        if "&" in text and "&&" not in text:
+            bar.setTabText(i, text.replace("&", "&&"))
+            n += 1
+    return n

@@ -1,0 +1,83 @@
+"""The current view as a self-explaining PNG: the canvas with the map's name, the slice
+position, the anatomical directions at its edges, the colour bar of the map (its
+threshold band shows as a gap) and the category legend. matplotlib (Agg), no Qt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PLANES = {0: ("axial", "z"), 1: ("coronal", "y"), 2: ("sagittal", "x")}
+#: the margin right of the canvas (colour bar, legend), in inches; the figure's dpi
+SIDE_INCHES = 2.2
+DPI = 100
+
+
+def slice_text(world_axis: int, world_value: float) -> str:
+    """``"axial slice z = 32 mm (MNI)"`` of the slider's world axis (``(z, -y, x)``) and
+    position."""
+    plane, letter = PLANES.get(world_axis, ("slice", "?"))
+    value = -world_value if world_axis == 1 else world_value
+    return f"{plane} slice {letter} = {value:.0f} mm (MNI)"
+
+
+def colorbar_of(layer):
+    """``(rgba (256, 4), low, high, label)`` of an image layer's colormap, or None."""
+    cmap = getattr(layer, "colormap", None)
+    if cmap is None or not hasattr(cmap, "map") or getattr(layer, "rgb", False):
+        return None
+    lo, hi = (float(v) for v in layer.contrast_limits)
+    rgba = np.asarray(cmap.map(np.linspace(0.0, 1.0, 256)), dtype=float)
+    return rgba, lo, hi, layer.metadata.get("stat") or layer.name
+
+
+def compose(shot, path, *, title: str, where: str = "", letters: dict | None = None,
+            colorbar=None, legend=(), dpi: int = DPI) -> Path:
+    """Write the PNG: ``shot`` (H x W x 3/4 uint8 canvas) with ``title``, ``where`` (the
+    slice), ``letters`` (``{"top", "bottom", "left", "right": "A"}``), ``colorbar``
+    (:func:`colorbar_of`) and ``legend`` (``[(colour, text)]``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    shot = np.asarray(shot)
+    h, w = shot.shape[:2]
+    side = SIDE_INCHES if (colorbar is not None or legend) else 0.3
+    fig = Figure(figsize=(w / dpi + side, h / dpi + 0.9), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes([0.02, 0.04, (w / dpi) / (w / dpi + side) - 0.02,
+                       (h / dpi) / (h / dpi + 0.9)])
+    ax.imshow(shot[..., :3])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for edge, (x, y, ha, va) in {"top": (0.5, 0.99, "center", "top"),
+                                 "bottom": (0.5, 0.01, "center", "bottom"),
+                                 "left": (0.01, 0.5, "left", "center"),
+                                 "right": (0.99, 0.5, "right", "center")}.items():
+        text = (letters or {}).get(edge)
+        if text:
+            ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="#ffff99",
+                    fontsize=12, fontweight="bold")
+    fig.suptitle(title, fontsize=11, y=0.985)
+    if where:
+        fig.text(0.02, 0.935 if h > 300 else 0.9, where, fontsize=9)
+    x0 = ax.get_position().x1 + 0.02
+    if colorbar is not None:
+        rgba, lo, hi, label = colorbar
+        cax = fig.add_axes([x0, 0.55, 0.03, 0.35])
+        sm = ScalarMappable(norm=Normalize(lo, hi), cmap=ListedColormap(rgba))
+        cb = fig.colorbar(sm, cax=cax)
+        cb.set_label(str(label), fontsize=9)
+        cb.ax.tick_params(labelsize=8)
+    if legend:
+        lax = fig.add_axes([x0, 0.05, 0.95 - x0, 0.42])
+        lax.set_axis_off()
+        handles = [Patch(facecolor=c, edgecolor="k", label=t) for c, t in legend]
+        lax.legend(handles=handles, loc="upper left", fontsize=8, frameon=False,
+                   title="categories", title_fontsize=9)
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    return path
