@@ -137,6 +137,17 @@ def main(argv=None) -> int:
     settle(app, 1.0)
     viewer.screenshot(str(out / "napari-overview.png"), canvas_only=False)
     print(f"wrote {out / 'napari-overview.png'}")
+    # the category overlay as seen with normal vision and with deuteranopia, side by side
+    import numpy as np
+    from matplotlib.pyplot import imsave
+
+    from napari_lesion_align.core.figures import simulate_cvd
+
+    canvas = np.asarray(viewer.screenshot(canvas_only=True))
+    gap = np.full((canvas.shape[0], 8, canvas.shape[2]), 255, dtype=canvas.dtype)
+    both = np.concatenate([canvas, gap, simulate_cvd(canvas, "deuteranopia")], axis=1)
+    imsave(str(out / "napari-overlay-cvd.png"), both)
+    print(f"wrote {out / 'napari-overlay-cvd.png'}")
     # Export view: the map's name, colour bar, legend, slice and directions
     res.set_view(subject="group", language="EN", condition="shared", stat="t")
     settle(app, 1.0)

@@ -176,3 +176,30 @@ def test_category_colours_are_the_analysis_colours():
     only_en = category_colours(legend, languages=["EN"])
     fr = next(lab for lab, n in names.items() if n == "specific:FR")
     assert only_en[fr] == an.CATEGORY_COLOURS["none"]
+
+
+def test_category_colours_stay_apart_with_colour_blindness():
+    """Shared and the first three languages' colours remain distinct from each other under
+    simulated protanopia, deuteranopia and tritanopia, and the shared colour keeps its hue
+    (it must stand out on the grey template). (Not asserted, because it does not hold: the
+    first language's bluish green turns greyish under deuteranopia.)"""
+    from matplotlib.colors import to_rgb
+
+    from napari_lesion_align.core.figures import simulate_cvd
+
+    names = ["shared", "EN", "FR", "ZH"]
+    rgb = np.array([to_rgb(an.CATEGORY_COLOURS["shared"])]
+                   + [to_rgb(an.language_colour(c, names[1:])) for c in names[1:]])
+    for kind in ("protanopia", "deuteranopia", "tritanopia"):
+        sim = simulate_cvd(rgb, kind)
+        d = np.linalg.norm(sim[:, None] - sim[None], axis=-1)
+        # (tritanopia, far rarer, brings shared blue and FR sky blue closer)
+        assert d[np.triu_indices(4, 1)].min() > (0.1 if kind == "tritanopia" else 0.15), \
+            (kind, d)
+        shared = sim[0] - sim[0].mean()  # a grey has equal channels
+        assert np.linalg.norm(shared) > 0.1, kind
+    # the simulation itself: a grey stays grey, pure red loses its red-green contrast
+    g = simulate_cvd(np.array([[0.5, 0.5, 0.5]]), "deuteranopia")
+    np.testing.assert_allclose(g, 0.5, atol=0.01)
+    r, gr = simulate_cvd(np.array([[1.0, 0, 0], [0, 0.5, 0]]), "deuteranopia")
+    assert abs(r[0] - r[1]) < 0.6  # red is no longer far redder than green

@@ -520,7 +520,7 @@ def map_layer(result, subject, language, condition, stat, threshold=None, *, sou
 
 def category_layer(result, name="lesion", languages=None, *, source=None,
                    visible=True) -> tuple:
-    """Labels layer tuple of a category map: 0 transparent, shared reddish purple, each language's
+    """Labels layer tuple of a category map: 0 transparent, shared blue, each language's
     specific voxels in its colour (``core.analysis``); ``metadata["legend"]`` is the
     legend (label -> name, meaning, colour). ``languages`` restricts the specific
     categories shown."""

@@ -30,14 +30,17 @@ OKABE_ITO = {"black": "#000000", "orange": "#e69f00", "sky blue": "#56b4e9",
              "bluish green": "#009e73", "yellow": "#f0e442", "blue": "#0072b2",
              "vermillion": "#d55e00", "reddish purple": "#cc79a7"}
 #: one colour per category, the same in every napari layer, legend, Inspector bar and QC
-#: figure: Okabe-Ito hues, those furthest from the maps' red-yellow / blue-cyan ramps first
+#: figure: Okabe-Ito hues, away from the maps' red-yellow / blue-cyan ramps. Shared is
+#: blue: reddish purple (the first choice) turns grey under deuteranopia and vanishes on
+#: the grey template (docs/images/napari-overlay-cvd.png)
 CATEGORY_COLOURS = {
     "none": "#00000000",
-    "shared": OKABE_ITO["reddish purple"],
+    "shared": OKABE_ITO["blue"],
 }
 #: the languages' colours, by the language's position in the analysis
-LANGUAGE_COLOURS = tuple(OKABE_ITO[c] for c in ("bluish green", "sky blue", "orange", "blue",
-                                                 "vermillion", "yellow", "black"))
+LANGUAGE_COLOURS = tuple(OKABE_ITO[c] for c in ("bluish green", "sky blue", "orange",
+                                                 "reddish purple", "vermillion", "yellow",
+                                                 "black"))
 
 
 def language_colour(code: str, order: list[str] | None = None) -> str:

@@ -2,7 +2,7 @@
 
 :func:`qc_figure` writes one PNG:
 
-* top: a few axial slices of the category map (``shared`` reddish purple, ``specific:<L>`` in L's
+* top: a few axial slices of the category map (``shared`` blue, ``specific:<L>`` in L's
   colour, as in the napari layers) over nilearn's MNI152 template, in the neurological
   convention (left hemisphere on the left, anterior at the top), with a legend and voxel
   counts;
@@ -287,3 +287,37 @@ def _title(result, name) -> str:
     model = (result.provenance.get("model") or {}).get("name", "model")
     return (f"{model}: categories '{name}', {len(result.subjects)} subjects, "
             f"languages {', '.join(result.languages)}")
+
+
+#: colour-vision deficiency simulation matrices (Machado, Oliveira & Fernandes 2009,
+#: "A physiologically-based model for simulation of color vision deficiency", IEEE TVCG
+#: 15(6); severity 1.0), applied to linear RGB
+CVD_MATRICES = {
+    "protanopia": ((0.152286, 1.052583, -0.204868),
+                   (0.114503, 0.786281, 0.099216),
+                   (-0.003882, -0.048116, 1.051998)),
+    "deuteranopia": ((0.367322, 0.860646, -0.227968),
+                     (0.280085, 0.672501, 0.047413),
+                     (-0.011820, 0.042940, 0.968881)),
+    "tritanopia": ((1.255528, -0.076749, -0.178779),
+                   (-0.078411, 0.930809, 0.147602),
+                   (0.004733, 0.691367, 0.303900)),
+}
+
+
+def simulate_cvd(rgb: np.ndarray, kind: str = "deuteranopia") -> np.ndarray:
+    """An sRGB image (or colours), ``(..., 3)`` in 0..1 or 0..255 uint8, as seen with a
+    colour-vision deficiency (:data:`CVD_MATRICES`); same dtype and range back."""
+    if kind not in CVD_MATRICES:
+        raise LesionAlignError(f"unknown colour-vision deficiency {kind!r}; use "
+                               f"{', '.join(CVD_MATRICES)}")
+    a = np.asarray(rgb)
+    x = a[..., :3].astype(np.float64) / (255.0 if a.dtype == np.uint8 else 1.0)
+    lin = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    sim = np.clip(lin @ np.asarray(CVD_MATRICES[kind]).T, 0.0, 1.0)
+    out = np.where(sim <= 0.0031308, sim * 12.92, 1.055 * sim ** (1 / 2.4) - 0.055)
+    if a.dtype == np.uint8:
+        out = np.rint(out * 255.0).astype(np.uint8)
+    if a.shape[-1] == 4:  # keep alpha
+        out = np.concatenate([out, a[..., 3:]], axis=-1)
+    return out
