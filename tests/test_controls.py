@@ -171,6 +171,10 @@ def test_controls_have_maps_tables_and_group_tests(three_runs):
     summary = pd.read_csv(out / "summary.tsv", sep="\t", dtype={"subject": str})
     kinds = summary[summary["subject"] == "group"].set_index("condition")["kind"]
     assert kinds["intact"] == "intact" and (kinds[labels] == "control").all()
+    from napari_lesion_align._widgets._show import stats_for
+
+    for c in labels:  # the Results widget can show "model above the control"
+        assert {"r", "t", "q", "p"} <= set(stats_for(res, "group", c))
     prof = res.voxel_profile(0, "EN")  # the Inspector's view of region R0
     assert list(prof["controls"]) == labels and prof["lesions"] == {}
     np.testing.assert_allclose(prof["controls"]["wordRate"],
@@ -391,6 +395,14 @@ def test_lesion_rows_and_closing_summary_carry_the_draws(tmp_path, tiny_model):
 
     back = AlignmentResult.load(tmp_path / "out")
     assert "\n".join(back.closing_summary()) == text
+    # the Results widget's statistics for the lesion (what it can show): beyond random
+    from napari_lesion_align._layers import DIVERGING, SEQUENTIAL
+    from napari_lesion_align._widgets._show import stats_for
+
+    stats = stats_for(back, "group", "shared")
+    assert {"beyondrandom", "tvsrandom", "qvsrandom", "pvsrandom"} <= set(stats)
+    assert {"beyondrandom", "tvsrandom"} <= set(DIVERGING)
+    assert {"qvsrandom", "pvsrandom"} <= set(SEQUENTIAL)
     # a result without its summary rows (made in memory) computes the same rows from its maps
     import dataclasses
 
