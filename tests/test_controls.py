@@ -175,10 +175,12 @@ def test_controls_have_maps_tables_and_group_tests(three_runs):
 
     for c in labels:  # the Results widget can show "model above the control"
         assert {"r", "t", "q", "p"} <= set(stats_for(res, "group", c))
-    prof = res.voxel_profile(0, "EN")  # the Inspector's view of region R0
-    assert list(prof["controls"]) == labels and prof["lesions"] == {}
-    np.testing.assert_allclose(prof["controls"]["wordRate"],
-                               [res.get(s, "EN", "wordRate")[0] for s in res.subjects])
+    from napari_lesion_align.core.figures import bar_values
+
+    values, hatched = bar_values(res, 0)  # the Inspector's bars at region R0
+    assert list(values) == ["intact", *labels] and hatched == set(labels)
+    np.testing.assert_allclose(values["wordRate"]["EN"][0],
+                               np.mean([res.get(s, "EN", "wordRate")[0] for s in res.subjects]))
     # the closing summary names every control, per language
     text = "\n".join(res.closing_summary())
     assert all(c in text for c in labels) and text.startswith("EN: intact model mean r")
@@ -414,11 +416,14 @@ def test_lesion_rows_and_closing_summary_carry_the_draws(tmp_path, tiny_model):
         for k in ("mean_r", "rel_drop", "control_rel_drop"):
             np.testing.assert_allclose(g[k], r[k], atol=2e-6, equal_nan=True)
 
-    # the Inspector's view of one region: the lesion with its two draws, the subjects' r
-    prof = back.voxel_profile(0, "EN")
-    assert prof["subjects"] == back.subjects
-    assert list(prof["lesions"]) == ["shared"]
-    assert list(prof["lesions"]["shared"]["draws"]) == ["sharedRandom", "sharedRandom2"]
-    np.testing.assert_allclose(prof["lesions"]["shared"]["draws"]["sharedRandom2"],
-                               [back.get(s, "EN", "sharedRandom2")[0] for s in back.subjects])
-    assert prof["controls"] == {}  # [controls] enabled = false
+    # the Inspector's bars at one region: the lesion, then its two draws as one bar whose
+    # error bar is the spread across the draws; no control ([controls] enabled = false)
+    from napari_lesion_align.core.figures import bar_groups, bar_values
+
+    assert bar_groups(back) == [("intact", ("intact",)), ("shared", ("shared",)),
+                                ("shared random (2)", ("sharedRandom", "sharedRandom2"))]
+    values, _ = bar_values(back, 0)
+    per_draw = [np.mean([back.get(s, "EN", d)[0] for s in back.subjects])
+                for d in ("sharedRandom", "sharedRandom2")]
+    np.testing.assert_allclose(values["shared random (2)"]["EN"],
+                               (np.mean(per_draw), np.std(per_draw, ddof=1)), atol=1e-6)

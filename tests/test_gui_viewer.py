@@ -43,6 +43,17 @@ def tiny_folders(tmp_path_factory):
     return folders
 
 
+def _show_tiny(viewer, widget, qtbot):
+    """The tiny test result shown in ``viewer`` through ``widget``'s session (layers
+    added); returns the result."""
+    from napari_lesion_align._widgets._show import run_layers, show_result
+
+    result = make_tiny_result()
+    feeder = show_result(viewer, widget.session, result, run_layers(result))
+    qtbot.waitUntil(lambda: feeder.done, timeout=30_000)
+    return result
+
+
 def _mask_voxel(result):
     """A voxel inside the tiny result's mask (and its feature index)."""
     mask = np.asarray(result.space.mask_img.dataobj, dtype=bool)
@@ -191,13 +202,9 @@ def test_threshold_changes_register_no_new_colormaps_and_keep_opacity(make_napar
                                                                      qtbot):
     from napari.utils.colormaps.colormap_utils import AVAILABLE_COLORMAPS
 
-    from napari_lesion_align._widgets._show import run_layers, show_result
-
     viewer = make_napari_viewer()
     results = _dock(viewer, "Results")
-    result = make_tiny_result()
-    feeder = show_result(viewer, results.session, result, run_layers(result))
-    qtbot.waitUntil(lambda: feeder.done, timeout=30_000)
+    _show_tiny(viewer, results, qtbot)
     layer = results.set_view(subject="group", language="EN", condition="shared", stat="t")
     before = len(AVAILABLE_COLORMAPS)
     for i in range(50):
@@ -216,13 +223,9 @@ def test_threshold_changes_register_no_new_colormaps_and_keep_opacity(make_napar
 def test_status_bar_and_inspector_report_nilearn_mni(make_napari_viewer, qtbot):
     """The cursor on voxel ijk of a map: the status bar and the Inspector read MNI
     (x, y, z) = nilearn.image.coord_transform(ijk, affine), in that order."""
-    from napari_lesion_align._widgets._show import run_layers, show_result
-
     viewer = make_napari_viewer()
     inspector = _dock(viewer, "Inspector")
-    result = make_tiny_result()
-    feeder = show_result(viewer, inspector.session, result, run_layers(result))
-    qtbot.waitUntil(lambda: feeder.done, timeout=30_000)
+    result = _show_tiny(viewer, inspector, qtbot)
     ijk, _ = _mask_voxel(result)
     x, y, z = coord_transform(*ijk, result.space.affine)
     assert x != y != z
@@ -280,13 +283,9 @@ def test_coronal_view_is_the_right_way_up(make_napari_viewer, qtbot):
 
 def test_three_d_click_picks_the_first_mask_voxel_on_the_line_of_sight(make_napari_viewer,
                                                                       qtbot):
-    from napari_lesion_align._widgets._show import run_layers, show_result
-
     viewer = make_napari_viewer()
     inspector = _dock(viewer, "Inspector")
-    result = make_tiny_result()
-    feeder = show_result(viewer, inspector.session, result, run_layers(result))
-    qtbot.waitUntil(lambda: feeder.done, timeout=30_000)
+    result = _show_tiny(viewer, inspector, qtbot)
     mask = np.asarray(result.space.mask_img.dataobj, dtype=bool)
     # looking down from above (world axis 0 is z; the camera looks towards -z) through
     # a column of the mask: the first voxel hit is the column's top one
@@ -307,13 +306,9 @@ def test_surface_layers_hold_vol_to_surf_values(make_napari_viewer, qtbot):
     from nilearn.datasets import load_fsaverage
     from nilearn.surface import vol_to_surf
 
-    from napari_lesion_align._widgets._show import run_layers, show_result
-
     viewer = make_napari_viewer()
     results = _dock(viewer, "Results")
-    result = make_tiny_result()
-    feeder = show_result(viewer, results.session, result, run_layers(result))
-    qtbot.waitUntil(lambda: feeder.done, timeout=30_000)
+    result = _show_tiny(viewer, results, qtbot)
     results.set_view(subject="group", language="EN", condition="shared", stat="t")
     task = results.show_surface()
     qtbot.waitUntil(lambda: task.done, timeout=120_000)
@@ -350,13 +345,10 @@ def test_export_view_has_name_colour_bar_legend_and_orientation(make_napari_view
     from matplotlib.image import imread
 
     from napari_lesion_align.core.analysis import CATEGORY_COLOURS
-    from napari_lesion_align._widgets._show import run_layers, show_result
 
     viewer = make_napari_viewer(show=True)
     results = _dock(viewer, "Results")
-    result = make_tiny_result()
-    feeder = show_result(viewer, results.session, result, run_layers(result))
-    qtbot.waitUntil(lambda: feeder.done, timeout=30_000)
+    _show_tiny(viewer, results, qtbot)
     results.set_view(subject="group", language="EN", condition="shared", stat="t")
     results.set_overlay(True, "lesion")
     canvas = viewer.screenshot(canvas_only=True, flash=False)
@@ -401,13 +393,9 @@ def test_first_message_of_each_phase_reaches_the_gui(qtbot):
 def test_inspector_go_to_an_mni_coordinate(make_napari_viewer, qtbot):
     """The Inspector's magicgui form: MNI x, y, z -> the slices move there and the voxel
     nilearn's coord_transform maps to that point is inspected."""
-    from napari_lesion_align._widgets._show import run_layers, show_result
-
     viewer = make_napari_viewer()
     inspector = _dock(viewer, "Inspector")
-    result = make_tiny_result()
-    feeder = show_result(viewer, inspector.session, result, run_layers(result))
-    qtbot.waitUntil(lambda: feeder.done, timeout=30_000)
+    result = _show_tiny(viewer, inspector, qtbot)
     ijk, v = _mask_voxel(result)
     xyz = coord_transform(*ijk, result.space.affine)
     for spin, value in zip(inspector._goto_spins, xyz):

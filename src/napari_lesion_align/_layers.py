@@ -524,17 +524,13 @@ def category_layer(result, name="lesion", languages=None, *, source=None,
     specific voxels in its colour (``core.analysis``); ``metadata["legend"]`` is the
     legend (label -> name, meaning, colour). ``languages`` restricts the specific
     categories shown."""
-    import nibabel as nib
 
     space = _volume_space(result)
     if name not in result.categories:
         raise LesionAlignError(f"no category map {name!r} in this result; available: "
                                f"{sorted(result.categories) or 'none (no lesion pair)'}")
     labels, legend = result.categories[name]
-    m = np.asarray(space.mask_img.dataobj, dtype=bool)
-    vol = np.zeros(m.shape, dtype=np.int16)
-    vol[m] = np.asarray(labels, dtype=np.int16)
-    img = nib.Nifti1Image(vol, space.affine)
+    img = space.labels_image(labels)
     data, kwargs, kind = image_layer(img, stat="categories", name=category_layer_name(name),
                                      source=source or "<result>", keys={"condition": name},
                                      legend=dict(legend), languages=languages, visible=visible)

@@ -652,14 +652,9 @@ class ResultsWidget(QWidget):
                 out += _layers.surface_layers(img, name=name, stat=view["stat"],
                                               threshold=threshold)
             if cat_set is not None and not cancel():
-                import nibabel as nib
-
                 progress(0.6, "projecting the categories onto fsaverage5")
                 labels, legend = result.categories[cat_set]
-                m = np.asarray(result.space.mask_img.dataobj, dtype=bool)
-                vol = np.zeros(m.shape, dtype=np.int16)
-                vol[m] = np.asarray(labels, dtype=np.int16)
-                out += _layers.surface_layers(nib.Nifti1Image(vol, result.space.affine),
+                out += _layers.surface_layers(result.space.labels_image(labels),
                                               name=_layers.category_layer_name(cat_set),
                                               stat="categories", legend=dict(legend))
             return out

@@ -128,6 +128,15 @@ class VolumeSpace:
         img.header.set_xyzt_units("mm", "sec")
         return img
 
+    def labels_image(self, labels: np.ndarray):
+        """A 3D int16 image of category ``labels`` inside the mask, 0 outside."""
+        import nibabel as nib
+
+        m = np.asarray(self.mask_img.dataobj, dtype=bool)
+        vol = np.zeros(m.shape, dtype=np.int16)
+        vol[m] = np.asarray(labels, dtype=np.int16)
+        return nib.Nifti1Image(vol, self.affine)
+
     def coordinates(self) -> np.ndarray:
         """MNI coordinates (mm) of the mask's voxels, in the vector order."""
         ijk = np.argwhere(np.asarray(self.mask_img.dataobj, dtype=bool))

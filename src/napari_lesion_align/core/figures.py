@@ -104,13 +104,8 @@ def qc_figure(result_or_folder, path, name: str = "lesion", slices=None) -> Path
 
 
 def _category_image(result, name):
-    import nibabel as nib
-
     labels, legend = result.categories[name]
-    m = np.asarray(result.space.mask_img.dataobj, dtype=bool)
-    vol = np.zeros(m.shape, dtype=np.int16)
-    vol[m] = np.asarray(labels, dtype=np.int16)
-    return nib.Nifti1Image(vol, result.space.affine), dict(legend)
+    return result.space.labels_image(labels), dict(legend)
 
 
 def _on_template(cat_img):

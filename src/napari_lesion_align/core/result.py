@@ -222,12 +222,7 @@ def write_values(space, path: Path, v: np.ndarray) -> None:
 def write_labels(space, path: Path, labels: np.ndarray) -> None:
     """A category label map (int16 volume, or a region table)."""
     if space.kind == "volume":
-        import nibabel as nib
-
-        m = np.asarray(space.mask_img.dataobj, dtype=bool)
-        vol = np.zeros(m.shape, dtype=np.int16)
-        vol[m] = labels
-        atomic_save_nifti(nib.Nifti1Image(vol, space.affine), path)
+        atomic_save_nifti(space.labels_image(labels), path)
     else:
         write_values(space, path, labels.astype(float))
 
@@ -352,31 +347,6 @@ class AlignmentResult:
                 group += summary_group_rows(rows, lang, labels)
         return rows + group
 
-    def voxel_profile(self, index: int, language: str) -> dict:
-        """What one voxel (region) shows, for the Inspector: the subjects' r of the intact
-        model, of every control and of every lesion, each lesion with its random draws.
-
-        ``{"intact": [r per subject], "controls": {label: [r...]}, "lesions": {label:
-        {"r": [r...], "draws": {draw label: [r...]}}}}`` (subjects in :attr:`subjects`
-        order, NaN where a subject has no value); group means are the means of these.
-        """
-        subs = [s for s in self.subjects if (s, language, "intact", "r") in self.maps]
-
-        def values(cond):
-            return [float(self.maps[(s, language, cond, "r")][index])
-                    if (s, language, cond, "r") in self.maps else float("nan") for s in subs]
-
-        out = {"subjects": subs, "intact": values("intact"),
-               "controls": {c: values(c) for c in self.baselines
-                            if subs and (subs[0], language, c, "r") in self.maps},
-               "lesions": {}}
-        for cond in self.conditions:
-            if cond == "intact" or cond in self.baselines or cond in self.controls:
-                continue
-            out["lesions"][cond] = {"r": values(cond),
-                                    "draws": {d: values(d) for d in self.draws_of(cond)}}
-        return out
-
     def control_rows(self) -> list[dict]:
         """controls.tsv: per language, the intact model and each control (null, baseline),
         per region (region input) or over the whole brain (volumes: the subjects' mean r):
@@ -400,12 +370,13 @@ class AlignmentResult:
                     [self.maps[(s, lang, cond, "r")] for s in subs])
                 paired = cond != "intact" and self.baselines[cond].get("test") != "positive"
                 test = "model > control" if paired else "r > 0"
-                if not regions:
+                A = intact
+                if not regions:  # volumes: the subjects' whole-brain means
                     with np.errstate(invalid="ignore"):
                         A = np.nanmean(intact, axis=1, keepdims=True)
                         B = np.nanmean(B, axis=1, keepdims=True)
                 for j, unit in enumerate(units):
-                    a, b = A[:, j] if not regions else intact[:, j], B[:, j]
+                    a, b = A[:, j], B[:, j]
                     okj = np.isfinite(a) & np.isfinite(b)
                     t = p = float("nan")
                     if okj.sum() >= 2:
@@ -416,8 +387,6 @@ class AlignmentResult:
                     q = float("nan")
                     if regions and (lang, cond, "q") in self.group_maps:
                         q = float(self.group_maps[(lang, cond, "q")][j])
-                    elif regions and cond == "intact" and (lang, "intact", "q") in self.group_maps:
-                        q = float(self.group_maps[(lang, "intact", "q")][j])
                     rows.append({"language": lang, "region": unit, "condition": cond,
                                  "test": test,
                                  "mean_r": float(np.mean(b[okj])) if okj.any() else float("nan"),

@@ -398,28 +398,37 @@ def _fit_done(eng: Engine, subject: str, code: str) -> bool:
 
 
 class _TRFeatures:
-    """TR-grid features of one language, per condition (kept for the language's jobs)."""
+    """TR-grid features of one language, per condition and control (kept for the
+    language's jobs)."""
 
     def __init__(self, eng: Engine):
         self.eng = eng
         self.code = None
         self.cache: dict = {}
+        self.pad = max(int(d) for d in eng.config.encoding.delays)
 
-    def get(self, code: str, label: str) -> list:
-        from .features import words_to_trs
-
+    def _cached(self, code: str, key, make) -> list:
+        """``make()`` once per language and key (the cache holds one language)."""
         if code != self.code:
             self.code, self.cache = code, {}
-        if label not in self.cache:
-            eng = self.eng
-            stim = eng.source.stimuli[code]
-            enc = eng.config.encoding
-            pad = max(int(d) for d in enc.delays)
-            wfs = word_features(eng, eng.analysis, code, label)
-            self.cache[label] = [
-                words_to_trs(wf, w.onsets, n, eng.source.tr, enc.downsample, stim.bold_start_s,
-                             pad) for wf, w, n in zip(wfs, stim.runs, eng.source.n_vols(code))]
-        return self.cache[label]
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+    def _to_trs(self, code: str, word_vectors: list) -> list:
+        """Per run, word vectors on the TR grid (with the delays' history rows)."""
+        from .features import words_to_trs
+
+        eng = self.eng
+        stim = eng.source.stimuli[code]
+        enc = eng.config.encoding
+        return [words_to_trs(wf, w.onsets, n, eng.source.tr, enc.downsample, stim.bold_start_s,
+                             self.pad)
+                for wf, w, n in zip(word_vectors, stim.runs, eng.source.n_vols(code))]
+
+    def get(self, code: str, label: str) -> list:
+        return self._cached(code, label, lambda: self._to_trs(
+            code, word_features(self.eng, self.eng.analysis, code, label)))
 
     def control(self, code: str, spec, shift: int = 0) -> list:
         """Per run, the TR features of a control (:mod:`.controls`); ``shift``: which of a
@@ -427,33 +436,23 @@ class _TRFeatures:
         import zlib
 
         from . import controls as ctl
-        from .features import words_to_trs
 
         eng = self.eng
-        enc = eng.config.encoding
-        pad = max(int(d) for d in enc.delays)
         n_vols = eng.source.n_vols(code)
-        if spec.kind in ("above",):
+        if spec.kind == "above":
             return self.get(code, "intact")
         if spec.kind == "shift":
-            return [ctl.circular_shift(X, ctl.shift_amounts(n, spec.n_shifts)[shift], pad)
+            return [ctl.circular_shift(X, ctl.shift_amounts(n, spec.n_shifts)[shift], self.pad)
                     for X, n in zip(self.get(code, "intact"), n_vols)]
-        key = (spec.label,)
-        if code != self.code:
-            self.code, self.cache = code, {}
-        if key not in self.cache:
-            stim = eng.source.stimuli[code]
-            if spec.kind == "wordrate":
-                out = [ctl.word_rate(w.onsets, n, eng.source.tr, stim.bold_start_s, pad)
-                       for w, n in zip(stim.runs, n_vols)]
-            else:  # shuffled: seeded by the analysis' seed, the language and the run
-                wfs = word_features(eng, eng.analysis, code, "intact")
-                out = [words_to_trs(ctl.shuffled_words(
-                    wf, seed=[eng.config.seed, zlib.crc32(code.encode()), i]), w.onsets, n,
-                    eng.source.tr, enc.downsample, stim.bold_start_s, pad)
-                    for i, (wf, w, n) in enumerate(zip(wfs, stim.runs, n_vols))]
-            self.cache[key] = out
-        return self.cache[key]
+        stim = eng.source.stimuli[code]
+        if spec.kind == "wordrate":
+            return self._cached(code, (spec.label,), lambda: [
+                ctl.word_rate(w.onsets, n, eng.source.tr, stim.bold_start_s, self.pad)
+                for w, n in zip(stim.runs, n_vols)])
+        # shuffled: seeded by the analysis' seed, the language and the run
+        return self._cached(code, (spec.label,), lambda: self._to_trs(code, [
+            ctl.shuffled_words(wf, seed=[eng.config.seed, zlib.crc32(code.encode()), i])
+            for i, wf in enumerate(word_features(eng, eng.analysis, code, "intact"))]))
 
 
 def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn) -> list[str]:
@@ -494,7 +493,8 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     valid, width, first, kept = {}, {}, {}, {}
     nuisance = {}  # one run: its cleaning regressors, for the outer folds (cross_validated_r)
     cleaning = {}  # (subject, run index) -> cleaning regressors (aboveWordRate needs them)
-    need_cleaning = any(c.kind == "above" for c in control_specs(eng))
+    ctrls = control_specs(eng)
+    need_cleaning = any(c.kind == "above" for c in ctrls)
     col = 0
     t0 = time.perf_counter()
     for s in job.subjects:
@@ -540,7 +540,6 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     r_maps: dict = {s: {} for s in job.subjects}
     cv = None
     conds = eng.analysis.conditions
-    ctrls = control_specs(eng)
     n_fits = len(conds) + sum(max(1, c.n_shifts) for c in ctrls)
     done = [0]
     spent: dict = {}  # label -> seconds of its fits (all the job's subjects)
@@ -698,9 +697,7 @@ def stage_group(eng: Engine):
         if c.control_of:
             draws.setdefault(c.control_of, []).append(c.label)
     last_draw = {v[-1]: k for k, v in draws.items()}
-    kinds = {c.label: c.kind for c in conds}
     ctrls = control_specs(eng)
-    kinds.update({c.label: "control" for c in ctrls})
     files, group_files, n_valid, fits, warnings = {}, {}, {}, {}, []
     rows, group_rows, tests = [], [], {}
     langs = list(src.stimuli)
