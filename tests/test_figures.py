@@ -180,9 +180,9 @@ def test_category_colours_are_the_analysis_colours():
 
 def test_category_colours_stay_apart_with_colour_blindness():
     """Shared and the first three languages' colours remain distinct from each other under
-    simulated protanopia, deuteranopia and tritanopia, and the shared colour keeps its hue
-    (it must stand out on the grey template). (Not asserted, because it does not hold: the
-    first language's bluish green turns greyish under deuteranopia.)"""
+    simulated protanopia, deuteranopia and tritanopia, and none of them turns grey (an
+    outline must stand out on the grey template). Okabe-Ito's bluish green, the first
+    language's earlier colour, fails the second check under deuteranopia."""
     from matplotlib.colors import to_rgb
 
     from napari_lesion_align.core.figures import simulate_cvd
@@ -196,8 +196,11 @@ def test_category_colours_stay_apart_with_colour_blindness():
         # (tritanopia, far rarer, brings shared blue and FR sky blue closer)
         assert d[np.triu_indices(4, 1)].min() > (0.1 if kind == "tritanopia" else 0.15), \
             (kind, d)
-        shared = sim[0] - sim[0].mean()  # a grey has equal channels
-        assert np.linalg.norm(shared) > 0.1, kind
+        chroma = np.linalg.norm(sim - sim.mean(axis=1, keepdims=True), axis=1)  # grey: 0
+        assert chroma.min() > 0.2, (kind, chroma)
+    bluish_green = simulate_cvd(np.array([to_rgb(an.OKABE_ITO["bluish green"])]),
+                                "deuteranopia")[0]
+    assert np.linalg.norm(bluish_green - bluish_green.mean()) < 0.1  # why it was replaced
     # the simulation itself: a grey stays grey, pure red loses its red-green contrast
     g = simulate_cvd(np.array([[0.5, 0.5, 0.5]]), "deuteranopia")
     np.testing.assert_allclose(g, 0.5, atol=0.01)

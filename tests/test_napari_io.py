@@ -243,11 +243,10 @@ def test_map_and_category_layers_of_a_result(make_napari_viewer):
         return layer.colormap.map(np.array([label]))[0]
 
     assert shown(0)[3] == 0
-    # Okabe-Ito: shared blue, the languages in their legend order
+    # shared blue, the languages in their legend order
     assert np.allclose(shown(by_name["shared"]), transform_color(an.CATEGORY_COLOURS["shared"])[0])
-    for lang, colour in (("EN", "bluish green"), ("FR", "sky blue")):
-        assert np.allclose(shown(by_name[f"specific:{lang}"]),
-                           transform_color(an.OKABE_ITO[colour])[0])
+    for lang, colour in (("EN", an.LIGHT_GREEN), ("FR", an.OKABE_ITO["sky blue"])):
+        assert np.allclose(shown(by_name[f"specific:{lang}"]), transform_color(colour)[0])
     # no category colour is a colour of the map colormaps (diverging and p/q)
     ramp = np.vstack([L.plugin_colormap(k).colors[:, :3] for k in ("diverging", "sequential")])
     for label in by_name.values():

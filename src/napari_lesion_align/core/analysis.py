@@ -37,10 +37,15 @@ CATEGORY_COLOURS = {
     "none": "#00000000",
     "shared": OKABE_ITO["blue"],
 }
+#: the first language's light green: not an Okabe-Ito colour. Okabe-Ito's bluish green
+#: turns grey under deuteranopia (an outline in it vanishes on the grey template); this
+#: green keeps its colour and stays apart from shared, sky blue and orange under
+#: protanopia, deuteranopia and tritanopia (a search over RGB with core.figures.simulate_cvd;
+#: tests/test_figures.py checks it) and away from the maps' red-yellow / blue-cyan ramps
+LIGHT_GREEN = "#7fdc6e"
 #: the languages' colours, by the language's position in the analysis
-LANGUAGE_COLOURS = tuple(OKABE_ITO[c] for c in ("bluish green", "sky blue", "orange",
-                                                 "reddish purple", "vermillion", "yellow",
-                                                 "black"))
+LANGUAGE_COLOURS = (LIGHT_GREEN,) + tuple(OKABE_ITO[c] for c in (
+    "sky blue", "orange", "reddish purple", "vermillion", "yellow", "bluish green", "black"))
 
 
 def language_colour(code: str, order: list[str] | None = None) -> str:
