@@ -302,7 +302,7 @@ def test_run_on_a_local_dask_cluster(make_napari_viewer, qtbot, tiny_model, tmp_
     data, model, run = (_dock(viewer, n) for n in ("Data", "Model & lesion", "Run"))
     data.set_files(**_write_study(tmp_path / "study", n_vols=150, n_subjects=3))
     _use_tiny(run.session, model, tiny_model)
-    run.workers.setValue(2)
+    run.workers.value = 2
     task = run.run()
     _wait_task(qtbot, task, 300_000)
     assert run.outcome.kind == "ok", run.outcome.message
@@ -402,7 +402,7 @@ def test_lesion_size_before_running_matches_the_lesions_made(make_napari_viewer,
     assert per == {0: 4 * 51 + 2 * 102, 1: 4 * 51 + 2 * 102}
     assert "shared, specificEN, specificFR, specificZH" in model.size_text
     assert "per layer: L0 408 · L1 408" in model.size_text
-    assert model.layer.minimum() == -3 and model.layer.maximum() == 2
+    assert model.layer.min == -3 and model.layer.max == 2
     # the lesions the core makes have exactly these sizes
     task = model.save_lesions(tmp_path / "lesions")
     _wait_task(qtbot, task, 120_000)
@@ -435,6 +435,87 @@ def test_lesion_size_before_running_matches_the_lesions_made(make_napari_viewer,
     model.set_lesion(element="hidden", selection="shared")
     assert "weights, neurons or heads" in model.session.model_error
     assert model.update_size() is None and "weights, neurons or heads" in model.size_text
+
+
+_CLOSE_WHILE_SIZING = r"""
+import sys, threading, time
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+from napari_lesion_align.core import model as core_model
+from napari_lesion_align._widgets.model import ModelLesionWidget
+
+entered = threading.Event()
+
+
+def slow_load(*args, **kwargs):  # a model that takes a while to load
+    entered.set()
+    time.sleep(float(sys.argv[1]))
+    raise core_model.LesionAlignError("never loaded")
+
+
+core_model.load_model = slow_load
+viewer = napari.Viewer(show=False)
+widget = ModelLesionWidget(viewer)
+viewer.window.add_dock_widget(widget, name="Model & lesion")
+task = widget.update_size()
+app = QApplication.instance()
+deadline = time.time() + 120
+while not entered.is_set() and time.time() < deadline:
+    app.processEvents()
+    time.sleep(0.01)
+assert entered.is_set(), "the size worker never started"
+viewer.close()
+app.processEvents()
+print("closed while the worker runs:", task.running, flush=True)
+"""
+
+
+def test_closing_the_viewer_while_the_size_worker_runs_is_quiet(make_napari_viewer, qtbot,
+                                                                 monkeypatch, notifications,
+                                                                 tmp_path):
+    """The lesion size's worker still loads the model when the viewer closes: the widget's
+    outcome handler is not called, the worker ends by itself, and nothing is raised (not
+    at interpreter exit either, when Qt deletes the worker's signals under it)."""
+    import subprocess
+    import sys
+    import threading
+
+    from qtpy.QtCore import QThreadPool
+
+    from napari_lesion_align.core import model as core_model
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_load(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        raise core_model.LesionAlignError("never loaded")
+
+    monkeypatch.setattr(core_model, "load_model", slow_load)
+    viewer = make_napari_viewer()
+    model = _dock(viewer, "Model & lesion")
+    task = model.update_size()
+    qtbot.waitUntil(entered.is_set, timeout=120_000)
+    shown = model.size_text
+    viewer.close()
+    qtbot.wait(50)
+    assert task.running and task.cancelled and task.worker.abort_requested
+    release.set()
+    assert QThreadPool.globalInstance().waitForDone(30_000)
+    qtbot.waitUntil(lambda: task.done, timeout=10_000)
+    assert model.size_text == shown  # no outcome delivered to the closed widget
+    assert not _errors(notifications)
+    # the same in a process that exits while the worker still runs
+    script = tmp_path / "close_while_sizing.py"
+    script.write_text(_CLOSE_WHILE_SIZING)
+    proc = subprocess.run([sys.executable, str(script), "3"], capture_output=True, text=True,
+                          timeout=300)
+    assert "closed while the worker runs: True" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "has been deleted" not in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr[-3000:]
 
 
 def test_unknown_model_is_a_notification(make_napari_viewer, qtbot, tmp_path, notifications):
@@ -777,14 +858,14 @@ def test_files_and_config_file_sources_check_and_run(make_napari_viewer, qtbot, 
     assert (tmp_path / "saved" / "summary.tsv").is_file()
     # pointed at an output folder, a second run of the same analysis resumes: nothing is
     # fitted again
-    run.out_dir.setText(str(tmp_path / "runout"))
+    run.out_dir.value = str(tmp_path / "runout")
     for expected in ([], ["sub-01_lang-EN", "sub-02_lang-EN"]):
         _wait_task(qtbot, run.run(), 300_000)
         assert run.outcome.kind == "ok", run.outcome.message
         qtbot.waitUntil(lambda: run.feeder.done, timeout=30_000)
         assert run.session.result.provenance["units"]["fits"]["reused"] == expected
     assert (tmp_path / "runout" / "result.json").is_file()
-    run.out_dir.setText("")
+    run.out_dir.value = None
     # a manual lesion (FFN neurons by index), made on the model by the run
     model.set_lesion(enabled=True, element="neurons", selection="manual",
                      indices="0: 1-8; 1: 2", mode="zero")

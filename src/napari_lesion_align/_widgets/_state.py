@@ -35,7 +35,8 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from ..core.config import BUILTIN_MODEL, AnalysisConfig, config_from_dict, demo_config
+from ..core.config import (AnalysisConfig, DemoConfig, ModelConfig, config_from_dict,
+                           demo_config)
 from ..core.errors import LesionAlignError
 from ..data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
 
@@ -77,14 +78,14 @@ class Session:
 
     def __init__(self):
         #: ``{"data": {...}, "languages": {...}}`` as in a config file, or the demo
-        self.data: dict = {"data": {"kind": "demo", "tr": 2.0,
-                                    "demo": {"n_subjects": 5, "seed": 0}}}
+        self.data: dict = {"data": {"kind": "demo", "demo": DemoConfig().model_dump()}}
         #: a config file the data comes from (its encoding / features / cleaning too)
         self.data_file: str | None = None
         #: what is wrong with the data form (raised by build_config), None when complete
         self.data_error: str | None = None
-        self.model: dict = {"name": BUILTIN_MODEL, "layer": -1, "offline": True,
-                            "device": "auto"}
+        #: the [model] table (the Model & lesion form's; the schema's defaults until then)
+        self.model: dict = ModelConfig().model_dump(
+            include={"name", "layer", "offline", "device", "dtype"})
         #: the [lesions] table (manual lesions and sweeps included); empty = intact only
         self.lesions: dict = dict(DEFAULT_LESIONS)
         #: what is wrong with the model / lesion form (raised by build_config)
@@ -208,15 +209,15 @@ class Session:
         lesions = dict(self.lesions)
         model = dict(self.model)
         if self.is_demo:
-            demo = self.data["data"].get("demo", {})
+            demo = DemoConfig.parse({"seed": self.seed, **self.data["data"].get("demo", {})})
             overrides = {"model": model}
             if self.encoding:
                 overrides["encoding"] = dict(self.encoding)
             if self.compute:
                 overrides["compute"] = dict(self.compute)
             # the form's [lesions] over the demo's recipe (its category rule included)
-            return demo_config(n_subjects=int(demo.get("n_subjects", 5)),
-                               seed=int(demo.get("seed", self.seed)), lesions=lesions or False,
+            return demo_config(n_subjects=demo.n_subjects, seed=demo.seed,
+                               lesions=lesions or False,
                                **overrides)
         if self.data_file is not None:
             d = _read_table(self.data_file)

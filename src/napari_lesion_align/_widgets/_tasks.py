@@ -12,10 +12,16 @@ notification with its traceback).
 :class:`LayerFeeder` adds layers to a viewer one (or a few) per event-loop turn, so that
 adding many layers at the end of a run never blocks the GUI for long; build the layer
 objects in the worker (:func:`make_layer`) so the GUI thread only inserts them.
+
+A task outlives its widget safely: when the owner is destroyed (its viewer closed, a test
+ended) the task is cancelled and its worker asked to quit, and a worker that finishes
+after Qt deleted its signal object (at interpreter exit, while a model still loads) ends
+quietly instead of raising from Qt's thread pool, which would abort the process.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +89,29 @@ class _Named:
 
     def __repr__(self) -> str:
         return self.name
+
+
+def _deleted(err: RuntimeError) -> bool:
+    """Whether ``err`` says a Qt object was deleted under its Python wrapper."""
+    return "has been deleted" in str(err)
+
+
+@functools.cache
+def _worker_class():
+    """napari's ``FunctionWorker`` whose ``run`` survives its signals being deleted."""
+    from napari.qt.threading import FunctionWorker
+
+    class GuardedWorker(FunctionWorker):
+        def run(self) -> None:
+            try:
+                super().run()
+            except RuntimeError as err:
+                # the signals' Qt object is gone (the application is closing): nobody is
+                # left to tell, and an exception here would abort the process
+                if not _deleted(err):
+                    raise
+
+    return GuardedWorker
 
 
 class _Relay(QObject):
@@ -156,13 +185,19 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
     last = {"t": 0.0, "head": None}
 
     def progress(frac: float, msg: str = "") -> None:
+        if gone.is_set():
+            return  # the owner is gone: nobody to tell
         now = time.perf_counter()
         head = (msg or "").split(":")[0]
         gap = now - last["t"]
         # a new phase's first message always goes through (its head differs)
         if gap >= min_interval or frac >= 1.0 or head != last["head"]:
             last["t"], last["head"] = now, head
-            relay.progressed.emit(float(frac), str(msg or ""))
+            try:
+                relay.progressed.emit(float(frac), str(msg or ""))
+            except RuntimeError as err:  # the relay was deleted (the application closes)
+                if not _deleted(err):
+                    raise
 
     def cancelled() -> bool:
         return cancel_event.is_set() or (bool(holder) and holder[0].abort_requested)
@@ -186,7 +221,7 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
     holder_task: list = []
 
     worker = create_worker(_Named(work, f"napari-lesion-align: {name}"), _start_thread=False,
-                           _ignore_errors=True)
+                           _ignore_errors=True, _worker_class=_worker_class())
     holder.append(worker)
     task = Task(worker, cancel_event, relay, name)
     holder_task.append(task)
@@ -194,6 +229,7 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
         def owner_gone(*_):
             gone.set()
             cancel_event.set()
+            worker.quit()  # no result is emitted once it ends
         owner.destroyed.connect(owner_gone)
 
     def finish(outcome: Outcome) -> None:
@@ -205,6 +241,15 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
             on_done(outcome)
 
     worker.returned.connect(finish)
+
+    def ended() -> None:  # also after a quit (no result emitted then)
+        if not task.done:
+            if bar is not None:
+                bar.close()
+            task.done = True
+            task.t_end = time.perf_counter()
+
+    worker.finished.connect(ended)
     # napari's worker already shows unexpected errors as a notification (with traceback)
     worker.errored.connect(lambda exc: finish(Outcome("crash", exc, f"{type(exc).__name__}: "
                                                                    f"{exc}")))

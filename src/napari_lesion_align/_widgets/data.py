@@ -3,16 +3,23 @@ or ROI time series; TR; mask), or a config file; shows what was found before a r
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton,
-                            QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+                            QLabel, QLineEdit, QPlainTextEdit, QPushButton, QStackedWidget,
+                            QVBoxLayout, QWidget)
 
+from ..core.config import DataConfig, DemoConfig
 from ..core.errors import LesionAlignError
 from ._dock import scroll_layout
+from ._forms import choices, schema_form
 from ._state import session_for
 from ._tasks import start_task
 
 SOURCES = ("Demo (built-in)", "Files", "Config file")
+#: the [data.demo] keys of the demo page (generated from :class:`DemoConfig`)
+DEMO_FIELDS = ("n_subjects", "seed")
+#: the [data] keys of the files page (generated from :class:`DataConfig`; the languages
+#: are the boxes below it)
+DATA_FIELDS = ("kind", "tr", "mask", "subjects")
 
 
 def _split(text: str) -> list[str]:
@@ -108,42 +115,35 @@ class DataWidget(QWidget):
         lay.addWidget(self.stack)
         # demo page
         demo = QWidget()
-        f = QFormLayout(demo)
-        self.demo_subjects = QSpinBox()
-        self.demo_subjects.setRange(1, 50)
-        self.demo_subjects.setValue(5)
-        self.demo_seed = QSpinBox()
-        self.demo_seed.setRange(0, 1_000_000)
+        f = QVBoxLayout(demo)
+        f.setContentsMargins(0, 0, 0, 0)
+        self.demo_form = schema_form(DemoConfig, DEMO_FIELDS,
+                                     labels={"n_subjects": "Subjects", "seed": "Seed"})
+        self.demo_subjects, self.demo_seed = (self.demo_form[k] for k in DEMO_FIELDS)
         self.load_demo_button = QPushButton("Load demo")
         self.load_demo_button.setToolTip("Le Petit Prince annotations (EN, FR, ZH) with "
                                          "synthetic BOLD that has planted regions")
         self.load_demo_button.clicked.connect(lambda: self.load_demo())
-        f.addRow("Subjects", self.demo_subjects)
-        f.addRow("Seed", self.demo_seed)
-        f.addRow(self.load_demo_button)
+        f.addWidget(self.demo_form.native)
+        f.addWidget(self.load_demo_button)
         self.stack.addWidget(demo)
         # files page
         files = QWidget()
         fl = QVBoxLayout(files)
         fl.setContentsMargins(0, 0, 0, 0)
-        ff = QFormLayout()
-        self.kind = QComboBox()
-        self.kind.addItems(["NIfTI volumes", "ROI time series"])
-        self.tr = QDoubleSpinBox()
-        self.tr.setRange(0.1, 20.0)
-        self.tr.setDecimals(3)
-        self.tr.setSingleStep(0.1)
-        self.tr.setValue(2.0)
-        self.tr.setSuffix(" s")
-        self.mask = QLineEdit()
-        self.mask.setPlaceholderText("brain mask (NIfTI, > 0 inside)")
-        self.subjects = QLineEdit()
-        self.subjects.setPlaceholderText("01, 02, 03")
-        ff.addRow("Input", self.kind)
-        ff.addRow("TR", self.tr)
-        ff.addRow("Mask", _path_row(self.mask, self._pick_mask))
-        ff.addRow("Subjects", self.subjects)
-        fl.addLayout(ff)
+        # the [data] table's scalars (the demo is the Source above, not an input kind)
+        self.files_form = schema_form(
+            DataConfig, DATA_FIELDS,
+            labels={"kind": "Input", "tr": "TR", "mask": "Mask", "subjects": "Subjects"},
+            overrides={"kind": {"choices": [c for c in choices(DataConfig, "kind")
+                                            if c != "demo"]},
+                       "tr": {"suffix": " s", "step": 0.1},
+                       "mask": {"widget_type": "FileEdit", "filter": "*.nii *.nii.gz",
+                                "placeholder": "brain mask (NIfTI, > 0 inside)"},
+                       "subjects": {"placeholder": "01, 02, 03"}})
+        self.kind, self.tr, self.mask, self.subjects = (self.files_form[k]
+                                                        for k in DATA_FIELDS)
+        fl.addWidget(self.files_form.native)
         self.languages_layout = QVBoxLayout()
         fl.addLayout(self.languages_layout)
         add = QPushButton("Add language")
@@ -174,20 +174,12 @@ class DataWidget(QWidget):
         lay.addWidget(self.summary, 1)
 
         self.source.currentIndexChanged.connect(self._source_changed)
-        for w in (self.mask, self.subjects, self.config_path):
-            w.textChanged.connect(self._form_changed)
-        self.kind.currentIndexChanged.connect(self._form_changed)
-        self.tr.valueChanged.connect(self._form_changed)
-        self.demo_subjects.valueChanged.connect(self._form_changed)
-        self.demo_seed.valueChanged.connect(self._form_changed)
+        self.config_path.textChanged.connect(self._form_changed)
+        self.files_form.changed.connect(self._form_changed)
+        self.demo_form.changed.connect(self._form_changed)
         self._source_changed(0)
 
     # ------------------------------------------------------------------ form
-    def _pick_mask(self):
-        path, _ = QFileDialog.getOpenFileName(self, "Brain mask", "", "NIfTI (*.nii *.nii.gz)")
-        if path:
-            self.mask.setText(path)
-
     def _pick_config(self):
         path, _ = QFileDialog.getOpenFileName(self, "Config file", "",
                                               "Config (*.toml *.json);;All files (*)")
@@ -219,13 +211,12 @@ class DataWidget(QWidget):
                 QSizePolicy.Policy.Ignored
             page.setSizePolicy(policy, policy)
         self.stack.adjustSize()
-        self.mask.setEnabled(True)
         self._form_changed()
 
     def _form_changed(self, *_) -> None:
         if self._loading:
             return
-        self.mask.setEnabled(self.kind.currentIndex() == 0)
+        self.mask.enabled = self.kind.value == "volume"
         self.report = None
         self.summary.setPlainText("")
         self.status.setText("")
@@ -235,20 +226,18 @@ class DataWidget(QWidget):
         """The form as config tables (``{"data": ..., "languages": ...}``, config file)."""
         src = self.source.currentIndex()
         if src == 0:
-            return ({"data": {"kind": "demo", "tr": 2.0,
-                              "demo": {"n_subjects": self.demo_subjects.value(),
-                                       "seed": self.demo_seed.value()}}}, None)
+            self.demo_form.parse("[data.demo]")
+            return {"data": {"kind": "demo", "demo": self.demo_form.values()}}, None
         if src == 2:
             path = self.config_path.text().strip()
             if not path:
                 raise LesionAlignError("Data: choose a config file (TOML or JSON)")
             return {}, path
-        kind = "volume" if self.kind.currentIndex() == 0 else "regions"
-        subjects = [s.strip() for s in self.subjects.text().replace(";", ",").split(",")
-                    if s.strip()]
-        data = {"kind": kind, "tr": float(self.tr.value())}
-        if kind == "volume" and self.mask.text().strip():
-            data["mask"] = self.mask.text().strip()
+        data = self.files_form.values()
+        self.files_form.parse()  # a wrong value: the config file's message
+        if data["kind"] != "volume":
+            data.pop("mask", None)  # region tables need no mask
+        subjects = data.pop("subjects")
         if subjects:
             data["subjects"] = subjects
         langs = {}
@@ -308,27 +297,26 @@ class DataWidget(QWidget):
         self._loading = True
         try:
             self.source.setCurrentIndex(0)
-            if n_subjects is not None:
-                self.demo_subjects.setValue(int(n_subjects))
-            if seed is not None:
-                self.demo_seed.setValue(int(seed))
+            self.demo_form.set_values(**{k: int(v) for k, v in (("n_subjects", n_subjects),
+                                                                 ("seed", seed))
+                                         if v is not None})
         finally:
             self._loading = False
         self._form_changed()
         return self.check()
 
-    def set_files(self, *, kind: str = "volume", tr: float = 2.0, mask: str | None = None,
-                  subjects=(), languages=()) -> None:
+    def set_files(self, *, kind: str | None = None, tr: float | None = None,
+                  mask: str | None = None, subjects=(), languages=()) -> None:
         """Fill the Files form: ``languages`` is a list of dicts with ``code``,
         ``annotations`` (list), ``bold`` (template or list), optional ``text_language``
-        and ``runs``."""
+        and ``runs``; ``kind`` and ``tr`` left out: the config's defaults."""
+        defaults = DataConfig()
         self._loading = True
         try:
             self.source.setCurrentIndex(1)
-            self.kind.setCurrentIndex(0 if kind == "volume" else 1)
-            self.tr.setValue(float(tr))
-            self.mask.setText(str(mask or ""))
-            self.subjects.setText(", ".join(str(s) for s in subjects))
+            self.files_form.set_values(kind=kind or defaults.kind,
+                                       tr=defaults.tr if tr is None else float(tr), mask=mask,
+                                       subjects=[str(s) for s in subjects])
             for box in list(self.language_boxes):
                 self.remove_language(box)
             for lang in languages:

@@ -11,21 +11,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-                            QPushButton, QSpinBox, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+                            QLabel, QLineEdit, QListWidget, QPushButton, QVBoxLayout,
+                            QWidget)
 
-from ..core.config import BUILTIN_MODEL
+from ..core.config import LesionConfig, ModelConfig
 from ..core.errors import LesionAlignError
-from ..core.plan import DEFAULT_RANDOM_CONTROLS
-from ..core.plan import ELEMENTS, IMPORTANCE_ELEMENTS, METHODS, UNIT_ELEMENTS
-from ._lesion_size import parse_indices, parse_list
+from ..core.plan import DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, UNIT_ELEMENTS
 from ._dock import scroll_layout
+from ._forms import choices, schema_form
+from ._lesion_size import parse_indices, parse_list
 from ._state import DEFAULT_LESIONS, connect, session_for
 from ._tasks import start_task
 
-#: the form's importance method when nothing is chosen (gradient-free, any model)
-DEFAULT_METHOD = "wanda"
+#: the [model] keys the form shows (generated from :class:`ModelConfig`)
+MODEL_FIELDS = ("name", "layer", "offline", "device", "dtype")
+#: the [lesions] keys the form shows (generated from :class:`LesionConfig`); ``element`` is
+#: also the element of a manual lesion or a sweep
+LESION_FIELDS = ("element", "method", "k_percent", "mode", "random_controls", "alpha",
+                 "correction", "min_relative_drop")
+
+
+def element_choices() -> tuple[str, ...]:
+    """What the form's element may be: the selections' elements, then the units of manual
+    lesions and sweeps (the schema's ``element`` and ``sweep_element`` choices)."""
+    out = list(choices(LesionConfig, "element"))
+    out += [c for c in choices(LesionConfig, "sweep_element") if c not in out]
+    return tuple(out)
 
 
 class ModelLesionWidget(QWidget):
@@ -44,37 +56,24 @@ class ModelLesionWidget(QWidget):
         self._updating = False
 
         lay = scroll_layout(self)
-        # ---- model
+        # ---- model: the [model] table's form (choices, defaults, help from the schema)
         mbox = QGroupBox("Model")
-        mf = QFormLayout(mbox)
-        self.model_name = QComboBox()
-        self.model_name.setEditable(True)
-        self.model_name.addItem(BUILTIN_MODEL)
-        self.model_name.setToolTip("The built-in offline model, a local model folder, or a "
-                                   "Hugging Face id (from the local cache when offline)")
-        folder = QPushButton("Folder…")
+        mf = QVBoxLayout(mbox)
+        self.model_form = schema_form(
+            ModelConfig, MODEL_FIELDS,
+            labels={"name": "Model", "layer": "Layer", "offline": "offline (never download)",
+                    "device": "Device", "dtype": "Weights"})
+        # the fields' magicgui widgets (``form["name"]``: a Container's ``.name`` is its own)
+        self.model_name, self.layer, self.offline, self.device, self.dtype = (
+            self.model_form[f] for f in MODEL_FIELDS)
+        folder = QPushButton("Model folder…")
+        folder.setToolTip("Choose a local model folder (Hugging Face format)")
         folder.clicked.connect(self._pick_folder)
-        row = QWidget()
-        rl = QHBoxLayout(row)
-        rl.setContentsMargins(0, 0, 0, 0)
-        rl.addWidget(self.model_name, 1)
-        rl.addWidget(folder)
-        self.offline = QCheckBox("offline (never download)")
-        self.offline.setChecked(True)
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda"])
-        self.layer = QSpinBox()
-        self.layer.setRange(-128, 128)
-        self.layer.setValue(-1)
-        self.layer.setToolTip("Hidden state: 0 = embeddings, i = output of block i, "
-                              "negative counts from the last (-1)")
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
-        mf.addRow("Model", row)
-        mf.addRow("", self.offline)
-        mf.addRow("Device", self.device)
-        mf.addRow("Layer", self.layer)
-        mf.addRow(self.model_info)
+        mf.addWidget(self.model_form.native)
+        mf.addWidget(folder)
+        mf.addWidget(self.model_info)
         lay.addWidget(mbox)
 
         # ---- lesion
@@ -82,66 +81,29 @@ class ModelLesionWidget(QWidget):
         self.lesion_box.setCheckable(True)
         self.lesion_box.setChecked(True)
         lf = QFormLayout(self.lesion_box)
-        self.element = QComboBox()
-        self.element.addItems(ELEMENTS)
+        # what to lesion (not a config key: it picks selections, a manual lesion, a sweep
+        # or the files) and the indices of a manual lesion or a sweep
         self.selection = QComboBox()
-        self.method = QComboBox()
-        self.method.addItems(METHODS)
-        self.method.setCurrentText(DEFAULT_METHOD)
-        self.method.setToolTip("Importance: wanda (|W| x input norm, any model), gradxweight "
-                               "(needs a language-modelling head), lape (neurons), auto")
-        self.k_percent = QDoubleSpinBox()
-        self.k_percent.setRange(0.001, 100.0)
-        self.k_percent.setDecimals(3)
-        self.k_percent.setValue(1.0)
-        self.k_percent.setSuffix(" %")
         self.indices = QLineEdit()
         self.indices.setPlaceholderText("manual: '0: 1-10, 15; 3: 5'  ·  sweep: '0, 10, 20'")
-        self.mode = QComboBox()
-        self.mode.addItems(["zero", "mean"])
-        # random draws per lesion: the null distribution of each lesion's effect
-        self.random_draws = QSpinBox()
-        self.random_draws.setRange(0, 50)
-        self.random_draws.setValue(DEFAULT_LESIONS["random_controls"])
-        self.random_draws.setSpecialValueText("none")
-        self.random_draws.setSuffix(" per lesion")
-        self.random_draws.setToolTip(
-            "Size-matched random lesions drawn for every lesion (seeded): each lesion's drop "
-            "is tested against them per voxel. Each draw is one more feature pass and one "
-            "more fit per subject.")
-        lf.addRow("Element", self.element)
         lf.addRow("Selection", self.selection)
-        lf.addRow("Importance", self.method)
-        lf.addRow("k", self.k_percent)
         lf.addRow("Indices", self.indices)
-        lf.addRow("Ablation", self.mode)
-        lf.addRow("Random draws", self.random_draws)
-        # group statistics of the lesion effects (category maps, LPI)
-        self.stat_alpha = QDoubleSpinBox()
-        self.stat_alpha.setRange(0.001, 0.5)
-        self.stat_alpha.setDecimals(3)
-        self.stat_alpha.setSingleStep(0.01)
-        self.stat_alpha.setValue(0.05)
-        self.stat_alpha.setToolTip("significance level of the group tests")
-        self.correction = QComboBox()
-        self.correction.addItems(["fdr", "none"])
-        self.correction.setToolTip("fdr: q-values (Benjamini-Hochberg) < level; none: p < level")
-        self.min_drop = QDoubleSpinBox()
-        self.min_drop.setRange(-0.01, 0.99)
-        self.min_drop.setDecimals(2)
-        self.min_drop.setSingleStep(0.05)
-        self.min_drop.setSpecialValueText("default")
-        self.min_drop.setValue(-0.01)
-        self.min_drop.setToolTip(
-            "minimum group relative drop for a voxel to count as dropping in the category "
-            "maps (besides significance); default: 0.15 on the demo, 0 otherwise")
-        srow = QWidget()
-        sl = QHBoxLayout(srow)
-        sl.setContentsMargins(0, 0, 0, 0)
-        sl.addWidget(self.stat_alpha, 1)
-        sl.addWidget(self.correction, 1)
-        lf.addRow("Significance", srow)
-        lf.addRow("Min. drop", self.min_drop)
+        # the [lesions] table's form, starting from the widgets' lesion recipe; "default"
+        # for the minimum drop: the config's own (the demo's recipe, else the schema's)
+        self.lesion_form = schema_form(
+            LesionConfig, LESION_FIELDS,
+            labels={"element": "Element", "method": "Importance", "k_percent": "k",
+                    "mode": "Ablation", "random_controls": "Random draws / lesion",
+                    "alpha": "Significance", "correction": "Correction",
+                    "min_relative_drop": "Min. drop"},
+            overrides={"element": {"choices": element_choices()},
+                       "k_percent": {"suffix": " %"}, "alpha": {"step": 0.01},
+                       "min_relative_drop": {"unset": "default", "step": 0.05}})
+        self.lesion_form.set_values(**{k: v for k, v in DEFAULT_LESIONS.items()
+                                       if k in LESION_FIELDS}, min_relative_drop=None)
+        for name in LESION_FIELDS:
+            setattr(self, name, self.lesion_form[name])
+        lf.addRow(self.lesion_form.native)
         self.files = QListWidget()
         self.files.setMaximumHeight(70)
         lf.addRow("Lesion files", self.files)
@@ -175,17 +137,10 @@ class ModelLesionWidget(QWidget):
         self.load_button.clicked.connect(lambda: self._pick_lesion())
         self.remove_button.clicked.connect(self._remove_file)
         self.save_button.clicked.connect(lambda: self._pick_save_folder())
-        self.model_name.currentTextChanged.connect(self._changed)
-        for w in (self.element, self.selection, self.method, self.mode, self.device):
-            w.currentIndexChanged.connect(self._changed)
-        self.offline.toggled.connect(self._changed)
-        self.random_draws.valueChanged.connect(self._changed)
+        self.model_form.changed.connect(self._changed)
+        self.lesion_form.changed.connect(self._changed)
+        self.selection.currentIndexChanged.connect(self._changed)
         self.lesion_box.toggled.connect(self._changed)
-        self.layer.valueChanged.connect(self._changed)
-        self.k_percent.valueChanged.connect(self._changed)
-        self.stat_alpha.valueChanged.connect(self._changed)
-        self.min_drop.valueChanged.connect(self._changed)
-        self.correction.currentIndexChanged.connect(self._changed)
         self.indices.textChanged.connect(self._changed)
         connect(self.session.data_changed, self._languages_changed)
         connect(self.session.busy_changed, self._busy_changed)
@@ -198,10 +153,12 @@ class ModelLesionWidget(QWidget):
         if path:
             self.set_model(path)
 
-    def set_model(self, name: str, layer: int | None = None) -> None:
-        self.model_name.setCurrentText(str(name))
+    def set_model(self, name: str, layer: int | None = None, **model) -> None:
+        """Fill the model form (``model``: other [model] keys of the form, e.g. ``device``)."""
+        values = dict(model, name=str(name))
         if layer is not None:
-            self.layer.setValue(int(layer))
+            values["layer"] = int(layer)
+        self.model_form.set_values(**values)
 
     def _languages_changed(self, *_):
         current = self.selection.currentData()
@@ -230,34 +187,27 @@ class ModelLesionWidget(QWidget):
                    min_relative_drop: float | None = None) -> None:
         """Fill the lesion form (``selection``: default, shared, specific:<L>, manual,
         sweep, files; ``min_relative_drop`` < 0: the default)."""
+        values = {k: v for k, v in (("element", element), ("method", method),
+                                    ("k_percent", k_percent), ("mode", mode),
+                                    ("random_controls", random_controls), ("alpha", alpha),
+                                    ("correction", correction)) if v is not None}
+        if random_control is not None and random_controls is None:
+            # older callers: on (the default count) or off
+            values["random_controls"] = DEFAULT_RANDOM_CONTROLS if random_control else 0
+        if min_relative_drop is not None:
+            values["min_relative_drop"] = (None if min_relative_drop < 0
+                                           else float(min_relative_drop))
         self._updating = True
         try:
             self.lesion_box.setChecked(enabled)
-            if element is not None:
-                self.element.setCurrentText(element)
             if selection is not None:
                 i = self.selection.findData(selection)
                 if i < 0:
                     raise LesionAlignError(f"unknown selection {selection!r}")
                 self.selection.setCurrentIndex(i)
-            if method is not None:
-                self.method.setCurrentText(method)
-            if k_percent is not None:
-                self.k_percent.setValue(float(k_percent))
             if indices is not None:
                 self.indices.setText(indices)
-            if mode is not None:
-                self.mode.setCurrentText(mode)
-            if random_control is not None:  # older callers: on (the default count) or off
-                self.random_draws.setValue(DEFAULT_RANDOM_CONTROLS if random_control else 0)
-            if random_controls is not None:
-                self.random_draws.setValue(int(random_controls))
-            if alpha is not None:
-                self.stat_alpha.setValue(float(alpha))
-            if correction is not None:
-                self.correction.setCurrentText(correction)
-            if min_relative_drop is not None:
-                self.min_drop.setValue(max(float(min_relative_drop), -0.01))
+            self.lesion_form.set_values(**values)
         finally:
             self._updating = False
         self._changed()
@@ -269,22 +219,19 @@ class ModelLesionWidget(QWidget):
         selections, a ``[[lesions.manual]]`` entry, a sweep or the loaded files, with
         ``selections = []`` when the form asks for no importance-based selection.
         """
-        name = self.model_name.currentText().strip()
-        if not name:
+        model = self.model_form.values()
+        model["name"] = model["name"].strip()
+        if not model["name"]:
             raise LesionAlignError("Model: give the built-in model, a folder or a Hugging Face id")
-        model = {"name": name, "layer": int(self.layer.value()),
-                 "offline": bool(self.offline.isChecked()), "device": self.device.currentText()}
+        self.model_form.section.parse(model)  # what the config would refuse, refused now
         if not self.lesion_box.isChecked():
             return model, {}
-        el = self.element.currentText()
+        les = self.lesion_form.values()
+        el = les.pop("element")
+        method = les.pop("method")
         sel = self.selection.currentData() or "default"
         files = [self.files.item(i).data(256) for i in range(self.files.count())]
-        les = {"enabled": True, "k_percent": float(self.k_percent.value()),
-               "random_controls": int(self.random_draws.value()),
-               "mode": self.mode.currentText(), "alpha": float(self.stat_alpha.value()),
-               "correction": self.correction.currentText()}
-        if self.min_drop.value() >= 0:
-            les["min_relative_drop"] = float(self.min_drop.value())
+        les["enabled"] = True
         if files:
             les["files"] = files
         if sel in ("default", "shared") or sel.startswith("specific:"):
@@ -292,7 +239,7 @@ class ModelLesionWidget(QWidget):
                 raise LesionAlignError(
                     f"Lesion: shared / specific selections rank weights, neurons or heads by "
                     f"importance, not {el}; lesion {el} with 'manual' or 'layer sweep'")
-            les.update(element=el, method=self.method.currentText())
+            les.update(element=el, method=method)
             if sel != "default":
                 les["selections"] = [sel]
             return model, les
@@ -319,13 +266,11 @@ class ModelLesionWidget(QWidget):
             return
         sel = self.selection.currentData() or "default"
         self.indices.setEnabled(sel in ("manual", "sweep"))
-        self.method.setEnabled(sel in ("default", "shared") or sel.startswith("specific:"))
+        self.method.enabled = sel in ("default", "shared") or sel.startswith("specific:")
         try:
             model, les = self.form_tables()
             if les:
-                from ..core.config import LesionConfig
-
-                LesionConfig(**les)  # what the config would refuse, refused now
+                LesionConfig.parse(les)  # what the config would refuse, refused now
             self.session.model_error = None
             self.session.set_model(model, les)
         except LesionAlignError as err:
@@ -398,9 +343,15 @@ class ModelLesionWidget(QWidget):
             n = info["n_layers"]
             self.model_info.setText(f"{n} blocks; layer -1 = output of block {n - 1}. "
                                     f"{info['anatomy']}")
-            self.layer.blockSignals(True)
-            self.layer.setRange(-(n + 1), n)
-            self.layer.blockSignals(False)
+            # the layers this model has (a value outside is clamped, like a typed one)
+            before = self.layer.value
+            self._updating = True
+            try:
+                self.layer.range = (-(n + 1), n)
+            finally:
+                self._updating = False
+            if self.layer.value != before:
+                self._changed()
             self._show_size(info["text"])
             self._last_error = None
         elif outcome.kind in ("error", "crash"):

@@ -15,13 +15,19 @@ import time
 from pathlib import Path
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                            QLineEdit, QProgressBar, QPushButton, QSpinBox, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar,
+                            QPushButton, QWidget)
 
+from ..core.config import ComputeConfig
 from ..core.errors import LesionAlignError
 from ._dock import scroll_layout
+from ._forms import schema_form
 from ._state import connect, session_for
 from ._tasks import freeze_gc_once, start_task
+
+
+#: the [compute] keys the form shows (generated from :class:`ComputeConfig`)
+COMPUTE_FIELDS = ("workers", "scheduler", "threads")
 
 
 def _clock(seconds: float) -> str:
@@ -65,39 +71,27 @@ class RunWidget(QWidget):
         lay.addWidget(self.step)
         self.times = QLabel("")
         lay.addWidget(self.times)
-        form = QFormLayout()
-        self.out_dir = QLineEdit()
-        self.out_dir.setPlaceholderText("optional: save each run into this folder")
-        pick = QPushButton("…")
-        pick.setFixedWidth(28)
-        pick.clicked.connect(self._pick_out_dir)
-        orow = QWidget()
-        ol = QHBoxLayout(orow)
-        ol.setContentsMargins(0, 0, 0, 0)
-        ol.addWidget(self.out_dir, 1)
-        ol.addWidget(pick)
-        form.addRow("Output", orow)
-        # where the units run: this process, a local Dask cluster, or a Dask scheduler
-        self.workers = QSpinBox()
-        self.workers.setRange(0, 256)
-        self.workers.setSpecialValueText("this process")
-        self.workers.setSuffix(" Dask workers")
-        self.workers.setToolTip("0: every unit in napari's process; N: a local Dask cluster "
-                                "of N worker processes (needs the 'dask' extra)")
-        self.scheduler = QLineEdit()
-        self.scheduler.setPlaceholderText("optional: tcp://host:8786 (a running Dask cluster)")
-        self.scheduler.setToolTip("the address of a Dask scheduler whose workers run the "
-                                  "units (the output folder must be on a shared file system)")
-        crow = QWidget()
-        cl = QHBoxLayout(crow)
-        cl.setContentsMargins(0, 0, 0, 0)
-        cl.addWidget(self.workers)
-        cl.addWidget(self.scheduler, 1)
-        form.addRow("Compute", crow)
+        # where the units run (the [compute] table's form, generated from the schema) and
+        # the output folder (not a config key: the CLI's --out)
+        from magicgui.widgets import FileEdit
+
+        self.compute_form = schema_form(
+            ComputeConfig, COMPUTE_FIELDS,
+            labels={"workers": "Dask workers", "scheduler": "Scheduler",
+                    "threads": "BLAS threads"},
+            overrides={"scheduler": {"placeholder": "optional: tcp://host:8786"}})
+        self.workers, self.scheduler, self.threads = (self.compute_form[f]
+                                                      for f in COMPUTE_FIELDS)
+        self.out_dir = FileEdit(mode="d", nullable=True, name="out_dir", label="Output",
+                                tooltip="optional: save each run into this folder (running "
+                                        "again into it resumes)")
+        self.out_dir.line_edit.native.setPlaceholderText("optional: a folder for the run")
+        self.out_dir.choose_btn.text = "…"
+        self.compute_form.insert(0, self.out_dir)
+        lay.addWidget(self.compute_form.native)
         self.with_template = QCheckBox("show the MNI152 template under the maps")
         self.with_template.setChecked(True)
-        form.addRow("", self.with_template)
-        lay.addLayout(form)
+        lay.addWidget(self.with_template)
         self.save_button = QPushButton("Save result…")
         self.save_button.setEnabled(False)
         self.save_button.setToolTip("Write the maps (NIfTI), summary.tsv and result.json")
@@ -136,15 +130,14 @@ class RunWidget(QWidget):
         if s.busy:
             show_error(f"wait for the {s.busy} to finish")
             return None
-        s.compute = {"workers": int(self.workers.value())}
-        if self.scheduler.text().strip():
-            s.compute["scheduler"] = self.scheduler.text().strip()
         try:
+            self.compute_form.parse()  # a wrong value: the config file's message
+            s.compute = self.compute_form.values()
             config = s.build_config()
         except LesionAlignError as err:
             self._failed(str(err))
             return None
-        out = self.out_dir.text().strip() or None
+        out = str(self.out_dir.value) if self.out_dir.value is not None else None
         with_template = self.with_template.isChecked()
 
         def fn(progress, cancel):
@@ -263,11 +256,6 @@ class RunWidget(QWidget):
         more = f"\n… {len(lines) - 30} more lines (summary.tsv)" if len(lines) > 30 else ""
         notices = "".join(f"\n{n}" for n in result.notices(max_excluded=3))
         self.summary.setText("\n".join(lines[:30]) + more + notices)
-
-    def _pick_out_dir(self):
-        path = QFileDialog.getExistingDirectory(self, "Output folder")
-        if path:
-            self.out_dir.setText(path)
 
     def _pick_save(self):
         path = QFileDialog.getExistingDirectory(self, "Save the result into a folder")

@@ -65,12 +65,19 @@ class ModelConfig(Table):
     """``[model]``: the language model and the hidden state used as features."""
 
     TABLE: ClassVar[str] = "[model]"
-    name: Text = BUILTIN_MODEL
-    layer: Int = -1
-    offline: Bool = True
-    device: Text = "auto"
-    #: weights' dtype: auto = bfloat16 on a CUDA GPU that supports it, else float32
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    name: Text = Field(BUILTIN_MODEL, description=(
+        "the built-in offline model, a local model folder (Hugging Face format) or a "
+        "Hugging Face id (read from the local cache when offline)"))
+    layer: Int = Field(-1, description=(
+        "the hidden state used as features: 0 = the embeddings, i = the output of block i, "
+        "negative counts from the last (-1)"))
+    offline: Bool = Field(True, description="never download: models come from a folder or "
+                                            "the local cache")
+    device: Text = Field("auto", description=(
+        "where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, "
+        "cuda, cuda:<N> or mps"))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
+        "the weights' dtype: auto = bfloat16 on a CUDA GPU that supports it, else float32"))
     #: "" = the whole model on ``device``; else passed to transformers / accelerate to
     #: spread a model larger than one GPU ("auto", "balanced", "sequential")
     device_map: Literal["", "auto", "balanced", "balanced_low_0", "sequential"] = ""
@@ -114,8 +121,9 @@ class DemoConfig(Section):
     """``[data.demo]``: the built-in demo's synthetic subjects."""
 
     TABLE: ClassVar[str] = "[data.demo]"
-    n_subjects: Annotated[int, Field(strict=True, ge=1)] = 5
-    seed: Int = 0
+    n_subjects: Annotated[int, Field(strict=True, ge=1)] = Field(
+        5, description="synthetic subjects (each one more fit per language and condition)")
+    seed: Int = Field(0, description="the seed of the synthetic BOLD (same seed, same data)")
 
 
 class LanguageData(Section):
@@ -161,12 +169,16 @@ class DataConfig(Table):
     """
 
     TABLE: ClassVar[str] = "[data]"
-    kind: Literal["volume", "regions", "demo"] = "volume"
-    tr: PositiveNumber = 2.0
-    mask: Text | None = None
+    kind: Literal["volume", "regions", "demo"] = Field("volume", description=(
+        "volume: NIfTI BOLD runs and a brain mask; regions: ROI time series tables; "
+        "demo: the built-in demo"))
+    tr: PositiveNumber = Field(2.0, description="the repetition time of the BOLD runs (s)")
+    mask: Text | None = Field(None, description=(
+        "the brain mask (NIfTI, > 0 inside); required for volumes"))
     roi_names: tuple[Text, ...] | None = None
     languages: tuple[LanguageData, ...] = ()
-    subjects: tuple[SubjectLabel, ...] = ()
+    subjects: tuple[SubjectLabel, ...] = Field((), description=(
+        "subject labels, letters and digits (empty: every subject with BOLD files)"))
     length_tolerance_trs: NonNegInt = 10
     confounds_skip_rows: NonNegInt = 0
     bold_skip_rows: NonNegInt = 0
@@ -210,16 +222,24 @@ class LesionConfig(Table):
 
     TABLE: ClassVar[str] = "[lesions]"
     enabled: Bool = False
-    element: Literal[IMPORTANCE_ELEMENTS] = "weights"
-    method: Literal[METHODS] = "auto"
-    k_percent: Annotated[float, Field(strict=True, gt=0, le=100)] = 1.0
+    element: Literal[IMPORTANCE_ELEMENTS] = Field("weights", description=(
+        "what the shared / specific selections rank and lesion: weights, FFN neurons or "
+        "attention heads (hidden units and whole layers: manual lesions and sweeps)"))
+    method: Literal[METHODS] = Field("auto", description=(
+        "importance: wanda (|W| x input norm, any model), gradxweight (needs a "
+        "language-modelling head), lape (FFN neurons), auto"))
+    k_percent: Annotated[float, Field(strict=True, gt=0, le=100)] = Field(
+        1.0, description="the share of the elements lesioned, per block (%)")
     selections: tuple[Selection, ...] | None = None
     #: whether lesions get size-matched random controls (false: none, whatever
     #: random_controls says); kept for older configs
     random_control: Bool | None = None
-    #: random draws per lesion (size-matched, seeded): the null distribution of its effect
-    random_controls: NonNegInt = DEFAULT_RANDOM_CONTROLS
-    mode: Literal[MODES] = "zero"
+    random_controls: NonNegInt = Field(DEFAULT_RANDOM_CONTROLS, description=(
+        "size-matched random lesions drawn for every lesion (seeded): each lesion's drop is "
+        "tested against them per voxel; each draw is one more feature pass and one more fit "
+        "per subject"))
+    mode: Literal[MODES] = Field("zero", description=(
+        "ablation: zero sets the lesioned elements to 0, mean to their mean activation"))
     text: dict[Label, Text] | None = None  # {language: text file}; default: the stimulus
     max_tokens: Annotated[int, Field(strict=True, ge=1)] = 20000
     files: tuple[Text, ...] = ()
@@ -227,9 +247,14 @@ class LesionConfig(Table):
     sweep: Bool = False
     sweep_element: Literal[UNIT_ELEMENTS] = "hidden"
     sweep_indices: tuple[NonNegInt, ...] = ()  # default: every 10th unit
-    alpha: Annotated[float, Field(strict=True, gt=0, lt=1)] = 0.05
-    correction: Literal["fdr", "none"] = "fdr"
-    min_relative_drop: Annotated[float, Field(strict=True, ge=0, lt=1)] = 0.0
+    alpha: Annotated[float, Field(strict=True, gt=0, lt=1)] = Field(
+        0.05, description="the significance level of the group tests")
+    correction: Literal["fdr", "none"] = Field("fdr", description=(
+        "fdr: q-values (Benjamini-Hochberg) below the level; none: p below the level"))
+    min_relative_drop: Annotated[float, Field(strict=True, ge=0, lt=1)] = Field(
+        0.0, description=(
+            "the smallest group relative drop for a voxel to count as dropping in the "
+            "category maps (besides significance)"))
 
     @model_validator(mode="before")
     @classmethod
@@ -288,13 +313,15 @@ class ComputeConfig(Table):
     TABLE: ClassVar[str] = "[compute]"
     #: folder of the content-addressed feature store (default: the user cache)
     feature_store: Text | None = None
-    #: 0: every unit in this process; N: a Dask LocalCluster of N worker processes
-    workers: NonNegInt = 0
-    #: the address of an existing Dask scheduler (tcp://host:8786): its workers run the units
-    scheduler: Text | None = None
-    #: BLAS threads per worker (0: the cores divided among the local workers; for a
-    #: scheduler, the workers' own setting)
-    threads: NonNegInt = 0
+    workers: NonNegInt = Field(0, description=(
+        "0: every unit in this process; N: a local Dask cluster of N worker processes "
+        "(needs the 'dask' extra)"))
+    scheduler: Text | None = Field(None, description=(
+        "the address of a running Dask scheduler (tcp://host:8786) whose workers run the "
+        "units (the output folder must be on a shared file system)"))
+    threads: NonNegInt = Field(0, description=(
+        "BLAS threads per worker (0: the cores divided among the local workers; for a "
+        "scheduler, the workers' own setting)"))
 
 
 #: the keys whose change does not change any unit's result (only the group statistics);
