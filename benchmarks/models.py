@@ -17,11 +17,16 @@ then measured in a fresh child process that does what an analysis does:
 2. ``features``: 1,500 words of the demo's English text at ``--layer`` (default: 2/3 of
    the depth), the default feature options (500 tokens of context, 128 new per pass);
 3. ``importance``: gradient x weight of one language over 20,000 tokens (the model with its
-   LM head loaded a second time, as the pipeline does; gradients folded into one float32
-   accumulator per lesionable weight), ``--batch`` windows of 512 tokens per pass
-   (default 1: the activations kept for the backward pass grow with it);
+   LM head built around the loaded model, as the pipeline does; gradients folded into one
+   float32 accumulator per lesionable weight; blocks recomputed in the backward pass; the
+   loss computed a few tokens at a time), ``--batch`` windows of 512 tokens per pass
+   (default 1; the token budget of ``importance_batch_tokens`` may allow fewer);
 4. ``lesion``: the top 1 % per tensor of those scores, applied and restored (bit-exact
-   check by the weights hash), and the size of its saved file.
+   check by the weights hash), the bytes its masks hold in memory (sorted int32 indices
+   of the ablated weights, measured) and the size of its saved file; the memory of the
+   default plan's lesions (a shared and one specific lesion per language, each with
+   ``DEFAULT_RANDOM_CONTROLS`` random draws, all kept until the features are made) by
+   arithmetic for every configuration, without building the model (``--lesion-memory``).
 
 The tokenizer is the tests' small BPE (tests/tiny_models.py, ~1,000 pieces, so the word
 to token ratio is not the real model's); ``--quick`` reads 300 words and scores 1,000
@@ -251,6 +256,8 @@ def child_run(args) -> dict:
         st, _ = lesion.save(Path(d) / "lesion")
         out["lesion_file_mb"] = round(st.stat().st_size / 2**20, 2)
         out["lesion_file_bound_mb"] = round(n_lesionable / 8 / 2**20, 2)
+    out["lesion_memory_mb"] = round(lesion.nbytes / 2**20, 2)
+    out["lesion_memory_bool_mb"] = round(n_lesionable / 2**20, 2)  # one byte per weight
     with Peak(cuda) as p:
         with apply_lesion(model, lesion, anat):
             pass
@@ -260,6 +267,39 @@ def child_run(args) -> dict:
                          held_gb=gib(lesion.n_elements * elt))
     out["restored_bit_exact"] = parameters_hash(model) == h0
     return out
+
+
+def lesion_memory(name: str, k_percent: float = 1.0, languages: int = 3) -> dict:
+    """The default plan's lesions of one configuration, by arithmetic (no model built): the
+    lesionable weights per block, the top-k count per tensor (the plan's formula), 4 bytes
+    per ablated weight (int32 indices) against the 1 byte per weight of boolean masks."""
+    from napari_lesion_align.core.plan import (DEFAULT_RANDOM_CONTROLS, default_selections,
+                                               top_k_count)
+
+    cfg = make_config(name)
+    H, F = cfg.hidden_size, cfg.intermediate_size
+    hd = H // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    shapes = [(q, H), (kv, H), (kv, H), (H, q), (F, H), (F, H), (H, F)]  # q k v o gate up down
+    per_tensor = [top_k_count(a * b, k_percent) for a, b in shapes]
+    lesionable = cfg.num_hidden_layers * sum(a * b for a, b in shapes)
+    ablated = cfg.num_hidden_layers * sum(per_tensor)
+    n = len(default_selections([f"L{i}" for i in range(languages)])) * (
+        1 + DEFAULT_RANDOM_CONTROLS)
+    return {"model": name, "lesionable": lesionable, "k_percent": k_percent,
+            "lesions": n, "one_lesion_gb": gib(4 * ablated),
+            "plan_gb": gib(4 * ablated * n), "plan_bool_gb": gib(lesionable * n)}
+
+
+def lesion_memory_table(k_percent: float = 1.0, languages: int = 3) -> str:
+    rows = [lesion_memory(name, k_percent, languages) for name in CONFIGS]
+    lines = [f"| model | lesionable weights | one {k_percent:g} % lesion GB | the default "
+             f"plan on {languages} languages: lesions, GB (boolean masks: GB) |",
+             "|---|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['lesionable'] / 1e9:.2f}B | {r['one_lesion_gb']} | "
+                     f"{r['lesions']}, {r['plan_gb']} ({r['plan_bool_gb']}) |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
@@ -306,7 +346,8 @@ def table(rows: list[dict]) -> str:
             f"{r['importance']['seconds']:.1f} / {r['importance']['peak_gb']:.2f} "
             f"({r['importance']['tokens']}) | "
             f"{r['lesion']['seconds']:.2f} / {lesion_extra(r):.3f} "
-            f"({a['lesion_extra_pct']} %) | {r['lesion_file_mb']} "
+            f"({a['lesion_extra_pct']} %), masks {r.get('lesion_memory_mb', '?')} MB in "
+            f"memory (boolean: {r.get('lesion_memory_bool_mb', '?')}) | {r['lesion_file_mb']} "
             f"(<= {r['lesion_file_bound_mb']}) | importance {a['importance_peak_gb']} "
             f"{'<=' if a['importance_ok'] else '>'} {a['importance_bound_gb']} GB, lesion "
             f"{'ok' if a['lesion_ok'] else 'over 2 %'}, restore "
@@ -330,6 +371,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1,
                     help="windows (of 512 tokens) per importance pass (default 1)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--lesion-memory", action="store_true",
+                    help="only the memory of the default plan's lesions per configuration "
+                         "(arithmetic, nothing built)")
     ap.add_argument("--child", choices=("make", "run"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -338,6 +382,10 @@ def main(argv=None):
     if args.child:
         res = child_make(args) if args.child == "make" else child_run(args)
         print(json.dumps(res))
+        return 0
+
+    if args.lesion_memory:
+        print(lesion_memory_table())
         return 0
 
     import torch

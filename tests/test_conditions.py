@@ -16,7 +16,7 @@ from napari_lesion_align.core.anatomy import describe_model
 from napari_lesion_align.core.config import config_from_dict
 from napari_lesion_align.core.dataset import load_stimuli
 from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.lesions import Lesion, apply_lesion
+from napari_lesion_align.core.lesions import IndexMask, Lesion, apply_lesion
 from napari_lesion_align.core.model import parameters_hash
 from napari_lesion_align.core.plan import LesionPlan
 from napari_lesion_align.data.demo import demo_language_data
@@ -94,8 +94,7 @@ def _last_hidden(lm):
 
 
 def _same_masks(a: Lesion, b: Lesion) -> bool:
-    return a.masks.keys() == b.masks.keys() and all(
-        torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    return a.masks.keys() == b.masks.keys() and all(a.masks[k] == b.masks[k] for k in a.masks)
 
 
 def _unit_counts(anat, element):
@@ -147,7 +146,7 @@ def test_selection_sizes_are_k_percent_per_tensor(tiny, stimuli, element, method
         assert set(les.masks) == set(units), label
         for key, n in units.items():
             m = les.masks[key]
-            assert m.dtype == torch.bool and m.numel() == n
+            assert isinstance(m, IndexMask) and m.numel() == n
             got = int(m.sum())
             if lape and label != "shared":
                 # LAPE-specific: at most k %, only neurons most active in the language
@@ -186,7 +185,7 @@ def test_random_controls_match_size_not_positions(tiny, stimuli, element):
         assert not _same_masks(rnd, les), label
         if element == "weights":  # hundreds of entries per tensor: never the same set
             for key in les.masks:
-                assert not torch.equal(rnd.masks[key], les.masks[key]), (label, key)
+                assert rnd.masks[key] != les.masks[key], (label, key)
         assert rnd.spec["matched_to"] == les.name
     # the three controls are drawn with different seeds
     r = [conds[lab].lesion for lab in ("sharedRandom", "specificENRandom", "specificFRRandom")]
@@ -222,7 +221,7 @@ def test_specific_selections_differ(tiny, stimuli, element, method):
     assert not _same_masks(conds["specificFR"], conds["shared"])
     if element != "heads":  # at least one element apart in every tensor
         for key in conds["shared"].masks:
-            assert not torch.equal(conds["specificEN"].masks[key], conds["specificFR"].masks[key])
+            assert conds["specificEN"].masks[key] != conds["specificFR"].masks[key]
 
 
 @pytest.mark.parametrize("element,method", CASES + [("neurons", "wanda")])
@@ -260,6 +259,42 @@ def test_gradxweight_on_the_causal_lm(stimuli, tmp_path_factory):
     with apply_lesion(lm.model, conds[3].lesion, anat):
         assert (_last_hidden(lm) - ref).abs().max() > 1e-6
     assert parameters_hash(lm.model) == lm.weights_hash
+
+
+def test_the_plan_bounds_the_gradient_passes_by_the_importance_token_budget(
+        stimuli, tmp_path_factory, monkeypatch):
+    """LesionBuilder asks importance.importance_batch_tokens (the one owner of the budget)
+    and passes it to the gradient passes (which then hold that many tokens: tested in
+    test_large_models); the budget is recorded in the lesion's spec."""
+    from napari_lesion_align.core import importance as imp
+
+    lm, _ = _model("llama", tmp_path_factory)
+    seen = []
+    real = imp.gradxweight_scores
+
+    def spy(*args, **kw):
+        seen.append(kw.get("max_batch_tokens"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(imp, "gradxweight_scores", spy)
+    monkeypatch.setattr(imp, "importance_batch_tokens", lambda model, *a: 1)  # one window
+    one = build_conditions(_config(element="weights", method="gradxweight"), lm, stimuli)
+    assert seen == [1] and one[1].lesion.spec["batch_tokens"] == 1
+    monkeypatch.setattr(imp, "importance_batch_tokens", lambda model, *a: 10**6)
+    many = build_conditions(_config(element="weights", method="gradxweight"), lm, stimuli)
+    assert seen == [1, 10**6] and many[1].lesion.spec["batch_tokens"] == 10**6
+    # [lesions] importance_batch_tokens, set by a user short of memory, wins; the lesion is
+    # the same (mean over windows whatever the batches) and so is the analysis' identity
+    cfg = _config(element="weights", method="gradxweight", importance_batch_tokens=700)
+    mine = build_conditions(cfg, lm, stimuli)
+    assert seen == [1, 10**6, 700] and mine[1].lesion.spec["batch_tokens"] == 700
+    assert mine[1].key == many[1].key == one[1].key
+    from napari_lesion_align.core.store import identity
+
+    base = _config(element="weights", method="gradxweight")
+    assert identity(cfg)["fits"] == identity(base)["fits"]
+    assert identity(base.replace(lesions=base.lesions.replace(k_percent=2.0)))["fits"] != \
+        identity(base)["fits"]
 
 
 def test_gradxweight_without_lm_head_is_a_clear_error(stimuli, tmp_path_factory):
@@ -307,7 +342,7 @@ def test_layer_sweep(tiny, stimuli, sweep_element, indices):
         assert c.lesion.per_layer() == {b: n} == r.lesion.per_layer()
         assert list(c.lesion.masks) == [f"{b}.{part[sweep_element]}"]
         if sweep_element != "layers":
-            got = torch.nonzero(c.lesion.masks[f"{b}.{part[sweep_element]}"]).flatten().tolist()
+            got = c.lesion.masks[f"{b}.{part[sweep_element]}"].indices.tolist()
             assert got == (list(indices) if indices
                            else list(range(0, SWEEP_SIZE[sweep_element], 10)))
         with apply_lesion(lm.model, c.lesion, anat):

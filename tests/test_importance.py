@@ -100,13 +100,13 @@ def _planted():
 def test_shared_and_specific_selections_recover_planted_entries():
     scores = _planted()
     shared = imp.select(scores, "shared", 5.0)
-    assert torch.equal(shared.masks["0.q"][0, :5], torch.ones(5, dtype=torch.bool))
+    assert torch.equal(shared.masks["0.q"].to_bool()[0, :5], torch.ones(5, dtype=torch.bool))
     assert int(shared.masks["0.q"].sum()) == 5
     for L, row in (("EN", 5), ("FR", 6), ("ZH", 7)):
         spec = imp.select(scores, f"specific:{L}", 5.0)
         assert int(spec.masks["0.q"].sum()) == 5
-        assert bool(spec.masks["0.q"][row, :5].all()), L
-        assert not bool(spec.masks["0.q"][0].any())  # shared entries are not specific
+        assert bool(spec.masks["0.q"].to_bool()[row, :5].all()), L
+        assert not bool(spec.masks["0.q"].to_bool()[0].any())  # shared entries are not specific
     assert spec.spec["selection"] == "specific:ZH" and spec.spec["k_percent"] == 5.0
     with pytest.raises(LesionAlignError, match="no scores for language 'DE'"):
         imp.select(scores, "specific:DE", 5.0)
@@ -124,9 +124,9 @@ def test_lape_selection_on_planted_probabilities():
     en = imp.select_lape(P, "specific:EN", 5.0)
     fr = imp.select_lape(P, "specific:FR", 5.0)
     sh = imp.select_lape(P, "shared", 5.0)
-    assert en.masks["0.neurons"].nonzero().ravel().tolist() == [3]
-    assert fr.masks["0.neurons"].nonzero().ravel().tolist() == [7]
-    assert sh.masks["0.neurons"].nonzero().ravel().tolist() == [11]
+    assert en.masks["0.neurons"].indices.tolist() == [3]
+    assert fr.masks["0.neurons"].indices.tolist() == [7]
+    assert sh.masks["0.neurons"].indices.tolist() == [11]
     # a language-specific selection needs a language to be specific against
     with pytest.raises(LesionAlignError, match="at least two languages"):
         imp.select_lape({"EN": P["EN"]}, "specific:EN", 5.0)

@@ -6,9 +6,14 @@
   model's ``output_hidden_states`` (float32: to rounding; bfloat16: within a measured
   tolerance), for every family the feature code supports; prefix reuse in bfloat16;
 * importance: gradient x weight folded into per-tensor accumulators during the backward
-  pass equals the plain full-gradient computation; bfloat16 top-k selections against
-  float32 (measured agreement);
-* lesions: bit-exact restore in float32 and bfloat16, compact files (at most P/8 bytes).
+  pass equals the plain full-gradient computation, also with the LM loss computed a few
+  tokens at a time; the gradient passes bounded by a token budget; bfloat16 top-k
+  selections against float32 (measured agreement);
+* features: the ``[features] max_batch_tokens`` budget changes the passes, not the
+  features nor the feature store's keys;
+* lesions: compact in memory (sorted int32 indices: a 1 % lesion holds <= 0.05 bytes per
+  weight) with the keys, selections and random draws of boolean masks; bit-exact restore
+  in float32 and bfloat16, compact files (at most P/8 bytes); BLOOM's fused qkv and heads.
 
 Tests marked ``gpu`` run the same checks on a CUDA GPU and skip without one.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -44,13 +50,20 @@ from napari_lesion_align.core.features import (  # noqa: E402
     special_tokens,
     tokenize_words,
 )
-from napari_lesion_align.core.lesions import Lesion, apply_lesion, pack_mask  # noqa: E402
+from napari_lesion_align.core.lesions import (  # noqa: E402
+    IndexMask,
+    Lesion,
+    apply_lesion,
+    pack_mask,
+    random_like,
+    top_k_mask,
+)
 
 N_LAYERS = 3
 #: the families whose blocks the feature code finds (all of the paper's and the encoders)
 FAMILIES = ("llama", "qwen2", "mistral", "gemma", "bloom", "xglm", "xlm-roberta")
-#: the families whose q / k / v / o / FFN weights lesions address (BLOOM fuses q, k, v)
-LESION_FAMILIES = ("llama", "qwen2", "mistral", "gemma", "xglm", "xlm-roberta")
+#: the families whose q / k / v (BLOOM: the fused qkv) / o / FFN weights lesions address
+LESION_FAMILIES = ("llama", "qwen2", "mistral", "gemma", "bloom", "xglm", "xlm-roberta")
 WORDS = ("Once when I was six years old I saw a magnificent picture in a book called True "
          "Stories from Nature about the primeval forest . It was a picture of a boa "
          "constrictor in the act of swallowing an animal . Here is a copy of the drawing . "
@@ -276,12 +289,61 @@ def test_token_budget_batches_give_the_same_features():
     assert np.array_equal(c, b)
 
 
+def test_the_features_token_budget_is_a_key_that_changes_memory_not_features_or_keys(
+        tmp_path):
+    """``[features] max_batch_tokens``: checked when read, used by the extraction (more,
+    smaller passes; the same features to rounding); at its default the options dump as
+    before the key existed, and whatever its value the feature store's keys (and so the
+    stored features of earlier runs) stay the same."""
+    from types import SimpleNamespace
+
+    from napari_lesion_align.core import stages
+    from napari_lesion_align.core.config import config_from_dict
+    from napari_lesion_align.core.store import FeatureStore, _digest, words_digest
+    from napari_lesion_align.core.stimuli import Words
+
+    old_dump = {"max_context_tokens": 40, "stride_tokens": 12, "batch_size": 8}
+    opts = FeatureOptions(**old_dump)
+    assert opts.model_dump() == old_dump  # the default (0: automatic) is not dumped
+    small = opts.replace(max_batch_tokens=120)
+    assert small.max_batch_tokens == 120 and small.model_dump()["max_batch_tokens"] == 120
+    assert small.content() == opts
+    cfg = config_from_dict({"data": {"kind": "demo"}, "features": {"max_batch_tokens": 2048}})
+    assert cfg.features.max_batch_tokens == 2048
+    assert "max_batch_tokens" not in config_from_dict({"data": {"kind": "demo"}}).to_dict()[
+        "features"]
+    with pytest.raises(LesionAlignError, match="max_batch_tokens"):
+        FeatureOptions(max_batch_tokens=-1)
+
+    model, tok = base_model("llama"), tokenizer("llama")
+    words = WORDS * 3
+    s1, s2 = {}, {}
+    a = extract_word_features(model, tok, words, [2], opts, stats=s1)[2]
+    b = extract_word_features(model, tok, words, [2], small, stats=s2)[2]
+    assert s2["n_batches"] > s1["n_batches"]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(a).max())
+
+    # the stage's feature keys: those of the options without the budget, as first written
+    w = Words(tuple(words[:12]), np.arange(12.0), np.arange(12.0) + 0.5)
+    store = FeatureStore(tmp_path / "store")
+    old_key = _digest("features", 1, "model-id", "intact", 2,
+                      json.dumps(old_dump, sort_keys=True), False, words_digest(w))
+    for o in (opts, small):
+        eng = SimpleNamespace(
+            config=SimpleNamespace(features=o), store=store,
+            info=SimpleNamespace(identity="model-id"),
+            sets=[SimpleNamespace(name="analysis", layer=2,
+                                  conditions=[SimpleNamespace(label="intact", key="intact")])],
+            source=SimpleNamespace(stimuli={"EN": SimpleNamespace(runs=[w], spaceless=False)}))
+        assert stages._feature_keys(eng) == {("analysis", "EN", 0, "intact"): old_key}
+
+
 @pytest.mark.parametrize("family", ["llama", "bloom"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prefix_reuse_is_exact_in_bfloat16_too(family, dtype):
     """A change confined to blocks >= 2 computed from the stored block inputs equals a full
     pass: a weight lesion of block 2 (llama), a hook on block 2's output (BLOOM, whose
-    lesions are refused but whose blocks return tuples)."""
+    blocks return tuples)."""
     from contextlib import contextmanager
 
     from napari_lesion_align.core.features import find_blocks
@@ -325,14 +387,15 @@ def test_prefix_reuse_is_exact_in_bfloat16_too(family, dtype):
 
 # --------------------------------------------------------------------------- importance
 def _plain_gradxweight(model, tok, texts, batch_size=8):
-    """The straightforward computation: full gradients summed by autograd, then x W."""
+    """The straightforward computation: full gradients summed by autograd (each batch's
+    mean loss times its windows), divided by the windows, then x W."""
     cap = imp._capacity(model, tok)
     model.zero_grad(set_to_none=True)
     n = 0
     for batch in imp.text_batches(tok, texts, cap, 20000, batch_size):
         ids = torch.tensor(batch)
-        model(input_ids=ids, labels=ids).loss.backward()
-        n += 1
+        (model(input_ids=ids, labels=ids).loss * len(batch)).backward()
+        n += len(batch)
     anat = describe_model(model)
     out = {f"{b.index}.{r}": (anat.module(name).weight.grad.float() / n)
            * anat.module(name).weight.detach().float()
@@ -372,6 +435,102 @@ def test_streamed_gradxweight_matches_with_batches_of_several_windows():
     ref = _plain_gradxweight(model, tok, texts["FR"])
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_the_causal_loss_in_chunks_of_tokens_equals_the_models_loss(monkeypatch, family):
+    """The LM loss computed a few tokens at a time (a 7B model's logits over 152k words
+    are never held for a whole window) gives the gradients of the model's own loss."""
+    model = copy.deepcopy(causal_model(family))
+    tok = tokenizer(family)
+    texts = {"EN": TEXTS["EN"] * 6}
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(imp, "LOSS_CHUNK_BYTES", 4 * vocab * 7)  # 7 tokens per chunk
+    seen = []
+    real = imp._causal_backward_in_chunks
+    monkeypatch.setattr(imp, "_causal_backward_in_chunks",
+                        lambda split, ids, **kw: (seen.append(ids.numel()),
+                                                  real(split, ids, **kw)))
+    got = imp.gradxweight_scores("unused", tok, texts, head_model=(model, "causal"))["EN"]
+    assert seen and max(seen) > 7 * 3  # several chunks per pass
+    ref = _plain_gradxweight(model, tok, texts["EN"])
+    for k in ref:  # the same sums in another order: equal to float32 rounding
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4,
+                                   atol=1e-5 * float(ref[k].abs().max()))
+    assert float(sum(v.abs().sum() for v in got.values())) > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "bloom"])
+def test_recomputed_blocks_give_the_same_scores_and_keep_less_for_the_backward(family):
+    """Activation checkpointing (each block run again during the backward pass): the same
+    scores, bit for bit, and a fraction of the activations saved for the backward pass
+    (counted by a saved-tensors hook around the gradient passes); the blocks' forward is
+    restored afterwards."""
+    from contextlib import contextmanager
+
+    torch.manual_seed(5)
+    tok = tokenizer(family)
+    model = T.AutoModelForCausalLM.from_config(
+        tiny_config(family, len(tok), layers=6)).eval()
+    texts = {"EN": TEXTS["EN"] * 8}
+
+    @contextmanager
+    def counting(box):
+        def pack(t):
+            box[0] += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+
+    saved, scores = {}, {}
+    for recompute in (False, True):
+        box = [0]
+        with counting(box):
+            scores[recompute] = imp.gradxweight_scores(
+                "unused", tok, texts, head_model=(model, "causal"), recompute=recompute)["EN"]
+        saved[recompute] = box[0]
+    assert all(torch.equal(scores[True][k], scores[False][k]) for k in scores[False])
+    print(f"{family}: bytes saved for the backward pass: {saved[False]} -> {saved[True]}")
+    assert saved[True] < 0.5 * saved[False]
+    assert all("forward" not in blk.__dict__ for blk in
+               (describe_model(model).module(b.name) for b in describe_model(model).blocks))
+
+
+def test_scaled_logits_use_the_models_own_loss():
+    model = copy.deepcopy(causal_model("llama"))
+    assert imp._loss_parts(model) is not None
+    model.config.final_logit_softcapping = 30.0  # as Gemma-2's
+    assert imp._loss_parts(model) is None
+
+
+def test_the_importance_token_budget_bounds_the_windows_per_pass(monkeypatch):
+    """importance_batch_tokens: between one window and GRAD_BATCH_WINDOWS windows, from
+    the memory; a budget of one window gives the scores of one-window batches."""
+    model = copy.deepcopy(causal_model("llama"))
+    tok = tokenizer("llama")
+    cap = imp._capacity(model, tok)
+    tokens = imp.importance_batch_tokens(model)
+    assert 512 <= tokens <= imp.GRAD_BATCH_WINDOWS * 512
+    monkeypatch.setattr(imp, "GRAD_MEMORY_SHARE", 1e-12)  # no memory to spare: one window
+    assert imp.importance_batch_tokens(model) == 512
+    monkeypatch.setattr(imp, "GRAD_MEMORY_SHARE", 1.0)
+    assert imp.importance_batch_tokens(model) == imp.GRAD_BATCH_WINDOWS * 512  # tiny model
+    texts = {"EN": TEXTS["EN"] * 60}  # several windows
+    assert len(list(imp.text_batches(tok, texts["EN"], cap, 20000, 1))) >= 3
+    one = imp.gradxweight_scores("unused", tok, texts, head_model=(model, "causal"),
+                                 batch_size=1)["EN"]
+    budget = imp.gradxweight_scores("unused", tok, texts, head_model=(model, "causal"),
+                                    max_batch_tokens=cap + 2)["EN"]
+    full = imp.gradxweight_scores("unused", tok, texts, head_model=(model, "causal"),
+                                  max_batch_tokens=10**6)["EN"]
+    assert all(torch.equal(one[k], budget[k]) for k in one)
+    # other batches, the same mean over windows (to float rounding): machines whose
+    # budgets differ get the same scores
+    batches = [len(b) for b in imp.text_batches(tok, texts["EN"], cap, 20000, 8)]
+    assert len(set(batches)) > 1, batches  # unequal batches: a mean over batches would differ
+    for k in one:
+        scale = float(one[k].abs().max())
+        torch.testing.assert_close(full[k], one[k], rtol=1e-4, atol=1e-5 * scale)
 
 
 #: measured on the tiny llama: the 1 % shared selections of bfloat16 scores share 0.989
@@ -441,7 +600,9 @@ def test_weight_lesions_restore_bit_for_bit(dtype, mode):
              for b in anat.blocks for r, n in b.linears.items()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     h0 = M.parameters_hash(model)
-    with apply_lesion(model, Lesion("weights", masks, mode=mode), anat):
+    lesion = Lesion("weights", masks, mode=mode)
+    assert all(isinstance(m, IndexMask) for m in lesion.masks.values())  # compact in memory
+    with apply_lesion(model, lesion, anat):
         W = anat.module(anat.blocks[1].linears["q"]).weight
         value = 0 if mode == "zero" else before["layers.1.self_attn.q_proj.weight"].mean()
         assert torch.all(W[masks["1.q"]] == value)
@@ -479,7 +640,8 @@ def test_lesion_files_take_at_most_p_over_8_bytes(tmp_path, density):
     back = Lesion.load(st)
     assert set(back.masks) == set(masks)
     for k in masks:
-        assert back.masks[k].dtype == torch.bool and torch.equal(back.masks[k], masks[k])
+        assert isinstance(back.masks[k], IndexMask)
+        assert torch.equal(back.masks[k].to_bool(), masks[k])
 
 
 def test_lesion_files_of_the_first_format_still_load(tmp_path):
@@ -494,14 +656,14 @@ def test_lesion_files_of_the_first_format_still_load(tmp_path):
         "format": "napari-lesion-align lesion 1", "element": "weights", "mode": "zero",
         "spec": {"name": "old"}}))
     back = Lesion.load(tmp_path / "old.json")
-    assert torch.equal(back.masks["0.q"], masks["0.q"]) and back.name == "old"
+    assert torch.equal(back.masks["0.q"].to_bool(), masks["0.q"]) and back.name == "old"
     # a unit lesion in the new format, with mean values
     les = Lesion("neurons", {"1.neurons": masks["1.neurons"]}, {"name": "n"}, mode="mean",
                  means={"1.neurons": torch.arange(64, dtype=torch.float32)})
     les.save(tmp_path / "new")
     back = Lesion.load(tmp_path / "new")
     assert json.loads((tmp_path / "new.json").read_text())["format"].endswith("lesion 2")
-    assert torch.equal(back.masks["1.neurons"], masks["1.neurons"])
+    assert torch.equal(back.masks["1.neurons"].to_bool(), masks["1.neurons"])
     assert torch.equal(back.means["1.neurons"], les.means["1.neurons"])
 
 
@@ -517,23 +679,202 @@ def test_a_damaged_packed_mask_is_a_clear_error(tmp_path):
         Lesion.load(st)
 
 
+# the bool implementations the compact masks replaced, as they were written: the keys of
+# result folders and of the demo's cache, and the random draws, must not change
+def _old_lesion_key(lesion_element, mode, bool_masks, means=None) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    h.update(lesion_element.encode() + b"\x1f" + mode.encode())
+    for k in sorted(bool_masks):
+        h.update(k.encode())
+        h.update(bool_masks[k].to(dtype=torch.uint8).contiguous().numpy().tobytes())
+    if mode == "mean":
+        for k in sorted(means):
+            h.update(b"mean:" + k.encode())
+            h.update(means[k].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _old_random_like(bool_masks, seed):
+    g = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for key, m in bool_masks.items():
+        n = int(m.sum())
+        flat = torch.zeros(m.numel(), dtype=torch.bool)
+        if n:
+            flat[torch.randperm(m.numel(), generator=g)[:n]] = True
+        out[key] = flat.view(m.shape)
+    return out
+
+
+def _old_top_k(scores, k_percent):
+    from napari_lesion_align.core.plan import top_k_count
+
+    flat = scores.reshape(-1)
+    n = top_k_count(flat.numel(), k_percent)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    if n:
+        mask[torch.topk(flat.float(), n, sorted=False).indices] = True
+    return mask.view(scores.shape)
+
+
+def _weight_scores(anat, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {f"{b.index}.{r}": torch.randn(anat.module(n).weight.shape, generator=g)
+            for b in anat.blocks for r, n in b.linears.items()}
+
+
+def test_compact_masks_keep_the_keys_draws_and_selections_of_boolean_masks():
+    from napari_lesion_align.core.plan import lesion_key
+
+    anat = describe_model(base_model("llama"))
+    scores = _weight_scores(anat)
+    for k_percent in (1.0, 37.0):
+        les = Lesion("weights", {k: top_k_mask(s, k_percent) for k, s in scores.items()})
+        old = {k: _old_top_k(s, k_percent) for k, s in scores.items()}
+        assert all(torch.equal(les.masks[k].to_bool(), old[k]) for k in old)
+        assert lesion_key(les) == _old_lesion_key("weights", "zero", old)
+        for seed in (0, 7):
+            rnd = random_like(les, anat, seed=seed)
+            ref = _old_random_like(old, seed)
+            assert all(torch.equal(rnd.masks[k].to_bool(), ref[k]) for k in ref)
+            assert lesion_key(rnd) == _old_lesion_key("weights", "zero", ref)
+    # unit masks, mean mode, a key whose mask is empty
+    g = torch.Generator().manual_seed(1)
+    units = {"0.neurons": torch.rand(64, generator=g) < 0.2,
+             "1.neurons": torch.zeros(64, dtype=torch.bool)}
+    means = {k: torch.randn(64, generator=g) for k in units}
+    les = Lesion("neurons", dict(units), mode="mean", means=means)
+    assert lesion_key(les) == _old_lesion_key("neurons", "mean", units, means)
+    assert lesion_key(les) != _old_lesion_key("neurons", "zero", units)
+
+
+def test_a_one_percent_lesion_holds_at_most_a_twentieth_of_a_byte_per_weight():
+    model = base_model("qwen2")
+    anat = describe_model(model)
+    scores = _weight_scores(anat, seed=2)
+    P = sum(s.numel() for s in scores.values())
+    les = Lesion("weights", {k: top_k_mask(s, 1.0) for k, s in scores.items()})
+    rnd = random_like(les, anat, seed=4)
+    for lesion in (les, rnd):
+        held = sum(m.indices.nbytes for m in lesion.masks.values())  # what the masks hold
+        assert held == lesion.nbytes
+        print(f"1 % lesion of P = {P} weights: {held} bytes in memory ({held / P:.3f} P; "
+              f"boolean masks: {P} bytes)")
+        assert held <= 0.05 * P
+        assert lesion.n_elements == sum(max(1, round(s.numel() / 100)) for s in scores.values())
+
+
+def test_index_masks_combine_on_their_indices():
+    g = torch.Generator().manual_seed(3)
+    a_b, b_b = torch.rand(7, 9, generator=g) < 0.3, torch.rand(7, 9, generator=g) < 0.3
+    a, b = IndexMask.of(a_b), IndexMask.of(b_b)
+    assert a.shape == (7, 9) and a.numel() == 63 and a.sum() == int(a_b.sum())
+    assert torch.equal((a & b).to_bool(), a_b & b_b) and torch.equal((a | b).to_bool(), a_b | b_b)
+    assert a == IndexMask.of(a_b.clone()) and a != b
+    assert IndexMask.from_indices([5, 1, 5, 3], (2, 4)).indices.tolist() == [1, 3, 5]
+    assert not IndexMask.of(torch.zeros(3, dtype=torch.bool)).any()
+    with pytest.raises(LesionAlignError, match="cannot be combined"):
+        a & IndexMask.of(torch.ones(3, dtype=torch.bool))
+
+
+def test_mask_indices_from_a_file_in_any_order_load_sorted_and_unique(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    les = Lesion("weights", {"0.q": torch.arange(10000).view(100, 100) % 997 == 0}, {"name": "x"})
+    st, _ = les.save(tmp_path / "x")
+    t = load_file(str(st))
+    assert "idx/0.q" in t
+    t["idx/0.q"] = torch.cat([t["idx/0.q"].flip(0), t["idx/0.q"][:2]])  # reversed, repeats
+    save_file(t, str(st))
+    back = Lesion.load(st)
+    assert back.masks["0.q"] == les.masks["0.q"]
+
+
 @pytest.mark.parametrize("family", LESION_FAMILIES)
 def test_anatomy_of_each_family(family):
-    anat = describe_model(base_model(family))
-    assert len(anat.blocks) == N_LAYERS and anat.intermediate_size == 64
+    model = base_model(family)
+    anat = describe_model(model)
+    assert len(anat.blocks) == N_LAYERS
+    assert anat.intermediate_size == (4 * 32 if family == "bloom" else 64)
+    attn = {"qkv"} if family == "bloom" else {"q", "k", "v"}
     for b in anat.blocks:
-        assert {"q", "k", "v", "o", "ffn_up", "ffn_down"} <= set(b.linears)
+        assert attn | {"o", "ffn_up", "ffn_down"} <= set(b.linears)
+        assert not ({"q", "k", "v", "qkv"} - attn) & set(b.linears)
+        assert b.qkv_per_head == (family == "bloom")
+        W = {r: anat.module(n).weight for r, n in b.linears.items()}
+        assert W["o"].shape == (32, b.n_heads * b.head_dim)
+        if family == "bloom":
+            assert W["qkv"].shape == (3 * 32, 32)
 
 
-def test_fused_qkv_models_are_refused_for_lesions_with_a_clear_error():
-    with pytest.raises(LesionAlignError, match="fused projection.*Features of this model work"):
-        describe_model(base_model("bloom"))
+def _bloom_attention_dense(model, block):
+    return model.h[block].self_attention.dense
+
+
+def test_bloom_heads_lesion_zeroes_the_heads_columns_of_the_output_projection():
+    """A heads lesion of BLOOM (fused qkv) acts on the attention output projection's input
+    columns of the head: the same as zeroing those columns of its weight (the planted
+    truth), and the model is restored bit for bit."""
+    from napari_lesion_align.core.importance import manual
+
+    model = copy.deepcopy(base_model("bloom"))
+    tok = tokenizer("bloom")
+    anat = describe_model(model)
+    hd = anat.blocks[1].head_dim
+    ids = torch.tensor([special_tokens(tok)[0] + tok(" ".join(WORDS[:20]),
+                                                     add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        ref = model(input_ids=ids).last_hidden_state
+    h0 = M.parameters_hash(model)
+    lesion = manual("heads", {1: [2]}, anat)
+    with apply_lesion(model, lesion, anat), torch.inference_mode():
+        got = model(input_ids=ids).last_hidden_state
+    assert M.parameters_hash(model) == h0
+    planted = copy.deepcopy(model)
+    with torch.no_grad():
+        _bloom_attention_dense(planted, 1).weight[:, 2 * hd: 3 * hd] = 0
+        want = planted(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert (got - ref).abs().max() > 1e-3
+
+
+def test_bloom_weights_lesions_from_importance_scores_apply_and_restore(tmp_path):
+    """Importance (Wanda and gradient x weight) scores BLOOM's fused qkv like any linear
+    layer; the shared 5 % lesion zeroes exactly its entries and is undone bit for bit;
+    head scores take each head's q, k and v rows."""
+    torch.manual_seed(4)
+    tok = tokenizer("bloom")
+    model = T.AutoModelForCausalLM.from_config(tiny_config("bloom", len(tok))).eval()
+    texts = {L: t * 3 for L, t in TEXTS.items()}
+    anat = describe_model(model)
+    for scores in (imp.wanda_scores(model.transformer, tok, texts),
+                   imp.gradxweight_scores("unused", tok, texts, head_model=(model, "causal"))):
+        assert {f"{b}.qkv" for b in range(N_LAYERS)} <= set(scores["EN"])
+        lesion = imp.select(scores, "shared", 5.0)
+        assert lesion.masks["0.qkv"].sum() == round(96 * 32 * 0.05)
+        W = anat.module(anat.blocks[0].linears["qkv"]).weight
+        before = W.detach().clone()
+        h0 = M.parameters_hash(model)
+        with apply_lesion(model, lesion, anat):
+            m = lesion.masks["0.qkv"].to_bool()
+            assert torch.all(W[m] == 0) and torch.equal(W[~m], before[~m])
+        assert M.parameters_hash(model) == h0
+        heads = imp.unit_scores(scores["EN"], "heads", anat)["0.heads"]
+        S = scores["EN"]["0.qkv"].abs()
+        hd = anat.blocks[0].head_dim
+        for h in range(anat.n_heads):
+            want = (S[h * 3 * hd:(h + 1) * 3 * hd].sum()
+                    + scores["EN"]["0.o"].abs()[:, h * hd:(h + 1) * hd].sum())
+            torch.testing.assert_close(heads[h], want, rtol=1e-5, atol=0)
+    lesion.save(tmp_path / "bloom")
+    back = Lesion.load(tmp_path / "bloom")
+    assert back.masks == lesion.masks
 
 
 # --------------------------------------------------------------------------- GPU
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "bloom"])
 def test_gpu_bfloat16_features_and_lesion_restore(family):
     model, tok = base_model(family), tokenizer(family)
     ref = extract_word_features(model, tok, WORDS, [2], ONE_WINDOW)[2]
@@ -678,5 +1019,5 @@ def test_specific_selections_are_the_same_past_the_rank_cache_limit(monkeypatch)
     small: dict = {}
     for L in scores:
         got = imp.select(scores, f"specific:{L}", 2.0, rank_cache=small)
-        assert all(torch.equal(got.masks[k], ref[L].masks[k]) for k in got.masks)
+        assert all(got.masks[k] == ref[L].masks[k] for k in got.masks)
     assert len([k for k in small if k != ("__bytes__",)]) == 2

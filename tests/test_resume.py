@@ -161,6 +161,20 @@ def test_group_statistics_options_resume_without_refitting(tmp_path, tiny_model)
     np.testing.assert_array_equal(b.group_maps[("EN", "shared", "p")], p_before)
 
 
+def test_a_memory_only_key_resumes_without_refitting(tmp_path, tiny_model):
+    """[features] max_batch_tokens changes the memory of the feature passes, not the
+    features: lowering it after running out of memory resumes the folder (no --force,
+    nothing computed again)."""
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=2))
+    out = tmp_path / "out"
+    a = run_analysis(cfg, out)
+    b = run_analysis(cfg.replace(features=cfg.features.replace(max_batch_tokens=300)), out)
+    assert b.provenance["units"]["fits"]["computed"] == []
+    assert json.loads((out / "result.json").read_text())["config"]["features"][
+        "max_batch_tokens"] == 300
+    np.testing.assert_array_equal(b.get(b.subjects[0], "EN"), a.get(a.subjects[0], "EN"))
+
+
 def test_foreign_folders_are_never_written_into(tmp_path, tiny_model):
     """An output folder with files of the user's (e.g. the study folder itself, whose
     mask.nii.gz has an output's name) or an old result without units/ is refused."""

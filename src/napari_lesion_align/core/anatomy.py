@@ -6,9 +6,11 @@ classified by their shapes (hidden -> intermediate is the feed-forward input, in
 -> hidden its output; the rest, inside the attention module, are the query / key / value /
 output projections), and names only break ties (which hidden -> hidden projection is the
 query, which feed-forward input is the gate). This covers BERT / RoBERTa / XLM-R encoders,
-Llama / Qwen2 / Mistral / Gemma-style decoders (gated FFN, grouped-query attention) and XGLM;
-models with one fused query-key-value projection (BLOOM) are refused with a clear error
-(their features work, :func:`.features.find_blocks` needs only the blocks).
+Llama / Qwen2 / Mistral / Gemma-style decoders (gated FFN, grouped-query attention) and XGLM.
+Models with one fused query-key-value projection (BLOOM) have one part ``qkv`` in place of
+``q`` / ``k`` / ``v`` (weight lesions address it like any linear layer); where its output
+rows are grouped by head (BLOOM, GPT-NeoX: head ``h`` owns rows ``h x 3 x head_dim`` to
+``(h + 1) x 3 x head_dim``, its query, key and value) heads are scored on those rows.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass, field
 
 from .errors import LesionAlignError
 
-ROLES = ("q", "k", "v", "o", "ffn_gate", "ffn_up", "ffn_down")
+ROLES = ("q", "k", "v", "qkv", "o", "ffn_gate", "ffn_up", "ffn_down")
+#: model types whose fused query-key-value rows are grouped by head (q, k, v of head 0, ...)
+QKV_PER_HEAD = ("bloom", "gpt_neox")
 _NAME_HINTS = {
     "q": re.compile(r"(^|[._])(q|query|q_proj|wq|q_lin)$"),
     "k": re.compile(r"(^|[._])(k|key|k_proj|wk|k_lin)$"),
@@ -40,6 +44,7 @@ class Block:
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    qkv_per_head: bool = False  # a fused qkv whose rows are grouped by head (see module doc)
 
 
 @dataclass
@@ -127,13 +132,13 @@ def describe_model(model) -> Anatomy:
         q_out, kv_out = n_heads * head_dim, n_kv * head_dim
         fused = [n for n, m in attn.items() if m.in_features == H
                  and m.out_features == q_out + 2 * kv_out]
-        if fused and not any(_NAME_HINTS["q"].search(n) for n in attn):
-            raise LesionAlignError(
-                f"block {i} of {type(model).__name__}: its query, key and value share one "
-                f"fused projection ({fused[0]}); lesions address separate q / k / v "
-                "projections (Llama, Qwen2, Mistral, Gemma, XGLM, XLM-R / BERT). Features "
-                "of this model work; for lesions use a model with separate projections")
-        for role in ("q", "k", "v"):
+        separate = any(_NAME_HINTS["q"].search(n) for n in attn)
+        if fused and not separate:
+            if len(fused) != 1:
+                raise LesionAlignError(f"block {i}: cannot tell the fused query-key-value "
+                                       f"projection among {fused}")
+            roles["qkv"] = fused[0]
+        for role in (() if "qkv" in roles else ("q", "k", "v")):
             want = q_out if role == "q" else kv_out
             cands = [n for n, m in attn.items() if m.in_features == H and m.out_features == want
                      and _NAME_HINTS[role].search(n)]
@@ -150,7 +155,8 @@ def describe_model(model) -> Anatomy:
         if len(rest) != 1:
             raise LesionAlignError(f"block {i}: cannot find the attention output projection")
         roles["o"] = rest[0]
-        blocks.append(Block(i, prefix, roles, n_heads, n_kv, head_dim))
+        blocks.append(Block(i, prefix, roles, n_heads, n_kv, head_dim,
+                            "qkv" in roles and getattr(cfg, "model_type", "") in QKV_PER_HEAD))
     is_decoder = bool(getattr(cfg, "is_decoder", False)) or "ForCausalLM" in type(model).__name__ \
         or any(a.endswith("ForCausalLM") for a in (getattr(cfg, "architectures", None) or []))
     return Anatomy(blocks, H, inter, n_heads, is_decoder, layers_name, modules)

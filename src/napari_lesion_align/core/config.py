@@ -242,6 +242,10 @@ class LesionConfig(Table):
         "ablation: zero sets the lesioned elements to 0, mean to their mean activation"))
     text: dict[Label, Text] | None = None  # {language: text file}; default: the stimulus
     max_tokens: Annotated[int, Field(strict=True, ge=1)] = 20000
+    importance_batch_tokens: NonNegInt = Field(0, description=(
+        "tokens per gradient pass of gradient x weight (0: automatic, from the device's "
+        "memory); lower it when the importance runs out of memory: the scores stay the "
+        "same to float rounding"))
     files: tuple[Text, ...] = ()
     manual: tuple[ManualLesion, ...] = ()
     sweep: Bool = False
@@ -327,6 +331,9 @@ class ComputeConfig(Table):
 #: the keys whose change does not change any unit's result (only the group statistics);
 #: a folder computed with other values of these is resumed, not refused
 GROUP_KEYS = ("alpha", "correction", "min_relative_drop")
+#: [lesions] keys that change the memory of a pass, not what comes out of it (left out
+#: of the analysis' identity, like FeatureOptions.MEMORY_KEYS)
+LESION_MEMORY_KEYS = ("importance_batch_tokens",)
 
 
 class AnalysisConfig(Section):

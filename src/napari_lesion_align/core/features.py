@@ -19,7 +19,7 @@ from typing import Annotated, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from pydantic import Field, Strict
+from pydantic import Field, Strict, model_serializer
 
 from .errors import Cancelled, LesionAlignError
 from .schema import Table
@@ -38,6 +38,32 @@ class FeatureOptions(Table):
     stride_tokens: Annotated[int, Strict(), Field(ge=1)] = 128
     #: windows per forward pass
     batch_size: Annotated[int, Strict(), Field(ge=1)] = 8
+    #: tokens per forward pass, padding included (0: automatic); memory only
+    max_batch_tokens: Annotated[int, Strict(), Field(ge=0, description=(
+        "tokens per forward pass of the feature extraction, padding included (windows x "
+        "the longest window; a single window always makes a pass); 0: automatic (no "
+        "limit on the CPU, a quarter of the free GPU memory on a GPU). Lower it when a "
+        "large model runs out of GPU memory: it changes the memory, not the features"))] = 0
+
+    #: keys that change only the memory a pass takes, never the features: left out of the
+    #: dump at their defaults (the keys of earlier analyses stay the same) and out of the
+    #: feature store's keys (:meth:`content`) whatever their values
+    MEMORY_KEYS: ClassVar[tuple] = ("max_batch_tokens",)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        d = handler(self)
+        if isinstance(d, dict):
+            for k in self.MEMORY_KEYS:
+                if k in d and d[k] == type(self).model_fields[k].default:
+                    del d[k]
+        return d
+
+    def content(self) -> "FeatureOptions":
+        """These options with the memory-only keys at their defaults: what the features'
+        values depend on (the feature store's key)."""
+        return self.replace(**{k: type(self).model_fields[k].default
+                               for k in self.MEMORY_KEYS})
 
 
 # --------------------------------------------------------------------------- tokens
@@ -205,8 +231,8 @@ def extract_word_features(
     block ``l`` is caught by a hook; the last layer is the model's ``last_hidden_state``,
     as ``output_hidden_states`` reports it). Windows are batched up to
     ``opts.batch_size`` and ``max_batch_tokens`` tokens per pass (padding included;
-    ``None``: :func:`default_batch_tokens`); word vectors are pooled in float32 whatever
-    the model's dtype.
+    ``None``: ``opts.max_batch_tokens``, and when that is 0 :func:`default_batch_tokens`);
+    word vectors are pooled in float32 whatever the model's dtype.
 
     Reuse across lesions: with ``record=[l, ...]`` and a ``cache`` dict, the input of block
     ``l`` (``hidden_states[l]``) of every pass is stored; a later call with the same words
@@ -245,7 +271,7 @@ def extract_word_features(
         batches = cache[("batches",)]  # the recorded passes' batches (the keys of their states)
     else:
         if max_batch_tokens is None:
-            max_batch_tokens = default_batch_tokens(model)
+            max_batch_tokens = opts.max_batch_tokens or default_batch_tokens(model)
         batches = batch_windows(wins, opts.batch_size, max_batch_tokens, len(pre) + len(post))
         if record:
             cache[("batches",)] = batches

@@ -29,7 +29,7 @@ import numpy as np
 
 from .anatomy import Anatomy, describe_model
 from .errors import Cancelled, LesionAlignError
-from .lesions import Lesion, percentile_rank, top_k_mask
+from .lesions import IndexMask, Lesion, percentile_rank, top_k_mask
 from .plan import UNIT_ELEMENTS, UNIT_PART, top_k_count, unit_count
 
 
@@ -242,23 +242,96 @@ def _safetensors_index(folder: Path) -> dict | None:
         return {k: single.name for k in f.keys()}
 
 
+#: windows per gradient pass at most (the batches of :func:`text_batches`)
+GRAD_BATCH_WINDOWS = 8
+#: the share of the device's memory (what is left of it after the model and the
+#: accumulators) that one gradient pass' activations may take
+GRAD_MEMORY_SHARE = 0.25
+#: bytes of float32 logits (and their gradient) computed at once by the causal-LM loss
+LOSS_CHUNK_BYTES = 64 * 2**20
+
+
+def importance_batch_tokens(model, accumulate_on: str = "auto") -> int:
+    """Tokens per gradient pass (the windows of one batch, padding included) when none is
+    given: the one owner of this default.
+
+    A gradient pass (blocks recomputed, see :func:`gradxweight_scores`) keeps every
+    block's input and one block's activations and their gradients: about
+    ``(blocks x hidden + 4 x (4 x hidden + 3 x FFN + heads x 512)) x max(bytes per value,
+    4)`` per token (one block's: the estimate of :func:`.features.default_batch_tokens`;
+    the factor 4 from Qwen2-0.5B in float32 on the CPU, which took 0.46 MB per further
+    token of a pass, ``benchmarks/models.py``). The budget is :data:`GRAD_MEMORY_SHARE`
+    of the device's *total* memory (GPU memory, or the machine's RAM on the CPU) less the
+    model and the float32 accumulators held there (where :func:`_accumulator_devices`
+    would put them), so that it is the same on every run of the same machine (the scores,
+    and so the lesions' keys, follow the batches); at least one window, at most
+    :data:`GRAD_BATCH_WINDOWS` windows of the model's window length.
+    """
+    import os
+
+    import torch
+
+    p = model.get_input_embeddings().weight
+    cfg = model.config
+    anatomy = describe_model(model)
+    hidden, ffn = anatomy.hidden_size, anatomy.intermediate_size
+    heads = anatomy.n_heads
+    per_token = ((len(anatomy.blocks) * hidden + 4 * (4 * hidden + 3 * ffn + heads * 512))
+                 * max(p.element_size(), 4))
+    params = sum(t.numel() * t.element_size() for t in model.parameters())
+    lesionable = sum(anatomy.module(n).weight.numel() for b in anatomy.blocks
+                     for n in b.linears.values())
+    if p.device.type == "cuda":
+        total = torch.cuda.get_device_properties(p.device).total_memory
+        # where _accumulator_devices puts them, judged on the total memory
+        on_device = accumulate_on == "device" or (
+            accumulate_on == "auto" and 4 * lesionable <= 0.5 * (total - params))
+        acc = 4 * lesionable if on_device else 0
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        acc = 4 * lesionable
+    window = min(int(getattr(cfg, "max_position_embeddings", 512) or 512), 512)
+    budget = int(GRAD_MEMORY_SHARE * max(total - params - acc, 0) // per_token)
+    return int(min(max(budget, window), GRAD_BATCH_WINDOWS * window))
+
+
 def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: str = "cpu",
                        max_tokens: int = 20000, seed: int = 0, progress=None,
                        cancel=None, head_model=None, accumulate_on: str = "auto",
-                       batch_size: int = 8) -> dict:
-    """{language: {"<block>.<role>": (mean over batches of dLoss/dW) * W}} (signed).
+                       batch_size: int = GRAD_BATCH_WINDOWS,
+                       max_batch_tokens: int | None = None, recompute: bool = True) -> dict:
+    """{language: {"<block>.<role>": (mean over windows of dLoss/dW) * W}} (signed).
 
     ``head_model``: ``(model, kind)`` from :func:`load_lm_head_model` when already loaded.
+    ``batch_size`` windows and at most ``max_batch_tokens`` tokens per gradient pass
+    (``None``: :func:`importance_batch_tokens`; one window always makes a pass).
+    ``recompute``: keep only each block's input for the backward pass and run the block
+    forward again when its gradient is computed (activation checkpointing, one block at a
+    time): the activations of a pass shrink from every block's to one block's, for one
+    more forward pass; the gradients are the same (the same operations on the same
+    values).
+
+    A causal-LM loss is computed on the hidden states of the last block in chunks of
+    tokens (:data:`LOSS_CHUNK_BYTES` of float32 logits at a time, never the logits of a
+    whole window over the vocabulary); its gradient reaches the blocks in one backward
+    pass. It equals the model's own loss (the mean next-token cross-entropy) up to float
+    rounding; models whose logits are not the LM head of the last hidden state (e.g.
+    soft-capped or scaled logits) use the model's own loss.
 
     Streamed: only the lesionable weights require gradients, and each one's gradient is
     folded into a float32 accumulator (the sum over batches) by a hook that runs as soon
     as it is computed during the backward pass (``register_post_accumulate_grad_hook``),
     which then frees the gradient; so the memory is the model, the activations of one
-    batch and one accumulator per lesionable weight (``accumulate_on``: ``"auto"`` = on
-    the weight's device when the accumulators fit in half of the free GPU memory, else in
-    CPU memory; or ``"cpu"`` / ``"device"``), never a full set of gradients. The scores
-    equal the gradient summed by autograd over the batches, divided by their number, times
-    the weight (bit for bit in float32: the same additions in the same order).
+    batch (with ``recompute``: the blocks' inputs and one block's activations) and one
+    accumulator per lesionable weight (``accumulate_on``: ``"auto"`` = on the weight's
+    device when the accumulators fit in half of the free GPU memory, else in CPU memory;
+    or ``"cpu"`` / ``"device"``), never a full set of gradients. The scores equal the
+    gradient summed by autograd over the batches (each batch's mean loss times its
+    windows), divided by the number of windows, times the weight (in float32 bit for bit,
+    or to rounding where the loss is computed in chunks of tokens: the same additions, in
+    another order). The windows have equal lengths (:func:`text_batches`; the last, shorter
+    one makes a batch alone), so the score is the mean over windows whatever the batches
+    (the token budget): machines with other budgets agree to float rounding.
     """
     import torch
 
@@ -274,27 +347,40 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
         raise LesionAlignError("masked-LM importance needs a tokenizer with a mask token")
     in_device = model.get_input_embeddings().weight.device
     acc_dev = _accumulator_devices(targets, accumulate_on)
+    if max_batch_tokens is None:
+        max_batch_tokens = importance_batch_tokens(model, accumulate_on)
+    windows = max(1, min(int(batch_size), int(max_batch_tokens) // (cap + 2)))
+    split = _loss_parts(model) if kind == "causal" else None
     params = list(model.parameters())
     was = [p.requires_grad for p in params]
     wanted = {id(m.weight) for m in targets.values()}
     out = {}
     acc: dict = {}
     hooks = []
+    replay = _Recompute(anatomy) if recompute else None
     try:
         for p in params:  # gradients of the weights scored only (not embeddings, head, norms)
             p.requires_grad_(id(p) in wanted)
             p.grad = None
         for k, m in targets.items():
             hooks.append(m.weight.register_post_accumulate_grad_hook(_folder(acc, k)))
+        if replay is not None:
+            replay.__enter__()
         for li, (lang, texts) in enumerate(texts_by_language.items()):
             acc.clear()
             acc.update({k: torch.zeros(m.weight.shape, dtype=torch.float32, device=acc_dev[k])
                         for k, m in targets.items()})
-            n_batches = 0
-            for batch in text_batches(tokenizer, texts, cap, max_tokens, batch_size):
+            n_windows = 0
+            for batch in text_batches(tokenizer, texts, cap, max_tokens, windows):
                 if cancel is not None and cancel():
                     raise Cancelled()
                 ids = torch.tensor(batch, device=in_device)
+                # a batch's mean loss weighs as many windows as it holds: the sum over the
+                # batches is the sum over windows, whatever the batches (the token budget)
+                n_windows += len(batch)
+                if split is not None:
+                    _causal_backward_in_chunks(split, ids, weight=len(batch))
+                    continue
                 if kind == "causal":
                     loss = model(input_ids=ids, labels=ids).loss
                 else:
@@ -306,20 +392,21 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
                     masked = ids.clone()
                     masked[chosen.to(in_device)] = mask_id
                     loss = model(input_ids=masked, labels=labels).loss
-                loss.backward()
+                (loss * len(batch)).backward()
                 del loss
-                n_batches += 1
             scores = {}
             for k in list(acc):
                 W = targets[k].weight.detach()
-                g = acc.pop(k).cpu()
-                scores[k] = (g / max(n_batches, 1)) * W.float().cpu()
+                g = acc.pop(k).cpu()  # in place: the accumulator becomes the scores
+                scores[k] = g.div_(max(n_windows, 1)).mul_(W.float().cpu())
                 del g
             out[lang] = scores
             if progress is not None:
                 progress((li + 1) / len(texts_by_language),
                          f"importance (gradient x weight): {lang}")
     finally:
+        if replay is not None:
+            replay.__exit__(None, None, None)
         for h in hooks:
             h.remove()
         for p, r in zip(params, was):
@@ -328,6 +415,86 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
         acc.clear()
     del model
     return out
+
+
+class _Recompute:
+    """Activation checkpointing of every block while active: each block's ``forward`` is
+    replaced on the instance by one that runs it under :func:`torch.utils.checkpoint.checkpoint`
+    (non-reentrant: keyword arguments pass through; hooks still run around it); restored on
+    exit."""
+
+    def __init__(self, anatomy: Anatomy):
+        self.blocks = [anatomy.module(b.name) for b in anatomy.blocks]
+        self._saved: list = []
+
+    def __enter__(self):
+        from torch.utils.checkpoint import checkpoint
+
+        for blk in self.blocks:
+            own = blk.__dict__.get("forward")
+            orig = blk.forward
+
+            def forward(*args, _orig=orig, **kwargs):
+                return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
+
+            self._saved.append((blk, own))
+            blk.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        for blk, own in self._saved:
+            if own is None:
+                del blk.forward
+            else:
+                blk.forward = own
+        self._saved = []
+        return False
+
+
+#: config keys of models whose logits are not the plain LM head of the last hidden state
+_SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
+                  "output_multiplier_scale")
+
+
+def _loss_parts(model):
+    """``(body, head)`` of a causal LM whose logits are ``head(body(ids)[0])``, or None
+    (then the model's own loss is used)."""
+    body = getattr(model, getattr(model, "base_model_prefix", "") or "", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or head is None or body is model:
+        return None
+    cfg = model.config
+    if any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in _SCALED_LOGITS):
+        return None
+    return body, head
+
+
+def _causal_backward_in_chunks(split, ids, weight: float = 1.0) -> None:
+    """Backward of ``weight`` x the mean next-token cross-entropy of ``ids`` (the loss of
+    ``model(input_ids=ids, labels=ids)``), its logits computed a chunk of tokens at a time:
+    the blocks run forward once and backward once."""
+    import torch
+    import torch.nn.functional as F
+
+    body, head = split
+    hidden = body(input_ids=ids, use_cache=False)[0]
+    B, L, H = hidden.shape
+    if L < 2:
+        return
+    inner = hidden[:, :-1]  # position t predicts token t + 1
+    h = inner.detach().reshape(-1, H).requires_grad_(True)
+    target = ids[:, 1:].reshape(-1)
+    n = target.numel()
+    vocab = int(head.weight.shape[0])
+    chunk = max(1, LOSS_CHUNK_BYTES // (4 * vocab))
+    for s in range(0, n, chunk):
+        logits = head(h[s: s + chunk]).float()
+        loss = F.cross_entropy(logits, target[s: s + chunk].to(logits.device),
+                               reduction="sum") * (weight / n)
+        loss.backward()
+        del logits, loss
+    torch.autograd.backward(inner, h.grad.view(B, L - 1, H))
+    del hidden, inner, h
 
 
 def _folder(acc: dict, key: str):
@@ -440,7 +607,8 @@ def unit_scores(weight_scores: dict, element: str, anatomy: Anatomy) -> dict:
     """Aggregate per-weight scores of one language into unit scores.
 
     neurons: |scores| of the unit's FFN-output column plus its FFN-input row(s);
-    heads: the head's rows of q and its columns of the attention output projection.
+    heads: the head's rows of q (of a fused qkv grouped by head: its q, k and v rows) and
+    its columns of the attention output projection.
     """
     out = {}
     for b in anatomy.blocks:
@@ -452,7 +620,13 @@ def unit_scores(weight_scores: dict, element: str, anatomy: Anatomy) -> dict:
             out[f"{b.index}.neurons"] = s
         elif element == "heads":
             hd = b.head_dim
-            q = S["q"].sum(1).view(b.n_heads, hd).sum(1)
+            if "qkv" in S and not b.qkv_per_head:
+                raise LesionAlignError(
+                    f"block {b.index}: its fused query-key-value projection does not group "
+                    "its rows by head, so heads have no importance scores; lesion weights, "
+                    "neurons, or heads with a manual lesion")
+            q = (S["qkv"].sum(1).view(b.n_heads, 3 * hd).sum(1) if "qkv" in S
+                 else S["q"].sum(1).view(b.n_heads, hd).sum(1))
             o = S["o"].sum(0).view(b.n_heads, hd).sum(1)
             out[f"{b.index}.heads"] = q + o
         else:
@@ -545,10 +719,8 @@ def select_lape(probs: dict, selection: str, k_percent: float, name: str | None 
         own = P.argmax(0) == langs.index(target)
         score = torch.where(own & (P.sum(0) > 0), -entropy, torch.tensor(-np.inf))
         n = min(top_k_count(score.numel(), k_percent), int(own.sum()))
-        m = torch.zeros(score.numel(), dtype=torch.bool)
-        if n > 0:
-            m[torch.topk(score, n).indices] = True
-        masks[key] = m
+        idx = torch.topk(score, n).indices if n > 0 else torch.empty(0, dtype=torch.int64)
+        masks[key] = IndexMask.from_indices(idx, tuple(score.shape))
     sp = dict(spec or {})
     sp.update(selection=selection, method="lape", k_percent=float(k_percent), languages=langs,
               name=name or selection.replace(":", "-"))

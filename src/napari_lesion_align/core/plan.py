@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .errors import LesionAlignError
 
 # --------------------------------------------------------------------------- vocabulary
@@ -196,8 +198,12 @@ class Condition:
 
 
 def lesion_key(lesion) -> str:
-    """Hash of what a lesion does: element, mode, masks and mean values ("intact" for None)."""
-    import torch
+    """Hash of what a lesion does: element, mode, masks and mean values ("intact" for None).
+
+    A mask is hashed as the bytes of its boolean tensor (one 0/1 byte per entry, row-major),
+    built one mask at a time from its indices: the keys are those of the masks as boolean
+    tensors, which is what result folders and the demo's cache were made with."""
+    from .lesions import IndexMask
 
     if lesion is None:
         return "intact"
@@ -205,7 +211,9 @@ def lesion_key(lesion) -> str:
     h.update(lesion.element.encode() + b"\x1f" + lesion.mode.encode())
     for k in sorted(lesion.masks):
         h.update(k.encode())
-        h.update(lesion.masks[k].to(dtype=torch.uint8).contiguous().numpy().tobytes())
+        dense = IndexMask.of(lesion.masks[k]).to_bool().reshape(-1).numpy()
+        h.update(dense.view(np.uint8))
+        del dense
     if lesion.mode == "mean":
         for k in sorted(lesion.means):
             h.update(b"mean:" + k.encode())
@@ -242,6 +250,7 @@ class LesionPlan:
     seed: int
     text: tuple = ()  # ((language, file), ...)
     max_tokens: int = 20000
+    importance_batch_tokens: int = 0  # tokens per gradient pass (0: automatic)
     _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
@@ -261,7 +270,8 @@ class LesionPlan:
                    lesions.mode, tuple(lesions.files), manual,
                    lesions.sweep_element if lesions.sweep else None,
                    tuple(lesions.sweep_indices), langs, seed,
-                   tuple(sorted((lesions.text or {}).items())), lesions.max_tokens)
+                   tuple(sorted((lesions.text or {}).items())), lesions.max_tokens,
+                   lesions.importance_batch_tokens)
 
     @property
     def random_control(self) -> bool:
@@ -510,7 +520,15 @@ class LesionBuilder:
         from . import importance as imp
 
         method = self._method(plan)
-        key = (method, spec.element, plan.text, plan.max_tokens, plan.languages, plan.seed)
+        # gradient passes: windows per pass bounded by [lesions] importance_batch_tokens or
+        # the device's memory (the scores are the mean over windows whatever the batches,
+        # to float rounding; the budget is kept in the cache key, which rounding follows)
+        batch_tokens = None
+        if method == "gradxweight":
+            batch_tokens = (plan.importance_batch_tokens
+                            or imp.importance_batch_tokens(self.lm.model))
+        key = (method, spec.element, plan.text, plan.max_tokens, plan.languages, plan.seed,
+               batch_tokens)
         if key not in self._scores:
             texts = self.texts(plan)
             lm = self.lm
@@ -522,7 +540,8 @@ class LesionBuilder:
                     head, self._head = self._head, None  # loaded by _method, used once
                     scores = imp.gradxweight_scores(lm.source, lm.tokenizer, texts, lm.device,
                                                     plan.max_tokens, plan.seed, progress,
-                                                    cancel, head_model=head)
+                                                    cancel, head_model=head,
+                                                    max_batch_tokens=batch_tokens)
                     del head
                 else:
                     scores = imp.wanda_scores(lm.model, lm.tokenizer, texts, self.anatomy,
@@ -533,6 +552,8 @@ class LesionBuilder:
             self._scores[key] = (scores, {})
         scores, ranks = self._scores[key]
         spec_d = dict(base, element=spec.element, method=method)
+        if batch_tokens is not None:
+            spec_d["batch_tokens"] = batch_tokens
         if method == "lape":
             lesion = imp.select_lape(scores, str(spec.selection), plan.k_percent, spec.label,
                                      spec_d)

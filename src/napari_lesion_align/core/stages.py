@@ -231,7 +231,7 @@ def _spec_part(recorded: dict) -> dict:
 def _feature_keys(eng: Engine) -> dict:
     """{(set name, code, run index, label): store key} of every feature unit."""
     out = {}
-    opts = eng.config.features
+    opts = eng.config.features.content()  # the token budget changes memory, not features
     for cs in eng.sets:
         for code, stim in eng.source.stimuli.items():
             for i, words in enumerate(stim.runs):
@@ -329,7 +329,8 @@ def word_features(eng: Engine, cs: ConditionSet, code: str, label: str) -> list:
     """Per run, the stored word features of one condition of a set."""
     stim = eng.source.stimuli[code]
     c = next(c for c in cs.conditions if c.label == label)
-    return [eng.store.load(eng.store.key(eng.info.identity, c.key, cs.layer, eng.config.features,
+    opts = eng.config.features.content()
+    return [eng.store.load(eng.store.key(eng.info.identity, c.key, cs.layer, opts,
                                          stim.spaceless, w)) for w in stim.runs]
 
 
