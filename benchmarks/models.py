@@ -20,7 +20,7 @@ then measured in a fresh child process that does what an analysis does:
    LM head built around the loaded model, as the pipeline does; gradients folded into one
    float32 accumulator per lesionable weight; blocks recomputed in the backward pass; the
    loss computed a few tokens at a time), ``--batch`` windows of 512 tokens per pass
-   (default 1; the token budget of ``importance_batch_tokens`` may allow fewer);
+   (default 0: the automatic token budget of ``importance_batch_tokens``, as in a run);
 4. ``lesion``: the top 1 % per tensor of those scores, applied and restored (bit-exact
    check by the weights hash), the bytes its masks hold in memory (sorted int32 indices
    of the ablated weights, measured) and the size of its saved file; the memory of the
@@ -238,13 +238,19 @@ def child_run(args) -> dict:
     n_tok = len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
     with Peak(cuda) as p:
         head = imp.load_lm_head_model(lm.source, lm.device)
+        if args.batch:
+            windows, opts = args.batch, {"batch_size": args.batch}
+        else:  # what a run does: the automatic budget
+            budget = imp.importance_batch_tokens(head[0])
+            cap = imp._capacity(head[0], lm.tokenizer)
+            windows = max(1, min(imp.GRAD_BATCH_WINDOWS, budget // (cap + 2)))
+            opts = {"max_batch_tokens": budget}
         scores = imp.gradxweight_scores(lm.source, lm.tokenizer, texts, lm.device,
-                                        max_tokens=args.tokens, head_model=head,
-                                        batch_size=args.batch)
+                                        max_tokens=args.tokens, head_model=head, **opts)
         del head
         gc.collect()
     out["importance"] = dict(p.report(), tokens=min(args.tokens, 20 * n_tok), languages=1,
-                             batch_windows=args.batch)
+                             batch_windows=windows)
     out["accumulator_gb"] = gib(4 * n_lesionable)
 
     with Peak(cuda) as p:
@@ -368,8 +374,9 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int)
     ap.add_argument("--layer", type=int, help="hidden layer read (default: 2/3 of the depth)")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=1,
-                    help="windows (of 512 tokens) per importance pass (default 1)")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="windows (of 512 tokens) per importance pass (default 0: the "
+                         "automatic budget, as in a run)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--lesion-memory", action="store_true",
                     help="only the memory of the default plan's lesions per configuration "

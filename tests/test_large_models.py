@@ -431,7 +431,8 @@ def test_streamed_gradxweight_matches_with_batches_of_several_windows():
     model = copy.deepcopy(causal_model("qwen2"))
     tok = tokenizer("qwen2")
     texts = {"FR": TEXTS["FR"] * 60}  # batches of several windows
-    got = imp.gradxweight_scores("unused", tok, texts, head_model=(model, "causal"))["FR"]
+    got = imp.gradxweight_scores("unused", tok, texts, head_model=(model, "causal"),
+                                 max_batch_tokens=10**6)["FR"]
     ref = _plain_gradxweight(model, tok, texts["FR"])
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=0)
@@ -505,16 +506,26 @@ def test_scaled_logits_use_the_models_own_loss():
 
 def test_the_importance_token_budget_bounds_the_windows_per_pass(monkeypatch):
     """importance_batch_tokens: between one window and GRAD_BATCH_WINDOWS windows, from
-    the memory; a budget of one window gives the scores of one-window batches."""
+    the memory and the model's size; a budget of one window gives the scores of one-window
+    batches."""
     model = copy.deepcopy(causal_model("llama"))
     tok = tokenizer("llama")
     cap = imp._capacity(model, tok)
     tokens = imp.importance_batch_tokens(model)
     assert 512 <= tokens <= imp.GRAD_BATCH_WINDOWS * 512
+    monkeypatch.setattr(imp, "GRAD_MODEL_SHARE", 1e9)  # the memory alone decides
     monkeypatch.setattr(imp, "GRAD_MEMORY_SHARE", 1e-12)  # no memory to spare: one window
     assert imp.importance_batch_tokens(model) == 512
     monkeypatch.setattr(imp, "GRAD_MEMORY_SHARE", 1.0)
     assert imp.importance_batch_tokens(model) == imp.GRAD_BATCH_WINDOWS * 512  # tiny model
+    # the activations of a pass stay within GRAD_MODEL_SHARE of the model's size: a tiny
+    # model gets one window, whatever the memory
+    monkeypatch.setattr(imp, "GRAD_MODEL_SHARE", 0.5)
+    assert imp.importance_batch_tokens(model) == 512
+    params = sum(t.numel() * t.element_size() for t in model.parameters())
+    per_token = imp.grad_bytes_per_token(model)
+    monkeypatch.setattr(imp, "GRAD_MODEL_SHARE", 1500.5 * per_token / params)
+    assert imp.importance_batch_tokens(model) == 1500  # the model's share, in tokens
     texts = {"EN": TEXTS["EN"] * 60}  # several windows
     assert len(list(imp.text_batches(tok, texts["EN"], cap, 20000, 1))) >= 3
     one = imp.gradxweight_scores("unused", tok, texts, head_model=(model, "causal"),

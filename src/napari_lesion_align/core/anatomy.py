@@ -160,3 +160,27 @@ def describe_model(model) -> Anatomy:
     is_decoder = bool(getattr(cfg, "is_decoder", False)) or "ForCausalLM" in type(model).__name__ \
         or any(a.endswith("ForCausalLM") for a in (getattr(cfg, "architectures", None) or []))
     return Anatomy(blocks, H, inter, n_heads, is_decoder, layers_name, modules)
+
+
+class BlockForwards:
+    """A context manager that replaces blocks' ``forward`` on the instances (hooks still
+    run around it) and restores them on exit, also on error: the base of the feature
+    passes' block replay and the importance passes' recomputation. Subclasses call
+    :meth:`replace` in ``__enter__``."""
+
+    def __init__(self):
+        self._saved: list = []
+
+    def replace(self, blk, forward) -> None:
+        """Give ``blk`` the ``forward`` until exit."""
+        self._saved.append((blk, blk.__dict__.get("forward")))
+        blk.forward = forward
+
+    def __exit__(self, *exc):
+        for blk, own in reversed(self._saved):
+            if own is None:
+                del blk.forward
+            else:
+                blk.forward = own
+        self._saved = []
+        return False

@@ -21,6 +21,7 @@ import numpy as np
 
 from pydantic import Field, Strict, model_serializer
 
+from .anatomy import BlockForwards
 from .errors import Cancelled, LesionAlignError
 from .schema import Table
 
@@ -461,7 +462,7 @@ class _nullcontext:
         return False
 
 
-class _BlockReplay:
+class _BlockReplay(BlockForwards):
     """Skip blocks ``0..l-1``: block ``l-1`` returns the stored input of block ``l``.
 
     The blocks' ``forward`` is replaced on the instances (hooks still run) and restored on
@@ -470,26 +471,16 @@ class _BlockReplay:
     """
 
     def __init__(self, blocks, start_layer: int, cache: dict):
+        super().__init__()
         self.blocks = list(blocks)
         self.l = int(start_layer)
         self.cache = cache
         self.batch = None
-        self._saved = []
 
     def __enter__(self):
         for i, blk in enumerate(self.blocks[: self.l]):
-            self._saved.append((blk, blk.__dict__.get("forward")))
-            blk.forward = self._replayer(last=(i == self.l - 1))
+            self.replace(blk, self._replayer(last=(i == self.l - 1)))
         return self
-
-    def __exit__(self, *exc):
-        for blk, fwd in self._saved:
-            if fwd is None:
-                del blk.forward
-            else:
-                blk.forward = fwd
-        self._saved = []
-        return False
 
     def _replayer(self, last: bool):
         def forward(*args, **kwargs):

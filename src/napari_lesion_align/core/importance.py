@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .anatomy import Anatomy, describe_model
+from .anatomy import Anatomy, BlockForwards, describe_model
 from .errors import Cancelled, LesionAlignError
 from .lesions import IndexMask, Lesion, percentile_rank, top_k_mask
 from .plan import UNIT_ELEMENTS, UNIT_PART, top_k_count, unit_count
@@ -247,8 +247,22 @@ GRAD_BATCH_WINDOWS = 8
 #: the share of the device's memory (what is left of it after the model and the
 #: accumulators) that one gradient pass' activations may take
 GRAD_MEMORY_SHARE = 0.25
+#: the most one gradient pass' activations may take, as a share of the model's own size:
+#: with the model and one float32 accumulator per weight, the peak stays within
+#: 2 x the model + the accumulators (the memory aim of docs/benchmarks.md)
+GRAD_MODEL_SHARE = 0.5
 #: bytes of float32 logits (and their gradient) computed at once by the causal-LM loss
 LOSS_CHUNK_BYTES = 64 * 2**20
+
+
+def grad_bytes_per_token(model, anatomy: Anatomy | None = None) -> int:
+    """Bytes a token of a gradient pass holds (the estimate of
+    :func:`importance_batch_tokens`)."""
+    anatomy = anatomy or describe_model(model)
+    hidden, ffn = anatomy.hidden_size, anatomy.intermediate_size
+    size = model.get_input_embeddings().weight.element_size()
+    return int((len(anatomy.blocks) * hidden
+                + 4 * (4 * hidden + 3 * ffn + anatomy.n_heads * 512)) * max(size, 4))
 
 
 def importance_batch_tokens(model, accumulate_on: str = "auto") -> int:
@@ -260,12 +274,14 @@ def importance_batch_tokens(model, accumulate_on: str = "auto") -> int:
     ``(blocks x hidden + 4 x (4 x hidden + 3 x FFN + heads x 512)) x max(bytes per value,
     4)`` per token (one block's: the estimate of :func:`.features.default_batch_tokens`;
     the factor 4 from Qwen2-0.5B in float32 on the CPU, which took 0.46 MB per further
-    token of a pass, ``benchmarks/models.py``). The budget is :data:`GRAD_MEMORY_SHARE`
-    of the device's *total* memory (GPU memory, or the machine's RAM on the CPU) less the
-    model and the float32 accumulators held there (where :func:`_accumulator_devices`
-    would put them), so that it is the same on every run of the same machine (the scores,
-    and so the lesions' keys, follow the batches); at least one window, at most
-    :data:`GRAD_BATCH_WINDOWS` windows of the model's window length.
+    token of a pass, ``benchmarks/models.py``). The budget is the smaller of
+    :data:`GRAD_MEMORY_SHARE` of the device's *total* memory (GPU memory, or the machine's
+    RAM on the CPU) less the model and the float32 accumulators held there (where
+    :func:`_accumulator_devices` would put them), and :data:`GRAD_MODEL_SHARE` of the
+    model's own size (so the peak stays within 2 x the model + the accumulators); at least
+    one window, at most :data:`GRAD_BATCH_WINDOWS` windows of the model's window length.
+    (The scores are the mean over windows whatever the batches: budgets change the
+    memory and the speed, the scores only to float rounding.)
     """
     import os
 
@@ -274,10 +290,7 @@ def importance_batch_tokens(model, accumulate_on: str = "auto") -> int:
     p = model.get_input_embeddings().weight
     cfg = model.config
     anatomy = describe_model(model)
-    hidden, ffn = anatomy.hidden_size, anatomy.intermediate_size
-    heads = anatomy.n_heads
-    per_token = ((len(anatomy.blocks) * hidden + 4 * (4 * hidden + 3 * ffn + heads * 512))
-                 * max(p.element_size(), 4))
+    per_token = grad_bytes_per_token(model, anatomy)
     params = sum(t.numel() * t.element_size() for t in model.parameters())
     lesionable = sum(anatomy.module(n).weight.numel() for b in anatomy.blocks
                      for n in b.linears.values())
@@ -291,7 +304,8 @@ def importance_batch_tokens(model, accumulate_on: str = "auto") -> int:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         acc = 4 * lesionable
     window = min(int(getattr(cfg, "max_position_embeddings", 512) or 512), 512)
-    budget = int(GRAD_MEMORY_SHARE * max(total - params - acc, 0) // per_token)
+    budget = int(min(GRAD_MEMORY_SHARE * max(total - params - acc, 0),
+                     GRAD_MODEL_SHARE * params) // per_token)
     return int(min(max(budget, window), GRAD_BATCH_WINDOWS * window))
 
 
@@ -417,38 +431,25 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
     return out
 
 
-class _Recompute:
+class _Recompute(BlockForwards):
     """Activation checkpointing of every block while active: each block's ``forward`` is
     replaced on the instance by one that runs it under :func:`torch.utils.checkpoint.checkpoint`
     (non-reentrant: keyword arguments pass through; hooks still run around it); restored on
     exit."""
 
     def __init__(self, anatomy: Anatomy):
+        super().__init__()
         self.blocks = [anatomy.module(b.name) for b in anatomy.blocks]
-        self._saved: list = []
 
     def __enter__(self):
         from torch.utils.checkpoint import checkpoint
 
         for blk in self.blocks:
-            own = blk.__dict__.get("forward")
-            orig = blk.forward
-
-            def forward(*args, _orig=orig, **kwargs):
+            def forward(*args, _orig=blk.forward, **kwargs):
                 return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
 
-            self._saved.append((blk, own))
-            blk.forward = forward
+            self.replace(blk, forward)
         return self
-
-    def __exit__(self, *exc):
-        for blk, own in self._saved:
-            if own is None:
-                del blk.forward
-            else:
-                blk.forward = own
-        self._saved = []
-        return False
 
 
 #: config keys of models whose logits are not the plain LM head of the last hidden state
