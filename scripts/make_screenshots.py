@@ -5,8 +5,8 @@
 ``--result``: an output folder of ``napari-lesion-align demo`` (with its lesions), opened in the
 Results widget (default ``$NLA_DEMO_RESULT``, else the plugin's cached demo result, which
 is computed the first time: several minutes). The Model & lesion and Run screenshots use
-the built-in model (a real run is started, photographed while it works, then cancelled;
-``--no-run`` skips it).
+the built-in model (a real run of the demo, about 10 minutes, is photographed while it
+works and when it ends with its closing summary; ``--no-run`` skips it).
 """
 
 from __future__ import annotations
@@ -143,9 +143,20 @@ def main(argv=None) -> int:
 
     from napari_lesion_align.core.figures import simulate_cvd
 
-    canvas = np.asarray(viewer.screenshot(canvas_only=True))
-    gap = np.full((canvas.shape[0], 8, canvas.shape[2]), 255, dtype=canvas.dtype)
-    both = np.concatenate([canvas, gap, simulate_cvd(canvas, "deuteranopia")], axis=1)
+    # two axial slices: z = 4 mm (shared, FR) and z = 28 mm (EN, ZH); normal vision
+    # above, simulated deuteranopia below
+    z_now = viewer.dims.point[0]
+    canvases = [np.asarray(viewer.screenshot(canvas_only=True))]
+    viewer.dims.set_point(0, _layers.mni_to_world((0.0, 0.0, 28.0))[0])
+    settle(app, 1.0)
+    canvases.append(np.asarray(viewer.screenshot(canvas_only=True)))
+    viewer.dims.set_point(0, z_now)
+    settle(app, 0.5)
+    h = min(c.shape[0] for c in canvases)
+    gap = np.full((h, 8, canvases[0].shape[2]), 255, dtype=canvases[0].dtype)
+    normal = np.concatenate([canvases[0][:h], gap, canvases[1][:h]], axis=1)
+    row_gap = np.full((8,) + normal.shape[1:], 255, dtype=normal.dtype)
+    both = np.concatenate([normal, row_gap, simulate_cvd(normal, "deuteranopia")], axis=0)
     imsave(str(out / "napari-overlay-cvd.png"), both)
     print(f"wrote {out / 'napari-overlay-cvd.png'}")
     # Export view: the map's name, colour bar, legend, slice and directions
@@ -181,18 +192,24 @@ def main(argv=None) -> int:
             layer.visible = True
     viewer.dims.ndisplay = 2
 
-    # Run: a real run of the demo, photographed while it works, then cancelled
+    # Run: a real run of the demo (its 5 subjects, the form's lesions with one random
+    # draw each), photographed while it works and when it ends with its closing summary
     if not args.no_run:
+        w["Model & lesion"].set_lesion(random_controls=1)
         run = w["Run"]
         task = run.run()
         t0 = time.perf_counter()
-        wait(app, lambda: (run.fraction > 0.14 and time.perf_counter() - t0 > 20)
-             or task.done, 900, "the run to progress")
+        wait(app, lambda: (run.fraction > 0.3 and time.perf_counter() - t0 > 20)
+             or task.done, 1800, "the run to progress")
+        settle(app, 1.0)
+        grab(run, out / "napari-run-progress.png")
+        wait(app, lambda: task.done, 3600, "the run")
+        wait(app, lambda: run.feeder is None or run.feeder.done, 300, "the result's layers")
+        if run.outcome.kind != "ok":
+            print(f"the run ended: {run.outcome.kind}: {run.outcome.message}", file=sys.stderr)
+            return 1
         settle(app, 1.0)
         grab(run, out / "napari-run.png")
-        run.cancel()
-        wait(app, lambda: task.done, 120, "the cancel")
-        settle(app)
 
     viewer.close()
     return 0

@@ -440,7 +440,8 @@ class AlignmentResult:
                 if nd and int(float(nd)):
                     sd = r.get("control_rel_drop_sd", float("nan"))
                     sd_txt = f" ± {100 * float(sd):.1f}" if np.isfinite(float(sd)) else ""
-                    line += (f" vs its {int(float(nd))} random draws "
+                    n_draws = int(float(nd))
+                    line += (f" vs its {n_draws} random draw{'s' if n_draws > 1 else ''} "
                              f"{100 * float(r['control_rel_drop']):.1f}{sd_txt} %")
                 k, b = count(r, "n_significant"), count(r, "n_beyond_random")
                 if k is not None:
