@@ -266,3 +266,31 @@ def test_stale_maps_do_not_survive_into_the_new_result(tmp_path, study):
     assert not stale.exists() and (out / "notes.txt").read_text() == "mine"
     (out / "notes.txt").unlink()
     assert _state(out, {"b": _content(study["ref_b"])}) == "b"
+
+
+def test_a_half_written_map_of_a_killed_worker_is_removed_when_the_run_ends(
+        tmp_path, tiny_model, monkeypatch):
+    """A Dask worker killed while it writes a map leaves its temporary file; the unit is
+    fitted again elsewhere and the run completes: the folder it ends with holds no
+    temporary file (here the kill's leftover is planted while the fits run)."""
+    from napari_lesion_align.core import executor
+    from napari_lesion_align.core.config import load_config
+    from napari_lesion_align.core.pipeline import run_analysis
+
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=2))
+    out = tmp_path / "out"
+    real = executor.InProcess.fits
+    planted = []
+
+    def fits(self, eng, jobs):
+        leftover = out / ".sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz.x1y2z3.tmp"
+        leftover.write_bytes(b"half a map")  # what a SIGKILL during atomic_write leaves
+        planted.append(leftover)
+        return real(self, eng, jobs)
+
+    monkeypatch.setattr(executor.InProcess, "fits", fits)
+    result = run_analysis(cfg, out)
+    assert planted and not planted[0].exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert result.subjects == ["01", "02"]
+    AlignmentResult.load(out, lazy=True)  # a complete result

@@ -94,6 +94,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         timings["encoding_s"] = time.perf_counter() - t
         if failures:
             raise failures_error(failures, total, out.root)
+        out.remove_stale_writes()  # every unit is done: a killed worker's half-written map
 
         # 4. group statistics, tables, result.json (last, with the manifest of every file)
         t = time.perf_counter()

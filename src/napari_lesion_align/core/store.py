@@ -260,9 +260,19 @@ class OutputFolder:
                 (root / "result.json").unlink(missing_ok=True)  # the group stage reruns
         elif [p for p in root.iterdir() if p.name != UNITS and not _stale_tmp(p)]:
             folder._refuse_foreign()
-        for stale in list(root.glob(".*.tmp")) + list(folder.units.rglob(".*.tmp")):
-            stale.unlink(missing_ok=True)  # a write interrupted by a kill (atomic_write_*)
+        folder.remove_stale_writes()
         atomic_write_text(marker, json.dumps(ident, indent=2))
+
+    def remove_stale_writes(self) -> int:
+        """Delete the temporary files of writes interrupted by a kill (``atomic_write_*``:
+        ``.<name>.*.tmp``), e.g. of a Dask worker killed while it wrote a map. Only while
+        no unit of this run writes: when the folder is opened (the lock held) and when
+        every unit is done. Returns how many were deleted."""
+        stale = [p for p in list(self.root.glob(".*.tmp")) + list(self.units.rglob(".*.tmp"))
+                 if _stale_tmp(p)]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
 
     def _refuse_foreign(self) -> None:
         what = ("a result of an earlier version (no units/ folder)"
