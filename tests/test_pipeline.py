@@ -380,3 +380,46 @@ def test_subjects_fitted_together_match_one_at_a_time(tmp_path, tiny_model):
     assert together.n_valid[("02", "EN")] == together.n_valid[("01", "EN")] - 1
     assert np.isnan(together.get("02", "EN")).sum() == 2
     assert np.isnan(together.get("01", "EN")).sum() == 1
+
+
+def _simulated_run(phase_seconds: dict, step: float = 1.0) -> list:
+    """The progress history ``[(elapsed s, fraction)]`` of a run whose phases
+    (core.stages.PHASES) take ``phase_seconds`` each, progressing evenly inside each."""
+    from napari_lesion_align.core.stages import PHASES
+
+    history, t = [], 0.0
+    for name, (lo, hi) in PHASES.items():
+        n = max(1, int(phase_seconds[name] / step))
+        for i in range(1, n + 1):
+            history.append((t + i * phase_seconds[name] / n, lo + (hi - lo) * i / n))
+        t += phase_seconds[name]
+    return history
+
+
+@pytest.mark.parametrize("features_s", [3.0, 120.0], ids=["stored features", "computed"])
+def test_time_left_follows_the_current_phases_rate(features_s):
+    """With stored features the features phase takes seconds and the fits minutes: the
+    estimate from the fits' own rate is right within 10 % a minute into the fits, where
+    the whole run's mean rate says a fraction of it (the estimate the Run widget showed:
+    "about 0:25 left" with 4 minutes to go)."""
+    from napari_lesion_align.core.stages import time_left
+
+    seconds = {"data": 2.0, "lesions": 10.0, "features": features_s, "fits": 240.0,
+               "group": 5.0}
+    history = _simulated_run(seconds)
+    total = sum(seconds.values())
+    start_of_fits = seconds["data"] + seconds["lesions"] + features_s
+    now = [h for h in history if h[0] <= start_of_fits + 60.0]
+    truth = total - now[-1][0]
+    got = time_left(now)
+    assert abs(got - truth) < 0.1 * truth, (got, truth)
+    t, f = now[-1]
+    naive = t * (1 - f) / f
+    if features_s < 10:
+        assert naive < 0.5 * truth  # the mean rate was far too optimistic here
+    # early in a phase (under PHASE_RATE_MIN_S): the run's mean rate; none before 2 %
+    early = [h for h in history if h[0] <= start_of_fits + 2.0]
+    t, f = early[-1]
+    assert time_left(early) == pytest.approx(t * (1 - f) / f)
+    assert time_left(history[:1]) is None and time_left([]) is None
+    assert time_left(history) is None  # done

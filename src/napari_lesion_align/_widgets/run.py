@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QProgre
 
 from ..core.config import ComputeConfig
 from ..core.errors import LesionAlignError
+from ..core.stages import time_left
 from ._dock import scroll_layout
 from ._forms import schema_form
 from ._state import connect, session_for
@@ -51,6 +52,7 @@ class RunWidget(QWidget):
         self.fraction = 0.0
         self.message = ""
         self._t0 = None
+        self._history: list = []
 
         lay = scroll_layout(self)
         row = QHBoxLayout()
@@ -153,6 +155,7 @@ class RunWidget(QWidget):
         self.step.setText("starting…")
         self.summary.setText("")
         self._t0 = time.perf_counter()
+        self._history = []  # (elapsed s, fraction): the time estimate's input
         self._clock.start()
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -186,6 +189,8 @@ class RunWidget(QWidget):
 
     def _progress(self, frac: float, msg: str) -> None:
         self.fraction, self.message = frac, msg
+        if self._t0 is not None:
+            self._history.append((time.perf_counter() - self._t0, frac))
         value = int(round(1000 * min(max(frac, 0.0), 1.0)))
         self.progress.setValue(value)
         bar = getattr(self, "activity", None)
@@ -201,8 +206,10 @@ class RunWidget(QWidget):
         if self._t0 is None:
             return
         el = time.perf_counter() - self._t0
-        f = self.fraction
-        left = f" · about {_clock(el * (1 - f) / f)} left" if 0.02 < f < 1.0 else ""
+        est = time_left(self._history)
+        if est is not None:  # from the last message: less what has passed since
+            est = max(est - (el - self._history[-1][0]), 0.0)
+        left = f" · about {_clock(est)} left" if est is not None else ""
         self.times.setText(f"elapsed {_clock(el)}{left}")
 
     def _failed(self, message: str) -> None:

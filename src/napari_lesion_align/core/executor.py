@@ -70,14 +70,14 @@ class InProcess:
 
     def model_stages(self, eng) -> None:
         """The lesions (or their record) and the features the missing fits need."""
-        from .stages import fit_jobs, stage_conditions, stage_features
+        from .stages import PHASES, fit_jobs, stage_conditions, stage_features
 
-        eng.progress.phase(0.04, 0.15)
+        eng.progress.phase(*PHASES["lesions"])
         eng.progress(0.0, "choosing lesions" if eng.config.lesions.enabled else "intact model")
         stage_conditions(eng)
         jobs, _ = fit_jobs(eng)
         if jobs:
-            eng.progress.phase(0.15, 0.45)
+            eng.progress.phase(*PHASES["features"])
             stage_features(eng)
 
     def fits(self, eng, jobs: list) -> tuple[list, list]:
@@ -237,9 +237,9 @@ class DaskExecutor:
         return failures
 
     def model_stages(self, eng) -> None:
-        from .stages import stage_conditions
+        from .stages import PHASES, stage_conditions
 
-        eng.progress.phase(0.04, 0.45)
+        eng.progress.phase(PHASES["lesions"][0], PHASES["features"][1])
         eng.progress(0.0, "lesions and features on a Dask worker")
         fut = self.client.submit(_model_task, eng.config, str(eng.out.root), self.threads,
                                  pure=False)

@@ -19,7 +19,8 @@ from typing import Callable
 
 from .. import __version__
 from .config import AnalysisConfig
-from .stages import Engine, Progress, ProgressFn, fit_jobs, make_engine, stage_group
+from .stages import (PHASES, Engine, Progress, ProgressFn, fit_jobs, make_engine,
+                     stage_group)
 
 __all__ = ["run_analysis", "Progress", "ProgressFn"]
 
@@ -66,7 +67,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         # 1. data (files are checked before the model is loaded, and before the folder is
         # claimed)
         t = time.perf_counter()
-        P.phase(0.0, 0.04)
+        P.phase(*PHASES["data"])
         source = open_source(config, progress=P, cancel=cancel)
         check_inputs(config, model=model, source=source, out_dir=out_dir, progress=P)
         out = OutputFolder.open(out_dir, identity(config), force=force)
@@ -84,7 +85,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         t = time.perf_counter()
         jobs, reused = fit_jobs(eng)
         total = sum(len(j.todo) for j in jobs)
-        P.phase(0.45, 0.97)
+        P.phase(*PHASES["fits"])
         if reused and total:
             P(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
         # the folder stops claiming to be a complete result before any of its files changes
@@ -98,7 +99,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
 
         # 4. group statistics, tables, result.json (last, with the manifest of every file)
         t = time.perf_counter()
-        P.phase(0.97, 1.0)
+        P.phase(*PHASES["group"])
         P(0.0, "group statistics" if len(eng.analysis.conditions) > 1 else "summary")
         result = stage_group(eng)
         timings["analysis_s"] = time.perf_counter() - t

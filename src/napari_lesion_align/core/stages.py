@@ -31,6 +31,32 @@ from .plan import Condition, ConditionSpec, LesionPlan
 
 ProgressFn = Callable[[float, str], None]
 
+#: the share of the progress bar each phase of a run takes (``Progress.phase``; the
+#: executors and :func:`time_left` ask it): data, lesions, features, fits, group
+PHASES = {"data": (0.0, 0.04), "lesions": (0.04, 0.15), "features": (0.15, 0.45),
+          "fits": (0.45, 0.97), "group": (0.97, 1.0)}
+#: seconds a phase must have run before its own rate predicts the rest
+PHASE_RATE_MIN_S = 5.0
+
+
+def time_left(history) -> float | None:
+    """Seconds a run has left, from its progress ``history`` ``[(elapsed s, fraction),
+    ...]`` (in order): the current phase's rate (:data:`PHASES`), once the phase has run
+    :data:`PHASE_RATE_MIN_S`, applied to all that is left; before that the whole run's
+    mean rate. (Phases differ: with stored features the features phase takes seconds and
+    the fits minutes, which the run's mean rate would not see.) ``None`` before 2 % or
+    when done."""
+    if not history:
+        return None
+    t, f = history[-1]
+    if not 0.02 < f < 1.0:
+        return None
+    lo = max(a for a, _ in PHASES.values() if a <= f)
+    t0, f0 = next((ti, fi) for ti, fi in history if fi >= lo)
+    if t - t0 >= PHASE_RATE_MIN_S and f > f0:
+        return (1.0 - f) * (t - t0) / (f - f0)
+    return t * (1.0 - f) / f
+
 
 class Progress:
     """Maps the progress of consecutive phases onto one 0..1 scale."""
