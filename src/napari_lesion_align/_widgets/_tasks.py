@@ -232,23 +232,19 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
             worker.quit()  # no result is emitted once it ends
         owner.destroyed.connect(owner_gone)
 
-    def finish(outcome: Outcome) -> None:
-        if bar is not None:
-            bar.close()
-        task.done = True
-        task.t_end = time.perf_counter()
-        if not gone.is_set():
-            on_done(outcome)
-
-    worker.returned.connect(finish)
-
-    def ended() -> None:  # also after a quit (no result emitted then)
+    def ended() -> None:  # with a result, or after a quit (no result emitted then)
         if not task.done:
             if bar is not None:
                 bar.close()
             task.done = True
             task.t_end = time.perf_counter()
 
+    def finish(outcome: Outcome) -> None:
+        ended()
+        if not gone.is_set():
+            on_done(outcome)
+
+    worker.returned.connect(finish)
     worker.finished.connect(ended)
     # napari's worker already shows unexpected errors as a notification (with traceback)
     worker.errored.connect(lambda exc: finish(Outcome("crash", exc, f"{type(exc).__name__}: "

@@ -219,8 +219,7 @@ class ModelLesionWidget(QWidget):
         selections, a ``[[lesions.manual]]`` entry, a sweep or the loaded files, with
         ``selections = []`` when the form asks for no importance-based selection.
         """
-        model = self.model_form.values()
-        model["name"] = model["name"].strip()
+        model = self.model_form.values()  # texts stripped
         if not model["name"]:
             raise LesionAlignError("Model: give the built-in model, a folder or a Hugging Face id")
         self.model_form.section.parse(model)  # what the config would refuse, refused now

@@ -221,6 +221,9 @@ class LesionConfig(Table):
     """
 
     TABLE: ClassVar[str] = "[lesions]"
+    #: keys that change the memory of a pass, not what comes out of it (left out of the
+    #: analysis' identity: store.identity)
+    MEMORY_KEYS: ClassVar[tuple] = ("importance_batch_tokens",)
     enabled: Bool = False
     element: Literal[IMPORTANCE_ELEMENTS] = Field("weights", description=(
         "what the shared / specific selections rank and lesion: weights, FFN neurons or "
@@ -331,9 +334,6 @@ class ComputeConfig(Table):
 #: the keys whose change does not change any unit's result (only the group statistics);
 #: a folder computed with other values of these is resumed, not refused
 GROUP_KEYS = ("alpha", "correction", "min_relative_drop")
-#: [lesions] keys that change the memory of a pass, not what comes out of it (left out
-#: of the analysis' identity, like FeatureOptions.MEMORY_KEYS)
-LESION_MEMORY_KEYS = ("importance_batch_tokens",)
 
 
 class AnalysisConfig(Section):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Callable, ClassVar, Sequence
 
@@ -279,7 +280,7 @@ def extract_word_features(
     blocks = find_blocks(model)
     reader = _LayerReader(model, blocks, layer_idx, record)
     replay = _BlockReplay(blocks, start_layer, cache) if start_layer else None
-    with torch.inference_mode(), reader, (replay or _nullcontext()):
+    with torch.inference_mode(), reader, (replay or nullcontext()):
         for bi, (b0, b1) in enumerate(batches):
             if cancel is not None and cancel():
                 raise Cancelled()
@@ -452,14 +453,6 @@ class _LayerReader:
                 self._got[self.n] = last.detach()
         got, self._got = self._got, {}
         return got
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _BlockReplay(BlockForwards):

@@ -316,8 +316,7 @@ class Lesion:
             raise LesionAlignError(f"{js}: mode {mode!r} is not one of {MODES}")
         if not isinstance(spec, dict):
             raise LesionAlignError(f"{js}: 'spec' must be a JSON object")
-        masks = {k[5:]: IndexMask.of(v.bool()) for k, v in tensors.items()
-                 if k.startswith("mask/")}
+        masks = {k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask/")}
         for name, v in tensors.items():
             kind, _, key = name.partition("/")
             if kind not in ("bits", "idx"):
@@ -391,8 +390,7 @@ def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
     hooks = []
     try:
         with torch.no_grad():
-            for key, mask in lesion.masks.items():
-                mask = IndexMask.of(mask)
+            for key, mask in lesion.masks.items():  # IndexMasks (Lesion converts its masks)
                 if not mask.any():
                     continue
                 b, part = _parse_key(key)
@@ -441,11 +439,11 @@ def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
 
 
 def _flat_entries(W, mask):
-    """``(W viewed flat, flat int64 indices of mask's entries on W's device)``: the entries
-    are addressed by index, one tensor at a time (no boolean copy of the mask)."""
+    """``(W viewed flat, flat int64 indices of the IndexMask's entries on W's device)``:
+    the entries are addressed by index, one tensor at a time (no boolean copy)."""
     if not W.is_contiguous():  # never for a Linear weight
         raise LesionAlignError("internal: lesioned weights must be contiguous tensors")
-    return W.data.view(-1), IndexMask.of(mask).flat_indices(W.device)
+    return W.data.view(-1), mask.flat_indices(W.device)
 
 
 def _mean_for(lesion: Lesion, key: str):

@@ -203,15 +203,13 @@ def lesion_key(lesion) -> str:
     A mask is hashed as the bytes of its boolean tensor (one 0/1 byte per entry, row-major),
     built one mask at a time from its indices: the keys are those of the masks as boolean
     tensors, which is what result folders and the demo's cache were made with."""
-    from .lesions import IndexMask
-
     if lesion is None:
         return "intact"
     h = hashlib.blake2b(digest_size=12)
     h.update(lesion.element.encode() + b"\x1f" + lesion.mode.encode())
     for k in sorted(lesion.masks):
         h.update(k.encode())
-        dense = IndexMask.of(lesion.masks[k]).to_bool().reshape(-1).numpy()
+        dense = lesion.masks[k].to_bool().reshape(-1).numpy()  # an IndexMask
         h.update(dense.view(np.uint8))
         del dense
     if lesion.mode == "mean":

@@ -127,22 +127,21 @@ def identity(config) -> dict:
     """What makes two runs the same analysis (``units/analysis.json``).
 
     ``fits``: a hash of everything that changes a unit's result (the config without its
-    name, source, ``[compute]``, the memory-only ``[features]`` keys and the group-level
-    statistics keys, plus the package version); ``group``: a hash of the group-level keys
-    (changing them only recomputes the group statistics).
+    name, source, ``[compute]``, the tables' memory-only keys (a table's ``MEMORY_KEYS``:
+    how many tokens a pass holds, not what comes out) and the group-level statistics keys,
+    plus the package version); ``group``: a hash of the group-level keys (changing them
+    only recomputes the group statistics).
     """
     from .. import __version__
-    from .config import GROUP_KEYS, LESION_MEMORY_KEYS
-    from .features import FeatureOptions
+    from .config import GROUP_KEYS
 
     d = config.to_dict()
     for k in ("name", "source", "compute"):
         d.pop(k, None)
-    for k in FeatureOptions.MEMORY_KEYS:  # how many tokens per pass: not what comes out
-        d.get("features", {}).pop(k, None)
+    for name, f in type(config).model_fields.items():
+        for k in getattr(f.annotation, "MEMORY_KEYS", ()):
+            d.get(name, {}).pop(k, None)
     les = d.get("lesions", {})
-    for k in LESION_MEMORY_KEYS:
-        les.pop(k, None)
     group = {k: les.pop(k, None) for k in GROUP_KEYS}
     return {"format": FOLDER_FORMAT, "version": __version__,
             "fits": _digest(json.dumps(d, sort_keys=True), __version__),
