@@ -162,7 +162,8 @@ def test_sample_without_cache_computes_in_a_worker(make_napari_viewer, qtbot, tm
         notification_manager.notification_ready.disconnect(notes.append)
     key = result_key(_sample_data.demo_cache_folder())
     qtbot.waitUntil(lambda: key in results.session.results, timeout=30_000)
-    qtbot.waitUntil(lambda: "categories lesion" in viewer.layers, timeout=30_000)
+    label = results.session.results[key].label
+    qtbot.waitUntil(lambda: f"categories lesion [{label}]" in viewer.layers, timeout=30_000)
     assert [layer.name for layer in viewer.layers].count("MNI152 template (2 mm)") == 1
 
 
@@ -215,7 +216,8 @@ def test_threshold_changes_register_no_new_colormaps_and_keep_opacity(make_napar
     layer.opacity = 0.4
     layer.blending = "additive"
     new = results.set_view(language="FR")
-    assert new is not layer and new.name == "t FR shared (group)"
+    label = results.session.results[results.key].label  # every name carries its result's
+    assert new is not layer and new.name == f"t FR shared (group) [{label}]"
     assert new.opacity == pytest.approx(0.4) and str(new.blending) == "additive"
 
 
@@ -350,19 +352,28 @@ def test_export_view_has_name_colour_bar_legend_and_orientation(make_napari_view
     results = _dock(viewer, "Results")
     _show_tiny(viewer, results, qtbot)
     results.set_view(subject="group", language="EN", condition="shared", stat="t")
-    results.set_overlay(True, "lesion")
+    results.set_overlay(False)  # the map in its colours: a red-yellow colour bar
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     path = results.export_view(tmp_path / "view")
     assert path.suffix == ".png" and path.is_file()
     img = (imread(str(path))[..., :3] * 255).round().astype(int)
-    assert img.shape[1] > canvas.shape[1]  # the colour bar and legend beside the canvas
+    assert img.shape[1] > canvas.shape[1]  # the colour bar beside the canvas
     from napari_lesion_align._widgets._export import DPI, SIDE_INCHES
 
     side = img[:, img.shape[1] - int(SIDE_INCHES * DPI):]  # right of the canvas
     red = (side[..., 0] > 200) & (side[..., 1] < 80) & (side[..., 2] < 60)
     assert red.sum() > 20, "no colour bar"
+    # with the category overlay: its legend beside the canvas, the map in grey |t| (no
+    # map colour can be taken for a category), its threshold in words on the canvas
+    results.set_overlay(True, "lesion")
+    path = results.export_view(tmp_path / "view2")
+    img = (imread(str(path))[..., :3] * 255).round().astype(int)
+    side = img[:, img.shape[1] - int(SIDE_INCHES * DPI):]
     rgb = np.array([int(CATEGORY_COLOURS["shared"][i:i + 2], 16) for i in (1, 3, 5)])
     assert (np.abs(side - rgb).max(axis=-1) <= 12).sum() > 20, "no category legend"
+    red = (side[..., 0] > 200) & (side[..., 1] < 80) & (side[..., 2] < 60)
+    assert red.sum() == 0, "a red-yellow colour bar beside category colours"
+    assert "q < 0.05 FDR · 2 df" in results.canvas_text()
 
 
 # --------------------------------------------------------------------------- progress

@@ -268,18 +268,26 @@ def test_map_and_category_layers_of_a_result(make_napari_viewer):
 
 
 def test_result_layers_default_set(tmp_path):
+    """What a result opens with is what is shown (no hidden maps flooding the layer
+    list): the default map (mean r of the intact model, first language), then the
+    category overlays; the options still give a full set of group maps."""
     result = make_tiny_result()
     result.save(tmp_path / "res")
     layers = L.result_layers(tmp_path / "res")
     names = [kw["name"] for _, kw, _ in layers]
-    # group t maps of every non-control condition and language, then the categories on top
+    assert names == [L.layer_name("group", "EN", "intact", "r"), "categories lesion"]
+    assert all(kw["visible"] for _, kw, _ in layers)
+    folder = str((tmp_path / "res").resolve())
+    assert all(kw["metadata"]["result_folder"] == folder for _, kw, _ in layers)
+    # the map is drawn in grey |r| while the overlay is shown (colour = a category)
+    assert layers[0][1]["metadata"]["magnitude"] is True
+    assert layers[0][1]["colormap"].name == L.COLORMAP_NAMES["magnitude"]
+    with_t = L.result_layers(result, stats=("t",))
     expected = [L.layer_name("group", lang, c, "t") for lang in ("EN", "FR")
                 for c in ("intact", "shared", "specificEN", "specificFR")]
-    assert sorted(names[:-1]) == sorted(expected)
-    assert names[-1] == "categories lesion"
-    assert [kw["visible"] for _, kw, _ in layers] == [False] * len(expected) + [True]
-    with_subjects = L.result_layers(result, subjects=True, controls=True)
-    assert len(with_subjects) == len(layers) + 3 * 2 * 5  # r maps: 3 subjects x 2 x 5 conds
+    assert sorted(kw["name"] for _, kw, _ in with_t[:-1]) == sorted(expected)
+    with_subjects = L.result_layers(result, stats=("t",), subjects=True, controls=True)
+    assert len(with_subjects) == len(with_t) + 3 * 2 * 5  # r maps: 3 subjects x 2 x 5 conds
     assert "r EN sharedRandom (sub-01)" in [kw["name"] for _, kw, _ in with_subjects]
 
 
@@ -471,7 +479,7 @@ def check_through_npe2(make_napari_viewer, npe2pm, tmp_path, manifest, qtbot):
     assert [lay.name for lay in viewer.layers] == ["MNI152 template (2 mm)",
                                                    "r EN intact (sub-01)"]
     folder_layers = viewer.open(str(tmp_path / "res"), plugin="napari-lesion-align")
-    assert folder_layers[-1].name == "categories lesion"
+    assert folder_layers[-1].name == "categories lesion [res]"  # the result's label
     n = len(viewer.layers)
     viewer.open_sample("napari-lesion-align", "mni152")  # shown already: not twice
     qtbot.waitUntil(lambda: len(viewer.layers) == n, timeout=5000)
@@ -484,7 +492,7 @@ def test_reader_thresholds_t_maps_at_the_group_tests_significance(tmp_path):
     result = make_tiny_result()
     folder = tmp_path / "res"
     result.save(folder)
-    layers = {kw["name"]: (data, kw) for data, kw, _ in _read(folder)}
+    layers = {kw["name"]: (data, kw) for data, kw, _ in L.result_layers(folder, stats=("t",))}
     checked = 0
     for (lang, cond, stat) in result.group_maps:
         if stat != "t" or (lang, cond, "q") not in result.group_maps:

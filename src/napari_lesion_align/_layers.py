@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.display import DIVERGING, MAP_RAMPS, SEQUENTIAL  # one owner: core.display
+from .core.display import LABELS as STAT_LABELS
 from .core.errors import LesionAlignError
 
 #: world (napari) coordinates from MNI mm, homogeneous: world = (z, -y, x)
@@ -53,18 +55,12 @@ WORLD_FROM_MNI = np.array([[0.0, 0.0, 1.0, 0.0],
 #: voxel orientation of the arrays handed to napari (axis 0 towards Superior, ...)
 NAPARI_AXCODES = ("S", "P", "R")
 AXIS_LABELS = ("z", "-y", "x")
-#: stats shown with a diverging colormap (symmetric limits)
-DIVERGING = ("r", "deltar", "reldrop", "t", "tvsrandom", "lpi", "z", "beta", "beyondrandom")
-#: stats shown with a sequential colormap, small = significant
-SEQUENTIAL = ("p", "q", "pvsrandom", "qvsrandom")
-STAT_LABELS = {"r": "r", "deltar": "Δr", "reldrop": "rel. drop", "t": "t", "p": "p", "q": "q",
-               "lpi": "LPI", "tvsrandom": "t vs random", "pvsrandom": "p vs random",
-               "qvsrandom": "q vs random", "beyondrandom": "beyond random",
-               "categories": "categories", "template": "template", "mask": "mask"}
+
 DEFAULT_P_THRESHOLD = 0.05
 _STEPS = 128  # colours per side of the stepwise colormaps
-_POS = ((1.0, 0.12, 0.0), (1.0, 1.0, 0.0))  # red -> yellow (threshold -> max)
-_NEG = ((0.0, 0.25, 1.0), (0.0, 1.0, 1.0))  # blue -> cyan (-threshold -> -max)
+_POS = MAP_RAMPS["positive"]  # red -> yellow (threshold -> max)
+_NEG = MAP_RAMPS["negative"]  # blue -> cyan (-threshold -> -max)
+_MAG = MAP_RAMPS["magnitude"]  # grey -> white (|v|: threshold -> max), categories shown
 _FILE_STAT = re.compile(r"_stat-([A-Za-z0-9]+)_statmap")
 _FILE_KEY = re.compile(r"(?:^|_)(sub|lang|desc)-([A-Za-z0-9]+)")
 
@@ -193,31 +189,41 @@ BAND = 1.0 / 3.0
 #: the names of the plugin's colormaps: one per kind, whatever the threshold
 COLORMAP_NAMES = {"diverging": "lesion-align diverging (thresholded)",
                   "diverging-all": "lesion-align diverging",
-                  "sequential": "lesion-align p/q"}
+                  "sequential": "lesion-align p/q",
+                  "magnitude": "lesion-align |value| (thresholded)",
+                  "magnitude-all": "lesion-align |value|",
+                  "magnitude-sequential": "lesion-align p/q (grey)"}
 
 
 @lru_cache(maxsize=None)
 def plugin_colormap(kind: str):
-    """One of the plugin's three fixed napari ``Colormap`` s (:data:`COLORMAP_NAMES`);
-    their content never changes, thresholds move the contrast limits.
+    """One of the plugin's fixed napari ``Colormap`` s (:data:`COLORMAP_NAMES`); their
+    content never changes, thresholds move the contrast limits.
 
     * ``"diverging"``: blue-cyan below, red-yellow above, transparent where
       ``|v| < BAND * limit`` (the band of the threshold);
     * ``"diverging-all"``: the same ramps with only a tiny transparent band around 0 (maps
       without a threshold: the 0 outside the mask stays invisible);
     * ``"sequential"`` (p, q): yellow (0) to red (the limit), transparent at the limit
-      and above.
+      and above;
+    * ``"magnitude"``, ``"magnitude-all"``, ``"magnitude-sequential"``: the same shapes in
+      grey -> white (``core.display.MAP_RAMPS["magnitude"]``), used while category
+      overlays are shown so that colour only ever means a category.
     """
     from napari.utils.colormaps import Colormap
 
     clear = np.zeros((1, 4))
-    if kind == "sequential":
-        colors = np.vstack([_ramp(_POS[1], _POS[0], _STEPS), clear])
+    grey = kind.startswith("magnitude")
+    pos, neg = (_MAG, _MAG) if grey else (_POS, _NEG)
+    base = kind.replace("magnitude", "diverging") if kind != "magnitude-sequential" \
+        else "sequential"
+    if base == "sequential":
+        colors = np.vstack([_ramp(pos[1], pos[0], _STEPS), clear])
         controls = np.concatenate([np.linspace(0.0, 1.0 - 1e-6, _STEPS + 1), [1.0]])
-    elif kind in ("diverging", "diverging-all"):
-        half = BAND / 2 if kind == "diverging" else 5e-4
-        colors = np.vstack([_ramp(_NEG[1], _NEG[0], _STEPS), clear,
-                            _ramp(_POS[0], _POS[1], _STEPS)])
+    elif base in ("diverging", "diverging-all"):
+        half = BAND / 2 if base == "diverging" else 5e-4
+        colors = np.vstack([_ramp(neg[1], neg[0], _STEPS), clear,
+                            _ramp(pos[0], pos[1], _STEPS)])
         controls = np.concatenate([np.linspace(0.0, 0.5 - half, _STEPS + 1),
                                    np.linspace(0.5 + half, 1.0, _STEPS + 1)])
     else:
@@ -227,18 +233,23 @@ def plugin_colormap(kind: str):
                     name=COLORMAP_NAMES[kind])
 
 
-def threshold_display(stat: str, threshold=None, limit: float = 1.0) -> dict:
+def threshold_display(stat: str, threshold=None, limit: float = 1.0,
+                      magnitude: bool = False) -> dict:
     """``colormap`` and ``contrast_limits`` that show ``stat`` thresholded at
-    ``threshold`` (``limit``: the colour range when there is no threshold)."""
+    ``threshold`` (``limit``: the colour range when there is no threshold; ``magnitude``:
+    the grey ramps used while category overlays are shown)."""
+    grey = "magnitude" if magnitude else None
     if stat in SEQUENTIAL:
         top = float(threshold) if threshold else DEFAULT_P_THRESHOLD
-        return {"colormap": plugin_colormap("sequential"), "contrast_limits": (0.0, top)}
+        return {"colormap": plugin_colormap("magnitude-sequential" if grey else "sequential"),
+                "contrast_limits": (0.0, top)}
     th = abs(float(threshold)) if threshold else 0.0
     if th > 0:
         m = th / BAND
-        return {"colormap": plugin_colormap("diverging"), "contrast_limits": (-m, m)}
+        return {"colormap": plugin_colormap(grey or "diverging"), "contrast_limits": (-m, m)}
     m = abs(float(limit)) or 1.0
-    return {"colormap": plugin_colormap("diverging-all"), "contrast_limits": (-m, m)}
+    return {"colormap": plugin_colormap(f"{grey}-all" if grey else "diverging-all"),
+            "contrast_limits": (-m, m)}
 
 
 def threshold_colormap(stat: str, limits=None, threshold=None):
@@ -271,22 +282,30 @@ def style(stat, values, threshold=None) -> dict:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     lo, hi = (np.percentile(v, [0.5, 99.5]) if len(v) else (0.0, 1.0))
+    if stat == "template":  # white matter a mid grey, not saturated (maps stay brighter)
+        from .core.display import TEMPLATE_HEADROOM
+
+        lo, hi = min(float(lo), 0.0), float(hi) * TEMPLATE_HEADROOM
     if hi <= lo:
         hi = lo + 1.0
     return {"colormap": "gray", "contrast_limits": (float(lo), float(hi)),
             "blending": "translucent", "opacity": 1.0}
 
 
-def set_threshold(layer, threshold) -> None:
+def set_threshold(layer, threshold, magnitude: bool | None = None) -> None:
     """Apply (or change) a display threshold on a layer made here: its contrast limits
-    move, its colormap stays one of the plugin's three (nothing new is registered)."""
+    move, its colormap stays one of the plugin's fixed ones (nothing new is registered).
+    ``magnitude``: the grey ramps (category overlays shown) or the colour ones; None keeps
+    the layer's current choice (``metadata["magnitude"]``)."""
     stat = layer.metadata.get("stat")
     if stat not in DIVERGING + SEQUENTIAL:
         raise LesionAlignError(f"layer {layer.name!r} (stat {stat!r}) has no threshold; "
                                f"thresholds apply to {', '.join(DIVERGING + SEQUENTIAL)}")
+    if magnitude is None:
+        magnitude = bool(layer.metadata.get("magnitude"))
     limit = 1.0 if stat == "lpi" else layer.metadata.get("limit") or robust_limit(layer.data)
     layer.metadata["limit"] = limit
-    shown = threshold_display(stat, threshold, limit)
+    shown = threshold_display(stat, threshold, limit, magnitude=magnitude)
     lo, hi = shown["contrast_limits"]
     rlo, rhi = layer.contrast_limits_range
     if lo < rlo or hi > rhi:
@@ -295,30 +314,27 @@ def set_threshold(layer, threshold) -> None:
         layer.colormap = shown["colormap"]
     layer.contrast_limits = (lo, hi)
     layer.metadata["threshold"] = threshold
+    layer.metadata["magnitude"] = magnitude
+
+
+def set_magnitude(layer, on: bool) -> None:
+    """Show a map in the grey ``|value|`` ramps (``on``: category overlays are shown) or
+    in its colours; the threshold stays."""
+    if layer.metadata.get("stat") in DIVERGING + SEQUENTIAL:
+        set_threshold(layer, layer.metadata.get("threshold"), magnitude=on)
 
 
 def significance_threshold(result, language, condition) -> float | None:
-    """The smallest ``|t|`` of the voxels the group test calls significant for
-    ``language`` / ``condition`` (q < alpha with FDR, p < alpha without correction: the
-    result's ``[lesions] alpha`` / ``correction``); ``None`` when the result has no such
-    test. With no significant voxel, a value above every ``|t|`` (nothing shown)."""
-    from .core.config import LesionConfig
+    """The group test's threshold of a t map (``core.display.default_threshold``: the
+    smallest ``|t|`` of the voxels significant at the result's alpha / correction);
+    ``None`` when the result has no such test. With no significant voxel, a value above
+    every ``|t|`` (nothing shown)."""
+    from .core.display import default_threshold
 
-    lesions = ((result.provenance or {}).get("config") or {}).get("lesions") or {}
-    alpha = float(lesions.get("alpha") or LesionConfig.model_fields["alpha"].default)
-    correction = lesions.get("correction") or LesionConfig.model_fields["correction"].default
-    which = "q" if correction == "fdr" else "p"
-    key_t, key_p = (language, condition, "t"), (language, condition, which)
-    if key_t not in result.group_maps or key_p not in result.group_maps:
+    key = (language, condition, "t")
+    if key not in result.group_maps:
         return None
-    t = np.abs(np.asarray(result.group_maps[key_t], dtype=float))
-    p = np.asarray(result.group_maps[key_p], dtype=float)
-    with np.errstate(invalid="ignore"):
-        sig = np.isfinite(t) & (p < alpha)
-    if sig.any():
-        return float(t[sig].min())
-    finite = t[np.isfinite(t)]
-    return float(finite.max() * 1.001) if len(finite) else None
+    return default_threshold(result, "t", language, condition).value
 
 
 def category_colormap(legend: dict, languages=None) -> dict:
@@ -538,15 +554,20 @@ def category_layer(result, name="lesion", languages=None, *, source=None,
     return data, kwargs, kind
 
 
-def result_layers(result_or_folder, *, subjects=False, stats=("t",), conditions=None,
+def result_layers(result_or_folder, *, subjects=False, stats=None, conditions=None,
                   controls=False, threshold=None, template=False) -> list[tuple]:
-    """What the reader adds for a result folder (``template=True``: nilearn's MNI152
-    template first, beneath the maps).
+    """Layer tuples of a result folder (``template=True``: nilearn's MNI152 template
+    first, beneath the maps).
+
+    With no option, what the reader adds (:func:`._view_model.result_tuples`): the
+    result's default map at its statistic's default threshold and the category overlays,
+    nothing hidden to flood the layer list. The options ask for a set of group maps
+    instead (hidden, except the first when no overlay is visible), e.g. for a script:
 
     Parameters
     ----------
     subjects : also add each subject's r maps (intact and the selected conditions).
-    stats : group stats to add (default ``("t",)``; e.g. ``("t", "q")``).
+    stats : group stats to add (e.g. ``("t", "q")``).
     conditions : conditions to add (default: every condition except random controls and
         the layer sweep; ``controls=True`` adds the controls too).
     threshold : display threshold of the group t maps (default: the group test's
@@ -565,6 +586,18 @@ def result_layers(result_or_folder, *, subjects=False, stats=("t",), conditions=
     else:
         result = result_or_folder
     _volume_space(result)
+    if stats is None and conditions is None and not subjects and not controls and \
+            threshold is None:
+        from ._view_model import result_tuples
+
+        layers = result_tuples(result, with_template=template, source=source)
+        if source is not None:  # the widgets' registry of open results reads this
+            folder = str(Path(source).expanduser().resolve())
+            for _, kw, _ in layers:
+                if kw["metadata"].get("stat") != "template":
+                    kw["metadata"]["result_folder"] = folder
+        return layers
+    stats = ("t",) if stats is None else stats
     conds = _conditions(result, conditions, controls)
     layers = []
     for (lang, cond, stat) in result.group_maps:
@@ -657,6 +690,26 @@ def surface_values(img, hemisphere: str, labels: bool = False) -> np.ndarray:
         return vol_to_surf(img, pial, inner_mesh=white)
 
 
+#: how far a category overlay's mesh sits above the map's surface (mm, along the normals)
+SURFACE_LIFT_MM = 0.4
+
+
+def lifted(vertices: np.ndarray, faces: np.ndarray, mm: float) -> np.ndarray:
+    """``vertices`` moved ``mm`` along their outward normals (area-weighted face normals,
+    oriented away from the mesh's centre)."""
+    v = np.asarray(vertices, dtype=float)
+    f = np.asarray(faces)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    normals = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(normals, f[:, k], fn)
+    norm = np.linalg.norm(normals, axis=1, keepdims=True)
+    normals = np.divide(normals, norm, out=np.zeros_like(normals), where=norm > 0)
+    if np.sum(normals * (v - v.mean(0))) < 0:  # faces wound inwards
+        normals = -normals
+    return v + mm * normals
+
+
 def surface_vertices(kind: str, hemisphere: str) -> tuple[np.ndarray, np.ndarray]:
     """``(vertices in the world frame (z, -y, x), faces)`` of a fsaverage5 mesh; inflated
     hemispheres are moved apart along x so they do not overlap."""
@@ -673,16 +726,17 @@ def surface_vertices(kind: str, hemisphere: str) -> tuple[np.ndarray, np.ndarray
     return world, np.asarray(part.faces, dtype=np.int64)
 
 
-def _label_colormap(colours: dict, n: int):
+def _label_colormap(colours: dict, n: int, background=(0.75, 0.75, 0.75, 1.0)):
     """A stepwise colormap showing integer values ``0..n-1`` with contrast limits
-    ``(-0.5, n - 0.5)``: 0 light grey (the cortex), others their colour."""
+    ``(-0.5, n - 0.5)``: 0 ``background`` (transparent for an overlay on a map's
+    surface), others their colour."""
     from napari.utils.colormaps import Colormap
     from napari.utils.colormaps.standardize_color import transform_color
 
     rows = []
     for label in range(n):
         c = colours.get(label)
-        rows.append([0.75, 0.75, 0.75, 1.0] if label == 0 or c in (None, "transparent")
+        rows.append(list(background) if label == 0 or c in (None, "transparent")
                     else list(transform_color(c)[0]))
     import hashlib
 
@@ -715,8 +769,12 @@ def surface_layers(img, *, name: str, stat=None, threshold=None, kinds=SURFACE_K
             if is_labels:
                 values = np.rint(values).astype(np.float32)
                 n = int(max(max(legend), values.max() if values.size else 0)) + 1
-                kwargs.update(colormap=_label_colormap(category_colormap(legend), n),
-                              contrast_limits=(-0.5, n - 0.5))
+                # an overlay: uncategorised vertices transparent, the mesh lifted off the
+                # map's surface (not hiding it, no depth fighting)
+                kwargs.update(colormap=_label_colormap(category_colormap(legend), n,
+                                                       background=(0, 0, 0, 0)),
+                              contrast_limits=(-0.5, n - 0.5), blending="translucent")
+                verts = lifted(verts, faces, SURFACE_LIFT_MM)
                 meta["legend"] = legend
             elif stat in SEQUENTIAL + DIVERGING:
                 shown = threshold_display(stat, threshold,

@@ -2,7 +2,7 @@
 
 * ``*.nii`` / ``*.nii.gz``: one layer (:func:`._layers.nifti_layer`); a
   ``..._categories.nii.gz`` file (or ``mask.nii.gz``) becomes a labels layer;
-* a folder with our ``result.json`` (volume results): :func:`._layers.result_layers`;
+* a folder with our ``result.json`` (volume results): :func:`read_result_folder`;
 * anything else (including region results, which have no volume): ``None``, so napari
   asks another reader.
 
@@ -67,16 +67,18 @@ def read_paths(path) -> list[tuple]:
 
 
 def read_result_folder(path) -> list[tuple]:
-    """Layer tuples of a result folder (group t maps and category maps)."""
+    """Layer tuples of a result folder: the MNI template (unless the viewer has one), the
+    result's default map at its statistic's default threshold (a group t map at the
+    group test's corrected significance) and its category overlays
+    (:func:`.._view_model.result_tuples`, the same as every other way a result opens).
+    Each carries ``metadata["result_folder"]``: in napari they join the viewer's registry
+    of open results with the folder's label as their names' suffix (:mod:`._widgets._viewer`)."""
     from ._layers import result_layers
-    from ._widgets._viewer import attach_current
+    from ._widgets._viewer import attach_current, without_duplicate_template
 
     layers = result_layers(path, template=True)
-    if not layers:
+    if not any(kw["metadata"].get("stat") != "template" for _, kw, _ in layers):
         raise LesionAlignError(f"{path}: this result has no maps to show")
-    from ._widgets._viewer import without_duplicate_template
-
     layers = without_duplicate_template(layers)
     attach_current()  # the Results / Inspector widgets see this result (metadata)
     return layers
-

@@ -1,6 +1,7 @@
 """The current view as a self-explaining PNG: the canvas with the map's name, the slice
-position, the anatomical directions at its edges, the colour bar of the map (its
-threshold band shows as a gap) and the category legend. matplotlib (Agg), no Qt."""
+position, the threshold in words (correction, degrees of freedom), the anatomical
+directions at its edges, the colour bar of the map (its threshold band shows as a gap)
+and the category legend. matplotlib (Agg), no Qt."""
 
 from __future__ import annotations
 
@@ -29,14 +30,21 @@ def colorbar_of(layer):
         return None
     lo, hi = (float(v) for v in layer.contrast_limits)
     rgba = np.asarray(cmap.map(np.linspace(0.0, 1.0, 256)), dtype=float)
-    return rgba, lo, hi, layer.metadata.get("stat") or layer.name
+    from ..core.display import statistic
+
+    stat = layer.metadata.get("stat")
+    label = statistic(stat).label if stat else layer.name
+    if layer.metadata.get("magnitude"):
+        label = f"|{label}| (grey: categories shown)"
+    return rgba, lo, hi, label
 
 
 def compose(shot, path, *, title: str, where: str = "", letters: dict | None = None,
-            colorbar=None, legend=(), dpi: int = DPI) -> Path:
+            colorbar=None, legend=(), note: str = "", dpi: int = DPI) -> Path:
     """Write the PNG: ``shot`` (H x W x 3/4 uint8 canvas) with ``title``, ``where`` (the
     slice), ``letters`` (``{"top", "bottom", "left", "right": "A"}``), ``colorbar``
-    (:func:`colorbar_of`) and ``legend`` (``[(colour, text)]``)."""
+    (:func:`colorbar_of`), ``legend`` (``[(colour, text)]``) and ``note`` (the threshold
+    in words: ``"t ≥ 4.2 · q < 0.05 FDR · 4 df"``), written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import ListedColormap, Normalize
@@ -62,8 +70,9 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
             ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="#ffff99",
                     fontsize=12, fontweight="bold")
     fig.suptitle(title, fontsize=11, y=0.985)
-    if where:
-        fig.text(0.02, 0.935 if h > 300 else 0.9, where, fontsize=9)
+    line = " · ".join(t for t in (where, note) if t)
+    if line:
+        fig.text(0.02, 0.935 if h > 300 else 0.9, line, fontsize=9, wrap=True)
     x0 = ax.get_position().x1 + 0.02
     if colorbar is not None:
         rgba, lo, hi, label = colorbar
@@ -78,6 +87,12 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
         handles = [Patch(facecolor=c, edgecolor="k", label=t) for c, t in legend]
         lax.legend(handles=handles, loc="upper left", fontsize=8, frameon=False,
                    title="categories", title_fontsize=9)
+    import io
+
+    from ..core.result import atomic_write_bytes
+
     path = Path(path)
-    fig.savefig(path, dpi=dpi, facecolor="white")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    atomic_write_bytes(path, buf.getvalue())
     return path

@@ -1,46 +1,59 @@
-"""Put a result into the viewer: session state first, then its layers one per event-loop
-turn (built beforehand in the worker, see :func:`result_layer_objects`)."""
+"""Put results into a viewer, through the viewer's one registry of open results
+(:attr:`._state.Session.results`): a result's layers carry its identity
+(:mod:`.._view_model`: ``result_key`` / ``result_label`` metadata and the label as a name
+suffix), are added one per event-loop turn (built beforehand, off the GUI thread), and
+only :func:`close_result` removes them, all of them and nothing else.
+
+:func:`open_result_folder` is the one way to open a saved result folder in a viewer (the
+Results dock's **Open result folder…** and File > Open Sample use it; the reader's layers
+join the same registry through :mod:`._viewer`).
+"""
 
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
+from .._view_model import (RESULT_KEY, RESULT_LABEL, RESULT_TAG, VIEW_TAG,  # noqa: F401
+                           default_view, group_mean, map_view_tuple, owned_name,
+                           result_tuples, stats_for, view_choices, view_tuple)
+from ._state import result_key
 from ._tasks import LayerFeeder, make_layer
-
-#: marks the layers a result added (so the same result's next layers replace them)
-RESULT_TAG = "lesion_align_result"
-#: the key of the open result a layer belongs to (``Session.results``)
-RESULT_KEY = "result_key"
 
 
 def result_layer_objects(result, with_template: bool = True) -> list:
-    """napari layers of a result (template, group maps, category overlays), built off the
-    GUI thread; [] for region results."""
-    from ._run_prep import result_tuples
+    """napari layers of a result (template, its view's map, category overlays), built off
+    the GUI thread; [] for region results. :func:`show_result` gives them their result's
+    identity."""
+    return [make_layer(t) for t in result_tuples(result, with_template=with_template)]
 
-    layers = []
-    for t in result_tuples(result, with_template):
-        layer = make_layer(t)
-        if layer.metadata.get("stat") != "template":
-            layer.metadata[RESULT_TAG] = True
-        layers.append(layer)
-    return layers
+
+#: what a finished run shows (the same as any result that opens)
+run_layers = result_layer_objects
 
 
 def tag_layer(layer, session, key) -> None:
-    """Mark ``layer`` as one of result ``key``'s; when another open result already has a
-    layer of that name, the result's label is appended (``"t EN shared (group) [demo]"``),
-    so several results can be shown side by side."""
+    """Give ``layer`` the identity of the open result ``key`` (metadata, and its label as
+    the name's suffix: ``"t EN shared (group) [res1]"``); the template belongs to no
+    result."""
     if layer.metadata.get("stat") == "template":
         return
+    entry = session.results.get(key)
+    label = entry.label if entry is not None else None
     layer.metadata[RESULT_TAG] = True
     layer.metadata[RESULT_KEY] = key
-    entry = session.results.get(key)
-    if entry is not None and len(session.results) > 1 and \
-            any(k != key for k in session.results) and not layer.name.endswith("]"):
-        first = next(iter(session.results))
-        if key != first:
-            layer.name = f"{layer.name} [{entry.label}]"
+    layer.metadata[RESULT_LABEL] = label
+    layer.name = owned_name(layer.name, label)
+
+
+def layers_of(viewer, key) -> list:
+    """The layers of open result ``key`` in ``viewer``."""
+    return [layer for layer in viewer.layers if layer.metadata.get(RESULT_KEY) == key]
+
+
+def view_layer(result, view: dict, threshold=None, magnitude: bool = False):
+    """The map layer of a view (``threshold`` default: ``core.display``'s rule)."""
+    return make_layer(map_view_tuple(result, view, threshold, magnitude=magnitude))
 
 
 def show_result(viewer, session, result, layers: list, folder=None, per_tick: int = 1,
@@ -48,26 +61,27 @@ def show_result(viewer, session, result, layers: list, folder=None, per_tick: in
     """Register ``result`` as an open result, make it current, and add its layers without
     blocking.
 
-    Only this result's earlier layers are replaced (the same names) or removed (names it
-    no longer has); other open results keep theirs. A template layer is added only when
-    the viewer has none.
+    A result already open (the same folder) is only made current: nothing is added
+    twice and nothing is removed; other open results keep their layers. A template layer
+    is added only when the viewer has none.
     """
     ref = getattr(session, "_feeder", None)
     prev = ref() if ref is not None else None
     if prev is not None and not prev.done:
         prev.stop()
     key = session.key_for(result, folder)
-    has_template = any(layer.metadata.get("stat") == "template" for layer in viewer.layers)
-    todo = [layer for layer in (make_layer(x) for x in layers)
-            if not (has_template and layer.metadata.get("stat") == "template")]
-    session.add_result(result, folder, key=key, select=False)
-    for layer in todo:
-        tag_layer(layer, session, key)
-    names = {layer.name for layer in todo}
-    for layer in list(viewer.layers):
-        if layer.metadata.get(RESULT_KEY) == key and layer.name not in names:
-            viewer.layers.remove(layer)
-    session.select_result(key, force=True)
+    if key in session.results and layers_of(viewer, key):
+        session.select_result(key, force=True)
+        todo = []
+    else:
+        has_template = any(layer.metadata.get("stat") == "template"
+                           for layer in viewer.layers)
+        todo = [layer for layer in (make_layer(x) for x in layers)
+                if not (has_template and layer.metadata.get("stat") == "template")]
+        session.add_result(result, folder, key=key, select=False)
+        for layer in todo:
+            tag_layer(layer, session, key)
+        session.select_result(key, force=True)
     feeder = LayerFeeder(viewer, todo, per_tick=per_tick, parent=parent)
     if on_done is not None:
         feeder.finished.connect(on_done)
@@ -75,119 +89,70 @@ def show_result(viewer, session, result, layers: list, folder=None, per_tick: in
     return feeder.start()
 
 
-# --------------------------------------------------------------------------- the view
-#: marks the one map layer the Results widget shows (replaced when the choice changes)
-VIEW_TAG = "lesion_align_view"
-#: display thresholds a map starts with (|value| below is transparent; p, q: at or above)
-DEFAULT_THRESHOLDS = {"r": 0.1, "deltar": 0.05, "t": 3.0, "lpi": 0.2, "q": 0.05, "p": 0.05}
+def close_result(viewer, session, key) -> int:
+    """Close open result ``key``: remove exactly its layers and forget it (the template
+    and other results' layers stay); returns how many layers were removed."""
+    mine = layers_of(viewer, key)
+    for layer in mine:
+        viewer.layers.remove(layer)
+    session.close_result(key)
+    return len(mine)
 
 
-def group_mean(result, language, condition, stat="r"):
-    """Mean over subjects of a subject map (NaN where every subject is NaN)."""
-    import warnings
+def open_result_folder(viewer, folder, *, on_done=None, parent=None):
+    """Open a saved result folder in ``viewer``: read it in a worker (napari's activity
+    dock shows it), then register it and add its layers (template, its default map at
+    the statistic's default threshold, category overlays). A folder open already is made
+    current instead (returns None, nothing is read). ``on_done(outcome)`` is called at
+    the end (``outcome.kind``: ok, error, cancelled). Returns the task. The one entry point for the Results dock and
+    File > Open Sample."""
+    from napari.utils.notifications import show_error
 
-    import numpy as np
+    from ._state import session_for, unwrap
+    from ._tasks import start_task
 
-    stack = [result.maps[(s, language, condition, stat)] for s in result.subjects
-             if (s, language, condition, stat) in result.maps]
-    if not stack:
-        from ..core.errors import LesionAlignError
+    viewer = unwrap(viewer)
+    session = session_for(viewer)
+    folder = Path(folder)
 
-        raise LesionAlignError(f"no {stat} maps for {language} {condition}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN voxels
-        return np.nanmean(np.stack(stack), axis=0).astype(np.float32)
+    def fn(progress, cancel):
+        from ..core.result import AlignmentResult
 
+        progress(0.0, f"reading {folder}")
+        result = AlignmentResult.load(folder)
+        return result, result_layer_objects(result, with_template=True)
 
-def view_choices(result) -> dict:
-    """What the Results widget offers: subjects (``group`` first when there are several),
-    languages, conditions per subject kind, stats, category sets."""
-    group_conds = list(dict.fromkeys(c for (_, c, _) in result.group_maps))
-    return {"subjects": (["group"] if len(result.subjects) > 1 else []) + result.subjects,
-            "languages": result.languages,
-            "conditions": list(dict.fromkeys(result.conditions + group_conds)),
-            "category_sets": list(result.categories)}
+    def done(outcome):
+        if outcome.kind == "ok":
+            result, layers = outcome.value
+            session._open_feeder = show_result(viewer, session, result, layers, folder,
+                                               parent=parent)
+        elif outcome.kind == "error":
+            show_error(outcome.message)
+        if on_done is not None:
+            on_done(outcome)
 
-
-def stats_for(result, subject, condition) -> list[str]:
-    """Stats available for one subject (or ``group``) and condition, in display order."""
-    have = set()
-    if subject == "group":
-        have |= {st for (_, c, st) in result.group_maps if c == condition}
-        have |= {st for (_, _, c, st) in result.maps if c == condition}  # group means
-    else:
-        have |= {st for (s, _, c, st) in result.maps if s == subject and c == condition}
-    order = ["r", "deltar", "t", "q", "p", "lpi", "beyondrandom", "tvsrandom", "qvsrandom",
-             "pvsrandom"]
-    out = [s for s in order if s in have] + sorted(have - set(order))
-    if result.categories:
-        out.append("categories")
-    return out
+    key = result_key(folder)
+    if key in session.results and layers_of(viewer, key):  # open already: made current
+        session.select_result(key, force=True)
+        return None
+    return start_task(fn, on_done=done, name="open result", activity=True, owner=parent)
 
 
-def default_view(result) -> dict:
-    """The map shown after a run: r of the intact model in the first language, the mean
-    over subjects when there are several."""
-    subject = "group" if len(result.subjects) > 1 else result.subjects[0]
-    conds = list(result.conditions)
-    condition = "intact" if "intact" in conds or not conds else conds[0]
-    return {"subject": subject, "language": result.languages[0], "condition": condition,
-            "stat": "r"}
-
-
-def view_tuple(result, subject, language, condition, stat, threshold=None) -> tuple:
-    """Layer data tuple of one map (group means of r / Δr computed here), or of a
-    category set (``stat="categories"``, ``condition`` = the set, ``language`` = one
-    language's specific voxels only, or ``"all"``)."""
-    import dataclasses
-
-    from .. import _layers
-
-    if stat == "categories":
-        langs = None if language in (None, "", "all") else [language]
-        return _layers.category_layer(result, condition, languages=langs)
-    if subject == "group" and (language, condition, stat) not in result.group_maps:
-        mean = group_mean(result, language, condition, stat)
-        result = dataclasses.replace(result, group_maps={**result.group_maps,
-                                                         (language, condition, stat): mean})
-    return _layers.map_layer(result, subject, language, condition, stat, threshold)
-
-
-def view_layer(result, view: dict, threshold=None):
-    """The map layer of a view (``threshold`` default: :data:`DEFAULT_THRESHOLDS`)."""
-    if threshold is None:
-        threshold = DEFAULT_THRESHOLDS.get(view["stat"])
-    layer = make_layer(view_tuple(result, view["subject"], view["language"],
-                                  view["condition"], view["stat"], threshold))
-    layer.metadata[VIEW_TAG] = True
-    layer.metadata[RESULT_TAG] = True
-    return layer
-
-
-def run_layers(result, with_template: bool = True) -> list:
-    """What a finished run shows: the template (bottom), the default map, and the
-    category overlays (``categories lesion`` visible, on top); built off the GUI thread."""
-    from .. import _layers
-
-    if getattr(result.space, "kind", None) != "volume":
-        return []
-    out = [make_layer(_layers.template_layer(2))] if with_template else []
-    out.append(view_layer(result, default_view(result)))
-    for name in result.categories:
-        layer = make_layer(_layers.category_layer(result, name, visible=(name == "lesion")))
-        layer.metadata[RESULT_TAG] = True
-        out.append(layer)
-    return out
-
-
+# --------------------------------------------------------------------------- data check
 def space_layers(mask, name: str = "analysis mask") -> list:
     """The space of the data, shown when it is checked: the MNI template and the analysis
-    mask's outline (to see at a glance that the mask sits on the brain); built off the GUI
-    thread."""
+    mask's outline (magenta, ``core.display.MASK_COLOUR``: visible on the grey template);
+    built off the GUI thread."""
     from .. import _layers
+    from ..core.display import MASK_COLOUR
 
     data, kwargs, kind = _layers.nifti_layer(mask, name=name, stat="mask")
-    kwargs.update(opacity=0.7, blending="translucent")
+    cmap = dict(kwargs["colormap"])
+    for label in list(cmap):
+        if label not in (None, 0):
+            cmap[label] = MASK_COLOUR
+    kwargs.update(opacity=1.0, blending="translucent", colormap=cmap)
     mask_layer = make_layer((data, kwargs, kind))
     mask_layer.contour = 1
     return [make_layer(_layers.template_layer(2)), mask_layer]

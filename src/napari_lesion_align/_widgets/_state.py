@@ -35,6 +35,7 @@ from pathlib import Path
 
 from psygnal import Signal
 
+from .._view_model import result_key, unique_label  # Qt-free naming rules
 from ..core.config import (AnalysisConfig, DemoConfig, ModelConfig, config_from_dict,
                            demo_config)
 from ..core.errors import LesionAlignError
@@ -57,9 +58,6 @@ class OpenResult:
     label: str  # what the chooser shows
 
 
-def result_key(folder) -> str:
-    """The registry key of a result folder (its resolved path, as the reader writes it)."""
-    return str(Path(folder).expanduser().resolve())
 
 
 def unwrap(viewer):
@@ -157,14 +155,30 @@ class Session:
         self._runs += 1
         return f"run {self._runs}"
 
+    def label_for(self, key: str, folder=None) -> str:
+        """The label result ``key`` has or will get: the one it was given (registered,
+        or being loaded), else its folder's name (``"run N"`` in memory) made unique
+        among the other open results (``"res1 (2)"``). Every layer name of the result
+        ends with it."""
+        if key in self.results:
+            return self.results[key].label
+        pending = self.__dict__.setdefault("_labels", {})
+        if key in pending:
+            return pending[key]
+        from .._view_model import folder_label
+
+        base = folder_label(folder) if folder is not None else key
+        taken = {e.label for e in self.results.values()} | set(pending.values())
+        pending[key] = unique_label(base, taken)
+        return pending[key]
+
     def add_result(self, result, folder=None, *, select: bool = True, key=None) -> str:
         """Register an open result (replacing one of the same key) and make it current
         (``select``); returns its key."""
         key = key or self.key_for(result, folder)
         folder = Path(folder) if folder is not None else None
-        label = folder.name if folder is not None else key
-        if any(e.label == label for k, e in self.results.items() if k != key):
-            label = f"{label} ({len(self.results) + 1})"
+        label = self.label_for(key, folder)
+        self.__dict__.get("_labels", {}).pop(key, None)
         self.results[key] = OpenResult(key, result, folder, label)
         self.results_changed.emit()
         if select or self.current is None:
@@ -181,7 +195,8 @@ class Session:
         self.result_changed.emit(self.result)
 
     def close_result(self, key) -> None:
-        """Forget an open result (its layers stay); the last other one becomes current."""
+        """Forget an open result (``._show.close_result`` also removes its layers); the
+        last other one becomes current."""
         self.results.pop(key, None)
         self.results_changed.emit()
         if self.current == key:
@@ -277,6 +292,9 @@ def _read_table(path) -> dict:
 
 
 _SESSIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: called with each viewer that gets a session (``._viewer`` registers its ``attach``
+#: here when imported: this module imports nothing of the widgets)
+NEW_SESSION_HOOKS: list = []
 
 
 def session_for(viewer) -> Session:
@@ -285,10 +303,15 @@ def session_for(viewer) -> Session:
     s = _SESSIONS.get(v)
     if s is None:
         s = _SESSIONS[v] = Session()
-        from ._viewer import attach  # Qt side: results opened by the reader, orientation
-
-        attach(v)
+        for hook in list(NEW_SESSION_HOOKS):
+            hook(v)
     return s
+
+
+def viewers_with_sessions() -> list:
+    """The viewers that have a session (``._viewer`` attaches to those made before it was
+    imported)."""
+    return list(_SESSIONS.keys())
 
 
 def connect(signal, method) -> None:

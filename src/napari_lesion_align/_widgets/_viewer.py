@@ -22,6 +22,8 @@ import weakref
 from contextlib import contextmanager
 
 from .. import _layers
+from .._view_model import RESULT_KEY, RESULT_LABEL, RESULT_TAG, owned_name
+from . import _state
 from ._state import result_key, session_for, unwrap
 
 _ATTACHED: "weakref.WeakSet" = weakref.WeakSet()
@@ -49,6 +51,12 @@ def attach(viewer) -> None:
     for layer in list(v.layers):
         _inserted(ref, layer)
     orient(v)
+
+
+if attach not in _state.NEW_SESSION_HOOKS:  # every new session's viewer is attached
+    _state.NEW_SESSION_HOOKS.append(attach)
+for _made_before in _state.viewers_with_sessions():  # sessions made before this import
+    attach(_made_before)
 
 
 def current_viewer():
@@ -95,12 +103,15 @@ def _inserted(ref, layer) -> None:
     if meta.get("stat") == "template":
         _later(lambda: _template_to_bottom(ref, layer))
     folder = meta.get("result_folder")
-    if folder:
-        from ._show import RESULT_KEY, RESULT_TAG
-
+    if folder and meta.get("stat") != "template":
+        # a result's layer from the reader or the sample: it joins the registry, with its
+        # result's label as its name's suffix (two results never share a layer name)
         key = result_key(folder)
-        meta.setdefault(RESULT_KEY, key)
-        meta.setdefault(RESULT_TAG, True)
+        label = session_for(viewer).label_for(key, folder)
+        meta[RESULT_KEY] = key
+        meta[RESULT_LABEL] = label
+        meta[RESULT_TAG] = True
+        layer.name = owned_name(layer.name, label)
         load_result_folder(viewer, key)
 
 
@@ -149,6 +160,8 @@ def load_result_folder(viewer, key: str):
         pending.pop(key, None)
         if outcome.kind == "ok":
             session.add_result(outcome.value, key, key=key)
+        elif key not in session.results:
+            session.__dict__.get("_labels", {}).pop(key, None)
         elif outcome.kind == "error":
             show_error(outcome.message)
 
@@ -259,17 +272,129 @@ def update_markers(viewer) -> None:
 
 @contextmanager
 def markers_hidden(viewer):
-    """The orientation letters hidden meanwhile (e.g. for a screenshot)."""
-    overlays = getattr(getattr(unwrap(viewer), "canvas", None), "overlays", None)
+    """The plugin's canvas overlays (orientation letters, the legend, the threshold text,
+    the colour bars) hidden meanwhile, e.g. for a screenshot whose margins show them."""
+    v = unwrap(viewer)
+    overlays = getattr(getattr(v, "canvas", None), "overlays", None)
     shown = []
     if overlays is not None:
-        for edge in MARKER_POSITIONS:
-            ov = overlays.get(MARKER_KEY.format(edge)) if hasattr(overlays, "get") else None
-            if ov is not None and ov.visible:
+        for key in list(overlays):
+            ov = overlays[key]
+            if str(key).startswith("lesion_align_") and ov.visible:
                 ov.visible = False
                 shown.append(ov)
+    for layer in list(getattr(v, "layers", [])):
+        bar = getattr(layer, "colorbar", None)
+        if bar is not None and bar.visible:
+            bar.visible = False
+            shown.append(bar)
     try:
         yield
     finally:
         for ov in shown:
             ov.visible = True
+
+
+# --------------------------------------------------------------------------- legend
+#: canvas overlay keys of the legend: the threshold text, then one line per category
+LEGEND_TEXT_KEY = "lesion_align_threshold"
+LEGEND_ENTRY_KEY = "lesion_align_legend_{}"
+
+
+def show_canvas_legend(viewer, text: str = "", entries=(), colorbar_layer=None) -> None:
+    """On the canvas (napari overlays, top left, stacked): ``text`` (what a coloured
+    voxel means: the map, its threshold, correction and df) and one line per category
+    ``(colour, title)`` in its colour; the colour bar of ``colorbar_layer`` (napari's
+    layer colour bar overlay, top right), every other layer's colour bar hidden."""
+    from napari.components.overlays import TextOverlay
+
+    v = unwrap(viewer)
+    overlays = getattr(getattr(v, "canvas", None), "overlays", None)
+    if overlays is None:
+        return
+    wanted = {LEGEND_TEXT_KEY: (text, (1.0, 1.0, 1.0, 1.0))} if text else {}
+    for i, (colour, title) in enumerate(entries):
+        wanted[LEGEND_ENTRY_KEY.format(i)] = (f"■ {title}", colour)
+    for key in list(overlays):
+        if (key == LEGEND_TEXT_KEY or str(key).startswith("lesion_align_legend_")) and \
+                key not in wanted:
+            overlays[key].visible = False
+    for key, (line, colour) in wanted.items():
+        ov = overlays.get(key) if hasattr(overlays, "get") else None
+        if ov is None:
+            ov = TextOverlay(position="top_left", font_size=11, box=True)
+            try:
+                overlays[key] = ov
+            except Exception:
+                return
+        ov.text = line
+        ov.color = colour
+        ov.visible = True
+    for layer in v.layers:
+        bar = getattr(layer, "colorbar", None)
+        if bar is not None:
+            on = layer is colorbar_layer and layer.visible
+            if bar.visible != on:
+                bar.visible = on
+
+
+def canvas_legend(viewer) -> dict:
+    """What the canvas legend shows now: ``{"text", "entries": [(colour, title)],
+    "colorbar": layer name or None}`` (the tests read this)."""
+    v = unwrap(viewer)
+    overlays = getattr(getattr(v, "canvas", None), "overlays", {})
+    text = ""
+    entries = []
+    for key in list(overlays):
+        ov = overlays[key]
+        if not ov.visible:
+            continue
+        if key == LEGEND_TEXT_KEY:
+            text = ov.text
+        elif str(key).startswith("lesion_align_legend_"):
+            entries.append((ov.color, ov.text.removeprefix("■ ")))
+    bars = [layer.name for layer in v.layers
+            if getattr(layer, "colorbar", None) is not None and layer.colorbar.visible]
+    return {"text": text, "entries": entries, "colorbar": bars[0] if bars else None}
+
+
+# --------------------------------------------------------------------------- surface scene
+def enter_surface_scene(viewer) -> None:
+    """The surface view in its own clean scene: every visible volume (image / labels)
+    layer is hidden and the view switches to 3D; back in 2D they are shown again and
+    the surfaces hidden (:func:`leave_surface_scene`)."""
+    v = unwrap(viewer)
+    session = session_for(v)
+    from napari.layers import Image, Labels
+
+    hidden = session.__dict__.setdefault("_hidden_for_surface", [])
+    for layer in v.layers:
+        if layer.visible and isinstance(layer, (Image, Labels)):
+            layer.visible = False
+            hidden.append(layer)
+    if not session.__dict__.get("_surface_hooked"):
+        ref = weakref.ref(v)
+        v.dims.events.ndisplay.connect(
+            lambda event: leave_surface_scene(ref()) if event.value == 2 else None)
+        session._surface_hooked = True
+    v.dims.ndisplay = 3
+
+
+def leave_surface_scene(viewer) -> None:
+    """Back from the surface scene: the volumes hidden for it visible again, the
+    surfaces hidden."""
+    if viewer is None:
+        return
+    session = session_for(viewer)
+    hidden = session.__dict__.get("_hidden_for_surface") or []
+    if not hidden:
+        return
+    from napari.layers import Surface
+
+    for layer in viewer.layers:
+        if isinstance(layer, Surface) and layer.metadata.get("lesion_align"):
+            layer.visible = False
+    for layer in hidden:
+        if layer in viewer.layers:
+            layer.visible = True
+    hidden.clear()

@@ -2,6 +2,11 @@
 category overlay (outlined or filled) and its legend, and exports (the current view as a
 PNG with legend, colour bar, slice position and orientation; the standard QC figure).
 
+The widget binds a Qt-free :class:`.._view_model.ResultView` per open result (which map,
+threshold, colormap and layer name are shown); the threshold slider moves in the
+statistic's own units from its one default rule (``core.display``), stated in words
+below it; the canvas shows the same words, the category legend and the map's colour bar.
+
 The result list holds every result open in the viewer (a run, the reader, File > Open
 Sample, **Open result folder…**: :attr:`._state.Session.results`); the subject, language,
 condition and statistic lists come from what the chosen result contains, so new kinds of
@@ -18,14 +23,17 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QSlider, QWidget)
 
 from .. import _layers
+from .._view_model import RESULT_KEY, VIEW_TAG, ResultView
+from ..core import display
 from ..core.errors import LesionAlignError
+from . import _viewer
 from ._dock import scroll_layout
+from ._show import close_result, layers_of, open_result_folder, tag_layer
 from ._state import connect, session_for
-from ._tasks import start_task
+from ._tasks import add_layer, make_layer, start_task
 
-STAT_NAMES = _layers.STAT_LABELS
-SEQUENTIAL = _layers.SEQUENTIAL
-SLIDER_STEPS = 200
+STAT_NAMES = display.LABELS
+SEQUENTIAL = display.SEQUENTIAL
 
 
 class ResultsWidget(QWidget):
@@ -39,7 +47,8 @@ class ResultsWidget(QWidget):
         self.qc_task = None
         self.feeder = None
         self._limit = 1.0
-        self._thresholds: dict = {}  # the user's threshold per statistic
+        self._scale = display.SliderScale(0.0, 1.0, 0.01)
+        self.models: dict = {}  # a ResultView per open result (its view survives switching)
         self._populating = False
 
         lay = scroll_layout(self)
@@ -64,12 +73,19 @@ class ResultsWidget(QWidget):
         rl = QHBoxLayout(row)
         rl.setContentsMargins(0, 0, 0, 0)
         self.threshold = QSlider(Qt.Orientation.Horizontal)
-        self.threshold.setRange(0, SLIDER_STEPS)
+        self.threshold.setRange(0, 100)
         self.threshold_label = QLabel("")
-        self.threshold_label.setMinimumWidth(70)
+        self.threshold_label.setToolTip("The threshold, in the statistic's units")
         rl.addWidget(self.threshold, 1)
         rl.addWidget(self.threshold_label)
         form.addRow("Threshold", row)
+        self.threshold_text = QLabel("")
+        self.threshold_text.setWordWrap(True)
+        self.threshold_text.setToolTip("What a coloured voxel means: the threshold, the "
+                                       "test's correction and degrees of freedom (the "
+                                       "default is the group test's significance for t, "
+                                       "p and q; a stated display default otherwise)")
+        form.addRow("", self.threshold_text)
         crow = QWidget()
         cl = QHBoxLayout(crow)
         cl.setContentsMargins(0, 0, 0, 0)
@@ -102,10 +118,16 @@ class ResultsWidget(QWidget):
         self.surface_button.setToolTip("The map shown and the category overlay on the "
                                        "fsaverage5 cortex (nilearn vol_to_surf; both "
                                        "hemispheres, inflated and pial), in a 3D view")
+        self.close_button = QPushButton("Close result")
+        self.close_button.setToolTip("Remove exactly this result's layers and forget it "
+                                     "(other results and the template stay)")
         brow.addWidget(self.export_button)
         brow.addWidget(self.qc_button)
         lay.addLayout(brow)
-        lay.addWidget(self.surface_button)
+        brow2 = QHBoxLayout()
+        brow2.addWidget(self.surface_button)
+        brow2.addWidget(self.close_button)
+        lay.addLayout(brow2)
         self.status = QLabel("No result yet: run one (Run) or open a result folder.")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
@@ -115,6 +137,7 @@ class ResultsWidget(QWidget):
         self.export_button.clicked.connect(lambda: self._pick_export())
         self.qc_button.clicked.connect(lambda: self._pick_qc())
         self.surface_button.clicked.connect(lambda: self.show_surface())
+        self.close_button.clicked.connect(lambda: self.close_result())
         self.subject.currentIndexChanged.connect(lambda *_: self._choice_changed("subject"))
         self.language.currentIndexChanged.connect(lambda *_: self._choice_changed("language"))
         self.condition.currentIndexChanged.connect(lambda *_: self._choice_changed("condition"))
@@ -145,19 +168,26 @@ class ResultsWidget(QWidget):
         """The key of the current result (``Session.results``)."""
         return self.session.current
 
-    def _mine(self, layer) -> bool:
-        """Whether ``layer`` belongs to the current result (layers of a single open result
-        made before the registry knew it count too)."""
-        from ._show import RESULT_KEY
+    @property
+    def model(self) -> ResultView | None:
+        """The view model of the current result (made on first use)."""
+        key, result = self.key, self.result
+        if result is None:
+            return None
+        model = self.models.get(key)
+        if model is None or model.result is not result:
+            entry = self.session.results.get(key)
+            model = self.models[key] = ResultView(result, key,
+                                                  entry.label if entry else None)
+        return model
 
-        key = layer.metadata.get(RESULT_KEY)
-        return key == self.key or (key is None and len(self.session.results) <= 1)
+    def _mine(self, layer) -> bool:
+        """Whether ``layer`` belongs to the current result."""
+        return layer.metadata.get(RESULT_KEY) == self.key and self.key is not None
 
     @property
     def view_layer(self):
         """The map layer shown for the current result (the one this widget replaces)."""
-        from ._show import VIEW_TAG
-
         shown = [layer for layer in self.viewer.layers
                  if layer.metadata.get(VIEW_TAG) and self._mine(layer)]
         return shown[-1] if shown else None
@@ -192,8 +222,6 @@ class ResultsWidget(QWidget):
                                f"{[e.label for e in self.session.results.values()]}")
 
     def _layer_inserted(self, event) -> None:
-        from ._show import VIEW_TAG
-
         try:
             if event.value.metadata.get(VIEW_TAG):
                 self._update_threshold_range()
@@ -203,7 +231,7 @@ class ResultsWidget(QWidget):
     def _enable(self, on: bool) -> None:
         for w in (self.subject, self.language, self.condition, self.stat, self.threshold,
                   self.overlay, self.category_set, self.export_button, self.qc_button,
-                  self.surface_button, self.filled):
+                  self.surface_button, self.filled, self.close_button):
             w.setEnabled(on)
 
     def _set_items(self, combo: QComboBox, items, current=None, labels=None) -> None:
@@ -220,19 +248,21 @@ class ResultsWidget(QWidget):
                 "condition": self.condition.currentData(), "stat": self.stat.currentData()}
 
     def _result_changed(self, result) -> None:
-        from ._show import default_view, view_choices
+        from .._view_model import default_view, view_choices
 
         i = self.result_choice.findData(self.session.current)
         if i >= 0 and i != self.result_choice.currentIndex():
             self.result_choice.blockSignals(True)
             self.result_choice.setCurrentIndex(i)
             self.result_choice.blockSignals(False)
+        self.models = {k: m for k, m in self.models.items() if k in self.session.results}
         if result is None:
             self._enable(False)
+            _viewer.show_canvas_legend(self.viewer)
             return
         self._enable(True)
         ch = view_choices(result)
-        view = default_view(result)
+        view = dict(self.model.view) if self.model is not None else default_view(result)
         shown = self.view_layer
         if shown is not None and shown.metadata.get("language"):
             # follow what the viewer shows (e.g. the map a run added)
@@ -248,6 +278,7 @@ class ResultsWidget(QWidget):
         self.overlay.setEnabled(bool(ch["category_sets"]))
         self._update_legend()
         self._update_threshold_range()
+        self.update_canvas()
         model = (result.provenance.get("model") or {}).get("name", "")
         self.status.setText(f"{len(result.subjects)} subject(s), languages "
                             f"{', '.join(result.languages)}, conditions "
@@ -256,7 +287,7 @@ class ResultsWidget(QWidget):
 
     def _refresh_choices(self, want: dict) -> None:
         """Fill the language / condition / stat lists for the chosen subject (and stat)."""
-        from ._show import stats_for, view_choices
+        from .._view_model import stats_for, view_choices
 
         result = self.result
         ch = view_choices(result)
@@ -336,23 +367,26 @@ class ResultsWidget(QWidget):
         overlay of the chosen set (one language's specific voxels only, or all)."""
         from napari.utils.notifications import show_error
 
-        from ._show import tag_layer, view_layer
-        from ._tasks import add_layer
-
-        if self.result is None:
+        model = self.model
+        if model is None:
             return None
         view = self.current_view()
         if None in view.values():
             return None
         old = self.view_layer
         if view["stat"] == "categories":
+            model.view = dict(view)
             if old is not None:
                 self.viewer.layers.remove(old)
             lang = view["language"]
-            return self.set_overlay(True, view["condition"],
-                                    languages=None if lang == "all" else [lang])
+            out = self.set_overlay(True, view["condition"],
+                                   languages=None if lang == "all" else [lang])
+            self._update_threshold_range()
+            return out
         try:
-            layer = view_layer(self.result, view, self._thresholds.get(view["stat"]))
+            model.choose(**view)
+            model.categories_shown = self._categories_shown()
+            layer = make_layer(model.layer_tuple())
         except LesionAlignError as err:
             show_error(str(err))
             return None
@@ -360,71 +394,93 @@ class ResultsWidget(QWidget):
         if old is not None:  # the user's display settings survive the switch
             layer.opacity = old.opacity
             layer.blending = old.blending
-        if old is not None:
             index = self.viewer.layers.index(old)
             self.viewer.layers.remove(old)
-        else:  # below the category overlays, above everything else
+        else:  # below this result's category overlays, above everything else
             cats = [i for i, lay in enumerate(self.viewer.layers)
-                    if lay.metadata.get("stat") == "categories"]
+                    if lay.metadata.get("stat") == "categories" and self._mine(lay)]
             index = min(cats) if cats else len(self.viewer.layers)
         add_layer(self.viewer, layer)
         cur = self.viewer.layers.index(layer)
         if cur != index and index < len(self.viewer.layers):
             self.viewer.layers.move(cur, index)
         self._update_threshold_range()
-        self._threshold_changed(self.threshold.value())
+        self.update_canvas()
         return layer
 
-    def _update_threshold_range(self) -> None:
-        from .. import _layers
+    def _categories_shown(self) -> bool:
+        cats = self.category_layer()
+        return bool(self.overlay.isChecked() and cats is not None and cats.visible)
 
+    def _update_threshold_range(self) -> None:
+        """The slider in the statistic's own units (``core.display.slider_scale``), at the
+        view's threshold; the threshold in words below it."""
+        model = self.model
         stat = self.stat.currentData()
         layer = self.view_layer
-        ok = layer is not None and stat not in (None, "categories") and \
-            layer.metadata.get("stat") == stat
+        ok = model is not None and layer is not None and stat not in (None, "categories") \
+            and layer.metadata.get("stat") == stat
         self.threshold.setEnabled(ok)
         if not ok:
             self.threshold_label.setText("")
+            self.threshold_text.setText(model.categories_text() if model is not None and
+                                        model.result.categories else "")
             return
-        if stat in SEQUENTIAL:
-            self._limit = 0.2
-        else:
-            self._limit = 1.0 if stat == "lpi" else _layers.robust_limit(layer.data)
-        self.threshold.blockSignals(True)
+        limit = 1.0 if stat == "lpi" else _layers.robust_limit(layer.data)
+        self._scale = model.slider(limit)
+        self._limit = self._scale.maximum
         current = layer.metadata.get("threshold")
-        if stat in SEQUENTIAL:
-            current = current or _layers.DEFAULT_P_THRESHOLD
-        self.threshold.setValue(int(round(SLIDER_STEPS * min(float(current or 0.0)
-                                                             / self._limit, 1.0))))
+        if current is None:
+            current = model.threshold
+        self.threshold.blockSignals(True)
+        self.threshold.setRange(0, self._scale.positions)
+        self.threshold.setSingleStep(1)
+        self.threshold.setPageStep(max(1, self._scale.positions // 10))
+        self.threshold.setValue(self._scale.position(current))
         self.threshold.blockSignals(False)
-        self.threshold_label.setText(self._threshold_text())
+        self._show_threshold(current)
+
+    def _show_threshold(self, value) -> None:
+        model = self.model
+        self.threshold_label.setText(f"{float(value):.3g}" if value is not None else "")
+        self.threshold_text.setText(model.threshold_text() if model is not None else "")
 
     def threshold_value(self) -> float:
-        v = self._limit * self.threshold.value() / SLIDER_STEPS
-        if self.stat.currentData() in SEQUENTIAL:
-            v = max(v, 0.001)
-        return v
-
-    def _threshold_text(self) -> str:
-        stat = self.stat.currentData()
-        v = self.threshold_value()
-        return f"{'<' if stat in SEQUENTIAL else '|·| ≥'} {v:.3g}"
-
-    def set_threshold(self, value: float) -> None:
-        """Set the display threshold (in the statistic's units)."""
-        self.threshold.setValue(int(round(SLIDER_STEPS * min(max(value, 0.0) / self._limit,
-                                                              1.0))))
-
-    def _threshold_changed(self, _value) -> None:
-        from .. import _layers
-
+        """The threshold shown, in the statistic's units."""
         layer = self.view_layer
-        if layer is None or not self.threshold.isEnabled() or layer not in self.viewer.layers:
+        if layer is not None and layer.metadata.get("threshold") is not None:
+            return float(layer.metadata["threshold"])
+        return self._scale.value(self.threshold.value())
+
+    def set_threshold(self, value: float | None) -> None:
+        """Set the display threshold (in the statistic's units; None: its default)."""
+        model = self.model
+        if model is None:
             return
-        value = self.threshold_value()
+        model.set_threshold(value)
+        self._apply_threshold(model.threshold)
+        self.threshold.blockSignals(True)
+        self.threshold.setValue(self._scale.position(model.threshold))
+        self.threshold.blockSignals(False)
+
+    def _threshold_changed(self, position) -> None:
+        model = self.model
+        if model is None or not self.threshold.isEnabled():
+            return
+        value = self._scale.value(position)
+        default = model.default_threshold().value
+        if default is not None and self._scale.position(default) == position:
+            value = default  # the slider's default position is the rule's exact value
+        model.set_threshold(value)
+        self._apply_threshold(value)
+
+    def _apply_threshold(self, value) -> None:
+        layer = self.view_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
         _layers.set_threshold(layer, value or None)
-        self._thresholds[layer.metadata.get("stat")] = value
-        self.threshold_label.setText(self._threshold_text())
+        self._show_threshold(value)
+        self.update_canvas()
 
     # ------------------------------------------------------------------ overlay
     def category_layer(self, name=None):
@@ -439,8 +495,6 @@ class ResultsWidget(QWidget):
 
     def set_filled(self, on: bool | None = None) -> None:
         """Draw the category overlays filled (``on``) or as outlines (the default)."""
-        from .. import _layers
-
         if on is not None:
             self.filled.blockSignals(True)
             self.filled.setChecked(on)
@@ -454,11 +508,9 @@ class ResultsWidget(QWidget):
 
     def set_overlay(self, on: bool | None = None, name: str | None = None, languages=None):
         """Show (or hide) the category overlay of a set (``lesion`` / ``random``);
-        ``languages``: show only these languages' specific categories (and shared)."""
-        from .. import _layers
-        from ._show import tag_layer
-        from ._tasks import add_layer, make_layer
-
+        ``languages``: show only these languages' specific categories (and shared).
+        While an overlay is shown the map is drawn in grey ``|value|`` (colour then only
+        ever means a category, ``core.display.map_kind``)."""
         if on is not None:
             self.overlay.blockSignals(True)
             self.overlay.setChecked(on)
@@ -488,36 +540,62 @@ class ResultsWidget(QWidget):
                 self.set_filled()
             elif layer is not None:
                 layer.visible = want
+        model = self.model
+        shown = self._categories_shown()
+        if model is not None:
+            model.categories_shown = shown
+        view = self.view_layer
+        if view is not None:
+            _layers.set_magnitude(view, shown)
         self._update_legend()
+        self.update_canvas()
         return self.category_layer(chosen)
 
     def _update_legend(self) -> None:
         from ..core.analysis import CATEGORY_COLOURS, language_colour
-        from ..core.figures import category_colours
 
-        result = self.result
-        if result is None:
+        model = self.model
+        if model is None:
             self.legend.setText("")
+            self.legend_entries = []
             return
-        entries = []
+        result = model.result
         name = self.category_set.currentData()
         if name and name in result.categories:
-            legend = result.categories[name][1]
-            colours = category_colours(legend)
-            for label, entry in sorted(legend.items()):
-                if int(label) == 0:
-                    continue
-                title = str(entry.get("name", label)).replace("specific:", "")
-                entries.append((colours[int(label)], title, entry.get("meaning", "")))
+            entries = model.legend(name)
         else:
-            entries.append((CATEGORY_COLOURS["shared"], "shared", "all languages"))
-            for code in result.languages:
-                entries.append((language_colour(code, result.languages), code, code))
+            entries = [(CATEGORY_COLOURS["shared"], "shared", "all languages")]
+            entries += [(language_colour(code, result.languages), code, code)
+                        for code in result.languages]
         self.legend_entries = [(c[:7], t) for c, t, _ in entries]
         html = " &nbsp; ".join(
             f"<span style='color:{c[:7]}; font-size:16px'>&#9632;</span> "
             f"<span title='{escape(m)}'>{escape(t)}</span>" for c, t, m in entries)
         self.legend.setText(html)
+
+    def canvas_text(self) -> str:
+        """What the canvas (and the exported view) says the map is: its name, and its
+        threshold in words (or the meaning of the category overlay)."""
+        model = self.model
+        if model is None:
+            return ""
+        layer = self.view_layer
+        if layer is not None and layer.visible:
+            return f"{layer.name}: {model.threshold_text()}"
+        cats = self.category_layer()
+        if cats is not None and cats.visible:
+            return f"{cats.name}: {model.categories_text()}"
+        return ""
+
+    def update_canvas(self) -> None:
+        """The canvas legend (napari overlays): the map and its threshold in words, the
+        category legend while an overlay is shown, the map's colour bar."""
+        layer = self.view_layer
+        cats = self.category_layer()
+        entries = [(c, t) for c, t in getattr(self, "legend_entries", [])] \
+            if cats is not None and cats.visible else []
+        _viewer.show_canvas_legend(self.viewer, self.canvas_text(), entries,
+                                   layer if layer is not None and layer.visible else None)
 
     # ------------------------------------------------------------------ open / export
     def _pick_folder(self):
@@ -526,40 +604,36 @@ class ResultsWidget(QWidget):
             self.open_result(path)
 
     def open_result(self, folder):
-        """Load a saved result folder in a worker and show it (returns the task)."""
-        from ._show import run_layers
-
+        """Load a saved result folder in a worker and show it (``._show.open_result_folder``;
+        returns the task, None when the folder is open already: it is made current)."""
         folder = Path(folder)
-        with_template = True
-
-        def fn(progress, cancel):
-            from ..core.result import AlignmentResult
-
-            progress(0.0, f"reading {folder}")
-            result = AlignmentResult.load(folder)
-            return result, run_layers(result, with_template)
-
         self.status.setText(f"opening {folder}…")
         self.open_button.setEnabled(False)
-        self.task = start_task(fn, owner=self, on_done=lambda o: self._opened(o, folder),
-                               name="open", activity=True)
+        self.task = open_result_folder(self.viewer, folder,
+                                       on_done=lambda o: self._opened(o, folder),
+                                       parent=self)
+        if self.task is None:
+            self.open_button.setEnabled(True)
+            self._result_changed(self.result)
         return self.task
 
     def _opened(self, outcome, folder) -> None:
-        from napari.utils.notifications import show_error
-
-        from ._show import show_result
-
         self.open_button.setEnabled(True)
         if outcome.kind == "ok":
-            result, layers = outcome.value
-            self.feeder = show_result(self.viewer, self.session, result, layers, folder,
-                                      parent=self)
-        elif outcome.kind == "error":
-            self.status.setText(outcome.message)
-            show_error(outcome.message)
+            self.feeder = getattr(self.session, "_open_feeder", None)
+            if self.feeder is not None:
+                self.feeder.finished.connect(self.update_canvas)
         else:
             self.status.setText(outcome.message)
+
+    def close_result(self, key=None) -> int:
+        """Close an open result (default: the current one): exactly its layers go;
+        returns how many."""
+        key = key or self.key
+        if key is None:
+            return 0
+        self.models.pop(key, None)
+        return close_result(self.viewer, self.session, key)
 
     def _pick_export(self):
         path, _ = QFileDialog.getSaveFileName(self, "Export the view", "view.png",
@@ -569,7 +643,8 @@ class ResultsWidget(QWidget):
 
     def export_view(self, path) -> Path:
         """Save the view as a PNG: the canvas with the map's name, the slice position, the
-        directions at its edges, the map's colour bar and the category legend."""
+        directions at its edges, the map's colour bar, the category legend, and the
+        threshold in words (its correction and degrees of freedom)."""
         from napari.utils.notifications import show_info
 
         from . import _export
@@ -604,12 +679,15 @@ class ResultsWidget(QWidget):
             if cats is not None and cats.visible else []
         title = layer.name if layer is not None else (cats.name if cats is not None
                                                       else "napari-lesion-align")
-        entry = self.session.results.get(self.key) if self.key else None
-        if entry is not None:
-            title += f" · {entry.label}"
+        model = self.model
+        notes = []
+        if model is not None and layer is not None and layer is self.view_layer:
+            notes.append(model.threshold_text())
+        if model is not None and legend:
+            notes.append(model.categories_text())
         _export.compose(shot, path, title=title, where=where, letters=letters,
                         colorbar=_export.colorbar_of(layer) if layer is not None else None,
-                        legend=legend)
+                        legend=legend, note="; ".join(notes))
         show_info(f"saved {path}")
         return path
 
@@ -667,8 +745,7 @@ class ResultsWidget(QWidget):
     def _surface_done(self, outcome) -> None:
         from napari.utils.notifications import show_error
 
-        from ._show import tag_layer
-        from ._tasks import LayerFeeder, make_layer
+        from ._tasks import LayerFeeder
 
         self.surface_button.setEnabled(True)
         if outcome.kind == "error":
@@ -681,10 +758,29 @@ class ResultsWidget(QWidget):
             layer = make_layer(t)
             tag_layer(layer, self.session, self.key)
             layers.append(layer)
-        self.viewer.dims.ndisplay = 3
+        _viewer.enter_surface_scene(self.viewer)
         self.surface_feeder = LayerFeeder(self.viewer, layers, per_tick=2, parent=self)
-        self.surface_feeder.finished.connect(self.lateral_view)
+        self.surface_feeder.finished.connect(self._surface_shown)
         self.surface_feeder.start()
+
+    def _surface_shown(self) -> None:
+        maps = [layer for layer in self.surface_feeder.added
+                if layer.visible and layer.metadata.get("stat") not in (None, "categories")]
+        self.top_view()
+        text = self.canvas_text().split(": ", 1)[-1] if maps else ""
+        cats = [layer for layer in self.surface_feeder.added
+                if layer.metadata.get("stat") == "categories"]
+        entries = [(c, t) for c, t in getattr(self, "legend_entries", [])] if cats else []
+        _viewer.show_canvas_legend(self.viewer, text, entries, maps[0] if maps else None)
+
+    def top_view(self) -> None:
+        """3D camera from above (superior), anterior up: both hemispheres in frame."""
+        from ._viewer import camera
+
+        if self.viewer.dims.ndisplay != 3:
+            return
+        self.viewer.reset_view()
+        camera(self.viewer).set_view_direction((-1.0, 0.0, 0.0), up_direction=(0.0, -1.0, 0.0))
 
     def lateral_view(self, hemisphere: str = "left") -> None:
         """3D camera on the lateral side of a hemisphere, superior up (world frame
