@@ -206,3 +206,55 @@ def test_category_colours_stay_apart_with_colour_blindness():
     np.testing.assert_allclose(g, 0.5, atol=0.01)
     r, gr = simulate_cvd(np.array([[1.0, 0, 0], [0, 0.5, 0]]), "deuteranopia")
     assert abs(r[0] - r[1]) < 0.6  # red is no longer far redder than green
+
+
+def _category_rgb(languages=("EN", "FR", "ZH")):
+    from matplotlib.colors import to_rgb
+
+    return np.array([to_rgb(an.CATEGORY_COLOURS["shared"])]
+                    + [to_rgb(an.language_colour(c, list(languages))) for c in languages])
+
+
+def _nearest(colours, ramp, kind):
+    """The smallest distance between a category colour and a map colour, as seen with
+    ``kind`` (None: normal vision)."""
+    from napari_lesion_align.core.figures import simulate_cvd
+
+    c = colours if kind is None else simulate_cvd(colours, kind)
+    m = ramp if kind is None else simulate_cvd(ramp, kind)
+    return float(np.linalg.norm(c[:, None] - m[None], axis=-1).min())
+
+
+@pytest.mark.parametrize("kind", [None, "protanopia", "deuteranopia", "tritanopia"])
+def test_maps_shown_with_categories_cannot_be_taken_for_a_category(kind):
+    """While category overlays are shown, maps use the grey |value| ramp
+    (``core.display.map_kind``): no map colour comes near shared or a language's colour,
+    with normal vision or a simulated colour-vision deficiency. The maps' own red-yellow /
+    blue-cyan ramps would fail: ZH orange lies inside red-yellow, shared blue and FR sky
+    blue inside blue-cyan (why the maps switch)."""
+    from napari_lesion_align.core import display
+
+    cats = _category_rgb()
+    assert display.map_kind("t", categories_shown=True) == "magnitude"
+    assert display.map_kind("q", categories_shown=True) == "magnitude"
+    assert display.map_kind("t", categories_shown=False) == "diverging"
+    grey = display.map_colours("magnitude")
+    assert _nearest(cats, grey, kind) > 0.2
+    if kind is None:
+        assert _nearest(cats, display.map_colours("diverging"), kind) < 0.12
+
+
+def test_the_layers_use_the_grey_ramp_while_categories_are_shown():
+    """What a result opens with: the map's visible colours are all grey (chroma 0) while
+    the category overlay is on; switched off, the map is in its colours again."""
+    import napari_lesion_align._layers as L
+    from napari_lesion_align._view_model import result_tuples
+
+    tuples = result_tuples(make_tiny_result(), with_template=False)
+    kw = tuples[0][1]
+    assert tuples[1][1]["visible"] and tuples[1][1]["metadata"]["stat"] == "categories"
+    rgba = np.asarray(kw["colormap"].colors)
+    shown = rgba[rgba[:, 3] > 0, :3]
+    assert len(shown) and np.ptp(shown, axis=1).max() < 1e-6  # grey
+    coloured = L.threshold_display("r", 0.1)["colormap"].colors
+    assert np.ptp(np.asarray(coloured)[:, :3], axis=1).max() > 0.5
