@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -510,3 +511,22 @@ def test_reader_thresholds_t_maps_at_the_group_tests_significance(tmp_path):
         assert (alpha[sig] == 1).all() and (alpha[~sig] == 0).all(), (lang, cond)
         assert kw["metadata"]["threshold"] is not None
     assert checked >= 1  # the tiny result has significant voxels somewhere
+
+
+def test_template_keeps_white_matter_grey_and_the_mask_outline_stands_out():
+    """The template's contrast leaves headroom (white matter a mid grey, nothing clipped
+    to white), and the analysis mask's outline is drawn in a saturated colour, not white
+    on the white template."""
+    from napari_lesion_align._widgets._show import space_layers
+    from napari_lesion_align.core.display import TEMPLATE_HEADROOM
+
+    data, kw, _ = L.template_layer(2)
+    brain = np.asarray(data, dtype=float)[np.asarray(data) > 0]
+    hi = kw["contrast_limits"][1]
+    assert (brain >= hi).mean() == 0
+    assert np.percentile(brain, 99) / hi < 1 / TEMPLATE_HEADROOM + 0.01
+    mask = Path(L.__file__).parent / "data" / "demo" / "mask_mni152_4mm.nii.gz"
+    template, outline = space_layers(mask)
+    assert outline.contour == 1
+    rgba = np.asarray(outline.colormap.map(np.array([1]))).ravel()
+    assert rgba[3] == 1 and np.ptp(rgba[:3]) > 0.5  # saturated, not white or grey
