@@ -258,3 +258,16 @@ def test_the_layers_use_the_grey_ramp_while_categories_are_shown():
     assert len(shown) and np.ptp(shown, axis=1).max() < 1e-6  # grey
     coloured = L.threshold_display("r", 0.1)["colormap"].colors
     assert np.ptp(np.asarray(coloured)[:, :3], axis=1).max() > 0.5
+
+
+def test_qc_figure_states_the_test_behind_the_categories():
+    """The title says what a category voxel means, from the result's own settings."""
+    import dataclasses
+
+    from napari_lesion_align.core.figures import _title
+
+    result = make_tiny_result()
+    assert "(significant drops, q < 0.05 FDR, 2 df)" in _title(result, "lesion")
+    prov = {**result.provenance, "config": {"lesions": {"alpha": 0.01, "correction": "none"}}}
+    other = dataclasses.replace(result, provenance=prov)
+    assert "(significant drops, p < 0.01 uncorrected, 2 df)" in _title(other, "lesion")

@@ -2,6 +2,9 @@
 
 :func:`qc_figure` writes one PNG:
 
+* title: the model, the category set and what a category voxel means: the group test's
+  significance level, correction and degrees of freedom (``core.display``, the same
+  rule as the napari layers and the exported view);
 * top: a few axial slices of the category map (``shared`` blue, ``specific:<L>`` in L's
   colour, as in the napari layers) over nilearn's MNI152 template, in the neurological
   convention (left hemisphere on the left, anterior at the top), with a legend and voxel
@@ -279,9 +282,17 @@ def _draw_bars(ax, result) -> None:
 
 
 def _title(result, name) -> str:
+    """The figure's title: the model, the category set, and what a category voxel means
+    (the group test's level, correction and degrees of freedom, ``core.display``)."""
+    from .display import degrees_of_freedom, test_settings
+
     model = (result.provenance.get("model") or {}).get("name", "model")
-    return (f"{model}: categories '{name}', {len(result.subjects)} subjects, "
-            f"languages {', '.join(result.languages)}")
+    alpha, correction = test_settings(result)
+    df = degrees_of_freedom(result)
+    test = (f"{'q' if correction == 'fdr' else 'p'} < {alpha:g} "
+            f"{'FDR' if correction == 'fdr' else 'uncorrected'}" + (f", {df} df" if df else ""))
+    return (f"{model}: categories '{name}' (significant drops, {test}), "
+            f"{len(result.subjects)} subjects, languages {', '.join(result.languages)}")
 
 
 #: colour-vision deficiency simulation matrices (Machado, Oliveira & Fernandes 2009,
