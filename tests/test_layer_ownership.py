@@ -91,7 +91,7 @@ def test_two_results_side_by_side_own_their_layers(make_napari_viewer, qtbot,
     assert results.threshold_text.text() == "t ≥ 5 · q < 0.05 FDR · 2 df"
     assert results.threshold_label.text() == "5"
     shown = canvas_legend(viewer)
-    assert shown["text"] == f"{t_a.name}: t ≥ 5 · q < 0.05 FDR · 2 df"
+    assert shown["text"] == f"{t_a.name}\nt ≥ 5 · q < 0.05 FDR · 2 df"
     assert shown["colorbar"] == t_a.name
     assert [t for _, t in shown["entries"]] == ["shared", "EN", "FR"]
     # the slider moves in t units, on round steps

@@ -163,7 +163,7 @@ def test_style_diverging_symmetric_and_threshold_transparent():
     st = L.style("t", values, threshold=1.0)
     lo, hi = st["contrast_limits"]
     # the threshold lives in the contrast limits (|v| < BAND * limit is transparent)
-    assert lo == -hi and hi == pytest.approx(1.0 / L.BAND)
+    assert lo == -hi and hi == pytest.approx((1.0 - L.EDGE_MARGIN) / L.BAND)
     free = L.style("t", values)
     assert free["contrast_limits"][1] == pytest.approx(L.robust_limit(values))
     cmap = st["colormap"]
@@ -173,6 +173,7 @@ def test_style_diverging_symmetric_and_threshold_transparent():
 
     assert alpha(0.0) == 0 and alpha(0.9) == 0 and alpha(-0.9) == 0
     assert alpha(1.1) == 1 and alpha(-1.1) == 1 and alpha(hi) == 1
+    assert alpha(1.0) == 1 and alpha(-1.0) == 1  # exactly at the threshold: shown
     p = L.style("q", np.linspace(0, 1, 50))
     assert p["contrast_limits"] == (0.0, 0.05)
     assert p["colormap"].map(np.array([0.2]))[0, 3] == 1  # q = 0.01: shown
@@ -196,6 +197,11 @@ def test_threshold_hides_subthreshold_voxels_on_screen(make_napari_viewer):
     xs = np.nonzero(_warm(_show_slice(viewer, 20)))[1]
     assert xs.min() < w / 2 and xs.max() > w / 2
     assert layer.metadata["threshold"] == 0.2
+    # a threshold equal to the strong blob's value (as the group test's smallest
+    # significant |t| is to its voxel): the blob is still drawn on screen
+    L.set_threshold(layer, 3.0)
+    xs = np.nonzero(_warm(_show_slice(viewer, 20)))[1]
+    assert len(xs) > 20 and xs.min() > w / 2
 
 
 def test_nan_outside_mask_is_transparent(make_napari_viewer):

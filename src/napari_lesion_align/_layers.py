@@ -186,6 +186,12 @@ def _ramp(c0, c1, n):
 #: diverging maps with a threshold: ``|v| < BAND * limit`` is transparent, so the contrast
 #: limits are ``±threshold / BAND`` (colours run from the threshold to 3x the threshold)
 BAND = 1.0 / 3.0
+#: how far below the threshold the transparent band ends (relative): vispy draws a
+#: colormap through a 1,024-entry table, so a band edge exactly at the threshold hides
+#: the voxels at it (the group test's smallest significant |t|) on screen; 2 % below it
+#: (about 3 entries on the ±3x threshold range) draws them, at the cost of also drawing
+#: the rare voxels within 2 % below the threshold
+EDGE_MARGIN = 0.02
 #: the names of the plugin's colormaps: one per kind, whatever the threshold
 COLORMAP_NAMES = {"diverging": "lesion-align diverging (thresholded)",
                   "diverging-all": "lesion-align diverging",
@@ -245,7 +251,9 @@ def threshold_display(stat: str, threshold=None, limit: float = 1.0,
                 "contrast_limits": (0.0, top)}
     th = abs(float(threshold)) if threshold else 0.0
     if th > 0:
-        m = th / BAND
+        # the band's edge a hair below the threshold: a voxel exactly at it (the group
+        # test's smallest significant |t|) is drawn, whatever the GPU's rounding
+        m = th * (1.0 - EDGE_MARGIN) / BAND
         return {"colormap": plugin_colormap(grey or "diverging"), "contrast_limits": (-m, m)}
     m = abs(float(limit)) or 1.0
     return {"colormap": plugin_colormap(f"{grey}-all" if grey else "diverging-all"),

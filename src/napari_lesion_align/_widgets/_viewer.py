@@ -303,7 +303,8 @@ LEGEND_ENTRY_KEY = "lesion_align_legend_{}"
 
 def show_canvas_legend(viewer, text: str = "", entries=(), colorbar_layer=None) -> None:
     """On the canvas (napari overlays, top left, stacked): ``text`` (what a coloured
-    voxel means: the map, its threshold, correction and df) and one line per category
+    voxel means: the map, its threshold, correction and df; one overlay per line) and
+    one line per category
     ``(colour, title)`` in its colour; the colour bar of ``colorbar_layer`` (napari's
     layer colour bar overlay, top right), every other layer's colour bar hidden."""
     from napari.components.overlays import TextOverlay
@@ -312,17 +313,19 @@ def show_canvas_legend(viewer, text: str = "", entries=(), colorbar_layer=None) 
     overlays = getattr(getattr(v, "canvas", None), "overlays", None)
     if overlays is None:
         return
-    wanted = {LEGEND_TEXT_KEY: (text, (1.0, 1.0, 1.0, 1.0))} if text else {}
+    wanted = {}
+    for i, line in enumerate(t for t in str(text or "").split("\n") if t):
+        wanted[LEGEND_TEXT_KEY + ("" if i == 0 else f"_{i}")] = (line, (1.0, 1.0, 1.0, 1.0))
     for i, (colour, title) in enumerate(entries):
         wanted[LEGEND_ENTRY_KEY.format(i)] = (f"■ {title}", colour)
     for key in list(overlays):
-        if (key == LEGEND_TEXT_KEY or str(key).startswith("lesion_align_legend_")) and \
-                key not in wanted:
+        if (str(key).startswith(LEGEND_TEXT_KEY) or
+                str(key).startswith("lesion_align_legend_")) and key not in wanted:
             overlays[key].visible = False
     for key, (line, colour) in wanted.items():
         ov = overlays.get(key) if hasattr(overlays, "get") else None
         if ov is None:
-            ov = TextOverlay(position="top_left", font_size=11, box=True)
+            ov = TextOverlay(position="top_left", font_size=10, box=True)
             try:
                 overlays[key] = ov
             except Exception:
@@ -349,8 +352,8 @@ def canvas_legend(viewer) -> dict:
         ov = overlays[key]
         if not ov.visible:
             continue
-        if key == LEGEND_TEXT_KEY:
-            text = ov.text
+        if str(key).startswith(LEGEND_TEXT_KEY):
+            text = f"{text}\n{ov.text}" if text else ov.text
         elif str(key).startswith("lesion_align_legend_"):
             entries.append((ov.color, ov.text.removeprefix("■ ")))
     bars = [layer.name for layer in v.layers

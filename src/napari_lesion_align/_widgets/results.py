@@ -574,17 +574,17 @@ class ResultsWidget(QWidget):
         self.legend.setText(html)
 
     def canvas_text(self) -> str:
-        """What the canvas (and the exported view) says the map is: its name, and its
-        threshold in words (or the meaning of the category overlay)."""
+        """What the canvas says the map is: its name, then (next line) its threshold in
+        words (or the meaning of the category overlay)."""
         model = self.model
         if model is None:
             return ""
         layer = self.view_layer
         if layer is not None and layer.visible:
-            return f"{layer.name}: {model.threshold_text()}"
+            return f"{layer.name}\n{model.threshold_text()}"
         cats = self.category_layer()
         if cats is not None and cats.visible:
-            return f"{cats.name}: {model.categories_text()}"
+            return f"{cats.name}\n{model.categories_text()}"
         return ""
 
     def update_canvas(self) -> None:
@@ -767,7 +767,7 @@ class ResultsWidget(QWidget):
         maps = [layer for layer in self.surface_feeder.added
                 if layer.visible and layer.metadata.get("stat") not in (None, "categories")]
         self.top_view()
-        text = self.canvas_text().split(": ", 1)[-1] if maps else ""
+        text = self.canvas_text() if maps else ""
         cats = [layer for layer in self.surface_feeder.added
                 if layer.metadata.get("stat") == "categories"]
         entries = [(c, t) for c, t in getattr(self, "legend_entries", [])] if cats else []

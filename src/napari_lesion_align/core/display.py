@@ -262,10 +262,10 @@ def slider_scale(stat: str, data_limit: float, default=None) -> SliderScale:
 MAP_RAMPS = {"positive": ((1.0, 0.12, 0.0), (1.0, 1.0, 0.0)),   # red -> yellow
              "negative": ((0.0, 0.25, 1.0), (0.0, 1.0, 1.0)),   # blue -> cyan
              #: while category overlays are shown: |value| in light grey -> white
-             "magnitude": ((0.72, 0.72, 0.72), (1.0, 1.0, 1.0))}
+             "magnitude": ((0.85, 0.85, 0.85), (1.0, 1.0, 1.0))}
 #: the template's display range: its upper contrast limit is this times its 99.5th
 #: percentile, so white matter is a mid grey (not saturated) and maps stay brighter
-TEMPLATE_HEADROOM = 1.6
+TEMPLATE_HEADROOM = 2.0
 #: the analysis mask's outline colour (magenta: apart from the grey template and from
 #: the maps' ramps)
 MASK_COLOUR = "#ff33cc"
