@@ -536,3 +536,21 @@ def test_template_keeps_white_matter_grey_and_the_mask_outline_stands_out():
     assert outline.contour == 1
     rgba = np.asarray(outline.colormap.map(np.array([1]))).ravel()
     assert rgba[3] == 1 and np.ptp(rgba[:3]) > 0.5  # saturated, not white or grey
+
+
+def test_a_map_file_of_a_result_folder_gets_the_same_threshold_rule(tmp_path):
+    """One rule whatever opens the map: a group t file alone gets the group test's
+    significance (the tiny result plants t = 5 where q < 0.05), a subject's r file the
+    stated r default; the same file outside a result folder has no threshold."""
+    result = make_tiny_result()
+    folder = tmp_path / "res"
+    result.save(folder)
+    ((_, t_kw, _),) = _read(folder / "group_lang-EN_desc-shared_stat-t_statmap.nii.gz")
+    assert t_kw["metadata"]["threshold"] == pytest.approx(5.0)
+    ((_, r_kw, _),) = _read(folder / "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz")
+    assert r_kw["metadata"]["threshold"] == 0.1
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(folder / "group_lang-EN_desc-shared_stat-t_statmap.nii.gz", alone)
+    ((_, kw, _),) = _read(alone / "group_lang-EN_desc-shared_stat-t_statmap.nii.gz")
+    assert kw["metadata"]["threshold"] is None

@@ -424,7 +424,8 @@ def nifti_layer(img_or_path, name=None, stat=None, threshold=None) -> tuple:
 
     The stat (styling) is guessed from our file names when not given
     (``..._stat-<stat>_statmap.nii.gz``, ``..._categories.nii.gz``, ``mask.nii.gz``);
-    other images are shown grey. A ``categories.json`` next to a categories file gives
+    other images are shown grey. A map inside a result folder is thresholded by the
+    statistic's default rule (a group t map at the group test's significance). A ``categories.json`` next to a categories file gives
     its legend. A 4D image becomes a layer with a leading volume axis (a slider).
     """
     img, source = load_nifti(img_or_path)
@@ -435,8 +436,30 @@ def nifti_layer(img_or_path, name=None, stat=None, threshold=None) -> tuple:
         name = layer_name(keys["subject"], keys["language"], keys["condition"], stat)
     if stat in SEQUENTIAL + DIVERGING:
         img = _outside_mask_nan(img, source)
+        if threshold is None:
+            threshold = _sibling_threshold(source, keys, stat)
     return image_layer(img, stat=stat, name=name, threshold=threshold, source=source,
                        keys=keys, legend=legend)
+
+
+def _sibling_threshold(source, keys: dict, stat: str):
+    """The default threshold (``core.display.default_threshold``) of a map file inside a
+    result folder (a ``result.json`` next to it): a group t map alone gets the group
+    test's corrected significance, as when the folder is opened; None elsewhere."""
+    folder = Path(str(source)).parent
+    if not (folder / "result.json").is_file():
+        return None
+    from .core.display import default_threshold
+    from .core.result import AlignmentResult
+
+    try:
+        result = AlignmentResult.load(folder, lazy=True)
+        if str(keys.get("subject")) == "group":
+            return default_threshold(result, stat, keys.get("language"),
+                                     keys.get("condition")).value
+        return default_threshold(result, stat).value
+    except (LesionAlignError, OSError, ValueError, KeyError):
+        return None
 
 
 def load_nifti(img_or_path):
