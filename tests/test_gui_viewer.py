@@ -339,6 +339,19 @@ def test_surface_layers_hold_vol_to_surf_values(make_napari_viewer, qtbot):
             if s.metadata["stat"] == "categories" and s.metadata["surface"] == "pial"}
     shared = next(k for k, e in result.categories["lesion"][1].items() if e["name"] == "shared")
     assert (cats["left"] == shared).any() and not (cats["right"] == shared).any()
+    # its own scene: the volumes hidden meanwhile; the categories are outlines, so the
+    # map shows inside the shared patch, in grey |t| (categories shown: colour = category)
+    assert not any(layer.visible for layer in viewer.layers
+                   if type(layer).__name__ in ("Image", "Labels"))
+    t_left = next(s for s in surfaces if s.metadata["surface"] == "pial" and
+                  s.metadata["hemisphere"] == "left" and s.metadata["stat"] == "t")
+    assert ((t_left.vertex_values >= 5.0) & (cats["left"] == 0)).any()
+    assert t_left.metadata["magnitude"] and "|value|" in t_left.colormap.name
+    from napari_lesion_align._widgets._viewer import canvas_legend
+
+    shown = canvas_legend(viewer)  # the colour bar, threshold and legend on the canvas
+    assert shown["text"].endswith("t ≥ 5 · q < 0.05 FDR · 2 df")
+    assert shown["colorbar"] is not None and "shared" in [t for _, t in shown["entries"]]
 
 
 # --------------------------------------------------------------------------- export

@@ -150,3 +150,19 @@ def test_category_surface_lies_above_the_map_surface():
     assert volume(L.lifted(verts, faces, -L.SURFACE_LIFT_MM)) < volume(verts)
     cmap = L._label_colormap({1: "#0072b2"}, 2, background=(0, 0, 0, 0))
     assert cmap.colors[0][3] == 0 and cmap.colors[1][3] == 1
+
+
+def test_category_surfaces_are_outlines():
+    """A patch of labelled vertices keeps its label only on its border (a vertex with a
+    face touching another label): the map beneath shows inside the patch."""
+    from napari_lesion_align import _layers as L
+
+    verts, faces = L.surface_vertices("pial", "left")
+    labels = np.where(verts[:, 1] < np.median(verts[:, 1]), 2.0, 0.0)  # half the cortex
+    out = L.outline_labels(labels, faces)
+    kept = out == 2
+    assert 0 < kept.sum() < 0.2 * (labels == 2).sum()
+    assert set(np.unique(out)) <= {0.0, 2.0} and not (out[labels == 0] != 0).any()
+    tri = labels[faces]
+    border = np.unique(faces[(tri != tri[:, :1]).any(axis=1)])
+    assert set(np.nonzero(kept)[0]) == set(border[labels[border] == 2])

@@ -778,11 +778,14 @@ def _label_colormap(colours: dict, n: int, background=(0.75, 0.75, 0.75, 1.0)):
 
 
 def surface_layers(img, *, name: str, stat=None, threshold=None, kinds=SURFACE_KINDS,
-                   legend=None, visible_kind: str = "inflated") -> list[tuple]:
+                   legend=None, visible_kind: str = "inflated",
+                   magnitude: bool = False) -> list[tuple]:
     """Surface layer tuples of a volume (a map or a category image) on fsaverage5: one per
     hemisphere and mesh kind (``kinds``), values from :func:`surface_values` (NaN, e.g.
     outside the analysis mask, shown as 0). Maps use the plugin's diverging colours
-    (sub-threshold: the grey cortex); categories (``legend`` given) their overlay colours.
+    (sub-threshold: the grey cortex), or with ``magnitude`` (categories shown too) the
+    grey ``|value|`` ramp on a darker cortex; categories (``legend`` given) are outlines
+    in their overlay colours (:func:`outline_labels`), on a mesh lifted off the map's.
     Only the ``visible_kind`` meshes start visible."""
     is_labels = legend is not None
     out = []
@@ -800,6 +803,7 @@ def surface_layers(img, *, name: str, stat=None, threshold=None, kinds=SURFACE_K
             if is_labels:
                 values = np.rint(values).astype(np.float32)
                 n = int(max(max(legend), values.max() if values.size else 0)) + 1
+                values = outline_labels(values, faces)
                 # an overlay: uncategorised vertices transparent, the mesh lifted off the
                 # map's surface (not hiding it, no depth fighting)
                 kwargs.update(colormap=_label_colormap(category_colormap(legend), n,
@@ -810,24 +814,48 @@ def surface_layers(img, *, name: str, stat=None, threshold=None, kinds=SURFACE_K
             elif stat in SEQUENTIAL + DIVERGING:
                 shown = threshold_display(stat, threshold,
                                           1.0 if stat == "lpi" else robust_limit(values))
-                kwargs.update(colormap=surface_colormap(stat),
+                kwargs.update(colormap=surface_colormap(stat, magnitude),
                               contrast_limits=shown["contrast_limits"])
+                meta["magnitude"] = magnitude
             else:
                 kwargs.update(colormap="gray")
             out.append(((verts, faces, values), kwargs, "surface"))
     return out
 
 
+#: the cortex's grey on a surface (sub-threshold vertices); darker under grey maps
+CORTEX_GREY = (0.75, 0.75, 0.75, 1.0)
+CORTEX_GREY_DARK = (0.4, 0.4, 0.4, 1.0)
+
+
+def outline_labels(values: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Per-vertex labels reduced to their outlines on a mesh: a labelled vertex keeps its
+    label only when one of its faces touches another label (0 elsewhere), so a category
+    drawn over a map's surface leaves the map visible inside it."""
+    v = np.asarray(values)
+    f = np.asarray(faces)
+    lab = v[f]
+    mixed = ~((lab == lab[:, :1]).all(axis=1))
+    edge = np.zeros(len(v), dtype=bool)
+    edge[np.unique(f[mixed])] = True
+    return np.where(edge, v, 0).astype(v.dtype)
+
+
 @lru_cache(maxsize=None)
-def surface_colormap(stat: str):
-    """The map colormap on a surface: the plugin's colours with the transparent band
-    (sub-threshold) painted the cortex's grey (a surface has nothing beneath)."""
+def surface_colormap(stat: str, magnitude: bool = False):
+    """The map colormap on a surface: the plugin's colours (``magnitude``: the grey
+    ``|value|`` ramp) with the transparent band (sub-threshold) painted the cortex's grey
+    (a surface has nothing beneath; darker under the grey ramp)."""
     from napari.utils.colormaps import Colormap
 
-    base = plugin_colormap("sequential" if stat in SEQUENTIAL else "diverging")
+    if magnitude:
+        base = plugin_colormap("magnitude-sequential" if stat in SEQUENTIAL else "magnitude")
+    else:
+        base = plugin_colormap("sequential" if stat in SEQUENTIAL else "diverging")
     colors = np.asarray(base.colors, dtype=float).copy()
     clear = colors[:, 3] == 0
-    colors[clear] = (0.75, 0.75, 0.75, 1.0)
+    colors[clear] = CORTEX_GREY_DARK if magnitude else CORTEX_GREY
     kind = "p/q" if stat in SEQUENTIAL else "diverging"
+    grey = " |value|" if magnitude else ""
     return Colormap(colors=colors, controls=np.asarray(base.controls), interpolation="zero",
-                    name=f"lesion-align {kind} (surface)")
+                    name=f"lesion-align {kind}{grey} (surface)")

@@ -68,7 +68,7 @@ def folder_label(folder) -> str:
 
 def owned_name(name: str, label: str | None) -> str:
     """``name`` with its result's label: ``"t EN shared (group) [res1]"``."""
-    if not label or name.endswith(f"[{label}]"):
+    if not label or f"[{label}]" in name:
         return name
     return f"{name} [{label}]"
 

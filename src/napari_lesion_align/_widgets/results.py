@@ -728,7 +728,8 @@ class ResultsWidget(QWidget):
                                         view["condition"], view["stat"])
                 img = result.space.to_image(values, fill=np.nan)
                 out += _layers.surface_layers(img, name=name, stat=view["stat"],
-                                              threshold=threshold)
+                                              threshold=threshold,
+                                              magnitude=cat_set is not None)
             if cat_set is not None and not cancel():
                 progress(0.6, "projecting the categories onto fsaverage5")
                 labels, legend = result.categories[cat_set]
@@ -767,7 +768,9 @@ class ResultsWidget(QWidget):
         maps = [layer for layer in self.surface_feeder.added
                 if layer.visible and layer.metadata.get("stat") not in (None, "categories")]
         self.top_view()
-        text = self.canvas_text() if maps else ""
+        model = self.model
+        text = (f"{maps[0].metadata.get('source_map', '')}\n{model.threshold_text()}"
+                if maps and model is not None else "")
         cats = [layer for layer in self.surface_feeder.added
                 if layer.metadata.get("stat") == "categories"]
         entries = [(c, t) for c, t in getattr(self, "legend_entries", [])] if cats else []
