@@ -425,8 +425,9 @@ def nifti_layer(img_or_path, name=None, stat=None, threshold=None) -> tuple:
     The stat (styling) is guessed from our file names when not given
     (``..._stat-<stat>_statmap.nii.gz``, ``..._categories.nii.gz``, ``mask.nii.gz``);
     other images are shown grey. A map inside a result folder is thresholded by the
-    statistic's default rule (a group t map at the group test's significance). A ``categories.json`` next to a categories file gives
-    its legend. A 4D image becomes a layer with a leading volume axis (a slider).
+    statistic's default rule (a group t map at the group test's significance). A
+    ``categories.json`` next to a categories file gives its legend. A 4D image becomes a
+    layer with a leading volume axis (a slider).
     """
     img, source = load_nifti(img_or_path)
     keys = parse_filename(source)

@@ -104,8 +104,8 @@ def open_result_folder(viewer, folder, *, on_done=None, parent=None):
     dock shows it), then register it and add its layers (template, its default map at
     the statistic's default threshold, category overlays). A folder open already is made
     current instead (returns None, nothing is read). ``on_done(outcome)`` is called at
-    the end (``outcome.kind``: ok, error, cancelled). Returns the task. The one entry point for the Results dock and
-    File > Open Sample."""
+    the end (``outcome.kind``: ok, error, cancelled). Returns the task. The one entry
+    point for the Results dock and File > Open Sample."""
     from napari.utils.notifications import show_error
 
     from ._state import session_for, unwrap

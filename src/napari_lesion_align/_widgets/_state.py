@@ -19,7 +19,9 @@ Open results (:attr:`Session.results`): every result the viewer shows, whatever 
 (resolved path) or ``"run N"`` for a run kept only in memory; the Results and Inspector
 widgets follow the current one (:attr:`Session.result`). The reader and the sample data
 mark their layers with ``metadata["result_folder"]``; :mod:`._viewer` loads such a folder
-once and adds it here.
+once and adds it here, with the label every layer name of the result ends with
+(:meth:`Session.label_for`). This module imports nothing of the widgets: :mod:`._viewer`
+registers its ``attach`` in :data:`NEW_SESSION_HOOKS` when imported.
 * ``busy_changed(what)`` -- a long task that uses the model started (``what`` says which)
   or ended (``None``); the widgets disable their other model tasks meanwhile, because
   importance scoring and lesioned feature extraction must not share the model at once.

@@ -28,7 +28,7 @@ from ..core import display
 from ..core.errors import LesionAlignError
 from . import _viewer
 from ._dock import scroll_layout
-from ._show import close_result, layers_of, open_result_folder, tag_layer
+from ._show import close_result, open_result_folder, tag_layer
 from ._state import connect, session_for
 from ._tasks import add_layer, make_layer, start_task
 
