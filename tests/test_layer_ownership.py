@@ -166,3 +166,30 @@ def test_category_surfaces_are_outlines():
     tri = labels[faces]
     border = np.unique(faces[(tri != tri[:, :1]).any(axis=1)])
     assert set(np.nonzero(kept)[0]) == set(border[labels[border] == 2])
+
+
+def test_a_session_made_before_the_viewer_helpers_load_is_attached(tmp_path):
+    """A dock that only knows ``_state`` (e.g. Data) may give a viewer its session before
+    ``_viewer`` is imported: importing it then attaches that viewer (registry, template
+    at the bottom, orientation), without the import circle ``_state`` -> ``_viewer``."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = ("import sys, napari\n"
+            "from napari_lesion_align._widgets import _state\n"
+            "assert 'napari_lesion_align._widgets._viewer' not in sys.modules\n"
+            "v = napari.Viewer(show=False)\n"
+            "_state.session_for(v)\n"
+            "from napari_lesion_align._widgets import _viewer\n"
+            "assert v in _viewer._ATTACHED\n"
+            "w = napari.Viewer(show=False)\n"
+            "_state.session_for(w)\n"
+            "assert w in _viewer._ATTACHED\n"
+            "v.close(); w.close(); print('attached')\n")
+    env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0 and "attached" in out.stdout, out.stderr[-2000:]

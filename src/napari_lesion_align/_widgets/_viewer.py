@@ -53,12 +53,6 @@ def attach(viewer) -> None:
     orient(v)
 
 
-if attach not in _state.NEW_SESSION_HOOKS:  # every new session's viewer is attached
-    _state.NEW_SESSION_HOOKS.append(attach)
-for _made_before in _state.viewers_with_sessions():  # sessions made before this import
-    attach(_made_before)
-
-
 def current_viewer():
     """napari's current viewer when a Qt application runs, else None."""
     try:
@@ -401,3 +395,11 @@ def leave_surface_scene(viewer) -> None:
         if layer in viewer.layers:
             layer.visible = True
     hidden.clear()
+
+
+# --------------------------------------------------------------------------- registration
+# last, once everything attach() calls is defined
+if attach not in _state.NEW_SESSION_HOOKS:  # every new session's viewer is attached
+    _state.NEW_SESSION_HOOKS.append(attach)
+for _made_before in _state.viewers_with_sessions():  # sessions made before this import
+    attach(_made_before)
