@@ -84,6 +84,10 @@ class ModelLesionWidget(QWidget):
         # what to lesion (not a config key: it picks selections, a manual lesion, a sweep
         # or the files) and the indices of a manual lesion or a sweep
         self.selection = QComboBox()
+        # a few characters wide at least, not its longest item: the dock decides the width
+        self.selection.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.selection.setMinimumContentsLength(8)
         self.indices = QLineEdit()
         self.indices.setPlaceholderText("manual: '0: 1-10, 15; 3: 5'  ·  sweep: '0, 10, 20'")
         lf.addRow("Selection", self.selection)
