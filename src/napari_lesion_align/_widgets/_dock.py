@@ -44,15 +44,20 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
     return QVBoxLayout(inner)
 
 
+#: the last layer insertion compacted (the widgets of a viewer share it)
+_LAST_INSERT: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
 def _watch_layer_controls(viewer, widget) -> None:
     """After a layer is added, compact napari's colormap boxes in ``widget``'s window
     (:func:`compact_layer_controls`)."""
     ref = weakref.ref(widget)
 
-    def added(*_):
+    def added(event=None, *_):
         w = ref()
-        if w is None:
-            return
+        if w is None or (event is not None and _LAST_INSERT.get("event") is event):
+            return  # another widget of this viewer did it for this insertion
+        _LAST_INSERT["event"] = event
         try:
             # at once, before Qt lays the new controls out (a dock once widened stays so)
             compact_layer_controls(w.window())

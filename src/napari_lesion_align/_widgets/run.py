@@ -289,9 +289,11 @@ class RunWidget(QWidget):
     def _layers_added(self) -> None:
         from napari.utils.notifications import show_info
 
-        self.step.setText(f"done in {_clock(self.outcome.seconds)}")
-        show_info(f"Lesion Align: run done in {_clock(self.outcome.seconds)}; its maps are "
-                  "in the layer list")
+        text = f"done in {_clock(self.outcome.seconds)}"
+        self.step.setText(text)
+        # in an event-loop turn of its own (not with the last layer's insertion)
+        QTimer.singleShot(0, lambda: show_info(f"Lesion Align: run {text}; its maps are "
+                                               "in the layer list"))
 
     # ------------------------------------------------------------------ result
     def _result_changed(self, result) -> None:
