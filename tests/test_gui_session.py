@@ -330,3 +330,117 @@ def test_errors_sit_next_to_their_field_and_go_when_fixed(make_napari_viewer, qt
     data.source.setCurrentIndex(0)  # the demo: a complete form
     assert data.form_error.message is None and data.form_error.isHidden()
     assert run.error.message is None and run.error.isHidden() and run.step.text() == "ready"
+
+
+# --------------------------------------------------------------------------- the session
+def _labels_overlap(figure) -> list:
+    """Pairs of overlapping tick labels and texts outside the figure, after a draw."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    fig_box = figure.bbox
+    problems = []
+    for ax in figure.axes:
+        labels = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for i in range(len(boxes) - 1):
+            if boxes[i].overlaps(boxes[i + 1]):
+                problems.append((labels[i].get_text(), labels[i + 1].get_text()))
+        texts = [*labels, ax.yaxis.label, *ax.get_yticklabels()]
+        for t in texts:
+            if not t.get_text():
+                continue
+            b = t.get_window_extent(renderer)
+            if b.x0 < fig_box.x0 - 1 or b.x1 > fig_box.x1 + 1 or b.y0 < fig_box.y0 - 1 \
+                    or b.y1 > fig_box.y1 + 1:
+                problems.append(("clipped", t.get_text()))
+    return problems
+
+
+def test_a_scripted_session_on_a_small_screen(make_napari_viewer, qtbot, tmp_path,
+                                              monkeypatch, simulated_run, notifications):
+    """What a new user does on 1,366 x 768: the panel; a result folder opened with the
+    reader and another one from the Results tab; the sample (the demo result, here a
+    cached tiny one) and the template; every tab visited (geometry checked on each, with
+    content); a voxel inspected (crosshair, themed plot with readable labels, slices in
+    mm); a run started and cancelled (both bars, reset); the Inspector closed (its
+    crosshair goes)."""
+    from napari.utils.notifications import NotificationSeverity
+
+    from napari_lesion_align import _layers as L
+    from napari_lesion_align import _sample_data
+    from napari_lesion_align._widgets._state import result_key
+    from test_figures import make_tiny_result
+
+    folders = []
+    for seed in (0, 1):
+        folders.append(tmp_path / f"res{seed}")
+        make_tiny_result(seed=seed).save(folders[-1])
+    monkeypatch.setenv("NAPARI_LESION_ALIGN_CACHE", str(tmp_path / "cache"))
+    make_tiny_result(seed=2).save(_sample_data.demo_cache_folder())
+
+    viewer, win = _small_screen_viewer(make_napari_viewer, qtbot)
+    panel = _open_panel(viewer, qtbot)
+    session = panel.session
+    # two results: the reader (File > Open) and the Results tab
+    viewer.open(str(folders[0]), plugin=PLUGIN)
+    qtbot.waitUntil(lambda: result_key(folders[0]) in session.results, timeout=60_000)
+    results = panel.show_tab("Results")
+    task = results.open_result(folders[1])
+    qtbot.waitUntil(lambda: task.done and result_key(folders[1]) in session.results,
+                    timeout=60_000)
+    qtbot.waitUntil(lambda: results.feeder is None or results.feeder.done, timeout=60_000)
+    # the samples: the template, and the demo result (cached: opens at once)
+    viewer.open_sample(PLUGIN, "mni152")
+    viewer.open_sample(PLUGIN, "demo")
+    qtbot.waitUntil(lambda: len(session.results) == 3, timeout=60_000)
+    qtbot.wait(300)
+    assert win.width() <= SCREEN[0] and win.height() <= SCREEN[1]
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.width() >= 640, canvas.width()
+
+    # every tab, with content: nothing wider than the dock, nothing clipped
+    problems = []
+    for title in panel.widgets:
+        panel.show_tab(title)
+        qtbot.wait(150)
+        problems += geometry_problems(panel)
+    assert not problems, "\n".join(problems)
+
+    # inspect a voxel of the current result
+    inspector = panel.show_tab("Inspect")
+    result = session.result
+    mask = np.asarray(result.space.mask_img.dataobj, dtype=bool)
+    ijk = tuple(int(v) for v in np.argwhere(mask)[len(np.argwhere(mask)) // 2])
+    mni = L.voxel_to_mni(result.space.affine, ijk)
+    inspector.go_to(mni)
+    qtbot.wait(200)
+    assert inspector.voxel == ijk and inspector.values
+    cross = viewer.layers["inspected voxel"]
+    np.testing.assert_allclose(cross.data[0], L.mni_to_world(mni))
+    assert viewer.layers[-1] is cross  # on top of the maps
+    # the slider's label says where the slice is, in MNI mm
+    z_axis = viewer.dims.ndim - 3
+    assert viewer.dims.axis_labels[z_axis] == f"z {mni[2]:+.0f} mm", viewer.dims.axis_labels
+    # the plot in the viewer's theme (dark), its labels apart and inside the figure
+    bg = inspector.figure.get_facecolor()
+    assert viewer.theme == "dark" and sum(bg[:3]) / 3 < 0.3, bg
+    assert not _labels_overlap(inspector.figure)
+    assert not geometry_problems(panel)
+
+    # a run started and cancelled (the pipeline simulated): both bars, then reset
+    run = panel.show_tab("Run")
+    task = run.run()
+    qtbot.waitUntil(simulated_run["reached"].is_set, timeout=60_000)
+    qtbot.wait(400)
+    assert run.progress.value() == run.activity.value == 500
+    assert not geometry_problems(panel)
+    qtbot.mouseClick(run.cancel_button, __import__("qtpy").QtCore.Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: task.done, timeout=30_000)
+    assert run.progress.value() == 0 and run.activity is None and run.times.text() == ""
+    assert len(session.results) == 3  # a cancelled run adds no result
+
+    # closing the panel takes the Inspector's crosshair with it
+    viewer.window.remove_dock_widget(panel)
+    qtbot.wait(200)
+    assert "inspected voxel" not in viewer.layers
+    assert not [n for n in notifications if n.severity == NotificationSeverity.ERROR]

@@ -189,12 +189,39 @@ class InspectorWidget(QWidget):
                 viewer.mouse_drag_callbacks.remove(cb)
             except (ValueError, RuntimeError):
                 pass
+            try:  # the crosshair is the Inspector's: it goes with it
+                layer = viewer.layers[CROSSHAIR] if CROSSHAIR in viewer.layers else None
+                if layer is not None and layer.metadata.get("stat") == "crosshair":
+                    viewer.layers.remove(layer)
+            except (ValueError, RuntimeError, KeyError):
+                pass
         return drop
 
     def closeEvent(self, event):  # noqa: N802 (Qt)
         self._drop_callback_factory()()
         self.remove_crosshair()
         super().closeEvent(event)
+
+    def hideEvent(self, event):  # noqa: N802 (Qt)
+        """The Inspector's dock closed or removed (not another tab chosen): the crosshair
+        goes with it."""
+        super().hideEvent(event)
+        from qtpy.QtCore import QTimer
+
+        ref = weakref.ref(self)
+        QTimer.singleShot(0, lambda: ref() is not None and ref()._closed_check())
+
+    def _closed_check(self) -> None:
+        from qtpy.QtWidgets import QDockWidget
+
+        try:
+            dock = self.parent()
+            while dock is not None and not isinstance(dock, QDockWidget):
+                dock = dock.parent()
+            if dock is None or not dock.isVisible():
+                self.remove_crosshair()
+        except RuntimeError:  # deleted meanwhile
+            pass
 
     # ------------------------------------------------------------------ crosshair
     def _crosshair_layer(self):

@@ -67,6 +67,17 @@ class LesionAlignPanel(QWidget):
         hint.setWidth(DOCK_WIDTH)
         return hint
 
+    def hideEvent(self, event):  # noqa: N802 (Qt)
+        """The panel's dock closed or removed: the Inspector's crosshair goes too (the
+        Inspector may be a hidden tab, which gets no hide event of its own then)."""
+        super().hideEvent(event)
+        import weakref
+
+        from qtpy.QtCore import QTimer
+
+        ref = weakref.ref(self.inspector)
+        QTimer.singleShot(0, lambda: ref() is not None and ref()._closed_check())
+
     @property
     def widgets(self) -> dict:
         """``{tab title: widget}``."""
