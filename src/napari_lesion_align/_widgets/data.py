@@ -4,7 +4,7 @@ or ROI time series; TR; mask), or a config file; shows what was found before a r
 from __future__ import annotations
 
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QLabel, QLineEdit, QPlainTextEdit, QPushButton, QStackedWidget,
+                            QLineEdit, QPlainTextEdit, QPushButton, QStackedWidget,
                             QVBoxLayout, QWidget)
 
 from ..core.config import DataConfig, DemoConfig

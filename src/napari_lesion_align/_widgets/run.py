@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar,
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
                             QPushButton, QWidget)
 
 from ..core.config import ComputeConfig
