@@ -444,3 +444,45 @@ def test_a_scripted_session_on_a_small_screen(make_napari_viewer, qtbot, tmp_pat
     qtbot.wait(200)
     assert "inspected voxel" not in viewer.layers
     assert not [n for n in notifications if n.severity == NotificationSeverity.ERROR]
+
+
+def test_a_long_task_in_the_activity_dock_can_be_cancelled_there(qtbot, notifications):
+    """Any long task started with ``activity=True`` (check data, save lesions, save result,
+    open, QC figure, surface...): its bar in napari's activity dock moves with its reports,
+    its label is short, napari's Cancel button cancels it, and the end is notified."""
+    import threading
+
+    from napari.utils import progress as napari_progress
+
+    from napari_lesion_align._widgets._tasks import start_task
+    from napari_lesion_align.core.errors import Cancelled
+
+    halfway = threading.Event()
+
+    def fn(progress, cancel):
+        for i in range(1, 1000):
+            if cancel():
+                raise Cancelled()
+            if i <= 40:
+                progress(i / 100, f"indexing: sub-{i:02d}_run-1_bold.nii.gz and more details")
+            else:
+                halfway.set()
+            time.sleep(0.01)
+        return "finished"
+
+    outcomes = []
+    before = set(napari_progress._all_instances)
+    task = start_task(fn, on_done=outcomes.append, name="check data", activity=True,
+                      notify=True)
+    (bar,) = set(napari_progress._all_instances) - before
+    values = []
+    bar.events.value.connect(lambda e: values.append(e.value))
+    qtbot.waitUntil(halfway.is_set, timeout=30_000)
+    qtbot.waitUntil(lambda: values and values[-1] == 400, timeout=5_000)
+    assert values == sorted(values)
+    assert str(bar.desc).startswith("Lesion Align: indexing")
+    bar.cancel()  # napari's Cancel button
+    qtbot.waitUntil(lambda: task.done, timeout=10_000)
+    assert outcomes and outcomes[0].kind == "cancelled"
+    assert bar not in napari_progress._all_instances  # closed
+    assert any(n.message == "Lesion Align: check data cancelled" for n in notifications)

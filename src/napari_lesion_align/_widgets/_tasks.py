@@ -337,8 +337,8 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
     and ``on_done`` is not called. ``activity``: also show the progress as a bar in
     napari's activity dock (:class:`ActivityBar`: short label, the task's own time
     estimate, a Cancel button), closed when the task ends. ``notify``: a napari
-    notification when the task ends (done, failed or cancelled: long tasks the user may
-    have stopped watching). The task also stops when napari quits (its workers are asked
+    notification when the task is done or cancelled (long tasks the user may have stopped
+    watching; an error is ``on_done``'s to show). The task also stops when napari quits (its workers are asked
     to quit then).
     """
     from napari.qt.threading import create_worker
@@ -443,7 +443,7 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
 
     def finish(outcome: Outcome) -> None:
         ended()
-        if notify and outcome.kind != "crash":  # napari already showed a crash
+        if notify:
             _notify_end(name, outcome)
         if not gone.is_set():
             on_done(outcome)
@@ -458,14 +458,13 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
 
 
 def _notify_end(name: str, outcome: Outcome) -> None:
-    from napari.utils.notifications import show_error, show_info
+    """Done or cancelled (an error is the ``on_done`` handler's to show, once)."""
+    from napari.utils.notifications import show_info
 
     if outcome.kind == "ok":
         show_info(f"Lesion Align: {name} done in {clock(outcome.seconds)}")
     elif outcome.kind == "cancelled":
         show_info(f"Lesion Align: {name} cancelled")
-    else:
-        show_error(f"Lesion Align: {name} failed: {outcome.message}")
 
 
 def make_layer(layer_or_tuple):

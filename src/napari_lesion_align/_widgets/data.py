@@ -390,7 +390,7 @@ class DataWidget(QWidget):
         self.check_button.setEnabled(False)
         self.task = start_task(fn, owner=self, on_done=self._checked, name="check data",
                                on_progress=lambda f, m: self.status.setText(
-                                   f"checking… {m}"))
+                                   f"checking… {m}"), activity=True)
         return self.task
 
     def _show_space(self, layers) -> None:

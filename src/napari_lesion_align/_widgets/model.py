@@ -443,7 +443,8 @@ class ModelLesionWidget(QWidget):
         s.set_busy("lesion computation")
         self.save_task = start_task(fn, owner=self, on_done=self._saved, name="save lesions",
                                     on_progress=lambda f, m: self._show_size(
-                                        f"computing lesions… {m}"))
+                                        f"computing lesions… {m}"),
+                                    activity=True, notify=True)
         return self.save_task
 
     def _saved(self, outcome) -> None:

@@ -325,7 +325,7 @@ class RunWidget(QWidget):
 
         self.save_button.setEnabled(False)
         self.save_task = start_task(fn, owner=self, on_done=lambda o: self._saved(o, folder),
-                                    name="save result")
+                                    name="save result", activity=True)
         return self.save_task
 
     def _saved(self, outcome, folder) -> None:
