@@ -51,6 +51,13 @@ def slice_labels(viewer) -> tuple | None:
 _FOLLOWED: "weakref.WeakSet" = weakref.WeakSet()
 
 
+def _disconnect(emitter, callback) -> None:
+    try:
+        emitter.disconnect(callback)
+    except Exception:  # the viewer is gone already
+        pass
+
+
 def follow_slices_in_mm(viewer) -> None:
     """Keep the sliders' labels on the current slices' MNI mm (the slider itself counts
     slices: "38/94"); once per viewer."""
@@ -142,6 +149,8 @@ class InspectorWidget(QWidget):
         self.destroyed.connect(self._drop_callback_factory())
         connect(self.session.result_changed, self._result_changed)
         self.viewer.events.theme.connect(self._theme_changed)
+        self.destroyed.connect(
+            lambda *_, v=self.viewer, cb=self._theme_changed: _disconnect(v.events.theme, cb))
         follow_slices_in_mm(self.viewer)
         self._draw_empty()
 
@@ -427,7 +436,10 @@ class InspectorWidget(QWidget):
             return {"background": "#ffffff", "text": "#000000", "line": "#808080"}
 
     def _theme_changed(self, *_) -> None:
-        self._draw()
+        try:
+            self._draw()
+        except RuntimeError:  # the widget was deleted under a pending theme event
+            pass
 
     def _style(self, ax) -> None:
         """The figure in the viewer's theme (a dark plot in the dark theme)."""
