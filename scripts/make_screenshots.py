@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WIDGETS = ("Data", "Model & lesion", "Run", "Results", "Inspector")
+#: the panel's tabs by the names used below (the single docks' titles)
+TABS = {"Data": "Data", "Model & lesion": "Model", "Run": "Run", "Results": "Results",
+        "Inspector": "Inspect"}
 
 
 def wait(app, condition, timeout=600.0, what="a task"):
@@ -37,31 +39,30 @@ def settle(app, seconds=0.5):
         time.sleep(0.01)
 
 
-def dock_all(viewer):
-    """The five widgets: Data, Model & lesion and Run tabbed on the left under napari's
-    layer list, Results and Inspector on the right (napari's Plugins menu docks them all
-    on the right)."""
-    from napari_lesion_align import _widgets
-
-    classes = dict(zip(WIDGETS, ("DataWidget", "ModelLesionWidget", "RunWidget",
-                                 "ResultsWidget", "InspectorWidget")))
-    out = {}
-    for name in WIDGETS:
-        left = name in ("Data", "Model & lesion", "Run")
-        w = getattr(_widgets, classes[name])(viewer)
-        viewer.window.add_dock_widget(w, name=name, area="left" if left else "right",
-                                      tabify=left and name != "Data")
-        out[name] = w
-    return out
+def dock_panel(viewer):
+    """The Lesion Align panel, as Plugins → Lesion Align docks it (on the right); returns
+    ``(panel, {name: widget})``."""
+    _, panel = viewer.window.add_plugin_dock_widget("napari-lesion-align", "Lesion Align")
+    return panel, {name: panel.widgets[tab] for name, tab in TABS.items()}
 
 
 def grab(widget, path: Path) -> None:
-    """The whole form of a dock widget (its scroll area's content, not only what shows)."""
+    """The whole form of a tab (its scroll area's content, not only what shows), at the
+    dock's width."""
+    from qtpy.QtWidgets import QApplication
+
+    panel = widget.parentWidget()
+    while panel is not None and not hasattr(panel, "show_tab"):
+        panel = panel.parentWidget()
+    if panel is not None:  # the tab in front, laid out at the dock's width
+        panel.tabs.setCurrentWidget(widget)
+        QApplication.processEvents()
     area = getattr(widget, "scroll_area", None)
     inner = area.widget() if area is not None else widget
-    if area is not None:
-        inner.resize(max(area.viewport().width(), inner.sizeHint().width()),
-                     max(inner.sizeHint().height(), inner.minimumSizeHint().height()))
+    if area is not None:  # the dock's width; as tall as the form
+        width = area.viewport().width()
+        inner.resize(width, max(inner.heightForWidth(width), inner.sizeHint().height(),
+                                inner.minimumSizeHint().height()))
     inner.grab().save(str(path))
     print(f"wrote {path}")
 
@@ -101,8 +102,8 @@ def main(argv=None) -> int:
 
     viewer = napari.Viewer(show=True, title="napari-lesion-align")
     app = QApplication.instance()
-    viewer.window._qt_window.resize(1366, 768)  # a small laptop screen: every dock fits
-    w = dock_all(viewer)
+    viewer.window._qt_window.resize(1366, 768)  # a small laptop screen: the panel fits
+    panel, w = dock_panel(viewer)
     settle(app, 1.0)
 
     # Data: the built-in demo, checked
@@ -134,6 +135,7 @@ def main(argv=None) -> int:
     grab(w["Inspector"], out / "napari-inspector.png")
     settle(app, 1.0)
     close_toasts(app, viewer)
+    panel.show_tab("Results")  # the overview: the panel on its Results tab (the legend)
     settle(app, 1.0)
     viewer.screenshot(str(out / "napari-overview.png"), canvas_only=False)
     print(f"wrote {out / 'napari-overview.png'}")

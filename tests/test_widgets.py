@@ -73,11 +73,11 @@ def _use_tiny(session, model_widget, folder, lesions=False):
 
 
 # --------------------------------------------------------------------------- build
-@pytest.mark.parametrize("name", list(WIDGETS))
+@pytest.mark.parametrize("name", [*WIDGETS, "Lesion Align"])
 def test_every_widget_builds_from_the_manifest(make_napari_viewer, name):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    assert type(widget).__name__ == WIDGETS[name]
+    assert type(widget).__name__ == {**WIDGETS, "Lesion Align": "LesionAlignPanel"}[name]
     from napari_lesion_align._widgets._state import session_for
 
     # one shared session per viewer, whichever proxy the widget received
@@ -185,7 +185,7 @@ def test_demo_run_adds_result_layers_and_gui_never_blocks(make_napari_viewer, qt
     qtbot.mouseClick(run.run_button, __import__("qtpy").QtCore.Qt.MouseButton.LeftButton)
     assert run.running and not run.run_button.isEnabled() and run.cancel_button.isEnabled()
     # the run's progress bar in napari's activity dock
-    assert run.activity is not None and "Lesion Align" in run.activity.desc
+    assert run.activity is not None and run.activity.description.startswith("Lesion Align: ")
     _wait_task(qtbot, run.task)
     qtbot.waitUntil(lambda: run.feeder is not None and run.feeder.done, timeout=60_000)
     qtbot.wait(100)
@@ -216,6 +216,11 @@ def test_demo_run_adds_result_layers_and_gui_never_blocks(make_napari_viewer, qt
     got = inspector.inspect(_layers.mni_to_world(_layers.voxel_to_mni(result.space.affine,
                                                                        ijk)))
     assert inspector.voxel == ijk and set(got) == set(result.conditions)
+    # a cross marks the inspected voxel: a Points layer of the Inspector's, on top
+    cross = viewer.layers[-1]
+    assert cross.name == "inspected voxel" and type(cross).__name__ == "Points"
+    np.testing.assert_allclose(cross.data[0], _layers.mni_to_world(
+        _layers.voxel_to_mni(result.space.affine, ijk)))
     assert "elapsed" in run.times.text()
     assert not _errors(notifications)
     print(f"\nrun from the widgets: {seconds:.1f} s, {len(meter.gaps)} ticks, "
@@ -228,9 +233,9 @@ def test_demo_run_adds_result_layers_and_gui_never_blocks(make_napari_viewer, qt
                                       "condition": "intact", "stat": "r"}
     results.set_view(language="FR")
     names = [layer.name for layer in viewer.layers]
-    assert names == ["MNI152 template (2 mm)", "analysis mask", "r FR intact (sub-01)"], \
-        names
-    np.testing.assert_allclose(np.nanmax(viewer.layers[-1].data),
+    assert names == ["MNI152 template (2 mm)", "analysis mask", "r FR intact (sub-01)",
+                     "inspected voxel"], names
+    np.testing.assert_allclose(np.nanmax(viewer.layers["r FR intact (sub-01)"].data),
                                np.nanmax(result.get("01", "FR")), rtol=1e-6)
 
 

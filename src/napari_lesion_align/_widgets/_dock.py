@@ -1,4 +1,5 @@
-"""Dock layout shared by the five widgets: scrollable content, readable tab titles.
+"""Dock layout shared by the five widgets: scrollable content, readable tab titles, labels
+that wrap, error text next to its field, a layer-controls panel that keeps its width.
 
 * :func:`scroll_layout` puts a widget's content in a ``QScrollArea``: the five docks fit a
   small screen (1,366 x 768) together, each scrolling when it is taller than its share;
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import weakref
 
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QFrame, QScrollArea, QTabBar, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import (QFrame, QLabel, QScrollArea, QSizePolicy, QTabBar, QVBoxLayout,
+                            QWidget)
 
 #: the smallest height a dock asks for: the rest scrolls
 MIN_DOCK_HEIGHT = 90
@@ -24,6 +26,9 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
     outer.setContentsMargins(0, 0, 0, 0)
     area = QScrollArea(widget)
     area.setWidgetResizable(True)
+    # the content follows the dock's width: nothing may scroll sideways (a test checks
+    # every control's minimum width against the dock's at 1,366 x 768)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setMinimumHeight(MIN_DOCK_HEIGHT)
     inner = QWidget(area)
@@ -33,7 +38,66 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
     outer.addWidget(area)
     widget.scroll_area = area
     widget.installEventFilter(_TabTitleFixer.instance())
+    viewer = getattr(widget, "viewer", None)
+    if viewer is not None:
+        _watch_layer_controls(viewer, widget)
     return QVBoxLayout(inner)
+
+
+#: the last layer insertion compacted (the widgets of a viewer share it)
+_LAST_INSERT: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
+def _watch_layer_controls(viewer, widget) -> None:
+    """After a layer is added, compact napari's colormap boxes in ``widget``'s window
+    (:func:`compact_layer_controls`)."""
+    ref = weakref.ref(widget)
+
+    def added(event=None, *_):
+        w = ref()
+        if w is None or (event is not None and _LAST_INSERT.get("event") is event):
+            return  # another widget of this viewer did it for this insertion
+        _LAST_INSERT["event"] = event
+        try:
+            # at once, before Qt lays the new controls out (a dock once widened stays so)
+            compact_layer_controls(w.window())
+        except RuntimeError:  # deleted meanwhile
+            pass
+
+    # after napari's own handler, which builds the new layer's controls
+    viewer.layers.events.inserted.connect(added, position="last")
+
+    def drop(*_):
+        try:
+            viewer.layers.events.inserted.disconnect(added)
+        except Exception:  # the viewer is gone already
+            pass
+
+    widget.destroyed.connect(drop)
+
+
+def compact_layer_controls(window) -> int:
+    """napari's colormap boxes (the layer controls, left) ask for a dozen characters of
+    width, not their longest colormap name: a long name (every registered colormap is
+    listed) widened the layer controls by 100 px and left a 600 px canvas on a
+    1,366 x 768 screen. Returns how many boxes were changed."""
+    from qtpy.QtWidgets import QApplication, QComboBox
+
+    policy = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+    n = 0
+    try:
+        combos = window.findChildren(QComboBox, "colormapComboBox")
+    except RuntimeError:  # deleted
+        return 0
+    for combo in combos:
+        if combo.sizeAdjustPolicy() != policy:
+            combo.setSizeAdjustPolicy(policy)
+            combo.setMinimumContentsLength(12)
+            # Qt drops the cached minimum size only on a style (or font) change
+            QApplication.sendEvent(combo, QEvent(QEvent.Type.StyleChange))
+            combo.updateGeometry()
+            n += 1
+    return n
 
 
 class _TabTitleFixer(QObject):
@@ -84,8 +148,44 @@ class _TabTitleFixer(QObject):
             except RuntimeError:  # deleted meanwhile
                 return
             fix_tab_titles(w)
+            compact_layer_controls(w)
 
         QTimer.singleShot(0, run)
+
+
+#: the colour of error text next to a field (napari's error red reads on dark and light)
+ERROR_COLOUR = "#e63946"
+
+
+def wrap_label(text: str = "") -> QLabel:
+    """A word-wrapped label that asks for no width of its own: the dock's width decides,
+    the text wraps (a long message never widens the dock or scrolls it sideways)."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setMinimumWidth(1)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
+
+
+class ErrorLabel(QLabel):
+    """Red text placed next to the field it is about; hidden when there is no error
+    (:meth:`set_error` with ``None``): an old error never outlives its fix."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setMinimumWidth(1)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setStyleSheet(f"color: {ERROR_COLOUR};")
+        self.setObjectName("lesion_align_error")
+        self.setVisible(False)
+        self.message: str | None = None
+
+    def set_error(self, message: str | None) -> None:
+        self.message = message or None
+        self.setText(self.message or "")
+        self.setVisible(self.message is not None)
 
 
 def compact_combos(widget) -> None:

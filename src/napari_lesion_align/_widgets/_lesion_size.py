@@ -82,3 +82,37 @@ def describe(anatomy, sizes: list, n_random: int) -> str:
         blocks = " · ".join(f"L{b} {n:,}" for b, n in per)
         lines.append(f"    per layer: {blocks}")
     return "\n".join(lines)
+
+
+#: how the form's importance methods read (``auto``: what the core picks)
+METHOD_WORDS = {"auto": "importance (auto: LAPE for neurons, gradient x weight where the "
+                        "model has a language-modelling head, else Wanda)",
+                "wanda": "importance (Wanda: |weight| x input norm)",
+                "gradxweight": "importance (gradient x weight)",
+                "lape": "importance (LAPE: language-specific activation probability)"}
+
+
+def describe_run(plan) -> str:
+    """What a run of ``plan`` (a :class:`~..core.plan.LesionPlan`) will do, and why each
+    step runs, in a sentence or two for the Run widget (no model needed)."""
+    if not plan.enabled:
+        return ("Runs the intact model and its controls only (the Lesion box is "
+                "unticked): no importance scores, no lesions.")
+    parts = []
+    if plan.selections:
+        names = ", ".join(s.label for s in plan.selections)
+        parts.append(f"{METHOD_WORDS.get(plan.method, plan.method)} ranks the "
+                     f"{plan.element} to choose the top {plan.k_percent:g} % for the "
+                     f"lesions {names}")
+    if plan.manual:
+        parts.append("manual lesion(s) " + ", ".join(m[0] for m in plan.manual))
+    if plan.sweep_element is not None:
+        parts.append(f"a layer sweep of {plan.sweep_element}")
+    if plan.files:
+        parts.append(f"{len(plan.files)} lesion file(s)")
+    if not parts:
+        return "Runs the intact model and its controls only: the form asks for no lesion."
+    draws = (f"; each lesion also gets {plan.n_random} random lesion(s) of the same size"
+             if plan.n_random else "")
+    return ("Runs the intact model, its controls, then " + "; ".join(parts) + draws
+            + ". Every lesion means a feature extraction and a fit of its own.")

@@ -65,6 +65,169 @@ def import_model_libraries() -> None:
         import transformers  # noqa: F401
 
 
+# --------------------------------------------------------------------------- progress
+def clock(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour on)."""
+    seconds = int(round(max(seconds, 0.0)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def short_step(message: str, width: int = 28) -> str:
+    """The step a progress message names, short enough for a progress bar's label:
+    ``"importance (wanda): EN"`` -> ``"importance (wanda)"`` (the details go to the
+    widget's own step line)."""
+    head = str(message or "").split(":")[0].strip()
+    return head if len(head) <= width else head[:width - 1] + "…"
+
+
+class TimeEstimate:
+    """The one estimate of the time a task has left, which every bar of the task shows.
+
+    Each progress report ``add(elapsed, fraction)`` gives a raw estimate of the task's
+    end (:func:`~..core.stages.time_left`: the current phase's pace); the end shown is
+    that estimate smoothed over :attr:`TAU` seconds, so that a report from a faster or
+    slower stretch (a new phase, a slow unit) moves it gradually instead of making the
+    countdown jump. :meth:`left` is the smoothed end less the time now; :meth:`reset`
+    forgets everything (a cancelled task shows no time left). No Qt here.
+    """
+
+    #: seconds over which a new raw estimate replaces the shown one (exponential smoothing)
+    TAU = 8.0
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.history: list[tuple[float, float]] = []
+        self._end: float | None = None
+        self._t_end: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.history[-1][1] if self.history else 0.0
+
+    def add(self, elapsed: float, fraction: float) -> None:
+        import math
+
+        from ..core.stages import time_left
+
+        self.history.append((float(elapsed), float(fraction)))
+        left = time_left(self.history)
+        if left is None:
+            if fraction >= 1.0:
+                self._end = float(elapsed)
+            return
+        end = elapsed + left
+        if self._end is None:
+            self._end = end
+        else:
+            w = 1.0 - math.exp(-max(elapsed - (self._t_end or elapsed), 0.0) / self.TAU)
+            self._end += w * (end - self._end)
+        self._t_end = float(elapsed)
+
+    def left(self, elapsed: float) -> float | None:
+        """Seconds left at ``elapsed`` (None before an estimate exists)."""
+        if self._end is None or self.fraction >= 1.0:
+            return None
+        return max(self._end - elapsed, 0.0)
+
+    def text(self, elapsed: float) -> str:
+        """``"elapsed 1:02 · about 3:25 left"``."""
+        left = self.left(elapsed)
+        more = f" · about {clock(left)} left" if left is not None else ""
+        return f"elapsed {clock(elapsed)}{more}"
+
+
+@functools.cache
+def _bar_class():
+    """napari's ``cancelable_progress`` whose Cancel button (activity dock) cancels the
+    task at once, and whose time text is the task's own estimate, not tqdm's."""
+    from napari.utils import cancelable_progress
+
+    class TaskBar(cancelable_progress):
+        eta_text = ""
+
+        def display(self, msg=None, pos=None) -> None:  # no terminal output either
+            self.events.eta(value=self.eta_text)
+
+        def cancel(self) -> None:
+            if not self.is_canceled:
+                self.is_canceled = True
+                if self.cancel_callback is not None:
+                    self.cancel_callback()
+
+    return TaskBar
+
+
+class ActivityBar:
+    """A task's bar in napari's activity dock (``napari.utils.progress``).
+
+    Its label stays short (``"Lesion Align: features"``: :func:`short_step`), its value
+    moves with every report (napari's bar follows ``value`` events, which ``update``
+    emits and assigning ``n`` does not), its time text is a :class:`TimeEstimate`'s and
+    its Cancel button cancels the task (``cancel``)."""
+
+    TOTAL = 1000
+
+    def __init__(self, name: str, cancel: Callable[[], None] | None = None):
+        self.name = name
+        self.bar = _bar_class()(total=self.TOTAL, desc=f"Lesion Align: {name}",
+                                cancel_callback=cancel)
+        self._step = name
+        self._latest = None
+        self._busy = False
+
+    @property
+    def value(self) -> int:
+        return int(self.bar.n)
+
+    @property
+    def description(self) -> str:
+        """The label shown (tqdm adds ": " to a description; not counted here)."""
+        return str(self.bar.desc).removesuffix(": ")
+
+    def set(self, fraction: float, message: str = "", eta: str | None = None) -> None:
+        """Show ``fraction`` (0..1), the step of ``message`` and the time text ``eta``.
+
+        napari's bar may run the event loop while it updates; a call made meanwhile (a
+        newer report) is applied after this one, never overwritten by it."""
+        self._latest = (fraction, message, eta)
+        if self._busy or self.bar is None:
+            return
+        self._busy = True
+        try:
+            while self._latest is not None and self.bar is not None:
+                (fraction, message, eta), self._latest = self._latest, None
+                self._apply(fraction, message, eta)
+        finally:
+            self._busy = False
+
+    def _apply(self, fraction: float, message: str, eta: str | None) -> None:
+        bar = self.bar
+        value = int(round(self.TOTAL * min(max(fraction, 0.0), 1.0)))
+        step = short_step(message) if message else ""
+        if step and step != self._step:
+            self._step = step
+            bar.set_description(f"Lesion Align: {step}")
+        if eta is not None and eta != bar.eta_text:
+            bar.eta_text = eta
+            bar.display()
+        if value != bar.n:
+            bar.n = value  # the value itself (tqdm's update adds a step)
+            bar.events.value(value=value)  # what napari's bar follows
+
+    def close(self) -> None:
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            bar.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.bar is None
+
+
 @dataclass
 class Outcome:
     kind: str  # ok | error | cancelled | crash
@@ -115,9 +278,23 @@ def _worker_class():
 
 
 class _Relay(QObject):
-    """Lives in the GUI thread; emitted from the worker thread (queued to the GUI)."""
+    """Lives in the GUI thread. The worker emits ``reported`` (queued to the GUI) with a
+    sequence number; ``progressed`` passes the reports on in order (a report older than
+    one already passed on is dropped: a held-back report may be delivered from the GUI
+    thread before older ones still queued)."""
 
     progressed = Signal(float, str)
+    reported = Signal(int, float, str)
+
+    def __init__(self):
+        super().__init__()
+        self.seen = -1
+        self.reported.connect(self._in_order)
+
+    def _in_order(self, seq: int, frac: float, msg: str) -> None:
+        if seq > self.seen:
+            self.seen = seq
+            self.progressed.emit(frac, msg)
 
 
 class Task:
@@ -153,13 +330,16 @@ class Task:
 def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
                on_progress: Callable[[float, str], None] | None = None,
                name: str = "task", min_interval: float = 0.1, owner=None,
-               activity: bool = False) -> Task:
+               activity: bool = False, notify: bool = False) -> Task:
     """Run ``fn(progress, cancel)`` in a napari thread worker (see the module docstring).
 
     ``owner``: the widget the task reports to; when it is destroyed the task is cancelled
     and ``on_done`` is not called. ``activity``: also show the progress as a bar in
-    napari's activity dock (``napari.utils.progress``), closed when the task ends. The task also stops when napari quits (its workers are
-    asked to quit then).
+    napari's activity dock (:class:`ActivityBar`: short label, the task's own time
+    estimate, a Cancel button), closed when the task ends. ``notify``: a napari
+    notification when the task is done or cancelled (long tasks the user may have stopped
+    watching; an error is ``on_done``'s to show). The task also stops when napari quits (its workers are asked
+    to quit then).
     """
     from napari.qt.threading import create_worker
 
@@ -171,18 +351,20 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
         relay.progressed.connect(on_progress)
     bar = None
     if activity:
-        from napari.utils import progress as napari_progress
-
-        bar = napari_progress(total=1000, desc=f"Lesion Align: {name}")
+        bar = ActivityBar(name, cancel=cancel_event.set)
+        estimate = TimeEstimate()
+        t_start = time.perf_counter()
 
         def to_bar(frac: float, msg: str) -> None:
-            if msg:
-                bar.set_description(f"Lesion Align: {msg}"[:80])
-            bar.n = int(round(1000 * min(max(frac, 0.0), 1.0)))
-            bar.refresh()
+            if bar.closed:
+                return
+            el = time.perf_counter() - t_start
+            estimate.add(el, frac)
+            left = estimate.left(el)
+            bar.set(frac, msg, f"about {clock(left)} left" if left is not None else "")
 
         relay.progressed.connect(to_bar)
-    last = {"t": 0.0, "head": None}
+    last = {"t": 0.0, "head": None, "held": None, "seq": 0}
 
     def progress(frac: float, msg: str = "") -> None:
         if gone.is_set():
@@ -190,14 +372,33 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
         now = time.perf_counter()
         head = (msg or "").split(":")[0]
         gap = now - last["t"]
+        last["seq"] += 1
+        report = (last["seq"], float(frac), str(msg or ""))
         # a new phase's first message always goes through (its head differs)
         if gap >= min_interval or frac >= 1.0 or head != last["head"]:
-            last["t"], last["head"] = now, head
+            last["t"], last["head"], last["held"] = now, head, None
             try:
-                relay.progressed.emit(float(frac), str(msg or ""))
+                relay.reported.emit(*report)
             except RuntimeError as err:  # the relay was deleted (the application closes)
                 if not _deleted(err):
                     raise
+        else:  # held back: delivered by the next report or by the flush below
+            last["held"] = report
+
+    # the last report before a pause (a long unit) is not lost to the throttle: the GUI
+    # thread delivers a held-back report once it is min_interval old
+    flush = QTimer(relay)
+    flush.setInterval(max(int(1000 * min_interval), 50))
+
+    def deliver_held() -> None:
+        held = last["held"]
+        if held is not None and time.perf_counter() - last["t"] >= min_interval:
+            last["held"] = None
+            last["t"] = time.perf_counter()
+            relay.reported.emit(*held)
+
+    flush.timeout.connect(deliver_held)
+    flush.start()
 
     def cancelled() -> bool:
         return cancel_event.is_set() or (bool(holder) and holder[0].abort_requested)
@@ -234,6 +435,7 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
 
     def ended() -> None:  # with a result, or after a quit (no result emitted then)
         if not task.done:
+            flush.stop()
             if bar is not None:
                 bar.close()
             task.done = True
@@ -241,6 +443,8 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
 
     def finish(outcome: Outcome) -> None:
         ended()
+        if notify:
+            _notify_end(name, outcome)
         if not gone.is_set():
             on_done(outcome)
 
@@ -251,6 +455,16 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
                                                                    f"{exc}")))
     worker.start()
     return task
+
+
+def _notify_end(name: str, outcome: Outcome) -> None:
+    """Done or cancelled (an error is the ``on_done`` handler's to show, once)."""
+    from napari.utils.notifications import show_info
+
+    if outcome.kind == "ok":
+        show_info(f"Lesion Align: {name} done in {clock(outcome.seconds)}")
+    elif outcome.kind == "cancelled":
+        show_info(f"Lesion Align: {name} cancelled")
 
 
 def make_layer(layer_or_tuple):
@@ -302,10 +516,9 @@ class LayerFeeder(QObject):
                  on_layer: Callable | None = None):
         import weakref
 
-        from ._state import unwrap
-
         super().__init__(parent)
-        self._viewer = weakref.ref(unwrap(viewer))  # never keep a viewer alive
+        # the viewer behind napari's PublicOnlyProxy; never keep a viewer alive
+        self._viewer = weakref.ref(getattr(viewer, "__wrapped__", viewer))
         self.todo = list(layers)
         self.per_tick = max(1, int(per_tick))
         self.on_layer = on_layer

@@ -4,12 +4,12 @@ or ROI time series; TR; mask), or a config file; shows what was found before a r
 from __future__ import annotations
 
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QLabel, QLineEdit, QPlainTextEdit, QPushButton, QStackedWidget,
+                            QLineEdit, QPlainTextEdit, QPushButton, QStackedWidget,
                             QVBoxLayout, QWidget)
 
 from ..core.config import DataConfig, DemoConfig
 from ..core.errors import LesionAlignError
-from ._dock import scroll_layout
+from ._dock import ERROR_COLOUR, ErrorLabel, scroll_layout, wrap_label
 from ._forms import choices, schema_form
 from ._state import session_for
 from ._tasks import start_task
@@ -157,16 +157,18 @@ class DataWidget(QWidget):
         self.config_path.setPlaceholderText("study.toml: its [data], [languages.*], "
                                             "[features], [encoding], [cleaning]")
         cf.addRow("Config", _path_row(self.config_path, self._pick_config))
-        cf.addRow(QLabel("Model and lesions come from the Model & lesion widget."))
+        cf.addRow(wrap_label("Model and lesions come from the Model & lesion widget."))
         self.stack.addWidget(conf)
+        # what is wrong with the form, right under it; hidden once fixed
+        self.form_error = ErrorLabel()
+        lay.addWidget(self.form_error)
 
         row = QHBoxLayout()
         self.check_button = QPushButton("Check data")
         self.check_button.clicked.connect(lambda: self.check())
         row.addWidget(self.check_button)
         lay.addLayout(row)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrap_label("")
         lay.addWidget(self.status)
         self.summary = QPlainTextEdit()
         self.summary.setReadOnly(True)
@@ -221,6 +223,7 @@ class DataWidget(QWidget):
         self.summary.setPlainText("")
         self.status.setText("")
         self._push()
+        self.form_error.set_error(self.session.data_error)
 
     def form_tables(self) -> tuple[dict, str | None]:
         """The form as config tables (``{"data": ..., "languages": ...}``, config file)."""
@@ -387,7 +390,7 @@ class DataWidget(QWidget):
         self.check_button.setEnabled(False)
         self.task = start_task(fn, owner=self, on_done=self._checked, name="check data",
                                on_progress=lambda f, m: self.status.setText(
-                                   f"checking… {m}"))
+                                   f"checking… {m}"), activity=True)
         return self.task
 
     def _show_space(self, layers) -> None:
@@ -400,7 +403,9 @@ class DataWidget(QWidget):
         self.feeder = LayerFeeder(self.viewer, todo, parent=self).start()
 
     def _show_error(self, message: str) -> None:
-        self.status.setText(f"<span style='color:#e63946'>{message}</span>")
+        from html import escape
+
+        self.status.setText(f"<span style='color:{ERROR_COLOUR}'>{escape(message)}</span>")
         self.summary.setPlainText(message)
 
     def _checked(self, outcome) -> None:
@@ -418,7 +423,8 @@ class DataWidget(QWidget):
                 show_info("Data OK: " + rep.lines[0])
             else:
                 msg = f"{len(rep.errors)} problem(s) in the data: {rep.errors[0]}"
-                self.status.setText(f"<span style='color:#e63946'>{msg}</span>")
+                self._show_error(msg)
+                self.summary.setPlainText(rep.text())
                 show_error(msg)
         elif outcome.kind == "error":
             self._show_error(outcome.message)

@@ -4,18 +4,82 @@ and r per language for every condition of the current result at that voxel (mean
 subjects; the conditions are those the result holds, controls hatched).
 
 In 3D views a click picks the first voxel of the analysis mask along the line of sight
-(the ray through the cursor), or says that there is none."""
+(the ray through the cursor), or says that there is none.
+
+The inspected voxel is marked on the canvas by a small cross (a Points layer the
+Inspector owns, :data:`CROSSHAIR`; removed when the Inspector closes); the plot follows
+the viewer's theme; the dims sliders' labels show the current slices in MNI mm
+(:func:`follow_slices_in_mm`)."""
 
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QLabel, QWidget
+from qtpy.QtWidgets import QCheckBox, QSizePolicy, QWidget
 
-from ._dock import scroll_layout
+from ._dock import scroll_layout, wrap_label
 from ._state import connect, session_for
+
+#: the name of the crosshair layer at the inspected voxel (``metadata["stat"]`` too)
+CROSSHAIR = "inspected voxel"
+#: MNI axis names of napari's world axes (world = (z, -y, x), ``_layers.mni_to_world``)
+WORLD_AXES = (("z", 1.0), ("y", -1.0), ("x", 1.0))
+
+
+def slice_labels(viewer) -> tuple | None:
+    """The dims axis labels that state the current slice in MNI mm (``"z +4 mm"``) for
+    the axes not displayed; ``None`` when the viewer does not show 3D MNI data."""
+    dims = viewer.dims
+    if dims.ndim < 3 or not any(layer.metadata.get("lesion_align")
+                                or layer.metadata.get("stat") for layer in viewer.layers):
+        return None
+    labels = list(dims.axis_labels)
+    lead = dims.ndim - 3
+    displayed = set(dims.displayed)
+    for k, (name, sign) in enumerate(WORLD_AXES):
+        axis = lead + k
+        if axis in displayed:
+            labels[axis] = name if sign > 0 else f"-{name}"
+        else:
+            labels[axis] = f"{name} {sign * dims.point[axis]:+.0f} mm"
+    return tuple(labels)
+
+
+_FOLLOWED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _disconnect(emitter, callback) -> None:
+    try:
+        emitter.disconnect(callback)
+    except Exception:  # the viewer is gone already
+        pass
+
+
+def follow_slices_in_mm(viewer) -> None:
+    """Keep the sliders' labels on the current slices' MNI mm (the slider itself counts
+    slices: "38/94"); once per viewer."""
+    from ._state import unwrap
+
+    v = unwrap(viewer)
+    if v in _FOLLOWED:
+        return
+    _FOLLOWED.add(v)
+
+    def update(*_):
+        labels = slice_labels(v)
+        if labels is not None and tuple(v.dims.axis_labels) != labels:
+            v.dims.axis_labels = labels
+
+    v.dims.events.point.connect(update)
+    v.dims.events.order.connect(update)
+    v.dims.events.ndisplay.connect(update)
+    # after napari's own handler (which puts the layers' labels back)
+    v.layers.events.inserted.connect(update, position="last")
+    v.layers.events.removed.connect(update, position="last")
+    update()
 
 
 def _voxel_index(space):
@@ -71,19 +135,23 @@ class InspectorWidget(QWidget):
         lay.addWidget(self.active)
         self.goto_form = self._goto_form()
         lay.addWidget(self.goto_form.native)
-        self.where = QLabel("Click a voxel in the viewer.")
-        self.where.setWordWrap(True)
+        self.where = wrap_label("Click a voxel in the viewer.")
         self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.where)
-        self.figure = Figure(figsize=(4.0, 2.8), dpi=90, layout="constrained")
+        self.figure = Figure(figsize=(3.4, 3.6), dpi=90, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
+        self.canvas.setMinimumSize(120, 300)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
         lay.addWidget(self.canvas, 1)
 
         self._callback = self._on_mouse
         self.viewer.mouse_drag_callbacks.append(self._callback)
         self.destroyed.connect(self._drop_callback_factory())
         connect(self.session.result_changed, self._result_changed)
+        self.viewer.events.theme.connect(self._theme_changed)
+        self.destroyed.connect(
+            lambda *_, v=self.viewer, cb=self._theme_changed: _disconnect(v.events.theme, cb))
+        follow_slices_in_mm(self.viewer)
         self._draw_empty()
 
     def _goto_form(self):
@@ -91,10 +159,19 @@ class InspectorWidget(QWidget):
         and inspects that voxel."""
         from magicgui.widgets import Container, FloatSpinBox, PushButton
 
-        spins = [FloatSpinBox(label=a, value=0.0, min=-500.0, max=500.0, step=2.0,
+        spins = [FloatSpinBox(value=0.0, min=-500.0, max=500.0, step=2.0,
                               tooltip=f"MNI {a} in mm") for a in ("x", "y", "z")]
-        button = PushButton(text="Go to")
-        form = Container(widgets=[*spins, button], layout="horizontal", labels=True)
+        for a, sp in zip(("x", "y", "z"), spins):
+            # the axis inside the box ("x -44.0"): three boxes fit a narrow dock unclipped
+            sp.native.setPrefix(f"{a} ")
+            sp.native.setDecimals(1)
+            sp.native.setButtonSymbols(sp.native.ButtonSymbols.NoButtons)
+            fm = sp.native.fontMetrics()
+            sp.native.setMinimumWidth(fm.horizontalAdvance(f"{a} -500.0") + 14)
+        row = Container(widgets=spins, layout="horizontal", labels=False)
+        row.margins = (0, 0, 0, 0)
+        button = PushButton(text="Go to MNI (mm)")
+        form = Container(widgets=[row, button], layout="vertical", labels=False)
         form.margins = (0, 0, 0, 0)
         button.changed.connect(lambda *_: self.go_to(tuple(sp.value for sp in spins)))
         self._goto_spins = spins
@@ -121,11 +198,77 @@ class InspectorWidget(QWidget):
                 viewer.mouse_drag_callbacks.remove(cb)
             except (ValueError, RuntimeError):
                 pass
+            try:  # the crosshair is the Inspector's: it goes with it
+                layer = viewer.layers[CROSSHAIR] if CROSSHAIR in viewer.layers else None
+                if layer is not None and layer.metadata.get("stat") == "crosshair":
+                    viewer.layers.remove(layer)
+            except (ValueError, RuntimeError, KeyError):
+                pass
         return drop
 
     def closeEvent(self, event):  # noqa: N802 (Qt)
         self._drop_callback_factory()()
+        self.remove_crosshair()
         super().closeEvent(event)
+
+    def hideEvent(self, event):  # noqa: N802 (Qt)
+        """The Inspector's dock closed or removed (not another tab chosen): the crosshair
+        goes with it."""
+        super().hideEvent(event)
+        from qtpy.QtCore import QTimer
+
+        ref = weakref.ref(self)
+        QTimer.singleShot(0, lambda: ref() is not None and ref()._closed_check())
+
+    def _closed_check(self) -> None:
+        from qtpy.QtWidgets import QDockWidget
+
+        try:
+            dock = self.parent()
+            while dock is not None and not isinstance(dock, QDockWidget):
+                dock = dock.parent()
+            if dock is None or not dock.isVisible():
+                self.remove_crosshair()
+        except RuntimeError:  # deleted meanwhile
+            pass
+
+    # ------------------------------------------------------------------ crosshair
+    def _crosshair_layer(self):
+        layers = self.viewer.layers
+        if CROSSHAIR in layers and layers[CROSSHAIR].metadata.get("stat") == "crosshair":
+            return layers[CROSSHAIR]
+        return None
+
+    def show_crosshair(self, world) -> None:
+        """A small cross at the inspected voxel (on top of the maps; the layer selection
+        is left as it was)."""
+        if self.viewer.dims.ndim < 3:
+            return  # no volume shown
+        point = np.asarray(world, dtype=float)[-3:][None, :]
+        layer = self._crosshair_layer()
+        if layer is not None:
+            layer.data = point
+            layer.visible = True
+            return
+        from napari.layers import Points
+
+        viewer = self.viewer
+        selected, active = list(viewer.layers.selection), viewer.layers.selection.active
+        layer = Points(point, name=CROSSHAIR, symbol="cross", size=6, face_color="white",
+                       border_color="black", border_width=0.15, out_of_slice_display=False,
+                       metadata={"stat": "crosshair", "owner": "inspector"})
+        viewer.layers.append(layer)
+        viewer.layers.selection.clear()
+        viewer.layers.selection.update(selected)
+        viewer.layers.selection.active = active
+
+    def remove_crosshair(self) -> None:
+        layer = self._crosshair_layer()
+        if layer is not None:
+            try:
+                self.viewer.layers.remove(layer)
+            except (ValueError, RuntimeError):
+                pass
 
     # ------------------------------------------------------------------ events
     def _result_changed(self, result) -> None:
@@ -233,6 +376,10 @@ class InspectorWidget(QWidget):
         self.where.setText("\n".join(lines))
         for spin, value in zip(self._goto_spins, self.mni):  # the Go to form follows
             spin.value = min(max(round(float(value), 1), spin.min), spin.max)
+        if self.voxel is not None and result is not None:  # the voxel's centre
+            self.show_crosshair(_layers.mni_to_world(self.mni))
+        else:
+            self.show_crosshair(world_position)
         self._draw()
         return self.values
 
@@ -277,12 +424,48 @@ class InspectorWidget(QWidget):
             return bar_values(result, v)[0]
 
     # ------------------------------------------------------------------ plot
+    def theme_colours(self) -> dict:
+        """The plot's colours from the viewer's theme: ``background``, ``text``, ``line``."""
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(self.viewer.theme)
+            return {"background": theme.background.as_hex(), "text": theme.text.as_hex(),
+                    "line": theme.secondary.as_hex()}
+        except Exception:  # an unknown theme: matplotlib's own
+            return {"background": "#ffffff", "text": "#000000", "line": "#808080"}
+
+    def _theme_changed(self, *_) -> None:
+        try:
+            self._draw()
+        except RuntimeError:  # the widget was deleted under a pending theme event
+            pass
+
+    def _style(self, ax) -> None:
+        """The figure in the viewer's theme (a dark plot in the dark theme)."""
+        c = self.theme_colours()
+        self.figure.set_facecolor(c["background"])
+        ax.set_facecolor(c["background"])
+        ax.tick_params(colors=c["text"], labelcolor=c["text"])
+        for spine in ax.spines.values():
+            spine.set_color(c["line"])
+        ax.yaxis.label.set_color(c["text"])
+        ax.title.set_color(c["text"])
+        for line in ax.lines:  # the zero line
+            if line.get_color() in ("k", "black", "#000000"):
+                line.set_color(c["text"])
+        legend = ax.get_legend()
+        if legend is not None:
+            for text in legend.get_texts():
+                text.set_color(c["text"])
+
     def _draw_empty(self) -> None:
         self.figure.clear()
         ax = self.figure.add_subplot(111)
         ax.text(0.5, 0.5, "r per language and condition\nat the clicked voxel",
-                ha="center", va="center", fontsize=9, color="0.4", transform=ax.transAxes)
+                ha="center", va="center", fontsize=9, color="0.5", transform=ax.transAxes)
         ax.set_axis_off()
+        self._style(ax)
         self.canvas.draw_idle()
 
     def _draw(self) -> None:
@@ -301,11 +484,17 @@ class InspectorWidget(QWidget):
                    for lang in result.languages}  # as in the category legend
         condition_bars(ax, self.values, result.languages, hatched_bars(result), fontsize=7,
                        colours=colours)
+        # the condition names upright, one per bar group: they never overlap
+        for label in ax.get_xticklabels():
+            label.set_rotation(90)
+            label.set_horizontalalignment("center")
         ax.set_ylabel("r (mean over subjects)", fontsize=8)
         ax.tick_params(labelsize=7)
         x, y, z = self.mni
-        ax.set_title(f"MNI ({x:.0f}, {y:.0f}, {z:.0f})", fontsize=8)
-        # the legend above the bars, outside the axes: it never covers them
+        # the legend in the title's row, outside the axes: it never covers the bars
         ax.legend(fontsize=7, ncols=max(len(result.languages), 1), frameon=False,
-                  loc="lower center", bbox_to_anchor=(0.5, 1.08), borderaxespad=0.0)
+                  loc="lower center", bbox_to_anchor=(0.5, 1.0), borderaxespad=0.2)
+        self.figure.suptitle(f"MNI ({x:.0f}, {y:.0f}, {z:.0f})", fontsize=8,
+                             color=self.theme_colours()["text"])
+        self._style(ax)
         self.canvas.draw_idle()

@@ -84,6 +84,10 @@ class ModelLesionWidget(QWidget):
         # what to lesion (not a config key: it picks selections, a manual lesion, a sweep
         # or the files) and the indices of a manual lesion or a sweep
         self.selection = QComboBox()
+        # a few characters wide at least, not its longest item: the dock decides the width
+        self.selection.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.selection.setMinimumContentsLength(8)
         self.indices = QLineEdit()
         self.indices.setPlaceholderText("manual: '0: 1-10, 15; 3: 5'  ·  sweep: '0, 10, 20'")
         lf.addRow("Selection", self.selection)
@@ -439,7 +443,8 @@ class ModelLesionWidget(QWidget):
         s.set_busy("lesion computation")
         self.save_task = start_task(fn, owner=self, on_done=self._saved, name="save lesions",
                                     on_progress=lambda f, m: self._show_size(
-                                        f"computing lesions… {m}"))
+                                        f"computing lesions… {m}"),
+                                    activity=True, notify=True)
         return self.save_task
 
     def _saved(self, outcome) -> None:

@@ -15,27 +15,22 @@ import time
 from pathlib import Path
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar,
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
                             QPushButton, QWidget)
 
 from ..core.config import ComputeConfig
 from ..core.errors import LesionAlignError
-from ..core.stages import time_left
-from ._dock import scroll_layout
+from ._dock import ErrorLabel, scroll_layout, wrap_label
 from ._forms import schema_form
 from ._state import connect, session_for
-from ._tasks import freeze_gc_once, start_task
+from ._tasks import ActivityBar, TimeEstimate, clock, freeze_gc_once, start_task
 
 
 #: the [compute] keys the form shows (generated from :class:`ComputeConfig`)
 COMPUTE_FIELDS = ("workers", "scheduler", "threads")
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(max(seconds, 0.0)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+_clock = clock  # the tasks' one clock format
 
 
 class RunWidget(QWidget):
@@ -52,7 +47,9 @@ class RunWidget(QWidget):
         self.fraction = 0.0
         self.message = ""
         self._t0 = None
-        self._history: list = []
+        #: the one time estimate both bars show (this dock's and the activity dock's)
+        self.estimate = TimeEstimate()
+        self.activity: ActivityBar | None = None
 
         lay = scroll_layout(self)
         row = QHBoxLayout()
@@ -63,16 +60,22 @@ class RunWidget(QWidget):
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
         lay.addLayout(row)
+        # why the run did not start or failed, under its button; gone once the forms change
+        self.error = ErrorLabel()
+        lay.addWidget(self.error)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         self.progress.setFormat("%p%")
         lay.addWidget(self.progress)
-        self.step = QLabel("ready")
-        self.step.setWordWrap(True)
+        self.step = wrap_label("ready")
         lay.addWidget(self.step)
-        self.times = QLabel("")
+        self.times = wrap_label("")
         lay.addWidget(self.times)
+        # what the run will do and why each step runs (e.g. why importance is scored)
+        self.plan = wrap_label("")
+        self.plan.setObjectName("lesion_align_run_plan")
+        lay.addWidget(self.plan)
         # where the units run (the [compute] table's form, generated from the schema) and
         # the output folder (not a config key: the CLI's --out)
         from magicgui.widgets import FileEdit
@@ -91,15 +94,14 @@ class RunWidget(QWidget):
         self.out_dir.choose_btn.text = "…"
         self.compute_form.insert(0, self.out_dir)
         lay.addWidget(self.compute_form.native)
-        self.with_template = QCheckBox("show the MNI152 template under the maps")
+        self.with_template = QCheckBox("MNI152 template under the maps")
         self.with_template.setChecked(True)
         lay.addWidget(self.with_template)
         self.save_button = QPushButton("Save result…")
         self.save_button.setEnabled(False)
         self.save_button.setToolTip("Write the maps (NIfTI), summary.tsv and result.json")
         lay.addWidget(self.save_button)
-        self.summary = QLabel("")
-        self.summary.setWordWrap(True)
+        self.summary = wrap_label("")
         lay.addWidget(self.summary)
         lay.addStretch(1)
 
@@ -111,6 +113,9 @@ class RunWidget(QWidget):
         self.save_button.clicked.connect(lambda: self._pick_save())
         connect(self.session.busy_changed, self._busy_changed)
         connect(self.session.result_changed, self._result_changed)
+        connect(self.session.model_changed, self._plan_changed)
+        connect(self.session.data_changed, self._plan_changed)
+        self._plan_changed()
         # a run outlives no widget: destroyed mid-run, it is cancelled and frees the session
         self.destroyed.connect(lambda *_, s=self.session: s.set_busy(None)
                                if s.busy == "run" else None)
@@ -137,7 +142,7 @@ class RunWidget(QWidget):
             s.compute = self.compute_form.values()
             config = s.build_config()
         except LesionAlignError as err:
-            self._failed(str(err))
+            self._failed(str(err), "not run")
             return None
         out = str(self.out_dir.value) if self.out_dir.value is not None else None
         with_template = self.with_template.isChecked()
@@ -149,13 +154,14 @@ class RunWidget(QWidget):
             return _run_prep.run(config, with_template, progress, cancel, out_dir=out)
 
         self.outcome = None
+        self.error.set_error(None)
         self._open_activity()
         self.fraction, self.message = 0.0, "starting"
         self.progress.setValue(0)
         self.step.setText("starting…")
         self.summary.setText("")
         self._t0 = time.perf_counter()
-        self._history = []  # (elapsed s, fraction): the time estimate's input
+        self.estimate.reset()
         self._clock.start()
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -168,56 +174,85 @@ class RunWidget(QWidget):
         return self.task
 
     def _open_activity(self) -> None:
-        """The run's progress bar in napari's activity dock (bottom right)."""
-        from napari.utils import progress as napari_progress
-
+        """The run's bar in napari's activity dock (bottom right): the same value and
+        time estimate as this dock's bar; its Cancel button cancels the run."""
         self._close_activity()
-        self.activity = napari_progress(total=1000, desc="Lesion Align: run")
+        self.activity = ActivityBar("run", cancel=self.cancel)
 
     def _close_activity(self) -> None:
-        bar = getattr(self, "activity", None)
-        if bar is not None:
-            bar.close()
+        if self.activity is not None:
+            self.activity.close()
         self.activity = None
 
+    def _plan_changed(self, *_) -> None:
+        from ..core.errors import LesionAlignError
+        from ._lesion_size import describe_run
+
+        if self.error.message is not None and not self.running:  # fixed, or being fixed
+            self.error.set_error(None)
+            self.step.setText("ready")
+
+        try:
+            self.plan.setText(describe_run(self.session.lesion_plan()))
+        except LesionAlignError:
+            self.plan.setText("")  # the form's own error is shown next to it
+
     def cancel(self) -> None:
-        """Ask the run to stop (at the core's next check, well under a second)."""
+        """Ask the run to stop (at the core's next check, well under a second); both bars
+        stop showing progress and time left at once."""
         if self.running:
             self.task.cancel()
             self.cancel_button.setEnabled(False)
             self.step.setText("cancelling…")
+            self._reset_progress()
+
+    def _reset_progress(self) -> None:
+        self._clock.stop()
+        self.estimate.reset()
+        self.fraction = 0.0
+        self.progress.setValue(0)
+        self.times.setText("")
+        self._close_activity()
 
     def _progress(self, frac: float, msg: str) -> None:
-        self.fraction, self.message = frac, msg
-        if self._t0 is not None:
-            self._history.append((time.perf_counter() - self._t0, frac))
-        value = int(round(1000 * min(max(frac, 0.0), 1.0)))
-        self.progress.setValue(value)
-        bar = getattr(self, "activity", None)
-        if bar is not None:
-            if msg:
-                bar.set_description(f"Lesion Align: {msg}"[:80])
-            bar.n = value
-            bar.refresh()
-        if msg and not (self.task is not None and self.task.cancelled):
-            self.step.setText(msg)
+        if self.task is not None and self.task.cancelled:
+            return  # a report still on its way after Cancel
+        # napari's activity bar may run the event loop while it updates: a report
+        # delivered meanwhile is applied after this one (in order), not before it
+        self._latest = (frac, msg)
+        if getattr(self, "_applying", False):
+            return
+        self._applying = True
+        try:
+            while self._latest is not None:
+                (frac, msg), self._latest = self._latest, None
+                self.fraction, self.message = frac, msg
+                if self._t0 is not None:
+                    self.estimate.add(time.perf_counter() - self._t0, frac)
+                self.progress.setValue(int(round(1000 * min(max(frac, 0.0), 1.0))))
+                if msg:
+                    self.step.setText(msg)
+                self._tick()
+        finally:
+            self._applying = False
 
     def _tick(self) -> None:
-        if self._t0 is None:
+        """Both bars' time text from the one estimate (also every 250 ms between reports,
+        so the countdown moves)."""
+        if self._t0 is None or (self.task is not None and self.task.cancelled):
             return
         el = time.perf_counter() - self._t0
-        est = time_left(self._history)
-        if est is not None:  # from the last message: less what has passed since
-            est = max(est - (el - self._history[-1][0]), 0.0)
-        left = f" · about {_clock(est)} left" if est is not None else ""
-        self.times.setText(f"elapsed {_clock(el)}{left}")
+        self.times.setText(self.estimate.text(el))
+        if self.activity is not None:
+            left = self.estimate.left(el)
+            self.activity.set(self.fraction, self.message,
+                              f"about {clock(left)} left" if left is not None else "")
 
-    def _failed(self, message: str) -> None:
-        from html import escape
-
+    def _failed(self, message: str, step: str = "failed") -> None:
         from napari.utils.notifications import show_error
 
-        self.step.setText(f"<span style='color:#e63946'>{escape(message)}</span>")
+        self.step.setText(step)
+        self.error.set_error(message)
         show_error(message)
 
     def _done(self, outcome) -> None:
@@ -226,9 +261,10 @@ class RunWidget(QWidget):
         from ._show import show_result
 
         self.outcome = outcome
-        self._close_activity()
         self._clock.stop()
-        self._tick()
+        if outcome.kind == "ok":
+            self._tick()
+        self._close_activity()
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.session.set_busy(None)
@@ -243,13 +279,21 @@ class RunWidget(QWidget):
         elif outcome.kind == "error":
             self._failed(outcome.message)
         elif outcome.kind == "cancelled":
+            self._reset_progress()
             self.step.setText("cancelled")
             show_info("Run cancelled; the model is unchanged")
         else:
-            self.step.setText(f"failed: {outcome.message}")
+            self.step.setText("failed")
+            self.error.set_error(outcome.message)
 
     def _layers_added(self) -> None:
-        self.step.setText(f"done in {_clock(self.outcome.seconds)}")
+        from napari.utils.notifications import show_info
+
+        text = f"done in {_clock(self.outcome.seconds)}"
+        self.step.setText(text)
+        # in an event-loop turn of its own (not with the last layer's insertion)
+        QTimer.singleShot(0, lambda: show_info(f"Lesion Align: run {text}; its maps are "
+                                               "in the layer list"))
 
     # ------------------------------------------------------------------ result
     def _result_changed(self, result) -> None:
@@ -281,7 +325,7 @@ class RunWidget(QWidget):
 
         self.save_button.setEnabled(False)
         self.save_task = start_task(fn, owner=self, on_done=lambda o: self._saved(o, folder),
-                                    name="save result")
+                                    name="save result", activity=True)
         return self.save_task
 
     def _saved(self, outcome, folder) -> None:
