@@ -155,9 +155,9 @@ def _hashes(out: Path) -> dict:
         return {}
     if out.is_file():
         return {out.name: hashlib.sha256(out.read_bytes()).hexdigest()}
+    # every file byte for byte (the lock units/.lock included) and every folder
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*"))
-            if p.is_file() and p.relative_to(out).as_posix() != "units/.lock"}
+            if p.is_file() else "folder" for p in sorted(out.rglob("*"))}
 
 
 class Study:
@@ -585,13 +585,32 @@ def _out_other_analysis(tmp, study):
     return p, "holds another analysis (differs in encoding.alphas"
 
 
-@pytest.mark.parametrize("which", ["file", "foreign", "unwritable", "other-analysis"])
+def _out_units_of_its_own(tmp):
+    p = tmp / "mine"
+    (p / "units").mkdir(parents=True)  # a folder of the user's that happens to hold units/
+    (p / "units" / "notes.txt").write_text("mine")
+    (p / "data.csv").write_text("a,b\n")
+    return p, "is not empty and holds files of its own"
+
+
+def _out_other_analysis_without_lock(tmp, study):
+    p, expected = _out_other_analysis(tmp, study)
+    (p / "units" / ".lock").unlink()  # e.g. copied without it: no lock file may appear
+    return p, expected
+
+
+@pytest.mark.parametrize("which", ["file", "foreign", "units-of-its-own", "unwritable",
+                                   "other-analysis", "other-analysis-no-lock"])
 def test_bad_output_folder(volume_study, tmp_path, capsys, which):
-    if which == "other-analysis":
-        out, expected = _out_other_analysis(tmp_path, volume_study)
+    """A refused output folder is left byte-identical, its units/.lock included (no lock
+    file or folder appears, none is rewritten)."""
+    if which.startswith("other-analysis"):
+        out, expected = (_out_other_analysis if which == "other-analysis" else
+                         _out_other_analysis_without_lock)(tmp_path, volume_study)
         breaker = config("alphas = {logspace = [0, 6, 7]}", "alphas = {logspace = [0, 5, 6]}")
     else:
         out, expected = {"file": _out_file, "foreign": _out_foreign,
+                         "units-of-its-own": _out_units_of_its_own,
                          "unwritable": _out_unwritable}[which](tmp_path)
         breaker = lambda st: None  # noqa: E731 - the inputs are fine; the folder is not
     try:
@@ -600,6 +619,31 @@ def test_bad_output_folder(volume_study, tmp_path, capsys, which):
         if which == "unwritable" and os.geteuid() != 0:
             os.chmod(out.parent, 0o755)
     assert not Path("/proc/self/napari-lesion-align-out").exists()
+    if which == "other-analysis-no-lock":
+        assert not (out / "units" / ".lock").exists()
+
+
+def test_a_folder_another_run_writes_into_is_left_as_it_is(volume_study, tmp_path, capsys):
+    """Another process holds the folder's lock: the run is refused (naming that process)
+    and the lock file keeps its bytes."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    shutil.copytree(volume_study.result, out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fh = open(sys.argv[1], 'r+'); fcntl.flock(fh, fcntl.LOCK_EX)\n"
+         "fh.seek(0); fh.truncate(); fh.write(str(os.getpid())); fh.flush()\n"
+         "print('held', flush=True); time.sleep(120)", str(out / "units" / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _check(volume_study, tmp_path, capsys, lambda st: None,
+               f"another run is writing into this folder (process {holder.pid})", out=out)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_weights_that_do_not_cover_the_architecture_are_refused(volume_study, tmp_path):
