@@ -149,5 +149,12 @@ def test_cancel_stops_the_units_not_started_and_the_rerun_resumes(tmp_path, tiny
     done = sorted(p.stem for p in records.glob("*.json"))
     assert 1 <= len(done) < 8 and not (out / "result.json").exists()
     res = run_analysis(cfg, out, executor=cluster)
-    assert sorted(res.provenance["units"]["fits"]["reused"]) == done
-    assert len(res.provenance["units"]["fits"]["computed"]) == 8 - len(done)
+    # what was done is reused, the rest computed; a unit that was running at the cancel
+    # may land later than the 2 s on a busy machine (then it is reused too, not computed)
+    fits = res.provenance["units"]["fits"]
+    assert set(done) <= set(fits["reused"]) and not set(fits["reused"]) & set(fits["computed"])
+    assert sorted(fits["reused"] + fits["computed"]) == [f"sub-{s:02d}_lang-EN"
+                                                         for s in range(1, 9)]
+    # the cancel stopped the units not started: of the 8, at most 2 landed before it was
+    # seen (one per worker) and 2 were running
+    assert len(fits["computed"]) >= 8 - 4
