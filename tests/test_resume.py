@@ -255,3 +255,27 @@ def test_an_empty_or_underpowered_result_says_why(tmp_path, tiny_model, capsys):
     assert "warning: EN: only 3 subjects with data: the group tests have little power" \
         in console and "no voxel passes" not in console
     assert _units(out)["fits"]["computed"] == []
+
+
+def test_the_cross_layout_tolerances_take_rounding_and_refuse_real_changes():
+    """tests/tolerances.py: the float32 rounding of another thread layout passes (the p of
+    1 of 120 voxels that once failed an absolute 1e-6), a real change of r does not, and a
+    thresholded map has no tolerance."""
+    from tolerances import R_ATOL, assert_maps_close, tolerance
+
+    p = "group_lang-EN_desc-nullShuffled_stat-p_statmap.nii.gz"
+    r = "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz"
+    a = {p: np.array([0.39047596, 1.0, np.nan], np.float32),
+         r: np.array([0.25, -0.5, np.nan], np.float32)}
+    b = {p: np.array([0.39047736, 1.0, np.nan], np.float32),
+         r: np.array([0.25 + 4e-7, -0.5, np.nan], np.float32)}
+    assert_maps_close(a, b, n_subjects=2)
+    b[r] = np.array([0.25 + 1e-4, -0.5, np.nan], np.float32)  # a change of r, not rounding
+    with pytest.raises(AssertionError):
+        assert_maps_close(a, b, n_subjects=2)
+    b[r] = np.array([0.25, -0.5, 0.1], np.float32)  # a voxel excluded in one run only
+    with pytest.raises(AssertionError):
+        assert_maps_close(a, b, n_subjects=2)
+    assert 1e-6 < R_ATOL < 1e-5
+    with pytest.raises(KeyError, match="beyondrandom"):
+        tolerance("beyondrandom", 2)

@@ -292,6 +292,36 @@ def test_textgrid_only_silence_is_error(tmp_path):
         read_words(path)
 
 
+#: labels that look empty but are not silences: format / control characters only
+INVISIBLE = ["\u200b", "\ufeff", "\u00ad", "\u200b\u200d\u2060", "\x07", "\u200e"]
+
+
+@pytest.mark.parametrize("label", INVISIBLE, ids=[f"U+{ord(c[0]):04X}" for c in INVISIBLE])
+def test_a_word_without_visible_characters_is_named_where_it_is(tmp_path, label):
+    """A zero-width space (or another format character) alone makes no token: refused when
+    the annotation is read, naming the file, the tier and interval, and the time."""
+    entries = WORD_ENTRIES + [(2.4, 2.6, label)]
+    path = _save_tg(tmp_path / "z.TextGrid", [_words_tier(entries)])
+    with pytest.raises(LesionAlignError) as exc:
+        read_words(path)
+    msg = str(exc.value)
+    # Praat's interval number (the gaps between words count)
+    assert msg.startswith("z.TextGrid: tier 'words', interval [8] (2.4-2.6 s): the word ")
+    assert f"U+{ord(label[0]):04X}" in msg and "no visible character" in msg
+    assert "\n" not in msg and msg.endswith("or type the word.")
+    # a table: its line
+    rows = "word,onset,offset\na,0,1\n" + f"{label},1.5,2\n"
+    with pytest.raises(LesionAlignError, match=r"^t\.csv: line 3 \(1\.5-2 s\): the word "):
+        read_words(_write(tmp_path / "t.csv", rows))
+
+
+def test_visible_words_with_format_characters_are_kept(tmp_path):
+    """A word with a visible character keeps its joiners (e.g. a zero-width joiner)."""
+    entries = [(0.0, 0.5, "a\u200db"), (0.5, 1.0, "\u200bword")]
+    w = read_words(_save_tg(tmp_path / "k.TextGrid", [_words_tier(entries)]))
+    assert w.words == ("a\u200db", "\u200bword")
+
+
 def test_textgrid_tier_selection(tmp_path):
     phones = IntervalTier("phones", [(0.5, 0.7, "e"), (0.7, 1.0, "t")], 0, 3)
     events = PointTier("events", [(0.2, "click")], 0, 3)
@@ -433,23 +463,25 @@ def test_missing_column_errors(tmp_path):
 
 
 def test_out_of_order_onsets(tmp_path):
-    path = _write(tmp_path / "o.csv", "word,onset,offset\na,0.0,0.5\nb,3.5,3.9\nc,3.2,3.4\nd,4,5\n")
+    # (a blank line: the places are the file's lines, not the rows)
+    path = _write(tmp_path / "o.csv", "word,onset,offset\na,0.0,0.5\n\nb,3.5,3.9\nc,3.2,3.4\nd,4,5\n")
     with pytest.raises(LesionAlignError) as exc:
         read_words(path)
     assert str(exc.value) == (
-        "o.csv: onsets are not in time order: data row 3 ('c') starts at 3.2 s, before "
-        "data row 2 ('b') at 3.5 s. Sort the rows by onset or fix the times."
+        "o.csv: line 5 ('c'): onsets are not in time order: it starts at 3.2 s, before "
+        "line 4 ('b') at 3.5 s. Sort the rows by onset or fix the times."
     )
+    assert exc.value.file == str(path) and exc.value.where == "line 5 ('c')"
 
 
 @pytest.mark.parametrize(
     "rows,pattern",
     [
-        ("a,zero,1", r"data row 1: onset 'zero' is not a number"),
-        ("a,,1", r"data row 1: onset '' is not a number"),
-        ("a,-0.5,1", r"data row 1 \('a'\) has a negative onset -0.5 s"),
-        ("a,inf,1", r"data row 1 \('a'\) has onset inf"),
-        ("a,2,1", r"data row 1 \('a'\) ends at 1 s, before its onset 2 s"),
+        ("a,zero,1", r"line 2: onset 'zero' is not a number"),
+        ("a,,1", r"line 2: onset '' is not a number"),
+        ("a,-0.5,1", r"line 2 \('a'\): negative onset -0.5 s"),
+        ("a,inf,1", r"line 2 \('a'\): onset inf is not a time"),
+        ("a,2,1", r"line 2 \('a'\): ends at 1 s, before its onset 2 s"),
         ("#,0,1", r"the run has no words"),
     ],
 )
@@ -461,7 +493,7 @@ def test_bad_numbers(tmp_path, rows, pattern):
 
 def test_empty_words_dropped_with_warning(tmp_path):
     path = _write(tmp_path / "e.csv", "word,onset,offset\na,0,1\n,1,2\n  ,2,3\nb,3,4\n")
-    with pytest.warns(UserWarning, match=r"e\.csv: 2 row\(s\) with an empty 'word' were skipped \(data row 2, data row 3\)"):
+    with pytest.warns(UserWarning, match=r"e\.csv: 2 row\(s\) with an empty 'word' were skipped \(line 3, line 4\)"):
         w = read_words(path)
     assert w.words == ("a", "b")
 

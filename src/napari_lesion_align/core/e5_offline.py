@@ -80,6 +80,7 @@ _TOKENIZER_RELPATH = ("assets", "multilingual-e5-small", "tokenizer.json")
 _FOLDER_PREFIX = "multilingual-e5-small-q4-"
 _CONVERSION_FORMAT = 1
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+#: where a lock cannot be taken (not POSIX): a temporary folder this old is a dead one's
 _STALE_TMP_SECONDS = 6 * 3600
 
 _INSTALL_HINT = (
@@ -600,14 +601,100 @@ def _is_complete(folder: Path) -> bool:
         return False
 
 
-def _remove_stale_temps(models_dir: Path) -> None:
-    now = time.time()
-    for p in models_dir.glob(f".tmp-{_FOLDER_PREFIX}*"):
+def _flock(fh, block: bool) -> bool:
+    """Lock an open file (POSIX); False when another holds it (``block=False``)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _has_flock() -> bool:
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    return True
+
+
+def _same_file(path: str, fh) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino
+    except OSError:
+        return False
+
+
+def _new_temp(models_dir: Path, final: Path):
+    """A temporary folder for a conversion and the open lock file that says it is alive:
+    ``.tmp-<final>-XXXX.lock`` is made and locked first, then the folder ``.tmp-<final>-XXXX``
+    next to it; the lock is held until the folder is renamed or removed, and released by the
+    system however the process ends (a kill included)."""
+    while True:
+        fd, lock = tempfile.mkstemp(prefix=f".tmp-{final.name}-", suffix=".lock",
+                                    dir=models_dir)
+        fh = os.fdopen(fd, "w")
+        if not _has_flock():  # pragma: no cover - not POSIX
+            break
+        _flock(fh, block=True)  # waits only for a cleanup probing it this moment
+        if _same_file(lock, fh):
+            break
+        fh.close()  # a cleanup took the file away in between: make another
+    tmp = Path(lock[: -len(".lock")])
+    tmp.mkdir()
+    return tmp, fh, Path(lock)
+
+
+def _drop_temp(tmp: Path, fh, lock: Path) -> None:
+    """Remove a conversion's temporary folder and its lock file (the lock still held)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    lock.unlink(missing_ok=True)
+    fh.close()
+
+
+def remove_stale_conversions(models_dir: Path) -> int:
+    """Remove the temporary folders of conversions that no live process holds, whatever
+    their age (a conversion killed while it wrote leaves a half-written folder of several
+    hundred MB): a folder whose lock file no process holds, or that has no lock file (a
+    leftover of an older version, or of replacing a damaged folder). Conversions running
+    in other processes keep theirs. Returns how many were removed."""
+    removed = 0
+    if not models_dir.is_dir():
+        return 0
+    pattern = f".tmp-{_FOLDER_PREFIX}*"
+    if not _has_flock():  # pragma: no cover - not POSIX: by age
+        now = time.time()
+        for p in models_dir.glob(pattern):
+            try:
+                if now - p.stat().st_mtime > _STALE_TMP_SECONDS:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+    for lock in sorted(models_dir.glob(pattern + ".lock")):
         try:
-            if now - p.stat().st_mtime > _STALE_TMP_SECONDS:
-                shutil.rmtree(p, ignore_errors=True)
+            fh = open(lock, "r")
+        except OSError:
+            continue
+        try:
+            if not _flock(fh, block=False) or not _same_file(str(lock), fh):
+                continue  # a live conversion (or already cleaned by another process)
+            tmp = lock.with_name(lock.name[: -len(".lock")])
+            shutil.rmtree(tmp, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed += 1
         except OSError:
             pass
+        finally:
+            fh.close()
+    for p in sorted(models_dir.glob(pattern)):
+        if p.is_dir() and not p.with_name(p.name + ".lock").exists():
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _write_model_folder(
@@ -691,15 +778,18 @@ def ensure_converted(cache_dir: Path | None = None, progress: ProgressFn | None 
     sha = _sha256(source)
     models_dir = Path(cache_dir if cache_dir is not None else _default_cache_dir()) / "models"
     final = models_dir / f"{_FOLDER_PREFIX}{sha[:12]}"
+    try:  # what killed conversions left, before anything else (also when converted)
+        remove_stale_conversions(models_dir)
+    except OSError:
+        pass
     if _is_complete(final):
         return final
 
     t0 = time.perf_counter()
     try:
         models_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(models_dir)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=models_dir))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the final folder is an ordinary cache folder
+        tmp, lock_fh, lock = _new_temp(models_dir, final)
+        tmp.chmod(0o755)  # an ordinary cache folder once renamed
     except OSError as exc:
         raise LesionAlignError(
             f"Cannot write the model cache {models_dir} ({exc}). Set NAPARI_LESION_ALIGN_CACHE "
@@ -719,22 +809,25 @@ def ensure_converted(cache_dir: Path | None = None, progress: ProgressFn | None 
             ) from exc
         del e5
         if _is_complete(final):  # a concurrent conversion finished first
-            shutil.rmtree(tmp, ignore_errors=True)
+            _drop_temp(tmp, lock_fh, lock)
             return final
         if final.exists():  # broken leftover (not written by this code's rename): replace it
-            trash = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-old-", dir=models_dir))
-            os.replace(final, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
+            trash = _new_temp(models_dir, final)  # locked: no cleanup takes it meanwhile
+            try:
+                os.replace(final, trash[0] / "old")
+            finally:
+                _drop_temp(*trash)
         try:
             os.rename(tmp, final)
         except OSError:
             if _is_complete(final):  # lost a race against another process
-                shutil.rmtree(tmp, ignore_errors=True)
+                _drop_temp(tmp, lock_fh, lock)
                 return final
             raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _drop_temp(tmp, lock_fh, lock)
         raise
+    _drop_temp(tmp, lock_fh, lock)  # the folder is renamed: the lock file and the lock go
     say(f"Converted the built-in model in {time.perf_counter() - t0:.1f} s")
     return final
 

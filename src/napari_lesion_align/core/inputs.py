@@ -143,6 +143,10 @@ def _check_weights(p: Path) -> None:
                                    "save the model again") from err
     elif p.stat().st_size == 0:
         raise LesionAlignError(f"{p}: the weights file is empty; save the model again")
+    elif p.suffix == ".bin":  # pickled: plain tensors only, checked before the run starts
+        from .model import check_pickled_weights
+
+        check_pickled_weights(p)
 
 
 def _model_source(config, check: bool = True) -> tuple[str, str]:

@@ -167,6 +167,88 @@ def refuse_remote_code(folder) -> None:
                 "includes, or save it again with a standard architecture")
 
 
+#: what to do with pickled weights that are not plain tensors
+CONVERT_TO_SAFETENSORS = ("convert the model to safetensors: load it once where you trust "
+                          "its source and save it with save_pretrained(folder, "
+                          "safe_serialization=True), then use that folder")
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (ANSI colours removed, shortened)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    text = " ".join(text.split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def weights_error(what: str, err: BaseException) -> LesionAlignError:
+    """The one-line error for weights that cannot be loaded (``what``: the weights file, or
+    the model when the file is not known): the one rule for every failure of reading
+    weights. Pickled weights (``pytorch_model.bin``) are read only as plain tensors
+    (``torch.load(weights_only=True)``), so no code in them ever runs; anything else in
+    them is refused with the fix (convert to safetensors)."""
+    import re
+
+    text = str(err)
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        found = (f"it holds an object of class {m.group(1)}" if m else
+                 "it is not a pickle of plain tensors, or it is damaged")
+        return LesionAlignError(
+            f"{what}: pickled weights are refused unless they are plain tensors "
+            f"(torch.load weights_only=True: nothing in the file was run), and {found}. "
+            f"{CONVERT_TO_SAFETENSORS[0].upper()}{CONVERT_TO_SAFETENSORS[1:]}.")
+    return LesionAlignError(f"{what}: cannot read the weights ({_one_line(err)}); download "
+                            "or save the model again, as safetensors")
+
+
+def check_pickled_weights(path) -> None:
+    """Read a pickled weights file as plain tensors (mapped, not loaded into memory; files
+    of the old non-zip format, which cannot be mapped, are read), or raise
+    :func:`weights_error`."""
+    import torch
+
+    try:
+        try:
+            torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if not ("mmap" in str(err) and "zip" in str(err)):
+                raise
+            torch.load(str(path), map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure: one line naming the file
+        raise weights_error(str(path), err) from err
+
+
+def _weights_file(source: str) -> str:
+    """The pickled weights file of a folder, for messages (the folder when not one)."""
+    folder = Path(source)
+    bins = sorted(folder.glob("pytorch_model*.bin")) if folder.is_dir() else []
+    return str(bins[0]) if len(bins) == 1 else f"model {source!r}"
+
+
+def _read_weights(cls, source: str, what: str, **kwargs):
+    """``cls.from_pretrained(source, **kwargs)``: the one place that reads a model's weights.
+    A failure of reading them (a pickle that is not plain tensors, a damaged file) is one
+    line (:func:`weights_error`, naming ``what``); a folder that is not a model
+    (``OSError`` / ``ValueError``, e.g. no config) and running out of memory are left to the
+    caller."""
+    import pickle
+
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError as err:
+        raise weights_error(what, err) from err
+    except (OSError, ValueError, MemoryError, LesionAlignError):
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. torch's RuntimeError of a damaged file
+        if "out of memory" in str(err).lower():
+            raise
+        raise weights_error(what, err) from err
+
+
 def _from_pretrained(source: str, local_only: bool, where: str = "folder",
                      load_kwargs: dict | None = None):
     """Model and tokenizer from a folder or the Hugging Face cache (``where``: which, for
@@ -179,9 +261,9 @@ def _from_pretrained(source: str, local_only: bool, where: str = "folder",
     opts = {"local_files_only": local_only, "trust_remote_code": False}
     try:
         config = AutoConfig.from_pretrained(source, **opts)
-        model, info = AutoModel.from_pretrained(source, **opts, **architecture_kwargs(config),
-                                                **(load_kwargs or {}),
-                                                output_loading_info=True)
+        model, info = _read_weights(AutoModel, source, _weights_file(source),
+                                    **opts, **architecture_kwargs(config),
+                                    **(load_kwargs or {}), output_loading_info=True)
         missing = sorted(info.get("missing_keys") or ())
         if missing:  # transformers would fill them with random values: never silently
             raise LesionAlignError(
@@ -203,7 +285,8 @@ def _from_pretrained(source: str, local_only: bool, where: str = "folder",
                     "folder, or download it once and keep offline = true")
         else:
             hint = "check the id and your network"
-        raise LesionAlignError(f"cannot load model {source!r}: {hint} ({err})") from err
+        raise LesionAlignError(f"cannot load model {source!r}: {hint} ({_one_line(err)})") \
+            from err
     return model, tok
 
 

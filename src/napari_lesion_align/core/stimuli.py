@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import LesionAlignError
+from .errors import LesionAlignError, describe_chars, input_error
 from .languages import is_spaceless
 
 __all__ = [
@@ -278,7 +278,8 @@ def _fmt_t(t: float) -> str:
 
 
 def _check_times(name: str, words: Sequence[str], onsets, offsets, where: Sequence[str]) -> None:
-    """Raise for non-finite or negative times, onsets out of order or offset < onset."""
+    """Raise for non-finite or negative times, onsets out of order or offset < onset; the
+    error names the file and the word's place (``where[i]``: its line or interval)."""
     onsets = np.asarray(onsets, dtype=np.float64)
     offsets = np.asarray(offsets, dtype=np.float64)
 
@@ -289,32 +290,47 @@ def _check_times(name: str, words: Sequence[str], onsets, offsets, where: Sequen
         bad = np.flatnonzero(~np.isfinite(arr))
         if len(bad):
             i = bad[0]
-            raise LesionAlignError(
-                f"{name}: {at(i)} has {what} {arr[i]}; times must be finite numbers in seconds. "
-                "Fix that time in the file."
-            )
+            raise input_error(name, at(i), f"{what} {arr[i]} is not a time",
+                              "times must be finite numbers in seconds; fix that time in the "
+                              "file")
     bad = np.flatnonzero(onsets < 0)
     if len(bad):
         i = bad[0]
-        raise LesionAlignError(
-            f"{name}: {at(i)} has a negative onset {_fmt_t(onsets[i])}; times are seconds "
-            "from the start of the run's audio. Fix the times in the file."
-        )
+        raise input_error(name, at(i), f"negative onset {_fmt_t(onsets[i])}",
+                          "times are seconds from the start of the run's audio; fix the "
+                          "times in the file")
     bad = np.flatnonzero(np.diff(onsets) < 0)
     if len(bad):
         i = bad[0] + 1
-        raise LesionAlignError(
-            f"{name}: onsets are not in time order: {at(i)} starts at {_fmt_t(onsets[i])}, "
-            f"before {at(i - 1)} at {_fmt_t(onsets[i - 1])}. Sort the rows by onset or fix "
-            "the times."
-        )
+        raise input_error(name, at(i), f"onsets are not in time order: it starts at "
+                          f"{_fmt_t(onsets[i])}, before {at(i - 1)} at "
+                          f"{_fmt_t(onsets[i - 1])}", "sort the rows by onset or fix the times")
     bad = np.flatnonzero(offsets < onsets)
     if len(bad):
         i = bad[0]
-        raise LesionAlignError(
-            f"{name}: {at(i)} ends at {_fmt_t(offsets[i])}, before its onset "
-            f"{_fmt_t(onsets[i])}. Fix the times (offset must be >= onset)."
-        )
+        raise input_error(name, at(i), f"ends at {_fmt_t(offsets[i])}, before its onset "
+                          f"{_fmt_t(onsets[i])}", "fix the times (offset must be >= onset)")
+
+
+def _is_invisible(label: str) -> bool:
+    """A label that is not a silence but has no visible character: only format, control,
+    separator or private characters (a zero-width space, a BOM, a soft hyphen, ...). A
+    model's tokenizer makes no token of it."""
+    import unicodedata
+
+    return bool(label) and all(unicodedata.category(c)[0] in "CZ" or c.isspace()
+                               for c in label)
+
+
+def _check_visible(name: str, words: Sequence[str], onsets, offsets,
+                   where: Sequence[str], silence: str) -> None:
+    """Raise for a word without a visible character, naming its file, place and time."""
+    for i, w in enumerate(words):
+        if _is_invisible(w):
+            raise input_error(
+                name, f"{where[i]} ({float(onsets[i]):.6g}-{float(offsets[i]):.6g} s)",
+                f"the word {w!r} has no visible character ({describe_chars(w)}); a language "
+                "model makes no token of it", f"{silence} or type the word")
 
 
 # --------------------------------------------------------------------------- TextGrid
@@ -385,13 +401,15 @@ def read_textgrid(path, tier: str | None = None) -> Words:
         words.append(label.strip())
         onsets.append(start)
         offsets.append(end)
-        where.append(f"interval [{k}]")
+        where.append(f"tier {chosen['name']!r}, interval [{k}]")
     if not words:
         raise LesionAlignError(
             f"{name}: tier {chosen['name']!r} has no words (only silences "
             f"{sorted(SILENCE_LABELS)}). Choose the tier that holds the words."
         )
-    _check_times(name, words, onsets, offsets, where)
+    _check_times(str(path), words, onsets, offsets, where)
+    _check_visible(str(path), words, onsets, offsets, where,
+                   "empty the interval's label in Praat (a silence)")
     return Words(tuple(words), np.array(onsets), np.array(offsets), str(path), None, itier.maxTimestamp)
 
 
@@ -472,7 +490,7 @@ def _load_table(path) -> tuple[str, pd.DataFrame]:
     text = _decode(_read_bytes(path), name, "table")
     if not text.strip():
         raise LesionAlignError(f"{name}: the file is empty. It needs a header and one row per word.")
-    _check_fields(name, text, sep)
+    lines = _check_fields(name, text, sep)
     try:
         df = pd.read_csv(
             io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False
@@ -490,21 +508,35 @@ def _load_table(path) -> tuple[str, pd.DataFrame]:
             f"separated by {kind}. Save it with {kind} or use the matching extension "
             "(.csv for commas, .tsv for tabs)."
         )
+    if len(lines) == len(df) + 1:  # the line of every row (the header's first)
+        df.attrs["lines"] = lines[1:]
     return name, df
 
 
-def _check_fields(name: str, text: str, sep: str) -> None:
+def _row_places(df: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
+    """Where each of ``rows`` (of table ``df``) is in its file: ``line N`` (``data row N``
+    when the lines are not known)."""
+    lines = df.attrs.get("lines")
+    if lines is not None:
+        return [f"line {lines[i]}" for i in rows.index]
+    return [f"data row {i + 1}" for i in rows.index]
+
+
+def _check_fields(name: str, text: str, sep: str) -> list[int]:
     """Every row has as many fields as the header (a short row would be padded with empty
-    values and a long one shift its fields: both are refused, naming the line)."""
+    values and a long one shift its fields: both are refused, naming the line). Returns the
+    line number of every row (blank lines skipped), the header's first."""
     import csv
 
     kind = "comma" if sep == "," else "tab"
+    lines = []
     try:
         rows = csv.reader(io.StringIO(text), delimiter=sep)
         width = None
         for row in rows:
             if not row or not "".join(row).strip():
                 continue  # blank lines are skipped by the reader too
+            lines.append(rows.line_num)
             if width is None:
                 width = len(row)
             elif len(row) != width:
@@ -516,6 +548,7 @@ def _check_fields(name: str, text: str, sep: str) -> None:
     except csv.Error as err:
         raise LesionAlignError(f"{name}: cannot be read as a {kind}-separated table ({err}). "
                                "Check the quotes of that line.") from err
+    return lines
 
 
 def _find_col(name, df, given, candidates, what, option, required=True):
@@ -544,15 +577,15 @@ def _find_col(name, df, given, candidates, what, option, required=True):
     return None
 
 
-def _numbers(name, series: pd.Series, col: str) -> np.ndarray:
+def _numbers(name, series: pd.Series, col: str, where: Sequence[str] | None = None,
+             what: str = "a time in seconds") -> np.ndarray:
+    """The numbers of a column; ``where``: the place of each row (:func:`_row_places`)."""
     vals = pd.to_numeric(series.str.strip(), errors="coerce")
     bad = np.flatnonzero(vals.isna().to_numpy())
     if len(bad):
-        i = series.index[bad[0]]
-        raise LesionAlignError(
-            f"{name}: data row {i + 1}: {col} {series.iloc[bad[0]]!r} is not a number. "
-            f"Every {col!r} value must be a time in seconds."
-        )
+        place = where[bad[0]] if where is not None else f"data row {series.index[bad[0]] + 1}"
+        raise input_error(name, place, f"{col} {series.iloc[bad[0]]!r} is not a number",
+                          f"every {col!r} value must be {what}")
     return vals.to_numpy(dtype=np.float64)
 
 
@@ -682,12 +715,12 @@ def read_table(
         raise LesionAlignError(f"{name}: the table has no rows. It needs one row per word.")
 
     labels = [str(w) for w in rows[wcol]]
-    where = [f"data row {i + 1}" for i in rows.index]
-    onsets = _numbers(name, rows[ocol], ocol)
+    where = _row_places(df, rows)
+    onsets = _numbers(str(path), rows[ocol], ocol, where)
     # Check the onsets before deriving offsets from them.
-    _check_times(name, labels, onsets, onsets, where)
+    _check_times(str(path), labels, onsets, onsets, where)
     if fcol is not None:
-        offsets = _numbers(name, rows[fcol], fcol)
+        offsets = _numbers(str(path), rows[fcol], fcol, where)
     else:
         offsets = np.empty_like(onsets)
         offsets[:-1] = onsets[1:]
@@ -712,17 +745,18 @@ def read_table(
     words = [labels[i].strip() for i in idx]
     where = [where[i] for i in idx]
     onsets, offsets = onsets[idx], offsets[idx]
-    _check_times(name, words, onsets, offsets, where)
+    _check_times(str(path), words, onsets, offsets, where)
+    _check_visible(str(path), words, onsets, offsets, where,
+                   f"empty that {wcol!r} (a silence, skipped)")
 
     sentence_ids = None
     if scol is not None:
-        sids = _numbers(name, rows[scol].iloc[idx], scol)
+        sids = _numbers(str(path), rows[scol].iloc[idx], scol, where, "a whole number")
         frac = np.flatnonzero(sids != np.round(sids))
         if len(frac):
-            raise LesionAlignError(
-                f"{name}: {where[frac[0]]}: {scol} {sids[frac[0]]} is not a whole number. "
-                "Sentence ids must be integers."
-            )
+            raise input_error(name, where[frac[0]],
+                              f"{scol} {sids[frac[0]]} is not a whole number",
+                              "sentence ids must be integers")
         sentence_ids = sids.astype(np.int64)
     return Words(tuple(words), onsets, offsets, str(path), sentence_ids, None)
 

@@ -175,6 +175,8 @@ class OutputFolder:
         self._lock = None
 
     def _take_lock(self) -> None:
+        """Hold ``units/.lock`` (nothing written to it: :meth:`_sign_lock` does that once
+        the run is accepted); refused while another run holds it."""
         try:
             import fcntl
         except ImportError:  # not on POSIX: no lock
@@ -191,11 +193,15 @@ class OutputFolder:
                 f"{self.root}: another run is writing into this folder"
                 + (f" (process {who})" if who else "")
                 + "; wait for it to finish, or choose another output folder") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
         self._lock = fh
+
+    def _sign_lock(self) -> None:
+        """Write this process' id into the held lock (named when a second run is refused)."""
+        if self._lock is not None:
+            self._lock.seek(0)
+            self._lock.truncate()
+            self._lock.write(str(os.getpid()))
+            self._lock.flush()
 
     def close(self) -> None:
         """Release the folder (its lock)."""
@@ -231,16 +237,50 @@ class OutputFolder:
         return folder
 
     def _claim(self, ident: dict, force: bool) -> None:
-        folder, root = self, self.root
-        marker = folder.units / "analysis.json"
-        if root.exists() and not folder.units.is_dir() and any(root.iterdir()):
-            folder._refuse_foreign()
-        folder.units.mkdir(parents=True, exist_ok=True)
-        folder._take_lock()  # from here on, no other run changes the folder
+        """Claim the folder, or refuse it leaving it byte-identical (``units/`` and its lock
+        included): the checks run before anything is written, and again once the lock is
+        held (a run that claimed the folder in between); a refusal then takes back what
+        this run made (the lock file, ``units/``, the folder)."""
+        root, lock = self.root, self.units / ".lock"
+        self._check(ident, force)  # read only
+        made = [d for d in (root, self.units) if not d.exists()]
+        self.units.mkdir(parents=True, exist_ok=True)
+        new_lock = not lock.exists()
+        try:
+            self._take_lock()  # from here on, no other run changes the folder
+        except BaseException:
+            self._take_back(made, None)
+            raise
+        try:
+            action = self._check(ident, force)
+        except BaseException:
+            self._take_back(made, lock if new_lock else None)
+            raise
+        self._sign_lock()
+        if action == "clear":
+            self.clear()
+        elif action == "group":
+            (root / "result.json").unlink(missing_ok=True)  # the group stage reruns
+        self.remove_stale_writes()
+        atomic_write_text(self.units / "analysis.json", json.dumps(ident, indent=2))
+
+    def _check(self, ident: dict, force: bool) -> str | None:
+        """Refuse another analysis' folder or a folder of the user's (nothing written);
+        else what claiming it needs: ``"clear"`` (``force``), ``"group"`` (only the group
+        statistics' options changed) or None."""
+        root, marker = self.root, self.units / "analysis.json"
+        if not root.exists():
+            return None
+        if not self.units.is_dir():
+            if any(root.iterdir()):
+                self._refuse_foreign()
+            return None
         if marker.is_file():
             try:
                 old = json.loads(marker.read_text())
             except ValueError:
+                old = {}
+            if not isinstance(old, dict):
                 old = {}
             if old.get("fits") != ident["fits"]:
                 if not force:
@@ -254,13 +294,23 @@ class OutputFolder:
                     raise LesionAlignError(
                         f"{root}: holds another analysis{what}; choose another output folder, "
                         "or rerun with --force to delete its results and start again")
-                folder.clear()
-            elif old.get("group") != ident["group"]:
-                (root / "result.json").unlink(missing_ok=True)  # the group stage reruns
-        elif [p for p in root.iterdir() if p.name != UNITS and not _stale_tmp(p)]:
-            folder._refuse_foreign()
-        folder.remove_stale_writes()
-        atomic_write_text(marker, json.dumps(ident, indent=2))
+                return "clear"
+            return "group" if old.get("group") != ident["group"] else None
+        if [p for p in root.iterdir() if p.name != UNITS and not _stale_tmp(p)]:
+            self._refuse_foreign()
+        return None
+
+    def _take_back(self, made: list, lock: Path | None) -> None:
+        """After a refusal: release the lock, delete the lock file this run made (only
+        while it held it) and the empty folders it made."""
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+        self.close()
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:  # not empty (another run's files): not ours to delete
+                pass
 
     def remove_stale_writes(self) -> int:
         """Delete the temporary files of writes interrupted by a kill (``atomic_write_*``:
