@@ -176,6 +176,8 @@ def test_a_local_cluster_run_resumes_in_one_process_and_the_other_way_round(stud
     cluster = DaskExecutor.local(2, threads=1)
     try:
         assert cluster.parallelism == 2
+        # a cluster given by its client (--scheduler): its workers' threads
+        assert DaskExecutor(cluster.client).parallelism == 2
         out = tmp_path / "cluster_first"
         with pytest.raises(Cancelled):
             run_analysis(config, out, executor=cluster, cancel=_first_record_cancels(out))
