@@ -615,6 +615,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     data = args.data.resolve()
+    dask_versions = args.dask_versions if args.workers else []
     cache = (args.cache or data / "cache").resolve()
     cache.mkdir(parents=True, exist_ok=True)
     sizes = sorted(set(args.sizes))
@@ -640,7 +641,6 @@ def main(argv=None):
           f"{cache}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="nla_scale_"))
-    dask_versions = args.dask_versions if args.workers else []
     every = list(dict.fromkeys(args.versions + dask_versions))
     srcs = {v: version_src(v, args.old_tree, args.new_tree, args.base_tree) for v in every}
     envs = {v: child_env(srcs[v], cache, args.threads) for v in every}
