@@ -24,8 +24,9 @@ from test_resume import tiny_model  # noqa: F401  (a fixture)
 #: the tiny study's mask voxels and one subject's cleaned BOLD (3 runs, float32)
 VOXELS = 24
 SUBJECT_BYTES = 3 * N_VOLS * VOXELS * 4
-#: maps fitted in other groups or thread layouts: float32 rounding of r (and of t, relative)
-ATOL = 2e-5
+#: maps fitted in other groups or thread layouts: float32 rounding (measured: r 6e-8, p 2e-6;
+#: t within 1e-4 relative)
+ATOL = 1e-5
 
 
 # --------------------------------------------------------------------------- the rule
