@@ -6,6 +6,10 @@ Run from the repository root (no network needed)::
     python benchmarks/scale.py --sizes 1 --versions old       # one subject, old code
     python benchmarks/scale.py --sizes 2 --versions old --runs 3   # quick end-to-end check
     python benchmarks/scale.py --json scale.json              # also save the rows
+    # --workers: the fit units cut by the budget alone (base) and for the workers (new),
+    # on a local Dask cluster, against the run in the process (see "Dask" below)
+    python benchmarks/scale.py --versions new --dask-versions base new --workers 2 \
+        --runs 3 --budgets 1024 --small-budget 0 --sizes 2 4 8 16
 
 What it compares: ``run_analysis`` of the *current* tree (``new``: ``src/`` of this
 checkout) and of commit ``aa19cb2d`` (``old``: the code before the refactor that fits one
@@ -75,6 +79,14 @@ per version and budget the ratios when N grows (peak, fit time per subject; the
 refactor's aim: once N fills the budget, doubling N changes the new code's peak by < 10 %
 and its time per subject by < 15 %), then per budget and N the new / old ratios.
 
+Dask: ``--workers N ...`` also runs each version of ``--dask-versions`` (default ``new``)
+on a local Dask cluster of N workers x ``--threads / N`` BLAS threads (the same total number
+of threads as the run in the process), labelled ``new+Nw``; ``base`` is commit
+``956b50a8`` (the fit units cut by the memory budget alone, whatever the executor; a
+``git worktree`` or ``git clone --shared`` of it at ``--base-tree``, default
+``/tmp/nla-base``, made when missing). The last table gives each Dask run's wall and fit
+time over the in-process run of ``new`` (or ``base``), and its number of fit units.
+
 Duration (2-core AMD EPYC, idle, 2 threads, old code, one subject, 9 x 300 volumes):
 fit 124 s with 5 alphas (87 s with 2: about 63 s + 12 s per alpha), features 24 s, wall
 155 s, peak RSS 2.4 GiB. The default run fits 2 versions x 2 budgets x (2 + 4 + 8 + 16)
@@ -108,6 +120,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 OLD_COMMIT = "aa19cb2d0d540f52855ff6dde0a90876b0640149"
 OLD_TREE = Path("/tmp/nla-old")
+#: ``base``: the fit units cut by the memory budget alone, whatever the executor (the last
+#: commit before they were cut for the workers); compared with ``new`` on Dask
+BASE_COMMIT = "956b50a8df3ea873a9569d6d491d06fcd350bb3f"
+BASE_TREE = Path("/tmp/nla-base")
 DEMO = REPO / "src" / "napari_lesion_align" / "data" / "demo"
 MASK = DEMO / "mask_mni152_4mm.nii.gz"
 GRIDS = [DEMO / f"EN_run-{i}.TextGrid" for i in (1, 2, 3)]
@@ -267,23 +283,28 @@ def study_bytes(folder: Path) -> int:
 
 
 # --------------------------------------------------------------------------- versions
-def version_src(version: str, old_tree: Path, new_tree: Path | None = None) -> Path:
+def version_src(version: str, old_tree: Path, new_tree: Path | None = None,
+                base_tree: Path = BASE_TREE) -> Path:
     """The ``src`` folder of a version: ``new`` = this checkout (or ``new_tree``, a frozen
-    copy, so that editing this checkout during a long run does not change what runs)."""
+    copy, so that editing this checkout during a long run does not change what runs);
+    ``old`` / ``base``: a git worktree of :data:`OLD_COMMIT` / :data:`BASE_COMMIT`, made
+    when missing."""
     if version == "new":
         return (new_tree or REPO) / "src"
+    tree, commit, flag = ((old_tree, OLD_COMMIT, "--old-tree") if version == "old"
+                          else (base_tree, BASE_COMMIT, "--base-tree"))
     head = None
-    if (old_tree / ".git").exists():
-        head = subprocess.run(["git", "-C", str(old_tree), "rev-parse", "HEAD"],
+    if (tree / ".git").exists():
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"],
                               capture_output=True, text=True).stdout.strip()
-    if head != OLD_COMMIT:
-        if old_tree.exists():
-            raise SystemExit(f"{old_tree} exists but is not a checkout of {OLD_COMMIT[:8]} "
-                             f"(HEAD {head}); remove it or pass --old-tree")
-        print(f"git worktree add {old_tree} {OLD_COMMIT[:8]}", flush=True)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_tree),
-                        OLD_COMMIT], check=True, capture_output=True)
-    return old_tree / "src"
+    if head != commit:
+        if tree.exists():
+            raise SystemExit(f"{tree} exists but is not a checkout of {commit[:8]} "
+                             f"(HEAD {head}); remove it or pass {flag}")
+        print(f"git worktree add {tree} {commit[:8]}", flush=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree),
+                        commit], check=True, capture_output=True)
+    return tree / "src"
 
 
 def model_name(which: str, cache: Path) -> str:
@@ -301,8 +322,9 @@ def model_name(which: str, cache: Path) -> str:
 
 
 def write_config(path: Path, version: str, data: Path, cache: Path, n_subjects: int,
-                 n_runs: int, budget_mb: float, n_alphas: int, model: str) -> Path:
-    """The TOML config of one run (absolute paths); ``[compute]`` only for ``new``."""
+                 n_runs: int, budget_mb: float, n_alphas: int, model: str,
+                 controls: bool = True) -> Path:
+    """The TOML config of one run (absolute paths); ``[compute]`` not for ``old``."""
     subjects = [f"{s:02d}" for s in range(1, n_subjects + 1)]
     ann = [str(data / "stim" / f"EN_run-{r}.tsv") for r in range(1, n_runs + 1)]
     text = f"""name = "scale-{version}-{budget_mb:g}MiB-N{n_subjects}"
@@ -326,7 +348,9 @@ layer = -1
 alphas = {{logspace = [0, 12, {n_alphas}]}}
 stack_mb = {budget_mb:g}
 """
-    if version == "new":
+    if version != "old" and not controls:  # (the old code has no [controls] table)
+        text += "\n[controls]\nenabled = false\n"
+    if version != "old":
         text += f"""
 [compute]
 feature_store = {json.dumps(str(cache / "feature_store"))}
@@ -514,18 +538,22 @@ def print_ratios(rows: list, subject_mib: float) -> None:
                       f"{_ratio(f_n, f_o):10.2f} "
                       f"{_ratio(w['fit_s_per_subject'], o['fit_s_per_subject']):10.2f} "
                       f"{_ratio(w['peak_rss_gib'], o['peak_rss_gib']):7.2f}")
-    dask = [v for v in versions if v.startswith("new+")]
-    if dask and "new" in versions:
-        print("\nDask / embedded (new), the same total number of BLAS threads (aim: wall and "
-              "fit time within 1.10x); peak per worker process")
-        print(f"{'version':8s} {'budget MiB':>10s} {'N':>3s} {'wall x':>7s} {'fit/subj x':>10s} "
-              f"{'worker GiB':>10s}")
+    dask = [v for v in versions if "+" in v]
+    ref = next((v for v in ("new", "base") if v in versions), None)
+    if dask and ref:
+        print(f"\nDask / in the process ({ref}), the same total number of BLAS threads (aims "
+              "for new+2w: wall <= 1.10x at 4 subjects, <= 0.80x at 16); units = fit units; "
+              "peak per worker process")
+        print(f"{'version':8s} {'budget MiB':>10s} {'N':>3s} {'units':>5s} {'wall x':>7s} "
+              f"{'fit/subj x':>10s} {'worker GiB':>10s}")
         for v in dask:
             for b in budgets:
                 for n in sizes:
-                    d, e = by.get((v, b, n)), by.get(("new", b, n))
+                    d, e = by.get((v, b, n)), by.get((ref, b, n))
                     if d and e:
-                        print(f"{v:8s} {b:10g} {n:3d} {_ratio(d['wall_s'], e['wall_s']):7.2f} "
+                        g = "?" if d.get("groups") is None else str(d["groups"])
+                        print(f"{v:8s} {b:10g} {n:3d} {g:>5s} "
+                              f"{_ratio(d['wall_s'], e['wall_s']):7.2f} "
                               f"{_ratio(d['fit_s_per_subject'], e['fit_s_per_subject']):10.2f} "
                               f"{d['peak_worker_gib']:10.2f}")
 
@@ -539,7 +567,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16],
                     help="numbers of subjects N (default 2 4 8 16)")
-    ap.add_argument("--versions", nargs="+", default=["old", "new"], choices=["old", "new"])
+    ap.add_argument("--versions", nargs="+", default=["old", "new"],
+                    choices=["old", "new", "base"],
+                    help="versions run in the process: old (before units on disk), new (this "
+                         "tree), base (fit units cut by the budget alone, commit "
+                         f"{BASE_COMMIT[:8]}); default old new")
     ap.add_argument("--budgets", type=float, nargs="+", default=[1024.0],
                     help="stack_mb budgets besides the small one (default 1024)")
     ap.add_argument("--small-budget", type=float, default=None,
@@ -555,6 +587,9 @@ def main(argv=None):
                     help="tiny: a small random model (128 regressors, the default: the "
                          "scaling with N is what is measured); builtin: the built-in "
                          "multilingual-e5-small (1,536 regressors, ~4x the fit time)")
+    ap.add_argument("--controls", choices=["on", "off"], default="on",
+                    help="on (default): the package's default controls, fitted next to the "
+                         "intact model (6 fits per subject); off: the intact model alone")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, default=Path("/tmp/nla_scale_data"),
                     help="folder of the synthetic study (built once, reused)")
@@ -566,6 +601,11 @@ def main(argv=None):
                     help="also run 'new' on a local Dask cluster of each of these numbers of "
                          "workers (BLAS threads per worker = --threads / workers), to "
                          "measure Dask's overhead against the embedded run")
+    ap.add_argument("--dask-versions", nargs="+", default=["new"], choices=["new", "base"],
+                    help="the versions --workers runs (default new; 'base new' compares the "
+                         "units cut by the budget alone with the units cut for the workers)")
+    ap.add_argument("--base-tree", type=Path, default=BASE_TREE,
+                    help=f"worktree of the base commit {BASE_COMMIT[:8]} (made when missing)")
     ap.add_argument("--new-tree", type=Path, default=None,
                     help="run 'new' from this checkout instead of this one (e.g. a git "
                          "worktree of the commit to measure)")
@@ -575,6 +615,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     data = args.data.resolve()
+    dask_versions = args.dask_versions if args.workers else []
     cache = (args.cache or data / "cache").resolve()
     cache.mkdir(parents=True, exist_ok=True)
     sizes = sorted(set(args.sizes))
@@ -595,13 +636,15 @@ def main(argv=None):
           f"one subject's cleaned BOLD {subj_mib:.0f} MiB; study on disk "
           f"{n_bytes / 2**30:.1f} GiB ({time.perf_counter() - t0:.0f} s)")
     print(f"alphas logspace(0, 12, {args.alphas}); budgets (stack_mb) {budgets} MiB; sizes "
-          f"{sizes}; versions {args.versions}; {args.threads} BLAS/OpenMP threads; cache "
+          f"{sizes}; versions {args.versions}; on Dask {dask_versions} x workers "
+          f"{args.workers}; {args.threads} BLAS/OpenMP threads; cache "
           f"{cache}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="nla_scale_"))
-    srcs = {v: version_src(v, args.old_tree, args.new_tree) for v in args.versions}
-    envs = {v: child_env(srcs[v], cache, args.threads) for v in args.versions}
-    for v in args.versions:
+    every = list(dict.fromkeys(args.versions + dask_versions))
+    srcs = {v: version_src(v, args.old_tree, args.new_tree, args.base_tree) for v in every}
+    envs = {v: child_env(srcs[v], cache, args.threads) for v in every}
+    for v in every:
         check_import(srcs[v], envs[v], work)
         print(f"{v}: PYTHONPATH={srcs[v]}")
 
@@ -610,7 +653,7 @@ def main(argv=None):
 
     def one(version, budget, n, tag, workers=0):
         cfg = write_config(work / f"{tag}.toml", version, data, cache, n, args.runs, budget,
-                           args.alphas, model)
+                           args.alphas, model, args.controls == "on")
         out = work / f"{tag}_out"
         extra = (("--workers", str(workers), "--threads", str(max(1, args.threads // workers)))
                  if workers else ())
@@ -642,6 +685,9 @@ def main(argv=None):
             e = estimate.get(v) or next(iter(estimate.values()))
             fixed = e["wall_s"] - e["fit_s"]
             total += len(budgets) * sum(fixed + n * e["fit_s"] for n in sizes)
+        e = estimate.get("new") or next(iter(estimate.values()))
+        total += len(budgets) * len(args.workers) * len(dask_versions) * sum(
+            e["wall_s"] - e["fit_s"] + n * e["fit_s"] for n in sizes)  # at most
         print(f"estimated duration of the runs below: ~{total / 60:.0f} min (warm-up's fixed "
               "cost per run + its fit time x N)", flush=True)
 
@@ -649,7 +695,7 @@ def main(argv=None):
     for b in budgets:
         for n in sizes:
             runs = [(v, 0) for v in args.versions]
-            runs += [("new", w) for w in args.workers if "new" in args.versions]
+            runs += [(v, w) for w in args.workers for v in dask_versions]
             for v, w in runs:
                 row, out = one(v, b, n, f"{v}_{b:g}_{n}" + (f"_w{w}" if w else ""), w)
                 shutil.rmtree(out, ignore_errors=True)

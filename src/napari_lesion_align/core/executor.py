@@ -67,6 +67,8 @@ class InProcess:
     """Every unit in this process, one after the other."""
 
     description = "in this process"
+    #: fit units running at once (:func:`.stages.cut_units`)
+    parallelism = 1
 
     def model_stages(self, eng) -> None:
         """The lesions (or their record) and the features the missing fits need."""
@@ -154,15 +156,33 @@ def _fit_task(config, out_root: str, job, threads: int) -> list[str]:
         return run_fit_job(eng, job, eng.trf, lambda f, m: None)
 
 
+def _job_cost(eng, job) -> int:
+    """A fit job's size, to order the units: its subjects x their volumes."""
+    return len(job.subjects) * sum(r.n_vols for r in eng.source.runs(job.subjects[0],
+                                                                      job.language))
+
+
 class DaskExecutor:
     """Units on a Dask cluster: a :class:`~distributed.LocalCluster` this executor starts
     (and closes), or a :class:`~distributed.Client` / scheduler address given."""
 
-    def __init__(self, client, cluster=None, threads: int = 0, description: str = ""):
+    def __init__(self, client, cluster=None, threads: int = 0, description: str = "",
+                 slots: int = 0):
         self.client = client
         self.cluster = cluster
         self.threads = int(threads)
+        self.slots = int(slots)
         self.description = description or f"Dask scheduler {client.scheduler.address}"
+
+    @property
+    def parallelism(self) -> int:
+        """Fit units running at once: the local cluster's workers, or the connected
+        cluster's worker threads now (a cluster still starting its jobs counts the workers
+        that have arrived: ``client.wait_for_workers(n)`` first, docs/cluster.md)."""
+        if self.slots:
+            return self.slots
+        workers = self.client.scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
     @classmethod
     def local(cls, n_workers: int, threads: int = 0) -> "DaskExecutor":
@@ -187,7 +207,8 @@ class DaskExecutor:
         client = Client(cluster)
         link = getattr(client, "dashboard_link", None)
         return cls(client, cluster, t, f"Dask LocalCluster: {n_workers} workers x {t} BLAS "
-                                       f"thread(s)" + (f"; dashboard {link}" if link else ""))
+                                       f"thread(s)" + (f"; dashboard {link}" if link else ""),
+                   slots=int(n_workers))
 
     @classmethod
     def connect(cls, address: str, threads: int = 0) -> "DaskExecutor":
@@ -256,8 +277,10 @@ class DaskExecutor:
         if not total:
             return [], []
         root = str(eng.out.root)
+        # the largest units first (subjects x volumes): no long unit starts last
         futures = {self.client.submit(_fit_task, eng.config, root, job, self.threads,
-                                      pure=False): job for job in jobs}
+                                      pure=False, priority=_job_cost(eng, job)): job
+                   for job in jobs}
         computed = []
         t0 = time.perf_counter()
 

@@ -83,7 +83,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
 
         # 3. the fits not done yet
         t = time.perf_counter()
-        jobs, reused = fit_jobs(eng)
+        jobs, reused = fit_jobs(eng, ex.parallelism)
         total = sum(len(j.todo) for j in jobs)
         P.phase(*PHASES["fits"])
         if reused and total:

@@ -7,8 +7,9 @@
                 the feature store (needs the model)
     fits        one unit per subject x language: load and clean that subject's runs, fit
                 every condition, write its maps, then its record (units/fit/...json); subjects
-                with the same run lengths are fitted together up to [encoding] stack_mb
-                (:mod:`.executor` runs them here or on a Dask cluster)
+                with the same run lengths are fitted together up to [encoding] stack_mb,
+                in units cut for the executor's parallelism (:func:`cut_units`;
+                :mod:`.executor` runs them here or on a Dask cluster)
     group       per language: group statistics, categories, the layer-sweep table, summary.tsv
                 and result.json (last)
 
@@ -374,31 +375,87 @@ def unit_name(subject: str, language: str) -> str:
     return f"sub-{subject}_lang-{language}"
 
 
-def fit_jobs(eng: Engine) -> tuple[list[FitJob], list[str]]:
-    """The fit groups (deterministic: the same whatever was done before, so that a resumed
-    run fits exactly what an uninterrupted one does) and the units already done."""
+#: with parallel slots (Dask workers, or a cluster's worker threads), the fits are cut into
+#: at least this many units per slot when the study has enough subject x language pairs:
+#: a slot that finishes early takes another unit instead of idling (docs/benchmarks.md)
+UNITS_PER_SLOT = 2
+
+
+def cut_units(classes: list, budget: float, parallelism: int = 1) -> list[list[tuple]]:
+    """The fit units (the one rule): per class ``(subjects, bytes)`` -- the subjects of one
+    language with the same run lengths, in order, and one subject's cleaned BOLD in bytes --
+    its groups of subjects, fitted together.
+
+    A group holds at most ``budget // bytes`` subjects (at least one): its stacked BOLD fits
+    ``[encoding] stack_mb``. In one process (``parallelism`` 1) each class is filled in
+    order up to that cap: the fewest units, each sharing the work that does not depend on
+    the voxels (the features' decompositions) among its subjects. With P > 1 slots the cap
+    is also the study's subject x language pairs // (:data:`UNITS_PER_SLOT` x P) (at least
+    one), so that the study makes at least 2P units when it has 2P pairs, and each class is
+    split into groups of sizes differing by at most one (no short last unit to idle on).
+    Deterministic: the same classes, budget and parallelism give the same units.
+    """
+    n_pairs = sum(len(subjects) for subjects, _ in classes)
+    spread = max(1, n_pairs // (UNITS_PER_SLOT * parallelism)) if parallelism > 1 else None
+    out = []
+    for subjects, size in classes:
+        subjects = tuple(subjects)
+        cap = max(1, int(budget // size)) if size > 0 else max(1, len(subjects))
+        if spread is None:
+            out.append([subjects[i:i + cap] for i in range(0, len(subjects), cap)])
+            continue
+        k = min(cap, spread)
+        n = -(-len(subjects) // k)  # groups
+        q, extra = divmod(len(subjects), n) if n else (0, 0)
+        groups, a = [], 0
+        for i in range(n):
+            b = a + q + (i < extra)
+            groups.append(subjects[a:b])
+            a = b
+        out.append(groups)
+    return out
+
+
+def fit_jobs(eng: Engine, parallelism: int = 1) -> tuple[list[FitJob], list[str]]:
+    """The fit jobs for an executor running ``parallelism`` units at once (:func:`cut_units`),
+    and the units already done.
+
+    Deterministic: a run resumed with the same cut (the same budget and parallelism) fits
+    the same groups as an uninterrupted one (a group's done subjects are fitted again with
+    it, their maps not written: bit-identical maps). Records are per subject x language,
+    so a unit done under another cut (another number of workers) counts as done: when a
+    done subject was fitted in a group the current cut does not have, the subjects left
+    are cut anew by the same rule (maps within float32 rounding of an uninterrupted run).
+    """
     src = eng.source
     budget = eng.config.encoding.stack_mb * 2**20
     V = src.space.n_features if src.space is not None else 1
-    jobs, reused = [], []
+    classes = []  # (language, subjects, bytes of one subject's cleaned BOLD)
     for code in src.stimuli:
         by_lengths: dict = {}
         for s in src.subjects_of(code):
             by_lengths.setdefault(tuple(r.n_vols for r in src.runs(s, code)), []).append(s)
         for lengths, subjects in by_lengths.items():
-            size = sum(lengths) * V * 4  # float32 cleaned BOLD, every voxel (an upper bound)
-            groups, cur = [], []
-            for s in subjects:
-                if cur and (len(cur) + 1) * size > budget:
-                    groups.append(cur)
-                    cur = []
-                cur.append(s)
-            groups.append(cur)
-            for g in groups:
-                todo = tuple(s for s in g if not _fit_done(eng, s, code))
-                reused += [unit_name(s, code) for s in g if s not in todo]
-                if todo:
-                    jobs.append(FitJob(code, tuple(g), todo))
+            # float32 cleaned BOLD, every voxel (an upper bound)
+            classes.append((code, subjects, sum(lengths) * V * 4))
+    done = {}
+    for code, subjects, _ in classes:
+        for s in subjects:
+            rec = _fit_record(eng, s, code)
+            if rec is not None:
+                done[(code, s)] = tuple(rec.get("fitted_with") or ())
+    cut = cut_units([(subjects, size) for _, subjects, size in classes], budget, parallelism)
+    if any(done.get((code, s), g) != g
+           for (code, _, _), groups in zip(classes, cut) for g in groups for s in g):
+        cut = cut_units([([s for s in subjects if (code, s) not in done], size)
+                         for code, subjects, size in classes], budget, parallelism)
+    jobs, reused = [], []
+    for (code, subjects, _), groups in zip(classes, cut):
+        reused += [unit_name(s, code) for s in subjects if (code, s) in done]
+        for g in groups:
+            todo = tuple(s for s in g if (code, s) not in done)
+            if todo:
+                jobs.append(FitJob(code, tuple(g), todo))
     return jobs, reused
 
 
@@ -415,13 +472,14 @@ def control_specs(eng: Engine) -> list:
     return specs(getattr(eng.config, "controls", None))
 
 
-def _fit_done(eng: Engine, subject: str, code: str) -> bool:
+def _fit_record(eng: Engine, subject: str, code: str) -> dict | None:
+    """The record of a done fit unit (made from the same inputs, its files present)."""
     from .store import as_recorded
 
     rec = eng.out.fit_done_with(unit_name(subject, code), eng.source.inputs(subject, code))
     if rec is None or rec.get("inputs") != as_recorded(_fit_inputs(eng, subject, code)):
-        return False
-    return all((eng.out.root / f).is_file() for f in rec.get("files", []))
+        return None
+    return rec if all((eng.out.root / f).is_file() for f in rec.get("files", [])) else None
 
 
 class _TRFeatures:
