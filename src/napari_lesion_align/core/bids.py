@@ -34,11 +34,12 @@ import os
 import re
 from pathlib import Path
 
+from .bold import NON_STEADY_ONLY
 from .errors import LesionAlignError
 
 #: the keys of a ``[languages.<CODE>]`` table of a BIDS config
 LANGUAGE_KEYS = ("task", "space", "desc", "session", "filters", "runs", "annotations",
-                 "text_language", "tier", "bold_start_s")
+                 "text_language", "tier", "bold_start_s", "events_filter", "word_column")
 #: word-annotation files the readers take (:mod:`.stimuli`)
 ANNOTATION_SUFFIXES = (".textgrid", ".tsv", ".csv")
 #: folders next to a dataset where annotations are looked for (init-config)
@@ -192,19 +193,28 @@ def bids_languages(data_d: dict, langs_d: dict, subjects: tuple, base: Path):
                                "or a list of folders (relative to [data].root)")
     layout, folders = open_layout(root, deriv)
     strategy = confound_strategy(data_d.get("confounds"))
+    if strategy is None:  # left out or false: the non-steady-state volumes still go
+        data_d["confounds"] = dict(NON_STEADY_ONLY)
     if not langs_d:
         tasks = layout.get_tasks()
         raise LesionAlignError(f"config: no [languages.<CODE>] section; add one per language "
                                f"with task = one of {tasks} (napari-lesion-align init-config "
                                "writes them)")
     languages, masks, trs = [], [], {}  # trs: task -> RepetitionTime values
+    notes: list = []
     for code, ld in langs_d.items():
-        lang, lang_masks, lang_trs = _bids_language(str(code), ld, layout, subjects, base,
-                                                    strategy is not None,
-                                                    need_masks=not data_d.get("mask"))
+        lang, lang_masks, lang_trs = _bids_language(
+            str(code), ld, layout, subjects, base, "required" if strategy else "found",
+            need_masks=not data_d.get("mask"), notes=notes)
         languages.append(lang)
         masks += lang_masks
         trs.update(lang_trs)
+    if not any(lang.confounds for lang in languages):
+        data_d["confounds"] = strategy  # no fMRIPrep table: nothing to read
+        if not data_d.get("dummy_scans"):
+            notes.append("BIDS: no fMRIPrep confounds table, so no non-steady-state volume "
+                         "is detected; if the runs start with dummy scans, set "
+                         "[data].dummy_scans to their number")
     if subjects:
         covered = {s for lang in languages for s in lang.bold}
         lost = [s for s in subjects if s not in covered]
@@ -221,7 +231,7 @@ def bids_languages(data_d: dict, langs_d: dict, subjects: tuple, base: Path):
         mask_from = f"the intersection of {len(set(masks))} desc-brain masks"
     data_d["kind"] = "volume"
     data_d["bids"] = BidsSource(root=str(root), derivatives=tuple(str(f) for f in folders),
-                                mask=mask_from)
+                                mask=mask_from, notes=tuple(notes))
     return data_d, languages
 
 
@@ -279,9 +289,15 @@ class _Index:
         return out
 
 
-def _bids_language(code, ld, layout, subjects: tuple, base: Path, with_confounds: bool,
-                   need_masks: bool):
+def _bids_language(code, ld, layout, subjects: tuple, base: Path, confounds: str,
+                   need_masks: bool, notes: list):
+    """One language's files. ``confounds``: ``"required"`` (a strategy is set: every run
+    needs its confounds table) or ``"found"`` (the tables that exist, read for their
+    non-steady-state volumes only). A subject's missing runs are left out with a note in
+    ``notes``; so are the runs of the sessions a ``session`` key leaves out."""
     from .config import LanguageData
+
+    confounds_mode, with_confounds = confounds, True
 
     where = f"[languages.{code}]"
     if not isinstance(ld, dict):
@@ -313,7 +329,7 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, with_confounds
                                                 filters.values()):
         raise LesionAlignError(f"{where}.filters = {filters!r}: write a table of BIDS "
                                "entities, e.g. {acquisition = \"mb4\"}")
-    known = set(layout.get_entities())
+    known = set(layout.get_entities(metadata=False))
     unknown = sorted(set(filters) - known)
     if unknown:
         raise LesionAlignError(f"{where}.filters: unknown entities {unknown}; the dataset's "
@@ -356,6 +372,21 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, with_confounds
                                    f"runs found: {all_runs}")
     else:
         runs = all_runs
+    if "session" in query:  # the runs of the task the chosen session leaves out
+        other = layout.get(scope=scope, **{k: v for k, v in query.items() if k != "session"})
+        left = sorted({(str(f.get_entities().get("session")), _run_label(f.get_entities()
+                                                                          .get("run")))
+                       for f in other if str(f.get_entities().get("session")) !=
+                       str(query["session"]) and (not subjects or str(
+                           f.get_entities().get("subject")) in subjects)})
+        if left:
+            by_ses: dict = {}
+            for ses, r in left:
+                by_ses.setdefault(ses, set()).add(r)
+            notes.append(
+                f"{code}: session = {query['session']!r} uses runs {runs} of task {task!r}; "
+                + "; ".join(f"session {k} holds runs {sorted(v)}" for k, v in by_ses.items())
+                + " (not used: leave session out when the sessions hold different runs)")
     dscope = "derivatives" if layout.derivatives else "all"
     tables = _Index(layout.get(scope=dscope, task=task, desc="confounds",
                                suffix=["timeseries", "regressors"], extension=".tsv")
@@ -364,41 +395,64 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, with_confounds
                                   extension=NIFTI) if need_masks else [])
     anat_masks = _Index(layout.get(scope=dscope, datatype="anat", desc="brain",
                                    suffix="mask", extension=NIFTI) if need_masks else [])
-    bold, confounds, masks = {}, {}, []
-    fix = (f"set [languages.{code}].runs to the runs every subject has, or list the "
-           "subjects to use in [data].subjects")
+    bold, confounds, masks, subject_runs = {}, {}, [], {}
+    fix = (f"set [languages.{code}].runs to the runs to use, or list the subjects to use in "
+           "[data].subjects")
     for s in chosen:
-        paths, conf = [], []
+        paths, conf, have = [], [], []
+        missing = [r for r in runs if r not in by_subject[s]]
+        if missing:  # the subject keeps its other runs
+            present = [r for r in runs if r in by_subject[s]]
+            notes.append(f"{code}: sub-{s} has no run {missing} of task {task!r}"
+                         + (f"; its runs {present} are used" if present else
+                            f"; sub-{s} is left out of {code}"))
+            if not present:
+                continue
+            subject_runs[s] = tuple(present)
         for r in runs:
+            if r in missing:
+                continue
             what = _what(code, s, task, r)
-            files = by_subject[s].get(r, [])
-            if not files:
-                have = sorted(by_subject[s])
-                raise LesionAlignError(f"{what}: no BOLD file (sub-{s} has runs {have} of this "
-                                       f"task, the subjects together {all_runs}); {fix}")
-            f = _one(files, what, code, "BOLD", fix)
+            f = _one(by_subject[s][r], what, code, "BOLD", fix)
             paths.append(f.path)
             ents = f.get_entities()
             if with_confounds:
-                c = _one(tables.match(ents, RUN_ENTITIES), what, code, "confounds table",
-                         "fMRIPrep writes <entities>_desc-confounds_timeseries.tsv next to the "
-                         "preprocessed runs; add the derivatives ([data].derivatives) or remove "
-                         "[data].confounds")
-                conf.append(c.path)
+                hits = tables.match(ents, RUN_ENTITIES)
+                if confounds_mode == "found" and not hits:
+                    have.append(False)
+                else:
+                    c = _one(hits, what, code, "confounds table",
+                             "fMRIPrep writes <entities>_desc-confounds_timeseries.tsv next "
+                             "to the preprocessed runs; add the derivatives "
+                             "([data].derivatives) or remove [data].confounds")
+                    conf.append(c.path)
+                    have.append(True)
             if need_masks:
                 masks.append(_brain_mask(run_masks, anat_masks, f, ents, what, code))
         bold[s] = tuple(paths)
-        if with_confounds:
+        if with_confounds and all(have):
             confounds[s] = tuple(conf)
+        elif with_confounds and any(have):
+            notes.append(f"{code}: sub-{s}: {have.count(False)} of {len(have)} runs have no "
+                         "fMRIPrep confounds table; no non-steady-state volume is removed "
+                         f"from sub-{s}'s {code} runs")
+    if not bold:
+        raise LesionAlignError(f"{where}: no subject has any of runs {list(runs)} of task "
+                               f"{task!r}; runs found: {all_runs}")
     table = {"code": code, "runs": tuple(runs), "bold": bold,
              "annotations": tuple(_annotations(ld.get("annotations"), runs, base, where,
                                                task)),
              "bids": {k: str(v) for k, v in query.items() if k not in ("suffix", "extension")}}
-    if with_confounds:
+    if confounds:
         table["confounds"] = confounds
+    if subject_runs:
+        table["subject_runs"] = subject_runs
     for key in ("text_language", "tier", "bold_start_s"):
         if key in ld:
             table[key] = ld[key]
+    from .config import events_options
+
+    table.update(events_options(ld, where))
     lang = LanguageData.parse(table, where)
     lang.spaceless  # an unknown language code is an error now, not in the middle of a run
     return lang, masks, {task: repetition_times(layout, task, chosen)}
