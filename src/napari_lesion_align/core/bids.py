@@ -51,6 +51,8 @@ SHORT = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstructi
 #: entities that tell a BOLD file's run apart, shared by its confounds table
 RUN_ENTITIES = ("subject", "session", "task", "acquisition", "run", "direction",
                 "reconstruction", "echo")
+#: long and short names of the derivatives entities (pybids names them ``res`` / ``den``)
+ALIASES = {"resolution": "res", "density": "den", "res": "resolution", "den": "density"}
 #: entities a config key selects (the rest go into ``filters``)
 KEY_OF = {"space": "space", "desc": "desc", "session": "session"}
 
@@ -330,6 +332,8 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, confounds: str
         raise LesionAlignError(f"{where}.filters = {filters!r}: write a table of BIDS "
                                "entities, e.g. {acquisition = \"mb4\"}")
     known = set(layout.get_entities(metadata=False))
+    filters = {(ALIASES[k] if k not in known and ALIASES.get(k) in known else k): v
+               for k, v in filters.items()}
     unknown = sorted(set(filters) - known)
     if unknown:
         raise LesionAlignError(f"{where}.filters: unknown entities {unknown}; the dataset's "
@@ -629,6 +633,16 @@ def describe(root, derivatives=None) -> dict:
             return sorted({str(e[key]) for e in ents if e.get(key) is not None})
 
         runs = sorted({_run_label(e.get("run")) for e in ents})
+        per_subject: dict = {}  # subject -> {session or "": [runs]}
+        for e in ents:
+            ses = str(e.get("session") or "")
+            per_subject.setdefault(str(e["subject"]), {}).setdefault(ses, set()).add(
+                _run_label(e.get("run")))
+        per_subject = {s: {k: sorted(v) for k, v in sorted(d.items())}
+                       for s, d in sorted(per_subject.items())}
+        # the same run number in two sessions of a subject: a session must be chosen
+        repeated = any(len(sum(d.values(), [])) != len(set(sum(d.values(), [])))
+                       for d in per_subject.values())
         where = "derivatives" if layout.derivatives else "all"
         conf = bool(layout.get(scope=where, task=task, desc="confounds",
                                suffix=["timeseries", "regressors"], extension=".tsv"))
@@ -638,7 +652,8 @@ def describe(root, derivatives=None) -> dict:
         out["tasks"][task] = {
             "subjects": values("subject"), "runs": runs, "sessions": values("session"),
             "spaces": values("space"), "descs": values("desc"), "scope": scope,
-            "confounds": conf, "masks": masks, "tr": trs}
+            "resolutions": values("res") or values("resolution"), "confounds": conf, "masks": masks,
+            "tr": trs, "per_subject": per_subject, "sessions_repeat_runs": repeated}
     if not out["tasks"]:
         raise LesionAlignError(f"{root}: no BOLD run (*_bold.nii[.gz]) found; is this the root "
                                "of a BIDS dataset?")
@@ -739,7 +754,7 @@ def init_config(root, out, derivatives=None) -> str:
         f"# napari-lesion-align config for the BIDS dataset {root.name}",
         "# written by `napari-lesion-align init-config`; see docs/configuration.md",
         "# (\"BIDS datasets\"). Lines marked CHECK are guesses, FILL IN must be filled in.",
-        f"name = {_toml(re.sub(r'[^A-Za-z0-9_.-]+', '-', info['name'] or root.name))}",
+        f"name = {_toml(_name(info['name'] or root.name))}",
         "",
         "[data]",
         'kind = "bids"',
@@ -750,6 +765,9 @@ def init_config(root, out, derivatives=None) -> str:
         lines.append("# BOLD runs, brain masks and confound tables are read from the "
                      "derivatives (relative to root)")
         lines.append(f"derivatives = {_toml(rels)}")
+    elif _description(root).get("DatasetType") == "derivative":
+        lines.append("derivatives = false  # the root is a derivatives dataset: its runs, "
+                     "masks and confound tables are used")
     else:
         lines.append("derivatives = false  # no derivatives found: the raw runs are used")
     trs = sorted({t for t in (t for v in info["tasks"].values() for t in v["tr"])})
@@ -763,8 +781,13 @@ def init_config(root, out, derivatives=None) -> str:
         lines.append("# or \"scrubbing\", \"compcor\", \"ica_aroma\", a table of "
                      "load_confounds arguments, or false")
         lines.append('confounds = "simple"')
+        lines.append("# (fMRIPrep's non-steady-state volumes are regressed out whatever "
+                     "confounds says)")
     else:
-        lines.append("# no fMRIPrep confound tables found: no confounds are regressed out")
+        lines.append("# no fMRIPrep confound tables found: no confounds are regressed out and "
+                     "no non-steady-state volume is detected;")
+        lines.append("# if the runs start with dummy scans, give their number:")
+        lines.append("# dummy_scans = 0")
     if not all(v["masks"] for v in info["tasks"].values()):
         lines.append('mask = ""  # FILL IN: a brain mask (NIfTI) on the runs\' grid '
                      "(no desc-brain_mask found)")
@@ -781,8 +804,9 @@ def init_config(root, out, derivatives=None) -> str:
         taken.add(code)
         lines += ["", f"# task {task}: {len(t['subjects'])} subject(s), runs {t['runs']}"
                   + (f", sessions {t['sessions']}" if t["sessions"] else "")
-                  + (f", spaces {t['spaces']}" if t["spaces"] else ""),
-                  f"[languages.{code}]  # CHECK the language code (used in file names)",
+                  + (f", spaces {t['spaces']}" if t["spaces"] else "")]
+        lines += _subject_lines(t)
+        lines += [f"[languages.{code}]  # CHECK the language code (used in file names)",
                   f"task = {_toml(task)}"]
         if len(t["spaces"]) > 1:
             pick = next((s for s in t["spaces"] if s.startswith("MNI")), t["spaces"][0])
@@ -793,13 +817,29 @@ def init_config(root, out, derivatives=None) -> str:
         if len(t["descs"]) > 1:
             pick = "preproc" if "preproc" in t["descs"] else t["descs"][0]
             lines.append(f"desc = {_toml(pick)}  # CHECK: found {t['descs']}")
-        if len(t["sessions"]) > 1:
-            lines.append(f"session = {_toml(t['sessions'][0])}  # CHECK: found "
-                         f"{t['sessions']}")
+        if len(t["resolutions"]) > 1:
+            lines.append(f"filters = {{res = {_toml(t['resolutions'][0])}}}  # CHECK: "
+                         f"found resolutions {t['resolutions']} (res-<label>)")
+        if len(t["sessions"]) > 1 and t["sessions_repeat_runs"]:
+            lines.append(f"session = {_toml(t['sessions'][0])}  # CHECK: the sessions "
+                         f"{t['sessions']} repeat run numbers; one session per config")
         tag, note = _text_language(code)
         lines.append(f"text_language = {_toml(tag)}  # {note}")
         tmpl, others = find_annotations(root, task, code, t["runs"])
-        if tmpl is not None:
+        session = t["sessions"][0] if t["sessions_repeat_runs"] else None
+        runs = (sorted({r for d in t["per_subject"].values() for r in d.get(session, [])})
+                if session else t["runs"])
+        events = find_events(root, task, runs, t["subjects"], session)
+        if tmpl is None and events is not None:
+            value = (_rel(events["template"], here) if "template" in events
+                     else [_rel(f, here) for f in events["files"]])
+            lines.append(f"annotations = {_toml(value)}  # BIDS events.tsv "
+                         f"({events['where']}); CHECK")
+            if events.get("filter"):
+                col, val, found = events["filter"]
+                lines.append(f"events_filter = {{{col} = {_toml(val)}}}  # CHECK: the rows "
+                             f"of the words; {col} holds {found}")
+        elif tmpl is not None:
             lines.append(f"annotations = {_toml(_rel(tmpl, here).replace('%7B', '{'))}"
                          "  # found next to the data; CHECK" +
                          (f" (also found {[_rel(o, here) for o in others[:3]]})"
@@ -812,6 +852,82 @@ def init_config(root, out, derivatives=None) -> str:
                             if others else ""))
     lines += ["", "# [model], [encoding], [lesions]...: see docs/configuration.md", ""]
     return "\n".join(lines)
+
+
+def _name(text: str) -> str:
+    """An analysis name from a dataset name: letters, digits, ``_ . -``, no dash at
+    either end."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "analysis"
+
+
+def _subject_lines(t: dict) -> list[str]:
+    """Comment lines of what each subject holds, when the subjects differ or have
+    sessions."""
+    per = t["per_subject"]
+    shapes = {json.dumps(d) for d in per.values()}
+    lines = []
+    if per and (len(shapes) > 1 or len(next(iter(per.values()))) > 1):
+        for s, d in per.items():
+            have = sorted({r for rs in d.values() for r in rs})
+            missing = [r for r in t["runs"] if r not in have]
+            ses = ("; ".join(f"ses-{k}: runs {v}" for k, v in d.items()) if any(d)
+                   else f"runs {have}")
+            lines.append(f"#   sub-{s}: {ses}"
+                         + (f" (no run {missing}: its other runs are used)" if missing
+                            else ""))
+    return lines
+
+
+def find_events(root, task: str, runs, subjects, session: str | None = None) -> dict | None:
+    """A template with ``{run}`` of a task's BIDS events files that hold words: the
+    top-level ``task-<task>_run-<N>_events.tsv`` (shared by every subject), else the first
+    subject's. Returns ``{"template", "where", "filter"}`` (``filter``: ``(column, value,
+    values)`` when the rows are of several ``trial_type`` values), or ``None``."""
+    from .stimuli import events_word_column
+
+    root = Path(root)
+    tops = [root]
+    if _description(root).get("DatasetType") == "derivative":
+        tops += [p for p in (root.parent, root.parent.parent) if p != root]
+    cands = []
+    for top in tops:
+        cands.append((sorted(top.glob(f"task-{task}_*events.tsv")), "shared by the subjects"))
+        for s in list(subjects)[:1]:
+            ses = f"_ses-{session}" if session else ""
+            cands.append((sorted(top.glob(f"sub-{s}/**/sub-{s}{ses}_*task-{task}_*events.tsv")),
+                          f"sub-{s}'s, assumed the same for every subject"))
+    for files, where in cands:
+        by_run: dict = {}
+        for f in files:
+            m = re.search(r"_run-(\d+)_", f.name)
+            if m:
+                by_run.setdefault(int(m.group(1)), []).append(f)
+        if not files or not all(len(by_run.get(r, [])) == 1 for r in runs):
+            continue
+        first = by_run[runs[0]][0]
+        try:
+            wcol = events_word_column(first)
+        except LesionAlignError:
+            continue
+        if wcol is None:
+            continue
+        digits = re.search(r"_run-(\d+)_", first.name).group(1)
+        field = "{run:0%dd}" % len(digits) if digits.startswith("0") and len(digits) > 1 \
+            else "{run}"
+        name = re.sub(r"_run-\d+_", f"_run-{field}_", first.name, count=1)
+        paths = [by_run[r][0] for r in runs]
+        out = {"template": str(first.parent / name), "where": where}
+        if any(str(first.parent / name).format(run=r) != str(p) for r, p in zip(runs, paths)):
+            out = {"files": [str(p) for p in paths], "where": where}  # e.g. per session
+        import pandas as pd
+
+        df = pd.read_csv(first, sep="\t", dtype=str, keep_default_na=False)
+        if "trial_type" in df.columns and df["trial_type"].nunique() > 1:
+            counts = df[df[wcol].str.strip() != ""]["trial_type"].value_counts()
+            out["filter"] = ("trial_type", str(counts.index[0]),
+                             sorted(df["trial_type"].unique().tolist()))
+        return out
+    return None
 
 
 def write_init_config(root, out, derivatives=None, force: bool = False) -> Path:

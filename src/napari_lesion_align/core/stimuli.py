@@ -785,6 +785,9 @@ def read_words(path, **kw) -> Words:
 EVENTS_SUFFIX = "_events.tsv"
 #: values that BIDS writes for a missing value
 BIDS_MISSING = ("n/a", "")
+#: words of an events file may overlap by this much (s); more, with several event types
+#: in the file, means rows that are not words are among them
+EVENTS_OVERLAP_S = 0.05
 
 
 def is_events_file(path) -> bool:
@@ -841,16 +844,15 @@ def read_events(path, keep: dict | None = None, word_col: str | None = None) -> 
     if (~missing).any():
         durations[~missing] = _numbers(name, dur_text[~missing], dcol)
     labels = [str(w) for w in rows[wcol]]
+    kinds = {c: sorted(set(df[c].astype(str))) for c in cols
+             if _norm_col(c) in ("trial_type", "type", "event_type")}
+    hint = "; ".join(f"{c} holds {v[:8]}" for c, v in kinds.items() if len(v) > 1)
+    mixed = (" The events file may mix several kinds of event: keep the word rows with "
+             "events_filter = {trial_type = \"...\"}" + (f" ({hint})" if hint else ""))
     try:
         _check_times(name, labels, onsets, onsets, where)
     except LesionAlignError as err:
-        kinds = {c: sorted(set(df[c].astype(str))) for c in cols
-                 if _norm_col(c) in ("trial_type", "type", "event_type")}
-        hint = "; ".join(f"{c} holds {v[:8]}" for c, v in kinds.items() if len(v) > 1)
-        raise LesionAlignError(
-            f"{err} The events file may mix several kinds of event: keep the word rows with "
-            f"events_filter = {{trial_type = \"...\"}}" + (f" ({hint})" if hint else "")
-        ) from None
+        raise LesionAlignError(f"{err}{mixed}") from None
     if np.any(durations[~np.isnan(durations)] < 0):
         i = int(np.flatnonzero(durations < 0)[0])
         raise LesionAlignError(f"{name}: {where[i]}: duration {durations[i]} is negative; a "
@@ -865,11 +867,18 @@ def read_events(path, keep: dict | None = None, word_col: str | None = None) -> 
             float(np.median(steps)) if len(steps) else 0.0)
         nxt[-1] = onsets[-1] + last
         offsets[gaps] = nxt[gaps]
-    keep_rows = np.array([w.strip() != "" and not is_silence(w) for w in labels])
+    keep_rows = np.array([w.strip() not in BIDS_MISSING and not is_silence(w)
+                          for w in labels])
     if not keep_rows.any():
         raise LesionAlignError(f"{name}: no word left (every {wcol!r} is empty or a silence "
                                "label); check word_column and events_filter")
     idx = np.flatnonzero(keep_rows)
     words = [labels[i].strip() for i in idx]
     _check_times(name, words, onsets[idx], offsets[idx], [where[i] for i in idx])
+    over = np.flatnonzero(onsets[idx][1:] < offsets[idx][:-1] - EVENTS_OVERLAP_S)
+    if len(over) and hint:  # rows of another kind among the words
+        i, j = idx[over[0]], idx[over[0] + 1]
+        raise LesionAlignError(
+            f"{name}: {where[j]} ({labels[j]!r}) starts at {_fmt_t(onsets[j])}, before "
+            f"{where[i]} ({labels[i]!r}) ends at {_fmt_t(offsets[i])}.{mixed}")
     return Words(tuple(words), onsets[idx], offsets[idx], str(path), None, None)
