@@ -371,3 +371,35 @@ def test_a_run_on_a_dataset_as_it_comes(tmp_path, tiny_model, capsys):
     r3 = np.asarray(nib.load(str(tmp_path / "res" /
                                  "sub-03_lang-EN_desc-intact_stat-r_statmap.nii.gz")).dataobj)
     assert np.isfinite(r3).all()
+
+
+def test_the_network_matches_real_language_rois_and_a_reliable_map(shared_data):
+    """Real data (Le Petit Prince derived maps, skipped when absent): the approximate
+    network holds most of the voxels of the 7 left language ROIs, and the voxels whose
+    BOLD is most reliable across listeners (the top 5 % of the English inter-subject
+    reliability map) do not trigger the warning while their mirror image in the back of
+    the brain does."""
+    from nilearn.maskers import NiftiMasker
+
+    from napari_lesion_align.core.bold import VolumeSpace
+    from napari_lesion_align.core.plausibility import alignment_warnings, network_mask
+
+    root = shared_data / "lpp_fmri_derived"
+    if not (root / "isc" / "isc_10trials_en.npy").is_file():
+        pytest.skip(f"LPP derived maps not found at {root}; set NLA_SHARED_DATA")
+    space = VolumeSpace(str(root / "masks_4mm" / "mask_lpp_en.nii.gz"))
+    xyz = space.coordinates()
+    inside = network_mask(xyz)
+    masker = NiftiMasker(space.mask_img).fit()
+    rois = sorted((root / "roi_masks_4mm").glob("*.nii.gz"))
+    assert len(rois) == 7
+    for roi in rois:
+        in_roi = np.ravel(masker.transform(str(roi))) > 0.5
+        assert inside[in_roi].mean() > 0.5, roi.name
+    isc = np.load(root / "isc" / "isc_10trials_en.npy").mean(axis=0)
+    top = isc >= np.quantile(isc, 0.95)
+    assert alignment_warnings("EN", space, top) == []
+    back = np.zeros_like(top)  # the same number of voxels, at the back of the brain
+    back[np.argsort(xyz[:, 1])[: int(top.sum())]] = True
+    (w,) = alignment_warnings("EN", space, back)
+    assert "outside the language network" in w
