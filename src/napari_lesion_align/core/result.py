@@ -528,7 +528,8 @@ class AlignmentResult:
                 shown = ", ".join(where[:max_runs]) + (", ..." if len(where) > max_runs
                                                        else "")
                 lines.append(f"{what}: {total} ({shown})")
-        if c["runs_without_confounds_table"]:
+        bids = ((self.provenance.get("config") or {}).get("data") or {}).get("bids")
+        if c["runs_without_confounds_table"] and bids:
             lines.append(f"{c['runs_without_confounds_table']} runs without a confounds "
                          "table: their non-steady-state volumes are not detected")
         return lines

@@ -387,7 +387,7 @@ def fit_jobs(eng: Engine) -> tuple[list[FitJob], list[str]]:
             by_lengths.setdefault(tuple((i, r.n_vols) for i, r in zip(
                 run_indices(src, s, code), src.runs(s, code))), []).append(s)
         for lengths, subjects in by_lengths.items():
-            size = sum(n for _, n in lengths) * V * 4  # float32 cleaned BOLD, every voxel (an upper bound)
+            size = sum(n for _, n in lengths) * V * 4  # float32 cleaned BOLD (an upper bound)
             groups, cur = [], []
             for s in subjects:
                 if cur and (len(cur) + 1) * size > budget:
