@@ -403,3 +403,27 @@ def test_the_network_matches_real_language_rois_and_a_reliable_map(shared_data):
     back[np.argsort(xyz[:, 1])[: int(top.sum())]] = True
     (w,) = alignment_warnings("EN", space, back)
     assert "outside the language network" in w
+
+
+def test_the_data_check_pairs_a_subjects_runs_with_their_annotations(tmp_path):
+    """The data panel's check (Qt-free) pairs sub-03's runs 1 and 3 with the annotations of
+    runs 1 and 3: run 3 is 6 volumes shorter than the others, and so are its words."""
+    from napari_lesion_align._widgets._datacheck import check_config
+
+    runs_of = {"01": {"": [1, 2, 3]}, "03": {"": [1, 3]}}
+    root = make_tree(tmp_path / "ds", runs_of, extra_vols={("01", 3): -6, ("03", 3): -6})
+    for s in runs_of:  # run 3: its words end at 77.9 s, in its 39 volumes
+        ev = root / f"sub-{s}/func/sub-{s}_task-{TASK}_run-3_events.tsv"
+        t = events_table(3)
+        t[t.onset < 77.5].to_csv(ev, sep="\t", index=False)
+    cfg = config_from_dict(_cfg(root, length_tolerance_trs=2))
+    assert cfg.data.languages[0].subject_runs == {"03": (1, 3)}
+    rep = check_config(cfg)
+    assert not rep.errors, rep.errors
+    assert "    sub-03: volumes 45 / 39" in rep.lines
+    # the check still finds a run too short for its words (and names the subject)
+    events_table(3).to_csv(root / f"sub-01/func/sub-01_task-{TASK}_run-3_events.tsv",
+                           sep="\t", index=False)
+    rep = check_config(config_from_dict(_cfg(root, length_tolerance_trs=2)))
+    assert any(e.startswith("subject 03, language EN, run 3") and "6 missing" in e
+               for e in rep.errors), rep.errors
