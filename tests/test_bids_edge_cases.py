@@ -427,3 +427,22 @@ def test_the_data_check_pairs_a_subjects_runs_with_their_annotations(tmp_path):
     rep = check_config(config_from_dict(_cfg(root, length_tolerance_trs=2)))
     assert any(e.startswith("subject 03, language EN, run 3") and "6 missing" in e
                for e in rep.errors), rep.errors
+
+
+@pytest.mark.slow
+def test_the_demo_raises_no_implausibility_warning(demo_output):
+    """The demo's intact maps (signal planted in temporal, angular, inferior frontal and
+    right temporo-parietal cortex) align mostly inside the network: no warning."""
+    from napari_lesion_align.core.bold import VolumeSpace
+    from napari_lesion_align.core.plausibility import alignment_warnings, network_mask
+
+    out, _ = demo_output
+    space = VolumeSpace(str(out / "mask.nii.gz"))
+    inside = network_mask(space.coordinates())
+    m = np.asarray(space.mask_img.dataobj).astype(bool)
+    for code in demo.LANGUAGES:
+        q = np.asarray(nib.load(str(out / f"group_lang-{code}_desc-intact_stat-q_statmap"
+                                           ".nii.gz")).dataobj)[m]
+        aligned = np.nan_to_num(q, nan=1.0) < 0.05
+        assert aligned.sum() > 100 and aligned[inside].mean() > 3 * aligned[~inside].mean()
+        assert alignment_warnings(code, space, aligned) == []
