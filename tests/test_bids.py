@@ -314,12 +314,14 @@ def test_missing_files_are_named_with_what_was_found(tmp_path):
     with pytest.raises(LesionAlignError, match=r"sub-02 task-lppFR run 2: no confounds table "
                                                r"found; .*\[data\]\.confounds"):
         config_from_dict(d)
-    # a run missing in one subject
+    # a run missing in one subject: the subject keeps its other run, with a note
     (der / f"sub-02_task-lppFR_run-2_space-{MNI}_desc-preproc_bold.nii.gz").unlink()
-    with pytest.raises(LesionAlignError, match=r"sub-02 task-lppFR run 2: no BOLD file "
-                                               r"\(sub-02 has runs \[1\] of this task, the "
-                                               r"subjects together \[1, 2\]\)"):
-        config_from_dict(d)
+    cfg = config_from_dict(d)
+    fr = cfg.data.languages[1]
+    assert fr.runs == (1, 2) and fr.subject_runs == {"02": (1,)}
+    assert len(fr.bold["02"]) == 1 and len(fr.bold["01"]) == 2
+    assert "FR: sub-02 has no run [2] of task 'lppFR'; its runs [1] are used" in \
+        cfg.data.bids.notes
     d["languages"]["FR"]["runs"] = [1]
     d["languages"]["FR"]["annotations"] = str(root / "stimuli/task-lppFR_run-{run:02d}_words.tsv")
     assert config_from_dict(d).data.languages[1].runs == (1,)

@@ -115,6 +115,8 @@ def check_config(config, progress=None, cancel=None) -> DataReport:
                     lens.append("?")
                     continue
                 lens.append(str(n))
+                have = lang.runs_of(s)  # a subject may lack some of the runs
+                i = list(lang.runs).index(have[i]) if i < len(have) else i
                 if i < len(stim.runs):
                     words = stim.runs[i]
                     where = (f"subject {s}, language {lang.code}, run {stim.run_labels[i]} "
@@ -128,7 +130,7 @@ def check_config(config, progress=None, cancel=None) -> DataReport:
                         rep.errors.append(str(err))
                 if progress is not None:
                     progress(done / total, f"indexing {Path(path).name}")
-            if len(paths) != len(stim.runs):
+            if len(paths) != len(lang.runs_of(s)):
                 rep.errors.append(f"subject {s}, language {lang.code}: {len(paths)} BOLD runs "
                                   f"for {len(stim.runs)} annotation files")
             rep.lines.append(f"    sub-{s}: volumes {' / '.join(lens)}")

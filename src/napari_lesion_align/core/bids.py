@@ -34,11 +34,12 @@ import os
 import re
 from pathlib import Path
 
+from .bold import NON_STEADY_ONLY
 from .errors import LesionAlignError
 
 #: the keys of a ``[languages.<CODE>]`` table of a BIDS config
 LANGUAGE_KEYS = ("task", "space", "desc", "session", "filters", "runs", "annotations",
-                 "text_language", "tier", "bold_start_s")
+                 "text_language", "tier", "bold_start_s", "events_filter", "word_column")
 #: word-annotation files the readers take (:mod:`.stimuli`)
 ANNOTATION_SUFFIXES = (".textgrid", ".tsv", ".csv")
 #: folders next to a dataset where annotations are looked for (init-config)
@@ -50,6 +51,8 @@ SHORT = {"subject": "sub", "session": "ses", "acquisition": "acq", "reconstructi
 #: entities that tell a BOLD file's run apart, shared by its confounds table
 RUN_ENTITIES = ("subject", "session", "task", "acquisition", "run", "direction",
                 "reconstruction", "echo")
+#: long and short names of the derivatives entities (pybids names them ``res`` / ``den``)
+ALIASES = {"resolution": "res", "density": "den", "res": "resolution", "den": "density"}
 #: entities a config key selects (the rest go into ``filters``)
 KEY_OF = {"space": "space", "desc": "desc", "session": "session"}
 
@@ -192,19 +195,28 @@ def bids_languages(data_d: dict, langs_d: dict, subjects: tuple, base: Path):
                                "or a list of folders (relative to [data].root)")
     layout, folders = open_layout(root, deriv)
     strategy = confound_strategy(data_d.get("confounds"))
+    if strategy is None:  # left out or false: the non-steady-state volumes still go
+        data_d["confounds"] = dict(NON_STEADY_ONLY)
     if not langs_d:
         tasks = layout.get_tasks()
         raise LesionAlignError(f"config: no [languages.<CODE>] section; add one per language "
                                f"with task = one of {tasks} (napari-lesion-align init-config "
                                "writes them)")
     languages, masks, trs = [], [], {}  # trs: task -> RepetitionTime values
+    notes: list = []
     for code, ld in langs_d.items():
-        lang, lang_masks, lang_trs = _bids_language(str(code), ld, layout, subjects, base,
-                                                    strategy is not None,
-                                                    need_masks=not data_d.get("mask"))
+        lang, lang_masks, lang_trs = _bids_language(
+            str(code), ld, layout, subjects, base, "required" if strategy else "found",
+            need_masks=not data_d.get("mask"), notes=notes)
         languages.append(lang)
         masks += lang_masks
         trs.update(lang_trs)
+    if not any(lang.confounds for lang in languages):
+        data_d["confounds"] = strategy  # no fMRIPrep table: nothing to read
+        if not data_d.get("dummy_scans"):
+            notes.append("BIDS: no fMRIPrep confounds table, so no non-steady-state volume "
+                         "is detected; if the runs start with dummy scans, set "
+                         "[data].dummy_scans to their number")
     if subjects:
         covered = {s for lang in languages for s in lang.bold}
         lost = [s for s in subjects if s not in covered]
@@ -221,7 +233,7 @@ def bids_languages(data_d: dict, langs_d: dict, subjects: tuple, base: Path):
         mask_from = f"the intersection of {len(set(masks))} desc-brain masks"
     data_d["kind"] = "volume"
     data_d["bids"] = BidsSource(root=str(root), derivatives=tuple(str(f) for f in folders),
-                                mask=mask_from)
+                                mask=mask_from, notes=tuple(notes))
     return data_d, languages
 
 
@@ -279,9 +291,15 @@ class _Index:
         return out
 
 
-def _bids_language(code, ld, layout, subjects: tuple, base: Path, with_confounds: bool,
-                   need_masks: bool):
+def _bids_language(code, ld, layout, subjects: tuple, base: Path, confounds: str,
+                   need_masks: bool, notes: list):
+    """One language's files. ``confounds``: ``"required"`` (a strategy is set: every run
+    needs its confounds table) or ``"found"`` (the tables that exist, read for their
+    non-steady-state volumes only). A subject's missing runs are left out with a note in
+    ``notes``; so are the runs of the sessions a ``session`` key leaves out."""
     from .config import LanguageData
+
+    confounds_mode, with_confounds = confounds, True
 
     where = f"[languages.{code}]"
     if not isinstance(ld, dict):
@@ -313,7 +331,9 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, with_confounds
                                                 filters.values()):
         raise LesionAlignError(f"{where}.filters = {filters!r}: write a table of BIDS "
                                "entities, e.g. {acquisition = \"mb4\"}")
-    known = set(layout.get_entities())
+    known = set(layout.get_entities(metadata=False))
+    filters = {(ALIASES[k] if k not in known and ALIASES.get(k) in known else k): v
+               for k, v in filters.items()}
     unknown = sorted(set(filters) - known)
     if unknown:
         raise LesionAlignError(f"{where}.filters: unknown entities {unknown}; the dataset's "
@@ -356,6 +376,21 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, with_confounds
                                    f"runs found: {all_runs}")
     else:
         runs = all_runs
+    if "session" in query:  # the runs of the task the chosen session leaves out
+        other = layout.get(scope=scope, **{k: v for k, v in query.items() if k != "session"})
+        left = sorted({(str(f.get_entities().get("session")), _run_label(f.get_entities()
+                                                                          .get("run")))
+                       for f in other if str(f.get_entities().get("session")) !=
+                       str(query["session"]) and (not subjects or str(
+                           f.get_entities().get("subject")) in subjects)})
+        if left:
+            by_ses: dict = {}
+            for ses, r in left:
+                by_ses.setdefault(ses, set()).add(r)
+            notes.append(
+                f"{code}: session = {query['session']!r} uses runs {runs} of task {task!r}; "
+                + "; ".join(f"session {k} holds runs {sorted(v)}" for k, v in by_ses.items())
+                + " (not used: leave session out when the sessions hold different runs)")
     dscope = "derivatives" if layout.derivatives else "all"
     tables = _Index(layout.get(scope=dscope, task=task, desc="confounds",
                                suffix=["timeseries", "regressors"], extension=".tsv")
@@ -364,41 +399,64 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, with_confounds
                                   extension=NIFTI) if need_masks else [])
     anat_masks = _Index(layout.get(scope=dscope, datatype="anat", desc="brain",
                                    suffix="mask", extension=NIFTI) if need_masks else [])
-    bold, confounds, masks = {}, {}, []
-    fix = (f"set [languages.{code}].runs to the runs every subject has, or list the "
-           "subjects to use in [data].subjects")
+    bold, confounds, masks, subject_runs = {}, {}, [], {}
+    fix = (f"set [languages.{code}].runs to the runs to use, or list the subjects to use in "
+           "[data].subjects")
     for s in chosen:
-        paths, conf = [], []
+        paths, conf, have = [], [], []
+        missing = [r for r in runs if r not in by_subject[s]]
+        if missing:  # the subject keeps its other runs
+            present = [r for r in runs if r in by_subject[s]]
+            notes.append(f"{code}: sub-{s} has no run {missing} of task {task!r}"
+                         + (f"; its runs {present} are used" if present else
+                            f"; sub-{s} is left out of {code}"))
+            if not present:
+                continue
+            subject_runs[s] = tuple(present)
         for r in runs:
+            if r in missing:
+                continue
             what = _what(code, s, task, r)
-            files = by_subject[s].get(r, [])
-            if not files:
-                have = sorted(by_subject[s])
-                raise LesionAlignError(f"{what}: no BOLD file (sub-{s} has runs {have} of this "
-                                       f"task, the subjects together {all_runs}); {fix}")
-            f = _one(files, what, code, "BOLD", fix)
+            f = _one(by_subject[s][r], what, code, "BOLD", fix)
             paths.append(f.path)
             ents = f.get_entities()
             if with_confounds:
-                c = _one(tables.match(ents, RUN_ENTITIES), what, code, "confounds table",
-                         "fMRIPrep writes <entities>_desc-confounds_timeseries.tsv next to the "
-                         "preprocessed runs; add the derivatives ([data].derivatives) or remove "
-                         "[data].confounds")
-                conf.append(c.path)
+                hits = tables.match(ents, RUN_ENTITIES)
+                if confounds_mode == "found" and not hits:
+                    have.append(False)
+                else:
+                    c = _one(hits, what, code, "confounds table",
+                             "fMRIPrep writes <entities>_desc-confounds_timeseries.tsv next "
+                             "to the preprocessed runs; add the derivatives "
+                             "([data].derivatives) or remove [data].confounds")
+                    conf.append(c.path)
+                    have.append(True)
             if need_masks:
                 masks.append(_brain_mask(run_masks, anat_masks, f, ents, what, code))
         bold[s] = tuple(paths)
-        if with_confounds:
+        if with_confounds and all(have):
             confounds[s] = tuple(conf)
+        elif with_confounds and any(have):
+            notes.append(f"{code}: sub-{s}: {have.count(False)} of {len(have)} runs have no "
+                         "fMRIPrep confounds table; no non-steady-state volume is removed "
+                         f"from sub-{s}'s {code} runs")
+    if not bold:
+        raise LesionAlignError(f"{where}: no subject has any of runs {list(runs)} of task "
+                               f"{task!r}; runs found: {all_runs}")
     table = {"code": code, "runs": tuple(runs), "bold": bold,
              "annotations": tuple(_annotations(ld.get("annotations"), runs, base, where,
                                                task)),
              "bids": {k: str(v) for k, v in query.items() if k not in ("suffix", "extension")}}
-    if with_confounds:
+    if confounds:
         table["confounds"] = confounds
+    if subject_runs:
+        table["subject_runs"] = subject_runs
     for key in ("text_language", "tier", "bold_start_s"):
         if key in ld:
             table[key] = ld[key]
+    from .config import events_options
+
+    table.update(events_options(ld, where))
     lang = LanguageData.parse(table, where)
     lang.spaceless  # an unknown language code is an error now, not in the middle of a run
     return lang, masks, {task: repetition_times(layout, task, chosen)}
@@ -575,6 +633,16 @@ def describe(root, derivatives=None) -> dict:
             return sorted({str(e[key]) for e in ents if e.get(key) is not None})
 
         runs = sorted({_run_label(e.get("run")) for e in ents})
+        per_subject: dict = {}  # subject -> {session or "": [runs]}
+        for e in ents:
+            ses = str(e.get("session") or "")
+            per_subject.setdefault(str(e["subject"]), {}).setdefault(ses, set()).add(
+                _run_label(e.get("run")))
+        per_subject = {s: {k: sorted(v) for k, v in sorted(d.items())}
+                       for s, d in sorted(per_subject.items())}
+        # the same run number in two sessions of a subject: a session must be chosen
+        repeated = any(len(sum(d.values(), [])) != len(set(sum(d.values(), [])))
+                       for d in per_subject.values())
         where = "derivatives" if layout.derivatives else "all"
         conf = bool(layout.get(scope=where, task=task, desc="confounds",
                                suffix=["timeseries", "regressors"], extension=".tsv"))
@@ -584,7 +652,8 @@ def describe(root, derivatives=None) -> dict:
         out["tasks"][task] = {
             "subjects": values("subject"), "runs": runs, "sessions": values("session"),
             "spaces": values("space"), "descs": values("desc"), "scope": scope,
-            "confounds": conf, "masks": masks, "tr": trs}
+            "resolutions": values("res") or values("resolution"), "confounds": conf, "masks": masks,
+            "tr": trs, "per_subject": per_subject, "sessions_repeat_runs": repeated}
     if not out["tasks"]:
         raise LesionAlignError(f"{root}: no BOLD run (*_bold.nii[.gz]) found; is this the root "
                                "of a BIDS dataset?")
@@ -685,7 +754,7 @@ def init_config(root, out, derivatives=None) -> str:
         f"# napari-lesion-align config for the BIDS dataset {root.name}",
         "# written by `napari-lesion-align init-config`; see docs/configuration.md",
         "# (\"BIDS datasets\"). Lines marked CHECK are guesses, FILL IN must be filled in.",
-        f"name = {_toml(re.sub(r'[^A-Za-z0-9_.-]+', '-', info['name'] or root.name))}",
+        f"name = {_toml(_name(info['name'] or root.name))}",
         "",
         "[data]",
         'kind = "bids"',
@@ -696,6 +765,9 @@ def init_config(root, out, derivatives=None) -> str:
         lines.append("# BOLD runs, brain masks and confound tables are read from the "
                      "derivatives (relative to root)")
         lines.append(f"derivatives = {_toml(rels)}")
+    elif _description(root).get("DatasetType") == "derivative":
+        lines.append("derivatives = false  # the root is a derivatives dataset: its runs, "
+                     "masks and confound tables are used")
     else:
         lines.append("derivatives = false  # no derivatives found: the raw runs are used")
     trs = sorted({t for t in (t for v in info["tasks"].values() for t in v["tr"])})
@@ -709,8 +781,13 @@ def init_config(root, out, derivatives=None) -> str:
         lines.append("# or \"scrubbing\", \"compcor\", \"ica_aroma\", a table of "
                      "load_confounds arguments, or false")
         lines.append('confounds = "simple"')
+        lines.append("# (fMRIPrep's non-steady-state volumes are regressed out whatever "
+                     "confounds says)")
     else:
-        lines.append("# no fMRIPrep confound tables found: no confounds are regressed out")
+        lines.append("# no fMRIPrep confound tables found: no confounds are regressed out and "
+                     "no non-steady-state volume is detected;")
+        lines.append("# if the runs start with dummy scans, give their number:")
+        lines.append("# dummy_scans = 0")
     if not all(v["masks"] for v in info["tasks"].values()):
         lines.append('mask = ""  # FILL IN: a brain mask (NIfTI) on the runs\' grid '
                      "(no desc-brain_mask found)")
@@ -727,8 +804,9 @@ def init_config(root, out, derivatives=None) -> str:
         taken.add(code)
         lines += ["", f"# task {task}: {len(t['subjects'])} subject(s), runs {t['runs']}"
                   + (f", sessions {t['sessions']}" if t["sessions"] else "")
-                  + (f", spaces {t['spaces']}" if t["spaces"] else ""),
-                  f"[languages.{code}]  # CHECK the language code (used in file names)",
+                  + (f", spaces {t['spaces']}" if t["spaces"] else "")]
+        lines += _subject_lines(t)
+        lines += [f"[languages.{code}]  # CHECK the language code (used in file names)",
                   f"task = {_toml(task)}"]
         if len(t["spaces"]) > 1:
             pick = next((s for s in t["spaces"] if s.startswith("MNI")), t["spaces"][0])
@@ -739,13 +817,29 @@ def init_config(root, out, derivatives=None) -> str:
         if len(t["descs"]) > 1:
             pick = "preproc" if "preproc" in t["descs"] else t["descs"][0]
             lines.append(f"desc = {_toml(pick)}  # CHECK: found {t['descs']}")
-        if len(t["sessions"]) > 1:
-            lines.append(f"session = {_toml(t['sessions'][0])}  # CHECK: found "
-                         f"{t['sessions']}")
+        if len(t["resolutions"]) > 1:
+            lines.append(f"filters = {{res = {_toml(t['resolutions'][0])}}}  # CHECK: "
+                         f"found resolutions {t['resolutions']} (res-<label>)")
+        if len(t["sessions"]) > 1 and t["sessions_repeat_runs"]:
+            lines.append(f"session = {_toml(t['sessions'][0])}  # CHECK: the sessions "
+                         f"{t['sessions']} repeat run numbers; one session per config")
         tag, note = _text_language(code)
         lines.append(f"text_language = {_toml(tag)}  # {note}")
         tmpl, others = find_annotations(root, task, code, t["runs"])
-        if tmpl is not None:
+        session = t["sessions"][0] if t["sessions_repeat_runs"] else None
+        runs = (sorted({r for d in t["per_subject"].values() for r in d.get(session, [])})
+                if session else t["runs"])
+        events = find_events(root, task, runs, t["subjects"], session)
+        if tmpl is None and events is not None:
+            value = (_rel(events["template"], here) if "template" in events
+                     else [_rel(f, here) for f in events["files"]])
+            lines.append(f"annotations = {_toml(value)}  # BIDS events.tsv "
+                         f"({events['where']}); CHECK")
+            if events.get("filter"):
+                col, val, found = events["filter"]
+                lines.append(f"events_filter = {{{col} = {_toml(val)}}}  # CHECK: the rows "
+                             f"of the words; {col} holds {found}")
+        elif tmpl is not None:
             lines.append(f"annotations = {_toml(_rel(tmpl, here).replace('%7B', '{'))}"
                          "  # found next to the data; CHECK" +
                          (f" (also found {[_rel(o, here) for o in others[:3]]})"
@@ -758,6 +852,82 @@ def init_config(root, out, derivatives=None) -> str:
                             if others else ""))
     lines += ["", "# [model], [encoding], [lesions]...: see docs/configuration.md", ""]
     return "\n".join(lines)
+
+
+def _name(text: str) -> str:
+    """An analysis name from a dataset name: letters, digits, ``_ . -``, no dash at
+    either end."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "analysis"
+
+
+def _subject_lines(t: dict) -> list[str]:
+    """Comment lines of what each subject holds, when the subjects differ or have
+    sessions."""
+    per = t["per_subject"]
+    shapes = {json.dumps(d) for d in per.values()}
+    lines = []
+    if per and (len(shapes) > 1 or len(next(iter(per.values()))) > 1):
+        for s, d in per.items():
+            have = sorted({r for rs in d.values() for r in rs})
+            missing = [r for r in t["runs"] if r not in have]
+            ses = ("; ".join(f"ses-{k}: runs {v}" for k, v in d.items()) if any(d)
+                   else f"runs {have}")
+            lines.append(f"#   sub-{s}: {ses}"
+                         + (f" (no run {missing}: its other runs are used)" if missing
+                            else ""))
+    return lines
+
+
+def find_events(root, task: str, runs, subjects, session: str | None = None) -> dict | None:
+    """A template with ``{run}`` of a task's BIDS events files that hold words: the
+    top-level ``task-<task>_run-<N>_events.tsv`` (shared by every subject), else the first
+    subject's. Returns ``{"template", "where", "filter"}`` (``filter``: ``(column, value,
+    values)`` when the rows are of several ``trial_type`` values), or ``None``."""
+    from .stimuli import events_word_column
+
+    root = Path(root)
+    tops = [root]
+    if _description(root).get("DatasetType") == "derivative":
+        tops += [p for p in (root.parent, root.parent.parent) if p != root]
+    cands = []
+    for top in tops:
+        cands.append((sorted(top.glob(f"task-{task}_*events.tsv")), "shared by the subjects"))
+        for s in list(subjects)[:1]:
+            ses = f"_ses-{session}" if session else ""
+            cands.append((sorted(top.glob(f"sub-{s}/**/sub-{s}{ses}_*task-{task}_*events.tsv")),
+                          f"sub-{s}'s, assumed the same for every subject"))
+    for files, where in cands:
+        by_run: dict = {}
+        for f in files:
+            m = re.search(r"_run-(\d+)_", f.name)
+            if m:
+                by_run.setdefault(int(m.group(1)), []).append(f)
+        if not files or not all(len(by_run.get(r, [])) == 1 for r in runs):
+            continue
+        first = by_run[runs[0]][0]
+        try:
+            wcol = events_word_column(first)
+        except LesionAlignError:
+            continue
+        if wcol is None:
+            continue
+        digits = re.search(r"_run-(\d+)_", first.name).group(1)
+        field = "{run:0%dd}" % len(digits) if digits.startswith("0") and len(digits) > 1 \
+            else "{run}"
+        name = re.sub(r"_run-\d+_", f"_run-{field}_", first.name, count=1)
+        paths = [by_run[r][0] for r in runs]
+        out = {"template": str(first.parent / name), "where": where}
+        if any(str(first.parent / name).format(run=r) != str(p) for r, p in zip(runs, paths)):
+            out = {"files": [str(p) for p in paths], "where": where}  # e.g. per session
+        import pandas as pd
+
+        df = pd.read_csv(first, sep="\t", dtype=str, keep_default_na=False)
+        if "trial_type" in df.columns and df["trial_type"].nunique() > 1:
+            counts = df[df[wcol].str.strip() != ""]["trial_type"].value_counts()
+            out["filter"] = ("trial_type", str(counts.index[0]),
+                             sorted(df["trial_type"].unique().tolist()))
+        return out
+    return None
 
 
 def write_init_config(root, out, derivatives=None, force: bool = False) -> Path:

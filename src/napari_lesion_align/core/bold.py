@@ -327,7 +327,7 @@ def confound_strategy(value, where: str = "[data].confounds") -> dict | None:
     return out
 
 
-def _fmriprep_confounds(path, strategy: dict) -> np.ndarray:
+def _fmriprep_confounds(path, strategy: dict, record: dict | None = None) -> np.ndarray:
     """The confounds nilearn's fMRIPrep interface selects from one fMRIPrep table.
 
     nilearn finds the table from the name of the BOLD image next to it; the image named
@@ -377,28 +377,82 @@ def _fmriprep_confounds(path, strategy: dict) -> np.ndarray:
     n = len(pd.read_csv(path, sep="\t", usecols=[0]))
     data = (np.zeros((n, 0)) if conf is None
             else np.asarray(conf.to_numpy(dtype=np.float64)).reshape(n, -1))
-    if sample_mask is not None:
-        dropped = np.setdiff1d(np.arange(n), np.asarray(sample_mask, dtype=int))
+    dropped = (np.setdiff1d(np.arange(n), np.asarray(sample_mask, dtype=int))
+               if sample_mask is not None else np.zeros(0, dtype=int))
+    if len(dropped):
         spikes = np.zeros((n, len(dropped)))
         spikes[dropped, np.arange(len(dropped))] = 1.0
         data = np.column_stack([data, spikes])
+    if record is not None:
+        steady = non_steady_state_volumes(path)
+        record["columns"] = [] if conf is None else [str(c) for c in conf.columns]
+        record["non_steady_state"] = [int(i) for i in dropped if i in steady]
+        record["spikes"] = [int(i) for i in dropped if i not in steady]
     return data
 
 
+#: fMRIPrep's non-steady-state columns (one per volume it flags at a run's start)
+NON_STEADY_COLUMNS = r"^non_steady_state_outlier\d+$"
+#: the confound strategy of a BIDS config whose ``[data].confounds`` is left out or false:
+#: no confound column, only fMRIPrep's non-steady-state volumes (as spike regressors)
+NON_STEADY_ONLY = {"strategy": ["non_steady_state"]}
+
+
+def non_steady_state_volumes(path) -> list[int]:
+    """The volumes (0-based) an fMRIPrep confounds table flags as non-steady-state (its
+    ``non_steady_state_outlierXX`` columns); ``[]`` when it has none."""
+    import re
+
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except Exception as err:  # noqa: BLE001 - named in the error
+        raise LesionAlignError(f"{path}: cannot read the confounds table ({err})") from err
+    cols = [c for c in df.columns if re.match(NON_STEADY_COLUMNS, str(c))]
+    if not cols:
+        return []
+    flags = np.nan_to_num(df[cols].to_numpy(dtype=np.float64)) > 0
+    return [int(i) for i in np.flatnonzero(flags.any(axis=1))]
+
+
+def spike_regressors(n_vols: int, volumes) -> np.ndarray:
+    """One column per volume of ``volumes`` (0-based), 1 at that volume, 0 elsewhere: a
+    regression off these columns removes those volumes from the cleaning's fit."""
+    vols = sorted({int(v) for v in volumes if 0 <= int(v) < n_vols})
+    out = np.zeros((n_vols, len(vols)), dtype=np.float32)
+    out[vols, np.arange(len(vols))] = 1.0
+    return out
+
+
 def read_confounds(path, n_vols: int, skip_rows: int = 0,
-                   strategy: dict | None = None) -> np.ndarray:
+                   strategy: dict | None = None, record: dict | None = None) -> np.ndarray:
     """Read a confounds table (e.g. 6 motion parameters), one row per volume.
 
     ``strategy`` (:func:`confound_strategy`): the columns of an fMRIPrep table that
     nilearn's ``load_confounds`` / ``load_confounds_strategy`` select (plus a spike
-    regressor per volume it removes); ``None``: every column of the table."""
+    regressor per volume it removes: the non-steady-state volumes always, scrubbed motion
+    outliers with ``"scrubbing"``); ``None``: every column of the table.
+
+    ``record``: filled with what was read, for the cleaning record: ``columns`` (the
+    confound columns), ``non_steady_state`` and ``spikes`` (the volumes, 0-based, removed
+    by a spike regressor as non-steady-state or as motion outliers)."""
     if strategy:
-        data = np.asarray(_fmriprep_confounds(path, strategy), dtype=np.float32)[skip_rows:]
+        data = np.asarray(_fmriprep_confounds(path, strategy, record),
+                          dtype=np.float32)[skip_rows:]
     else:
         import re
 
         try:
-            data, _ = read_region_series(path, skip_rows=skip_rows, what="confounds table")
+            data, names = read_region_series(path, skip_rows=skip_rows,
+                                             what="confounds table")
+            if record is not None:
+                record["columns"] = [str(c) for c in names]
+                record["non_steady_state"] = [
+                    int(i) for c, col in zip(names, data.T)
+                    if re.match(NON_STEADY_COLUMNS, str(c))
+                    for i in np.flatnonzero(np.nan_to_num(col) > 0)]
+                record["spikes"] = []
         except LesionAlignError as err:
             if re.match(FMRIPREP_CONFOUNDS, Path(path).name):  # every column of fMRIPrep's
                 raise LesionAlignError(f"{err}. This is an fMRIPrep confounds table: choose "

@@ -139,6 +139,18 @@ class LanguageData(Section):
     bold_start_s: Number = 0.0
     #: kind = "bids": the entities the files were chosen by (task, space, desc, ...)
     bids: dict[Text, Text] | None = None
+    #: the subjects that lack some of ``runs``: subject -> the runs it has (its ``bold`` and
+    #: ``confounds`` list one file per run it has); the others have every run
+    subject_runs: dict[SubjectLabel, tuple[Int | Text, ...]] | None = None
+    #: BIDS events.tsv annotations: the rows kept (column -> the values kept, e.g.
+    #: ``{trial_type = ["word"]}``); the word column (default: the first of word, token...)
+    events_filter: dict[Text, tuple[Text, ...]] | None = None
+    word_column: Text | None = None
+
+    def runs_of(self, subject: str) -> tuple:
+        """The runs of ``runs`` that ``subject`` has (all of them unless ``subject_runs``
+        says otherwise)."""
+        return tuple((self.subject_runs or {}).get(subject, self.runs))
 
     @property
     def language_tag(self) -> str:
@@ -159,6 +171,9 @@ class BidsSource(Section):
     root: Text
     derivatives: tuple[Text, ...] = ()
     mask: Text = ""  # how the mask was made
+    #: what was found and decided that changes the data used (a subject's missing runs,
+    #: runs of a session left out, runs without a confounds table)
+    notes: tuple[Text, ...] = ()
 
 
 class DataConfig(Table):
@@ -181,6 +196,10 @@ class DataConfig(Table):
         "subject labels, letters and digits (empty: every subject with BOLD files)"))
     length_tolerance_trs: NonNegInt = 10
     confounds_skip_rows: NonNegInt = 0
+    #: volumes at the start of every run that were acquired before the scanner reached a
+    #: steady state (dummy scans kept in the files); regressed out like fMRIPrep's
+    #: non-steady-state volumes (which are removed whatever this says)
+    dummy_scans: NonNegInt = 0
     bold_skip_rows: NonNegInt = 0
     demo: DemoConfig | None = None
     #: a nilearn confound strategy for fMRIPrep confound tables (None: every column)
@@ -411,7 +430,31 @@ def _per_subject_runs(value, subjects, runs, base, where) -> dict:
 
 
 _LANGUAGE_KEYS = ("annotations", "runs", "bold", "text_language", "tier", "confounds",
-                  "bold_start_s")
+                  "bold_start_s", "events_filter", "word_column")
+
+
+def events_options(ld: dict, where: str) -> dict:
+    """``events_filter`` / ``word_column`` of a ``[languages.<CODE>]`` table (BIDS
+    events.tsv annotations), checked: ``events_filter = {trial_type = "word"}`` (a value
+    or a list of values per column)."""
+    out = {}
+    f = ld.get("events_filter")
+    if f is not None:
+        if not isinstance(f, dict) or not f or not all(
+                isinstance(v, str) or (isinstance(v, list) and v and all(
+                    isinstance(x, (str, int)) for x in v)) for v in f.values()):
+            raise LesionAlignError(f"{where}.events_filter = {f!r}: write a table of the "
+                                   "events.tsv rows to keep, column = value or [values], "
+                                   "e.g. {trial_type = \"word\"}")
+        out["events_filter"] = {str(k): (v,) if isinstance(v, str) else tuple(str(x) for x in v)
+                                for k, v in f.items()}
+    w = ld.get("word_column")
+    if w is not None:
+        if not isinstance(w, str) or not w:
+            raise LesionAlignError(f"{where}.word_column = {w!r}: the name of the events.tsv "
+                                   "column that holds the words, e.g. \"word\"")
+        out["word_column"] = w
+    return out
 
 
 def _language(code, ld, kind: str, subjects: tuple, base: Path) -> LanguageData:
@@ -457,6 +500,7 @@ def _language(code, ld, kind: str, subjects: tuple, base: Path) -> LanguageData:
     for key in ("text_language", "tier", "bold_start_s"):
         if key in ld:
             table[key] = ld[key]
+    table.update(events_options(ld, where))
     lang = LanguageData.parse(table, where)
     lang.spaceless  # an unknown language code is an error now, not in the middle of a run
     return lang

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .bold import (RegionSpace, VolumeSpace, check_run_length, check_subject_runs,
-                   read_confounds, read_region_series)
+                   expected_volumes, read_confounds, read_region_series, spike_regressors)
 from .config import AnalysisConfig, LanguageData
 from .errors import Cancelled, LesionAlignError
 from .result import check_label
@@ -50,6 +50,11 @@ class BoldRun:
     loader: Callable[[], np.ndarray]
     confounds: np.ndarray | None = None  # (n_vols, k), read and checked up front
     confounds_source: str | None = None
+    #: the run's position among its language's runs (a subject may lack some runs)
+    index: int = 0
+    #: what the cleaning of this run removes (:func:`cleaning_record`), filled by
+    #: :func:`load_dataset`
+    cleaning: dict = field(default_factory=dict)
 
     def load(self) -> np.ndarray:
         Y = self.loader()
@@ -65,15 +70,28 @@ class Dataset:
     stimuli: dict  # code -> LanguageStimuli
     bold: dict = field(default_factory=dict)  # (subject, code) -> list[BoldRun]
     truth: dict | None = None  # demo only: the planted ground truth
+    #: what was decided about the data that changes what is fitted (a subject's missing
+    #: runs, runs of a session left out...): one line each, "<language>: ..." or "BIDS: ..."
+    notes: list = field(default_factory=list)
 
     @property
     def subjects(self) -> list[str]:
         return list(dict.fromkeys(s for s, _ in self.bold))
 
     def n_vols(self, code: str) -> list[int]:
-        """Volumes per run of a language (the largest over subjects)."""
-        lens = [[r.n_vols for r in runs] for (s, c), runs in self.bold.items() if c == code]
-        return [int(x) for x in np.max(np.asarray(lens), axis=0)] if lens else []
+        """Volumes per run of a language (the largest over the subjects that have it)."""
+        n = len(self.stimuli[code].runs) if code in self.stimuli else 0
+        out = [0] * n
+        for (s, c), runs in self.bold.items():
+            if c == code:
+                for r in runs:
+                    out[r.index] = max(out[r.index], int(r.n_vols))
+        return out if any(out) else []
+
+    def cleaning(self, subject: str, code: str) -> list[dict]:
+        """What the cleaning removes from each of a subject's runs (:attr:`BoldRun.cleaning`),
+        one record per run, for the fit's record and ``result.json``."""
+        return [dict(r.cleaning) for r in self.bold[(subject, code)]]
 
     def subjects_of(self, code: str) -> list[str]:
         """The subjects with BOLD in language ``code``, in config order."""
@@ -103,9 +121,14 @@ class Dataset:
 
 def load_stimuli(lang: LanguageData) -> LanguageStimuli:
     check_label(lang.code, "language")
+    from .stimuli import is_events_file, read_events
+
     runs = []
     for path, run in zip(lang.annotations, lang.runs):
         kw = {}
+        if is_events_file(path):  # BIDS events: onset + duration, rows filtered
+            runs.append(read_events(path, keep=lang.events_filter, word_col=lang.word_column))
+            continue
         if Path(path).suffix.lower() in (".csv", ".tsv", ".txt"):
             from .stimuli import list_runs
 
@@ -118,19 +141,26 @@ def load_stimuli(lang: LanguageData) -> LanguageStimuli:
 
 
 def check_lengths(ds: Dataset, tolerance: int) -> None:
+    """Every run covers its annotations and ends at most ``tolerance`` volumes after them;
+    the volumes beyond the annotations' end are recorded in the run's cleaning record."""
     for (s, code), runs in ds.bold.items():
         stim = ds.stimuli[code]
-        if len(runs) != len(stim.runs):
+        if len(runs) > len(stim.runs) or any(r.index >= len(stim.runs) for r in runs):
             raise LesionAlignError(
                 f"subject {s}, language {code}: {len(runs)} BOLD runs for {len(stim.runs)} "
                 "annotation files"
             )
-        for i, (run, words) in enumerate(zip(runs, stim.runs)):
+        for run in runs:
+            i, words = run.index, stim.runs[run.index]
             where = (f"subject {s}, language {code}, run {stim.run_labels[i]} "
                      f"({Path(run.source).name} vs {Path(words.source).name})")
+            audio_end = getattr(words, "audio_end", None)
             check_run_length(run.n_vols, float(words.offsets.max()), ds.tr, where,
                              start_s=stim.bold_start_s, tolerance=tolerance,
-                             audio_end_s=getattr(words, "audio_end", None))
+                             audio_end_s=audio_end)
+            end = max(audio_end or 0.0, float(words.offsets.max()))
+            run.cleaning["volumes_beyond_annotations"] = max(
+                0, int(run.n_vols) - expected_volumes(end, ds.tr, stim.bold_start_s))
 
 
 def nifti_volumes(path: str) -> int:
@@ -182,14 +212,20 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
         raise LesionAlignError("load_dataset reads files; the demo is data.demo.DemoDataset")
     space = VolumeSpace(data.mask) if data.kind == "volume" else None
     stimuli = {lang.code: load_stimuli(lang) for lang in data.languages}
-    ds = Dataset(space=space, tr=data.tr, stimuli=stimuli)
-    total = sum(len(lang.bold) * len(lang.runs) for lang in data.languages)
+    ds = Dataset(space=space, tr=data.tr, stimuli=stimuli,
+                 notes=list(data.bids.notes) if data.bids is not None else [])
+    total = sum(len(paths) for lang in data.languages for paths in lang.bold.values())
     done = 0
     for lang in data.languages:
         for s, paths in lang.bold.items():
             if subjects is not None and s not in subjects:
                 continue
             runs = []
+            have = lang.runs_of(s)
+            if len(have) != len(paths):
+                raise LesionAlignError(
+                    f"[languages.{lang.code}].bold.{s}: {len(paths)} files for the runs "
+                    f"{list(have)}; give one per run")
             for i, path in enumerate(paths):
                 if cancel is not None and cancel():
                     raise Cancelled()
@@ -207,6 +243,8 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
                     run = BoldRun(path, Y.shape[0], (lambda Y=Y: Y))
                 if lang.confounds and s in lang.confounds:
                     run.confounds_source = lang.confounds[s][i]  # read after the lengths
+                run.index = list(lang.runs).index(have[i])
+                run.cleaning = {"run": have[i], "bold": Path(path).name}
                 runs.append(run)
                 done += 1
                 if progress is not None:
@@ -217,11 +255,31 @@ def load_dataset(config: AnalysisConfig, progress: Callable | None = None,
     check_lengths(ds, data.length_tolerance_trs)
     for runs in ds.bold.values():  # a run's length is checked before its confounds'
         for run in runs:
-            if run.confounds_source is not None:
-                run.confounds = read_confounds(run.confounds_source, run.n_vols,
-                                               data.confounds_skip_rows,
-                                               strategy=data.confounds)
+            _read_run_confounds(run, data)
     return ds
+
+
+def _read_run_confounds(run: BoldRun, data) -> None:
+    """A run's confounds (its table's, and a spike regressor per non-steady-state volume:
+    fMRIPrep's and ``[data].dummy_scans``), and what they are in its cleaning record."""
+    rec = run.cleaning
+    info: dict = {}
+    if run.confounds_source is not None:
+        run.confounds = read_confounds(run.confounds_source, run.n_vols,
+                                       data.confounds_skip_rows, strategy=data.confounds,
+                                       record=info)
+        rec["confounds_table"] = Path(run.confounds_source).name
+    rec["confound_columns"] = info.get("columns", [])
+    steady = sorted(set(info.get("non_steady_state", [])))
+    dummies = [v for v in range(min(data.dummy_scans, run.n_vols)) if v not in steady]
+    if dummies:
+        spikes = spike_regressors(run.n_vols, dummies)
+        run.confounds = spikes if run.confounds is None else np.column_stack(
+            [run.confounds, spikes]).astype(np.float32)
+    rec["non_steady_state_volumes"] = sorted(steady + dummies)
+    rec["spike_volumes"] = sorted(info.get("spikes", []))
+    if run.confounds_source is None and not data.dummy_scans:
+        rec["note"] = "no confounds table: non-steady-state volumes not detected"
 
 
 def open_source(config: AnalysisConfig, progress: Callable | None = None,

@@ -140,6 +140,7 @@ def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
                   "fits": eng.counts.get("fits")},
         "fits": result.provenance["fits"],
         "warnings": result.provenance["warnings"],
+        "cleaning": result.provenance.get("cleaning") or {},
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -497,6 +497,41 @@ class AlignmentResult:
         # (a subject excluded whole is among the exclusions already)
         lines += [f"warning: {w}" for w in self.provenance.get("warnings") or []
                   if not w.endswith("; excluded")]
+        lines += [f"cleaning: {c}" for c in self.cleaning_lines()]
+        return lines
+
+    def cleaning(self) -> dict:
+        """The cleaning record's totals (:func:`cleaning_summary`) of this result."""
+        return self.provenance.get("cleaning") or cleaning_summary(
+            self.provenance.get("fits") or {})
+
+    def cleaning_lines(self, max_runs: int = 6) -> list[str]:
+        """What the cleaning removed, for the console and the GUI: the confound columns,
+        the volumes removed (non-steady-state, spikes, censored) and the volumes beyond the
+        annotations, with the runs they come from (at most ``max_runs`` named)."""
+        c = self.cleaning()
+        if not c:
+            return []
+        strategy = ((self.provenance.get("config") or {}).get("data") or {}).get("confounds")
+        lines = []
+        ncol = c["n_confound_columns"]
+        cols = (f"{ncol[0]}" if ncol[0] == ncol[1] else f"{ncol[0]}-{ncol[1]}")
+        lines.append(f"{c['runs']} runs of {c['units']} fits; {cols} confound columns per "
+                     f"run (strategy {strategy}; result.json has the columns of each run)")
+        for key, what in (("non_steady_state_volumes", "non-steady-state volumes removed"),
+                          ("spike_volumes", "motion-outlier volumes removed (spikes)"),
+                          ("censored_volumes", "NaN volumes censored"),
+                          ("volumes_beyond_annotations",
+                           "volumes after the annotations' end (kept)")):
+            total, where = c[key]
+            if total:
+                shown = ", ".join(where[:max_runs]) + (", ..." if len(where) > max_runs
+                                                       else "")
+                lines.append(f"{what}: {total} ({shown})")
+        bids = ((self.provenance.get("config") or {}).get("data") or {}).get("bids")
+        if c["runs_without_confounds_table"] and bids:
+            lines.append(f"{c['runs_without_confounds_table']} runs without a confounds "
+                         "table: their non-steady-state volumes are not detected")
         return lines
 
     def sweep_rows(self) -> list[dict]:
@@ -824,3 +859,31 @@ def _json_default(x):
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def cleaning_summary(fits: dict) -> dict:
+    """The totals of the fits' cleaning records (``result.json`` ``fits.<s>/<L>.cleaning``):
+    runs and fit units, the number of confound columns per run (smallest, largest), and per
+    kind of volume removed or noted (non-steady-state, spikes, censored, beyond the
+    annotations) ``[total, ["sub-01 EN run 1: 1", ...]]``; ``{}`` when no fit has one."""
+    units = {k: v["cleaning"] for k, v in fits.items() if v.get("cleaning")}
+    if not units:
+        return {}
+    out: dict = {"units": len(units), "runs": sum(len(v) for v in units.values())}
+    ncols = [len(r.get("confound_columns") or []) for v in units.values() for r in v]
+    out["n_confound_columns"] = [min(ncols), max(ncols)]
+    for key in ("non_steady_state_volumes", "spike_volumes", "censored_volumes",
+                "volumes_beyond_annotations"):
+        total, where = 0, []
+        for unit, runs in units.items():
+            s, _, lang = unit.partition("/")
+            for r in runs:
+                v = r.get(key) or 0
+                n = v if isinstance(v, int) else len(v)
+                if n:
+                    total += n
+                    where.append(f"sub-{s} {lang} run {r.get('run')}: {n}")
+        out[key] = [total, where]
+    out["runs_without_confounds_table"] = sum(
+        1 for v in units.values() for r in v if not r.get("confounds_table"))
+    return out

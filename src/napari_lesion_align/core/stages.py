@@ -434,10 +434,11 @@ def fit_jobs(eng: Engine, parallelism: int = 1) -> tuple[list[FitJob], list[str]
     for code in src.stimuli:
         by_lengths: dict = {}
         for s in src.subjects_of(code):
-            by_lengths.setdefault(tuple(r.n_vols for r in src.runs(s, code)), []).append(s)
+            by_lengths.setdefault(tuple((i, r.n_vols) for i, r in zip(
+                run_indices(src, s, code), src.runs(s, code))), []).append(s)
         for lengths, subjects in by_lengths.items():
             # float32 cleaned BOLD, every voxel (an upper bound)
-            classes.append((code, subjects, sum(lengths) * V * 4))
+            classes.append((code, subjects, sum(n for _, n in lengths) * V * 4))
     done = {}
     for code, subjects, _ in classes:
         for s in subjects:
@@ -457,6 +458,12 @@ def fit_jobs(eng: Engine, parallelism: int = 1) -> tuple[list[FitJob], list[str]
             if todo:
                 jobs.append(FitJob(code, tuple(g), todo))
     return jobs, reused
+
+
+def run_indices(src, subject: str, code: str) -> list[int]:
+    """The positions among the language's runs of the runs a subject has (a subject may
+    lack some: :meth:`.config.LanguageData.runs_of`)."""
+    return [getattr(r, "index", i) for i, r in enumerate(src.runs(subject, code))]
 
 
 def _fit_inputs(eng: Engine, subject: str, code: str) -> dict:
@@ -572,6 +579,7 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     pad = max(delays)
     code = job.language
     lengths = [r.n_vols for r in src.runs(job.subjects[0], code)]
+    idx = run_indices(src, job.subjects[0], code)  # the job's subjects have the same runs
     starts = np.r_[0, np.cumsum(lengths)]
     V = src.space.n_features if src.space is not None else None
     Y = None
@@ -645,7 +653,7 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
                 cols = np.concatenate([np.arange(first[s], first[s] + width[s])
                                        for s in members])
                 Yv = Y[np.ix_(rows, cols)]
-            X_runs = [X[: pad + n] for X, n in zip(X_all, lengths)]
+            X_runs = [X_all[i][: pad + n] for i, n in zip(idx, lengths)]
             nuis = None
             if len(lengths) == 1:  # per subject's columns (the confounds are the subject's)
                 nuis, a = [], 0
@@ -696,8 +704,9 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
             res_of = {s: np.mean([f[s] for f in fits], axis=0) for s in fits[0]}
         else:
             if spec.kind == "above":
+                rates = trf.control(code, WORD_RATE)
                 _regress_word_rate(eng, job, Y, starts, first, width, cleaning, kept, nuisance,
-                                   rates=trf.control(code, WORD_RATE))
+                                   rates=[rates[i] for i in idx])
             res_of = fit(spec.label, trf.control(code, spec))
         store(spec.label, res_of)
     del Y
@@ -724,12 +733,21 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
         censored = {str(i + 1): int((~k).sum()) for i, k in enumerate(kept[s]) if not k.all()}
         if censored:  # run number (1-based) -> volumes censored
             rec["censored_volumes"] = censored
+        if hasattr(src, "cleaning"):  # what the cleaning removed, per run
+            rec["cleaning"] = _cleaning_record(src.cleaning(s, code), kept[s])
         if not width[s]:
             rec["note"] = "every voxel/region is constant or NaN"
         eng.out.write_record("fit", unit_name(s, code), rec)
         written.append(unit_name(s, code))
         state["written"] = written
     return written
+
+
+def _cleaning_record(runs: list, kept: list) -> list:
+    """The data's cleaning record of a subject's runs with the volumes censored at the fit
+    (the NaN-volume rule, 0-based)."""
+    return [{**r, "censored_volumes": [int(i) for i in np.flatnonzero(~k)]}
+            for r, k in zip(runs, kept)]
 
 
 def _regress_word_rate(eng: Engine, job: FitJob, Y: np.ndarray, starts, first: dict,
@@ -784,6 +802,7 @@ def stage_group(eng: Engine):
     last_draw = {v[-1]: k for k, v in draws.items()}
     ctrls = control_specs(eng)
     files, group_files, n_valid, fits, warnings = {}, {}, {}, {}, []
+    warnings += list(getattr(src, "notes", []))  # runs left out of the data, and why
     rows, group_rows, tests = [], [], {}
     langs = list(src.stimuli)
     unit = "voxel" if src.space.kind == "volume" else "region"
@@ -802,7 +821,8 @@ def stage_group(eng: Engine):
             n_valid[(s, code)] = rec["n_valid"]
             fits[f"{s}/{code}"] = {k: rec[k] for k in ("seconds", "condition_seconds",
                                                        "fitted_with", "n_excluded", "cv",
-                                                       "note") if k in rec}
+                                                       "note", "censored_volumes",
+                                                       "cleaning") if k in rec}
             if "note" in rec:
                 warnings.append(f"subject {s}, {code}: {rec['note']}; excluded")
             for c in conds:
@@ -829,6 +849,9 @@ def stage_group(eng: Engine):
                 write(code, "intact", stat, getattr(t0, stat))
             aligned = an.responsive(t0, les.alpha, les.correction)
             warnings += _power_warnings(code, int(ok.sum()), int(aligned.sum()), les, unit)
+            from .plausibility import alignment_warnings
+
+            warnings += alignment_warnings(code, src.space, aligned)
         means, n_sig, n_beyond = {}, {}, {}
         if grouped:
             n_sig["intact"] = int(aligned.sum())
@@ -899,8 +922,11 @@ def stage_group(eng: Engine):
         sweep=[c.label for c in conds if c.kind == "sweep"],
         sweep_layers={c.label: c.spec.layer for c in conds if c.kind == "sweep"},
         summary=rows + group_rows, truth=getattr(src, "truth", None))
+    from .result import cleaning_summary
+
     result.provenance = {"fits": fits, "warnings": warnings,
-                         "conditions": [c.describe() for c in conds]}
+                         "conditions": [c.describe() for c in conds],
+                         "cleaning": cleaning_summary(fits)}
     return result
 
 

@@ -812,3 +812,107 @@ def read_words(path, **kw) -> Words:
             f"{list(allowed)}). Remove them from the config."
         )
     return reader(path, **{k: v for k, v in kw.items() if k in allowed})
+
+
+# --------------------------------------------------------------------------- BIDS events
+#: the file-name ending of a BIDS events file
+EVENTS_SUFFIX = "_events.tsv"
+#: values that BIDS writes for a missing value
+BIDS_MISSING = ("n/a", "")
+#: words of an events file may overlap by this much (s); more, with several event types
+#: in the file, means rows that are not words are among them
+EVENTS_OVERLAP_S = 0.05
+
+
+def is_events_file(path) -> bool:
+    """Whether ``path`` is a BIDS events file (``*_events.tsv``)."""
+    return Path(str(path)).name.lower().endswith(EVENTS_SUFFIX)
+
+
+def events_word_column(path) -> str | None:
+    """The column of a BIDS events file that holds words (the first of
+    :data:`WORD_COLUMNS`), or ``None``."""
+    _, df = _load_table(path)
+    return _find_col(Path(path).name, df, None, WORD_COLUMNS, "word", "word_column",
+                     required=False)
+
+
+def read_events(path, keep: dict | None = None, word_col: str | None = None) -> Words:
+    """Read the words of one run from a BIDS events file (``*_events.tsv``).
+
+    Each kept row is one word: ``onset`` (s) and ``duration`` (s) give its times (offset =
+    onset + duration; a ``n/a`` duration is the time to the next kept row's onset, the
+    last row's the median of the others); the word is in ``word_col`` (by default the
+    first of :data:`WORD_COLUMNS` present). ``keep``: column -> the values of the rows to
+    keep (e.g. ``{"trial_type": ["word"]}``); the other rows (sentences, pauses, other
+    event types) are left out. Silence labels are dropped as in :func:`read_table`.
+
+    Raises :class:`~.errors.LesionAlignError` naming the file, the row and the fix for a
+    missing column, an unknown filter column or value, a time that is not a number, and
+    rows out of time order (events of several kinds mixed: choose the word rows with
+    ``keep``).
+    """
+    name, df = _load_table(path)
+    cols = list(df.columns)
+    ocol = _find_col(name, df, None, ("onset",), "onset", "onset column")
+    dcol = _find_col(name, df, None, ("duration",), "duration", "duration column")
+    wcol = _find_col(name, df, word_col, WORD_COLUMNS, "word", "word_column")
+    rows = df
+    for col, values in (keep or {}).items():
+        c = _find_col(name, df, col, (), col, "events_filter")
+        values = [values] if isinstance(values, str) else [str(v) for v in values]
+        present = sorted(set(df[c].astype(str)))
+        unknown = [v for v in values if v not in present]
+        if unknown:
+            raise LesionAlignError(
+                f"{name}: events_filter {col} = {unknown}: no row has this value; the "
+                f"column {c!r} holds {present[:12]}{' ...' if len(present) > 12 else ''}")
+        rows = rows[rows[c].astype(str).isin(values)]
+    if rows.empty:
+        raise LesionAlignError(f"{name}: no event row is left after events_filter {keep}")
+    where = [f"data row {i + 1}" for i in rows.index]
+    onsets = _numbers(name, rows[ocol], ocol)
+    dur_text = rows[dcol].str.strip()
+    missing = dur_text.isin(BIDS_MISSING).to_numpy()
+    durations = np.full(len(rows), np.nan)
+    if (~missing).any():
+        durations[~missing] = _numbers(name, dur_text[~missing], dcol)
+    labels = [str(w) for w in rows[wcol]]
+    kinds = {c: sorted(set(df[c].astype(str))) for c in cols
+             if _norm_col(c) in ("trial_type", "type", "event_type")}
+    hint = "; ".join(f"{c} holds {v[:8]}" for c, v in kinds.items() if len(v) > 1)
+    mixed = (" The events file may mix several kinds of event: keep the word rows with "
+             "events_filter = {trial_type = \"...\"}" + (f" ({hint})" if hint else ""))
+    try:
+        _check_times(name, labels, onsets, onsets, where)
+    except LesionAlignError as err:
+        raise LesionAlignError(f"{err}{mixed}") from None
+    if np.any(durations[~np.isnan(durations)] < 0):
+        i = int(np.flatnonzero(durations < 0)[0])
+        raise LesionAlignError(f"{name}: {where[i]}: duration {durations[i]} is negative; a "
+                               "duration is a time in seconds >= 0")
+    offsets = onsets + durations
+    gaps = np.isnan(offsets)
+    if gaps.any():  # n/a durations: to the next onset
+        nxt = np.r_[onsets[1:], np.nan]
+        known = durations[~np.isnan(durations)]
+        steps = np.diff(onsets)
+        last = float(np.median(known)) if len(known) else (
+            float(np.median(steps)) if len(steps) else 0.0)
+        nxt[-1] = onsets[-1] + last
+        offsets[gaps] = nxt[gaps]
+    keep_rows = np.array([w.strip() not in BIDS_MISSING and not is_silence(w)
+                          for w in labels])
+    if not keep_rows.any():
+        raise LesionAlignError(f"{name}: no word left (every {wcol!r} is empty or a silence "
+                               "label); check word_column and events_filter")
+    idx = np.flatnonzero(keep_rows)
+    words = [labels[i].strip() for i in idx]
+    _check_times(name, words, onsets[idx], offsets[idx], [where[i] for i in idx])
+    over = np.flatnonzero(onsets[idx][1:] < offsets[idx][:-1] - EVENTS_OVERLAP_S)
+    if len(over) and hint:  # rows of another kind among the words
+        i, j = idx[over[0]], idx[over[0] + 1]
+        raise LesionAlignError(
+            f"{name}: {where[j]} ({labels[j]!r}) starts at {_fmt_t(onsets[j])}, before "
+            f"{where[i]} ({labels[i]!r}) ends at {_fmt_t(offsets[i])}.{mixed}")
+    return Words(tuple(words), onsets[idx], offsets[idx], str(path), None, None)
