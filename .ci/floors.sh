@@ -29,6 +29,7 @@ PIP=("$work/env/bin/python" -m pip)
 "${PIP[@]}" install -q --constraint "$work/floors.txt" "$repo" pytest "scikit-learn"
 "$work/env/bin/python" "$repo/.ci/floors_constraints.py" --check "$work/floors.txt"
 cd "$repo/tests"
-# -o addopts: no pytest-xvfb here (no GUI test runs)
+# -o addopts: no pytest-xvfb here; -p no:napari: napari's own pytest plugin imports its
+# Qt layer, and this environment has no Qt binding (no GUI test runs)
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$work/env/bin/python" -m pytest -q -o addopts=-ra \
-  -p no:cacheprovider -m "not slow and not gpu" "${CORE_TESTS[@]}"
+  -p no:cacheprovider -p no:napari -m "not slow and not gpu" "${CORE_TESTS[@]}"
