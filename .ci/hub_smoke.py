@@ -58,7 +58,9 @@ def napari_session(folder: Path) -> None:
     from napari_lesion_align import _sample_data
 
     installed_here()
-    manifest = PluginManager.instance().get_manifest("napari-lesion-align")
+    pm = PluginManager.instance()
+    pm.discover()  # (napari does it when its first viewer opens)
+    manifest = pm.get_manifest("napari-lesion-align")
     widgets = [w.display_name for w in manifest.contributions.widgets or []]
     check(len(widgets) == 5, f"the manifest lists the widgets {widgets}")
     viewer = napari.Viewer(show=True)
