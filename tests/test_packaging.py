@@ -175,6 +175,11 @@ def test_floors_are_at_least_what_the_code_calls():
         assert at_least("scipy", (1, 11))
     if "load_fsaverage" in code:
         assert at_least("nilearn", (0, 11))
+    if "create_cosine_drift" in code:
+        assert at_least("nilearn", (0, 13))
+    if "pkg_resources" not in code:  # older releases of these import it (no setuptools
+        assert at_least("praatio", (6, 1))  # in a fresh venv)
+        assert at_least("langcodes", (3, 5)) and at_least("language-data", (1, 3))
     build = PYPROJECT["build-system"]["requires"]
     assert any(re.fullmatch(r"setuptools>=(\d+)", b) and int(b.split(">=")[1]) >= 77
                for b in build), "an SPDX license string needs setuptools >= 77"
