@@ -434,6 +434,7 @@ def test_sample_data_template_and_cached_demo(tmp_path, monkeypatch):
         make_tiny_result().save(out_dir)
 
     monkeypatch.setattr("napari_lesion_align.core.pipeline.run_analysis", fake_run)
+    _sample_data.ensure_demo_result()  # the user's choice: compute the whole demo
     layers = _sample_data.demo_result()
     final = _sample_data.demo_cache_folder()
     assert final.parent == tmp_path and (final / "result.json").is_file()

@@ -1,17 +1,22 @@
 """npe2 sample data: the MNI152 template and the demo's result.
 
-``demo_result`` needs the demo's output folder. The first use **computes it** (the demo
-with lesions: the built-in offline model, 5 simulated subjects, 3 languages; several
-minutes) and caches it in
+``demo_result`` opens at once: the package ships the demo's result, precomputed
+(``data/sample/``: the group maps, the category maps and the first subject's maps of
+``napari-lesion-align demo``; made by ``scripts/make_sample_result.py``, and a test checks
+that it matches what the demo computes). Computing the whole demo here (the built-in
+offline model, 5 simulated subjects, 3 languages; several minutes) is the user's choice:
+in napari the notification that the shipped result was opened offers it
+(:func:`compute_demo_in_background`); outside napari :func:`ensure_demo_result` does it.
+
+A computed demo result is cached in
 ``<cache>/demo-result-<package version>-g<demo.GENERATOR_REVISION>/`` where ``<cache>`` is
 ``$NAPARI_LESION_ALIGN_CACHE`` or ``~/.cache/napari-lesion-align`` (the same root as the
-built-in model). Later uses read the cached folder (seconds). Delete that folder to
-recompute it.
+built-in model); once there, File > Open Sample opens it instead of the shipped one.
+Delete that folder to go back to the shipped result.
 
-In napari the computation never runs in the GUI thread: File > Open Sample returns at
-once with a notification, the run goes on in a worker with its progress in napari's
-activity dock (bottom right), and its layers are added when it is done. Outside napari
-(scripts, tests) the function computes and returns the layers.
+In napari the computation never runs in the GUI thread: it goes on in a worker with its
+progress in napari's activity dock (bottom right) and a notification whose button
+cancels it; its layers are added, with a notification, when it is done.
 """
 
 from __future__ import annotations
@@ -34,6 +39,54 @@ def mni_template() -> list[tuple]:
 
     attach_current()  # beneath the maps; a second copy is dropped (napari needs a layer)
     return [template_layer(2)]
+
+
+#: the shipped demo result (package data; scripts/make_sample_result.py writes it)
+SAMPLE_FOLDER = Path(__file__).resolve().parent / "data" / "sample"
+
+
+def shipped_sample() -> Path:
+    """The shipped demo result folder; a clear error when the installed package lacks it."""
+    from .core.errors import LesionAlignError
+
+    if not (SAMPLE_FOLDER / "result.json").is_file():
+        raise LesionAlignError(
+            f"{SAMPLE_FOLDER}: the shipped demo result is missing from this installation; "
+            "reinstall napari-lesion-align (pip install --force-reinstall "
+            "napari-lesion-align), or compute the demo: napari-lesion-align demo --out DIR")
+    return SAMPLE_FOLDER
+
+
+#: what the shipped sample keeps of the demo (a few MB: every map is a float volume)
+SAMPLE_GROUP_STATS = ("t",)
+SAMPLE_SUBJECT_STATS = ("r",)
+
+
+def sample_of(result):
+    """The shipped sample of a demo result (an AlignmentResult): its category maps,
+    summary and provenance, the group t maps and the first subject's r maps of
+    every condition but the random draws (the rest is what makes the full result large).
+    ``scripts/make_sample_result.py`` saves it into :data:`SAMPLE_FOLDER`."""
+    import dataclasses
+
+    keep = result.subjects[0]
+    shown = [c for c in result.conditions if result.kind_of(c) != "random"]
+    summary = None
+    if result.summary is not None:
+        summary = [r for r in result.summary if r["subject"] in ("group", keep)]
+    prov = dict(result.provenance)
+    prov["sample"] = {
+        "what": "napari-lesion-align's shipped demo result: the category maps and summary "
+                "of the demo, its group t maps and one subject's r maps (random "
+                "draws left out)",
+        "subject_kept": keep, "subjects_in_demo": result.subjects}
+    return dataclasses.replace(
+        result, maps={k: v for k, v in result.maps.items()
+                      if k[0] == keep and k[2] in shown and k[3] in SAMPLE_SUBJECT_STATS},
+        group_maps={k: v for k, v in result.group_maps.items()
+                    if k[1] in shown and k[2] in SAMPLE_GROUP_STATS},
+        n_valid={k: v for k, v in result.n_valid.items() if k[0] == keep},
+        provenance=prov, summary=summary, truth=None)
 
 
 def demo_cache_folder(cache_root=None) -> Path:
@@ -108,23 +161,39 @@ def demo_layers(folder) -> list[tuple]:
 
 
 def demo_result() -> list[tuple]:
-    """The MNI template, then the demo result's layers (computed once, see above).
-
-    In napari, with no cached result: the template at once (napari needs a layer), the
-    computation in a worker (:func:`compute_demo_in_background`)."""
+    """The MNI template, then the demo result's layers: a computed demo result when one is
+    cached (see above), else the shipped one, at once. In napari, opening the shipped
+    result offers (in a notification) to compute the whole demo."""
     from ._widgets._viewer import attach_current, current_viewer, without_duplicate_template
 
-    cached = cached_demo_result()
-    if cached is not None:
-        attach_current()
-        return without_duplicate_template(demo_layers(cached))
+    folder = cached_demo_result()
+    shipped = folder is None
+    if shipped:
+        folder = shipped_sample()
+    attach_current()
+    layers = without_duplicate_template(demo_layers(folder))
     viewer = current_viewer()
-    if viewer is None:
-        return demo_layers(ensure_demo_result())
-    from ._layers import template_layer
+    if shipped and viewer is not None:
+        offer_full_demo(viewer)
+    return layers
 
-    compute_demo_in_background(viewer)
-    return [template_layer(2)]
+
+#: what the notification of an opened shipped result says (and its button)
+SHIPPED_NOTE = ("Opened the demo's shipped result (precomputed: group maps, categories, "
+                "one subject's maps). Computing the whole demo here takes several minutes.")
+COMPUTE_ACTION = "Compute the demo"
+CANCEL_ACTION = "Cancel"
+
+
+def offer_full_demo(viewer, cache_root=None) -> None:
+    """A notification that the shipped result is open, with a button that computes the
+    whole demo (:func:`compute_demo_in_background`)."""
+    from napari.utils.notifications import Notification, notification_manager
+
+    notification_manager.dispatch(Notification(
+        SHIPPED_NOTE, severity="info",
+        actions=[(COMPUTE_ACTION,
+                  lambda *_: compute_demo_in_background(viewer, cache_root))]))
 
 
 def compute_demo_in_background(viewer, cache_root=None):
@@ -145,10 +214,10 @@ def compute_demo_in_background(viewer, cache_root=None):
     if running is not None and running.running:
         show_info("the demo result is being computed (see the activity dock)")
         return None
-    show_info("Computing the demo result once (several minutes; the command line "
-              "'napari-lesion-align demo' does the same). Progress: the activity dock "
-              "(bottom right). napari stays usable; its layers appear when it is done.")
+    from napari.utils.notifications import Notification, notification_manager
+
     bar = napari_progress(total=1000, desc="demo result")
+    task: list = []
 
     def fn(progress, cancel):
         from ._widgets._tasks import import_model_libraries
@@ -170,9 +239,20 @@ def compute_demo_in_background(viewer, cache_root=None):
             layers = [layer for layer in outcome.value
                       if not (have_template and layer.metadata.get("stat") == "template")]
             session._demo_feeder = LayerFeeder(viewer, layers).start()
+            show_info(f"The demo result is computed ({len(layers)} layers added); "
+                      "File > Open Sample opens it from now on.")
+        elif outcome.kind == "cancelled":
+            show_info("Computing the demo result was cancelled; File > Open Sample opens "
+                      "the shipped result.")
         elif outcome.kind == "error":
             show_error(outcome.message)
 
     session._demo_task = start_task(fn, on_done=done, on_progress=on_progress,
                                     name="demo result")
+    task.append(session._demo_task)
+    notification_manager.dispatch(Notification(
+        "Computing the demo result (several minutes; the command line "
+        "'napari-lesion-align demo' does the same). Progress: the activity dock "
+        "(bottom right). napari stays usable; its layers appear when it is done.",
+        severity="info", actions=[(CANCEL_ACTION, lambda *_: task[0].cancel())]))
     return session._demo_task

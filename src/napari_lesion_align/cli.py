@@ -2,6 +2,8 @@
 
 ``run`` and ``demo`` take ``--out DIR`` (resumed when it holds the same analysis),
 ``--force``, and ``--workers N`` / ``--scheduler ADDRESS`` to run the units on Dask.
+``demo --quick`` is the demo's smallest form (:data:`QUICK_DEMO`: a check that an install
+works, not a result to read); ``--version`` prints the package's version.
 
 Errors a user can cause are printed on one line (``error: ...``) with exit status 2.
 """
@@ -45,6 +47,11 @@ class _Progress:
             self.bar.close()
 
 
+#: ``demo --quick``: one synthetic subject, the intact model and its controls (no lesions):
+#: every stage of the analysis runs once (model, features, fits, group maps, result.json)
+QUICK_DEMO = {"n_subjects": 1, "lesions": False}
+
+
 def _summary(result, out: Path | None) -> str:
     """The run's closing summary (:meth:`~.core.result.AlignmentResult.closing_summary`):
     per language the intact model against its controls, each lesion against its random
@@ -64,7 +71,10 @@ def _summary(result, out: Path | None) -> str:
 def main(argv=None) -> int:
     from .core.errors import Cancelled, LesionAlignError
 
+    from . import __version__
+
     ap = argparse.ArgumentParser(prog="napari-lesion-align", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run the built-in demo (no network, no data of yours)")
     d.add_argument("--out", required=True, help="output folder")
@@ -73,6 +83,9 @@ def main(argv=None) -> int:
     d.add_argument("--no-lesions", dest="lesions", action="store_false",
                    help="intact model only (by default the demo also runs the shared lesion, "
                         "one specific lesion per language and their random controls)")
+    d.add_argument("--quick", action="store_true",
+                   help=f"the smallest demo, to check an install: {QUICK_DEMO['n_subjects']} "
+                        "subject, no lesions (replaces --subjects and --no-lesions)")
     r = sub.add_parser("run", help="run the analysis a config file describes")
     r.add_argument("config", help="TOML or JSON config (see docs/configuration.md)")
     r.add_argument("--out", required=True,
@@ -119,8 +132,9 @@ def main(argv=None) -> int:
         from .core.pipeline import run_analysis
 
         if args.cmd == "demo":
-            config = demo_config(n_subjects=args.subjects, seed=args.seed,
-                                 lesions=args.lesions)
+            recipe = (QUICK_DEMO if args.quick
+                      else {"n_subjects": args.subjects, "lesions": args.lesions})
+            config = demo_config(seed=args.seed, **recipe)
         else:
             config = load_config(args.config)
         compute = {k: getattr(args, k) for k in ("workers", "scheduler", "threads")

