@@ -334,7 +334,8 @@ def tiny_model(tmp_path_factory):
                            max_positions=260)
 
 
-def test_a_run_on_a_dataset_as_it_comes(tmp_path, tiny_model, capsys):
+def test_a_run_on_a_dataset_as_it_comes(tmp_path, tiny_model, capsys, make_napari_viewer,
+                                        qtbot):
     """init-config + run on a tree with a missing run, events.tsv annotations, flagged
     first volumes and no confounds key, one run 5 volumes longer than its annotations:
     the subject with a missing run is fitted on its other runs; result.json and the
@@ -371,6 +372,17 @@ def test_a_run_on_a_dataset_as_it_comes(tmp_path, tiny_model, capsys):
     r3 = np.asarray(nib.load(str(tmp_path / "res" /
                                  "sub-03_lang-EN_desc-intact_stat-r_statmap.nii.gz")).dataobj)
     assert np.isfinite(r3).all()
+    # the Results dock shows the same record when the folder is opened
+    from test_widgets import _dock, _wait_task
+
+    viewer = make_napari_viewer()
+    results = _dock(viewer, "Results")
+    task = results.open_result(tmp_path / "res")
+    _wait_task(qtbot, task, 120_000)
+    qtbot.waitUntil(lambda: results.cleaning.text() != "", timeout=60_000)
+    shown = results.cleaning.text()
+    assert shown.startswith("Cleaning: ") and "non-steady-state volumes removed: 8" in shown
+    assert "volumes after the annotations' end (kept): 5" in shown
 
 
 def test_the_network_matches_real_language_rois_and_a_reliable_map(shared_data):

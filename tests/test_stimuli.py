@@ -8,6 +8,7 @@ TextGrids with praatio itself.
 from __future__ import annotations
 
 import codecs
+from pathlib import Path
 import csv
 import difflib
 import re
@@ -568,3 +569,36 @@ def test_text_and_spaceless():
             is_spaceless(code)
     with pytest.raises(LesionAlignError, match="did you mean 'zh'"):
         w.text("cn")
+
+
+def test_a_word_the_tokenizer_drops_is_named_with_its_file_and_time(tmp_path, monkeypatch):
+    """A word that passes the readers but that the model's tokenizer turns into no token
+    (tokenizers differ: the readers cannot know) is refused by the features stage with the
+    annotation file, the word's number and its times, in the one input-error format."""
+    from napari_lesion_align.core import features
+    from napari_lesion_align.core.config import load_config
+    from napari_lesion_align.core.errors import InputError
+    from napari_lesion_align.core.pipeline import run_analysis
+    from test_pipeline import write_study
+    from tiny_models import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny-xlmr", "xlm-roberta", max_positions=130)
+    cfg = load_config(write_study(tmp_path / "study", model, n_subjects=1))
+    real = features.extract_word_features
+
+    def drops_word_7(model, tok, ws, *a, **kw):
+        # the tokenizer of this model gives word 7 nothing (the real check, on a copy of
+        # the words in which word 7 is empty)
+        ws = list(ws)
+        ws[7] = ""
+        return real(model, tok, ws, *a, **kw)
+
+    monkeypatch.setattr(features, "extract_word_features", drops_word_7)
+    with pytest.raises(InputError) as info:
+        run_analysis(cfg, tmp_path / "out")
+    err = info.value
+    msg = str(err)
+    assert err.file.endswith(".TextGrid") and Path(err.file).name in msg, msg
+    found = re.search(r"word 8 \((\d+\.\d+)-(\d+\.\d+) s\)", msg)
+    assert found and float(found[1]) < float(found[2]) and "no token" in msg, msg
+    assert "\n" not in msg

@@ -131,6 +131,12 @@ class ResultsWidget(QWidget):
         self.status = QLabel("No result yet: run one (Run) or open a result folder.")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
+        # what the cleaning removed (AlignmentResult.cleaning_lines: the console's lines)
+        self.cleaning = QLabel("")
+        self.cleaning.setWordWrap(True)
+        self.cleaning.setToolTip("What the cleaning did before the fits: confound columns, "
+                                 "volumes removed or noted (result.json has each run's)")
+        lay.addWidget(self.cleaning)
         lay.addStretch(1)
 
         self.open_button.clicked.connect(lambda: self._pick_folder())
@@ -284,6 +290,9 @@ class ResultsWidget(QWidget):
                             f"{', '.join(result.languages)}, conditions "
                             f"{', '.join(ch['conditions'])}" + (f"; model {model}" if model
                                                                 else ""))
+        lines = result.cleaning_lines()
+        self.cleaning.setText("Cleaning: " + "; ".join(lines) if lines else "")
+        self.cleaning.setVisible(bool(lines))
 
     def _refresh_choices(self, want: dict) -> None:
         """Fill the language / condition / stat lists for the chosen subject (and stat)."""

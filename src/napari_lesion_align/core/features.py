@@ -79,6 +79,21 @@ class TokenizedRun:
     sentence_end: np.ndarray  # bool per word: a sentence ends after this word
 
 
+
+class NoTokenError(LesionAlignError):
+    """A word the tokenizer turns into no token: ``index`` (its position in the run) and
+    ``word``; the stage that knows the annotation file names the file and the time
+    (:func:`.stages._features`)."""
+
+    def __init__(self, index: int, word: str):
+        super().__init__(f"word {index} ({word!r}) produced no token; remove empty or "
+                         "control-only words")
+        self.index = int(index)
+        self.word = str(word)
+
+    def __reduce__(self):  # travels between processes (Dask workers) intact
+        return type(self), (self.index, self.word)
+
 def tokenize_words(tokenizer, words: Sequence[str], spaceless: bool = False,
                    sentence_ids: np.ndarray | None = None) -> TokenizedRun:
     """Tokenise the running text of a run and map every word to its sub-word tokens.
@@ -114,9 +129,7 @@ def tokenize_words(tokenizer, words: Sequence[str], spaceless: bool = False,
     last = np.searchsorted(tok_s, stops, side="left")  # first token starting at/after stop
     if len(ids) == 0 or np.any(first >= last):
         bad = int(np.flatnonzero(first >= last)[0]) if len(ids) else 0
-        raise LesionAlignError(
-            f"word {bad} ({words[bad]!r}) produced no token; remove empty or control-only words"
-        )
+        raise NoTokenError(bad, words[bad])
     if sentence_ids is not None and len(sentence_ids) == len(words):
         sid = np.asarray(sentence_ids)
         ends = np.r_[sid[1:] != sid[:-1], True]

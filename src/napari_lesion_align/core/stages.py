@@ -280,7 +280,8 @@ def stage_features(eng: Engine) -> None:
 
 
 def _features(eng: Engine) -> None:
-    from .features import extract_word_features
+    from .errors import describe_chars, input_error
+    from .features import NoTokenError, extract_word_features
     from .lesions import apply_lesion
 
     keys = _feature_keys(eng)
@@ -320,11 +321,20 @@ def _features(eng: Engine) -> None:
             eng.progress(frac + f / len(todo), f"features {code} run {i + 1}, {c_label}: {m}")
 
         def extract(label, **reuse):
-            return next(iter(extract_word_features(
-                lm.model, lm.tokenizer, list(words.words), [cs.layer], opts,
-                spaceless=stim.spaceless, sentence_ids=words.sentence_ids,
-                progress=lambda f, m: prog(f, m, label), cancel=eng.cancel,
-                **reuse).values()))
+            try:
+                return next(iter(extract_word_features(
+                    lm.model, lm.tokenizer, list(words.words), [cs.layer], opts,
+                    spaceless=stim.spaceless, sentence_ids=words.sentence_ids,
+                    progress=lambda f, m: prog(f, m, label), cancel=eng.cancel,
+                    **reuse).values()))
+            except NoTokenError as err:  # the annotation's file and time, one format
+                j = err.index
+                raise input_error(
+                    words.source or f"{code} run {i + 1}",
+                    f"word {j + 1} ({words.onsets[j]:.3f}-{words.offsets[j]:.3f} s)",
+                    f"the word {err.word!r} ({describe_chars(err.word)}) gives the "
+                    "model's tokenizer no token",
+                    "remove the word or fix its characters in the annotation") from None
 
         intact = None
         if intact_missing or record or any(c.lesion.first_layer >= target for c in lesioned):
