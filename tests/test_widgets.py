@@ -7,6 +7,8 @@ demo's output (the ``demo_output`` fixture, or ``$NLA_DEMO_RESULT``).
 
 from __future__ import annotations
 
+import re
+
 import shutil
 import time
 from pathlib import Path
@@ -48,6 +50,23 @@ def _errors(notes):
 
     return [n for n in notes if n.severity == NotificationSeverity.ERROR]
 
+
+
+def _plain(name: str) -> str:
+    """A layer's name less its result's label (``"r EN intact (group) [demo-out]"`` ->
+    ``"r EN intact (group)"``): every result layer carries its result's label."""
+    return re.sub(r" \[[^\]]*\]$", "", name)
+
+
+def _names(viewer) -> list[str]:
+    return [_plain(layer.name) for layer in viewer.layers]
+
+
+def _layer(viewer, plain: str):
+    """The one layer whose name is ``plain`` and its result's label."""
+    found = [layer for layer in viewer.layers if _plain(layer.name) == plain]
+    assert len(found) == 1, (plain, [layer.name for layer in viewer.layers])
+    return found[0]
 
 def _dock(viewer, name):
     """Build a widget as napari does (with a ``PublicOnlyProxy`` of the viewer: private
@@ -194,11 +213,11 @@ def test_demo_run_adds_result_layers_and_gui_never_blocks(make_napari_viewer, qt
     assert run.outcome.kind == "ok", run.outcome.message
     result = run.session.result
     assert result is not None and result.languages == ["EN", "FR", "ZH"]
-    names = [layer.name for layer in viewer.layers]
+    names = _names(viewer)
     # one subject: no group statistics; the first subject's r map over the data's space
     assert names == ["MNI152 template (2 mm)", "analysis mask", "r EN intact (sub-01)"], \
         names
-    layer = viewer.layers["r EN intact (sub-01)"]
+    layer = _layer(viewer, "r EN intact (sub-01)")
     np.testing.assert_allclose(np.nanmax(layer.data), np.nanmax(result.get("01", "EN")),
                                rtol=1e-6)
     assert run.progress.value() == 1000 and "done" in run.step.text()
@@ -232,10 +251,10 @@ def test_demo_run_adds_result_layers_and_gui_never_blocks(make_napari_viewer, qt
     assert results.current_view() == {"subject": "01", "language": "EN",
                                       "condition": "intact", "stat": "r"}
     results.set_view(language="FR")
-    names = [layer.name for layer in viewer.layers]
+    names = _names(viewer)
     assert names == ["MNI152 template (2 mm)", "analysis mask", "r FR intact (sub-01)",
                      "inspected voxel"], names
-    np.testing.assert_allclose(np.nanmax(viewer.layers["r FR intact (sub-01)"].data),
+    np.testing.assert_allclose(np.nanmax(_layer(viewer, "r FR intact (sub-01)").data),
                                np.nanmax(result.get("01", "FR")), rtol=1e-6)
 
 
@@ -569,32 +588,33 @@ def test_results_widget_choices_threshold_legend_and_exports(make_napari_viewer,
     viewer = make_napari_viewer()
     results = _dock(viewer, "Results")
     _open(qtbot, results, folder)
-    names = [layer.name for layer in viewer.layers]
+    names = _names(viewer)
     # the mean r over subjects of the first language, under the category overlays
     assert names == ["MNI152 template (2 mm)", "r EN intact (group)", "categories lesion",
                      "categories random"], names
-    assert viewer.layers["r EN intact (group)"].metadata["threshold"] == 0.1
-    assert viewer.layers["categories lesion"].visible
-    assert not viewer.layers["categories random"].visible
+    assert _layer(viewer, "r EN intact (group)").metadata["threshold"] == 0.1
+    assert _layer(viewer, "categories lesion").visible
+    assert not _layer(viewer, "categories random").visible
     # every subject and the group; r, Δr for a subject; t, q for the group
     assert results._items("subject") == ["group"] + result.subjects
     results.set_view(subject="02", language="FR", condition="shared", stat="deltar")
-    layer = viewer.layers["Δr FR shared (sub-02)"]
+    layer = _layer(viewer, "Δr FR shared (sub-02)")
     np.testing.assert_allclose(np.nanmax(layer.data),
                                np.nanmax(result.maps[("02", "FR", "shared", "deltar")]))
-    assert "r EN intact (group)" not in viewer.layers  # the view is replaced, not added
+    assert "r EN intact (group)" not in _names(viewer)  # the view is replaced, not added
     # group mean r, computed from the subjects
     results.set_view(subject="group", language="ZH", condition="intact", stat="r")
     mean = np.nanmean([result.get(s, "ZH") for s in result.subjects], axis=0)
-    np.testing.assert_allclose(np.nanmax(viewer.layers["r ZH intact (group)"].data),
+    np.testing.assert_allclose(np.nanmax(_layer(viewer, "r ZH intact (group)").data),
                                np.nanmax(mean), rtol=1e-5)
     # the threshold slider sets the transparent band of the colormap
     results.set_view(stat="t", condition="shared", language="EN")
-    t_layer = viewer.layers["t EN shared (group)"]
+    t_layer = _layer(viewer, "t EN shared (group)")
     results.set_threshold(3.0)
-    step = results._limit / 200  # the slider's resolution
+    step = results._scale.step  # the slider's resolution, in the statistic's units
     assert abs(t_layer.metadata["threshold"] - 3.0) <= step
-    assert results.threshold_label.text() == f"|·| ≥ {results.threshold_value():.3g}"
+    assert results.threshold_label.text() == f"{results.threshold_value():.3g}"
+    assert results.threshold_text.text().startswith("t ≥ "), results.threshold_text.text()
     # sub-threshold values are transparent, supra-threshold ones are not
     cmap, lo, hi = t_layer.colormap, *t_layer.contrast_limits
     frac = lambda v: (v - lo) / (hi - lo)  # noqa: E731
@@ -604,15 +624,15 @@ def test_results_widget_choices_threshold_legend_and_exports(make_napari_viewer,
     assert results.threshold_value() == pytest.approx(0.05, abs=0.002)
     # overlay on / off, and the random controls' categories
     results.set_overlay(False)
-    assert not viewer.layers["categories lesion"].visible
+    assert not _layer(viewer, "categories lesion").visible
     results.set_overlay(True, "random")
-    assert viewer.layers["categories random"].visible
-    assert not viewer.layers["categories lesion"].visible
+    assert _layer(viewer, "categories random").visible
+    assert not _layer(viewer, "categories lesion").visible
     results.set_overlay(True, "lesion")
     # statistic "categories": the overlay, here with FR's specific voxels only
     results.set_view(stat="categories", language="FR")
     assert results.view_layer is None  # no map under the overlay
-    cats = viewer.layers["categories lesion"]
+    cats = _layer(viewer, "categories lesion")
     legend = result.categories["lesion"][1]
     lab = {e["name"]: k for k, e in legend.items()}
     cmap = cats.colormap
