@@ -80,3 +80,14 @@ def one_torch_thread():
     yield
     torch.set_num_threads(n)
 
+
+
+@pytest.fixture
+def notifications():
+    """Every napari notification dispatched during the test."""
+    from napari.utils.notifications import notification_manager
+
+    got = []
+    notification_manager.notification_ready.connect(got.append)
+    yield got
+    notification_manager.notification_ready.disconnect(got.append)

@@ -15,28 +15,11 @@ import time
 import numpy as np
 import pytest
 
-from tiny_models import make_tiny_model
 
-PLUGIN = "napari-lesion-align"
+from test_widgets import FAST_ENCODING, PLUGIN, tiny_model  # noqa: F401 (a fixture)
+
 SCREEN = (1366, 768)
-FAST_ENCODING = {"alphas": {"logspace": [0, 6, 4]}, "delays": [1, 2]}
 pytestmark = pytest.mark.filterwarnings("error:Private attribute access:FutureWarning")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-xlmr", "xlm-roberta",
-                           n_layers=2)
-
-
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    got = []
-    notification_manager.notification_ready.connect(got.append)
-    yield got
-    notification_manager.notification_ready.disconnect(got.append)
 
 
 def _small_screen_viewer(make_napari_viewer, qtbot):

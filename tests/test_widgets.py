@@ -34,17 +34,6 @@ def tiny_model(tmp_path_factory):
                            n_layers=2)
 
 
-@pytest.fixture
-def notifications():
-    """Every napari notification dispatched during the test."""
-    from napari.utils.notifications import notification_manager
-
-    got = []
-    notification_manager.notification_ready.connect(got.append)
-    yield got
-    notification_manager.notification_ready.disconnect(got.append)
-
-
 def _errors(notes):
     from napari.utils.notifications import NotificationSeverity
 
