@@ -458,3 +458,21 @@ def test_the_demo_raises_no_implausibility_warning(demo_output):
         aligned = np.nan_to_num(q, nan=1.0) < 0.05
         assert aligned.sum() > 100 and aligned[inside].mean() > 3 * aligned[~inside].mean()
         assert alignment_warnings(code, space, aligned) == []
+
+
+def test_runs_without_a_recorded_position_keep_their_own_order():
+    """A source whose runs do not record their position among the language's runs (the
+    demo, every subject has every run) pairs run k with the annotations of run k: the
+    features of run 1 are never fitted to the BOLD of runs 2 and 3."""
+    from napari_lesion_align.core.dataset import BoldRun
+    from napari_lesion_align.core.stages import run_indices
+    from napari_lesion_align.data.demo import N_RUNS, DemoDataset
+
+    class Source:
+        def runs(self, subject, code):
+            return [BoldRun(f"run-{k}", 10, lambda: None) for k in range(3)]
+
+    assert run_indices(Source(), "01", "EN") == [0, 1, 2]
+    demo = DemoDataset.__new__(DemoDataset)  # its runs, without synthesising any data
+    demo.subjects, demo.seed, demo.truth = ["01"], 0, None
+    assert run_indices(demo, "01", "EN") == list(range(N_RUNS))

@@ -50,8 +50,9 @@ class BoldRun:
     loader: Callable[[], np.ndarray]
     confounds: np.ndarray | None = None  # (n_vols, k), read and checked up front
     confounds_source: str | None = None
-    #: the run's position among its language's runs (a subject may lack some runs)
-    index: int = 0
+    #: the run's position among its language's runs (a subject may lack some runs); None:
+    #: the run's position in its subject's list (a source whose subjects have every run)
+    index: int | None = None
     #: what the cleaning of this run removes (:func:`cleaning_record`), filled by
     #: :func:`load_dataset`
     cleaning: dict = field(default_factory=dict)
@@ -84,8 +85,9 @@ class Dataset:
         out = [0] * n
         for (s, c), runs in self.bold.items():
             if c == code:
-                for r in runs:
-                    out[r.index] = max(out[r.index], int(r.n_vols))
+                for i, r in enumerate(runs):
+                    j = i if r.index is None else r.index
+                    out[j] = max(out[j], int(r.n_vols))
         return out if any(out) else []
 
     def cleaning(self, subject: str, code: str) -> list[dict]:
@@ -145,13 +147,15 @@ def check_lengths(ds: Dataset, tolerance: int) -> None:
     the volumes beyond the annotations' end are recorded in the run's cleaning record."""
     for (s, code), runs in ds.bold.items():
         stim = ds.stimuli[code]
-        if len(runs) > len(stim.runs) or any(r.index >= len(stim.runs) for r in runs):
+        if len(runs) > len(stim.runs) or any((i if r.index is None else r.index)
+                                             >= len(stim.runs) for i, r in enumerate(runs)):
             raise LesionAlignError(
                 f"subject {s}, language {code}: {len(runs)} BOLD runs for {len(stim.runs)} "
                 "annotation files"
             )
-        for run in runs:
-            i, words = run.index, stim.runs[run.index]
+        for pos, run in enumerate(runs):
+            i = pos if run.index is None else run.index
+            words = stim.runs[i]
             where = (f"subject {s}, language {code}, run {stim.run_labels[i]} "
                      f"({Path(run.source).name} vs {Path(words.source).name})")
             audio_end = getattr(words, "audio_end", None)

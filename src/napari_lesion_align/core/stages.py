@@ -473,7 +473,8 @@ def fit_jobs(eng: Engine, parallelism: int = 1) -> tuple[list[FitJob], list[str]
 def run_indices(src, subject: str, code: str) -> list[int]:
     """The positions among the language's runs of the runs a subject has (a subject may
     lack some: :meth:`.config.LanguageData.runs_of`)."""
-    return [getattr(r, "index", i) for i, r in enumerate(src.runs(subject, code))]
+    return [i if getattr(r, "index", None) is None else r.index
+            for i, r in enumerate(src.runs(subject, code))]
 
 
 def _fit_inputs(eng: Engine, subject: str, code: str) -> dict:

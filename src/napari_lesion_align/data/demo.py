@@ -369,7 +369,7 @@ class DemoDataset:
         si = self.subjects.index(subject)
         return [BoldRun(f"demo:sub-{subject}_lang-{code}_run-{r + 1}", RUN_TRS,
                         (lambda r=r: synthesize_run(self._drivers(code, r), self.truth, code,
-                                                    si, r, self.seed)))
+                                                    si, r, self.seed)), index=r)
                 for r in range(N_RUNS)]
 
     def inputs(self, subject: str, code: str) -> dict:
