@@ -861,7 +861,7 @@ def test_files_and_config_file_sources_check_and_run(make_napari_viewer, qtbot, 
     assert run.outcome.kind == "ok", run.outcome.message
     qtbot.waitUntil(lambda: run.feeder.done, timeout=30_000)
     assert run.session.result.subjects == ["01", "02"]
-    assert "r EN intact (group)" in viewer.layers  # mean over the 2 subjects
+    assert "r EN intact (group)" in _names(viewer)  # mean over the 2 subjects
     # save the finished run: the engine's output files
     from napari_lesion_align.core.result import AlignmentResult
 

@@ -57,23 +57,29 @@ def view_layer(result, view: dict, threshold=None, magnitude: bool = False):
 
 
 def show_result(viewer, session, result, layers: list, folder=None, per_tick: int = 1,
-                on_done=None, parent=None) -> LayerFeeder:
+                on_done=None, parent=None, new: bool = False) -> LayerFeeder:
     """Register ``result`` as an open result, make it current, and add its layers without
     blocking.
 
-    A result already open (the same folder) is only made current: nothing is added
-    twice and nothing is removed; other open results keep their layers. A template layer
-    is added only when the viewer has none.
+    A result already open (the same folder) is only made current: nothing is added twice
+    and nothing is removed; other open results keep their layers. A ``new`` result (a run) in the folder of an open one (a run into it
+    again) replaces that one's layers. A template layer is added only when the viewer has
+    none.
     """
     ref = getattr(session, "_feeder", None)
     prev = ref() if ref is not None else None
     if prev is not None and not prev.done:
         prev.stop()
     key = session.key_for(result, folder)
-    if key in session.results and layers_of(viewer, key):
+    entry = session.results.get(key)
+    same = entry is not None and (entry.result is result or not new)
+    if same and layers_of(viewer, key):
         session.select_result(key, force=True)
         todo = []
     else:
+        if entry is not None:  # a newer result in the same folder: it takes the layers' place
+            for layer in layers_of(viewer, key):
+                viewer.layers.remove(layer)
         has_template = any(layer.metadata.get("stat") == "template"
                            for layer in viewer.layers)
         todo = [layer for layer in (make_layer(x) for x in layers)

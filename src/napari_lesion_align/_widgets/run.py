@@ -275,7 +275,7 @@ class RunWidget(QWidget):
                               "layers…")
             folder = Path(self._out) if self._out else None
             self.feeder = show_result(self.viewer, self.session, result, tuples, folder,
-                                      on_done=self._layers_added, parent=self)
+                                      on_done=self._layers_added, parent=self, new=True)
         elif outcome.kind == "error":
             self._failed(outcome.message)
         elif outcome.kind == "cancelled":
