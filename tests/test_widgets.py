@@ -628,7 +628,7 @@ def test_results_widget_choices_threshold_legend_and_exports(make_napari_viewer,
     assert cmap.map(lab["specific:EN"])[-1] == 0 and cmap.map(lab["specific:FR"])[-1] > 0
     assert cmap.map(lab["shared"])[-1] > 0
     results.set_view(stat="t", language="EN", condition="intact")
-    assert results.view_layer.name == "t EN intact (group)"
+    assert _plain(results.view_layer.name) == "t EN intact (group)"
     # the legend: shared and one colour per language, as in the layers
     legend = dict((t, c) for c, t in results.legend_entries)
     assert legend["shared"] == CATEGORY_COLOURS["shared"]
@@ -778,6 +778,9 @@ def test_category_overlay_colours_appear_in_the_planted_regions(make_napari_view
     for layer in viewer.layers:
         layer.visible = layer is overlay
     overlay.opacity = 1.0  # exact colours on the black canvas
+    from napari_lesion_align._widgets import _viewer
+
+    _viewer.show_canvas_legend(viewer)  # the canvas legend's lines are in the same colours
     viewer.reset_view()
     labels, legend = result.categories["lesion"]
     colours = {lab: _hex_rgb(c) for lab, c in category_colours(legend).items() if lab}
