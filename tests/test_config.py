@@ -223,3 +223,34 @@ def test_widget_demo_config_uses_the_demo_category_rule():
     assert s.build_config().lesions.min_relative_drop == DEMO_MIN_RELATIVE_DROP
     s.set_model(s.model, dict(s.lesions, min_relative_drop=0.3))
     assert s.build_config().lesions.min_relative_drop == 0.3
+
+
+def test_the_demo_recipe_names_its_files_not_where_the_package_lies(tmp_path, monkeypatch):
+    """A demo result's recorded config (and the identity a resume compares) names the demo's
+    annotation files by file name: the same demo, installed elsewhere, is the same analysis;
+    the files read are still the package's own."""
+    import json
+
+    import shutil
+    from pathlib import Path
+
+    from napari_lesion_align.core.store import identity
+    from napari_lesion_align.data import demo as demo_mod
+
+    cfg = demo_config()
+    text = json.dumps(cfg.to_dict())
+    assert str(demo_mod.DEMO_DIR) not in text
+    langs = cfg.to_dict()["data"]["languages"]
+    assert [a for lang in langs for a in lang["annotations"]][:2] == [
+        "demo:EN_run-1.TextGrid", "demo:EN_run-2.TextGrid"]
+    assert Path(cfg.data.languages[0].annotations[0]).is_file()
+    # a user's files keep their full paths
+    user = cfg.data.model_copy(update={"kind": "volume"})
+    assert str(demo_mod.DEMO_DIR) in json.dumps(user.model_dump(mode="json"))
+    # the package installed in another place: another path, the same analysis
+    moved = tmp_path / "site-packages" / "demo"
+    shutil.copytree(demo_mod.DEMO_DIR, moved)
+    monkeypatch.setattr(demo_mod, "DEMO_DIR", moved)
+    elsewhere = demo_config()
+    assert elsewhere.data.languages[0].annotations[0].startswith(str(moved))
+    assert identity(elsewhere)["fits"] == identity(cfg)["fits"]

@@ -582,6 +582,9 @@ def test_a_word_the_tokenizer_drops_is_named_with_its_file_and_time(tmp_path, mo
     from test_pipeline import write_study
     from tiny_models import make_tiny_model
 
+    # a store of its own: another test's features of the same tiny model and words would be
+    # reused and the tokenizer never asked
+    monkeypatch.setenv("NAPARI_LESION_ALIGN_FEATURES", str(tmp_path / "features"))
     model = make_tiny_model(tmp_path / "tiny-xlmr", "xlm-roberta", max_positions=130)
     cfg = load_config(write_study(tmp_path / "study", model, n_subjects=1))
     real = features.extract_word_features

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import (BeforeValidator, Field, field_serializer, field_validator,
+                      model_validator)
 
 from .bold import CleaningOptions
 from .errors import LesionAlignError
@@ -206,6 +207,16 @@ class DataConfig(Table):
     #: (the arguments of load_confounds[_strategy], read by .bold.confound_strategy)
     confounds: dict[Text, Any] | None = None
     bids: BidsSource | None = None
+
+    @field_serializer("languages")
+    def _languages_out(self, languages):
+        """The demo's annotation files are the package's own: recorded by file name
+        (``demo:EN_run-1.TextGrid``), so a result's recipe (and the identity a resume compares)
+        does not depend on where the package is installed."""
+        if self.kind != "demo":
+            return languages
+        return tuple(lang.model_copy(update={"annotations": tuple(
+            f"demo:{Path(a).name}" for a in lang.annotations)}) for lang in languages)
 
 
 class ManualLesion(Section):
