@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.display import DIVERGING, MAP_RAMPS, SEQUENTIAL  # one owner: core.display
-from .core.display import LABELS as STAT_LABELS
-from .core.errors import LesionAlignError
+from .core.analysis.display import DIVERGING, MAP_RAMPS, SEQUENTIAL  # one owner: core.display
+from .core.analysis.display import LABELS as STAT_LABELS
+from .core.base.errors import LesionAlignError
 
 #: world (napari) coordinates from MNI mm, homogeneous: world = (z, -y, x)
 WORLD_FROM_MNI = np.array([[0.0, 0.0, 1.0, 0.0],
@@ -291,7 +291,7 @@ def style(stat, values, threshold=None) -> dict:
     v = v[np.isfinite(v)]
     lo, hi = (np.percentile(v, [0.5, 99.5]) if len(v) else (0.0, 1.0))
     if stat == "template":  # white matter a mid grey, not saturated (maps stay brighter)
-        from .core.display import TEMPLATE_HEADROOM
+        from .core.analysis.display import TEMPLATE_HEADROOM
 
         lo, hi = min(float(lo), 0.0), float(hi) * TEMPLATE_HEADROOM
     if hi <= lo:
@@ -337,7 +337,7 @@ def significance_threshold(result, language, condition) -> float | None:
     smallest ``|t|`` of the voxels significant at the result's alpha / correction);
     ``None`` when the result has no such test. With no significant voxel, a value above
     every ``|t|`` (nothing shown)."""
-    from .core.display import default_threshold
+    from .core.analysis.display import default_threshold
 
     key = (language, condition, "t")
     if key not in result.group_maps:
@@ -352,7 +352,7 @@ def category_colormap(legend: dict, languages=None) -> dict:
 
     ``languages``: show only these languages' specific categories (others transparent).
     """
-    from .core.figures import category_colours
+    from .core.results.figures import category_colours
 
     cmap: dict = {None: "transparent", 0: "transparent"}
     for label, colour in category_colours(legend, languages).items():
@@ -450,8 +450,8 @@ def _sibling_threshold(source, keys: dict, stat: str):
     folder = Path(str(source)).parent
     if not (folder / "result.json").is_file():
         return None
-    from .core.display import default_threshold
-    from .core.result import AlignmentResult
+    from .core.analysis.display import default_threshold
+    from .core.results.result import AlignmentResult
 
     try:
         result = AlignmentResult.load(folder, lazy=True)
@@ -609,7 +609,7 @@ def result_layers(result_or_folder, *, subjects=False, stats=None, conditions=No
     on top). Without group maps (one subject), the subjects' r maps are added and the
     first is visible.
     """
-    from .core.result import AlignmentResult
+    from .core.results.result import AlignmentResult
 
     source = None
     if not hasattr(result_or_folder, "maps"):

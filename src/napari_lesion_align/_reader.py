@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .core.errors import LesionAlignError
+from .core.base.errors import LesionAlignError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import display
-from .core.errors import LesionAlignError
+from .core.analysis import display
+from .core.base.errors import LesionAlignError
 
 #: metadata key: the registry key of the result a layer belongs to
 RESULT_KEY = "result_key"
@@ -336,7 +336,7 @@ class ResultView:
     def legend(self, name: str | None = None) -> list[tuple[str, str, str]]:
         """``[(colour, title, meaning)]`` of a category set (default: ``lesion`` or the
         first), from ``core.figures.category_colours``."""
-        from .core.figures import category_colours
+        from .core.results.figures import category_colours
 
         sets = list(self.result.categories)
         name = name or ("lesion" if "lesion" in sets else (sets[0] if sets else None))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from ..core.errors import LesionAlignError
-from ..core.plan import lesionable
+from ..core.base.errors import LesionAlignError
+from ..core.lesions.vocabulary import lesionable
 
 
 def parse_indices(text: str, element: str) -> dict[int, list[int]]:

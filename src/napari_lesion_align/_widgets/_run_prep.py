@@ -16,7 +16,7 @@ def result_tuples(result, with_template: bool = True) -> list:
 def run(config, with_template: bool, progress, cancel, out_dir=None):
     """Run the analysis: ``(result, napari layers)`` (the layers are built here, off the GUI
     thread). ``out_dir``: the output folder (a folder of the same analysis resumes)."""
-    from ..core.pipeline import run_analysis
+    from ..core.run.pipeline import run_analysis
     from ._tasks import make_layer
 
     result = run_analysis(config, out_dir, progress=progress, cancel=cancel)

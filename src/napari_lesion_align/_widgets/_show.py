@@ -122,7 +122,7 @@ def open_result_folder(viewer, folder, *, on_done=None, parent=None):
     folder = Path(folder)
 
     def fn(progress, cancel):
-        from ..core.result import AlignmentResult
+        from ..core.results.result import AlignmentResult
 
         progress(0.0, f"reading {folder}")
         result = AlignmentResult.load(folder)
@@ -151,7 +151,7 @@ def space_layers(mask, name: str = "analysis mask") -> list:
     mask's outline (magenta, ``core.display.MASK_COLOUR``: visible on the grey template);
     built off the GUI thread."""
     from .. import _layers
-    from ..core.display import MASK_COLOUR
+    from ..core.analysis.display import MASK_COLOUR
 
     data, kwargs, kind = _layers.nifti_layer(mask, name=name, stat="mask")
     cmap = dict(kwargs["colormap"])

@@ -38,10 +38,10 @@ from pathlib import Path
 from psygnal import Signal
 
 from .._view_model import result_key, unique_label  # Qt-free naming rules
-from ..core.config import (AnalysisConfig, DemoConfig, ModelConfig, config_from_dict,
-                           demo_config)
-from ..core.errors import LesionAlignError
-from ..data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
+from ..core.run.config import AnalysisConfig, ModelConfig, config_from_dict, demo_config
+from ..core.data.options import DemoConfig
+from ..core.base.errors import LesionAlignError
+from ..core.data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
 
 DEMO_LANGUAGES = ("EN", "FR", "ZH")
 
@@ -257,8 +257,8 @@ class Session:
         """The :class:`~..core.plan.LesionPlan` of the forms (what the size preview shows):
         the config's when the forms make one, else the lesion form's alone on the known
         languages (the data form may still be incomplete)."""
-        from ..core.config import LesionConfig
-        from ..core.plan import LesionPlan
+        from ..core.run.config import LesionConfig
+        from ..core.lesions.plan import LesionPlan
 
         if self.model_error:
             raise LesionAlignError(self.model_error)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.errors import Cancelled, LesionAlignError
+from ..core.base.errors import Cancelled, LesionAlignError
 
 
 _GC_FROZEN = False
@@ -111,7 +111,7 @@ class TimeEstimate:
     def add(self, elapsed: float, fraction: float) -> None:
         import math
 
-        from ..core.stages import time_left
+        from ..core.run.engine import time_left
 
         self.history.append((float(elapsed), float(fraction)))
         left = time_left(self.history)

@@ -145,7 +145,7 @@ def load_result_folder(viewer, key: str):
         return None
 
     def fn(progress, cancel):
-        from ..core.result import AlignmentResult
+        from ..core.results.result import AlignmentResult
 
         progress(0.0, f"reading {key}")
         return AlignmentResult.load(key, lazy=True)

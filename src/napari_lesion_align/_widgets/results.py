@@ -24,8 +24,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from .. import _layers
 from .._view_model import RESULT_KEY, VIEW_TAG, ResultView
-from ..core import display
-from ..core.errors import LesionAlignError
+from ..core.analysis import display
+from ..core.base.errors import LesionAlignError
 from . import _viewer
 from ._dock import scroll_layout
 from ._show import close_result, open_result_folder, tag_layer
@@ -561,7 +561,7 @@ class ResultsWidget(QWidget):
         return self.category_layer(chosen)
 
     def _update_legend(self) -> None:
-        from ..core.analysis import CATEGORY_COLOURS, language_colour
+        from ..core.analysis.statistics import CATEGORY_COLOURS, language_colour
 
         model = self.model
         if model is None:
@@ -822,7 +822,7 @@ class ResultsWidget(QWidget):
         path = Path(path)
 
         def fn(progress, cancel):
-            from ..core.figures import qc_figure
+            from ..core.results.figures import qc_figure
 
             return qc_figure(result, path, name=name)
 

@@ -18,8 +18,8 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
                             QPushButton, QWidget)
 
-from ..core.config import ComputeConfig
-from ..core.errors import LesionAlignError
+from ..core.run.config import ComputeConfig
+from ..core.base.errors import LesionAlignError
 from ._dock import ErrorLabel, scroll_layout, wrap_label
 from ._forms import schema_form
 from ._state import connect, session_for
@@ -185,7 +185,7 @@ class RunWidget(QWidget):
         self.activity = None
 
     def _plan_changed(self, *_) -> None:
-        from ..core.errors import LesionAlignError
+        from ..core.base.errors import LesionAlignError
         from ._lesion_size import describe_run
 
         if self.error.message is not None and not self.running:  # fixed, or being fixed
