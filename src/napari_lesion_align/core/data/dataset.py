@@ -120,6 +120,10 @@ class Dataset:
     def prepare(self, engine) -> None:
         """Nothing to prepare for files."""
 
+    def provenance(self) -> dict:
+        """Nothing beyond the config (its files are named there)."""
+        return {}
+
 
 def load_stimuli(lang: LanguageData) -> LanguageStimuli:
     check_label(lang.code, "language")

@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.errors import LesionAlignError
+from .options import DataKind, DemoConfig
+
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"  # the package's data folder
 N_RUNS = 3
 RUN_SECONDS = 300.0
@@ -307,3 +310,26 @@ def synthesize_run(drivers: dict, truth: dict, language: str, subject_index: int
 
 
 
+
+
+def _check_config(d: dict, data_d: dict) -> None:
+    """A demo config names no TR of its own and no languages (the demo brings both)."""
+    if data_d.get("tr", TR) != TR:
+        raise LesionAlignError(f"[data].tr = {data_d['tr']!r}: the demo's TR is "
+                               f"{TR} s; leave it out")
+    if d.get("languages"):
+        raise LesionAlignError("[languages.*]: the demo brings its own languages "
+                               f"({', '.join(LANGUAGES)}); remove these tables "
+                               "or use kind = 'volume' / 'regions'")
+
+
+def _read_config(kind: str, data_d: dict, d: dict, base) -> tuple:
+    """The demo's ``[data]``: its ``[data.demo]`` table and its shipped languages."""
+    v = data_d.pop("demo", {})
+    if not isinstance(v, dict):
+        raise LesionAlignError(f"[demo] = {v!r}: must be a table")
+    return data_d, list(demo_language_data()), DemoConfig.parse(dict(v))
+
+
+#: ``kind = "demo"`` for the config reader: the recipe as defaults, the demo's data
+DATA_KIND = DataKind("demo", _read_config, RECIPE, _check_config)

@@ -3,8 +3,9 @@ typed, frozen tables that the data sources read."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal, Mapping
 
 from pydantic import BeforeValidator, Field, field_serializer
 
@@ -143,3 +144,23 @@ def events_options(ld: dict, where: str) -> dict:
                                    "column that holds the words, e.g. \"word\"")
         out["word_column"] = w
     return out
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """What one ``[data] kind`` brings to a config (the config reader asks its registry of
+    kinds, never a kind by name).
+
+    ``read(kind, data, config, base)`` turns the ``[data]`` table (a dict, ``kind`` popped
+    or not), the whole config mapping and the config file's folder into ``(data, languages,
+    demo)``: the ``[data]`` table left for :class:`DataConfig`, the :class:`LanguageData`
+    of every language and the ``[data.demo]`` table (or None). ``defaults``: section ->
+    defaults that the config's own keys override (``lesions`` only when the config has a
+    ``[lesions]`` table). ``check(config, data)``: a kind's own refusals, asked before the
+    sections are read.
+    """
+
+    name: str
+    read: Callable
+    defaults: Mapping[str, Mapping] = field(default_factory=dict)
+    check: Callable | None = None

@@ -23,7 +23,9 @@ import numpy as np
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from ..data.bold import CleaningOptions
-from ..data.options import DataConfig, DemoConfig, LanguageData, _subject, events_options
+from ..data import demo as demo_data
+from ..data.bids import bids_languages
+from ..data.options import DataConfig, DataKind, LanguageData, _subject, events_options
 from ..base.errors import LesionAlignError
 from ..base.io import resolve_path
 from ..features.extraction import FeatureOptions
@@ -367,12 +369,11 @@ def _language(code, ld, kind: str, subjects: tuple, base: Path) -> LanguageData:
         raise LesionAlignError(f"{where}: {len(ann)} annotation files for {len(runs)} runs")
     table = {"code": str(code), "annotations": tuple(resolve_path(a, base) for a in ann),
              "runs": tuple(runs)}
-    if kind != "demo":
-        if "bold" not in ld:
-            raise LesionAlignError(f"{where}: 'bold' is required (template or table)")
-        if isinstance(ld["bold"], str) and not subjects:
-            raise LesionAlignError(f"{where}: a bold template needs [data].subjects")
-        table["bold"] = _per_subject_runs(ld["bold"], subjects, runs, base, f"{where}.bold")
+    if "bold" not in ld:
+        raise LesionAlignError(f"{where}: 'bold' is required (template or table)")
+    if isinstance(ld["bold"], str) and not subjects:
+        raise LesionAlignError(f"{where}: a bold template needs [data].subjects")
+    table["bold"] = _per_subject_runs(ld["bold"], subjects, runs, base, f"{where}.bold")
     if ld.get("confounds"):
         table["confounds"] = _per_subject_runs(ld["confounds"],
                                                tuple(table.get("bold", ())) or subjects,
@@ -398,6 +399,49 @@ def _table(d: dict, key: str) -> dict:
     return dict(v)
 
 
+def _read_files(kind: str, data_d: dict, d: dict, base: Path) -> tuple:
+    """``[data]`` and ``[languages.<CODE>]`` of files: NIfTI volumes or region tables, given
+    in the config (``volume``, ``regions``) or found in a BIDS dataset (``bids``: read as a
+    ``volume`` config)."""
+    if "demo" in data_d:
+        raise LesionAlignError("[data.demo]: only for kind = 'demo'")
+    subjects_raw = data_d.get("subjects", [])
+    if not isinstance(subjects_raw, list):
+        raise LesionAlignError(f"[data].subjects = {subjects_raw!r}: write a list, e.g. "
+                               "[\"01\", \"02\"]")
+    subjects = tuple(_subject(s) for s in subjects_raw)
+    langs_d = d.get("languages") or {}
+    if not isinstance(langs_d, dict):
+        raise LesionAlignError("[languages]: write one table per language, "
+                               "[languages.EN], [languages.FR], ...")
+    if kind == "bids":
+        data_d, languages = bids_languages(data_d, langs_d, subjects, base)
+        kind = "volume"
+    elif "root" in data_d or "derivatives" in data_d:
+        raise LesionAlignError("[data].root / derivatives: only for kind = 'bids'")
+    else:
+        languages = [_language(code, ld, kind, subjects, base)
+                     for code, ld in langs_d.items()]
+    if not languages:
+        raise LesionAlignError("config: no [languages.<CODE>] section; add one per "
+                               "language")
+    if not subjects:
+        data_d["subjects"] = list(dict.fromkeys(s for lang in languages for s in lang.bold))
+    if isinstance(data_d.get("mask"), str) and data_d["mask"]:
+        data_d["mask"] = resolve_path(data_d["mask"], base)
+    if kind == "volume" and not data_d.get("mask"):
+        raise LesionAlignError("[data].mask is required for NIfTI input (kind = 'volume')")
+    return data_d, languages, None
+
+
+#: the kinds of ``[data]``, in the order the messages list them: each one's data tables and
+#: defaults (the demo's recipe is its kind's defaults, :data:`.data.demo.DATA_KIND`)
+DATA_KINDS = {k.name: k for k in (DataKind("volume", _read_files),
+                                  DataKind("regions", _read_files),
+                                  DataKind("bids", _read_files),
+                                  demo_data.DATA_KIND)}
+
+
 def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None) -> AnalysisConfig:
     """Build and validate an :class:`AnalysisConfig` from a parsed TOML/JSON mapping."""
     base = Path(base)
@@ -410,26 +454,18 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
                                f"{sorted(SECTIONS)}")
     data_d = _table(d, "data")
     kind = data_d.get("kind", "volume")
-    if kind not in ("volume", "regions", "demo", "bids"):
-        raise LesionAlignError(f"[data].kind = {kind!r}: use 'volume', 'regions', 'bids' or "
-                               "'demo'")
+    if kind not in DATA_KINDS:
+        *first, last = (repr(k) for k in DATA_KINDS)
+        raise LesionAlignError(f"[data].kind = {kind!r}: use {', '.join(first)} or {last}")
+    data_kind = DATA_KINDS[kind]
+    recipe = data_kind.defaults
     les = _table(d, "lesions")
-    features, encoding = _table(d, "features"), _table(d, "encoding")
-    if kind == "demo":
-        from ..data import demo as demo_mod
-
-        recipe = demo_mod.RECIPE
-        features = _merge(recipe["features"], features)
-        encoding = _merge(recipe["encoding"], encoding)
-        if les:
-            les = _merge(recipe["lesions"], les)
-        if data_d.get("tr", demo_mod.TR) != demo_mod.TR:
-            raise LesionAlignError(f"[data].tr = {data_d['tr']!r}: the demo's TR is "
-                                   f"{demo_mod.TR} s; leave it out")
-        if d.get("languages"):
-            raise LesionAlignError("[languages.*]: the demo brings its own languages "
-                                   f"({', '.join(demo_mod.LANGUAGES)}); remove these tables "
-                                   "or use kind = 'volume' / 'regions'")
+    features = _merge(recipe.get("features", {}), _table(d, "features"))
+    encoding = _merge(recipe.get("encoding", {}), _table(d, "encoding"))
+    if les:
+        les = _merge(recipe.get("lesions", {}), les)
+    if data_kind.check is not None:
+        data_kind.check(d, data_d)
     if les:
         les.setdefault("enabled", True)
         if isinstance(les.get("text"), dict):
@@ -442,52 +478,13 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
     encoding_cfg = EncodingConfig(**encoding)
     cleaning = CleaningOptions(**_table(d, "cleaning"))
     lesions = LesionConfig(**les)
-    if kind == "demo":
-        controls_d = _merge(recipe["controls"], _table(d, "controls"))
-    else:
-        controls_d = _table(d, "controls")
-    controls = ControlsConfig(**controls_d)
+    controls = ControlsConfig(**_merge(recipe.get("controls", {}), _table(d, "controls")))
     compute_d = _table(d, "compute")
     if isinstance(compute_d.get("feature_store"), str):
         compute_d["feature_store"] = resolve_path(compute_d["feature_store"], base)
     compute = ComputeConfig(**compute_d)
 
-    demo = None
-    if kind == "demo":
-        demo = DemoConfig.parse(_table(data_d, "demo"))
-        data_d.pop("demo", None)
-        languages = list(demo_mod.demo_language_data())
-    else:
-        if "demo" in data_d:
-            raise LesionAlignError("[data.demo]: only for kind = 'demo'")
-        subjects_raw = data_d.get("subjects", [])
-        if not isinstance(subjects_raw, list):
-            raise LesionAlignError(f"[data].subjects = {subjects_raw!r}: write a list, e.g. "
-                                   "[\"01\", \"02\"]")
-        subjects = tuple(_subject(s) for s in subjects_raw)
-        langs_d = d.get("languages") or {}
-        if not isinstance(langs_d, dict):
-            raise LesionAlignError("[languages]: write one table per language, "
-                                   "[languages.EN], [languages.FR], ...")
-        if kind == "bids":
-            from ..data.bids import bids_languages
-
-            data_d, languages = bids_languages(data_d, langs_d, subjects, base)
-            kind = "volume"
-        elif "root" in data_d or "derivatives" in data_d:
-            raise LesionAlignError("[data].root / derivatives: only for kind = 'bids'")
-        else:
-            languages = [_language(code, ld, kind, subjects, base)
-                         for code, ld in langs_d.items()]
-        if not languages:
-            raise LesionAlignError("config: no [languages.<CODE>] section; add one per "
-                                   "language")
-        if not subjects:
-            data_d["subjects"] = list(dict.fromkeys(s for lang in languages for s in lang.bold))
-        if isinstance(data_d.get("mask"), str) and data_d["mask"]:
-            data_d["mask"] = resolve_path(data_d["mask"], base)
-        if kind == "volume" and not data_d.get("mask"):
-            raise LesionAlignError("[data].mask is required for NIfTI input (kind = 'volume')")
+    data_d, languages, demo = data_kind.read(kind, data_d, d, base)
     if "languages" in data_d:
         raise LesionAlignError("[data].languages: write one [languages.<CODE>] table per "
                                "language instead")

@@ -3,8 +3,9 @@ the model's features under the generator's conditions."""
 
 from __future__ import annotations
 
-from ..data.demo import (GENERATOR_LAYER, GENERATOR_LESIONS, GENERATOR_REVISION, LANGUAGES, N_RUNS,
-                         RUN_TRS, TR, demo_space, planted_drivers, planted_truth, synthesize_run)
+from ..data.demo import (GENERATOR_LAYER, GENERATOR_LESIONS, GENERATOR_REVISION, LANGUAGES,
+                         N_RUNS, REGIONS, RUN_TRS, TR, demo_space, planted_drivers,
+                         planted_truth, synthesize_run)
 
 
 def generator_plan(seed: int):
@@ -57,6 +58,16 @@ class DemoDataset:
         self.truth = planted_truth(self.space)
         self.drivers: dict | None = None
         self.subjects = [f"{i + 1:02d}" for i in range(self.n_subjects)]
+
+    @classmethod
+    def open(cls, config, progress=None, cancel=None, subjects=None) -> "DemoDataset":
+        """The demo of a config (every subject: its BOLD is made, not read)."""
+        return cls(config)
+
+    def provenance(self) -> dict:
+        """The planted truth: the regions and the categories of the demo's voxels."""
+        return {"demo_truth": {"regions": [[c, list(x), r] for c, x, r in REGIONS],
+                               "categories": self.truth["categories"]}}
 
     def subjects_of(self, code: str) -> list[str]:
         return list(self.subjects)

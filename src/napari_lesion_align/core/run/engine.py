@@ -107,7 +107,7 @@ class Engine:
     """What the stages share: the config, the data source, the stores, the model."""
 
     config: object
-    source: object  # dataset.Dataset (files) or data.demo.DemoDataset
+    source: object  # a sources.DataSource: files or the demo
     store: object  # store.FeatureStore
     out: object  # store.OutputFolder
     progress: Progress

@@ -149,12 +149,7 @@ def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
     commit = git_commit()
     if commit is not None:
         prov["git_commit"] = commit
-    truth = getattr(eng.source, "truth", None)
-    if truth is not None:
-        from ..data.demo import REGIONS
-
-        prov["demo_truth"] = {"regions": [[c, list(x), r] for c, x, r in REGIONS],
-                              "categories": truth["categories"]}
+    prov.update(eng.source.provenance())
     return prov
 
 
