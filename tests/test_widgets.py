@@ -456,7 +456,7 @@ import sys, threading, time
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_lesion_align.core import model as core_model
+from napari_lesion_align.core.model import loading as core_model
 from napari_lesion_align._widgets.model import ModelLesionWidget
 
 entered = threading.Event()

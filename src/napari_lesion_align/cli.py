@@ -53,7 +53,7 @@ QUICK_DEMO = {"n_subjects": 1, "lesions": False}
 
 
 def _summary(result, out: Path | None) -> str:
-    """The run's closing summary (:meth:`~.core.result.AlignmentResult.closing_summary`):
+    """The run's closing summary (:meth:`~.core.results.result.AlignmentResult.closing_summary`):
     per language the intact model against its controls, each lesion against its random
     draws, the category counts; summary.tsv and controls.tsv have every row."""
     lines = [f"  {line}" for line in result.closing_summary()]

@@ -1,4 +1,4 @@
-"""The work a run does off the GUI thread around :func:`~..core.pipeline.run_analysis`:
+"""The work a run does off the GUI thread around :func:`~..core.run.pipeline.run_analysis`:
 the run, then the result's layers (:func:`.._view_model.result_tuples`, the same as any
 result that opens). No Qt here; imports only :mod:`._tasks` (the layer factory)."""
 

@@ -52,7 +52,7 @@ def layers_of(viewer, key) -> list:
 
 
 def view_layer(result, view: dict, threshold=None, magnitude: bool = False):
-    """The map layer of a view (``threshold`` default: ``core.display``'s rule)."""
+    """The map layer of a view (``threshold`` default: ``core.analysis.display``'s rule)."""
     return make_layer(map_view_tuple(result, view, threshold, magnitude=magnitude))
 
 
@@ -148,7 +148,7 @@ def open_result_folder(viewer, folder, *, on_done=None, parent=None):
 # --------------------------------------------------------------------------- data check
 def space_layers(mask, name: str = "analysis mask") -> list:
     """The space of the data, shown when it is checked: the MNI template and the analysis
-    mask's outline (magenta, ``core.display.MASK_COLOUR``: visible on the grey template);
+    mask's outline (magenta, ``core.analysis.display.MASK_COLOUR``: visible on the grey template);
     built off the GUI thread."""
     from .. import _layers
     from ..core.analysis.display import MASK_COLOUR

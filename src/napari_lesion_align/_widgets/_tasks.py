@@ -5,7 +5,7 @@
 as often as the core likes: it is throttled and relayed to the GUI thread through a Qt
 signal (a queued connection); ``cancel()`` returns True once :meth:`Task.cancel` was
 called. The GUI thread receives one :class:`Outcome`: ``ok`` with the value, ``error``
-with the message of a :class:`~..core.errors.LesionAlignError`, ``cancelled``, or
+with the message of a :class:`~..core.base.errors.LesionAlignError`, ``cancelled``, or
 ``crash`` for an unexpected exception (napari's worker has already shown that one as a
 notification with its traceback).
 
@@ -86,7 +86,7 @@ class TimeEstimate:
     """The one estimate of the time a task has left, which every bar of the task shows.
 
     Each progress report ``add(elapsed, fraction)`` gives a raw estimate of the task's
-    end (:func:`~..core.stages.time_left`: the current phase's pace); the end shown is
+    end (:func:`~..core.run.engine.time_left`: the current phase's pace); the end shown is
     that estimate smoothed over :attr:`TAU` seconds, so that a report from a faster or
     slower stretch (a new phase, a slow unit) moves it gradually instead of making the
     countdown jump. :meth:`left` is the smoothed end less the time now; :meth:`reset`

@@ -415,7 +415,7 @@ class InspectorWidget(QWidget):
     @staticmethod
     def _values_at(result, v) -> dict:
         """``{bar: {language: (mean r over subjects, error)}}`` at feature ``v``
-        (:func:`~..core.figures.bar_values`: controls, lesions and their random draws'
+        (:func:`~..core.results.figures.bar_values`: controls, lesions and their random draws'
         band)."""
         from ..core.results.figures import bar_values
 

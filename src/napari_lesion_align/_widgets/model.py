@@ -2,7 +2,7 @@
 
 The lesion's size (elements per layer) is shown before running: it is computed in a
 worker from the model's anatomy (loading a model may take seconds). Lesions can be saved
-(``<label>.json`` + ``<label>.safetensors`` per lesion, :meth:`~..core.lesions.Lesion.save`)
+(``<label>.json`` + ``<label>.safetensors`` per lesion, :meth:`~..core.lesions.masks.Lesion.save`)
 and loaded back to run them again.
 """
 

@@ -1,6 +1,6 @@
 """Run dock widget: start and cancel the analysis, follow its progress, save the result.
 
-The analysis (:func:`~..core.pipeline.run_analysis`) runs in a napari thread worker; its
+The analysis (:func:`~..core.run.pipeline.run_analysis`) runs in a napari thread worker; its
 progress reaches the GUI thread through a queued Qt signal, so the viewer stays usable.
 Its units run in napari's process, on a local Dask cluster (*Compute*: N workers) or on a
 running Dask cluster (a scheduler address). Cancel stops it at the core's next check (the

@@ -53,6 +53,8 @@ class Statistic:
     maximum: float | None = None
     #: what it is, for tooltips and the legend
     meaning: str = ""
+    #: the colour limit when it is fixed (None: from the data, :func:`.._layers.robust_limit`)
+    limit: float | None = None
 
 
 STATISTICS: dict[str, Statistic] = {s.key: s for s in (
@@ -68,7 +70,7 @@ STATISTICS: dict[str, Statistic] = {s.key: s for s in (
     Statistic("q", "q", "sequential", "alpha", None, 0.001, 0.1,
               "FDR q (Benjamini-Hochberg) of the group test"),
     Statistic("lpi", "LPI", "diverging", "fixed", 0.2, 0.01, 1.0,
-              "language preference index"),
+              "language preference index", limit=1.0),
     Statistic("tvsrandom", "t vs random", "diverging", "significance", None, 0.1, None,
               "paired t of the lesion against its random draws"),
     Statistic("pvsrandom", "p vs random", "sequential", "alpha", None, 0.001, 0.1,
@@ -83,6 +85,14 @@ STATISTICS: dict[str, Statistic] = {s.key: s for s in (
     Statistic("mask", "mask", "labels", "none"),
     Statistic("template", "template", "anatomy", "none"),
 )}
+
+#: the maps a subject's fit writes: r for every condition, Δr for a lesion's
+SUBJECT_STATS = ("r", "deltar")
+#: the maps of a group test, in the order they are written: the statistic, p, FDR q
+GROUP_TEST = ("t", "p", "q")
+#: the order the Results dock lists statistics in (others after, by name)
+SHOW_ORDER = ("r", "deltar", "reldrop", "t", "q", "p", "lpi", "beyondrandom", "tvsrandom",
+              "qvsrandom", "pvsrandom")
 
 DIVERGING = tuple(k for k, s in STATISTICS.items() if s.kind == "diverging")
 SEQUENTIAL = tuple(k for k, s in STATISTICS.items() if s.kind == "sequential")

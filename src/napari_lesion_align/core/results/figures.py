@@ -3,7 +3,7 @@
 :func:`qc_figure` writes one PNG:
 
 * title: the model, the category set and what a category voxel means: the group test's
-  significance level, correction and degrees of freedom (``core.display``, the same
+  significance level, correction and degrees of freedom (``core.analysis.display``, the same
   rule as the napari layers and the exported view);
 * top: a few axial slices of the category map (``shared`` blue, ``specific:<L>`` in L's
   colour, as in the napari layers) over nilearn's MNI152 template, in the neurological
@@ -284,7 +284,7 @@ def _draw_bars(ax, result) -> None:
 
 def _title(result, name) -> str:
     """The figure's title: the model, the category set, and what a category voxel means
-    (the group test's level, correction and degrees of freedom, ``core.display``)."""
+    (the group test's level, correction and degrees of freedom, ``core.analysis.display``)."""
     from ..analysis.display import degrees_of_freedom, test_settings
 
     model = (result.provenance.get("model") or {}).get("name", "model")

@@ -33,10 +33,8 @@ import numpy as np
 
 from ..base.errors import LesionAlignError
 from ..base.io import _umask, atomic_save_nifti, atomic_write_text
+from .names import OWN_FILE_PATTERNS, category_file, group_file, map_file
 
-MAP_PATTERN = "sub-{subject}_lang-{language}_desc-{condition}_stat-{stat}_statmap"
-GROUP_PATTERN = "group_lang-{language}_desc-{condition}_stat-{stat}_statmap"
-CATEGORY_PATTERN = "group_desc-{name}_categories"
 SUMMARY_COLUMNS = ["subject", "language", "condition", "kind", "n_voxels", "n_excluded",
                    "mean_r", "median_r", "rel_drop", "control_rel_drop", "control_rel_drop_sd",
                    "random_draws", "n_significant", "n_beyond_random", "note"]
@@ -46,11 +44,6 @@ CONTROL_COLUMNS = ["language", "region", "condition", "test", "mean_r", "sd_r", 
                    "n_subjects"]
 SWEEP_COLUMNS = ["layer", "language", "rel_change", "rel_change_sd", "control_rel_change",
                  "control_sd", "n_subjects"]
-#: every file an analysis writes into its output folder (``--force`` deletes these only)
-OWN_FILE_PATTERNS = ("sub-*_statmap.nii.gz", "sub-*_statmap.tsv", "group_*_statmap.nii.gz",
-                     "group_*_statmap.tsv", "group_desc-*_categories.nii.gz",
-                     "group_desc-*_categories.tsv", "categories.json", "summary.tsv",
-                     "controls.tsv", "layer_sweep.tsv", "mask.nii.gz", "result.json")
 #: the key of result.json that lists every file of the result with its size and hash
 MANIFEST = "manifest"
 
@@ -127,22 +120,9 @@ def _stray_files(folder: Path, keep: set) -> list[Path]:
             if p.is_file() and p.name not in keep and p.name != "result.json"]
 
 
-# --------------------------------------------------------------------------- file names
-def _ext(space) -> str:
-    return ".nii.gz" if space.kind == "volume" else ".tsv"
 
 
-def map_file(space, subject, language, condition, stat) -> str:
-    return MAP_PATTERN.format(subject=subject, language=language, condition=condition,
-                              stat=stat) + _ext(space)
 
-
-def group_file(space, language, condition, stat) -> str:
-    return GROUP_PATTERN.format(language=language, condition=condition, stat=stat) + _ext(space)
-
-
-def category_file(space, name) -> str:
-    return CATEGORY_PATTERN.format(name=name) + _ext(space)
 
 
 def write_values(space, path: Path, v: np.ndarray) -> None:

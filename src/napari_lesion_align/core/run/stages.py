@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis.controls import WORD_RATE
+from ..analysis.display import GROUP_TEST, SUBJECT_STATS
 from ..base.errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
 from ..lesions.plan import Condition, ConditionSpec
 from .engine import ConditionSet, Engine, ModelInfo, Progress, ProgressFn, word_features
@@ -446,7 +447,8 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     from ..analysis import statistics as an
     from ..data.bold import check_subject_runs, clean_run, cleaning_regressors, valid_columns
     from ..encoding.ridge import cross_validated_r
-    from ..results.result import map_file, write_values
+    from ..results.names import map_file
+    from ..results.result import write_values
 
     cfg, src = eng.config, eng.source
     enc = cfg.encoding
@@ -661,8 +663,9 @@ def stage_group(eng: Engine):
     the caller writes its tables and ``result.json``.
     """
     from ..analysis import statistics as an
-    from ..results.result import (AlignmentResult, LazyMaps, _read_values, fill_drops, group_file,
-                                  map_file, subject_rows, summary_group_rows)
+    from ..results.names import group_file, map_file
+    from ..results.result import (AlignmentResult, LazyMaps, _read_values, fill_drops,
+                                  subject_rows, summary_group_rows)
 
     src, out = eng.source, eng.out.root
     les = eng.config.lesions
@@ -701,7 +704,7 @@ def stage_group(eng: Engine):
             if "note" in rec:
                 warnings.append(f"subject {s}, {code}: {rec['note']}; excluded")
             for c in conds:
-                for stat in ("r",) if c.kind == "intact" else ("r", "deltar"):
+                for stat in SUBJECT_STATS[:1] if c.kind == "intact" else SUBJECT_STATS:
                     files[(s, code, c.label, stat)] = map_file(src.space, s, code, c.label, stat)
             for c in ctrls:
                 files[(s, code, c.label, "r")] = map_file(src.space, s, code, c.label, "r")
@@ -720,7 +723,7 @@ def stage_group(eng: Engine):
         aligned = None
         if grouped:
             t0 = an.alignment_test(intact[ok])
-            for stat in ("t", "p", "q"):
+            for stat in GROUP_TEST:
                 write(code, "intact", stat, getattr(t0, stat))
             aligned = an.responsive(t0, les.alpha, les.correction)
             warnings += _power_warnings(code, int(ok.sum()), int(aligned.sum()), les, unit)
@@ -738,7 +741,7 @@ def stage_group(eng: Engine):
                                           c.kind)
             if grouped and c.label != "intact":
                 res = an.paired_t(intact[ok], B[ok], within=aligned)
-                for stat in ("t", "p", "q", "reldrop"):
+                for stat in GROUP_TEST + ("reldrop",):
                     write(code, c.label, stat, res.rel_drop if stat == "reldrop"
                           else getattr(res, stat))
                 n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
@@ -765,7 +768,7 @@ def stage_group(eng: Engine):
             if ok.sum() >= 2:
                 res = (an.alignment_test(B[ok]) if c.test == "positive"
                        else an.paired_t(intact[ok], B[ok]))
-                for stat in ("t", "p", "q"):
+                for stat in GROUP_TEST:
                     write(code, c.label, stat, getattr(res, stat))
                 n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
             del B
@@ -846,7 +849,7 @@ def _beyond_random(code: str, label: str, held: dict, aligned: np.ndarray, les,
     beyond = an.significant(res, les.alpha, les.correction)
     lesion_mean = held["r"].mean(0)
     beyond &= np.all(np.stack(held["means"]) > lesion_mean, axis=0)
-    for stat in ("t", "p", "q"):
+    for stat in GROUP_TEST:
         write(code, label, f"{stat}vsrandom", getattr(res, stat))
     write(code, label, "beyondrandom", beyond.astype(np.float32))
     return beyond

@@ -328,7 +328,7 @@ class OutputFolder:
     def clear(self) -> None:
         """Delete this analysis' files: every file its unit records list, the group files
         and ``units/`` (nothing else)."""
-        from ..results.result import OWN_FILE_PATTERNS
+        from ..results.names import OWN_FILE_PATTERNS
 
         for pattern in OWN_FILE_PATTERNS:
             for p in self.root.glob(pattern):
