@@ -224,3 +224,47 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+def beyond_random(lesion_r: np.ndarray, draws_sum: np.ndarray, draws_means: list,
+                  within: np.ndarray, alpha: float = 0.05, correction: str = "fdr"):
+    """Where a lesion's drop is beyond its K random draws' (per voxel, one language).
+
+    Two conditions, both required: across subjects, the lesion's r (``lesion_r``, subjects
+    x voxels) is below the mean r of its draws (``draws_sum`` / K; a paired one-sided t-test
+    over the voxels ``within``, corrected as ``correction``, at ``alpha``), and the
+    lesion's group mean r is below every draw's group mean r (``draws_means``: its group
+    drop is larger than each of the K draws': the empirical rank test's best, p = 1 /
+    (K + 1)). Returns the test (t, p, q) and the boolean map."""
+    mean_draws = draws_sum / len(draws_means)
+    res = paired_t(mean_draws, lesion_r, within=within)
+    beyond = significant(res, alpha, correction)
+    beyond &= np.all(np.stack(draws_means) > lesion_r.mean(0), axis=0)
+    return res, beyond
+
+
+def category_maps(cat_sets: dict, tests: dict, languages: list, alpha: float = 0.05,
+                  correction: str = "fdr", min_relative_drop: float = 0.0):
+    """The category maps of every set of selections (``cat_sets``: name -> (shared label,
+    {language: specific label})) from the group tests (``tests``: (label, language) ->
+    test), and the LPI maps of the specific lesions (with more than one language).
+
+    Returns ``(categories, lpi)``: name -> :func:`categories`' result, and a list of
+    ``(language, label, map)`` in the order they are made. A set whose tests are missing
+    in some language is left out."""
+    out, lpis = {}, []
+    for name, (shared, spec) in cat_sets.items():
+        shared_tests = {}
+        if shared and all((shared, L) in tests for L in languages):
+            shared_tests = {L: tests[(shared, L)] for L in languages}
+        spec_tests = {L: {L2: tests[(lbl, L2)] for L2 in languages}
+                      for L, lbl in spec.items() if all((lbl, L2) in tests for L2 in languages)}
+        if not shared_tests and not spec_tests:
+            continue
+        out[name] = categories(shared_tests, spec_tests, languages, alpha, correction,
+                               min_relative_drop)
+        if len(languages) > 1:
+            for L, t in spec_tests.items():
+                lpis.append((L, spec[L], lpi(t, L, alpha, correction,
+                                            min_relative_drop=min_relative_drop)))
+    return out, lpis

@@ -803,3 +803,24 @@ def cleaning_summary(fits: dict) -> dict:
     out["runs_without_confounds_table"] = sum(
         1 for v in units.values() for r in v if not r.get("confounds_table"))
     return out
+
+
+def assemble_result(source, folder: Path, conditions: list, controls: list, *, files: dict,
+                    group_files: dict, n_valid: dict, categories: dict, summary: list,
+                    fits: dict, warnings: list) -> "AlignmentResult":
+    """The result of the group stage: the maps in ``folder`` (read lazily: ``files``,
+    ``group_files``), the conditions' links (random draws, controls, sweep layers), the
+    summary rows and the provenance of the fits (the caller adds the rest and writes the
+    tables and ``result.json``)."""
+    result = AlignmentResult(
+        space=source.space, maps=LazyMaps(source.space, folder, files), n_valid=n_valid,
+        group_maps=LazyMaps(source.space, folder, group_files), categories=categories,
+        controls={c.label: c.control_of for c in conditions if c.control_of},
+        baselines={c.label: c.describe() for c in controls},
+        sweep=[c.label for c in conditions if c.kind == "sweep"],
+        sweep_layers={c.label: c.spec.layer for c in conditions if c.kind == "sweep"},
+        summary=summary, truth=getattr(source, "truth", None))
+    result.provenance = {"fits": fits, "warnings": warnings,
+                         "conditions": [c.describe() for c in conditions],
+                         "cleaning": cleaning_summary(fits)}
+    return result

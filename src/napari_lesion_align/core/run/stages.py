@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -444,130 +444,21 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
 
 def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
              state: dict) -> list[str]:
-    from ..analysis import statistics as an
-    from ..data.bold import check_subject_runs, clean_run, cleaning_regressors, valid_columns
-    from ..encoding.ridge import cross_validated_r
-    from ..results.names import map_file
-    from ..results.result import write_values
+    from .fits import Fitter, StackedBold
 
-    cfg, src = eng.config, eng.source
-    enc = cfg.encoding
-    delays = [int(d) for d in enc.delays]
-    pad = max(delays)
     code = job.language
-    lengths = [r.n_vols for r in src.runs(job.subjects[0], code)]
-    idx = run_indices(src, job.subjects[0], code)  # the job's subjects have the same runs
-    starts = np.r_[0, np.cumsum(lengths)]
-    V = src.space.n_features if src.space is not None else None
-    Y = None
-    valid, width, first, kept = {}, {}, {}, {}
-    nuisance = {}  # one run: its cleaning regressors, for the outer folds (cross_validated_r)
-    cleaning = {}  # (subject, run index) -> cleaning regressors (aboveWordRate needs them)
+    idx = run_indices(eng.source, job.subjects[0], code)  # the job's subjects have the same runs
     ctrls = control_specs(eng)
-    need_cleaning = any(c.kind == "above" for c in ctrls)
-    col = 0
     t0 = time.perf_counter()
-    for s in job.subjects:
-        eng.progress.check()
-        progress(0.0, f"subject {s}, {code}: loading and cleaning")
-        runs = src.runs(s, code)
-        raw = [run.load() for run in runs]
-        # the NaN-volume rule (bold.censored_volumes): mostly-NaN volumes are censored, a
-        # mostly-NaN run, or a run without signal next to runs with data, is an error
-        kept[s] = check_subject_runs(raw, [run.source for run in runs])
-        ok = valid_columns([R[k] for R, k in zip(raw, kept[s])])  # NaN / constant: excluded
-        valid[s] = ok
-        width[s] = int(ok.sum())
-        first[s] = col
-        if Y is None:
-            V = V or ok.size
-            Y = np.empty((int(starts[-1]), V * len(job.subjects)), dtype=np.float32)
-        for i, (run, R) in enumerate(zip(runs, raw)):
-            if width[s]:
-                cleaned = clean_run(R[:, ok], src.tr, cfg.cleaning, run.confounds,
-                                    keep=kept[s][i])
-                block = Y[starts[i]:starts[i + 1], col:col + width[s]]
-                if kept[s][i].all():
-                    block[:] = cleaned
-                else:  # censored rows: 0, left out of this subject's fit
-                    block[:] = 0.0
-                    block[kept[s][i]] = cleaned
-                if len(runs) == 1 or need_cleaning:
-                    cleaning[(s, i)] = cleaning_regressors(len(R), src.tr, cfg.cleaning,
-                                                           run.confounds, keep=kept[s][i])
-                if len(runs) == 1:
-                    nuisance[s] = cleaning[(s, i)]
-            raw[i] = None
-            eng.progress.check()
-        del raw
-        col += width[s]
-    # subjects fitted together share their kept volumes (usually all of them: one group)
-    groups: dict = {}
-    for s in job.subjects:
-        if width[s]:
-            key = b"".join(np.packbits(k).tobytes() for k in kept[s])
-            groups.setdefault(key, []).append(s)
-    r_maps: dict = {s: {} for s in job.subjects}
-    cv = None
+    bold = StackedBold.load(eng, job, progress, any(c.kind == "above" for c in ctrls))
     conds = eng.analysis.conditions
-    n_fits = len(conds) + sum(max(1, c.n_shifts) for c in ctrls)
-    done = [0]
-    spent: dict = {}  # label -> seconds of its fits (all the job's subjects)
-
-    def fit(label: str, X_all: list) -> dict:
-        """Fit one feature set for every subject of the job: {subject: r over valid}."""
-        nonlocal cv
-        res_of: dict = {}
-        t_fit = time.perf_counter()
-        for gi, members in enumerate(groups.values()):
-            keep = kept[members[0]]
-            censored = not all(k.all() for k in keep)
-            if len(groups) == 1 and not censored:
-                Yv = Y[:, :col]  # a view: no copy
-            else:
-                rows = np.concatenate([np.flatnonzero(k) + starts[i]
-                                       for i, k in enumerate(keep)])
-                cols = np.concatenate([np.arange(first[s], first[s] + width[s])
-                                       for s in members])
-                Yv = Y[np.ix_(rows, cols)]
-            X_runs = [X_all[i][: pad + n] for i, n in zip(idx, lengths)]
-            nuis = None
-            if len(lengths) == 1:  # per subject's columns (the confounds are the subject's)
-                nuis, a = [], 0
-                for s in members:
-                    if nuis and np.array_equal(nuis[-1][2], nuisance[s]):  # no confounds
-                        nuis[-1] = (nuis[-1][0], a + width[s], nuis[-1][2])
-                    else:
-                        nuis.append((a, a + width[s], nuisance[s]))
-                    a += width[s]
-            who = (f"subject {members[0]}" if len(members) == 1
-                   else f"subjects {members[0]}-{members[-1]}")
-            frac0 = (done[0] + gi / len(groups)) / n_fits
-            step = 1 / (n_fits * len(groups))
-            res = cross_validated_r(
-                X_runs, Yv, delays, enc.alphas, pad_before=pad, n_blocks=enc.n_blocks,
-                score=enc.score, dtype=np.dtype(enc.dtype), backend=enc.backend,
-                run_lengths=[int(k.sum()) for k in keep],
-                keep=keep if censored else None, nuisance=nuis,
-                progress=lambda f, m, who=who, frac0=frac0, step=step: progress(
-                    frac0 + step * f, f"{who}, {code}, {label}: {m}"),
-                cancel=eng.cancel)
-            cv = res.folds
-            a = 0
-            for s in members:
-                res_of[s] = res.r[a:a + width[s]]
-                a += width[s]
-            del Yv
-        done[0] += 1
-        spent[label] = spent.get(label, 0.0) + time.perf_counter() - t_fit
-        return res_of
+    fit = Fitter(eng, job, bold, idx, len(conds) + sum(max(1, c.n_shifts) for c in ctrls),
+                 progress)
+    r_maps: dict = {s: {} for s in job.subjects}
 
     def store(label: str, res_of: dict) -> None:
         for s in job.subjects:
-            r = np.full(valid[s].size, np.nan, dtype=np.float32)
-            if width[s]:
-                r[valid[s]] = res_of[s]
-            r_maps[s][label] = r
+            r_maps[s][label] = bold.r_map(s, res_of[s] if bold.width[s] else None)
 
     for c in conds:
         eng.progress.check()
@@ -582,37 +473,39 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
         else:
             if spec.kind == "above":
                 rates = trf.control(code, WORD_RATE)
-                _regress_word_rate(eng, job, Y, starts, first, width, cleaning, kept, nuisance,
-                                   rates=[rates[i] for i in idx])
+                _regress_word_rate(eng, job, bold, rates=[rates[i] for i in idx])
             res_of = fit(spec.label, trf.control(code, spec))
         store(spec.label, res_of)
-    del Y
+    bold.Y = None
     state["condition"] = None
-    seconds = time.perf_counter() - t0
+    return _write_fits(eng, job, bold, fit, r_maps, time.perf_counter() - t0, state)
+
+
+def _write_fits(eng: Engine, job: FitJob, bold, fit, r_maps: dict, seconds: float,
+                state: dict) -> list[str]:
+    """The maps and the record of every subject of the job still to do."""
+    from .fits import cleaning_record, subject_maps, write_maps
+
+    code, src = job.language, eng.source
+    conds, ctrls = eng.analysis.conditions, control_specs(eng)
+    labels = [c.label for c in conds] + [c.label for c in ctrls]
     lesions = {c.label for c in conds if c.kind != "intact"}
     written = []
     for s in job.todo:
-        files = []
-        for label in [c.label for c in conds] + [c.label for c in ctrls]:
-            maps = {"r": r_maps[s][label]}
-            if label in lesions:
-                maps["deltar"] = an.delta(r_maps[s]["intact"], r_maps[s][label])[0]
-            for stat, v in maps.items():
-                name = map_file(src.space, s, code, label, stat)
-                write_values(src.space, eng.out.root / name, v)
-                files.append(name)
+        files = write_maps(eng, s, code, subject_maps(r_maps[s], labels, lesions))
+        width, valid, kept = bold.width[s], bold.valid[s], bold.kept[s]
         rec = {"subject": s, "language": code, "seconds": seconds / len(job.subjects),
-               "fitted_with": list(job.subjects), "n_valid": width[s],
-               "n_excluded": int(valid[s].size - width[s]), "cv": cv, "files": files,
+               "fitted_with": list(job.subjects), "n_valid": width,
+               "n_excluded": int(valid.size - width), "cv": fit.cv, "files": files,
                "condition_seconds": {k: round(v / len(job.subjects), 3)
-                                     for k, v in spent.items()},
+                                     for k, v in fit.spent.items()},
                "inputs": _fit_inputs(eng, s, code)}
-        censored = {str(i + 1): int((~k).sum()) for i, k in enumerate(kept[s]) if not k.all()}
+        censored = {str(i + 1): int((~k).sum()) for i, k in enumerate(kept) if not k.all()}
         if censored:  # run number (1-based) -> volumes censored
             rec["censored_volumes"] = censored
         if hasattr(src, "cleaning"):  # what the cleaning removed, per run
-            rec["cleaning"] = _cleaning_record(src.cleaning(s, code), kept[s])
-        if not width[s]:
+            rec["cleaning"] = cleaning_record(src.cleaning(s, code), kept)
+        if not width:
             rec["note"] = "every voxel/region is constant or NaN"
         eng.out.write_record("fit", unit_name(s, code), rec)
         written.append(unit_name(s, code))
@@ -620,192 +513,221 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     return written
 
 
-def _cleaning_record(runs: list, kept: list) -> list:
-    """The data's cleaning record of a subject's runs with the volumes censored at the fit
-    (the NaN-volume rule, 0-based)."""
-    return [{**r, "censored_volumes": [int(i) for i in np.flatnonzero(~k)]}
-            for r, k in zip(runs, kept)]
 
 
-def _regress_word_rate(eng: Engine, job: FitJob, Y: np.ndarray, starts, first: dict,
-                       width: dict, cleaning: dict, kept: dict, nuisance: dict,
-                       rates: list) -> None:
-    """aboveWordRate: project every subject's cleaned runs in ``Y`` (in place) off the word
-    rate at the FIR delays (:func:`.controls.word_rate_regressors`); with one run, the word
-    rate joins the nuisance regressors of the outer folds."""
+def _regress_word_rate(eng: Engine, job: FitJob, bold, rates: list) -> None:
+    """aboveWordRate: project every subject's cleaned runs in the stacked BOLD (in place) off
+    the word rate at the FIR delays (:func:`.controls.word_rate_regressors`); with one run,
+    the word rate joins the nuisance regressors of the outer folds."""
     from ..analysis.controls import project_out, word_rate_regressors
 
     delays = [int(d) for d in eng.config.encoding.delays]
     pad = max(delays)
+    Y, starts = bold.Y, bold.starts
     for s in job.subjects:
-        if not width[s]:
+        first, width = bold.first[s], bold.width[s]
+        if not width:
             continue
-        cols = np.arange(first[s], first[s] + width[s])
-        for i, k in enumerate(kept[s]):
-            Q = word_rate_regressors(rates[i][: pad + len(k)], delays, pad, cleaning[(s, i)],
-                                     keep=k)
+        cols = np.arange(first, first + width)
+        for i, k in enumerate(bold.kept[s]):
+            Q = word_rate_regressors(rates[i][: pad + len(k)], delays, pad,
+                                     bold.cleaning[(s, i)], keep=k)
             if k.all():
-                block = Y[starts[i]:starts[i + 1], first[s]:first[s] + width[s]]
+                block = Y[starts[i]:starts[i + 1], first:first + width]
                 block[:] = project_out(block, Q)
             else:
                 rows = np.flatnonzero(k) + starts[i]
                 Y[np.ix_(rows, cols)] = project_out(Y[np.ix_(rows, cols)], Q)
-            if len(kept[s]) == 1:
-                nuisance[s] = np.column_stack([nuisance[s], Q])
+            if len(bold.kept[s]) == 1:
+                bold.nuisance[s] = np.column_stack([bold.nuisance[s], Q])
 
 
 # --------------------------------------------------------------------------- group
-def stage_group(eng: Engine):
-    """Group statistics per language, categories, LPI and the sweep and summary rows.
+@dataclass
+class _Group:
+    """What the group stage gathers over the languages (:func:`stage_group`)."""
 
-    Reads the subjects' r maps back from their files, one language at a time, and writes
-    the group maps. Returns the :class:`~.result.AlignmentResult` (its maps read lazily);
-    the caller writes its tables and ``result.json``.
-    """
-    from ..analysis import statistics as an
-    from ..results.names import group_file, map_file
-    from ..results.result import (AlignmentResult, LazyMaps, _read_values, fill_drops,
-                                  subject_rows, summary_group_rows)
+    eng: Engine
+    files: dict = field(default_factory=dict)  # (subject, language, label, stat) -> name
+    group_files: dict = field(default_factory=dict)  # (language, label, stat) -> name
+    n_valid: dict = field(default_factory=dict)
+    fits: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+    group_rows: list = field(default_factory=list)
+    tests: dict = field(default_factory=dict)  # (label, language) -> test, for categories
 
-    src, out = eng.source, eng.out.root
-    les = eng.config.lesions
-    conds = eng.analysis.conditions
-    cat_sets = eng.analysis.plan.selection_specs([c.spec for c in conds])
-    needed = {lbl for shared, spec in cat_sets.values() for lbl in [shared, *spec.values()]
-              if lbl}
-    draws: dict = {}  # lesion -> its random draws' labels
-    for c in conds:
-        if c.control_of:
-            draws.setdefault(c.control_of, []).append(c.label)
-    last_draw = {v[-1]: k for k, v in draws.items()}
-    ctrls = control_specs(eng)
-    files, group_files, n_valid, fits, warnings = {}, {}, {}, {}, []
-    warnings += list(getattr(src, "notes", []))  # runs left out of the data, and why
-    rows, group_rows, tests = [], [], {}
-    langs = list(src.stimuli)
-    unit = "voxel" if src.space.kind == "volume" else "region"
+    def __post_init__(self):
+        conds = self.eng.analysis.conditions
+        self.cat_sets = self.eng.analysis.plan.selection_specs([c.spec for c in conds])
+        self.needed = {lbl for shared, spec in self.cat_sets.values()
+                       for lbl in [shared, *spec.values()] if lbl}
+        self.draws: dict = {}  # lesion -> its random draws' labels
+        for c in conds:
+            if c.control_of:
+                self.draws.setdefault(c.control_of, []).append(c.label)
+        self.last_draw = {v[-1]: k for k, v in self.draws.items()}
+        # runs left out of the data, and why
+        self.warnings += list(getattr(self.eng.source, "notes", []))
 
-    def write(code, label, stat, v):
-        name = group_file(src.space, code, label, stat)
+    def write(self, code, label, stat, v) -> None:
+        from ..results.names import group_file
         from ..results.result import write_values
 
-        write_values(src.space, out / name, v)
-        group_files[(code, label, stat)] = name
+        src = self.eng.source
+        name = group_file(src.space, code, label, stat)
+        write_values(src.space, self.eng.out.root / name, v)
+        self.group_files[(code, label, stat)] = name
 
+    def stack(self, code: str, subjects: list, label: str) -> np.ndarray:
+        """Subjects x voxels: the r maps of one condition, read back from their files."""
+        from ..results.result import _read_values
+
+        src, out = self.eng.source, self.eng.out.root
+        return np.stack([_read_values(src.space, out / self.files[(s, code, label, "r")])
+                         for s in subjects])
+
+
+def stage_group(eng: Engine):
+    """Group statistics per language, categories, LPI and the sweep and summary rows.
+    
+    Reads the subjects' r maps back from their files, one language at a time, and writes
+    the group maps. Returns the :class:`~.result.AlignmentResult` (its maps read lazily);
+    the caller writes its tables and ``result.json``."""
+    from ..analysis import statistics as an
+    from ..results.result import assemble_result
+
+    les = eng.config.lesions
+    g = _Group(eng)
+    langs = list(eng.source.stimuli)
     for code in langs:
-        subjects = src.subjects_of(code)
-        for s in subjects:
-            rec = eng.out.read_record("fit", unit_name(s, code))
-            n_valid[(s, code)] = rec["n_valid"]
-            fits[f"{s}/{code}"] = {k: rec[k] for k in ("seconds", "condition_seconds",
-                                                       "fitted_with", "n_excluded", "cv",
-                                                       "note", "censored_volumes",
-                                                       "cleaning") if k in rec}
-            if "note" in rec:
-                warnings.append(f"subject {s}, {code}: {rec['note']}; excluded")
-            for c in conds:
-                for stat in SUBJECT_STATS[:1] if c.kind == "intact" else SUBJECT_STATS:
-                    files[(s, code, c.label, stat)] = map_file(src.space, s, code, c.label, stat)
-            for c in ctrls:
-                files[(s, code, c.label, "r")] = map_file(src.space, s, code, c.label, "r")
+        _group_language(g, code)
+    categories, lpis = an.category_maps(g.cat_sets, g.tests, langs, les.alpha, les.correction,
+                                        les.min_relative_drop)
+    for L, label, v in lpis:
+        g.write(L, label, "lpi", v)
+    return assemble_result(eng.source, eng.out.root, eng.analysis.conditions,
+                           control_specs(eng), files=g.files, group_files=g.group_files,
+                           n_valid=g.n_valid, categories=categories,
+                           summary=g.rows + g.group_rows, fits=g.fits, warnings=g.warnings)
 
-        def stack(label):
-            return np.stack([_read_values(src.space, out / files[(s, code, label, "r")])
-                             for s in subjects])
 
-        intact = stack("intact")
-        ok = np.array([np.isfinite(row).any() for row in intact])
-        tested = len(conds) > 1 or bool(ctrls)  # lesions or controls: group tests
-        grouped = tested and ok.sum() >= 2
-        if tested and not grouped:
-            warnings.append(f"{code}: group statistics need at least 2 subjects with data; "
-                            "skipped")
-        aligned = None
-        if grouped:
-            t0 = an.alignment_test(intact[ok])
+def _read_fits(g: _Group, code: str, subjects: list) -> None:
+    """The fit records of a language's subjects: their maps, sizes, times and notes."""
+    from ..results.names import map_file
+
+    eng, src = g.eng, g.eng.source
+    for s in subjects:
+        rec = eng.out.read_record("fit", unit_name(s, code))
+        g.n_valid[(s, code)] = rec["n_valid"]
+        g.fits[f"{s}/{code}"] = {k: rec[k] for k in ("seconds", "condition_seconds",
+                                                     "fitted_with", "n_excluded", "cv",
+                                                     "note", "censored_volumes",
+                                                     "cleaning") if k in rec}
+        if "note" in rec:
+            g.warnings.append(f"subject {s}, {code}: {rec['note']}; excluded")
+        for c in eng.analysis.conditions:
+            for stat in SUBJECT_STATS[:1] if c.kind == "intact" else SUBJECT_STATS:
+                g.files[(s, code, c.label, stat)] = map_file(src.space, s, code, c.label, stat)
+        for c in control_specs(eng):
+            g.files[(s, code, c.label, "r")] = map_file(src.space, s, code, c.label, "r")
+
+
+def _group_language(g: _Group, code: str) -> None:
+    """One language: the intact model's group test, each lesion's and control's, the
+    random draws' comparison, the summary rows."""
+    from ..analysis import statistics as an
+    from ..results.result import fill_drops, subject_rows, summary_group_rows
+
+    eng = g.eng
+    les, src = eng.config.lesions, eng.source
+    conds, ctrls = eng.analysis.conditions, control_specs(eng)
+    subjects = src.subjects_of(code)
+    _read_fits(g, code, subjects)
+    intact = g.stack(code, subjects, "intact")
+    ok = np.array([np.isfinite(row).any() for row in intact])
+    tested = len(conds) > 1 or bool(ctrls)  # lesions or controls: group tests
+    grouped = tested and ok.sum() >= 2
+    if tested and not grouped:
+        g.warnings.append(f"{code}: group statistics need at least 2 subjects with data; "
+                          "skipped")
+    aligned = None
+    n_sig, n_beyond = {}, {}
+    if grouped:
+        aligned = _intact_test(g, code, intact[ok])
+        n_sig["intact"] = int(aligned.sum())
+    means = _lesion_tests(g, code, subjects, intact, ok, grouped, aligned, n_sig, n_beyond)
+    for c in ctrls:  # the nulls and baselines: the model above each (or above 0)
+        eng.progress.check()
+        B = g.stack(code, subjects, c.label)
+        means[c.label] = subject_rows(g.rows, subjects, code, c.label, B, g.n_valid, "control")
+        if ok.sum() >= 2:
+            res = (an.alignment_test(B[ok]) if c.test == "positive"
+                   else an.paired_t(intact[ok], B[ok]))
             for stat in GROUP_TEST:
-                write(code, "intact", stat, getattr(t0, stat))
-            aligned = an.responsive(t0, les.alpha, les.correction)
-            warnings += _power_warnings(code, int(ok.sum()), int(aligned.sum()), les, unit)
-            from ..analysis.plausibility import alignment_warnings
+                g.write(code, c.label, stat, getattr(res, stat))
+            n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
+        del B
+    fill_drops(g.rows, code, subjects, means, g.draws)
+    if len(subjects) > 1:
+        g.group_rows += summary_group_rows(g.rows, code, [c.label for c in conds]
+                                           + [c.label for c in ctrls], n_sig, n_beyond)
 
-            warnings += alignment_warnings(code, src.space, aligned)
-        means, n_sig, n_beyond = {}, {}, {}
-        if grouped:
-            n_sig["intact"] = int(aligned.sum())
-        held: dict = {}  # lesion -> its r (until its last draw), draws' sum and group means
-        for c in conds:
-            eng.progress.check()
-            B = intact if c.label == "intact" else stack(c.label)
-            means[c.label] = subject_rows(rows, subjects, code, c.label, B, n_valid,
-                                          c.kind)
-            if grouped and c.label != "intact":
-                res = an.paired_t(intact[ok], B[ok], within=aligned)
-                for stat in GROUP_TEST + ("reldrop",):
-                    write(code, c.label, stat, res.rel_drop if stat == "reldrop"
-                          else getattr(res, stat))
-                n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
-                if c.label in needed:
-                    tests[(c.label, code)] = res
-                if c.label in draws:
-                    held[c.label] = {"r": B[ok], "sum": np.zeros_like(B[ok]), "means": []}
-                elif c.control_of in held:
-                    h = held[c.control_of]
-                    h["sum"] += B[ok]
-                    h["means"].append(B[ok].mean(0))
-                    if c.label in last_draw:
-                        h = held.pop(c.control_of)
-                        beyond = _beyond_random(code, c.control_of, h, aligned, les, write)
-                        n_beyond[c.control_of] = int(beyond.sum())
-                        if (c.control_of, code) in tests:
-                            tests[(c.control_of, code)].beyond = beyond
-            del B
-        for c in ctrls:  # the nulls and baselines: the model above each (or above 0)
-            eng.progress.check()
-            B = stack(c.label)
-            means[c.label] = subject_rows(rows, subjects, code, c.label, B, n_valid,
-                                          "control")
-            if ok.sum() >= 2:
-                res = (an.alignment_test(B[ok]) if c.test == "positive"
-                       else an.paired_t(intact[ok], B[ok]))
-                for stat in GROUP_TEST:
-                    write(code, c.label, stat, getattr(res, stat))
-                n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
-            del B
-        fill_drops(rows, code, subjects, means, draws)
-        if len(subjects) > 1:
-            group_rows += summary_group_rows(rows, code, [c.label for c in conds]
-                                             + [c.label for c in ctrls], n_sig, n_beyond)
-        del intact
-    categories = {}
-    for name, (shared, spec) in cat_sets.items():
-        shared_tests = {}
-        if shared and all((shared, L) in tests for L in langs):
-            shared_tests = {L: tests[(shared, L)] for L in langs}
-        spec_tests = {L: {L2: tests[(lbl, L2)] for L2 in langs}
-                      for L, lbl in spec.items() if all((lbl, L2) in tests for L2 in langs)}
-        if not shared_tests and not spec_tests:
-            continue
-        categories[name] = an.categories(shared_tests, spec_tests, langs, les.alpha,
-                                         les.correction, les.min_relative_drop)
-        if len(langs) > 1:
-            for L, t in spec_tests.items():
-                write(L, spec[L], "lpi", an.lpi(t, L, les.alpha, les.correction,
-                                                min_relative_drop=les.min_relative_drop))
-    result = AlignmentResult(
-        space=src.space, maps=LazyMaps(src.space, out, files), n_valid=n_valid,
-        group_maps=LazyMaps(src.space, out, group_files), categories=categories,
-        controls={c.label: c.control_of for c in conds if c.control_of},
-        baselines={c.label: c.describe() for c in ctrls},
-        sweep=[c.label for c in conds if c.kind == "sweep"],
-        sweep_layers={c.label: c.spec.layer for c in conds if c.kind == "sweep"},
-        summary=rows + group_rows, truth=getattr(src, "truth", None))
-    from ..results.result import cleaning_summary
 
-    result.provenance = {"fits": fits, "warnings": warnings,
-                         "conditions": [c.describe() for c in conds],
-                         "cleaning": cleaning_summary(fits)}
-    return result
+def _intact_test(g: _Group, code: str, intact: np.ndarray) -> np.ndarray:
+    """The intact model's group test (its maps, the power and plausibility warnings); the
+    voxels where it aligns."""
+    from ..analysis import statistics as an
+    from ..analysis.plausibility import alignment_warnings
+
+    les, src = g.eng.config.lesions, g.eng.source
+    t0 = an.alignment_test(intact)
+    for stat in GROUP_TEST:
+        g.write(code, "intact", stat, getattr(t0, stat))
+    aligned = an.responsive(t0, les.alpha, les.correction)
+    unit = "voxel" if src.space.kind == "volume" else "region"
+    g.warnings += _power_warnings(code, len(intact), int(aligned.sum()), les, unit)
+    g.warnings += alignment_warnings(code, src.space, aligned)
+    return aligned
+
+
+def _lesion_tests(g: _Group, code: str, subjects: list, intact: np.ndarray, ok: np.ndarray,
+                  grouped: bool, aligned, n_sig: dict, n_beyond: dict) -> dict:
+    """Every condition's summary rows and, with a group, its paired test against the intact
+    model and its random draws' comparison; the conditions' group means."""
+    from ..analysis import statistics as an
+    from ..results.result import subject_rows
+
+    eng = g.eng
+    les = eng.config.lesions
+    means = {}
+    held: dict = {}  # lesion -> its r (until its last draw), draws' sum and group means
+    for c in eng.analysis.conditions:
+        eng.progress.check()
+        B = intact if c.label == "intact" else g.stack(code, subjects, c.label)
+        means[c.label] = subject_rows(g.rows, subjects, code, c.label, B, g.n_valid, c.kind)
+        if grouped and c.label != "intact":
+            res = an.paired_t(intact[ok], B[ok], within=aligned)
+            for stat in GROUP_TEST + ("reldrop",):
+                g.write(code, c.label, stat, res.rel_drop if stat == "reldrop"
+                        else getattr(res, stat))
+            n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
+            if c.label in g.needed:
+                g.tests[(c.label, code)] = res
+            if c.label in g.draws:
+                held[c.label] = {"r": B[ok], "sum": np.zeros_like(B[ok]), "means": []}
+            elif c.control_of in held:
+                h = held[c.control_of]
+                h["sum"] += B[ok]
+                h["means"].append(B[ok].mean(0))
+                if c.label in g.last_draw:
+                    h = held.pop(c.control_of)
+                    beyond = _beyond_random(code, c.control_of, h, aligned, les, g.write)
+                    n_beyond[c.control_of] = int(beyond.sum())
+                    if (c.control_of, code) in g.tests:
+                        g.tests[(c.control_of, code)].beyond = beyond
+        del B
+    return means
 
 
 #: fewer subjects with data than this: the group tests are called underpowered
@@ -832,23 +754,14 @@ def _power_warnings(code: str, n_subjects: int, n_aligned: int, les, unit: str) 
 
 def _beyond_random(code: str, label: str, held: dict, aligned: np.ndarray, les,
                    write) -> np.ndarray:
-    """Where a lesion's drop is beyond its random draws' (per voxel, one language).
-
-    Two conditions, both required: across subjects, the lesion's r is below the mean r of
-    its K draws (paired one-sided t-test over the voxels where the intact model aligns,
-    corrected as ``[lesions] correction``, at ``alpha``), and the lesion's group mean r is
-    below every draw's group mean r (its group drop is larger than each of the K draws':
-    the empirical rank test's best, p = 1 / (K + 1)). Writes the maps ``tvsrandom``,
-    ``pvsrandom``, ``qvsrandom`` and ``beyondrandom`` (1 where both hold, 0 elsewhere).
-    """
+    """Where a lesion's drop is beyond its random draws' (:func:`.statistics.beyond_random`:
+    ``held`` holds the lesion's r, its draws' sum and group means); writes the maps
+    ``tvsrandom``, ``pvsrandom``, ``qvsrandom`` and ``beyondrandom`` (1 where both hold, 0
+    elsewhere)."""
     from ..analysis import statistics as an
 
-    K = len(held["means"])
-    mean_draws = held["sum"] / K
-    res = an.paired_t(mean_draws, held["r"], within=aligned)
-    beyond = an.significant(res, les.alpha, les.correction)
-    lesion_mean = held["r"].mean(0)
-    beyond &= np.all(np.stack(held["means"]) > lesion_mean, axis=0)
+    res, beyond = an.beyond_random(held["r"], held["sum"], held["means"], aligned, les.alpha,
+                                   les.correction)
     for stat in GROUP_TEST:
         write(code, label, f"{stat}vsrandom", getattr(res, stat))
     write(code, label, "beyondrandom", beyond.astype(np.float32))
