@@ -204,7 +204,8 @@ def compute_demo_in_background(viewer, cache_root=None):
     from napari.utils.notifications import show_error, show_info
 
     from ._widgets._state import session_for, unwrap
-    from ._widgets._tasks import LayerFeeder, make_layer, start_task
+    from ._widgets._layer_feed import LayerFeeder, make_layer
+    from ._widgets._tasks import start_task
     from ._widgets._viewer import attach
 
     viewer = unwrap(viewer)

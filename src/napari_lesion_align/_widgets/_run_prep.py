@@ -17,7 +17,7 @@ def run(config, with_template: bool, progress, cancel, out_dir=None):
     """Run the analysis: ``(result, napari layers)`` (the layers are built here, off the GUI
     thread). ``out_dir``: the output folder (a folder of the same analysis resumes)."""
     from ..core.run.pipeline import run_analysis
-    from ._tasks import make_layer
+    from ._layer_feed import make_layer
 
     result = run_analysis(config, out_dir, progress=progress, cancel=cancel)
     progress(1.0, "preparing the layers")

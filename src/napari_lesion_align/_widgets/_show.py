@@ -17,8 +17,8 @@ from pathlib import Path
 from .._view_model import (RESULT_KEY, RESULT_LABEL, RESULT_TAG, VIEW_TAG,  # noqa: F401
                            default_view, group_mean, map_view_tuple, owned_name,
                            result_tuples, stats_for, view_choices, view_tuple)
+from ._layer_feed import LayerFeeder, make_layer
 from ._state import result_key
-from ._tasks import LayerFeeder, make_layer
 
 
 def result_layer_objects(result, with_template: bool = True) -> list:

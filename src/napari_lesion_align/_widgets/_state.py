@@ -38,10 +38,10 @@ from pathlib import Path
 from psygnal import Signal
 
 from .._view_model import result_key, unique_label  # Qt-free naming rules
-from ..core.run.config import AnalysisConfig, ModelConfig, config_from_dict, demo_config
-from ..core.data.options import DemoConfig
 from ..core.base.errors import LesionAlignError
 from ..core.data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
+from ..core.data.options import DemoConfig
+from ..core.run.config import AnalysisConfig, ModelConfig, config_from_dict, demo_config
 
 DEMO_LANGUAGES = ("EN", "FR", "ZH")
 

@@ -89,7 +89,7 @@ def _inserted(ref, layer) -> None:
     if viewer is None:
         return
     meta = layer.metadata
-    from ._tasks import apply_contour
+    from ._layer_feed import apply_contour
 
     apply_contour(layer)
     if meta.get("lesion_align"):

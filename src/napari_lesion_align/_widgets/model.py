@@ -15,9 +15,9 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QLabel, QLineEdit, QListWidget, QPushButton, QVBoxLayout,
                             QWidget)
 
-from ..core.run.config import LesionConfig, ModelConfig
 from ..core.base.errors import LesionAlignError
 from ..core.lesions.vocabulary import DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, UNIT_ELEMENTS
+from ..core.run.config import LesionConfig, ModelConfig
 from ._dock import scroll_layout
 from ._forms import choices, schema_form
 from ._lesion_size import parse_indices, parse_list

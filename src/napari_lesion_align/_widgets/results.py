@@ -28,9 +28,10 @@ from ..core.analysis import display
 from ..core.base.errors import LesionAlignError
 from . import _viewer
 from ._dock import scroll_layout
+from ._layer_feed import add_layer, make_layer
 from ._show import close_result, open_result_folder, tag_layer
 from ._state import connect, session_for
-from ._tasks import add_layer, make_layer, start_task
+from ._tasks import start_task
 
 STAT_NAMES = display.LABELS
 SEQUENTIAL = display.SEQUENTIAL
@@ -755,7 +756,7 @@ class ResultsWidget(QWidget):
     def _surface_done(self, outcome) -> None:
         from napari.utils.notifications import show_error
 
-        from ._tasks import LayerFeeder
+        from ._layer_feed import LayerFeeder
 
         self.surface_button.setEnabled(True)
         if outcome.kind == "error":

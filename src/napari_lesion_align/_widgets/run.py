@@ -18,8 +18,8 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
                             QPushButton, QWidget)
 
-from ..core.run.config import ComputeConfig
 from ..core.base.errors import LesionAlignError
+from ..core.run.config import ComputeConfig
 from ._dock import ErrorLabel, scroll_layout, wrap_label
 from ._forms import schema_form
 from ._state import connect, session_for

@@ -11,6 +11,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .errors import LesionAlignError, WriteFailed
 
 
@@ -157,3 +159,15 @@ def resolve_path(path: str, base: Path) -> str:
     """``path`` (``~`` expanded) when absolute, else relative to ``base``."""
     p = Path(str(path)).expanduser()
     return str(p if p.is_absolute() else (base / p))
+
+
+def json_default(x):
+    """What ``json.dumps`` cannot write itself, as the records and result.json write it:
+    numpy numbers as Python numbers, arrays as lists, paths as text."""
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

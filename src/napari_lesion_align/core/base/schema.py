@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
+from .errors import LesionAlignError
+
 #: a number (an integer is fine, text and booleans are not)
 Number = Annotated[float, Strict()]
 PositiveNumber = Annotated[float, Strict(), Field(gt=0)]
@@ -44,8 +46,6 @@ class Section(BaseModel):
         try:
             return cls.model_validate(table)
         except ValidationError as err:
-            from .errors import LesionAlignError
-
             raise LesionAlignError(explain(err, cls.TABLE if where is None else where,
                                            cls)) from None
 
@@ -65,8 +65,6 @@ class Table(Section):
         try:
             super().__init__(**values)
         except ValidationError as err:
-            from .errors import LesionAlignError
-
             raise LesionAlignError(explain(err, self.TABLE, type(self))) from None
 
 

@@ -34,8 +34,11 @@ import os
 import re
 from pathlib import Path
 
-from .bold import NON_STEADY_ONLY
 from ..base.errors import LesionAlignError
+from ..base.io import cache_dir, resolve_path
+from .bold import NON_STEADY_ONLY
+from .languages import normalize_language
+from .options import BidsSource, LanguageData, events_options
 
 #: the keys of a ``[languages.<CODE>]`` table of a BIDS config
 LANGUAGE_KEYS = ("task", "space", "desc", "session", "filters", "runs", "annotations",
@@ -182,8 +185,6 @@ def bids_languages(data_d: dict, langs_d: dict, subjects: tuple, base: Path):
     Returns ``(data table for a kind = "volume" DataConfig, [LanguageData...])``.
     """
     from .bold import confound_strategy
-    from .options import BidsSource
-    from ..base.io import resolve_path
 
     data_d = dict(data_d)
     if "root" not in data_d or not isinstance(data_d["root"], str) or not data_d["root"]:
@@ -298,8 +299,6 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, confounds: str
     needs its confounds table) or ``"found"`` (the tables that exist, read for their
     non-steady-state volumes only). A subject's missing runs are left out with a note in
     ``notes``; so are the runs of the sessions a ``session`` key leaves out."""
-    from .options import LanguageData
-
     confounds_mode, with_confounds = confounds, True
 
     where = f"[languages.{code}]"
@@ -455,7 +454,6 @@ def _bids_language(code, ld, layout, subjects: tuple, base: Path, confounds: str
     for key in ("text_language", "tier", "bold_start_s"):
         if key in ld:
             table[key] = ld[key]
-    from .options import events_options
 
     table.update(events_options(ld, where))
     lang = LanguageData.parse(table, where)
@@ -484,8 +482,6 @@ def intersect_masks(paths) -> str:
 
     import nibabel as nib
     import numpy as np
-
-    from ..base.io import cache_dir
 
     paths = sorted(dict.fromkeys(str(p) for p in paths))
     if not paths:
@@ -556,8 +552,6 @@ def _annotation_files(folder: Path) -> list[Path]:
 
 def _annotations(value, runs, base: Path, where: str, task: str) -> list[str]:
     """One annotation path per run from a template, a folder, a table or a list."""
-    from ..base.io import resolve_path
-
     fix = (f"give {where}.annotations: a template with {{run}} (e.g. "
            f"\"annotation/lppEN_section{{run}}.TextGrid\"), a folder of one file per run "
            "(matched by the run number in the file names), one table with a run column, or "
@@ -675,8 +669,6 @@ def _language_code(task: str, taken: set) -> str:
 def _text_language(code: str) -> tuple[str, str]:
     """A guess of the language tag for a code, and a comment."""
     from langcodes.data_dicts import LIKELY_SUBTAGS
-
-    from .languages import normalize_language
 
     try:
         return normalize_language(code), "from the task label; CHECK"

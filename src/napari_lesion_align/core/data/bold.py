@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field, Strict
 
 from ..base.errors import LesionAlignError
+from ..base.io import read_bytes, read_text, regular_file
 from ..base.schema import Bool, Table
 
 
@@ -38,8 +39,6 @@ class VolumeSpace:
         from nilearn.maskers import NiftiMasker
 
         if not isinstance(mask, nib.spatialimages.SpatialImage):
-            from ..base.io import regular_file
-
             regular_file(mask, "brain mask", "set [data].mask to a 3D NIfTI image")
         try:
             img = mask if isinstance(mask, nib.spatialimages.SpatialImage) else nib.load(str(mask))
@@ -69,8 +68,6 @@ class VolumeSpace:
         """Read a 4D NIfTI run and return its masked (T, V) float32 time series."""
         import nibabel as nib
         from nilearn.image import resample_to_img
-
-        from ..base.io import regular_file
 
         path = regular_file(path, "BOLD run", "give one 4D NIfTI image per run")
         try:
@@ -167,8 +164,6 @@ def read_region_series(path, names: Sequence[str] | None = None, skip_rows: int 
     Returns ``(data, names)``; ``names`` come from a header row when the file has one, from
     ``names`` otherwise, else ``roi-1 .. roi-V``.
     """
-    from ..base.io import read_bytes, read_text
-
     path = Path(path)
     header = None
     fix = "use .npy, .tsv/.csv or whitespace .txt with one column per region"
@@ -339,8 +334,6 @@ def _fmriprep_confounds(path, strategy: dict, record: dict | None = None) -> np.
     import re
 
     from nilearn.interfaces.fmriprep import load_confounds, load_confounds_strategy
-
-    from ..base.io import regular_file
 
     path = regular_file(path, "confounds table", "give fMRIPrep's "
                         "*_desc-confounds_timeseries.tsv")

@@ -20,11 +20,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..base.errors import Cancelled, LesionAlignError
+from ..base.io import check_label, file_identity, regular_file
 from .bold import (RegionSpace, VolumeSpace, check_run_length, check_subject_runs,
                    expected_volumes, read_confounds, read_region_series, spike_regressors)
 from .options import LanguageData
-from ..base.errors import Cancelled, LesionAlignError
-from ..base.io import check_label
 from .stimuli import Words, read_words
 
 
@@ -105,8 +105,6 @@ class Dataset:
     def inputs(self, subject: str, code: str) -> dict:
         """The files a subject's fit reads, with their sizes and times (a changed file
         makes its unit run again)."""
-        from ..base.io import file_identity
-
         out = {"bold": [file_identity(r.source) for r in self.bold[(subject, code)]]}
         conf = [r.confounds_source for r in self.bold[(subject, code)] if r.confounds_source]
         if conf:
@@ -180,8 +178,6 @@ def _nifti_header(path: str):
     """A 4D NIfTI BOLD run, its header read and checked (exists, a regular file, 4D, not
     truncated); its data is not read."""
     import nibabel as nib
-
-    from ..base.io import regular_file
 
     regular_file(path, "BOLD run", "give one 4D NIfTI image per run")
     try:

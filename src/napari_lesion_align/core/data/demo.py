@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import LesionAlignError
-from .options import DataKind, DemoConfig
+from .options import DataKind, DemoConfig, LanguageData
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"  # the package's data folder
 N_RUNS = 3
@@ -82,8 +82,6 @@ def annotation_files(code: str) -> tuple[list[str], list]:
 
 def demo_language_data():
     """LanguageData entries of the demo (no BOLD files: the BOLD is synthesised)."""
-    from .options import LanguageData
-
     out = []
     for code in LANGUAGES:
         paths, runs = annotation_files(code)

@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, Field, field_serializer
 
 from ..base.errors import LesionAlignError
 from ..base.schema import Int, Label, NonNegInt, Number, PositiveNumber, Section, Table, Text
+from .languages import is_spaceless
 
 
 def _subject(v):
@@ -64,8 +65,6 @@ class LanguageData(Section):
     @property
     def spaceless(self) -> bool:
         """Whether the words are joined without spaces (:func:`.languages.is_spaceless`)."""
-        from .languages import is_spaceless
-
         return is_spaceless(self.language_tag, where=f"[languages.{self.code}].text_language")
 
 

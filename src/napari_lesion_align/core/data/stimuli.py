@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..base.errors import LesionAlignError, describe_chars, input_error
+from ..base.io import read_bytes
 from .languages import is_spaceless
 
 __all__ = [
@@ -209,8 +210,6 @@ def is_silence(label: str) -> bool:
 
 # --------------------------------------------------------------------------- file helpers
 def _read_bytes(path) -> bytes:
-    from ..base.io import read_bytes
-
     return read_bytes(path, "word annotation file",
                       "give the path of one annotation file (TextGrid, .csv or .tsv)")
 

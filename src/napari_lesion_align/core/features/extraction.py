@@ -22,9 +22,9 @@ import numpy as np
 
 from pydantic import Field, Strict, model_serializer
 
-from ..model.anatomy import BlockForwards
 from ..base.errors import Cancelled, LesionAlignError
 from ..base.schema import Table
+from ..model.anatomy import BlockForwards
 
 SENTENCE_END = (".", "!", "?", "。", "！", "？", "…", "؟")
 

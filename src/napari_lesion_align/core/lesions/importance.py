@@ -27,8 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..model.anatomy import Anatomy, BlockForwards, describe_model
 from ..base.errors import Cancelled, LesionAlignError
+from ..model.anatomy import Anatomy, BlockForwards, describe_model
 from .masks import IndexMask, Lesion, percentile_rank, top_k_mask
 from .vocabulary import UNIT_ELEMENTS, UNIT_PART, top_k_count, unit_count
 

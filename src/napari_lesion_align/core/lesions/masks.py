@@ -45,8 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.anatomy import Anatomy, describe_model
 from ..base.errors import LesionAlignError
+from ..base.io import read_text, regular_file
+from ..model.anatomy import Anatomy, describe_model
 from .vocabulary import ELEMENTS, MODES, UNIT_PART, top_k_count, unit_count
 
 
@@ -290,7 +291,6 @@ class Lesion:
             base = base.with_suffix("")
         js = base.with_name(base.name + ".json")
         st = base.with_name(base.name + ".safetensors")
-        from ..base.io import read_text, regular_file
 
         fix = "a lesion is a .json + .safetensors pair written by Lesion.save"
         text = read_text(js, "lesion file", fix)

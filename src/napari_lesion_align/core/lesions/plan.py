@@ -31,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from ..base.errors import LesionAlignError
-from .vocabulary import (DRAW_SEED_STEP, default_selections, default_sweep_indices,
+from ..base.io import read_text
+from .vocabulary import (CONTROL_LABELS, DRAW_SEED_STEP, default_selections, default_sweep_indices,
                          importance_per_layer, unit_count)
 
 # --------------------------------------------------------------------------- vocabulary
@@ -253,7 +254,6 @@ class LesionPlan:
                     control=self.sweep_element != "layers")
         for f in self.files:
             add(ConditionSpec(file_label(f), "file", None, file=str(f)))
-        from .vocabulary import CONTROL_LABELS
 
         labels = [s.label for s in out]
         taken = sorted(set(labels) & set(CONTROL_LABELS.values()))
@@ -390,8 +390,6 @@ class LesionBuilder:
         for code, stim in self.stimuli.items():
             path = files.get(code)
             if path:
-                from ..base.io import read_text
-
                 out[code] = [read_text(path, f"importance text for {code}",
                                        "set [lesions.text] to a UTF-8 text file")]
             else:

@@ -54,6 +54,7 @@ from typing import Callable
 import numpy as np
 
 from ..base.errors import LesionAlignError
+from ..base.io import cache_dir
 
 #: Name under which the GUI / CLI offer the converted built-in model.
 DEFAULT_MODEL_NAME = "builtin:multilingual-e5-small-q4"
@@ -560,8 +561,6 @@ def _check_tokenizer_matches(e5: dict, tokenizer_json: Path) -> None:
 
 
 def _default_cache_dir() -> Path:
-    from ..base.io import cache_dir
-
     return cache_dir()
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.display import degrees_of_freedom, test_settings
 from ..base.errors import LesionAlignError
 
 FIGSIZE = (12.0, 8.0)  # inches
@@ -285,8 +286,6 @@ def _draw_bars(ax, result) -> None:
 def _title(result, name) -> str:
     """The figure's title: the model, the category set, and what a category voxel means
     (the group test's level, correction and degrees of freedom, ``core.analysis.display``)."""
-    from ..analysis.display import degrees_of_freedom, test_settings
-
     model = (result.provenance.get("model") or {}).get("name", "model")
     alpha, correction = test_settings(result)
     df = degrees_of_freedom(result)

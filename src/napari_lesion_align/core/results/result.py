@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import LesionAlignError
-from ..base.io import _umask, atomic_save_nifti, atomic_write_text
+from ..base.io import _umask, atomic_save_nifti, atomic_write_text, json_default
 from .names import OWN_FILE_PATTERNS, category_file, group_file, map_file
 
 SUMMARY_COLUMNS = ["subject", "language", "condition", "kind", "n_voxels", "n_excluded",
@@ -563,7 +563,7 @@ class AlignmentResult:
         for stray in _stray_files(out, names):
             stray.unlink()
         doc[MANIFEST] = make_manifest(out, names)
-        atomic_write_text(out / "result.json", json.dumps(doc, indent=2, default=_json_default))
+        atomic_write_text(out / "result.json", json.dumps(doc, indent=2, default=json_default))
         written.append(out / "result.json")
         return written
 
@@ -765,16 +765,6 @@ def _read_tsv(path: Path) -> list[dict]:
                 row[c] = v
         rows.append(row)
     return rows
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer, np.floating)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def cleaning_summary(fits: dict) -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..base.errors import LesionAlignError
+from ..base.errors import Cancelled, LesionAlignError
 from ..base.io import read_text, regular_file
 
 __all__ = ["check_inputs", "model_anatomy"]
@@ -240,7 +240,6 @@ def check_bold(source, out_dir=None, progress=None, cancel=None) -> None:
     """
     from ..data.bold import check_subject_runs
     from ..data.dataset import Dataset
-    from ..base.errors import Cancelled
 
     if not isinstance(source, Dataset) or getattr(source.space, "kind", None) != "volume":
         return

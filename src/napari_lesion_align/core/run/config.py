@@ -22,17 +22,17 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from ..data.bold import CleaningOptions
+from ..base.errors import LesionAlignError
+from ..base.io import read_bytes, resolve_path
+from ..base.schema import (PATTERN_MESSAGES, Bool, Int, Label, NonNegInt, PositiveNumber,
+                           Section, Table, Text)
 from ..data import demo as demo_data
 from ..data.bids import bids_languages
+from ..data.bold import CleaningOptions
 from ..data.options import DataConfig, DataKind, LanguageData, _subject, events_options
-from ..base.errors import LesionAlignError
-from ..base.io import resolve_path
 from ..features.extraction import FeatureOptions
 from ..lesions.vocabulary import (DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, METHODS, MODES,
                                   UNIT_ELEMENTS, default_selections)
-from ..base.schema import (PATTERN_MESSAGES, Bool, Int, Label, NonNegInt, PositiveNumber,
-                           Section, Table, Text)
 
 BUILTIN_MODEL = "builtin:multilingual-e5-small-q4"
 #: the paper's ridge penalties: logspace(0, 19, 20)
@@ -529,8 +529,6 @@ def _check_lesions(les: LesionConfig, codes: list[str]) -> None:
 
 def load_config(path) -> AnalysisConfig:
     """Read a TOML or JSON config file (errors name the file)."""
-    from ..base.io import read_bytes
-
     path = Path(path)
     text = read_bytes(path, "config file", "give the path of a TOML or JSON config file")
     if not text.strip():

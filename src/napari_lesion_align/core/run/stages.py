@@ -27,8 +27,10 @@ import numpy as np
 
 from ..analysis.controls import WORD_RATE
 from ..analysis.display import GROUP_TEST, SUBJECT_STATS
-from ..base.errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
+from ..base.errors import (Cancelled, LesionAlignError, UnitFailed, describe_chars, input_error,
+                           unit_failed)
 from ..lesions.plan import Condition, ConditionSpec
+from ..results.names import group_file, map_file
 from .engine import ConditionSet, Engine, ModelInfo, Progress, ProgressFn, word_features
 
 
@@ -153,7 +155,6 @@ def stage_features(eng: Engine) -> None:
 
 
 def _features(eng: Engine) -> None:
-    from ..base.errors import describe_chars, input_error
     from ..features.extraction import NoTokenError, extract_word_features
     from ..lesions.masks import apply_lesion
 
@@ -571,7 +572,6 @@ class _Group:
         self.warnings += list(getattr(self.eng.source, "notes", []))
 
     def write(self, code, label, stat, v) -> None:
-        from ..results.names import group_file
         from ..results.result import write_values
 
         src = self.eng.source
@@ -614,8 +614,6 @@ def stage_group(eng: Engine):
 
 def _read_fits(g: _Group, code: str, subjects: list) -> None:
     """The fit records of a language's subjects: their maps, sizes, times and notes."""
-    from ..results.names import map_file
-
     eng, src = g.eng, g.eng.source
     for s in subjects:
         rec = eng.out.read_record("fit", unit_name(s, code))

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import LesionAlignError, WriteFailed
-from ..base.io import atomic_write_bytes, atomic_write_text, cache_dir
+from ..base.io import atomic_write_bytes, atomic_write_text, cache_dir, json_default
+from ..results.names import OWN_FILE_PATTERNS
 
 #: bump when feature extraction changes its output for the same inputs
 FEATURES_VERSION = 1
@@ -328,8 +329,6 @@ class OutputFolder:
     def clear(self) -> None:
         """Delete this analysis' files: every file its unit records list, the group files
         and ``units/`` (nothing else)."""
-        from ..results.names import OWN_FILE_PATTERNS
-
         for pattern in OWN_FILE_PATTERNS:
             for p in self.root.glob(pattern):
                 if p.is_file():
@@ -364,7 +363,7 @@ class OutputFolder:
 
     def write_record(self, stage: str, name: str, record: dict) -> None:
         atomic_write_text(self.record_path(stage, name),
-                          json.dumps(record, indent=2, default=_json_default))
+                          json.dumps(record, indent=2, default=json_default))
 
 
 def _stale_tmp(p: Path) -> bool:
@@ -374,14 +373,6 @@ def _stale_tmp(p: Path) -> bool:
 
 def as_recorded(x):
     """``x`` as it reads back from a record (a JSON round trip: tuples become lists)."""
-    return json.loads(json.dumps(x, default=_json_default))
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer, np.floating)):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+    return json.loads(json.dumps(x, default=json_default))
 
 
