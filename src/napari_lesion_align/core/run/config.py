@@ -29,6 +29,7 @@ from ..base.schema import (PATTERN_MESSAGES, Bool, Int, Label, NonNegInt, Positi
 from ..data import demo as demo_data
 from ..data.bids import bids_languages
 from ..data.bold import CleaningOptions
+from ..data.options import DemoConfig  # noqa: F401 (a table of the config: run.config.DemoConfig)
 from ..data.options import DataConfig, DataKind, LanguageData, _subject, events_options
 from ..features.extraction import FeatureOptions
 from ..lesions.vocabulary import (DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, METHODS, MODES,
@@ -472,7 +473,8 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
             les["text"] = {k: resolve_path(v, base) if isinstance(v, str) else v
                            for k, v in les["text"].items()}
         if isinstance(les.get("files"), list):
-            les["files"] = [resolve_path(f, base) if isinstance(f, str) else f for f in les["files"]]
+            les["files"] = [resolve_path(f, base) if isinstance(f, str) else f
+                            for f in les["files"]]
     model = ModelConfig(**_table(d, "model"))
     feature_opts = FeatureOptions(**features)
     encoding_cfg = EncodingConfig(**encoding)
