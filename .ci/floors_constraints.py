@@ -19,7 +19,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 EXTRAS = ("test",)
-SKIP = {"pytest-qt", "pytest-xvfb", "npe2"}  # GUI test tools: not in the core job
+# GUI test tools and the import contracts (tests/test_architecture.py): not in the core job
+SKIP = {"pytest-qt", "pytest-xvfb", "npe2", "import-linter"}
 
 
 def floors(pyproject: Path, torch_version: str) -> list[str]:

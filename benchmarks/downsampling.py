@@ -53,8 +53,8 @@ ALPHAS = tuple(np.logspace(0, 6, 7).tolist())
 
 
 def to_trs(vectors, onsets, n_vols, tr, method, start_s=0.0, pad=4):
-    from napari_lesion_align.core.controls import word_rate
-    from napari_lesion_align.core.features import words_to_trs
+    from napari_lesion_align.core.analysis.controls import word_rate
+    from napari_lesion_align.core.features.extraction import words_to_trs
 
     if method == "lanczos":
         return words_to_trs(vectors, onsets, n_vols, tr, "lanczos", start_s, pad)
@@ -65,7 +65,7 @@ def to_trs(vectors, onsets, n_vols, tr, method, start_s=0.0, pad=4):
 
 
 def fit(X_runs, Y_runs, pad=4):
-    from napari_lesion_align.core.encoding import cross_validated_r
+    from napari_lesion_align.core.encoding.ridge import cross_validated_r
 
     return cross_validated_r(X_runs, Y_runs, DELAYS, ALPHAS, pad_before=pad,
                              backend="numpy").r
@@ -91,9 +91,9 @@ def zscore(Y):
 
 
 def model_vectors(words_runs, language="en"):
-    from napari_lesion_align.core.config import BUILTIN_MODEL
-    from napari_lesion_align.core.features import extract_word_features
-    from napari_lesion_align.core.model import load_model
+    from napari_lesion_align.core.run.config import BUILTIN_MODEL
+    from napari_lesion_align.core.features.extraction import extract_word_features
+    from napari_lesion_align.core.model.loading import load_model
 
     lm = load_model(BUILTIN_MODEL, device="cpu")
     return [extract_word_features(lm.model, lm.tokenizer, list(w.words), [-1])[-1]
@@ -101,9 +101,9 @@ def model_vectors(words_runs, language="en"):
 
 
 def planted(args) -> list[str]:
-    from napari_lesion_align.core.controls import word_rate
-    from napari_lesion_align.core.stimuli import read_words
-    from napari_lesion_align.data import demo
+    from napari_lesion_align.core.analysis.controls import word_rate
+    from napari_lesion_align.core.data.stimuli import read_words
+    from napari_lesion_align.core.data import demo
 
     tr = 2.0
     runs = [read_words(demo.DEMO_DIR / f"EN_run-{r}.TextGrid") for r in (1, 2, 3)]
@@ -140,10 +140,10 @@ def planted(args) -> list[str]:
 
 
 def alice(args) -> list[str]:
-    from napari_lesion_align.core.bold import CleaningOptions, clean_run
-    from napari_lesion_align.core.config import load_config
-    from napari_lesion_align.core.controls import word_rate
-    from napari_lesion_align.core.dataset import load_dataset
+    from napari_lesion_align.core.data.bold import CleaningOptions, clean_run
+    from napari_lesion_align.core.run.config import load_config
+    from napari_lesion_align.core.analysis.controls import word_rate
+    from napari_lesion_align.core.data.dataset import load_dataset
 
     text = (REPO / "examples" / "alice.toml").read_text()
     text = text.replace("../../shared/data/alice_brennan2016", str(Path(args.data).resolve()))
@@ -178,9 +178,9 @@ def alice(args) -> list[str]:
 
 
 def demo_part(args) -> list[str]:
-    from napari_lesion_align.core.config import demo_config
-    from napari_lesion_align.core.pipeline import run_analysis
-    from napari_lesion_align.data import demo
+    from napari_lesion_align.core.run.config import demo_config
+    from napari_lesion_align.core.run.pipeline import run_analysis
+    from napari_lesion_align.core.data import demo
 
     lines = [f"demo ({args.subjects} subjects; its truth is made from mean-downsampled "
              "features): mean r over each language's planted voxels",

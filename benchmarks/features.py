@@ -11,7 +11,7 @@ What it measures, for the words of run 1 of the built-in demo in English and Chi
 
 * ``plain``: one plain non-overlapping pass over the text (stride = the model's capacity,
   no context) -- the cheapest possible reading, the reference (1.00x);
-* ``ctx C / stride S``: :func:`napari_lesion_align.core.features.extract_word_features`
+* ``ctx C / stride S``: :func:`napari_lesion_align.core.features.extraction.extract_word_features`
   with ``max_context_tokens=C``, ``stride_tokens=S`` (the default is 500 / 128): every
   pass re-reads up to C tokens of preceding context and reads out S new tokens;
 * ``per word``: one pass per word, each with its own preceding context of up to 500
@@ -48,16 +48,11 @@ sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
 
-from napari_lesion_align.core.features import (  # noqa: E402
-    FeatureOptions,
-    Window,
-    extract_word_features,
-    model_capacity,
-    special_tokens,
-    tokenize_words,
-)
-from napari_lesion_align.core.stimuli import list_runs, read_words  # noqa: E402
-from napari_lesion_align.data.demo import DEMO_DIR  # noqa: E402
+from napari_lesion_align.core.features.extraction import (FeatureOptions, Window,
+                                                          extract_word_features, model_capacity,
+                                                          special_tokens, tokenize_words)
+from napari_lesion_align.core.data.stimuli import list_runs, read_words  # noqa: E402
+from napari_lesion_align.core.data.demo import DEMO_DIR  # noqa: E402
 
 BUILTIN = "builtin:multilingual-e5-small-q4"
 STRIDES = (128, 256, 64, 32)  # with max_context 500; 128 is the default
@@ -65,7 +60,7 @@ CONTEXT = 500
 
 
 def load(tiny: bool):
-    from napari_lesion_align.core.model import load_model
+    from napari_lesion_align.core.model.loading import load_model
 
     if not tiny:
         try:

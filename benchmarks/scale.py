@@ -163,7 +163,7 @@ def blob_weights(img, m) -> np.ndarray:
 
 def run_words(run: int, n_vols: int):
     """The words of run ``run`` (1-based): two (or more) demo TextGrids end to end."""
-    from napari_lesion_align.core.stimuli import read_words
+    from napari_lesion_align.core.data.stimuli import read_words
 
     a, b = PAIRS[(run - 1) % len(PAIRS)]
     words, on, off = [], [], []
@@ -195,8 +195,8 @@ def build_data(folder: Path, n_subjects: int, n_runs: int, n_vols: int, seed: in
     import pandas as pd
     from scipy.signal import lfilter
 
-    from napari_lesion_align.core.bold import check_run_length
-    from napari_lesion_align.core.stimuli import read_words
+    from napari_lesion_align.core.data.bold import check_run_length
+    from napari_lesion_align.core.data.stimuli import read_words
 
     folder.mkdir(parents=True, exist_ok=True)
     man_path = folder / "manifest.json"

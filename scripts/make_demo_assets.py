@@ -22,10 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_lesion_align.core.stimuli import read_words  # noqa: E402
-from napari_lesion_align.data.demo import (  # noqa: E402
-    DEMO_DIR, RUN_SECONDS, N_RUNS, LAST_WORD_S, GRID_AFFINE, GRID_SHAPE,
-)
+from napari_lesion_align.core.data.stimuli import read_words  # noqa: E402
+from napari_lesion_align.core.data.demo import (DEMO_DIR, RUN_SECONDS, N_RUNS, LAST_WORD_S,
+                                                GRID_AFFINE, GRID_SHAPE)
 
 
 def crop(words, last_offset):

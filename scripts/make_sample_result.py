@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from napari_lesion_align._sample_data import SAMPLE_FOLDER, sample_of  # noqa: E402
-from napari_lesion_align.core.result import AlignmentResult  # noqa: E402
+from napari_lesion_align.core.results.result import AlignmentResult  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_lesion_align import _layers
-    from napari_lesion_align.data import demo
+    from napari_lesion_align.core.data import demo
 
     viewer = napari.Viewer(show=True, title="napari-lesion-align")
     app = QApplication.instance()
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     import numpy as np
     from matplotlib.pyplot import imsave
 
-    from napari_lesion_align.core.figures import simulate_cvd
+    from napari_lesion_align.core.results.figures import simulate_cvd
 
     # two axial slices: z = 4 mm (shared, FR) and z = 28 mm (EN, ZH); normal vision
     # above, simulated deuteranopia below

@@ -51,7 +51,7 @@ def demo_output(tmp_path_factory):
     """
     import time
 
-    from napari_lesion_align.core import e5_offline
+    from napari_lesion_align.core.model import e5_offline
 
     reuse = os.environ.get("NLA_DEMO_RESULT")
     if reuse:

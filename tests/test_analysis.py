@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import ttest_rel
 
-from napari_lesion_align.core import analysis as an
-from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.analysis import statistics as an
+from napari_lesion_align.core.base.errors import LesionAlignError
 
 LANGS = ["EN", "FR", "ZH"]
 
@@ -148,7 +148,7 @@ def test_colour_of_an_unlisted_language_is_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("from napari_lesion_align.core.analysis import language_colour; "
+    code = ("from napari_lesion_align.core.analysis.statistics import language_colour; "
             "print(language_colour('DE'))")
     got = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**__import__("os").environ, "PYTHONHASHSEED": seed},

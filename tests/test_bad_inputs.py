@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from napari_lesion_align import cli
-from napari_lesion_align.data import demo
+from napari_lesion_align.core.data import demo
 from test_pipeline import AFFINE, N_VOLS, SHAPE, write_study
 from tiny_models import make_tiny_model
 
@@ -65,7 +65,7 @@ def _volume_study(root: Path) -> Path:
     model = make_tiny_model(root / "model", "xlm-roberta", max_positions=130)
     cfg = write_study(root, model, n_subjects=1)
     # run 1's words as a TSV table (the table cases break it), runs 2 and 3 as TextGrids
-    from napari_lesion_align.core.stimuli import read_words
+    from napari_lesion_align.core.data.stimuli import read_words
 
     w = read_words(root / "stim" / "EN_run-1.TextGrid")
     lines = ["word\tonset\toffset"] + [f"{a}\t{b:.4f}\t{c:.4f}"
@@ -678,8 +678,8 @@ def test_weights_that_do_not_cover_the_architecture_are_refused(volume_study, tm
     package refuses such a folder instead of running a partly random model."""
     from safetensors.numpy import load_file, save_file
 
-    from napari_lesion_align.core.errors import LesionAlignError
-    from napari_lesion_align.core.model import load_model
+    from napari_lesion_align.core.base.errors import LesionAlignError
+    from napari_lesion_align.core.model.loading import load_model
 
     folder = tmp_path / "model"
     shutil.copytree(volume_study.root / "model", folder)
@@ -696,8 +696,8 @@ def test_pickled_weights_fail_in_one_line_when_loaded(volume_study, tmp_path, co
     """load_model itself (the one place that reads weights, also without the folder check):
     a pickle that is not plain tensors, or a damaged one, is one line naming the file and
     the fix; nothing in it runs."""
-    from napari_lesion_align.core.errors import LesionAlignError
-    from napari_lesion_align.core.model import load_model
+    from napari_lesion_align.core.base.errors import LesionAlignError
+    from napari_lesion_align.core.model.loading import load_model
 
     study = Study(tmp_path / "s", volume_study.cfg, volume_study.result)
     shutil.copytree(volume_study.root / "model", study.path("model"))

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from napari_lesion_align import cli
-from napari_lesion_align.core import bids as bids_mod
-from napari_lesion_align.core.config import config_from_dict, load_config
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.data import demo
+from napari_lesion_align.core.data import bids as bids_mod
+from napari_lesion_align.core.run.config import config_from_dict, load_config
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.data import demo
 from tiny_models import make_tiny_model
 
 TR = 2.0
@@ -39,7 +39,7 @@ def _cache(tmp_path, monkeypatch):
 
 def _words(code: str, run: int) -> pd.DataFrame:
     """The real LPP words of the demo's run ``run`` (CC0), the first 90 s."""
-    from napari_lesion_align.core.stimuli import read_words
+    from napari_lesion_align.core.data.stimuli import read_words
 
     w = read_words(demo.DEMO_DIR / f"{code}_run-{run}.TextGrid")
     keep = w.offsets <= 90.0
@@ -211,8 +211,8 @@ def test_confounds_by_strategy_remove_a_planted_motion_artefact(lpp):
     """nilearn's "simple" strategy picks 24 motion + WM + CSF + cosine columns (not the
     global signal, not FD); a non-steady-state volume becomes a spike regressor; cleaning
     with them removes the motion planted in voxel (1, 1, 1)."""
-    from napari_lesion_align.core.bold import CleaningOptions, clean_run, read_confounds
-    from napari_lesion_align.core.dataset import load_dataset
+    from napari_lesion_align.core.data.bold import CleaningOptions, clean_run, read_confounds
+    from napari_lesion_align.core.data.dataset import load_dataset
 
     cfg = config_from_dict(_config(lpp))
     ds = load_dataset(cfg)
@@ -250,7 +250,7 @@ def test_confounds_by_strategy_remove_a_planted_motion_artefact(lpp):
 def test_the_same_languages_as_a_hand_written_volume_config(lpp):
     """What kind = "bids" finds is what a volume config listing the files gives: the same
     LanguageData (but the record of the BIDS entities) and the same confounds."""
-    from napari_lesion_align.core.dataset import load_dataset
+    from napari_lesion_align.core.data.dataset import load_dataset
 
     found = config_from_dict(_config(lpp))
     der = lpp / "derivatives" / "fmriprep"
@@ -357,7 +357,7 @@ def test_a_strategy_whose_columns_are_missing_names_the_table(tmp_path):
              "sub-01_task-lppEN_run-1_desc-confounds_timeseries.tsv")
     df = pd.read_csv(table, sep="\t").drop(columns=["white_matter", "csf"])
     df.to_csv(table, sep="\t", index=False, na_rep="n/a")
-    from napari_lesion_align.core.dataset import load_dataset
+    from napari_lesion_align.core.data.dataset import load_dataset
 
     cfg = config_from_dict(_config(root))
     with pytest.raises(LesionAlignError, match=r"sub-01_task-lppEN_run-1_desc-confounds_"
@@ -374,8 +374,8 @@ def tiny_model(tmp_path_factory):
 
 
 def test_init_config_writes_a_config_that_loads_and_runs(tmp_path, lpp, tiny_model, capsys):
-    from napari_lesion_align.core.pipeline import run_analysis
-    from napari_lesion_align.core.result import AlignmentResult
+    from napari_lesion_align.core.run.pipeline import run_analysis
+    from napari_lesion_align.core.results.result import AlignmentResult
 
     out = tmp_path / "study" / "lpp.toml"
     assert cli.main(["init-config", str(lpp), "--out", str(out)]) == 0

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from napari_lesion_align import cli
-from napari_lesion_align.core import bids as bids_mod
-from napari_lesion_align.core.config import config_from_dict, load_config
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.data import demo
+from napari_lesion_align.core.data import bids as bids_mod
+from napari_lesion_align.core.run.config import config_from_dict, load_config
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.data import demo
 from test_bids import _confounds
 from tiny_models import make_tiny_model
 
@@ -36,7 +36,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _word_list() -> list[str]:
-    from napari_lesion_align.core.stimuli import read_words
+    from napari_lesion_align.core.data.stimuli import read_words
 
     return list(read_words(demo.DEMO_DIR / "EN_run-1.TextGrid").words)
 
@@ -121,8 +121,8 @@ def test_non_steady_state_volumes_are_removed_without_confounds(tmp_path, confou
     """confounds left out or false: fMRIPrep's flagged first volume is still regressed out
     (planted truth: the cleaned BOLD no longer carries the bright first volume); the
     cleaning record names it."""
-    from napari_lesion_align.core.bold import CleaningOptions, clean_run
-    from napari_lesion_align.core.dataset import load_dataset
+    from napari_lesion_align.core.data.bold import CleaningOptions, clean_run
+    from napari_lesion_align.core.data.dataset import load_dataset
 
     root = make_tree(tmp_path / "ds", THREE)
     d = _cfg(root)
@@ -145,7 +145,7 @@ def test_non_steady_state_volumes_are_removed_without_confounds(tmp_path, confou
 
 
 def test_a_strategy_records_its_columns_and_raw_runs_take_dummy_scans(tmp_path):
-    from napari_lesion_align.core.dataset import load_dataset
+    from napari_lesion_align.core.data.dataset import load_dataset
 
     root = make_tree(tmp_path / "ds", {"01": {"": [1]}})
     ds = load_dataset(config_from_dict(_cfg(root, confounds="simple")))
@@ -173,8 +173,8 @@ def test_a_strategy_records_its_columns_and_raw_runs_take_dummy_scans(tmp_path):
 def test_an_implausible_intact_map_gets_a_loud_warning():
     """Aligned everywhere, or more outside the language network than inside: a warning
     naming the likely causes; a map in the network (the demo's planted regions): none."""
-    from napari_lesion_align.core.bold import VolumeSpace
-    from napari_lesion_align.core.plausibility import alignment_warnings, network_mask
+    from napari_lesion_align.core.data.bold import VolumeSpace
+    from napari_lesion_align.core.analysis.plausibility import alignment_warnings, network_mask
 
     space = VolumeSpace(demo.MASK_FILE)
     xyz = space.coordinates()
@@ -238,7 +238,7 @@ def test_a_missing_run_keeps_the_subjects_other_runs(tmp_path):
         f"sub-03_task-{TASK}_run-1", f"sub-03_task-{TASK}_run-3"]
     assert f"EN: sub-03 has no run [2] of task '{TASK}'; its runs [1, 3] are used" in \
         cfg.data.bids.notes
-    from napari_lesion_align.core.dataset import load_dataset
+    from napari_lesion_align.core.data.dataset import load_dataset
 
     ds = load_dataset(cfg)
     assert [r.index for r in ds.runs("03", "EN")] == [0, 2]
@@ -258,8 +258,8 @@ def test_events_tsv_onset_duration_and_trial_type(tmp_path):
     """Offsets are onset + duration: the last word ends at 89.9 s, inside the 45 volumes
     of the run (the next-onset rule gave it 90.1 s: "1 volume missing"); the sentence rows
     are left out by trial_type."""
-    from napari_lesion_align.core.bold import check_run_length
-    from napari_lesion_align.core.stimuli import read_events, read_words
+    from napari_lesion_align.core.data.bold import check_run_length
+    from napari_lesion_align.core.data.stimuli import read_events, read_words
 
     path = tmp_path / f"sub-01_task-{TASK}_run-1_events.tsv"
     table = events_table(1)
@@ -301,7 +301,7 @@ def test_init_config_finds_events_and_the_config_reads_them(tmp_path):
     cfg = config_from_dict(tomllib.loads(text), base=tmp_path)
     en = cfg.data.languages[0]
     assert en.events_filter == {"trial_type": ("word",)}
-    from napari_lesion_align.core.dataset import load_stimuli
+    from napari_lesion_align.core.data.dataset import load_stimuli
 
     stim = load_stimuli(en)
     assert [len(w) for w in stim.runs] == [(events_table(r).trial_type == "word").sum()
@@ -393,8 +393,8 @@ def test_the_network_matches_real_language_rois_and_a_reliable_map(shared_data):
     the brain does."""
     from nilearn.maskers import NiftiMasker
 
-    from napari_lesion_align.core.bold import VolumeSpace
-    from napari_lesion_align.core.plausibility import alignment_warnings, network_mask
+    from napari_lesion_align.core.data.bold import VolumeSpace
+    from napari_lesion_align.core.analysis.plausibility import alignment_warnings, network_mask
 
     root = shared_data / "lpp_fmri_derived"
     if not (root / "isc" / "isc_10trials_en.npy").is_file():
@@ -445,8 +445,8 @@ def test_the_data_check_pairs_a_subjects_runs_with_their_annotations(tmp_path):
 def test_the_demo_raises_no_implausibility_warning(demo_output):
     """The demo's intact maps (signal planted in temporal, angular, inferior frontal and
     right temporo-parietal cortex) align mostly inside the network: no warning."""
-    from napari_lesion_align.core.bold import VolumeSpace
-    from napari_lesion_align.core.plausibility import alignment_warnings, network_mask
+    from napari_lesion_align.core.data.bold import VolumeSpace
+    from napari_lesion_align.core.analysis.plausibility import alignment_warnings, network_mask
 
     out, _ = demo_output
     space = VolumeSpace(str(out / "mask.nii.gz"))
@@ -464,9 +464,10 @@ def test_runs_without_a_recorded_position_keep_their_own_order():
     """A source whose runs do not record their position among the language's runs (the
     demo, every subject has every run) pairs run k with the annotations of run k: the
     features of run 1 are never fitted to the BOLD of runs 2 and 3."""
-    from napari_lesion_align.core.dataset import BoldRun
-    from napari_lesion_align.core.stages import run_indices
-    from napari_lesion_align.data.demo import N_RUNS, DemoDataset
+    from napari_lesion_align.core.data.dataset import BoldRun
+    from napari_lesion_align.core.run.stages import run_indices
+    from napari_lesion_align.core.data.demo import N_RUNS
+    from napari_lesion_align.core.run.demo_source import DemoDataset
 
     class Source:
         def runs(self, subject, code):

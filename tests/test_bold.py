@@ -6,16 +6,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_lesion_align.core.bold import (
-    CleaningOptions,
-    VolumeSpace,
-    check_run_length,
-    clean_run,
-    read_confounds,
-    read_region_series,
-    valid_columns,
-)
-from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.data.bold import (CleaningOptions, VolumeSpace, check_run_length,
+                                                clean_run, read_confounds, read_region_series,
+                                                valid_columns)
+from napari_lesion_align.core.base.errors import LesionAlignError
 
 AFFINE = np.array([[4.0, 0, 0, -20], [0, 4.0, 0, -24], [0, 0, 4.0, -12], [0, 0, 0, 1]])
 

@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_lesion_align.core.bold import (CleaningOptions, censored_volumes, check_subject_runs,
-                                           clean_run)
-from napari_lesion_align.core.config import load_config
-from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.data.bold import (CleaningOptions, censored_volumes,
+                                                check_subject_runs, clean_run)
+from napari_lesion_align.core.run.config import load_config
+from napari_lesion_align.core.base.errors import LesionAlignError
 from test_pipeline import AFFINE, write_study
 from tiny_models import make_tiny_model
 
@@ -71,7 +71,7 @@ def test_nan_volumes_are_censored_and_the_maps_stay_those_of_the_clean_data(tmp_
     and a mostly-NaN volume in another: the subject is fitted (not dropped), with the same
     voxels, and its r map stays that of the clean data; a second subject without NaN
     volumes is fitted apart (its map equals the clean run's exactly)."""
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     cfg_path = write_study(tmp_path / "study", tiny_model, n_subjects=2)
     cfg = load_config(cfg_path)

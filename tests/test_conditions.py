@@ -12,14 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_lesion_align.core.anatomy import describe_model
-from napari_lesion_align.core.config import config_from_dict
-from napari_lesion_align.core.dataset import load_stimuli
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.lesions import IndexMask, Lesion, apply_lesion
-from napari_lesion_align.core.model import parameters_hash
-from napari_lesion_align.core.plan import LesionPlan
-from napari_lesion_align.data.demo import demo_language_data
+from napari_lesion_align.core.model.anatomy import describe_model
+from napari_lesion_align.core.run.config import config_from_dict
+from napari_lesion_align.core.data.dataset import load_stimuli
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.lesions.masks import IndexMask, Lesion, apply_lesion
+from napari_lesion_align.core.model.loading import parameters_hash
+from napari_lesion_align.core.lesions.plan import LesionPlan
+from napari_lesion_align.core.data.demo import demo_language_data
 from tiny_models import load_tiny, make_tiny_model
 
 torch.set_num_threads(1)
@@ -266,7 +266,7 @@ def test_the_plan_bounds_the_gradient_passes_by_the_importance_token_budget(
     """LesionBuilder asks importance.importance_batch_tokens (the one owner of the budget)
     and passes it to the gradient passes (which then hold that many tokens: tested in
     test_large_models); the budget is recorded in the lesion's spec."""
-    from napari_lesion_align.core import importance as imp
+    from napari_lesion_align.core.lesions import importance as imp
 
     lm, _ = _model("llama", tmp_path_factory)
     seen = []
@@ -289,7 +289,7 @@ def test_the_plan_bounds_the_gradient_passes_by_the_importance_token_budget(
     mine = build_conditions(cfg, lm, stimuli)
     assert seen == [1, 10**6, 700] and mine[1].lesion.spec["batch_tokens"] == 700
     assert mine[1].key == many[1].key == one[1].key
-    from napari_lesion_align.core.store import identity
+    from napari_lesion_align.core.run.store import identity
 
     base = _config(element="weights", method="gradxweight")
     assert identity(cfg)["fits"] == identity(base)["fits"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_lesion_align.core.config import config_from_dict, demo_config, load_config
-from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.run.config import config_from_dict, demo_config, load_config
+from napari_lesion_align.core.base.errors import LesionAlignError
 
 MINIMAL = """
 name = "t"
@@ -147,8 +147,8 @@ def test_demo_config():
 def test_a_demo_config_file_runs_the_demo_command_analysis(tmp_path):
     """One source for the demo's recipe: the demo command's config and a file with
     kind = "demo" are the same analysis (features, alphas, lesions, category rule)."""
-    from napari_lesion_align.core.store import identity
-    from napari_lesion_align.data.demo import RECIPE
+    from napari_lesion_align.core.run.store import identity
+    from napari_lesion_align.core.data.demo import RECIPE
 
     p = tmp_path / "demo.toml"
     p.write_text('name = "demo"\n[data]\nkind = "demo"\n[lesions]\nenabled = true\n')
@@ -205,7 +205,7 @@ def test_language_code_without_text_language_must_be_known():
 
 
 def test_demo_config_lesions_dict_replaces_the_recipe_key_by_key():
-    from napari_lesion_align.data.demo import DEMO_MIN_RELATIVE_DROP
+    from napari_lesion_align.core.data.demo import DEMO_MIN_RELATIVE_DROP
 
     les = demo_config(lesions=True).lesions
     assert les.enabled and les.k_percent == 1.0 and les.min_relative_drop == DEMO_MIN_RELATIVE_DROP
@@ -217,7 +217,7 @@ def test_demo_config_lesions_dict_replaces_the_recipe_key_by_key():
 
 def test_widget_demo_config_uses_the_demo_category_rule():
     from napari_lesion_align._widgets._state import Session
-    from napari_lesion_align.data.demo import DEMO_MIN_RELATIVE_DROP
+    from napari_lesion_align.core.data.demo import DEMO_MIN_RELATIVE_DROP
 
     s = Session()
     assert s.build_config().lesions.min_relative_drop == DEMO_MIN_RELATIVE_DROP
@@ -234,8 +234,8 @@ def test_the_demo_recipe_names_its_files_not_where_the_package_lies(tmp_path, mo
     import shutil
     from pathlib import Path
 
-    from napari_lesion_align.core.store import identity
-    from napari_lesion_align.data import demo as demo_mod
+    from napari_lesion_align.core.run.store import identity
+    from napari_lesion_align.core.data import demo as demo_mod
 
     cfg = demo_config()
     text = json.dumps(cfg.to_dict())

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_lesion_align.core import controls as ctl
-from napari_lesion_align.core.config import LesionConfig, load_config
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.plan import DRAW_SEED_STEP, LesionPlan
-from napari_lesion_align.core.stimuli import read_words
-from napari_lesion_align.data import demo
+from napari_lesion_align.core.analysis import controls as ctl
+from napari_lesion_align.core.run.config import LesionConfig, load_config
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.lesions.vocabulary import DRAW_SEED_STEP
+from napari_lesion_align.core.lesions.plan import LesionPlan
+from napari_lesion_align.core.data.stimuli import read_words
+from napari_lesion_align.core.data import demo
 from tiny_models import make_tiny_model
 
 TR = 2.0
@@ -75,8 +76,8 @@ def test_word_rate_regressors_remove_the_word_rate_and_keep_the_cleaning():
     onsets = np.sort(rng.uniform(0, 2 * 60, 150))
     pad = max(DELAYS)
     rate = ctl.word_rate(onsets, 60, TR, pad_before=pad)
-    from napari_lesion_align.core.bold import cleaning_regressors
-    from napari_lesion_align.core.features import fir_delays
+    from napari_lesion_align.core.data.bold import cleaning_regressors
+    from napari_lesion_align.core.features.extraction import fir_delays
 
     D = cleaning_regressors(60, TR)
     Q = ctl.word_rate_regressors(rate, DELAYS, pad, D)
@@ -91,7 +92,7 @@ def test_word_rate_regressors_remove_the_word_rate_and_keep_the_cleaning():
 
 # --------------------------------------------------------------------------- a study
 def _rate(textgrid: Path, n_vols: int) -> np.ndarray:
-    from napari_lesion_align.core.features import fir_delays
+    from napari_lesion_align.core.features.extraction import fir_delays
 
     w = read_words(textgrid)
     pad = max(DELAYS)
@@ -140,7 +141,7 @@ alphas = [1.0, 100.0, 10000.0]
 
 @pytest.fixture(scope="module")
 def three_runs(tmp_path_factory, tiny_model):
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     root = tmp_path_factory.mktemp("controls")
     cfg = load_config(write_regions_study(root / "study", tiny_model))
@@ -175,7 +176,7 @@ def test_controls_have_maps_tables_and_group_tests(three_runs):
 
     for c in labels:  # the Results widget can show "model above the control"
         assert {"r", "t", "q", "p"} <= set(stats_for(res, "group", c))
-    from napari_lesion_align.core.figures import bar_values
+    from napari_lesion_align.core.results.figures import bar_values
 
     values, hatched = bar_values(res, 0)  # the Inspector's bars at region R0
     assert list(values) == ["intact", *labels] and hatched == set(labels)
@@ -206,7 +207,7 @@ def test_word_rate_regions_are_found_by_the_word_rate_and_not_above_it(three_run
 def test_on_pure_noise_every_control_centres_on_zero(tmp_path, tiny_model, n_runs):
     """With one run the cleaning regressors and the word rate are projected out of each
     outer fold's training rows: no coupling of the folds, as with several runs."""
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     cfg_path = write_regions_study(tmp_path / "s", tiny_model, n_runs=n_runs, n_subjects=2,
                                    seed=5)
@@ -222,9 +223,10 @@ def test_on_pure_noise_every_control_centres_on_zero(tmp_path, tiny_model, n_run
 def test_control_features_come_from_the_right_inputs(three_runs):
     """The shift null's features are the model's, rotated; shuffled words keep the onsets;
     the word rate counts words per volume."""
-    from napari_lesion_align.core.stages import (Progress, _TRFeatures, control_specs,
-                                                 make_engine, stage_conditions)
-    from napari_lesion_align.core.store import OutputFolder, identity
+    from napari_lesion_align.core.run.engine import Progress
+    from napari_lesion_align.core.run.stages import (_TRFeatures, control_specs, make_engine,
+                                                     stage_conditions)
+    from napari_lesion_align.core.run.store import OutputFolder, identity
 
     cfg, res, out = three_runs
     folder = OutputFolder.open(out, identity(cfg))
@@ -261,7 +263,7 @@ def test_control_features_come_from_the_right_inputs(three_runs):
 
 
 def test_controls_can_be_switched_off(tmp_path, tiny_model):
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     cfg = load_config(write_regions_study(tmp_path / "s", tiny_model, n_runs=2, n_subjects=2,
                                           extra="[controls]\nshifts = 0\nword_rate = false\n"
@@ -305,7 +307,7 @@ def test_random_draws_are_labelled_seeded_and_the_first_keeps_its_seed():
 
 
 def test_random_draws_differ_and_are_reproducible(tiny_model):
-    from napari_lesion_align.core.model import load_model
+    from napari_lesion_align.core.model.loading import load_model
 
     lm = load_model(str(tiny_model), offline=True, device="cpu")
     stim = _stimuli()
@@ -323,8 +325,8 @@ def test_random_draws_differ_and_are_reproducible(tiny_model):
 
 
 def _stimuli():
-    from napari_lesion_align.core.dataset import load_stimuli
-    from napari_lesion_align.data.demo import demo_language_data
+    from napari_lesion_align.core.data.dataset import load_stimuli
+    from napari_lesion_align.core.data.demo import demo_language_data
 
     langs = {d.code: d for d in demo_language_data()}
     return {code: load_stimuli(langs[code]) for code in ("EN", "FR")}
@@ -332,7 +334,7 @@ def _stimuli():
 
 # --------------------------------------------------------------------------- beyond random
 def test_beyond_random_needs_a_drop_beyond_every_draw_and_consistent_across_subjects():
-    from napari_lesion_align.core.stages import _beyond_random
+    from napari_lesion_align.core.run.stages import _beyond_random
 
     rng = np.random.default_rng(0)
     n, V, K = 8, 300, 5
@@ -348,7 +350,7 @@ def test_beyond_random_needs_a_drop_beyond_every_draw_and_consistent_across_subj
                             lambda code, label, stat, v: written.setdefault(stat, v))
     truth = np.zeros(V, bool)
     truth[:50] = True
-    from napari_lesion_align.core.analysis import dice
+    from napari_lesion_align.core.analysis.statistics import dice
 
     assert dice(beyond, truth) > 0.95
     assert set(written) == {"tvsrandom", "pvsrandom", "qvsrandom", "beyondrandom"}
@@ -357,7 +359,7 @@ def test_beyond_random_needs_a_drop_beyond_every_draw_and_consistent_across_subj
 
 
 def test_categories_use_the_comparison_with_the_random_draws():
-    from napari_lesion_align.core import analysis as an
+    from napari_lesion_align.core.analysis import statistics as an
 
     V = 6
     sig = an.PairedTest(np.ones(V), np.zeros(V), np.zeros(V), 5, np.ones(V))
@@ -371,7 +373,7 @@ def test_categories_use_the_comparison_with_the_random_draws():
 
 
 def test_lesion_rows_and_closing_summary_carry_the_draws(tmp_path, tiny_model):
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     cfg = load_config(write_regions_study(
         tmp_path / "s", tiny_model, n_runs=2, n_subjects=3,
@@ -393,7 +395,7 @@ def test_lesion_rows_and_closing_summary_carry_the_draws(tmp_path, tiny_model):
     text = "\n".join(res.closing_summary())
     assert "lesion shared" in text and "vs its 2 random draws" in text
     # read back from the folder, the summary keeps its counts
-    from napari_lesion_align.core.result import AlignmentResult
+    from napari_lesion_align.core.results.result import AlignmentResult
 
     back = AlignmentResult.load(tmp_path / "out")
     assert "\n".join(back.closing_summary()) == text
@@ -418,7 +420,7 @@ def test_lesion_rows_and_closing_summary_carry_the_draws(tmp_path, tiny_model):
 
     # the Inspector's bars at one region: the lesion, then its two draws as one bar whose
     # error bar is the spread across the draws; no control ([controls] enabled = false)
-    from napari_lesion_align.core.figures import bar_groups, bar_values
+    from napari_lesion_align.core.results.figures import bar_groups, bar_values
 
     assert bar_groups(back) == [("intact", ("intact",)), ("shared", ("shared",)),
                                 ("shared random (2)", ("sharedRandom", "sharedRandom2"))]

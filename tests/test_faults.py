@@ -17,8 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.result import AlignmentResult
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.results.result import AlignmentResult
 from test_resume import LESIONS, REPO, _study, tiny_model  # noqa: F401 (a fixture)
 
 
@@ -273,9 +273,9 @@ def test_a_half_written_map_of_a_killed_worker_is_removed_when_the_run_ends(
     """A Dask worker killed while it writes a map leaves its temporary file; the unit is
     fitted again elsewhere and the run completes: the folder it ends with holds no
     temporary file (here the kill's leftover is planted while the fits run)."""
-    from napari_lesion_align.core import executor
-    from napari_lesion_align.core.config import load_config
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.run import executor
+    from napari_lesion_align.core.run.config import load_config
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=2))
     out = tmp_path / "out"

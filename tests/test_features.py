@@ -1,4 +1,4 @@
-"""Tests of word-level feature extraction (napari_lesion_align.core.features).
+"""Tests of word-level feature extraction (napari_lesion_align.core.features.extraction).
 
 Tiny random models (tests/tiny_models.py) are built on the fly in a temporary folder and
 loaded offline the way the package loads models. The references are computed here,
@@ -37,22 +37,16 @@ from tiny_models import (  # noqa: E402  (tests/ is on sys.path: pytest rootdir 
     make_tokenizer,
 )
 
-from napari_lesion_align.core import features as F  # noqa: E402
-from napari_lesion_align.core.errors import Cancelled, LesionAlignError  # noqa: E402
-from napari_lesion_align.core.features import (  # noqa: E402
-    FeatureOptions,
-    TokenizedRun,
-    extract_word_features,
-    fir_delays,
-    model_capacity,
-    plan_windows,
-    special_tokens,
-    tokenize_words,
-    words_to_trs,
-)
-from napari_lesion_align.core.model import parameters_hash  # noqa: E402
-from napari_lesion_align.core.stimuli import list_runs, read_words  # noqa: E402
-from napari_lesion_align.data.demo import DEMO_DIR  # noqa: E402
+from napari_lesion_align.core.features import extraction as F  # noqa: E402
+from napari_lesion_align.core.base.errors import Cancelled, LesionAlignError  # noqa: E402
+from napari_lesion_align.core.features.extraction import (FeatureOptions, TokenizedRun,
+                                                          extract_word_features, fir_delays,
+                                                          model_capacity, plan_windows,
+                                                          special_tokens, tokenize_words,
+                                                          words_to_trs)
+from napari_lesion_align.core.model.loading import parameters_hash  # noqa: E402
+from napari_lesion_align.core.data.stimuli import list_runs, read_words  # noqa: E402
+from napari_lesion_align.core.data.demo import DEMO_DIR  # noqa: E402
 
 ATOL = 1e-5
 

@@ -6,12 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_lesion_align.core import analysis as an
-from napari_lesion_align.core.bold import VolumeSpace
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.figures import (DPI, FIGSIZE, bar_groups, category_colours,
-                                              qc_figure)
-from napari_lesion_align.core.result import AlignmentResult
+from napari_lesion_align.core.analysis import statistics as an
+from napari_lesion_align.core.data.bold import VolumeSpace
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.results.figures import (DPI, FIGSIZE, bar_groups, category_colours,
+                                                      qc_figure)
+from napari_lesion_align.core.results.result import AlignmentResult
 
 #: a 4 mm MNI grid (x -40..40, y -60..32, z -20..48): grid points are also 2 mm template points
 AFFINE_4MM = np.array([[4.0, 0, 0, -40], [0, 4.0, 0, -60], [0, 0, 4.0, -20], [0, 0, 0, 1]])
@@ -144,7 +144,7 @@ def test_bar_groups_put_the_random_draws_after_their_lesion():
 
 
 def test_bar_values_band_of_the_random_draws():
-    from napari_lesion_align.core.figures import bar_values, hatched_bars
+    from napari_lesion_align.core.results.figures import bar_values, hatched_bars
 
     res = make_tiny_result()
     # a second draw of the shared lesion: r lower by 0.02 everywhere
@@ -185,7 +185,7 @@ def test_category_colours_stay_apart_with_colour_blindness():
     language's earlier colour, fails the second check under deuteranopia."""
     from matplotlib.colors import to_rgb
 
-    from napari_lesion_align.core.figures import simulate_cvd
+    from napari_lesion_align.core.results.figures import simulate_cvd
 
     names = ["shared", "EN", "FR", "ZH"]
     rgb = np.array([to_rgb(an.CATEGORY_COLOURS["shared"])]
@@ -218,7 +218,7 @@ def _category_rgb(languages=("EN", "FR", "ZH")):
 def _nearest(colours, ramp, kind):
     """The smallest distance between a category colour and a map colour, as seen with
     ``kind`` (None: normal vision)."""
-    from napari_lesion_align.core.figures import simulate_cvd
+    from napari_lesion_align.core.results.figures import simulate_cvd
 
     c = colours if kind is None else simulate_cvd(colours, kind)
     m = ramp if kind is None else simulate_cvd(ramp, kind)
@@ -232,7 +232,7 @@ def test_maps_shown_with_categories_cannot_be_taken_for_a_category(kind):
     with normal vision or a simulated colour-vision deficiency. The maps' own red-yellow /
     blue-cyan ramps would fail: ZH orange lies inside red-yellow, shared blue and FR sky
     blue inside blue-cyan (why the maps switch)."""
-    from napari_lesion_align.core import display
+    from napari_lesion_align.core.analysis import display
 
     cats = _category_rgb()
     assert display.map_kind("t", categories_shown=True) == "magnitude"
@@ -264,7 +264,7 @@ def test_qc_figure_states_the_test_behind_the_categories():
     """The title says what a category voxel means, from the result's own settings."""
     import dataclasses
 
-    from napari_lesion_align.core.figures import _title
+    from napari_lesion_align.core.results.figures import _title
 
     result = make_tiny_result()
     assert "(significant drops, q < 0.05 FDR, 2 df)" in _title(result, "lesion")

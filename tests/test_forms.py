@@ -9,9 +9,9 @@ from typing import Annotated, ClassVar, Literal, get_args
 import pytest
 from pydantic import Field
 
-from napari_lesion_align.core import config as C
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.schema import Bool, Int, Label, Section, Text
+from napari_lesion_align.core.run import config as C
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.base.schema import Bool, Int, Label, Section, Text
 
 
 @pytest.fixture(autouse=True)
@@ -173,7 +173,7 @@ def test_the_widgets_forms_show_the_schema_fields_they_name():
     """The docks' field lists name fields of the tables (with descriptions), and the
     lesion form's element offers the selections' and the sweeps' elements, no other."""
     from napari_lesion_align._widgets import data, model, run
-    from napari_lesion_align.core.plan import ELEMENTS
+    from napari_lesion_align.core.lesions.vocabulary import ELEMENTS
 
     for section, fields in ((C.ModelConfig, model.MODEL_FIELDS),
                             (C.LesionConfig, model.LESION_FIELDS),

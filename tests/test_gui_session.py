@@ -151,7 +151,7 @@ def test_selecting_a_map_or_labels_layer_keeps_the_canvas(make_napari_viewer, qt
 def _simulated_reports(seed: int, durations: dict, dt: float = 0.5) -> list:
     """``[(elapsed s, fraction)]`` of a run whose phases (:data:`stages.PHASES`) take
     ``durations`` seconds, reported every ~``dt`` s at an irregular pace."""
-    from napari_lesion_align.core.stages import PHASES
+    from napari_lesion_align.core.run.engine import PHASES
 
     rng = np.random.default_rng(seed)
     out, t = [], 0.0
@@ -172,7 +172,7 @@ def test_the_time_left_settles_on_a_simulated_run(seed):
     readings (the current phase's raw rate jumps by minutes at each new phase: 0:09, 7:35,
     3:25...), and in the run's last 40 % it is within 15 % + 10 s of the truth."""
     from napari_lesion_align._widgets._tasks import TimeEstimate
-    from napari_lesion_align.core.stages import time_left
+    from napari_lesion_align.core.run.engine import time_left
 
     durations = {"data": 2.0, "lesions": 30.0, "features": 60.0, "fits": 240.0, "group": 5.0}
     reports = _simulated_reports(seed, durations)
@@ -221,7 +221,7 @@ def simulated_run(monkeypatch):
     import threading
 
     from napari_lesion_align._widgets import _run_prep, _tasks
-    from napari_lesion_align.core.errors import Cancelled
+    from napari_lesion_align.core.base.errors import Cancelled
 
     state = {"stop_at": 0.5, "reached": threading.Event(), "cancel_seen": threading.Event()}
 
@@ -438,7 +438,7 @@ def test_a_long_task_in_the_activity_dock_can_be_cancelled_there(qtbot, notifica
     from napari.utils import progress as napari_progress
 
     from napari_lesion_align._widgets._tasks import start_task
-    from napari_lesion_align.core.errors import Cancelled
+    from napari_lesion_align.core.base.errors import Cancelled
 
     halfway = threading.Event()
 

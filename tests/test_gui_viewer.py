@@ -140,7 +140,7 @@ def test_sample_without_cache_computes_in_a_worker(make_napari_viewer, qtbot, tm
         release.wait(20)
         make_tiny_result().save(out_dir)
 
-    monkeypatch.setattr("napari_lesion_align.core.pipeline.run_analysis", fake_run)
+    monkeypatch.setattr("napari_lesion_align.core.run.pipeline.run_analysis", fake_run)
     notes = []
     notification_manager.notification_ready.connect(notes.append)
     viewer = make_napari_viewer()
@@ -359,7 +359,7 @@ def test_export_view_has_name_colour_bar_legend_and_orientation(make_napari_view
                                                                  tmp_path):
     from matplotlib.image import imread
 
-    from napari_lesion_align.core.analysis import CATEGORY_COLOURS
+    from napari_lesion_align.core.analysis.statistics import CATEGORY_COLOURS
 
     viewer = make_napari_viewer(show=True)
     results = _dock(viewer, "Results")

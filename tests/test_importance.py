@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_lesion_align.core import importance as imp
-from napari_lesion_align.core.anatomy import describe_model
-from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.lesions import importance as imp
+from napari_lesion_align.core.model.anatomy import describe_model
+from napari_lesion_align.core.base.errors import LesionAlignError
 from tiny_models import load_tiny, make_tiny_model
 
 TEXTS = {

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from napari_lesion_align.core import stimuli
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.languages import (
-    SPACELESS_SCRIPTS,
-    is_spaceless,
-    normalize_language,
-)
+from napari_lesion_align.core.data import stimuli
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.data.languages import (SPACELESS_SCRIPTS, is_spaceless,
+                                                     normalize_language)
 
 SPACELESS = (
     "zh", "zh-CN", "zh-Hans", "zh-TW", "zh-Hant", "cmn", "yue", "wuu", "chi", "zho",

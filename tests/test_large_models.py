@@ -38,26 +38,15 @@ T = pytest.importorskip("transformers")
 
 from tiny_models import PAD_ID, load_tiny, make_tiny_model, make_tokenizer  # noqa: E402
 
-from napari_lesion_align.core import importance as imp  # noqa: E402
-from napari_lesion_align.core import model as M  # noqa: E402
-from napari_lesion_align.core.anatomy import describe_model  # noqa: E402
-from napari_lesion_align.core.errors import LesionAlignError  # noqa: E402
-from napari_lesion_align.core.features import (  # noqa: E402
-    FeatureOptions,
-    batch_windows,
-    extract_word_features,
-    plan_windows,
-    special_tokens,
-    tokenize_words,
-)
-from napari_lesion_align.core.lesions import (  # noqa: E402
-    IndexMask,
-    Lesion,
-    apply_lesion,
-    pack_mask,
-    random_like,
-    top_k_mask,
-)
+from napari_lesion_align.core.lesions import importance as imp  # noqa: E402
+from napari_lesion_align.core.model import loading as M  # noqa: E402
+from napari_lesion_align.core.model.anatomy import describe_model  # noqa: E402
+from napari_lesion_align.core.base.errors import LesionAlignError  # noqa: E402
+from napari_lesion_align.core.features.extraction import (FeatureOptions, batch_windows,
+                                                          extract_word_features, plan_windows,
+                                                          special_tokens, tokenize_words)
+from napari_lesion_align.core.lesions.masks import (IndexMask, Lesion, apply_lesion, pack_mask,
+                                                    random_like, top_k_mask)
 
 N_LAYERS = 3
 #: the families whose blocks the feature code finds (all of the paper's and the encoders)
@@ -161,7 +150,7 @@ def rel_err(a, b) -> float:
 
 # --------------------------------------------------------------------------- loading
 def test_model_config_has_the_loading_keys_with_checked_values():
-    from napari_lesion_align.core.config import ModelConfig
+    from napari_lesion_align.core.run.config import ModelConfig
 
     m = ModelConfig()
     assert (m.dtype, m.device_map, m.low_cpu_mem_usage) == ("auto", "", True)
@@ -297,10 +286,10 @@ def test_the_features_token_budget_is_a_key_that_changes_memory_not_features_or_
     stored features of earlier runs) stay the same."""
     from types import SimpleNamespace
 
-    from napari_lesion_align.core import stages
-    from napari_lesion_align.core.config import config_from_dict
-    from napari_lesion_align.core.store import FeatureStore, _digest, words_digest
-    from napari_lesion_align.core.stimuli import Words
+    from napari_lesion_align.core.run import stages
+    from napari_lesion_align.core.run.config import config_from_dict
+    from napari_lesion_align.core.run.store import FeatureStore, _digest, words_digest
+    from napari_lesion_align.core.data.stimuli import Words
 
     old_dump = {"max_context_tokens": 40, "stride_tokens": 12, "batch_size": 8}
     opts = FeatureOptions(**old_dump)
@@ -346,7 +335,7 @@ def test_prefix_reuse_is_exact_in_bfloat16_too(family, dtype):
     blocks return tuples)."""
     from contextlib import contextmanager
 
-    from napari_lesion_align.core.features import find_blocks
+    from napari_lesion_align.core.features.extraction import find_blocks
 
     model = copy.deepcopy(base_model(family)).to(dtype)
     tok = tokenizer(family)
@@ -718,7 +707,7 @@ def _old_random_like(bool_masks, seed):
 
 
 def _old_top_k(scores, k_percent):
-    from napari_lesion_align.core.plan import top_k_count
+    from napari_lesion_align.core.lesions.vocabulary import top_k_count
 
     flat = scores.reshape(-1)
     n = top_k_count(flat.numel(), k_percent)
@@ -735,7 +724,7 @@ def _weight_scores(anat, seed=0):
 
 
 def test_compact_masks_keep_the_keys_draws_and_selections_of_boolean_masks():
-    from napari_lesion_align.core.plan import lesion_key
+    from napari_lesion_align.core.lesions.plan import lesion_key
 
     anat = describe_model(base_model("llama"))
     scores = _weight_scores(anat)
@@ -826,7 +815,7 @@ def test_bloom_heads_lesion_zeroes_the_heads_columns_of_the_output_projection():
     """A heads lesion of BLOOM (fused qkv) acts on the attention output projection's input
     columns of the head: the same as zeroing those columns of its weight (the planted
     truth), and the model is restored bit for bit."""
-    from napari_lesion_align.core.importance import manual
+    from napari_lesion_align.core.lesions.importance import manual
 
     model = copy.deepcopy(base_model("bloom"))
     tok = tokenizer("bloom")

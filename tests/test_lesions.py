@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_lesion_align.core.anatomy import describe_model
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.lesions import (
-    Lesion,
-    apply_lesion,
-    percentile_rank,
-    random_like,
-    top_k_mask,
-)
-from napari_lesion_align.core.model import parameters_hash
+from napari_lesion_align.core.model.anatomy import describe_model
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.lesions.masks import (Lesion, apply_lesion, percentile_rank,
+                                                    random_like, top_k_mask)
+from napari_lesion_align.core.model.loading import parameters_hash
 from tiny_models import FAMILIES, load_tiny, make_tiny_model
 
 
@@ -98,7 +93,7 @@ def test_restored_on_exception_and_cancel(tiny):
             assert parameters_hash(lm.model) != h0
             raise RuntimeError("boom")
     assert parameters_hash(lm.model) == h0
-    from napari_lesion_align.core.errors import Cancelled
+    from napari_lesion_align.core.base.errors import Cancelled
 
     with pytest.raises(Cancelled):
         with apply_lesion(lm.model, lesion, anat):
@@ -189,9 +184,9 @@ def test_top_k_and_percentile_rank():
 def test_resuming_from_stored_hidden_states_equals_a_full_lesioned_pass(tiny, layer):
     """A lesion confined to blocks >= l leaves the hidden states below l unchanged: the
     lesioned features computed from the intact pass's stored states are identical."""
-    from napari_lesion_align.core.features import FeatureOptions, extract_word_features
-    from napari_lesion_align.core.stimuli import read_words
-    from napari_lesion_align.data.demo import DEMO_DIR
+    from napari_lesion_align.core.features.extraction import FeatureOptions, extract_word_features
+    from napari_lesion_align.core.data.stimuli import read_words
+    from napari_lesion_align.core.data.demo import DEMO_DIR
 
     lm, anat = tiny
     words = list(read_words(DEMO_DIR / "EN_run-1.TextGrid").words)[:150]
@@ -215,7 +210,7 @@ def test_resuming_from_stored_hidden_states_equals_a_full_lesioned_pass(tiny, la
 
 @pytest.mark.parametrize("element", ["neurons", "heads", "hidden"])
 def test_mean_ablation_sets_units_to_their_mean(tiny, element):
-    from napari_lesion_align.core.importance import mean_activations
+    from napari_lesion_align.core.lesions.importance import mean_activations
 
     lm, anat = tiny
     texts = {"EN": ["The little prince lived on a small planet with three volcanoes."] * 2}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.model import load_model
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.model.loading import load_model
 from tiny_models import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_folders_that_are_not_models_say_so(tmp_path):
 
 
 def test_labels_must_match_in_full():
-    from napari_lesion_align.core.result import check_label
+    from napari_lesion_align.core.base.io import check_label
 
     assert check_label("01", "subject") == "01"
     for bad in ("01\n", "0 1", "01/..", ""):

@@ -15,8 +15,8 @@ import pytest
 from nilearn.image import coord_transform
 
 from napari_lesion_align import _layers as L
-from napari_lesion_align.core import analysis as an
-from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.analysis import statistics as an
+from napari_lesion_align.core.base.errors import LesionAlignError
 from test_figures import make_tiny_result
 
 RAS_4MM = np.array([[4.0, 0, 0, -90], [0, 4.0, 0, -126], [0, 0, 4.0, -72], [0, 0, 0, 1]])
@@ -433,7 +433,7 @@ def test_sample_data_template_and_cached_demo(tmp_path, monkeypatch):
         assert config.lesions is not None and out_dir.parent == tmp_path
         make_tiny_result().save(out_dir)
 
-    monkeypatch.setattr("napari_lesion_align.core.pipeline.run_analysis", fake_run)
+    monkeypatch.setattr("napari_lesion_align.core.run.pipeline.run_analysis", fake_run)
     _sample_data.ensure_demo_result()  # the user's choice: compute the whole demo
     layers = _sample_data.demo_result()
     final = _sample_data.demo_cache_folder()
@@ -525,7 +525,7 @@ def test_template_keeps_white_matter_grey_and_the_mask_outline_stands_out():
     to white), and the analysis mask's outline is drawn in a saturated colour, not white
     on the white template."""
     from napari_lesion_align._widgets._show import space_layers
-    from napari_lesion_align.core.display import TEMPLATE_HEADROOM
+    from napari_lesion_align.core.analysis.display import TEMPLATE_HEADROOM
 
     data, kw, _ = L.template_layer(2)
     brain = np.asarray(data, dtype=float)[np.asarray(data) > 0]

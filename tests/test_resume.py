@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from napari_lesion_align import cli
-from napari_lesion_align.core.config import load_config
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.pipeline import run_analysis
+from napari_lesion_align.core.run.config import load_config
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.run.pipeline import run_analysis
 from test_pipeline import write_study
 from tiny_models import make_tiny_model
 
@@ -209,7 +209,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path, tiny_model):
     """Two runs into one folder at once: the second is refused (a lock held while the first
     runs, released when it ends, however it ends); an --out that cannot be written is one
     message."""
-    from napari_lesion_align.core.store import OutputFolder, identity
+    from napari_lesion_align.core.run.store import OutputFolder, identity
 
     cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=1))
     out = tmp_path / "out"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from napari_lesion_align import _sample_data
-from napari_lesion_align.core.errors import Cancelled
-from napari_lesion_align.core.result import AlignmentResult
+from napari_lesion_align.core.base.errors import Cancelled
+from napari_lesion_align.core.results.result import AlignmentResult
 from test_figures import make_tiny_result
 
 SAMPLE = _sample_data.SAMPLE_FOLDER
@@ -111,7 +111,7 @@ def test_sample_data_opens_the_shipped_result_without_computing(tmp_path, monkey
     def no_run(*args, **kwargs):
         raise AssertionError("the sample must not compute the demo")
 
-    monkeypatch.setattr("napari_lesion_align.core.pipeline.run_analysis", no_run)
+    monkeypatch.setattr("napari_lesion_align.core.run.pipeline.run_analysis", no_run)
     layers = _sample_data.demo_result()
     names = [t[1]["name"] for t in layers]
     assert names[0] == "MNI152 template (2 mm)" and "categories lesion" in names
@@ -125,7 +125,7 @@ def test_sample_data_opens_the_shipped_result_without_computing(tmp_path, monkey
 
 
 def test_a_missing_shipped_sample_is_a_clear_error(tmp_path, monkeypatch):
-    from napari_lesion_align.core.errors import LesionAlignError
+    from napari_lesion_align.core.base.errors import LesionAlignError
 
     monkeypatch.setattr(_sample_data, "SAMPLE_FOLDER", tmp_path / "sample")
     with pytest.raises(LesionAlignError, match="reinstall napari-lesion-align"):
@@ -155,7 +155,7 @@ def test_open_sample_in_napari_offers_the_full_demo_cancellable_and_notified(
             finish.wait(0.05)
         AlignmentResult.load(SAMPLE).save(out_dir)  # (the demo's grid, as a real run's)
 
-    monkeypatch.setattr("napari_lesion_align.core.pipeline.run_analysis", fake_run)
+    monkeypatch.setattr("napari_lesion_align.core.run.pipeline.run_analysis", fake_run)
     notes = []
     notification_manager.notification_ready.connect(notes.append)
     try:

@@ -15,10 +15,10 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_lesion_align.core import encoding as enc
-from napari_lesion_align.core.bold import CleaningOptions, clean_run, cleaning_regressors
-from napari_lesion_align.core.encoding import contiguous_blocks, cross_validated_r
-from napari_lesion_align.core.features import fir_delays
+from napari_lesion_align.core.encoding import ridge as enc
+from napari_lesion_align.core.data.bold import CleaningOptions, clean_run, cleaning_regressors
+from napari_lesion_align.core.encoding.ridge import contiguous_blocks, cross_validated_r
+from napari_lesion_align.core.features.extraction import fir_delays
 
 TR = 2.0
 DELAYS = (1, 2, 3, 4)
@@ -146,9 +146,9 @@ def test_nuisance_is_ignored_with_several_runs():
 
 def test_single_run_pipeline_passes_the_cleaning_regressors(tmp_path, monkeypatch):
     """The fit stage hands a single run's cleaning regressors (kept volumes) to the fit."""
-    from napari_lesion_align.core.config import load_config
-    from napari_lesion_align.core.pipeline import run_analysis
-    from napari_lesion_align.data import demo
+    from napari_lesion_align.core.run.config import load_config
+    from napari_lesion_align.core.run.pipeline import run_analysis
+    from napari_lesion_align.core.data import demo
     from tiny_models import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny-xlmr", "xlm-roberta", max_positions=130)

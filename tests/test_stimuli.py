@@ -20,17 +20,10 @@ from praatio import textgrid
 from praatio.data_classes.interval_tier import IntervalTier
 from praatio.data_classes.point_tier import PointTier
 
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.stimuli import (
-    SILENCE_LABELS,
-    Words,
-    is_spaceless,
-    list_runs,
-    read_table,
-    read_textgrid,
-    read_words,
-    words_text_for_model,
-)
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.data.stimuli import (SILENCE_LABELS, Words, is_spaceless, list_runs,
+                                                   read_table, read_textgrid, read_words,
+                                                   words_text_for_model)
 
 # Facts found in the real files (independently re-counted by the tests below).
 EN_TG_WORDS = {1: 1521, 2: 1694, 3: 1864, 4: 1650, 5: 1548, 6: 1832, 7: 1788, 8: 1583, 9: 1973}
@@ -575,10 +568,10 @@ def test_a_word_the_tokenizer_drops_is_named_with_its_file_and_time(tmp_path, mo
     """A word that passes the readers but that the model's tokenizer turns into no token
     (tokenizers differ: the readers cannot know) is refused by the features stage with the
     annotation file, the word's number and its times, in the one input-error format."""
-    from napari_lesion_align.core import features
-    from napari_lesion_align.core.config import load_config
-    from napari_lesion_align.core.errors import InputError
-    from napari_lesion_align.core.pipeline import run_analysis
+    from napari_lesion_align.core.features import extraction as features
+    from napari_lesion_align.core.run.config import load_config
+    from napari_lesion_align.core.base.errors import InputError
+    from napari_lesion_align.core.run.pipeline import run_analysis
     from test_pipeline import write_study
     from tiny_models import make_tiny_model
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from napari_lesion_align import _view_model as vm
-from napari_lesion_align.core import display
-from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.analysis import display
+from napari_lesion_align.core.base.errors import LesionAlignError
 from test_figures import make_tiny_result
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "napari_lesion_align"
@@ -186,6 +186,7 @@ def test_the_widget_helpers_import_no_circle():
 
     circles = [m for m in helpers if m in reach(m)]
     assert not circles, {m: graph[m] for m in circles}
-    for qt_free in (widgets / "_state.py", SRC / "_view_model.py", SRC / "core" / "display.py"):
+    for qt_free in (widgets / "_state.py", SRC / "_view_model.py",
+                    SRC / "core" / "analysis" / "display.py"):
         text = qt_free.read_text()
         assert "qtpy" not in text and "PyQt" not in text, qt_free

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_lesion_align.data import demo
+from napari_lesion_align.core.data import demo
 from tiny_models import make_tiny_model
 
 PLUGIN = "napari-lesion-align"
@@ -255,8 +255,8 @@ def test_cancel_stops_the_run_within_two_seconds_and_restores_the_model(
     import contextlib
     import threading
 
-    from napari_lesion_align.core import lesions
-    from napari_lesion_align.core.model import load_model, parameters_hash
+    from napari_lesion_align.core.lesions import masks as lesions
+    from napari_lesion_align.core.model.loading import load_model, parameters_hash
 
     real_apply = lesions.apply_lesion
     inside = threading.Event()
@@ -388,7 +388,7 @@ def test_lesion_size_before_running_matches_the_lesions_made(make_napari_viewer,
                                                             notifications):
     """The size shown from the anatomy alone equals the size of the lesions the core
     makes; the lesions save to files and load back into the form."""
-    from napari_lesion_align.core.lesions import Lesion
+    from napari_lesion_align.core.lesions.masks import Lesion
 
     viewer = make_napari_viewer()
     data, model = (_dock(viewer, n) for n in ("Data", "Model & lesion"))
@@ -456,7 +456,7 @@ import sys, threading, time
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_lesion_align.core import model as core_model
+from napari_lesion_align.core.model import loading as core_model
 from napari_lesion_align._widgets.model import ModelLesionWidget
 
 entered = threading.Event()
@@ -497,7 +497,7 @@ def test_closing_the_viewer_while_the_size_worker_runs_is_quiet(make_napari_view
 
     from qtpy.QtCore import QThreadPool
 
-    from napari_lesion_align.core import model as core_model
+    from napari_lesion_align.core.model import loading as core_model
 
     entered, release = threading.Event(), threading.Event()
 
@@ -548,7 +548,7 @@ def test_unknown_model_is_a_notification(make_napari_viewer, qtbot, tmp_path, no
 
 @pytest.fixture(scope="module")
 def demo_result(demo_output):
-    from napari_lesion_align.core.result import AlignmentResult
+    from napari_lesion_align.core.results.result import AlignmentResult
 
     folder, _ = demo_output
     result = AlignmentResult.load(folder)
@@ -571,7 +571,7 @@ def _open(qtbot, results, folder):
 def test_results_widget_choices_threshold_legend_and_exports(make_napari_viewer, qtbot,
                                                              demo_result, tmp_path,
                                                              notifications):
-    from napari_lesion_align.core.analysis import CATEGORY_COLOURS, language_colour
+    from napari_lesion_align.core.analysis.statistics import CATEGORY_COLOURS, language_colour
 
     folder, result = demo_result
     viewer = make_napari_viewer()
@@ -665,7 +665,7 @@ def test_inspector_reports_mni_atlas_label_and_r_per_condition(make_napari_viewe
     from nilearn.image import coord_transform
 
     from napari_lesion_align import _layers
-    from napari_lesion_align.core.figures import bar_groups
+    from napari_lesion_align.core.results.figures import bar_groups
 
     folder, result = demo_result
     viewer = make_napari_viewer()
@@ -766,7 +766,7 @@ def test_category_overlay_colours_appear_in_the_planted_regions(make_napari_view
     from qtpy.QtWidgets import QApplication
 
     from napari_lesion_align import _layers
-    from napari_lesion_align.core.figures import category_colours
+    from napari_lesion_align.core.results.figures import category_colours
 
     folder, result = demo_result
     assert QApplication.instance().primaryScreen().devicePixelRatio() == 1
@@ -866,7 +866,7 @@ def test_files_and_config_file_sources_check_and_run(make_napari_viewer, qtbot, 
     assert run.session.result.subjects == ["01", "02"]
     assert "r EN intact (group)" in _names(viewer)  # mean over the 2 subjects
     # save the finished run: the engine's output files
-    from napari_lesion_align.core.result import AlignmentResult
+    from napari_lesion_align.core.results.result import AlignmentResult
 
     assert run.save_button.isEnabled()
     _wait_task(qtbot, run.save_result(tmp_path / "saved"), 60_000)

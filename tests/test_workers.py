@@ -1,4 +1,4 @@
-"""Fit units cut for the executor (:func:`~napari_lesion_align.core.stages.cut_units`): with
+"""Fit units cut for the executor (:func:`~napari_lesion_align.core.run.stages.cut_units`): with
 N parallel slots, at least 2N units when the study has the subject x language pairs, each
 within ``[encoding] stack_mb``; in one process the budget groups as before. A folder started
 with one number of workers resumes with another (maps within float32 rounding)."""
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from napari_lesion_align.core.config import load_config
-from napari_lesion_align.core.errors import Cancelled
-from napari_lesion_align.core.executor import InProcess, blas_threads
-from napari_lesion_align.core.pipeline import run_analysis
-from napari_lesion_align.core.stages import UNITS_PER_SLOT, cut_units
+from napari_lesion_align.core.run.config import load_config
+from napari_lesion_align.core.base.errors import Cancelled
+from napari_lesion_align.core.run.executor import InProcess, blas_threads
+from napari_lesion_align.core.run.pipeline import run_analysis
+from napari_lesion_align.core.run.stages import UNITS_PER_SLOT, cut_units
 from test_pipeline import N_VOLS, write_study
 from test_resume import tiny_model  # noqa: F401  (a fixture)
 
@@ -169,7 +169,7 @@ def test_a_local_cluster_run_resumes_in_one_process_and_the_other_way_round(stud
     unit, finished in this process; a run in this process cancelled after its first unit,
     finished on the cluster: both give the uninterrupted run's maps."""
     pytest.importorskip("distributed")
-    from napari_lesion_align.core.executor import DaskExecutor
+    from napari_lesion_align.core.run.executor import DaskExecutor
 
     config, whole = study
     cluster = DaskExecutor.local(2, threads=1)

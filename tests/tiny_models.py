@@ -2,7 +2,7 @@
 
 Nothing is downloaded. :func:`make_tiny_model` writes a complete Hugging Face model folder
 (``config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``)
-that :func:`napari_lesion_align.core.model.load_model` loads offline::
+that :func:`napari_lesion_align.core.model.loading.load_model` loads offline::
 
     from tiny_models import make_tiny_model
     folder = make_tiny_model(tmp_path / "llama", family="llama")
@@ -73,8 +73,8 @@ EXTRA_SENTENCES = (
 @functools.lru_cache(maxsize=1)
 def demo_texts() -> tuple[str, ...]:
     """The demo runs as text: EN/FR words joined with spaces, ZH sentences without."""
-    from napari_lesion_align.core.stimuli import list_runs, read_words
-    from napari_lesion_align.data.demo import DEMO_DIR
+    from napari_lesion_align.core.data.stimuli import list_runs, read_words
+    from napari_lesion_align.core.data.demo import DEMO_DIR
 
     texts: list[str] = []
     for f in sorted(DEMO_DIR.glob("*.TextGrid")):
@@ -264,7 +264,7 @@ def make_tiny_model(folder, family: str = "xlm-roberta", n_layers: int = 2, hidd
 
 def load_tiny(folder):
     """Load a folder written by :func:`make_tiny_model` the way the package does
-    (offline, CPU, not cached): a :class:`~napari_lesion_align.core.model.LoadedModel`."""
-    from napari_lesion_align.core.model import load_model
+    (offline, CPU, not cached): a :class:`~napari_lesion_align.core.model.loading.LoadedModel`."""
+    from napari_lesion_align.core.model.loading import load_model
 
     return load_model(str(folder), offline=True, device="cpu", use_cache=False)

@@ -1,4 +1,4 @@
-"""NIfTI images and :class:`~.core.result.AlignmentResult` maps as napari layer data tuples.
+"""NIfTI images and :class:`~.core.results.result.AlignmentResult` maps as napari layer data tuples.
 
 Pure functions: every public function returns ``(data, kwargs, layer_type)`` tuples (or
 plain values); nothing here imports Qt, and napari is only imported for its ``Colormap``
@@ -36,16 +36,17 @@ defined relative to the contrast limits: after changing ``contrast_limits`` call
 
 from __future__ import annotations
 
-import re
 import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .core.display import DIVERGING, MAP_RAMPS, SEQUENTIAL  # one owner: core.display
-from .core.display import LABELS as STAT_LABELS
-from .core.errors import LesionAlignError
+from .core.analysis.display import (DIVERGING, MAP_RAMPS, SEQUENTIAL,  # one owner: the table
+                                     statistic)
+from .core.analysis.display import LABELS as STAT_LABELS
+from .core.base.errors import LesionAlignError
+from .core.results.names import parse_filename  # one owner of the file names
 
 #: world (napari) coordinates from MNI mm, homogeneous: world = (z, -y, x)
 WORLD_FROM_MNI = np.array([[0.0, 0.0, 1.0, 0.0],
@@ -61,8 +62,6 @@ _STEPS = 128  # colours per side of the stepwise colormaps
 _POS = MAP_RAMPS["positive"]  # red -> yellow (threshold -> max)
 _NEG = MAP_RAMPS["negative"]  # blue -> cyan (-threshold -> -max)
 _MAG = MAP_RAMPS["magnitude"]  # grey -> white (|v|: threshold -> max), categories shown
-_FILE_STAT = re.compile(r"_stat-([A-Za-z0-9]+)_statmap")
-_FILE_KEY = re.compile(r"(?:^|_)(sub|lang|desc)-([A-Za-z0-9]+)")
 
 
 # --------------------------------------------------------------------------- coordinates
@@ -144,26 +143,6 @@ def category_layer_name(name: str) -> str:
     return f"categories {name}"
 
 
-def parse_filename(path) -> dict:
-    """Keys in one of our output file names: ``stat``, ``subject``, ``language``,
-    ``condition`` (missing keys are absent). ``_categories`` files get stat
-    ``categories``, ``mask.nii.gz`` stat ``mask``."""
-    name = Path(str(path)).name
-    base = re.sub(r"\.nii(\.gz)?$", "", name)
-    keys: dict = {}
-    m = _FILE_STAT.search(base)
-    if m:
-        keys["stat"] = m.group(1)
-    elif base.endswith("_categories"):
-        keys["stat"] = "categories"
-    elif base == "mask":
-        keys["stat"] = "mask"
-    names = {"sub": "subject", "lang": "language", "desc": "condition"}
-    for key, value in _FILE_KEY.findall(base):
-        keys[names[key]] = value
-    if base.startswith("group_"):
-        keys["subject"] = "group"
-    return keys
 
 
 # --------------------------------------------------------------------------- styles
@@ -213,7 +192,7 @@ def plugin_colormap(kind: str):
     * ``"sequential"`` (p, q): yellow (0) to red (the limit), transparent at the limit
       and above;
     * ``"magnitude"``, ``"magnitude-all"``, ``"magnitude-sequential"``: the same shapes in
-      grey -> white (``core.display.MAP_RAMPS["magnitude"]``), used while category
+      grey -> white (``core.analysis.display.MAP_RAMPS["magnitude"]``), used while category
       overlays are shown so that colour only ever means a category.
     """
     from napari.utils.colormaps import Colormap
@@ -284,14 +263,14 @@ def style(stat, values, threshold=None) -> dict:
         return {**threshold_display(stat, threshold), "blending": "translucent",
                 "opacity": 1.0}
     if stat in DIVERGING:
-        m = 1.0 if stat == "lpi" else robust_limit(values)
+        m = statistic(stat).limit or robust_limit(values)
         return {**threshold_display(stat, threshold, m), "blending": "translucent",
                 "opacity": 1.0}
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     lo, hi = (np.percentile(v, [0.5, 99.5]) if len(v) else (0.0, 1.0))
     if stat == "template":  # white matter a mid grey, not saturated (maps stay brighter)
-        from .core.display import TEMPLATE_HEADROOM
+        from .core.analysis.display import TEMPLATE_HEADROOM
 
         lo, hi = min(float(lo), 0.0), float(hi) * TEMPLATE_HEADROOM
     if hi <= lo:
@@ -311,7 +290,7 @@ def set_threshold(layer, threshold, magnitude: bool | None = None) -> None:
                                f"thresholds apply to {', '.join(DIVERGING + SEQUENTIAL)}")
     if magnitude is None:
         magnitude = bool(layer.metadata.get("magnitude"))
-    limit = 1.0 if stat == "lpi" else layer.metadata.get("limit") or robust_limit(layer.data)
+    limit = statistic(stat).limit or layer.metadata.get("limit") or robust_limit(layer.data)
     layer.metadata["limit"] = limit
     shown = threshold_display(stat, threshold, limit, magnitude=magnitude)
     lo, hi = shown["contrast_limits"]
@@ -333,11 +312,11 @@ def set_magnitude(layer, on: bool) -> None:
 
 
 def significance_threshold(result, language, condition) -> float | None:
-    """The group test's threshold of a t map (``core.display.default_threshold``: the
+    """The group test's threshold of a t map (``core.analysis.display.default_threshold``: the
     smallest ``|t|`` of the voxels significant at the result's alpha / correction);
     ``None`` when the result has no such test. With no significant voxel, a value above
     every ``|t|`` (nothing shown)."""
-    from .core.display import default_threshold
+    from .core.analysis.display import default_threshold
 
     key = (language, condition, "t")
     if key not in result.group_maps:
@@ -352,7 +331,7 @@ def category_colormap(legend: dict, languages=None) -> dict:
 
     ``languages``: show only these languages' specific categories (others transparent).
     """
-    from .core.figures import category_colours
+    from .core.results.figures import category_colours
 
     cmap: dict = {None: "transparent", 0: "transparent"}
     for label, colour in category_colours(legend, languages).items():
@@ -444,14 +423,14 @@ def nifti_layer(img_or_path, name=None, stat=None, threshold=None) -> tuple:
 
 
 def _sibling_threshold(source, keys: dict, stat: str):
-    """The default threshold (``core.display.default_threshold``) of a map file inside a
+    """The default threshold (``core.analysis.display.default_threshold``) of a map file inside a
     result folder (a ``result.json`` next to it): a group t map alone gets the group
     test's corrected significance, as when the folder is opened; None elsewhere."""
     folder = Path(str(source)).parent
     if not (folder / "result.json").is_file():
         return None
-    from .core.display import default_threshold
-    from .core.result import AlignmentResult
+    from .core.analysis.display import default_threshold
+    from .core.results.result import AlignmentResult
 
     try:
         result = AlignmentResult.load(folder, lazy=True)
@@ -569,7 +548,7 @@ def map_layer(result, subject, language, condition, stat, threshold=None, *, sou
 def category_layer(result, name="lesion", languages=None, *, source=None,
                    visible=True) -> tuple:
     """Labels layer tuple of a category map: 0 transparent, shared blue, each language's
-    specific voxels in its colour (``core.analysis``); ``metadata["legend"]`` is the
+    specific voxels in its colour (``core.analysis.statistics``); ``metadata["legend"]`` is the
     legend (label -> name, meaning, colour). ``languages`` restricts the specific
     categories shown."""
 
@@ -609,7 +588,7 @@ def result_layers(result_or_folder, *, subjects=False, stats=None, conditions=No
     on top). Without group maps (one subject), the subjects' r maps are added and the
     first is visible.
     """
-    from .core.result import AlignmentResult
+    from .core.results.result import AlignmentResult
 
     source = None
     if not hasattr(result_or_folder, "maps"):
@@ -814,7 +793,7 @@ def surface_layers(img, *, name: str, stat=None, threshold=None, kinds=SURFACE_K
                 meta["legend"] = legend
             elif stat in SEQUENTIAL + DIVERGING:
                 shown = threshold_display(stat, threshold,
-                                          1.0 if stat == "lpi" else robust_limit(values))
+                                          statistic(stat).limit or robust_limit(values))
                 kwargs.update(colormap=surface_colormap(stat, magnitude),
                               contrast_limits=shown["contrast_limits"])
                 meta["magnitude"] = magnitude

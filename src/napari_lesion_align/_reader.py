@@ -7,7 +7,7 @@
   asks another reader.
 
 A file that looks like NIfTI but cannot be read raises
-:class:`~.core.errors.LesionAlignError` naming the file and the fix.
+:class:`~.core.base.errors.LesionAlignError` naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .core.errors import LesionAlignError
+from .core.base.errors import LesionAlignError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

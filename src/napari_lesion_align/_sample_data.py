@@ -47,7 +47,7 @@ SAMPLE_FOLDER = Path(__file__).resolve().parent / "data" / "sample"
 
 def shipped_sample() -> Path:
     """The shipped demo result folder; a clear error when the installed package lacks it."""
-    from .core.errors import LesionAlignError
+    from .core.base.errors import LesionAlignError
 
     if not (SAMPLE_FOLDER / "result.json").is_file():
         raise LesionAlignError(
@@ -93,8 +93,8 @@ def demo_cache_folder(cache_root=None) -> Path:
     """``<cache>/demo-result-<version>-g<generator revision>``: where the demo's result is
     cached (a new revision of the demo's generator computes it again)."""
     from . import __version__
-    from .core.e5_offline import _default_cache_dir
-    from .data.demo import GENERATOR_REVISION
+    from .core.model.e5_offline import _default_cache_dir
+    from .core.data.demo import GENERATOR_REVISION
 
     root = Path(cache_root) if cache_root is not None else _default_cache_dir()
     return root / f"demo-result-{__version__}-g{GENERATOR_REVISION}"
@@ -102,8 +102,8 @@ def demo_cache_folder(cache_root=None) -> Path:
 
 def cached_demo_result(cache_root=None) -> Path | None:
     """The cached demo result folder when it is complete and intact, else None."""
-    from .core.errors import LesionAlignError
-    from .core.result import check_manifest
+    from .core.base.errors import LesionAlignError
+    from .core.results.result import check_manifest
 
     final = demo_cache_folder(cache_root)
     if (final / "result.json").is_file():
@@ -118,9 +118,9 @@ def cached_demo_result(cache_root=None) -> Path | None:
 def ensure_demo_result(cache_root=None, progress=None, cancel=None) -> Path:
     """The cached demo result folder, computed first when missing (atomically: the run
     writes into a temporary folder next to it, renamed when finished)."""
-    from .core.config import demo_config
-    from .core.errors import LesionAlignError
-    from .core.pipeline import run_analysis
+    from .core.run.config import demo_config
+    from .core.base.errors import LesionAlignError
+    from .core.run.pipeline import run_analysis
 
     cached = cached_demo_result(cache_root)
     if cached is not None:
@@ -204,7 +204,8 @@ def compute_demo_in_background(viewer, cache_root=None):
     from napari.utils.notifications import show_error, show_info
 
     from ._widgets._state import session_for, unwrap
-    from ._widgets._tasks import LayerFeeder, make_layer, start_task
+    from ._widgets._layer_feed import LayerFeeder, make_layer
+    from ._widgets._tasks import start_task
     from ._widgets._viewer import attach
 
     viewer = unwrap(viewer)

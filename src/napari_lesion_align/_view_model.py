@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import display
-from .core.errors import LesionAlignError
+from .core.analysis import display
+from .core.base.errors import LesionAlignError
 
 #: metadata key: the registry key of the result a layer belongs to
 RESULT_KEY = "result_key"
@@ -38,9 +38,8 @@ RESULT_LABEL = "result_label"
 RESULT_TAG = "lesion_align_result"
 #: metadata key: marks the one map layer showing a result's current view
 VIEW_TAG = "lesion_align_view"
-#: the order the Results dock lists statistics in
-STAT_ORDER = ("r", "deltar", "reldrop", "t", "q", "p", "lpi", "beyondrandom", "tvsrandom",
-              "qvsrandom", "pvsrandom")
+#: the order the Results dock lists statistics in (the statistics table's)
+STAT_ORDER = display.SHOW_ORDER
 
 
 # --------------------------------------------------------------------------- identity
@@ -167,7 +166,7 @@ def view_tuple(result, subject, language, condition, stat, threshold=None) -> tu
 
 
 def view_threshold(result, view: dict) -> display.Threshold:
-    """The default threshold of a view's map (``core.display.default_threshold``)."""
+    """The default threshold of a view's map (``core.analysis.display.default_threshold``)."""
     return display.default_threshold(result, view["stat"], view.get("language"),
                                      view.get("condition"))
 
@@ -335,8 +334,8 @@ class ResultView:
 
     def legend(self, name: str | None = None) -> list[tuple[str, str, str]]:
         """``[(colour, title, meaning)]`` of a category set (default: ``lesion`` or the
-        first), from ``core.figures.category_colours``."""
-        from .core.figures import category_colours
+        first), from ``core.results.figures.category_colours``."""
+        from .core.results.figures import category_colours
 
         sets = list(self.result.categories)
         name = name or ("lesion" if "lesion" in sets else (sets[0] if sets else None))

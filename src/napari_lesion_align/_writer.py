@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.errors import LesionAlignError
+from .core.base.errors import LesionAlignError
 
 
 def write_nifti(path: str, data, meta: dict) -> list[str]:
     """Write one layer to ``path`` (``.nii`` or ``.nii.gz``); returns ``[path]``."""
     import nibabel as nib
 
-    from .core.result import atomic_save_nifti
+    from .core.base.io import atomic_save_nifti
 
     path = str(path)
     name = meta.get("name", "layer")

@@ -53,7 +53,7 @@ QUICK_DEMO = {"n_subjects": 1, "lesions": False}
 
 
 def _summary(result, out: Path | None) -> str:
-    """The run's closing summary (:meth:`~.core.result.AlignmentResult.closing_summary`):
+    """The run's closing summary (:meth:`~.core.results.result.AlignmentResult.closing_summary`):
     per language the intact model against its controls, each lesion against its random
     draws, the category counts; summary.tsv and controls.tsv have every row."""
     lines = [f"  {line}" for line in result.closing_summary()]
@@ -69,7 +69,7 @@ def _summary(result, out: Path | None) -> str:
 
 
 def main(argv=None) -> int:
-    from .core.errors import Cancelled, LesionAlignError
+    from .core.base.errors import Cancelled, LesionAlignError
 
     from . import __version__
 
@@ -116,20 +116,20 @@ def main(argv=None) -> int:
 
     try:
         if args.cmd == "convert-model":
-            from .core import e5_offline
+            from .core.model import e5_offline
 
             print(e5_offline.ensure_converted(args.cache_dir, progress=lambda m: print(m)))
             return 0
         if args.cmd == "init-config":
-            from .core.bids import write_init_config
+            from .core.data.bids import write_init_config
 
             out = write_init_config(args.root, args.out, force=args.force)
             print(f"wrote {out}: check the lines marked CHECK and FILL IN, then run "
                   f"napari-lesion-align run {out} --out DIR")
             return 0
-        from .core.config import demo_config, load_config
-        from .core.executor import executor_for
-        from .core.pipeline import run_analysis
+        from .core.run.config import demo_config, load_config
+        from .core.run.executor import executor_for
+        from .core.run.pipeline import run_analysis
 
         if args.cmd == "demo":
             recipe = (QUICK_DEMO if args.quick

@@ -30,7 +30,7 @@ def colorbar_of(layer):
         return None
     lo, hi = (float(v) for v in layer.contrast_limits)
     rgba = np.asarray(cmap.map(np.linspace(0.0, 1.0, 256)), dtype=float)
-    from ..core.display import statistic
+    from ..core.analysis.display import statistic
 
     stat = layer.metadata.get("stat")
     label = statistic(stat).label if stat else layer.name
@@ -89,7 +89,7 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
                    title="categories", title_fontsize=9)
     import io
 
-    from ..core.result import atomic_write_bytes
+    from ..core.base.io import atomic_write_bytes
 
     path = Path(path)
     buf = io.BytesIO()

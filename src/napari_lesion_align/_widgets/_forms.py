@@ -269,7 +269,7 @@ class SchemaForm(Container):
 
     def parse(self, where: str | None = None):
         """The form validated by its table's class (``Section.parse``): a wrong value raises
-        :class:`~..core.errors.LesionAlignError` with the config file's message."""
+        :class:`~..core.base.errors.LesionAlignError` with the config file's message."""
         return self._section.parse(self.values(), where)
 
     def set_values(self, **values) -> None:

@@ -1,5 +1,5 @@
 """The Model & lesion widget's text around the lesion plan: manual / sweep indices typed
-into the form, and the lesion sizes (:meth:`~..core.plan.LesionPlan.sizes`, from the
+into the form, and the lesion sizes (:meth:`~..core.lesions.plan.LesionPlan.sizes`, from the
 model's anatomy alone) as text. No Qt here (runs in a worker).
 """
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from ..core.errors import LesionAlignError
-from ..core.plan import lesionable
+from ..core.base.errors import LesionAlignError
+from ..core.lesions.vocabulary import lesionable
 
 
 def parse_indices(text: str, element: str) -> dict[int, list[int]]:
@@ -93,7 +93,7 @@ METHOD_WORDS = {"auto": "importance (auto: LAPE for neurons, gradient x weight w
 
 
 def describe_run(plan) -> str:
-    """What a run of ``plan`` (a :class:`~..core.plan.LesionPlan`) will do, and why each
+    """What a run of ``plan`` (a :class:`~..core.lesions.plan.LesionPlan`) will do, and why each
     step runs, in a sentence or two for the Run widget (no model needed)."""
     if not plan.enabled:
         return ("Runs the intact model and its controls only (the Lesion box is "

@@ -1,4 +1,4 @@
-"""The work a run does off the GUI thread around :func:`~..core.pipeline.run_analysis`:
+"""The work a run does off the GUI thread around :func:`~..core.run.pipeline.run_analysis`:
 the run, then the result's layers (:func:`.._view_model.result_tuples`, the same as any
 result that opens). No Qt here; imports only :mod:`._tasks` (the layer factory)."""
 
@@ -16,8 +16,8 @@ def result_tuples(result, with_template: bool = True) -> list:
 def run(config, with_template: bool, progress, cancel, out_dir=None):
     """Run the analysis: ``(result, napari layers)`` (the layers are built here, off the GUI
     thread). ``out_dir``: the output folder (a folder of the same analysis resumes)."""
-    from ..core.pipeline import run_analysis
-    from ._tasks import make_layer
+    from ..core.run.pipeline import run_analysis
+    from ._layer_feed import make_layer
 
     result = run_analysis(config, out_dir, progress=progress, cancel=cancel)
     progress(1.0, "preparing the layers")

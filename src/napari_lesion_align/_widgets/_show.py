@@ -17,8 +17,8 @@ from pathlib import Path
 from .._view_model import (RESULT_KEY, RESULT_LABEL, RESULT_TAG, VIEW_TAG,  # noqa: F401
                            default_view, group_mean, map_view_tuple, owned_name,
                            result_tuples, stats_for, view_choices, view_tuple)
+from ._layer_feed import LayerFeeder, make_layer
 from ._state import result_key
-from ._tasks import LayerFeeder, make_layer
 
 
 def result_layer_objects(result, with_template: bool = True) -> list:
@@ -52,7 +52,7 @@ def layers_of(viewer, key) -> list:
 
 
 def view_layer(result, view: dict, threshold=None, magnitude: bool = False):
-    """The map layer of a view (``threshold`` default: ``core.display``'s rule)."""
+    """The map layer of a view (``threshold`` default: ``core.analysis.display``'s rule)."""
     return make_layer(map_view_tuple(result, view, threshold, magnitude=magnitude))
 
 
@@ -122,7 +122,7 @@ def open_result_folder(viewer, folder, *, on_done=None, parent=None):
     folder = Path(folder)
 
     def fn(progress, cancel):
-        from ..core.result import AlignmentResult
+        from ..core.results.result import AlignmentResult
 
         progress(0.0, f"reading {folder}")
         result = AlignmentResult.load(folder)
@@ -148,10 +148,10 @@ def open_result_folder(viewer, folder, *, on_done=None, parent=None):
 # --------------------------------------------------------------------------- data check
 def space_layers(mask, name: str = "analysis mask") -> list:
     """The space of the data, shown when it is checked: the MNI template and the analysis
-    mask's outline (magenta, ``core.display.MASK_COLOUR``: visible on the grey template);
+    mask's outline (magenta, ``core.analysis.display.MASK_COLOUR``: visible on the grey template);
     built off the GUI thread."""
     from .. import _layers
-    from ..core.display import MASK_COLOUR
+    from ..core.analysis.display import MASK_COLOUR
 
     data, kwargs, kind = _layers.nifti_layer(mask, name=name, stat="mask")
     cmap = dict(kwargs["colormap"])

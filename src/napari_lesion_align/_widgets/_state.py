@@ -3,14 +3,14 @@
 :func:`session_for` returns the :class:`Session` of a viewer (one per viewer, created on
 first use, forgotten with the viewer). The widgets write their forms into it as plain
 config tables (the same keys as the TOML file, see docs/configuration.md), and
-:meth:`Session.build_config` turns them into an :class:`~..core.config.AnalysisConfig`
+:meth:`Session.build_config` turns them into an :class:`~..core.run.config.AnalysisConfig`
 through the core's own parser, so the GUI and the CLI validate input the same way.
 
 Events (psygnal, emitted in the GUI thread):
 
 * ``data_changed()`` -- the data form changed (languages may have changed);
 * ``model_changed()`` -- the model / lesion form changed;
-* ``result_changed(result)`` -- the current :class:`~..core.result.AlignmentResult`
+* ``result_changed(result)`` -- the current :class:`~..core.results.result.AlignmentResult`
   changed (a new one arrived, or another open one was chosen; ``None`` when cleared);
 * ``results_changed()`` -- the list of open results changed (the Results widget's chooser).
 
@@ -38,10 +38,10 @@ from pathlib import Path
 from psygnal import Signal
 
 from .._view_model import result_key, unique_label  # Qt-free naming rules
-from ..core.config import (AnalysisConfig, DemoConfig, ModelConfig, config_from_dict,
-                           demo_config)
-from ..core.errors import LesionAlignError
-from ..data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
+from ..core.base.errors import LesionAlignError
+from ..core.data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
+from ..core.data.options import DemoConfig
+from ..core.run.config import AnalysisConfig, ModelConfig, config_from_dict, demo_config
 
 DEMO_LANGUAGES = ("EN", "FR", "ZH")
 
@@ -254,11 +254,11 @@ class Session:
         return config_from_dict(d, base=base, source=source)
 
     def lesion_plan(self):
-        """The :class:`~..core.plan.LesionPlan` of the forms (what the size preview shows):
+        """The :class:`~..core.lesions.plan.LesionPlan` of the forms (what the size preview shows):
         the config's when the forms make one, else the lesion form's alone on the known
         languages (the data form may still be incomplete)."""
-        from ..core.config import LesionConfig
-        from ..core.plan import LesionPlan
+        from ..core.run.config import LesionConfig
+        from ..core.lesions.plan import LesionPlan
 
         if self.model_error:
             raise LesionAlignError(self.model_error)

@@ -5,13 +5,11 @@
 as often as the core likes: it is throttled and relayed to the GUI thread through a Qt
 signal (a queued connection); ``cancel()`` returns True once :meth:`Task.cancel` was
 called. The GUI thread receives one :class:`Outcome`: ``ok`` with the value, ``error``
-with the message of a :class:`~..core.errors.LesionAlignError`, ``cancelled``, or
+with the message of a :class:`~..core.base.errors.LesionAlignError`, ``cancelled``, or
 ``crash`` for an unexpected exception (napari's worker has already shown that one as a
 notification with its traceback).
 
-:class:`LayerFeeder` adds layers to a viewer one (or a few) per event-loop turn, so that
-adding many layers at the end of a run never blocks the GUI for long; build the layer
-objects in the worker (:func:`make_layer`) so the GUI thread only inserts them.
+The layers a task makes are built and added by :mod:`._layer_feed`.
 
 A task outlives its widget safely: when the owner is destroyed (its viewer closed, a test
 ended) the task is cancelled and its worker asked to quit, and a worker that finishes
@@ -29,7 +27,7 @@ from typing import Any, Callable
 
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.errors import Cancelled, LesionAlignError
+from ..core.base.errors import Cancelled, LesionAlignError
 
 
 _GC_FROZEN = False
@@ -86,7 +84,7 @@ class TimeEstimate:
     """The one estimate of the time a task has left, which every bar of the task shows.
 
     Each progress report ``add(elapsed, fraction)`` gives a raw estimate of the task's
-    end (:func:`~..core.stages.time_left`: the current phase's pace); the end shown is
+    end (:func:`~..core.run.engine.time_left`: the current phase's pace); the end shown is
     that estimate smoothed over :attr:`TAU` seconds, so that a report from a faster or
     slower stretch (a new phase, a slow unit) moves it gradually instead of making the
     countdown jump. :meth:`left` is the smoothed end less the time now; :meth:`reset`
@@ -111,7 +109,7 @@ class TimeEstimate:
     def add(self, elapsed: float, fraction: float) -> None:
         import math
 
-        from ..core.stages import time_left
+        from ..core.run.engine import time_left
 
         self.history.append((float(elapsed), float(fraction)))
         left = time_left(self.history)
@@ -465,86 +463,3 @@ def _notify_end(name: str, outcome: Outcome) -> None:
         show_info(f"Lesion Align: {name} done in {clock(outcome.seconds)}")
     elif outcome.kind == "cancelled":
         show_info(f"Lesion Align: {name} cancelled")
-
-
-def make_layer(layer_or_tuple):
-    """A napari layer from a ``(data, kwargs, layer_type)`` tuple (or the layer itself).
-
-    Pure model objects (no Qt): the workers build them, so that the GUI thread only has
-    to insert them.
-    """
-    from napari.layers import Layer
-
-    if isinstance(layer_or_tuple, Layer):
-        return layer_or_tuple
-    t = tuple(layer_or_tuple)
-    kwargs = dict(t[1]) if len(t) > 1 and t[1] else {}
-    layer = Layer.create(t[0], kwargs, t[2] if len(t) > 2 else "image")
-    apply_contour(layer)
-    return layer
-
-
-def apply_contour(layer) -> None:
-    """Category overlays are outlines (``metadata["contour"]``, see ``_layers``)."""
-    contour = layer.metadata.get("contour")
-    if contour is not None and hasattr(layer, "contour") and layer.contour != contour:
-        layer.contour = int(contour)
-
-
-def add_layer(viewer, layer_or_tuple):
-    """Add a layer (or layer data tuple); a layer of the same name is replaced in place
-    (same position in the layer list)."""
-    layer = make_layer(layer_or_tuple)
-    index = None
-    if layer.name in viewer.layers:
-        old = viewer.layers[layer.name]
-        index = viewer.layers.index(old)
-        viewer.layers.remove(old)
-    if index is None:
-        viewer.layers.append(layer)
-    else:
-        viewer.layers.insert(index, layer)
-    return layer
-
-
-class LayerFeeder(QObject):
-    """Adds layer tuples ``per_tick`` at a time, one event-loop turn apart."""
-
-    finished = Signal()
-
-    def __init__(self, viewer, layers: list, per_tick: int = 1, parent=None,
-                 on_layer: Callable | None = None):
-        import weakref
-
-        super().__init__(parent)
-        # the viewer behind napari's PublicOnlyProxy; never keep a viewer alive
-        self._viewer = weakref.ref(getattr(viewer, "__wrapped__", viewer))
-        self.todo = list(layers)
-        self.per_tick = max(1, int(per_tick))
-        self.on_layer = on_layer
-        self.added: list = []
-        self.done = False
-
-    def start(self) -> "LayerFeeder":
-        QTimer.singleShot(0, self._step)
-        return self
-
-    def stop(self) -> None:
-        self.todo.clear()
-
-    def _step(self) -> None:
-        viewer = self._viewer()
-        if viewer is None:
-            self.todo.clear()
-        for _ in range(self.per_tick):
-            if not self.todo:
-                break
-            layer = add_layer(viewer, self.todo.pop(0))
-            self.added.append(layer)
-            if self.on_layer is not None:
-                self.on_layer(layer)
-        if self.todo:
-            QTimer.singleShot(0, self._step)
-        else:
-            self.done = True
-            self.finished.emit()

@@ -89,7 +89,7 @@ def _inserted(ref, layer) -> None:
     if viewer is None:
         return
     meta = layer.metadata
-    from ._tasks import apply_contour
+    from ._layer_feed import apply_contour
 
     apply_contour(layer)
     if meta.get("lesion_align"):
@@ -145,7 +145,7 @@ def load_result_folder(viewer, key: str):
         return None
 
     def fn(progress, cancel):
-        from ..core.result import AlignmentResult
+        from ..core.results.result import AlignmentResult
 
         progress(0.0, f"reading {key}")
         return AlignmentResult.load(key, lazy=True)

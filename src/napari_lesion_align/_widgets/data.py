@@ -7,8 +7,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QLineEdit, QPlainTextEdit, QPushButton, QStackedWidget,
                             QVBoxLayout, QWidget)
 
-from ..core.config import DataConfig, DemoConfig
-from ..core.errors import LesionAlignError
+from ..core.base.errors import LesionAlignError
+from ..core.data.options import DataConfig, DemoConfig
 from ._dock import ERROR_COLOUR, ErrorLabel, scroll_layout, wrap_label
 from ._forms import choices, schema_form
 from ._state import session_for
@@ -357,7 +357,7 @@ class DataWidget(QWidget):
             if session.data_error:
                 raise LesionAlignError(session.data_error)
             if session.is_demo:
-                from ..data import demo
+                from ..core.data import demo
 
                 n = int(session.data["data"]["demo"]["n_subjects"])
                 mask = demo.MASK_FILE
@@ -395,7 +395,7 @@ class DataWidget(QWidget):
 
     def _show_space(self, layers) -> None:
         """Add the template (when the viewer has none) and the mask outline."""
-        from ._tasks import LayerFeeder
+        from ._layer_feed import LayerFeeder
 
         has_template = any(lay.metadata.get("stat") == "template" for lay in self.viewer.layers)
         todo = [lay for lay in layers

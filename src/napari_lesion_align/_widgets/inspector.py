@@ -415,9 +415,9 @@ class InspectorWidget(QWidget):
     @staticmethod
     def _values_at(result, v) -> dict:
         """``{bar: {language: (mean r over subjects, error)}}`` at feature ``v``
-        (:func:`~..core.figures.bar_values`: controls, lesions and their random draws'
+        (:func:`~..core.results.figures.bar_values`: controls, lesions and their random draws'
         band)."""
-        from ..core.figures import bar_values
+        from ..core.results.figures import bar_values
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -469,7 +469,7 @@ class InspectorWidget(QWidget):
         self.canvas.draw_idle()
 
     def _draw(self) -> None:
-        from ..core.figures import condition_bars
+        from ..core.results.figures import condition_bars
 
         if not self.values:
             self._draw_empty()
@@ -477,8 +477,8 @@ class InspectorWidget(QWidget):
         result = self.session.result
         self.figure.clear()
         ax = self.figure.add_subplot(111)
-        from ..core.analysis import language_colour
-        from ..core.figures import hatched_bars
+        from ..core.analysis.statistics import language_colour
+        from ..core.results.figures import hatched_bars
 
         colours = {lang: language_colour(lang, result.languages)
                    for lang in result.languages}  # as in the category legend

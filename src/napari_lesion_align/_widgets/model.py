@@ -2,7 +2,7 @@
 
 The lesion's size (elements per layer) is shown before running: it is computed in a
 worker from the model's anatomy (loading a model may take seconds). Lesions can be saved
-(``<label>.json`` + ``<label>.safetensors`` per lesion, :meth:`~..core.lesions.Lesion.save`)
+(``<label>.json`` + ``<label>.safetensors`` per lesion, :meth:`~..core.lesions.masks.Lesion.save`)
 and loaded back to run them again.
 """
 
@@ -15,9 +15,9 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QLabel, QLineEdit, QListWidget, QPushButton, QVBoxLayout,
                             QWidget)
 
-from ..core.config import LesionConfig, ModelConfig
-from ..core.errors import LesionAlignError
-from ..core.plan import DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, UNIT_ELEMENTS
+from ..core.base.errors import LesionAlignError
+from ..core.lesions.vocabulary import DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, UNIT_ELEMENTS
+from ..core.run.config import LesionConfig, ModelConfig
 from ._dock import scroll_layout
 from ._forms import choices, schema_form
 from ._lesion_size import parse_indices, parse_list
@@ -305,8 +305,8 @@ class ModelLesionWidget(QWidget):
             from ._tasks import import_model_libraries
 
             import_model_libraries()
-            from ..core.anatomy import describe_model
-            from ..core.model import load_model
+            from ..core.model.anatomy import describe_model
+            from ..core.model.loading import load_model
             from . import _lesion_size as ls
 
             progress(0.0, f"loading {model['name']}")
@@ -374,7 +374,7 @@ class ModelLesionWidget(QWidget):
         """Add a saved lesion (``.json`` + ``.safetensors``) to the run."""
         from napari.utils.notifications import show_error
 
-        from ..core.lesions import Lesion
+        from ..core.lesions.masks import Lesion
 
         try:
             lesion = Lesion.load(path)
@@ -425,9 +425,9 @@ class ModelLesionWidget(QWidget):
             from ._tasks import import_model_libraries
 
             import_model_libraries()
-            from ..core.dataset import load_stimuli
-            from ..core.model import load_model
-            from ..core.plan import LesionPlan
+            from ..core.data.dataset import load_stimuli
+            from ..core.model.loading import load_model
+            from ..core.lesions.plan import LesionPlan
 
             m = config.model
             lm = load_model(m.name, **m.load_options())

@@ -4,7 +4,7 @@ PNG with legend, colour bar, slice position and orientation; the standard QC fig
 
 The widget binds a Qt-free :class:`.._view_model.ResultView` per open result (which map,
 threshold, colormap and layer name are shown); the threshold slider moves in the
-statistic's own units from its one default rule (``core.display``), stated in words
+statistic's own units from its one default rule (``core.analysis.display``), stated in words
 below it; the canvas shows the same words, the category legend and the map's colour bar.
 
 The result list holds every result open in the viewer (a run, the reader, File > Open
@@ -24,13 +24,14 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from .. import _layers
 from .._view_model import RESULT_KEY, VIEW_TAG, ResultView
-from ..core import display
-from ..core.errors import LesionAlignError
+from ..core.analysis import display
+from ..core.base.errors import LesionAlignError
 from . import _viewer
 from ._dock import scroll_layout
+from ._layer_feed import add_layer, make_layer
 from ._show import close_result, open_result_folder, tag_layer
 from ._state import connect, session_for
-from ._tasks import add_layer, make_layer, start_task
+from ._tasks import start_task
 
 STAT_NAMES = display.LABELS
 SEQUENTIAL = display.SEQUENTIAL
@@ -422,7 +423,7 @@ class ResultsWidget(QWidget):
         return bool(self.overlay.isChecked() and cats is not None and cats.visible)
 
     def _update_threshold_range(self) -> None:
-        """The slider in the statistic's own units (``core.display.slider_scale``), at the
+        """The slider in the statistic's own units (``core.analysis.display.slider_scale``), at the
         view's threshold; the threshold in words below it."""
         model = self.model
         stat = self.stat.currentData()
@@ -435,7 +436,7 @@ class ResultsWidget(QWidget):
             self.threshold_text.setText(model.categories_text() if model is not None and
                                         model.result.categories else "")
             return
-        limit = 1.0 if stat == "lpi" else _layers.robust_limit(layer.data)
+        limit = display.statistic(stat).limit or _layers.robust_limit(layer.data)
         self._scale = model.slider(limit)
         self._limit = self._scale.maximum
         current = layer.metadata.get("threshold")
@@ -519,7 +520,7 @@ class ResultsWidget(QWidget):
         """Show (or hide) the category overlay of a set (``lesion`` / ``random``);
         ``languages``: show only these languages' specific categories (and shared).
         While an overlay is shown the map is drawn in grey ``|value|`` (colour then only
-        ever means a category, ``core.display.map_kind``)."""
+        ever means a category, ``core.analysis.display.map_kind``)."""
         if on is not None:
             self.overlay.blockSignals(True)
             self.overlay.setChecked(on)
@@ -561,7 +562,7 @@ class ResultsWidget(QWidget):
         return self.category_layer(chosen)
 
     def _update_legend(self) -> None:
-        from ..core.analysis import CATEGORY_COLOURS, language_colour
+        from ..core.analysis.statistics import CATEGORY_COLOURS, language_colour
 
         model = self.model
         if model is None:
@@ -755,7 +756,7 @@ class ResultsWidget(QWidget):
     def _surface_done(self, outcome) -> None:
         from napari.utils.notifications import show_error
 
-        from ._tasks import LayerFeeder
+        from ._layer_feed import LayerFeeder
 
         self.surface_button.setEnabled(True)
         if outcome.kind == "error":
@@ -811,7 +812,7 @@ class ResultsWidget(QWidget):
             self.qc_figure(path)
 
     def qc_figure(self, path):
-        """Write the standard QC figure (``core.figures.qc_figure``) in a worker."""
+        """Write the standard QC figure (``core.results.figures.qc_figure``) in a worker."""
         from napari.utils.notifications import show_error
 
         result = self.result
@@ -822,7 +823,7 @@ class ResultsWidget(QWidget):
         path = Path(path)
 
         def fn(progress, cancel):
-            from ..core.figures import qc_figure
+            from ..core.results.figures import qc_figure
 
             return qc_figure(result, path, name=name)
 

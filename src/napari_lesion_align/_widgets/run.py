@@ -1,6 +1,6 @@
 """Run dock widget: start and cancel the analysis, follow its progress, save the result.
 
-The analysis (:func:`~..core.pipeline.run_analysis`) runs in a napari thread worker; its
+The analysis (:func:`~..core.run.pipeline.run_analysis`) runs in a napari thread worker; its
 progress reaches the GUI thread through a queued Qt signal, so the viewer stays usable.
 Its units run in napari's process, on a local Dask cluster (*Compute*: N workers) or on a
 running Dask cluster (a scheduler address). Cancel stops it at the core's next check (the
@@ -18,8 +18,8 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
                             QPushButton, QWidget)
 
-from ..core.config import ComputeConfig
-from ..core.errors import LesionAlignError
+from ..core.base.errors import LesionAlignError
+from ..core.run.config import ComputeConfig
 from ._dock import ErrorLabel, scroll_layout, wrap_label
 from ._forms import schema_form
 from ._state import connect, session_for
@@ -185,7 +185,7 @@ class RunWidget(QWidget):
         self.activity = None
 
     def _plan_changed(self, *_) -> None:
-        from ..core.errors import LesionAlignError
+        from ..core.base.errors import LesionAlignError
         from ._lesion_size import describe_run
 
         if self.error.message is not None and not self.running:  # fixed, or being fixed

@@ -1,0 +1,320 @@
+"""Where the units run: in this process (the default), or on a Dask cluster.
+
+:class:`InProcess` runs the stages here, one unit after the other (the GUI, the demo, the
+tests). :class:`DaskExecutor` runs them on a ``dask.distributed`` cluster: a
+:class:`~distributed.LocalCluster` of N worker processes on this machine (``--workers N``)
+or an existing cluster (``--scheduler ADDRESS``, e.g. one started by ``dask-jobqueue`` on
+SLURM). Either way:
+
+* the model's work (building the lesions, extracting features) runs where the model is:
+  in one process (a worker, for Dask; on its GPU when it has one), which loads the model
+  once (:func:`~.model.load_model` keeps it per process);
+* the fits, which need only stored features and one subject's BOLD, run as independent
+  units, spread over every worker; each worker opens the data source once;
+* a unit that fails is reported with its units, condition and error, the others finish
+  and are saved, and the run then stops with one error listing the failures; running the
+  same command again computes only what failed (the resume of :mod:`.stages`);
+* a worker that dies is replaced by Dask and its unit runs again elsewhere (after
+  ``distributed.scheduler.allowed-failures`` deaths of the same unit, it is reported as
+  failed); cancel stops the units not yet started.
+
+The cluster's output folder and feature store must be on a file system every worker
+sees (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..base.errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
+
+BLAS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Limit BLAS / OpenMP / torch threads to ``n`` inside the block (0: leave them)."""
+    if not n:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def failures_error(failures: list, total: int, out: Path) -> LesionAlignError:
+    """One error for the units that failed (the others are saved)."""
+    shown = "; ".join(str(f) for f in failures[:5])
+    more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+    n = sum(len(getattr(f, "units", ())) or 1 for f in failures)
+    return LesionAlignError(
+        f"{n} of {total} fit units failed: {shown}{more}. The other units are "
+        f"saved in {out}; fix the cause and run the same command again: only the failed "
+        "units run")
+
+
+class InProcess:
+    """Every unit in this process, one after the other."""
+
+    description = "in this process"
+    #: fit units running at once (:func:`.stages.cut_units`)
+    parallelism = 1
+
+    def model_stages(self, eng) -> None:
+        """The lesions (or their record) and the features the missing fits need."""
+        from .engine import PHASES
+        from .stages import fit_jobs, stage_conditions, stage_features
+
+        eng.progress.phase(*PHASES["lesions"])
+        eng.progress(0.0, "choosing lesions" if eng.config.lesions.enabled else "intact model")
+        stage_conditions(eng)
+        jobs, _ = fit_jobs(eng)
+        if jobs:
+            eng.progress.phase(*PHASES["features"])
+            stage_features(eng)
+
+    def fits(self, eng, jobs: list) -> tuple[list, list]:
+        """Run the fit jobs; ``(units computed, failures)``."""
+        from .stages import _TRFeatures, run_fit_job
+
+        total = sum(len(j.todo) for j in jobs)
+        if not total:
+            return [], []
+        eng.source.prepare(eng)
+        trf = _TRFeatures(eng)
+        computed, failures, done = [], [], 0
+        for job in jobs:
+            eng.progress.check()
+            lo, hi = done / total, (done + len(job.todo)) / total
+            try:
+                computed += run_fit_job(eng, job, trf, eng.progress.sub(lo, hi))
+            except UnitFailed as err:
+                failures.append(err)
+                eng.progress(hi, f"failed: {err}")
+            done += len(job.todo)
+        return computed, failures
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- dask
+_ENGINES: dict = {}
+
+
+def _worker_engine(config, out_root: str):
+    """This worker process' engine for one analysis (made once: the data source opened,
+    the conditions read from their record, the demo's drivers prepared)."""
+    from .store import identity
+
+    key = (str(out_root), identity(config)["fits"])
+    eng = _ENGINES.get(key)
+    if eng is None:
+        from .stages import _TRFeatures, make_engine, stage_conditions
+
+        eng = make_engine(config, Path(out_root))
+        stage_conditions(eng)
+        eng.trf = _TRFeatures(eng)
+        eng.prepared = False
+        _ENGINES.clear()  # one analysis per worker at a time
+        _ENGINES[key] = eng
+    return eng
+
+
+def _model_task(config, out_root: str, threads: int) -> dict:
+    """On one worker: the lesions and the missing features (loads the model once)."""
+    from .engine import Progress
+    from .stages import fit_jobs, make_engine, stage_conditions, stage_features
+
+    with blas_threads(threads):
+        eng = make_engine(config, Path(out_root), Progress(None, None))
+        stage_conditions(eng)
+        jobs, _ = fit_jobs(eng)
+        if jobs:
+            stage_features(eng)
+        return {"counts": eng.counts.get("features", {"computed": 0, "reused": 0}),
+                "timings": eng.timings}
+
+
+def _fit_task(config, out_root: str, job, threads: int) -> list[str]:
+    """On any worker: one fit job (a subject, or subjects fitted together)."""
+    from .stages import run_fit_job
+
+    with blas_threads(threads):
+        eng = _worker_engine(config, out_root)
+        if not eng.prepared:
+            eng.source.prepare(eng)
+            eng.prepared = True
+        return run_fit_job(eng, job, eng.trf, lambda f, m: None)
+
+
+def _job_cost(eng, job) -> int:
+    """A fit job's size, to order the units: its subjects x their volumes."""
+    return len(job.subjects) * sum(r.n_vols for r in eng.source.runs(job.subjects[0],
+                                                                      job.language))
+
+
+class DaskExecutor:
+    """Units on a Dask cluster: a :class:`~distributed.LocalCluster` this executor starts
+    (and closes), or a :class:`~distributed.Client` / scheduler address given."""
+
+    def __init__(self, client, cluster=None, threads: int = 0, description: str = "",
+                 slots: int = 0):
+        self.client = client
+        self.cluster = cluster
+        self.threads = int(threads)
+        self.slots = int(slots)
+        self.description = description or f"Dask scheduler {client.scheduler.address}"
+
+    @property
+    def parallelism(self) -> int:
+        """Fit units running at once: the local cluster's workers, or the connected
+        cluster's worker threads now (a cluster still starting its jobs counts the workers
+        that have arrived: ``client.wait_for_workers(n)`` first, docs/cluster.md)."""
+        if self.slots:
+            return self.slots
+        workers = self.client.scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+    @classmethod
+    def local(cls, n_workers: int, threads: int = 0) -> "DaskExecutor":
+        """A LocalCluster of ``n_workers`` processes, one unit at a time each, with
+        ``threads`` BLAS threads per worker (0: the cores divided among the workers)."""
+        import logging
+
+        import dask
+        from distributed import Client, LocalCluster
+
+        cores = os.cpu_count() or 1
+        t = int(threads) or max(1, cores // max(1, n_workers))
+        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+        environ.update({k: t for k in BLAS_ENV})
+        # Dask trims freed memory back to the OS at 64 KiB; the fits reuse large buffers,
+        # and memory touched afresh is slow on some machines: measured 8-13 % slower units,
+        # the same peak memory (docs/benchmarks.md)
+        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1,
+                                   processes=True, silence_logs=logging.ERROR)
+        client = Client(cluster)
+        link = getattr(client, "dashboard_link", None)
+        return cls(client, cluster, t, f"Dask LocalCluster: {n_workers} workers x {t} BLAS "
+                                       f"thread(s)" + (f"; dashboard {link}" if link else ""),
+                   slots=int(n_workers))
+
+    @classmethod
+    def connect(cls, address: str, threads: int = 0) -> "DaskExecutor":
+        """The cluster whose scheduler listens at ``address`` (``tcp://host:8786``)."""
+        from distributed import Client
+
+        try:
+            client = Client(address, timeout="30s")
+        except (OSError, TimeoutError) as err:
+            raise LesionAlignError(f"cannot reach the Dask scheduler at {address!r} ({err}); "
+                                   "check the address and that the scheduler runs") from err
+        n = len(client.scheduler_info().get("workers", {}))
+        link = getattr(client, "dashboard_link", None)
+        return cls(client, None, threads, f"Dask scheduler {address}: {n} workers"
+                                          + (f"; dashboard {link}" if link else ""))
+
+    def _wait(self, futures: dict, eng, on_done) -> list:
+        """Wait for ``futures`` ({future: job}), calling ``on_done(job, result)`` as each
+        finishes; returns the failures; cancel cancels what has not run."""
+        from distributed import as_completed
+
+        ac = as_completed(list(futures))
+        failures = []
+        while not ac.is_empty():
+            try:
+                eng.progress.check()
+            except Cancelled:
+                self.client.cancel(list(futures))
+                raise
+            if not ac.has_ready():
+                time.sleep(0.1)
+                continue
+            for fut in ac.next_batch(block=False):
+                job = futures[fut]
+                if fut.status == "finished":
+                    on_done(job, fut.result())
+                    continue
+                err = fut.exception()
+                if isinstance(err, UnitFailed):
+                    failures.append(err)
+                else:  # e.g. KilledWorker: the unit's worker died too often
+                    from .stages import unit_name
+
+                    names = [] if job is None else [unit_name(s, job.language)
+                                                    for s in job.todo]
+                    failures.append(unit_failed(names or ["the model stage"], None, err))
+        return failures
+
+    def model_stages(self, eng) -> None:
+        from .engine import PHASES
+        from .stages import stage_conditions
+
+        eng.progress.phase(PHASES["lesions"][0], PHASES["features"][1])
+        eng.progress(0.0, "lesions and features on a Dask worker")
+        fut = self.client.submit(_model_task, eng.config, str(eng.out.root), self.threads,
+                                 pure=False)
+        res = {}
+        failures = self._wait({fut: None}, eng, lambda job, r: res.update(r))
+        if failures:
+            raise LesionAlignError(str(failures[0]).removeprefix("the model stage: "))
+        eng.counts["features"] = res["counts"]
+        eng.timings.update(res["timings"])
+        stage_conditions(eng)  # here: read the record the worker wrote
+
+    def fits(self, eng, jobs: list) -> tuple[list, list]:
+        total = sum(len(j.todo) for j in jobs)
+        if not total:
+            return [], []
+        root = str(eng.out.root)
+        # the largest units first (subjects x volumes): no long unit starts last
+        futures = {self.client.submit(_fit_task, eng.config, root, job, self.threads,
+                                      pure=False, priority=_job_cost(eng, job)): job
+                   for job in jobs}
+        computed = []
+        t0 = time.perf_counter()
+
+        def on_done(job, names):
+            computed.extend(names)
+            n = len(computed)
+            el = time.perf_counter() - t0
+            eng.progress(n / total, f"fits {n}/{total} units done ({el:.0f} s): "
+                                    f"{', '.join(names)}")
+
+        failures = self._wait(futures, eng, on_done)
+        return computed, failures
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def executor_for(compute):
+    """The executor a ``[compute]`` table asks for (the caller closes it)."""
+    if not (compute.scheduler or compute.workers):
+        return InProcess()
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise LesionAlignError(
+            "[compute] workers / scheduler (--workers / --scheduler) need Dask: pip install "
+            "'napari-lesion-align[dask]', or leave them out to run in this process")
+    if compute.scheduler:
+        return DaskExecutor.connect(compute.scheduler, compute.threads)
+    return DaskExecutor.local(compute.workers, compute.threads)

@@ -1,0 +1,88 @@
+"""The import contracts of pyproject.toml ([tool.importlinter]): the core's sub-packages
+import only down the layers (base -> data -> model -> features -> lesions -> encoding ->
+analysis -> results -> run), the core imports no GUI package, the widgets sit over the view
+model and the layers, which sit over the core. Imports inside functions count.
+
+Each contract is run on the package itself (kept), then on a copy of it with one planted
+import that breaks it (broken, named in the report)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+CONFIG = ROOT / "pyproject.toml"
+
+LINT = ("import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(config_filename=sys.argv[1], no_cache=True))")
+
+
+def lint(src: Path) -> subprocess.CompletedProcess:
+    """lint-imports with the project's contracts, on the package found in ``src``."""
+    env = dict(os.environ, PYTHONPATH=str(src), NO_COLOR="1", TERM="dumb", COLUMNS="200")
+    return subprocess.run([sys.executable, "-c", LINT, str(CONFIG)], env=env, cwd=src,
+                          capture_output=True, text=True, timeout=300)
+
+
+def copy_package(dest: Path) -> Path:
+    """The package's Python files (not its data) under ``dest``."""
+    def ignore(folder, names):
+        return [n for n in names if n == "__pycache__" or
+                not (n.endswith(".py") or (Path(folder) / n).is_dir())]
+
+    shutil.copytree(SRC / "napari_lesion_align", dest / "napari_lesion_align", ignore=ignore)
+    return dest
+
+
+def test_the_package_keeps_its_import_contracts():
+    out = lint(SRC)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout and " kept" in out.stdout
+
+
+def plant(root: Path, module: str, code: str) -> None:
+    path = root / "napari_lesion_align" / module
+    path.write_text(path.read_text() + "\n\n" + code + "\n")
+
+
+# (module, planted code, the contract that must break)
+PLANTS = [
+    # an upward import inside a function: errors (base) asking the pipeline (run)
+    ("core/base/errors.py",
+     "def _planted():\n    from ..run import pipeline\n    return pipeline",
+     "The core's sub-packages in the order the data flows"),
+    # a data module reading the run's config at import time
+    ("core/data/dataset.py", "from ..run.config import AnalysisConfig  # noqa",
+     "The core's sub-packages in the order the data flows"),
+    # the lesion vocabulary asking the plan (a circle inside lesions)
+    ("core/lesions/vocabulary.py",
+     "def _planted():\n    from .plan import LesionPlan\n    return LesionPlan",
+     "The lesions: the plan over importance over masks over the vocabulary"),
+    # the core importing Qt inside a function
+    ("core/analysis/display.py", "def _planted():\n    import qtpy\n    return qtpy",
+     "The core imports no GUI package"),
+    # the layers asking the widgets' session
+    ("_layers.py", "def _planted():\n    from ._widgets import _state\n    return _state",
+     "The package: the widgets over the view model and the layers over the core"),
+    # the session asking a dock (the widgets' helpers below their docks)
+    ("_widgets/_state.py", "def _planted():\n    from . import results\n    return results",
+     "The widgets: docks over helpers over the session and the workers"),
+]
+
+
+@pytest.mark.parametrize("module,code,contract", PLANTS, ids=[p[0] for p in PLANTS])
+def test_a_planted_upward_import_breaks_a_contract(tmp_path, module, code, contract):
+    root = copy_package(tmp_path)
+    assert lint(root).returncode == 0  # the copy keeps them before the plant
+    plant(root, module, code)
+    out = lint(root)
+    assert out.returncode != 0, out.stdout
+    broken = out.stdout.split("Broken contracts", 1)[-1]
+    assert contract in broken, out.stdout
