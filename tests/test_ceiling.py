@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_lesion_align.core.ceiling import (IscAccumulator, loo_expected, noise_ceiling,
+from napari_lesion_align.core.analysis.ceiling import (IscAccumulator, loo_expected, noise_ceiling,
                                               normalised, standardize)
-from napari_lesion_align.core.errors import LesionAlignError
+from napari_lesion_align.core.base.errors import LesionAlignError
 
 
 def _study(n_subjects=6, n_times=400, seed=0):

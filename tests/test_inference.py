@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_lesion_align.core.errors import LesionAlignError
-from napari_lesion_align.core.inference import check_power, sign_flip_test, smallest_p
+from napari_lesion_align.core.base.errors import LesionAlignError
+from napari_lesion_align.core.analysis.inference import check_power, sign_flip_test, smallest_p
 
 
 def _grid(shape=(9, 9, 9)):

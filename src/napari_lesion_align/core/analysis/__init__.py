@@ -4,4 +4,6 @@
 ``controls``      the nulls and baselines of ``[controls]``
 ``display``       how each statistic is shown (label, colour kind, threshold rule)
 ``plausibility``  the warning for an implausible intact map
+``ceiling``       noise ceilings: inter-subject reliability and alignment normalised by it
+``inference``     group inference by sign-flip permutations (max-t, TFCE, cluster; FWE)
 """

@@ -1,6 +1,6 @@
 """Group inference by permutation: sign-flipping with family-wise error control.
 
-The parametric path (:func:`.analysis.paired_t`: a t-test per voxel, FDR over the voxels)
+The parametric path (:func:`.statistics.paired_t`: a t-test per voxel, FDR over the voxels)
 assumes normal differences and controls the false discovery rate. The standard for
 whole-brain group maps with few subjects is a non-parametric test with family-wise control
 (Nichols & Holmes 2002; Winkler et al. 2014): under the null hypothesis of no effect, each
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import LesionAlignError
+from ..base.errors import LesionAlignError
 
 #: the group inference options, parametric first (the default)
 INFERENCES = ("parametric", "permutation")

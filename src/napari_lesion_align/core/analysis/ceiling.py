@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import LesionAlignError
+from ..base.errors import LesionAlignError
 
 
 def standardize(y: np.ndarray) -> np.ndarray:
