@@ -56,9 +56,20 @@ def make_planted_result(seed: int = 0) -> tuple[AlignmentResult, dict]:
         i, j, k = _ijk(c)
         sig[i - h:i + h + 1, j - h:j + h + 1, k - h:k + h + 1] = True
     q = np.where(sig, 0.001, 0.9).astype(np.float32)
+    # a relative drop: up in the left blob, down in the right one (both where the intact
+    # model aligns), and up where it does not align (no cluster: the ratio means nothing)
     rel = np.zeros(SHAPE, np.float32)
     _cube(rel, BLOBS["left"][0], 1, 0.5)
-    _cube(rel, NEGATIVE[0], 1, -0.5)
+    _cube(rel, BLOBS["right"][0], 1, -0.5)
+    _cube(rel, NEGATIVE[0], 1, 0.5)
+    # a lesion's t: high in the left blob (significant) and where the intact model does
+    # not align (not tested there: q = 1, no cluster)
+    lesion_t = rng.uniform(-1.0, 1.0, SHAPE).astype(np.float32)
+    _cube(lesion_t, BLOBS["left"][0], 1, 6.0)
+    _cube(lesion_t, NEGATIVE[0], 1, 6.0)
+    i, j, k = _ijk(BLOBS["left"][0])
+    lesion_q = np.ones(SHAPE, np.float32)
+    lesion_q[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = 0.01
     cat = np.zeros(SHAPE, np.int16)
     for label, name in ((1, "left"), (2, "right")):
         (c, h, _) = BLOBS[name]
@@ -70,7 +81,9 @@ def make_planted_result(seed: int = 0) -> tuple[AlignmentResult, dict]:
     V = int(m.sum())
     maps = {(s, "EN", "intact", "r"): np.full(V, 0.1, np.float32) for s in ("01", "02", "03")}
     group = {("EN", "intact", "t"): t[m], ("EN", "intact", "q"): q[m],
-             ("EN", "intact", "p"): q[m], ("EN", "shared", "reldrop"): rel[m]}
+             ("EN", "intact", "p"): q[m], ("EN", "shared", "reldrop"): rel[m],
+             ("EN", "shared", "t"): lesion_t[m], ("EN", "shared", "q"): lesion_q[m],
+             ("EN", "shared", "p"): lesion_q[m]}
     result = AlignmentResult(space=space, maps=maps, group_maps=group,
                              categories={"lesion": (cat[m], legend)},
                              provenance={"model": {"name": "tiny"}},
@@ -135,13 +148,21 @@ def test_labels_come_from_the_atlas(planted, atlas):
     assert peaks[False]["regions"] == "RightUpper 100 %"
 
 
-def test_display_defaults_are_clustered_on_both_tails(planted, atlas):
+def test_display_defaults_are_clustered_on_both_tails_where_the_model_aligns(planted,
+                                                                               atlas):
     result, _ = planted
     peaks = _peaks(clusters.cluster_rows(result, atlas), "shared", "reldrop")
     signs = sorted(np.sign(r["peak_value"]) for r in peaks)
-    assert signs == [-1, 1]
+    assert signs == [-1, 1]  # not the rise where the intact model does not align
     neg = next(r for r in peaks if r["peak_value"] < 0)
-    assert (neg["x"], neg["y"], neg["z"]) == NEGATIVE[0] and neg["n_voxels"] == 27
+    assert (neg["x"], neg["y"], neg["z"]) == BLOBS["right"][0] and neg["n_voxels"] == 27
+
+
+def test_a_tests_clusters_hold_only_the_voxels_it_passes(planted, atlas):
+    result, _ = planted
+    peaks = _peaks(clusters.cluster_rows(result, atlas), "shared", "t")
+    assert [(r["x"], r["y"], r["z"], r["n_voxels"]) for r in peaks] == [
+        (*BLOBS["left"][0], 27)]
 
 
 def test_category_clusters_and_region_shares(planted, atlas):

@@ -3,7 +3,8 @@ category maps (no Qt, no napari).
 
 * :func:`cluster_rows`: per group map, the clusters above the map's display threshold
   (:func:`.display.default_threshold`, the same rule as the napari layers and the QC
-  figure), found by :func:`nilearn.reporting.get_clusters_table`: peak MNI coordinate,
+  figure) among the voxels its test passes (:func:`tested_voxels`), found by
+  :func:`nilearn.reporting.get_clusters_table`: peak MNI coordinate,
   peak value, size, the atlas label at the peak and the regions the cluster covers. The p
   and q maps have no table of their own: their test is the one of their t map, whose
   threshold is set by them. Each category of a category map (``shared``,
@@ -301,12 +302,40 @@ def _composition(atlas: Atlas, labels: np.ndarray) -> str:
                      for i in order)
 
 
+def tested_voxels(result, key) -> np.ndarray | None:
+    """The voxels a group map's clusters are drawn from (None: all of them):
+
+    * a test's t map (``t``, ``tvsrandom``): the voxels where that test passes (its q, or
+      p with ``correction = "none"``, below the result's alpha), so that a cluster is made
+      of significant voxels only (the display threshold alone, the smallest significant
+      t, would also take in voxels the test left out: a lesion is tested only where the
+      intact model aligns);
+    * a relative drop: the voxels where the intact model aligns (its group test), where a
+      drop means something (elsewhere the intact r is near 0 and the ratio noise).
+    """
+    from .display import _TEST_OF, test_settings
+
+    lang, cond, stat = key
+    alpha, correction = test_settings(result)
+    if stat in _TEST_OF:
+        p_name, q_name = _TEST_OF[stat]
+        test = (lang, cond, q_name if correction == "fdr" else p_name)
+    elif stat == "reldrop":
+        test = (lang, "intact", "q" if correction == "fdr" else "p")
+    else:
+        return None
+    if test not in result.group_maps:
+        return None
+    with np.errstate(invalid="ignore"):
+        return np.asarray(result.group_maps[test], dtype=float) < alpha
+
+
 def map_clusters(result, key, atlas: Atlas | None = None, atlas_grid=None,
                  min_voxels: int = 1) -> tuple[object, list[dict]]:
     """``(threshold, rows)`` of one group map ``key = (language, condition, stat)``: the
-    map's :func:`.display.default_threshold` and its clusters (:func:`find_clusters`;
-    two-sided for display defaults, the positive tail for a test's threshold: the group
-    tests are one-sided)."""
+    map's :func:`.display.default_threshold` and its clusters (:func:`find_clusters`)
+    among :func:`tested_voxels`; two-sided for display defaults, the positive tail for a
+    test's threshold (the group tests are one-sided)."""
     from .display import default_threshold, statistic
 
     lang, cond, stat = key
@@ -314,7 +343,11 @@ def map_clusters(result, key, atlas: Atlas | None = None, atlas_grid=None,
     if thr.value is None or thr.empty:
         return thr, []
     two_sided = statistic(stat).rule == "fixed" and stat != "beyondrandom"
-    img = _values_image(result.space, result.group_maps[key])
+    values = np.asarray(result.group_maps[key], dtype=np.float64)
+    keep = tested_voxels(result, key)
+    if keep is not None:
+        values = np.where(keep, values, 0.0)
+    img = _values_image(result.space, values)
     return thr, find_clusters(img, float(thr.value), two_sided, atlas, atlas_grid,
                               min_voxels)
 

@@ -150,23 +150,29 @@ def _colormap():
     return ListedColormap(np.vstack([neg[::-1], pos]), name="nla_diverging")
 
 
-def _map_image(result, values, stat, threshold):
-    """The image to plot: values inside the mask (0 elsewhere), only the positive tail for
+def _map_image(result, key, values, stat):
+    """The image to plot: values inside the mask (0 elsewhere) where the map's test passes
+    (:func:`.clusters.tested_voxels`, as the cluster tables), only the positive tail for
     a one-sided test's threshold (the group tests are one-sided)."""
+    from .clusters import tested_voxels
     from .display import statistic
 
     v = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
+    keep = tested_voxels(result, key) if key is not None else None
+    if keep is not None:
+        v = np.where(keep, v, 0.0)
     if statistic(stat).rule != "fixed" or stat == "beyondrandom":
         v = np.where(v > 0, v, 0.0)
     return result.space.to_image(v, fill=0.0), float(np.abs(v).max()) if v.size else 0.0
 
 
-def _stat_figure(result, values, stat, threshold, title, slices: bool = False) -> str:
-    """A glass brain (and, with ``slices``, axial slices) of one map at ``threshold``."""
+def _stat_figure(result, key, values, stat, threshold, title, slices: bool = False) -> str:
+    """A glass brain (and, with ``slices``, axial slices) of one map at ``threshold``
+    (``key``: the group map's key, None for a subject's map)."""
     from matplotlib.figure import Figure
     from nilearn import plotting
 
-    img, top = _map_image(result, values, stat, threshold)
+    img, top = _map_image(result, key, values, stat)
     thr = float(threshold.value) if threshold.value is not None else 0.0
     vmax = max(top, thr * 1.05, 1e-6)
     fig = Figure(figsize=(8.0, 5.0 if slices else 2.8))
@@ -235,35 +241,38 @@ def _figures(result, progress) -> list[dict]:
 
     if result.space.kind != "volume":
         return []
-    plan = []  # (section, title, values, stat, threshold, slices)
+    plan = []  # (section, title, key, values, stat, threshold, slices)
     group = result.group_maps
     for lang in result.languages:
         if (lang, "intact", "t") in group:
-            vals, stat = group[(lang, "intact", "t")], "t"
+            key = (lang, "intact", "t")
+            vals, stat = group[key], "t"
             what = "group t of r > 0"
         else:  # one subject: its r map
             subs = [s for s in result.subjects if (s, lang, "intact", "r") in result.maps]
             if not subs:
                 continue
-            vals, stat = result.maps[(subs[0], lang, "intact", "r")], "r"
+            key, vals, stat = None, result.maps[(subs[0], lang, "intact", "r")], "r"
             what = f"r of sub-{subs[0]}"
         thr = default_threshold(result, stat, lang, "intact")
-        plan.append((f"Intact model: {lang}", f"{lang} intact: {what}", vals, stat, thr, True))
+        plan.append((f"Intact model: {lang}", f"{lang} intact: {what}", key, vals, stat, thr,
+                     True))
         for cond in result.baselines:
             if (lang, cond, "t") in group:
                 plan.append((f"Controls: {lang}", f"{lang} model above {cond} (t)",
-                             group[(lang, cond, "t")], "t",
+                             (lang, cond, "t"), group[(lang, cond, "t")], "t",
                              default_threshold(result, "t", lang, cond), False))
         for cond in result.conditions:
             if result.kind_of(cond) in _NOT_LESIONS:
                 continue
             if (lang, cond, "t") in group:
                 plan.append((f"Lesions: {lang}", f"{lang} {cond}: drop (t)",
-                             group[(lang, cond, "t")], "t",
+                             (lang, cond, "t"), group[(lang, cond, "t")], "t",
                              default_threshold(result, "t", lang, cond), False))
             if (lang, cond, "beyondrandom") in group:
                 plan.append((f"Lesions: {lang}", f"{lang} {cond}: drop beyond its random draws",
-                             group[(lang, cond, "beyondrandom")], "beyondrandom",
+                             (lang, cond, "beyondrandom"), group[(lang, cond, "beyondrandom")],
+                             "beyondrandom",
                              default_threshold(result, "beyondrandom", lang, cond), False))
     n = len(plan) + len(result.categories) + (1 if result.categories else 0)
     with warnings.catch_warnings():  # nilearn's "empty mask": a map with nothing above
@@ -273,17 +282,17 @@ def _figures(result, progress) -> list[dict]:
 
 def _draw(result, plan, n, progress) -> list[dict]:
     out = []
-    for i, (section, title, vals, stat, thr, slices) in enumerate(plan):
+    for i, (section, title, key, vals, stat, thr, slices) in enumerate(plan):
         progress(i / max(n, 1), f"figure {i + 1} of {n}: {title}")
-        out.append({"section": section, "title": title, "caption": thr.text,
-                    "src": _stat_figure(result, vals, stat, thr, title, slices)})
+        out.append({"section": section, "title": title, "caption": thr.text, "wide": slices,
+                    "src": _stat_figure(result, key, vals, stat, thr, title, slices)})
     for j, name in enumerate(result.categories):
         progress((len(plan) + j) / max(n, 1), f"figure: categories ({name})")
         out.append({"section": "Categories", "title": f"categories ({name})",
                     "caption": _category_caption(result, name),
                     "src": _category_figure(result, name)})
     if "lesion" in result.categories:
-        out.append({"section": "Categories", "title": "QC figure",
+        out.append({"section": "Categories", "title": "QC figure", "wide": True,
                     "caption": "category slices and the whole-brain mean r per condition "
                                "and language (error bars: SD across subjects; random "
                                "draws hatched)", "src": _qc_figure(result)})
@@ -317,8 +326,9 @@ h3{margin-bottom:0.3em}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 th,td{border:1px solid #ddd;padding:2px 6px;text-align:right}
 th{background:#f3f3f3}td.t,th.t{text-align:left}
-figure{margin:0.6em 0;display:inline-block;vertical-align:top}
-figure img{max-width:100%;border:1px solid #eee}
+figure{margin:0.5em 0.3em 0.5em 0;display:inline-block;vertical-align:top;
+width:calc(50% - 0.6em)}figure.wide{width:75%}
+figure img{width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:0.85em;color:#444;max-width:700px}
 pre{background:#f7f7f7;padding:0.6em;overflow-x:auto;font-size:0.85em}
 .warn{color:#8a4b00}.note{color:#555;font-size:0.9em}
@@ -423,7 +433,8 @@ def _page(result, folder, figures, cluster_rows, region_rows, atlas, notes, tabl
         if f["section"] != current:
             current = f["section"]
             figs.append(f"<h3>{_esc(current)}</h3>")
-        figs.append(f'<figure><img src="{f["src"]}" alt="{_esc(f["title"])}">'
+        wide = ' class="wide"' if f.get("wide") else ""
+        figs.append(f'<figure{wide}><img src="{f["src"]}" alt="{_esc(f["title"])}">'
                     f"<figcaption><b>{_esc(f['title'])}</b>: {_esc(f['caption'])}"
                     "</figcaption></figure>")
     sections.append("<h2 id=\"figures\">Figures</h2>"
