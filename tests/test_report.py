@@ -255,9 +255,10 @@ def demo_report(demo_output, tmp_path_factory):
 
 
 #: the AAL regions the demo's planted regions lie in (data/demo.py REGIONS: the shared
-#: regions are the superior temporal gyri, FR's the left inferior frontal gyrus)
+#: regions are the superior temporal gyri, EN's the left angular gyrus, FR's the left
+#: inferior frontal gyrus)
 PLANTED_LABELS = {"shared": ("Temporal_Sup_L", "Temporal_Sup_R"),
-                  "specific:FR": ("Frontal_Inf_Tri_L",)}
+                  "specific:EN": ("Angular_L",), "specific:FR": ("Frontal_Inf_Tri_L",)}
 
 
 def test_the_demo_report_finds_the_planted_regions(demo_report):
@@ -321,3 +322,47 @@ def test_docs_screenshot(demo_report):
                     "--window-size=1366,1800", f"--screenshot={shot}", page.as_uri()],
                    check=True, capture_output=True, timeout=120)
     assert shot.stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- GUI
+def test_results_dock_clusters_window_and_report(make_napari_viewer, qtbot, planted_folder,
+                                                 tmp_path, monkeypatch):
+    """Results dock > Clusters & report…: the current result's clusters in a table; a row
+    moves the slices to its peak; Open report writes the folder's report (none was made
+    from its result.json) in a worker and opens it, then opens it as it is."""
+    from qtpy.QtGui import QDesktopServices
+
+    from napari_lesion_align import _layers
+    from napari_lesion_align._widgets.clusters import show_clusters
+    from napari_lesion_align._widgets.results import ResultsWidget
+    from napari_lesion_align.core.result import AlignmentResult
+
+    folder = shutil.copytree(planted_folder[0], tmp_path / "result")
+    shutil.rmtree(folder / report.REPORT_FOLDER)
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url) or True)
+    viewer = make_napari_viewer()
+    # an MNI volume, so that the viewer has the three spatial axes
+    viewer.add_image(np.zeros((46, 60, 46), np.float32), scale=(4, 4, 4),
+                     translate=(-72, -126, -90))
+    results = ResultsWidget(viewer)
+    qtbot.addWidget(results)
+    results.session.set_result(AlignmentResult.load(folder, lazy=True), folder)
+    win = show_clusters(results)
+    qtbot.waitUntil(lambda: win.table.rowCount() > 0, timeout=60_000)
+    intact = [i for i, r in enumerate(win.rows) if r["condition"] == "intact"]
+    assert len(intact) == 2  # the planted blobs
+    row = win.rows[intact[1]]
+    win.table.setCurrentCell(intact[1], 0)
+    expected = _layers.mni_to_world((row["x"], row["y"], row["z"]))
+    assert np.allclose(viewer.dims.point[-3:], expected, atol=2.0)
+    for i in intact:  # the table shows the rows' values (peak label: the default atlas)
+        assert win.table.item(i, 6).text() == win.rows[i]["peak_label"]
+        assert win.table.item(i, 5).text() == str(win.rows[i]["n_voxels"])
+    assert not report.report_is_current(folder)
+    win.report_button.click()
+    qtbot.waitUntil(lambda: len(opened) == 1, timeout=180_000)
+    assert Path(opened[0].toLocalFile()) == report.report_path(folder)
+    assert report.report_is_current(folder) and win.report_button.isEnabled()
+    win.report_button.click()  # current: opened as it is, no task
+    assert len(opened) == 2 and win.report_task is not None
