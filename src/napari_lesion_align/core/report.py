@@ -138,16 +138,27 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _colormap():
-    """The maps' diverging ramps (:data:`.display.MAP_RAMPS`: blue -> cyan below 0,
-    red -> yellow above) as one matplotlib colormap from -max to +max."""
+def _colormap(one_sided: bool):
+    """The maps' ramps (:data:`.display.MAP_RAMPS`): red -> yellow above 0 and, for a
+    two-sided map, blue -> cyan below 0, as one matplotlib colormap (0 to +max, or -max to
+    +max)."""
     from matplotlib.colors import ListedColormap
 
     from .display import map_colours
 
     both = map_colours("diverging", 128)
     pos, neg = both[:128], both[128:]
+    if one_sided:
+        return ListedColormap(pos, name="nla_positive")
     return ListedColormap(np.vstack([neg[::-1], pos]), name="nla_diverging")
+
+
+def _one_sided(stat) -> bool:
+    """A test's map (its positive tail: the group tests are one-sided) or the 0 / 1
+    beyond-random map."""
+    from .display import statistic
+
+    return statistic(stat).rule != "fixed" or stat == "beyondrandom"
 
 
 def _map_image(result, key, values, stat):
@@ -155,13 +166,12 @@ def _map_image(result, key, values, stat):
     (:func:`.clusters.tested_voxels`, as the cluster tables), only the positive tail for
     a one-sided test's threshold (the group tests are one-sided)."""
     from .clusters import tested_voxels
-    from .display import statistic
 
     v = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
     keep = tested_voxels(result, key) if key is not None else None
     if keep is not None:
         v = np.where(keep, v, 0.0)
-    if statistic(stat).rule != "fixed" or stat == "beyondrandom":
+    if _one_sided(stat):
         v = np.where(v > 0, v, 0.0)
     return result.space.to_image(v, fill=0.0), float(np.abs(v).max()) if v.size else 0.0
 
@@ -176,15 +186,16 @@ def _stat_figure(result, key, values, stat, threshold, title, slices: bool = Fal
     thr = float(threshold.value) if threshold.value is not None else 0.0
     vmax = max(top, thr * 1.05, 1e-6)
     fig = Figure(figsize=(8.0, 5.0 if slices else 2.8))
-    cmap = _colormap()
+    one = _one_sided(stat)
+    cmap = _colormap(one)
+    scale = dict(vmin=0.0 if one else -vmax, vmax=vmax, symmetric_cbar=not one, cmap=cmap)
     axes = (fig.add_axes((0, 0.46, 1, 0.54)) if slices else fig.add_axes((0, 0, 1, 1)))
-    plotting.plot_glass_brain(img, threshold=thr, vmax=vmax, vmin=-vmax, cmap=cmap,
-                              plot_abs=False, colorbar=True, figure=fig, axes=axes,
-                              title=title, annotate=True)
+    plotting.plot_glass_brain(img, threshold=thr, plot_abs=False, colorbar=True, figure=fig,
+                              axes=axes, title=title, annotate=True, **scale)
     if slices:
-        plotting.plot_stat_map(img, threshold=thr, vmax=vmax, cmap=cmap, display_mode="z",
+        plotting.plot_stat_map(img, threshold=thr, display_mode="z",
                                cut_coords=_slice_levels(img, thr, 5), colorbar=False,
-                               symmetric_cbar=True, figure=fig,
+                               figure=fig, **scale,
                                axes=fig.add_axes((0, 0, 1, 0.44)), annotate=True,
                                draw_cross=False)
     return _png(fig)
@@ -215,13 +226,14 @@ def _category_figure(result, name) -> str:
     labels = np.asarray(labels)
     colours = category_colours(legend, result.languages)
     keys = [int(k) for k in sorted(legend) if int(k) != 0]
-    fig = Figure(figsize=(7.0, 2.9))
+    fig = Figure(figsize=(10.0, 3.2))
     img = result.space.labels_image(labels)
     if keys and (labels > 0).any():
         top = max(keys)
         cmap = ListedColormap([colours.get(k, "#00000000") for k in range(1, top + 1)])
         plotting.plot_roi(img, display_mode="z", cut_coords=_slice_levels(img, 0.5),
                           cmap=cmap, vmin=0.5, vmax=top + 0.5, alpha=0.9, figure=fig,
+                          colorbar=False,
                           axes=fig.add_axes((0, 0.22, 1, 0.78)), draw_cross=False,
                           title=f"categories ({name})")
     else:
@@ -288,7 +300,7 @@ def _draw(result, plan, n, progress) -> list[dict]:
                     "src": _stat_figure(result, key, vals, stat, thr, title, slices)})
     for j, name in enumerate(result.categories):
         progress((len(plan) + j) / max(n, 1), f"figure: categories ({name})")
-        out.append({"section": "Categories", "title": f"categories ({name})",
+        out.append({"section": "Categories", "title": f"categories ({name})", "wide": True,
                     "caption": _category_caption(result, name),
                     "src": _category_figure(result, name)})
     if "lesion" in result.categories:
@@ -327,7 +339,7 @@ table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 th,td{border:1px solid #ddd;padding:2px 6px;text-align:right}
 th{background:#f3f3f3}td.t,th.t{text-align:left}
 figure{margin:0.5em 0.3em 0.5em 0;display:inline-block;vertical-align:top;
-width:calc(50% - 0.6em)}figure.wide{width:75%}
+width:calc(50% - 0.6em)}figure.wide{width:80%}
 figure img{width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:0.85em;color:#444;max-width:700px}
 pre{background:#f7f7f7;padding:0.6em;overflow-x:auto;font-size:0.85em}
