@@ -278,3 +278,22 @@ def test_bad_atlases_are_refused_by_name(tmp_path, case):
         assert "0.37" in msg  # ... the value
     if case == "index not a number":
         assert "'one'" in msg
+
+
+def test_atlas_coverage_and_min_voxels(planted, atlas, tmp_path):
+    result, sizes = planted
+    left = float((result.space.coordinates()[:, 0] < 0).mean())
+    upper_right = (result.space.coordinates()[:, 0] >= 0) & (
+        result.space.coordinates()[:, 2] >= 16)
+    assert clusters.atlas_coverage(result, atlas) == pytest.approx(left + upper_right.mean())
+    # an atlas elsewhere (shifted 500 mm): it covers nothing of the mask
+    shifted = np.diag([2.0, 2.0, 2.0, 1.0])
+    shifted[:3, 3] = 500
+    far = nib.Nifti1Image(np.ones((4, 4, 4), np.int16), shifted)
+    assert clusters.atlas_coverage(result, clusters.Atlas("far", far)) == 0.0
+    # a minimum size: the blobs (27 and 125 voxels) pass 27, only the right one 28
+    big = _peaks(clusters.cluster_rows(result, atlas, min_voxels=28))
+    assert [r["n_voxels"] for r in big] == [sizes["right"]]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(LesionAlignError, match="min_voxels"):
+            clusters.cluster_rows(result, atlas, min_voxels=bad)

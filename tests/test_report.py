@@ -135,6 +135,18 @@ def test_the_same_result_gives_the_same_page(planted_folder, tmp_path):
         page.parent / clusters.CLUSTERS_FILE).read_bytes()
 
 
+def test_an_atlas_that_misses_the_mask_is_pointed_out(planted_folder, tmp_path):
+    import nibabel as nib
+
+    folder, _, _, _ = planted_folder
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = 500  # far from the MNI brain: another space
+    far = tmp_path / "native.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.int16), affine), str(far))
+    page = report.write_report(folder, tmp_path / "r.html", atlas=far)
+    assert "labels only 0 % of the analysis mask" in page.read_text(encoding="utf-8")
+
+
 def test_cli_report(planted_folder, tmp_path, capsys):
     folder, atlas, _, _ = planted_folder
     out = tmp_path / "r" / "page.html"

@@ -365,6 +365,10 @@ def clustered_maps(result) -> list[tuple]:
 def cluster_rows(result, atlas: Atlas | None = None, min_voxels: int = 1) -> list[dict]:
     """:data:`CLUSTER_COLUMNS` rows of every clustered group map
     (:func:`clustered_maps`), then of each category of each category map."""
+    if isinstance(min_voxels, bool) or not isinstance(min_voxels, (int, np.integer)) \
+            or min_voxels < 1:
+        raise LesionAlignError(f"min_voxels {min_voxels!r}: the smallest cluster listed is a "
+                               "whole number of voxels, 1 or more (--min-voxels 1 lists all)")
     if result.space.kind != "volume":
         return []
     grid = atlas.on_grid(result.space.mask_img) if atlas is not None else None
@@ -387,6 +391,15 @@ def cluster_rows(result, atlas: Atlas | None = None, min_voxels: int = 1) -> lis
                              "stat": "categories", "category": info.get("name", str(k)),
                              "threshold": "category", **r, "atlas": atlas_name})
     return rows
+
+
+def atlas_coverage(result, atlas: Atlas) -> float:
+    """The share of the result's mask voxels that lie in one of the atlas' regions (an
+    atlas in another space, or of another part of the brain, covers little)."""
+    if result.space.kind != "volume":
+        return float("nan")
+    m = np.asarray(result.space.mask_img.dataobj, dtype=bool)
+    return float((atlas.on_grid(result.space.mask_img)[m] > 0).mean())
 
 
 # --------------------------------------------------------------------------- regions

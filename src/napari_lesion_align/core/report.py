@@ -83,6 +83,12 @@ def write_report(folder, out=None, *, atlas=None, atlas_labels=None, result=None
                      "(--atlas IMAGE.nii.gz).")
     else:
         atlas_obj = clusters.load_atlas(atlas, atlas_labels)
+    if atlas_obj is not None and result.space.kind == "volume":
+        covered = clusters.atlas_coverage(result, atlas_obj)
+        if covered < 0.5:
+            notes.append(f"The atlas {atlas_obj.name} labels only {100 * covered:.0f} % of "
+                         "the analysis mask's voxels: check that it is in MNI space (the "
+                         "maps are), or choose another atlas (--atlas).")
     say(0.05, "cluster tables")
     cluster_rows, region_rows = clusters.tables(result, atlas_obj, min_voxels)
     tables = []
