@@ -198,6 +198,31 @@ def test_run_and_demo_write_the_report_at_the_end(monkeypatch, tmp_path, capsys)
     assert f"napari-lesion-align report {out3}" in said
 
 
+def test_a_bids_input_gets_its_report_and_tables(tmp_path, monkeypatch):
+    """A run on a (miniature) BIDS dataset, as init-config writes its config: the run
+    ends with the report and the cluster table of its group maps."""
+    import pandas as pd
+    from test_bids import SUBJECTS, make_lpp_bids
+    from tiny_models import make_tiny_model
+
+    monkeypatch.setenv("NAPARI_LESION_ALIGN_CACHE", str(tmp_path / "cache"))
+    root = make_lpp_bids(tmp_path / "ds003643")
+    model = make_tiny_model(tmp_path / "tiny-xlmr", "xlm-roberta", max_positions=130)
+    cfg = tmp_path / "lpp.toml"
+    assert cli.main(["init-config", str(root), "--out", str(cfg)]) == 0
+    with cfg.open("a") as f:
+        f.write(f'\n[model]\nname = "{model}"\n\n[encoding]\n'
+                "alphas = {logspace = [0, 6, 7]}\n")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert report.report_is_current(out)
+    table = pd.read_csv(report.report_path(out).parent / clusters.CLUSTERS_FILE, sep="\t")
+    assert list(table.columns) == clusters.CLUSTER_COLUMNS
+    alts = [i["alt"] for i in _parse(report.report_path(out)).images]
+    assert {a.split(":")[0] for a in alts if "intact" in a} == {"EN intact", "FR intact"}
+    assert len(SUBJECTS) == 2 and "group t of r > 0" in alts[0]
+
+
 # --------------------------------------------------------------------------- browser
 def _chromium():
     """(chromium, chromedriver) paths, or a skip naming what is missing."""
