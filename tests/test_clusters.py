@@ -280,7 +280,7 @@ def test_bad_atlases_are_refused_by_name(tmp_path, case):
         assert "'one'" in msg
 
 
-def test_atlas_coverage_and_min_voxels(planted, atlas, tmp_path):
+def test_atlas_coverage_and_min_voxels(planted, atlas):
     result, sizes = planted
     left = float((result.space.coordinates()[:, 0] < 0).mean())
     upper_right = (result.space.coordinates()[:, 0] >= 0) & (

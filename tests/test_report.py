@@ -223,6 +223,24 @@ def test_a_bids_input_gets_its_report_and_tables(tmp_path, monkeypatch):
     assert len(SUBJECTS) == 2 and "group t of r > 0" in alts[0]
 
 
+def test_a_region_result_gets_a_report_without_clusters(tmp_path):
+    from napari_lesion_align.core.bold import RegionSpace
+    from napari_lesion_align.core.result import AlignmentResult
+
+    rng = np.random.default_rng(0)
+    names = ["IFG", "STG", "AG"]
+    maps = {(s, "EN", "intact", "r"): rng.uniform(0, 0.3, 3).astype(np.float32)
+            for s in ("01", "02", "03")}
+    folder = tmp_path / "regions"
+    AlignmentResult(space=RegionSpace(names), maps=maps,
+                    n_valid={(s, "EN"): 3 for s in ("01", "02", "03")}).save(folder)
+    page = report.write_report(folder, atlas="none")
+    assert sorted(p.name for p in page.parent.iterdir()) == ["report.html"]
+    text = page.read_text(encoding="utf-8")
+    assert "Region input" in text and "EN: intact model mean r" in text
+    assert _parse(page).images == []
+
+
 # --------------------------------------------------------------------------- browser
 def _chromium():
     """(chromium, chromedriver) paths, or a skip naming what is missing."""

@@ -72,6 +72,7 @@ def write_report(folder, out=None, *, atlas=None, atlas_labels=None, result=None
     if out.exists() and not out.is_file():
         raise LesionAlignError(f"{out}: exists and is not a file; give another --out")
     say = progress or (lambda f, m: None)
+    digest = _result_digest(folder)  # (before reading: the page says what it was made of)
     if result is None:
         say(0.0, "reading the result")
         result = AlignmentResult.load(folder, lazy=True)
@@ -100,7 +101,7 @@ def write_report(folder, out=None, *, atlas=None, atlas_labels=None, result=None
     say(0.2, "figures")
     figures = _figures(result, lambda f, m: say(0.2 + 0.75 * f, m))
     page = _page(result, folder, figures, cluster_rows, region_rows, atlas_obj, notes,
-                 [p.name for p in tables], min_voxels, _result_digest(folder))
+                 [p.name for p in tables], min_voxels, digest)
     atomic_write_text(out, page)
     say(1.0, "report written")
     return out
@@ -377,7 +378,7 @@ def _table(rows: list[dict], cols: list[str], text_cols=()) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
 
 
-def _clusters_html(cluster_rows, atlas, min_voxels) -> str:
+def _clusters_html(cluster_rows) -> str:
     """Per map, its largest clusters (peaks only)."""
     by_map: dict = {}
     for r in cluster_rows:
@@ -472,7 +473,7 @@ def _page(result, folder, figures, cluster_rows, region_rows, atlas, notes, tabl
         f"<p class=\"note\">nilearn get_clusters_table (faces connectivity, sub-peaks at "
         f"least 8 mm apart, clusters of {min_voxels} voxel(s) or more); MNI mm; "
         f"{_esc(atlas_txt)}. Every cluster and sub-peak: {_esc(', '.join(tables)) or '-'}."
-        "</p>" + _clusters_html(cluster_rows, atlas, min_voxels))
+        "</p>" + _clusters_html(cluster_rows))
     sections.append("<h2 id=\"regions\">Categories per atlas region</h2>"
                     + _regions_html(region_rows))
     prov_doc = {k: v for k, v in prov.items() if k not in ("manifest", "closing_summary")}
