@@ -129,7 +129,10 @@ def test_the_report_knows_which_result_it_was_made_from(planted_folder, tmp_path
 
 def test_the_same_result_gives_the_same_page(planted_folder, tmp_path):
     folder, atlas, page, _ = planted_folder
+    killed = tmp_path / ".again.html.k2j4x8.tmp"  # left by a write that was killed
+    killed.write_text("<html")
     again = report.write_report(folder, tmp_path / "again.html", atlas=atlas)
+    assert not killed.exists()
     assert again.read_bytes() == page.read_bytes()
     assert (tmp_path / clusters.CLUSTERS_FILE).read_bytes() == (
         page.parent / clusters.CLUSTERS_FILE).read_bytes()

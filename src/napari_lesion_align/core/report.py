@@ -72,6 +72,7 @@ def write_report(folder, out=None, *, atlas=None, atlas_labels=None, result=None
     if out.exists() and not out.is_file():
         raise LesionAlignError(f"{out}: exists and is not a file; give another --out")
     say = progress or (lambda f, m: None)
+    _remove_stale_writes(out)
     digest = _result_digest(folder)  # (before reading: the page says what it was made of)
     if result is None:
         say(0.0, "reading the result")
@@ -105,6 +106,17 @@ def write_report(folder, out=None, *, atlas=None, atlas_labels=None, result=None
     atomic_write_text(out, page)
     say(1.0, "report written")
     return out
+
+
+def _remove_stale_writes(out: Path) -> None:
+    """The temporary files of an earlier report write that was killed (the atomic writer's
+    ``.<name>.<random>.tmp`` beside the page and its tables)."""
+    from .clusters import CLUSTERS_FILE, REGIONS_FILE
+
+    if out.parent.is_dir():
+        for name in (out.name, CLUSTERS_FILE, REGIONS_FILE):
+            for stale in out.parent.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
 
 def report_path(folder) -> Path:
