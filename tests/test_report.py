@@ -200,6 +200,13 @@ def test_run_and_demo_write_the_report_at_the_end(monkeypatch, tmp_path, capsys)
     assert "warning: no report (atlas 'aal': not installed)" in said
     assert f"napari-lesion-align report {out3}" in said
 
+    def crashing(*a, **kw):  # a library's failure: still a warning, the result is done
+        raise ValueError("odd\ndata")
+
+    monkeypatch.setattr(report, "write_report", crashing)
+    assert cli.main(["demo", "--out", str(tmp_path / "demo4"), "--quiet"]) == 0
+    assert "warning: no report (ValueError: odd data)" in capsys.readouterr().out
+
 
 def test_a_bids_input_gets_its_report_and_tables(tmp_path, monkeypatch):
     """A run on a (miniature) BIDS dataset, as init-config writes its config: the run

