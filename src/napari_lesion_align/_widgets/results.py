@@ -129,6 +129,8 @@ class ResultsWidget(QWidget):
         brow2.addWidget(self.surface_button)
         brow2.addWidget(self.close_button)
         lay.addLayout(brow2)
+        from .clusters import report_button  # the clusters window and the HTML report
+        lay.addWidget(report_button(self))
         self.status = QLabel("No result yet: run one (Run) or open a result folder.")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
