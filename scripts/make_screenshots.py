@@ -314,6 +314,10 @@ def main(argv=None) -> int:
     viewer.dims.ndisplay = 2  # back: the volumes return, the surfaces hide
     for layer in [la for la in viewer.layers if type(la).__name__ == "Surface"]:
         viewer.layers.remove(layer)
+    viewer.dims.set_point(0, _layers.mni_to_world((0.0, 0.0, 4.0))[0])
+    viewer.reset_view()
+    if res.view_layer is not None:
+        viewer.layers.selection.active = res.view_layer
     settle(app, 1.0)
 
     # Run: a real run of the demo (its 5 subjects, the form's lesions with one random
