@@ -340,7 +340,9 @@ def main(argv=None) -> int:
         task = run.run()
         activity_dock(viewer, True)
         t0 = time.perf_counter()
-        wait(app, lambda: (run.fraction > 0.3 and time.perf_counter() - t0 > 20)
+        # well into the fits (features stored by an earlier run take seconds): the time
+        # left has settled on the fits' pace
+        wait(app, lambda: (run.fraction > 0.6 and time.perf_counter() - t0 > 60)
              or task.done, 3600, "the run to progress")
         close_toasts(app, viewer)
         settle(app, 2.0)
