@@ -60,8 +60,17 @@ def test_the_sample_matches_what_the_demo_computes(demo_output, sample):
     assert sorted(sample.group_maps) == sorted(expected.group_maps)
     assert sorted(sample.maps) == sorted(expected.maps)
     for key, v in expected.group_maps.items():
-        np.testing.assert_allclose(sample.group_maps[key], v, rtol=1e-3, atol=1e-3,
-                                   equal_nan=True, err_msg=f"group map {key}")
+        # the machine that made the sample and this one may round the fits' float32 sums
+        # differently (another BLAS, other thread counts); a group t at a voxel whose spread
+        # across the 5 subjects is tiny magnifies that (measured: 0.012 at one voxel of
+        # t = -0.07 between 1 and 2 BLAS threads), so nearly every voxel agrees closely and
+        # none far
+        got, want = np.asarray(sample.group_maps[key]), np.asarray(v)
+        assert np.array_equal(np.isnan(got), np.isnan(want)), f"group map {key}: NaNs"
+        close = np.isclose(got, want, rtol=1e-3, atol=1e-3, equal_nan=True)
+        assert close.mean() >= 0.999, f"group map {key}: {1 - close.mean():.3%} differ"
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=0.05, equal_nan=True,
+                                   err_msg=f"group map {key}")
     for key, v in expected.maps.items():
         np.testing.assert_allclose(sample.maps[key], v, rtol=1e-3, atol=1e-4,
                                    equal_nan=True, err_msg=f"map {key}")
