@@ -190,3 +190,50 @@ def test_the_widget_helpers_import_no_circle():
                     SRC / "core" / "analysis" / "display.py"):
         text = qt_free.read_text()
         assert "qtpy" not in text and "PyQt" not in text, qt_free
+
+
+def test_a_result_with_one_subjects_maps_and_group_maps_offers_the_group():
+    """The shipped sample keeps one subject's maps beside the demo's group maps: the group
+    is offered (its tests), but not as a mean over the one subject kept."""
+    from napari_lesion_align import _sample_data
+    from napari_lesion_align.core.results.result import AlignmentResult
+
+    sample = AlignmentResult.load(_sample_data.SAMPLE_FOLDER)
+    assert len(sample.subjects) == 1 and sample.group_maps
+    choices = vm.view_choices(sample)
+    assert choices["subjects"] == ["group"] + sample.subjects
+    stats = vm.stats_for(sample, "group", "shared")
+    assert "t" in stats and "r" not in stats and "deltar" not in stats
+    one = make_tiny_result()
+    several = vm.view_choices(one)["subjects"]
+    assert several[0] == "group" and len(one.subjects) > 1
+    assert "r" in vm.stats_for(one, "group", "intact")
+
+
+def test_a_tests_t_map_is_shown_only_where_the_test_was_made():
+    """A lesion is tested only where the intact model aligns (p and q are written as 1
+    elsewhere): its t is shown there only, by the layers, the view and the surface alike."""
+    from napari_lesion_align import _layers
+
+    result = make_tiny_result()
+    key = next(k for k in result.group_maps if k[2] == "t" and k[1] != "intact")
+    lang, cond, _ = key
+    p = np.array(result.group_maps[(lang, cond, "p")], dtype=np.float32)
+    t = np.array(result.group_maps[key], dtype=np.float32)
+    untested = np.zeros(p.size, dtype=bool)
+    untested[::3] = True
+    p[untested] = 1.0
+    t[untested] = 9.0  # a large t that no test stands behind
+    maps = dict(result.group_maps)
+    maps[(lang, cond, "p")], maps[key] = p, t
+    result = dataclasses.replace(result, group_maps=maps)
+    shown = vm.view_values(result, {"subject": "group", "language": lang, "condition": cond,
+                                    "stat": "t"})
+    assert np.isnan(shown[untested]).all()
+    np.testing.assert_array_equal(shown[~untested], t[~untested])
+    layer = _layers.map_layer(result, "group", lang, cond, "t")
+    assert np.nanmax(layer[0]) < 9.0
+    # maps that are not a test's t are shown whole
+    r_like = vm.view_values(result, {"subject": "group", "language": lang, "condition": cond,
+                                     "stat": "p"})
+    np.testing.assert_array_equal(r_like, p)

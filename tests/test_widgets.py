@@ -238,6 +238,9 @@ def test_demo_run_adds_result_layers_and_gui_never_blocks(make_napari_viewer, qt
     # a cross marks the inspected voxel: a Points layer of the Inspector's, on top
     cross = viewer.layers[-1]
     assert cross.name == "inspected voxel" and type(cross).__name__ == "Points"
+    # in the maps' axes and units (napari warns at every inspection when layers disagree)
+    assert tuple(cross.axis_labels) == tuple(viewer.layers[0].axis_labels)
+    assert tuple(cross.units) == tuple(viewer.layers[0].units)
     np.testing.assert_allclose(cross.data[0], _layers.mni_to_world(
         _layers.voxel_to_mni(result.space.affine, ijk)))
     assert "elapsed" in run.times.text()

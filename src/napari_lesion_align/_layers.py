@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.analysis.display import (DIVERGING, MAP_RAMPS, SEQUENTIAL,  # one owner: the table
-                                     statistic)
+                                     group_map_shown, statistic)
 from .core.analysis.display import LABELS as STAT_LABELS
 from .core.base.errors import LesionAlignError
 from .core.results.names import parse_filename  # one owner of the file names
@@ -531,7 +531,7 @@ def map_layer(result, subject, language, condition, stat, threshold=None, *, sou
     space = _volume_space(result)
     if str(subject) == "group":
         try:
-            values = result.group_maps[(language, condition, stat)]
+            values = group_map_shown(result, language, condition, stat)
         except KeyError:
             raise LesionAlignError(
                 f"no group map for language={language!r}, condition={condition!r}, "

@@ -104,10 +104,12 @@ def group_mean(result, language, condition, stat="r"):
 
 
 def view_choices(result) -> dict:
-    """What the Results widget offers: subjects (``group`` first when there are several),
-    languages, conditions, category sets."""
+    """What the Results widget offers: subjects (``group`` first when there are several or
+    the result holds group maps: the shipped sample keeps one subject's maps beside the
+    demo's group maps), languages, conditions, category sets."""
     group_conds = list(dict.fromkeys(c for (_, c, _) in result.group_maps))
-    return {"subjects": (["group"] if len(result.subjects) > 1 else []) + result.subjects,
+    group = len(result.subjects) > 1 or bool(result.group_maps)
+    return {"subjects": (["group"] if group else []) + result.subjects,
             "languages": result.languages,
             "conditions": list(dict.fromkeys(result.conditions + group_conds)),
             "category_sets": list(result.categories)}
@@ -118,7 +120,8 @@ def stats_for(result, subject, condition) -> list[str]:
     have = set()
     if subject == "group":
         have |= {st for (_, c, st) in result.group_maps if c == condition}
-        have |= {st for (_, _, c, st) in result.maps if c == condition}  # group means
+        if len(result.subjects) > 1:  # group means of the subjects' maps
+            have |= {st for (_, _, c, st) in result.maps if c == condition}
     else:
         have |= {st for (s, _, c, st) in result.maps if s == subject and c == condition}
     out = [s for s in STAT_ORDER if s in have] + sorted(have - set(STAT_ORDER))
@@ -144,7 +147,7 @@ def view_values(result, view: dict):
                                                              "condition", "stat"))
     if subject == "group":
         if (language, condition, stat) in result.group_maps:
-            return result.group_maps[(language, condition, stat)]
+            return display.group_map_shown(result, language, condition, stat)
         return group_mean(result, language, condition, stat)
     return result.get(subject, language, condition, stat)
 

@@ -252,11 +252,16 @@ class InspectorWidget(QWidget):
             return
         from napari.layers import Points
 
+        from .._layers import AXIS_LABELS
+
         viewer = self.viewer
         selected, active = list(viewer.layers.selection), viewer.layers.selection.active
         layer = Points(point, name=CROSSHAIR, symbol="cross", size=6, face_color="white",
                        border_color="black", border_width=0.15, out_of_slice_display=False,
-                       metadata={"stat": "crosshair", "owner": "inspector"})
+                       metadata={"stat": "crosshair", "owner": "inspector"},
+                       # the maps' axes and units: napari warns (and drops the units) when
+                       # the layers disagree
+                       axis_labels=AXIS_LABELS, units="mm")
         viewer.layers.append(layer)
         viewer.layers.selection.clear()
         viewer.layers.selection.update(selected)

@@ -723,21 +723,12 @@ class ResultsWidget(QWidget):
             else None
 
         def fn(progress, cancel):
-            from ._show import group_mean
+            from .._view_model import view_values
 
             out = []
             if view is not None:
                 progress(0.1, "projecting the map onto fsaverage5")
-                if view["subject"] == "group" and (view["language"], view["condition"],
-                                                   view["stat"]) not in result.group_maps:
-                    values = group_mean(result, view["language"], view["condition"],
-                                        view["stat"])
-                elif view["subject"] == "group":
-                    values = result.group_maps[(view["language"], view["condition"],
-                                                view["stat"])]
-                else:
-                    values = result.get(view["subject"], view["language"],
-                                        view["condition"], view["stat"])
+                values = view_values(result, view)
                 img = result.space.to_image(values, fill=np.nan)
                 out += _layers.surface_layers(img, name=name, stat=view["stat"],
                                               threshold=threshold,

@@ -101,6 +101,22 @@ LABELS = {k: s.label for k, s in STATISTICS.items()}
 _TEST_OF = {"t": ("p", "q"), "tvsrandom": ("pvsrandom", "qvsrandom")}
 
 
+def group_map_shown(result, language, condition, stat):
+    """A group map's values as they are shown (layers, surface, export): a test's ``t``
+    (``t``, ``tvsrandom``) only where that test was made, NaN elsewhere. A lesion is tested
+    only where the intact model aligns; elsewhere its t is a number no test stands behind
+    (its p and q are written as 1 there), which a threshold in t alone would colour."""
+    import numpy as np
+
+    values = result.group_maps[(language, condition, stat)]
+    if stat not in _TEST_OF or (language, condition, _TEST_OF[stat][0]) not in \
+            result.group_maps:
+        return values
+    p = np.asarray(result.group_maps[(language, condition, _TEST_OF[stat][0])])
+    with np.errstate(invalid="ignore"):
+        return np.where(p < 1.0, np.asarray(values, dtype=np.float32), np.float32(np.nan))
+
+
 def statistic(stat: str) -> Statistic:
     """The display rule of ``stat`` (an unknown one: grey, no threshold)."""
     return STATISTICS.get(stat) or Statistic(str(stat), str(stat), "anatomy", "none")
