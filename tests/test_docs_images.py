@@ -43,9 +43,13 @@ def test_every_linked_image_exists_is_a_small_png_and_says_what_it_shows():
 
 
 def test_every_screenshot_is_linked_and_made_by_the_script():
+    """napari's screenshots by scripts/make_screenshots.py, the report's by the report test
+    (``NLA_REPORT_SCREENSHOT=1 pytest tests/test_report.py -k docs_screenshot``)."""
     linked = {(page.parent / t).resolve() for page, _, t in _links()}
     script = (REPO / "scripts" / "make_screenshots.py").read_text(encoding="utf-8")
     made = set(re.findall(r"napari-[a-z0-9-]+\.png", script))
+    report_test = (REPO / "tests" / "test_report.py").read_text(encoding="utf-8")
+    made |= set(re.findall(r"docs/images/(report[a-z0-9-]*\.png)", report_test))
     shipped = {p.name for p in IMAGES.glob("*.png")}
     assert shipped, "docs/images holds the screenshots"
     for name in sorted(shipped):
