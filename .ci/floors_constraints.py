@@ -19,8 +19,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 EXTRAS = ("test",)
-# GUI test tools and the import contracts (tests/test_architecture.py): not in the core job
-SKIP = {"pytest-qt", "pytest-xvfb", "npe2", "import-linter"}
+# GUI test tools, the import contracts (tests/test_architecture.py) and the report's browser
+# driver (tests/test_report.py): not in the core job
+SKIP = {"pytest-qt", "pytest-xvfb", "npe2", "import-linter", "selenium"}
 
 
 def floors(pyproject: Path, torch_version: str) -> list[str]:
