@@ -76,6 +76,12 @@ class IscAccumulator:
         self.sum = np.zeros((self.n_times, self.n_voxels))
         self.sumsq = np.zeros(self.n_voxels)
         self.n = 0
+        self._ss = None  # |sum|^2 per voxel, once all subjects are added
+
+    def _sum_sq(self) -> np.ndarray:
+        if self._ss is None:
+            self._ss = np.einsum("tv,tv->v", self.sum, self.sum)
+        return self._ss
 
     def _check(self, y, who) -> np.ndarray:
         y = np.asarray(y)
@@ -91,12 +97,13 @@ class IscAccumulator:
         self.sum += z
         self.sumsq += np.einsum("tv,tv->v", z, z)
         self.n += 1
+        self._ss = None
 
     def pairwise(self) -> np.ndarray:
         """Mean correlation over all pairs of the added subjects, per voxel."""
         if self.n < 2:
             raise LesionAlignError("a noise ceiling needs at least 2 subjects")
-        cross = np.einsum("tv,tv->v", self.sum, self.sum) - self.sumsq
+        cross = self._sum_sq() - self.sumsq
         return cross / (self.n_times * self.n * (self.n - 1))
 
     def leave_one_out(self, y: np.ndarray, who: str = "a subject") -> np.ndarray:
@@ -105,8 +112,7 @@ class IscAccumulator:
         z = self._check(y, who)
         zs = np.einsum("tv,tv->v", z, self.sum)
         zz = np.einsum("tv,tv->v", z, z)
-        ss = np.einsum("tv,tv->v", self.sum, self.sum)
-        other_sq = ss - 2.0 * zs + zz  # |sum - z|^2 (both zero-mean: n_times * its variance)
+        other_sq = self._sum_sq() - 2.0 * zs + zz  # |sum - z|^2 (both zero-mean: n_times * its variance)
         with np.errstate(invalid="ignore", divide="ignore"):
             r = (zs - zz) / np.sqrt(np.maximum(zz, 0.0) * np.maximum(other_sq, 0.0))
         return np.where(np.isfinite(r), r, 0.0)
