@@ -71,6 +71,9 @@ PLANTS = [
     # the layers asking the widgets' session
     ("_layers.py", "def _planted():\n    from ._widgets import _state\n    return _state",
      "The package: the widgets over the view model and the layers over the core"),
+    # the layer tuples asking the view model above them (a circle between the two)
+    ("_layers.py", "def _planted():\n    from . import _view_model\n    return _view_model",
+     "The package: the widgets over the view model and the layers over the core"),
     # the session asking a dock (the widgets' helpers below their docks)
     ("_widgets/_state.py", "def _planted():\n    from . import results\n    return results",
      "The widgets: docks over helpers over the session and the workers"),
