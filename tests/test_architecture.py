@@ -71,6 +71,9 @@ PLANTS = [
     # the layers asking the widgets' session
     ("_layers.py", "def _planted():\n    from ._widgets import _state\n    return _state",
      "The package: the widgets over the view model and the layers over the core"),
+    # the layer tuples asking the view model above them (a circle between the two)
+    ("_layers.py", "def _planted():\n    from . import _view_model\n    return _view_model",
+     "The package: the widgets over the view model and the layers over the core"),
     # the session asking a dock (the widgets' helpers below their docks)
     ("_widgets/_state.py", "def _planted():\n    from . import results\n    return results",
      "The widgets: docks over helpers over the session and the workers"),
@@ -86,3 +89,47 @@ def test_a_planted_upward_import_breaks_a_contract(tmp_path, module, code, contr
     assert out.returncode != 0, out.stdout
     broken = out.stdout.split("Broken contracts", 1)[-1]
     assert contract in broken, out.stdout
+
+
+def uncommented_function_imports(source: str) -> list[int]:
+    """Lines of ``source`` where a function imports one of the package's own modules with
+    no comment (on the line or the line before) saying why it is not at the top."""
+    import ast
+
+    lines = source.splitlines()
+    found = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            own = (isinstance(node, ast.ImportFrom)
+                   and (node.level > 0
+                        or (node.module or "").split(".")[0] == "napari_lesion_align")) or \
+                  (isinstance(node, ast.Import)
+                   and any(a.name.split(".")[0] == "napari_lesion_align" for a in node.names))
+            if not own:
+                continue
+            line = lines[node.lineno - 1]
+            before = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+            if "#" not in line and not before.startswith("#"):
+                found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_the_core_imports_its_own_modules_at_the_top():
+    offenders = []
+    for path in sorted((SRC / "napari_lesion_align" / "core").rglob("*.py")):
+        for line in uncommented_function_imports(path.read_text(encoding="utf-8")):
+            offenders.append(f"{path.relative_to(SRC)}:{line}")
+    assert offenders == [], ("imports of the package's own modules inside functions, with no "
+                             "comment giving the reason: " + ", ".join(offenders))
+
+
+def test_an_uncommented_import_inside_a_function_is_found():
+    planted = ("import numpy as np\n\n\ndef f():\n    from .stages import fit_jobs\n"
+               "    return fit_jobs\n\n\ndef g():\n    # reason: a cycle\n"
+               "    from napari_lesion_align.core import run\n"
+               "    import napari_lesion_align.cli  # reason: start-up time\n"
+               "    import dask  # an optional package: not the package's own\n"
+               "    return run\n\n\ndef h():\n    import napari_lesion_align.core\n")
+    assert uncommented_function_imports(planted) == [5, 18]

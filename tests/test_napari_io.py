@@ -15,6 +15,7 @@ import pytest
 from nilearn.image import coord_transform
 
 from napari_lesion_align import _layers as L
+from napari_lesion_align import _view_model as VM
 from napari_lesion_align.core.analysis import statistics as an
 from napari_lesion_align.core.base.errors import LesionAlignError
 from test_figures import make_tiny_result
@@ -280,7 +281,7 @@ def test_result_layers_default_set(tmp_path):
     category overlays; the options still give a full set of group maps."""
     result = make_tiny_result()
     result.save(tmp_path / "res")
-    layers = L.result_layers(tmp_path / "res")
+    layers = VM.result_layers(tmp_path / "res")
     names = [kw["name"] for _, kw, _ in layers]
     assert names == [L.layer_name("group", "EN", "intact", "r"), "categories lesion"]
     assert all(kw["visible"] for _, kw, _ in layers)
@@ -289,11 +290,11 @@ def test_result_layers_default_set(tmp_path):
     # the map is drawn in grey |r| while the overlay is shown (colour = a category)
     assert layers[0][1]["metadata"]["magnitude"] is True
     assert layers[0][1]["colormap"].name == L.COLORMAP_NAMES["magnitude"]
-    with_t = L.result_layers(result, stats=("t",))
+    with_t = VM.result_layers(result, stats=("t",))
     expected = [L.layer_name("group", lang, c, "t") for lang in ("EN", "FR")
                 for c in ("intact", "shared", "specificEN", "specificFR")]
     assert sorted(kw["name"] for _, kw, _ in with_t[:-1]) == sorted(expected)
-    with_subjects = L.result_layers(result, stats=("t",), subjects=True, controls=True)
+    with_subjects = VM.result_layers(result, stats=("t",), subjects=True, controls=True)
     assert len(with_subjects) == len(with_t) + 3 * 2 * 5  # r maps: 3 subjects x 2 x 5 conds
     assert "r EN sharedRandom (sub-01)" in [kw["name"] for _, kw, _ in with_subjects]
 
@@ -311,7 +312,7 @@ def test_reader_claims_nifti_and_result_folders_only(tmp_path):
     layers = _read(folder)
     # the template first (beneath), then the result's layers
     assert [kw["name"] for _, kw, _ in layers] == ["MNI152 template (2 mm)"] + [
-        kw["name"] for _, kw, _ in L.result_layers(folder)]
+        kw["name"] for _, kw, _ in VM.result_layers(folder)]
     assert all(kw["metadata"]["result_folder"] == str(folder.resolve())
                for _, kw, _ in layers[1:])
     (t_map,) = _read(folder / "group_lang-FR_desc-shared_stat-t_statmap.nii.gz")
@@ -500,7 +501,7 @@ def test_reader_thresholds_t_maps_at_the_group_tests_significance(tmp_path):
     result = make_tiny_result()
     folder = tmp_path / "res"
     result.save(folder)
-    layers = {kw["name"]: (data, kw) for data, kw, _ in L.result_layers(folder, stats=("t",))}
+    layers = {kw["name"]: (data, kw) for data, kw, _ in VM.result_layers(folder, stats=("t",))}
     checked = 0
     for (lang, cond, stat) in result.group_maps:
         if stat != "t" or (lang, cond, "q") not in result.group_maps:

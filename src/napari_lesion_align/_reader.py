@@ -73,7 +73,7 @@ def read_result_folder(path) -> list[tuple]:
     (:func:`.._view_model.result_tuples`, the same as every other way a result opens).
     Each carries ``metadata["result_folder"]``: in napari they join the viewer's registry
     of open results with the folder's label as their names' suffix (:mod:`._widgets._viewer`)."""
-    from ._layers import result_layers
+    from ._view_model import result_layers
     from ._widgets._viewer import attach_current, without_duplicate_template
 
     layers = result_layers(path, template=True)

@@ -155,7 +155,7 @@ def _log_progress(fraction: float, message: str) -> None:
 
 def demo_layers(folder) -> list[tuple]:
     """The MNI template, then the layers of the demo result in ``folder``."""
-    from ._layers import result_layers
+    from ._view_model import result_layers
 
     return result_layers(folder, template=True)
 

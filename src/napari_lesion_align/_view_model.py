@@ -27,8 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _layers  # the layer tuples below the view model
 from .core.analysis import display
 from .core.base.errors import LesionAlignError
+from .core.results.figures import category_colours
+from .core.results.result import AlignmentResult
 
 #: metadata key: the registry key of the result a layer belongs to
 RESULT_KEY = "result_key"
@@ -156,8 +159,6 @@ def view_tuple(result, subject, language, condition, stat, threshold=None) -> tu
     """Layer data tuple of one map (group means of r / Δr computed here), or of a
     category set (``stat="categories"``, ``condition`` = the set, ``language`` = one
     language's specific voxels only, or ``"all"``)."""
-    from . import _layers
-
     if stat == "categories":
         langs = None if language in (None, "", "all") else [language]
         return _layers.category_layer(result, condition, languages=langs)
@@ -187,8 +188,6 @@ def map_view_tuple(result, view: dict, threshold=None, *, key=None, label=None,
     meta[VIEW_TAG] = True
     meta[RESULT_TAG] = True
     if magnitude and view["stat"] in display.DIVERGING + display.SEQUENTIAL:
-        from . import _layers
-
         t[1].update(_layers.threshold_display(view["stat"], threshold,
                                               meta.get("limit") or 1.0, magnitude=True))
         meta["magnitude"] = True
@@ -203,8 +202,6 @@ def result_tuples(result, *, key=None, label=None, with_template: bool = True,
     overlays (``lesion`` visible, in the maps' grey ``|value|`` ramps meanwhile; the other
     sets hidden). Every other map is added on demand from the Results dock, so the layer
     list holds what is shown. [] for region results."""
-    from . import _layers
-
     if getattr(result.space, "kind", None) != "volume":
         return []
     out = [_layers.template_layer(2)] if with_template else []
@@ -306,9 +303,7 @@ class ResultView:
         """The slider of the current statistic in its own units."""
         if data_limit is None and self.stat not in ("categories",):
             try:
-                from ._layers import robust_limit
-
-                data_limit = robust_limit(view_values(self.result, self.view))
+                data_limit = _layers.robust_limit(view_values(self.result, self.view))
             except LesionAlignError:
                 data_limit = 1.0
         return display.slider_scale(self.stat, data_limit or 1.0,
@@ -321,8 +316,6 @@ class ResultView:
 
     def layer_name(self) -> str:
         """The name of the view's layer, with its result's label."""
-        from . import _layers
-
         v = self.view
         if v["stat"] == "categories":
             return owned_name(_layers.category_layer_name(v["condition"]), self.label)
@@ -338,8 +331,6 @@ class ResultView:
     def legend(self, name: str | None = None) -> list[tuple[str, str, str]]:
         """``[(colour, title, meaning)]`` of a category set (default: ``lesion`` or the
         first), from ``core.results.figures.category_colours``."""
-        from .core.results.figures import category_colours
-
         sets = list(self.result.categories)
         name = name or ("lesion" if "lesion" in sets else (sets[0] if sets else None))
         if name is None:
@@ -353,3 +344,84 @@ class ResultView:
             title = str(entry.get("name", label)).replace("specific:", "")
             out.append((colours[int(label)][:7], title, str(entry.get("meaning", ""))))
         return out
+
+
+def result_layers(result_or_folder, *, subjects=False, stats=None, conditions=None,
+                  controls=False, threshold=None, template=False) -> list[tuple]:
+    """Layer tuples of a result folder (``template=True``: nilearn's MNI152 template
+    first, beneath the maps).
+
+    With no option, what the reader adds (:func:`result_tuples`): the
+    result's default map at its statistic's default threshold and the category overlays,
+    nothing hidden to flood the layer list. The options ask for a set of group maps
+    instead (hidden, except the first when no overlay is visible), e.g. for a script:
+
+    Parameters
+    ----------
+    subjects : also add each subject's r maps (intact and the selected conditions).
+    stats : group stats to add (e.g. ``("t", "q")``).
+    conditions : conditions to add (default: every condition except random controls and
+        the layer sweep; ``controls=True`` adds the controls too).
+    threshold : display threshold of the group t maps (default: the group test's
+        significance, :func:`._layers.significance_threshold`; p/q maps use 0.05).
+
+    Returns group maps (hidden), then the category layers (``categories lesion`` visible,
+    on top). Without group maps (one subject), the subjects' r maps are added and the
+    first is visible.
+    """
+    source = None
+    if not hasattr(result_or_folder, "maps"):
+        source = str(result_or_folder)
+        result = AlignmentResult.load(result_or_folder)
+    else:
+        result = result_or_folder
+    _layers._volume_space(result)
+    if stats is None and conditions is None and not subjects and not controls and \
+            threshold is None:
+        layers = result_tuples(result, with_template=template, source=source)
+        if source is not None:  # the widgets' registry of open results reads this
+            folder = str(Path(source).expanduser().resolve())
+            for _, kw, _ in layers:
+                if kw["metadata"].get("stat") != "template":
+                    kw["metadata"]["result_folder"] = folder
+        return layers
+    stats = ("t",) if stats is None else stats
+    conds = _layer_conditions(result, conditions, controls)
+    layers = []
+    for (lang, cond, stat) in result.group_maps:
+        if stat in stats and cond in conds:
+            th = threshold if stat in display.DIVERGING else None
+            if th is None and stat == "t":
+                th = _layers.significance_threshold(result, lang, cond)
+            layers.append(_layers.map_layer(result, "group", lang, cond, stat, th,
+                                            source=source, visible=False))
+    if subjects or not result.group_maps:
+        for (s, lang, cond, stat) in result.maps:
+            if stat == "r" and cond in conds:
+                layers.append(_layers.map_layer(result, s, lang, cond, stat, source=source,
+                                                visible=False))
+    for i, name in enumerate(result.categories):
+        layers.append(_layers.category_layer(result, name, source=source,
+                                             visible=(name == "lesion" or i == 0)))
+    if layers and not any(kw.get("visible", True) for _, kw, _ in layers):
+        layers[0][1]["visible"] = True
+    if source is not None:  # the widgets' registry of open results reads this
+        folder = str(Path(source).expanduser().resolve())
+        for _, kw, _ in layers:
+            kw["metadata"]["result_folder"] = folder
+    if template and layers:
+        layers.insert(0, _layers.template_layer(2))
+    return layers
+
+
+def _layer_conditions(result, conditions, controls) -> list[str]:
+    every = list(dict.fromkeys(list(result.conditions)
+                               + [c for (_, c, _) in result.group_maps]))
+    if conditions is not None:
+        unknown = [c for c in conditions if c not in every]
+        if unknown:
+            raise LesionAlignError(f"unknown conditions {unknown}; this result has {every}")
+        return list(conditions)
+    sweep = set(result.sweep or [])
+    ctrl = set(result.controls or {})
+    return [c for c in every if c not in sweep and (controls or c not in ctrl)]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..lesions.vocabulary import CONTROL_LABELS
+from ..features.extraction import fir_delays
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,6 @@ def word_rate_regressors(rate: np.ndarray, delays, pad_before: int, cleaning: np
     confounds *and* the word rate together (the cleaned run is already orthogonal to
     ``cleaning``). Columns without variance left are dropped.
     """
-    from ..features.extraction import fir_delays
-
     W = fir_delays(np.asarray(rate, dtype=np.float64), list(delays), pad_before)
     if keep is not None:
         W = W[np.asarray(keep, dtype=bool)]

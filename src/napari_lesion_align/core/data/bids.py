@@ -39,6 +39,8 @@ from ..base.io import cache_dir, resolve_path
 from .bold import NON_STEADY_ONLY
 from .languages import normalize_language
 from .options import BidsSource, LanguageData, events_options
+from .bold import confound_strategy
+from .stimuli import events_word_column
 
 #: the keys of a ``[languages.<CODE>]`` table of a BIDS config
 LANGUAGE_KEYS = ("task", "space", "desc", "session", "filters", "runs", "annotations",
@@ -184,8 +186,6 @@ def bids_languages(data_d: dict, langs_d: dict, subjects: tuple, base: Path):
 
     Returns ``(data table for a kind = "volume" DataConfig, [LanguageData...])``.
     """
-    from .bold import confound_strategy
-
     data_d = dict(data_d)
     if "root" not in data_d or not isinstance(data_d["root"], str) or not data_d["root"]:
         raise LesionAlignError("[data].root is required for kind = 'bids': the folder of the "
@@ -876,8 +876,6 @@ def find_events(root, task: str, runs, subjects, session: str | None = None) -> 
     top-level ``task-<task>_run-<N>_events.tsv`` (shared by every subject), else the first
     subject's. Returns ``{"template", "where", "filter"}`` (``filter``: ``(column, value,
     values)`` when the rows are of several ``trial_type`` values), or ``None``."""
-    from .stimuli import events_word_column
-
     root = Path(root)
     tops = [root]
     if _description(root).get("DatasetType") == "derivative":

@@ -26,6 +26,8 @@ from .bold import (RegionSpace, VolumeSpace, check_run_length, check_subject_run
                    expected_volumes, read_confounds, read_region_series, spike_regressors)
 from .options import LanguageData
 from .stimuli import Words, read_words
+from .stimuli import is_events_file, read_events
+from .stimuli import list_runs
 
 
 @dataclass
@@ -125,7 +127,6 @@ class Dataset:
 
 def load_stimuli(lang: LanguageData) -> LanguageStimuli:
     check_label(lang.code, "language")
-    from .stimuli import is_events_file, read_events
 
     runs = []
     for path, run in zip(lang.annotations, lang.runs):
@@ -134,8 +135,6 @@ def load_stimuli(lang: LanguageData) -> LanguageStimuli:
             runs.append(read_events(path, keep=lang.events_filter, word_col=lang.word_column))
             continue
         if Path(path).suffix.lower() in (".csv", ".tsv", ".txt"):
-            from .stimuli import list_runs
-
             if len(list_runs(path)) > 0:
                 kw["run"] = run
         elif lang.tier:

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..base.errors import LesionAlignError
 from .options import DataKind, DemoConfig, LanguageData
+from .bold import VolumeSpace
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"  # the package's data folder
 N_RUNS = 3
@@ -91,8 +92,6 @@ def demo_language_data():
 
 
 def demo_space():
-    from .bold import VolumeSpace
-
     return VolumeSpace(MASK_FILE)
 
 

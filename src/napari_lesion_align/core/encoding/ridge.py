@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..base.errors import Cancelled, LesionAlignError
+from ..features.extraction import fir_delays
 
 #: The paper's alpha grid.
 DEFAULT_ALPHAS = np.logspace(0, 19, 20)
@@ -883,8 +884,6 @@ def cross_validated_r(
     centres on 0 as with several runs. The whole-run z-scoring scale is one factor per
     voxel over train and test, to which r and the choice of alpha are invariant.
     """
-    from ..features.extraction import fir_delays
-
     if run_lengths is not None:
         lens = [int(n) for n in run_lengths]
         if Y_runs.shape[0] != sum(lens):

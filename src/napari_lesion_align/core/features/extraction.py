@@ -25,6 +25,7 @@ from pydantic import Field, Strict, model_serializer
 from ..base.errors import Cancelled, LesionAlignError
 from ..base.schema import Table
 from ..model.anatomy import BlockForwards
+from ..model.anatomy import _find_layers
 
 SENTENCE_END = (".", "!", "?", "。", "！", "？", "…", "؟")
 
@@ -374,8 +375,6 @@ def default_batch_tokens(model) -> int | None:
 def find_blocks(model):
     """The transformer blocks of a model: its ``ModuleList`` with one entry per hidden
     layer (see :mod:`.anatomy`)."""
-    from ..model.anatomy import _find_layers
-
     return list(_find_layers(model, int(model.config.num_hidden_layers))[1])
 
 

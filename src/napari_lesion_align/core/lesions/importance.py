@@ -31,14 +31,15 @@ from ..base.errors import Cancelled, LesionAlignError
 from ..model.anatomy import Anatomy, BlockForwards, describe_model
 from .masks import IndexMask, Lesion, percentile_rank, top_k_mask
 from .vocabulary import UNIT_ELEMENTS, UNIT_PART, top_k_count, unit_count
+from ..features.extraction import model_capacity, special_tokens
+from ..model.loading import load_options_of, loading_kwargs, refuse_remote_code
+from ..model.loading import resolve_dtype
 
 
 # --------------------------------------------------------------------------- text batches
 def text_batches(tokenizer, texts: Sequence[str], capacity: int, max_tokens: int = 20000,
                  batch_size: int = 8):
     """Token windows of a language's text: lists of equal-length id lists (no padding)."""
-    from ..features.extraction import special_tokens
-
     pre, post = special_tokens(tokenizer)
     ids: list[int] = []
     for t in texts:
@@ -58,8 +59,6 @@ def text_batches(tokenizer, texts: Sequence[str], capacity: int, max_tokens: int
 
 
 def _capacity(model, tokenizer) -> int:
-    from ..features.extraction import model_capacity
-
     return min(model_capacity(model, tokenizer), 510)
 
 
@@ -138,12 +137,8 @@ def load_lm_head_model(source: str, device: str = "cpu", dtype=None, device_map=
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from ..model.loading import load_options_of, loading_kwargs, refuse_remote_code
-
     opts = load_options_of(source, device)
     if dtype is not None:
-        from ..model.loading import resolve_dtype
-
         opts["dtype"] = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     if device_map is not None:
         opts["device_map"] = device_map or None

@@ -49,6 +49,8 @@ from ..base.errors import LesionAlignError
 from ..base.io import read_text, regular_file
 from ..model.anatomy import Anatomy, describe_model
 from .vocabulary import ELEMENTS, MODES, UNIT_PART, top_k_count, unit_count
+from ..base import io as _io
+from ..base.io import atomic_write_text
 
 
 FORMAT_V1 = "napari-lesion-align lesion 1"
@@ -253,8 +255,6 @@ class Lesion:
         (the folder is created when missing)."""
         from safetensors.torch import save_file
 
-        from ..base.io import atomic_write_bytes, atomic_write_text
-
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
@@ -273,7 +273,7 @@ class Lesion:
         tmp = st.with_name("." + st.name + ".tmp")
         save_file(tensors, str(tmp))
         try:
-            atomic_write_bytes(st, tmp.read_bytes())
+            _io.atomic_write_bytes(st, tmp.read_bytes())
         finally:
             tmp.unlink(missing_ok=True)
         doc = {"format": FORMAT, "element": self.element,

@@ -34,6 +34,11 @@ from ..base.errors import LesionAlignError
 from ..base.io import read_text
 from .vocabulary import (CONTROL_LABELS, DRAW_SEED_STEP, default_selections, default_sweep_indices,
                          importance_per_layer, unit_count)
+from . import importance as imp
+from ..model.anatomy import describe_model
+from ..model.loading import parameters_hash
+from .masks import Lesion, check_fits, random_like
+from .importance import load_lm_head_model
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -294,8 +299,6 @@ class LesionPlan:
         of the condition they control and are not listed). ``files``: ``{path: Lesion}`` of
         the saved lesions (loaded when missing). A LAPE specific selection keeps at most
         this many (only the neurons most active in its language qualify)."""
-        from .masks import Lesion, check_fits
-
         out = []
         for spec in self.specs(len(anatomy.blocks)):
             if spec.kind == "selection":
@@ -320,8 +323,6 @@ class LesionPlan:
         text). ``builder``: shares scores and lesions between plans (the demo's generator
         and the analysis ask for the same lesions).
         """
-        from ..model.anatomy import describe_model
-        from ..model.loading import parameters_hash
 
         builder = builder or LesionBuilder(lm, stimuli)
         anatomy = describe_model(lm.model)
@@ -368,8 +369,6 @@ class LesionBuilder:
     defines them, so that two plans asking for the same lesion get it once."""
 
     def __init__(self, lm, stimuli: dict):
-        from ..model.anatomy import describe_model
-
         self.lm = lm
         self.stimuli = stimuli
         self.anatomy = describe_model(lm.model)
@@ -410,8 +409,6 @@ class LesionBuilder:
 
     def lesion(self, plan: LesionPlan, spec: ConditionSpec, made: dict, progress=None,
                cancel=None):
-        from . import importance as imp
-        from .masks import Lesion, check_fits, random_like
 
         if spec.kind == "intact":
             return None
@@ -446,8 +443,6 @@ class LesionBuilder:
         return lesion
 
     def _select(self, plan: LesionPlan, spec: ConditionSpec, base: dict, progress, cancel):
-        from . import importance as imp
-
         method = self._method(plan)
         # gradient passes: windows per pass bounded by [lesions] importance_batch_tokens or
         # the device's memory (the scores are the mean over windows whatever the batches,
@@ -501,8 +496,6 @@ class LesionBuilder:
         if plan.element == "neurons":
             return "lape"
         if self._auto is None:
-            from .importance import load_lm_head_model
-
             try:
                 self._head = load_lm_head_model(self.lm.source, self.lm.device)
                 self._auto = "gradxweight"
@@ -512,8 +505,6 @@ class LesionBuilder:
 
     def add_means(self, plan: LesionPlan, lesions: list, cancel=None) -> None:
         """Mean-ablation: the mean activation of every unit over the importance text."""
-        from . import importance as imp
-
         if plan.mode != "mean":
             return
         for element in {les.element for les in lesions} - {"weights", "layers"}:

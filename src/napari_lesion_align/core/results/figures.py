@@ -25,6 +25,9 @@ import numpy as np
 
 from ..analysis.display import degrees_of_freedom, test_settings
 from ..base.errors import LesionAlignError
+from ..analysis.statistics import CATEGORY_COLOURS, language_colour
+from ..base import io as _io
+from .result import AlignmentResult
 
 FIGSIZE = (12.0, 8.0)  # inches
 DPI = 100
@@ -37,8 +40,6 @@ def category_colours(legend: dict, languages=None) -> dict:
     :func:`.analysis.language_colour` by the legend's language order: colour-blind safe,
     apart from the maps' colormaps); languages not in ``languages`` (when given)
     transparent. The napari category layers, their legend and the QC figure use it."""
-    from ..analysis.statistics import CATEGORY_COLOURS, language_colour
-
     clear = CATEGORY_COLOURS["none"]
     order = [str(e.get("name", "")).split(":", 1)[1] for _, e in sorted(legend.items())
              if str(e.get("name", "")).startswith("specific:")]
@@ -72,8 +73,6 @@ def qc_figure(result_or_folder, path, name: str = "lesion", slices=None) -> Path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .result import AlignmentResult
-    from ..base.io import atomic_write_bytes
 
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -104,7 +103,7 @@ def qc_figure(result_or_folder, path, name: str = "lesion", slices=None) -> Path
     fig.suptitle(_title(result, name), fontsize=11)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    atomic_write_bytes(path, buf.getvalue())
+    _io.atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -253,8 +252,6 @@ def condition_bars(ax, values: dict, languages: list, controls, fontsize: float 
     """Grouped bars: one group per condition, one bar per language (its colour, or
     ``colours[language]``), error bars; the bars in ``controls`` (random draws, nulls and
     baselines) hatched. ``values[condition][language] = (mean, error)``."""
-    from ..analysis.statistics import language_colour
-
     conds = list(values)
     width = 0.8 / max(len(languages), 1)
     for j, lang in enumerate(languages):

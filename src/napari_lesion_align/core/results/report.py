@@ -29,6 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import LesionAlignError
+from . import clusters
+from ... import __version__
+from ..analysis.display import default_threshold, map_colours, statistic
+from ..base.io import atomic_write_text
+from .clusters import CLUSTERS_FILE, REGIONS_FILE, tested_voxels
+from .figures import category_colours, qc_figure
+from .result import AlignmentResult, CONTROL_COLUMNS, SUMMARY_COLUMNS, file_digest
 
 #: the report and its tables: ``<result folder>/report/report.html``, ``clusters.tsv``,
 #: ``regions.tsv``. A folder of its own: the report is made from the result (it is not in
@@ -61,9 +68,6 @@ def write_report(folder, out=None, *, atlas=None, atlas_labels=None, result=None
     min_voxels : the smallest cluster listed.
     progress : ``progress(fraction, message)``.
     """
-    from . import clusters
-    from ..base.io import atomic_write_text
-    from .result import AlignmentResult
 
     folder = Path(folder)
     out = Path(out) if out is not None else folder / REPORT_FOLDER / REPORT_FILE
@@ -112,8 +116,6 @@ def write_report(folder, out=None, *, atlas=None, atlas_labels=None, result=None
 def _remove_stale_writes(out: Path) -> None:
     """The temporary files of an earlier report write that was killed (the atomic writer's
     ``.<name>.<random>.tmp`` beside the page and its tables)."""
-    from .clusters import CLUSTERS_FILE, REGIONS_FILE
-
     if out.parent.is_dir():
         for name in (out.name, CLUSTERS_FILE, REGIONS_FILE):
             for stale in out.parent.glob(f".{name}.*.tmp"):
@@ -126,8 +128,6 @@ def report_path(folder) -> Path:
 
 
 def _result_digest(folder) -> str:
-    from .result import file_digest
-
     meta = Path(folder) / "result.json"
     return file_digest(meta) if meta.is_file() else ""
 
@@ -164,8 +164,6 @@ def _colormap(one_sided: bool):
     +max)."""
     from matplotlib.colors import ListedColormap
 
-    from ..analysis.display import map_colours
-
     both = map_colours("diverging", 128)
     pos, neg = both[:128], both[128:]
     if one_sided:
@@ -176,8 +174,6 @@ def _colormap(one_sided: bool):
 def _one_sided(stat) -> bool:
     """A test's map (its positive tail: the group tests are one-sided) or the 0 / 1
     beyond-random map."""
-    from ..analysis.display import statistic
-
     return statistic(stat).rule != "fixed" or stat == "beyondrandom"
 
 
@@ -185,8 +181,6 @@ def _map_image(result, key, values, stat):
     """The image to plot: values inside the mask (0 elsewhere) where the map's test passes
     (:func:`.clusters.tested_voxels`, as the cluster tables), only the positive tail for
     a one-sided test's threshold (the group tests are one-sided)."""
-    from .clusters import tested_voxels
-
     v = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
     keep = tested_voxels(result, key) if key is not None else None
     if keep is not None:
@@ -240,8 +234,6 @@ def _category_figure(result, name) -> str:
     from matplotlib.patches import Patch
     from nilearn import plotting
 
-    from .figures import category_colours
-
     labels, legend = result.categories[name]
     labels = np.asarray(labels)
     colours = category_colours(legend, result.languages)
@@ -269,8 +261,6 @@ def _category_figure(result, name) -> str:
 
 def _figures(result, progress) -> list[dict]:
     """``[{"section", "title", "caption", "src"}]``: the report's figures in order."""
-    from ..analysis.display import default_threshold
-
     if result.space.kind != "volume":
         return []
     plan = []  # (section, title, key, values, stat, threshold, slices)
@@ -340,8 +330,6 @@ def _category_caption(result, name) -> str:
 
 def _qc_figure(result) -> str:
     import tempfile
-
-    from .figures import qc_figure
 
     with tempfile.TemporaryDirectory(prefix="nla-report-") as tmp:
         path = qc_figure(result, Path(tmp) / "qc.png")
@@ -442,8 +430,6 @@ def _regions_html(region_rows) -> str:
 
 def _page(result, folder, figures, cluster_rows, region_rows, atlas, notes, tables,
           min_voxels, digest) -> str:
-    from ... import __version__
-    from .result import CONTROL_COLUMNS, SUMMARY_COLUMNS
 
     prov = result.provenance or {}
     model = prov.get("model") or {}

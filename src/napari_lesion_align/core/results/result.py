@@ -34,6 +34,7 @@ import numpy as np
 from ..base.errors import LesionAlignError
 from ..base.io import _umask, atomic_save_nifti, atomic_write_text, json_default
 from .names import OWN_FILE_PATTERNS, category_file, group_file, map_file
+from ..data.bold import RegionSpace, VolumeSpace
 
 SUMMARY_COLUMNS = ["subject", "language", "condition", "kind", "n_voxels", "n_excluded",
                    "mean_r", "median_r", "rel_drop", "control_rel_drop", "control_rel_drop_sd",
@@ -576,8 +577,6 @@ class AlignmentResult:
         ``result.json`` first (:func:`check_manifest`; a folder that does not match is
         refused).
         """
-        from ..data.bold import RegionSpace, VolumeSpace
-
         out = Path(out_dir)
         meta_path = out / "result.json"
         if not meta_path.exists():

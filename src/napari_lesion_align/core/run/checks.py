@@ -21,6 +21,15 @@ from pathlib import Path
 
 from ..base.errors import Cancelled, LesionAlignError
 from ..base.io import read_text, regular_file
+from ..data.bold import check_subject_runs
+from ..data.dataset import Dataset
+from ..lesions.masks import Lesion, check_fits
+from ..lesions.plan import LesionPlan, unit_indices
+from ..model.anatomy import describe_model
+from ..model.loading import architecture_kwargs, model_source, refuse_remote_code
+from .stages import unit_name
+from .store import OutputFolder
+from ..model.loading import check_pickled_weights
 
 __all__ = ["check_inputs", "model_anatomy"]
 
@@ -38,8 +47,6 @@ def check_model_folder(folder) -> None:
     """A local model folder is complete before anything is loaded from it: no code of its
     own, a readable ``config.json`` naming an architecture, weight files whose headers are
     intact, and tokenizer files."""
-    from ..model.loading import refuse_remote_code
-
     folder = Path(folder)
     refuse_remote_code(folder)
     cfg_path = folder / "config.json"
@@ -89,7 +96,6 @@ def _check_weights(p: Path) -> None:
     elif p.stat().st_size == 0:
         raise LesionAlignError(f"{p}: the weights file is empty; save the model again")
     elif p.suffix == ".bin":  # pickled: plain tensors only, checked before the run starts
-        from ..model.loading import check_pickled_weights
 
         check_pickled_weights(p)
 
@@ -97,8 +103,6 @@ def _check_weights(p: Path) -> None:
 def _model_source(config, check: bool = True) -> tuple[str, str]:
     """:func:`~.model.model_source` of ``[model] name`` without converting the built-in
     model; a local folder is checked (:func:`check_model_folder`)."""
-    from ..model.loading import model_source
-
     kind, source = model_source(config.model.name, convert=False)
     if kind == "folder" and check:
         check_model_folder(source)
@@ -108,8 +112,6 @@ def _model_source(config, check: bool = True) -> tuple[str, str]:
 def _model_config(config):
     """The transformers config of ``[model]`` (no weights read; never remote code)."""
     from transformers import AutoConfig
-
-    from ..model.loading import model_source
 
     kind, source = model_source(config.model.name)
     local = kind == "folder" or config.model.offline
@@ -124,14 +126,10 @@ def _model_config(config):
 def model_anatomy(config, model=None):
     """The :class:`~.anatomy.Anatomy` of ``[model]``: of the loaded ``model`` when given,
     else of the architecture built on the meta device from its config (no weights)."""
-    from ..model.anatomy import describe_model
-
     if model is not None:
         return describe_model(getattr(model, "model", model))
     import torch
     from transformers import AutoModel
-
-    from ..model.loading import architecture_kwargs
 
     cfg = _model_config(config)
     try:
@@ -183,8 +181,6 @@ def check_inputs(config, model=None, source=None, out_dir=None, progress=None,
 def check_lesions(config, anatomy) -> None:
     """Every saved lesion file is readable and fits the model (blocks, parts, shapes), every
     manual lesion's blocks and units exist, and each acts at or below the chosen layer."""
-    from ..lesions.masks import Lesion, check_fits
-    from ..lesions.plan import LesionPlan, unit_indices
 
     n_hidden = len(anatomy.blocks) + 1
     layer = config.model.layer
@@ -220,8 +216,6 @@ def check_lesions(config, anatomy) -> None:
 def _fits_done(out_dir, source) -> set:
     """``{(subject, language)}`` whose fit record in ``out_dir`` was made from the same data
     files (read only: :meth:`~.store.OutputFolder.fit_done_with`)."""
-    from .stages import unit_name
-    from .store import OutputFolder
 
     if out_dir is None:
         return set()
@@ -238,8 +232,6 @@ def check_bold(source, out_dir=None, progress=None, cancel=None) -> None:
     file, instead of failing its unit later. Runs of fits the output folder already holds (same files) are skipped.
     Region tables are checked when they are read (:func:`~.dataset.load_dataset`).
     """
-    from ..data.bold import check_subject_runs
-    from ..data.dataset import Dataset
 
     if not isinstance(source, Dataset) or getattr(source.space, "kind", None) != "volume":
         return

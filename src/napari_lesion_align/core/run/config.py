@@ -34,6 +34,7 @@ from ..data.options import DataConfig, DataKind, LanguageData, _subject, events_
 from ..features.extraction import FeatureOptions
 from ..lesions.vocabulary import (DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, METHODS, MODES,
                                   UNIT_ELEMENTS, default_selections)
+from ..data.bold import confound_strategy
 
 BUILTIN_MODEL = "builtin:multilingual-e5-small-q4"
 #: the paper's ridge penalties: logspace(0, 19, 20)
@@ -491,8 +492,6 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
         raise LesionAlignError("[data].languages: write one [languages.<CODE>] table per "
                                "language instead")
     if data_d.get("confounds") is not None:
-        from ..data.bold import confound_strategy
-
         data_d["confounds"] = confound_strategy(data_d["confounds"])
     data = DataConfig(**data_d, languages=tuple(languages), demo=demo)
     codes = [lang.code for lang in languages]

@@ -6,14 +6,17 @@ from __future__ import annotations
 from ..data.demo import (GENERATOR_LAYER, GENERATOR_LESIONS, GENERATOR_REVISION, LANGUAGES,
                          N_RUNS, REGIONS, RUN_TRS, TR, demo_space, planted_drivers,
                          planted_truth, synthesize_run)
+from ..data.dataset import BoldRun, load_stimuli
+from ..features.extraction import words_to_trs
+from ..lesions.plan import LesionPlan
+from .config import LesionConfig
+from .engine import ConditionSet, word_features
 
 
 def generator_plan(seed: int):
     """The generator's lesion plan (:data:`GENERATOR_LESIONS`: shared, one specific lesion
     per language, a random control for each); its lesions are the analysis' own when the
     analysis runs the demo's recipe (the pipeline makes them once)."""
-    from .config import LesionConfig
-    from ..lesions.plan import LesionPlan
 
     return LesionPlan.from_config(LesionConfig(enabled=True, random_controls=1,
                                                **GENERATOR_LESIONS), LANGUAGES, seed)
@@ -46,8 +49,6 @@ class DemoDataset:
     kind = "demo"
 
     def __init__(self, config):
-        from ..data.dataset import load_stimuli
-
         demo = config.data.demo
         self.n_subjects = demo.n_subjects if demo else 5
         self.seed = demo.seed if demo else 0
@@ -76,8 +77,6 @@ class DemoDataset:
         return [RUN_TRS] * N_RUNS
 
     def runs(self, subject: str, code: str) -> list:
-        from ..data.dataset import BoldRun
-
         si = self.subjects.index(subject)
         return [BoldRun(f"demo:sub-{subject}_lang-{code}_run-{r + 1}", RUN_TRS,
                         (lambda r=r: synthesize_run(self._drivers(code, r), self.truth, code,
@@ -89,14 +88,10 @@ class DemoDataset:
                 "subject_index": self.subjects.index(subject)}
 
     def condition_sets(self, config) -> list:
-        from .engine import ConditionSet
-
         return [ConditionSet("demo", generator_plan(config.seed), GENERATOR_LAYER)]
 
     def prepare(self, engine) -> None:
         """The planted drivers, from the generator's features in the feature store."""
-        from ..features.extraction import words_to_trs
-        from .engine import word_features
 
         cs = next(c for c in engine.sets if c.name == "demo")
 

@@ -8,6 +8,8 @@ from typing import Callable
 
 from ..base.errors import Cancelled, LesionAlignError
 from ..lesions.plan import LesionPlan
+from .store import model_identity
+from ..model import loading as _loading
 
 
 ProgressFn = Callable[[float, str], None]
@@ -82,8 +84,6 @@ class ModelInfo:
 
     @property
     def identity(self) -> str:
-        from .store import model_identity
-
         return model_identity(self.weights_hash, self.tokenizer_hash)
 
     @classmethod
@@ -124,11 +124,9 @@ class Engine:
     def lm(self):
         """The model, loaded once (the cache of :func:`.model.load_model` is per process)."""
         if self.model is None:
-            from ..model.loading import load_model
-
             m = self.config.model
             self.progress(0.0, f"loading model {m.name}")
-            self.model = load_model(m.name, **m.load_options(),
+            self.model = _loading.load_model(m.name, **m.load_options(),
                                     progress=lambda msg: self.progress(0.5, msg))
             self.progress.check()
         if self.info is not None and self.info.identity != ModelInfo.of(self.model).identity:

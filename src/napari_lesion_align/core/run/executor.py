@@ -30,6 +30,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..base.errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
+from .engine import PHASES, Progress
+from .stages import (_TRFeatures, fit_jobs, make_engine, run_fit_job, stage_conditions,
+                     stage_features)
+from .store import identity
+from .stages import _TRFeatures, make_engine, stage_conditions, unit_name
 
 BLAS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -72,8 +77,6 @@ class InProcess:
 
     def model_stages(self, eng) -> None:
         """The lesions (or their record) and the features the missing fits need."""
-        from .engine import PHASES
-        from .stages import fit_jobs, stage_conditions, stage_features
 
         eng.progress.phase(*PHASES["lesions"])
         eng.progress(0.0, "choosing lesions" if eng.config.lesions.enabled else "intact model")
@@ -85,8 +88,6 @@ class InProcess:
 
     def fits(self, eng, jobs: list) -> tuple[list, list]:
         """Run the fit jobs; ``(units computed, failures)``."""
-        from .stages import _TRFeatures, run_fit_job
-
         total = sum(len(j.todo) for j in jobs)
         if not total:
             return [], []
@@ -115,13 +116,9 @@ _ENGINES: dict = {}
 def _worker_engine(config, out_root: str):
     """This worker process' engine for one analysis (made once: the data source opened,
     the conditions read from their record, the demo's drivers prepared)."""
-    from .store import identity
-
     key = (str(out_root), identity(config)["fits"])
     eng = _ENGINES.get(key)
     if eng is None:
-        from .stages import _TRFeatures, make_engine, stage_conditions
-
         eng = make_engine(config, Path(out_root))
         stage_conditions(eng)
         eng.trf = _TRFeatures(eng)
@@ -133,8 +130,6 @@ def _worker_engine(config, out_root: str):
 
 def _model_task(config, out_root: str, threads: int) -> dict:
     """On one worker: the lesions and the missing features (loads the model once)."""
-    from .engine import Progress
-    from .stages import fit_jobs, make_engine, stage_conditions, stage_features
 
     with blas_threads(threads):
         eng = make_engine(config, Path(out_root), Progress(None, None))
@@ -148,8 +143,6 @@ def _model_task(config, out_root: str, threads: int) -> dict:
 
 def _fit_task(config, out_root: str, job, threads: int) -> list[str]:
     """On any worker: one fit job (a subject, or subjects fitted together)."""
-    from .stages import run_fit_job
-
     with blas_threads(threads):
         eng = _worker_engine(config, out_root)
         if not eng.prepared:
@@ -252,7 +245,6 @@ class DaskExecutor:
                 if isinstance(err, UnitFailed):
                     failures.append(err)
                 else:  # e.g. KilledWorker: the unit's worker died too often
-                    from .stages import unit_name
 
                     names = [] if job is None else [unit_name(s, job.language)
                                                     for s in job.todo]
@@ -260,8 +252,6 @@ class DaskExecutor:
         return failures
 
     def model_stages(self, eng) -> None:
-        from .engine import PHASES
-        from .stages import stage_conditions
 
         eng.progress.phase(PHASES["lesions"][0], PHASES["features"][1])
         eng.progress(0.0, "lesions and features on a Dask worker")

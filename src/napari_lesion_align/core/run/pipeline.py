@@ -21,6 +21,12 @@ from ... import __version__
 from .config import AnalysisConfig
 from .engine import PHASES, Engine, Progress, ProgressFn
 from .stages import fit_jobs, make_engine, stage_group
+from ..model.loading import resolve_device, resolve_dtype
+from ..results.result import AlignmentResult
+from .checks import check_inputs
+from .executor import executor_for, failures_error
+from .sources import open_source
+from .store import OutputFolder, identity
 
 __all__ = ["run_analysis", "Progress", "ProgressFn"]
 
@@ -50,11 +56,6 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
     AlignmentResult
         Its maps are read from ``out_dir`` when first used.
     """
-    from .sources import open_source
-    from .executor import executor_for, failures_error
-    from .checks import check_inputs
-    from ..results.result import AlignmentResult
-    from .store import OutputFolder, identity
 
     t_start = time.perf_counter()
     P = Progress(progress, cancel)
@@ -178,7 +179,6 @@ def compute_used(config, lm=None) -> dict:
     store, or computed by Dask workers) those ``[model]`` resolves to on this machine."""
     if lm is not None:
         return {"device": str(lm.device), "dtype": lm.dtype, "model_loaded": True}
-    from ..model.loading import resolve_device, resolve_dtype
 
     m = config.model
     try:

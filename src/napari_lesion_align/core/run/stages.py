@@ -32,6 +32,19 @@ from ..base.errors import (Cancelled, LesionAlignError, UnitFailed, describe_cha
 from ..lesions.plan import Condition, ConditionSpec
 from ..results.names import group_file, map_file
 from .engine import ConditionSet, Engine, ModelInfo, Progress, ProgressFn, word_features
+from ..analysis import controls as ctl, statistics as an
+from ..analysis.controls import control_specs as specs, project_out, word_rate_regressors
+from ..analysis.plausibility import alignment_warnings
+from ..features import extraction as _extraction
+from ..features.extraction import NoTokenError, words_to_trs
+from ..lesions import masks as _masks
+from ..lesions.plan import LesionBuilder, LesionPlan
+from ..model.anatomy import describe_model
+from ..results.result import (_read_values, assemble_result, fill_drops, subject_rows,
+                              summary_group_rows, write_values)
+from .fits import Fitter, StackedBold, cleaning_record, subject_maps, write_maps
+from .sources import open_source
+from .store import FeatureStore, OutputFolder, as_recorded
 
 
 def make_engine(config, out_root, progress: Progress | None = None, model=None,
@@ -39,9 +52,6 @@ def make_engine(config, out_root, progress: Progress | None = None, model=None,
     """The engine of an analysis whose output folder is ``out_root`` (already claimed by
     :meth:`.store.OutputFolder.open`): its data source (opened here unless given), the
     feature store, the condition sets (the analysis', then the source's own)."""
-    from .sources import open_source
-    from ..lesions.plan import LesionPlan
-    from .store import FeatureStore, OutputFolder
 
     progress = progress or Progress(None, None)
     if source is None:
@@ -98,8 +108,6 @@ def _conditions(eng: Engine) -> None:
 
 def _build(eng: Engine) -> None:
     """Make the lesions of every condition set on the model; record them."""
-    from ..lesions.plan import LesionBuilder
-
     lm = eng.lm()
     eng.info = ModelInfo.of(lm)
     builder = LesionBuilder(lm, eng.source.stimuli)
@@ -155,8 +163,6 @@ def stage_features(eng: Engine) -> None:
 
 
 def _features(eng: Engine) -> None:
-    from ..features.extraction import NoTokenError, extract_word_features
-    from ..lesions.masks import apply_lesion
 
     keys = _feature_keys(eng)
     missing = {k: v for k, v in keys.items() if not eng.store.has(v)}
@@ -166,7 +172,6 @@ def _features(eng: Engine) -> None:
         return
     ensure_lesions(eng)
     lm = eng.lm()
-    from ..model.anatomy import describe_model
 
     anatomy = describe_model(lm.model)
     opts = eng.config.features
@@ -196,7 +201,7 @@ def _features(eng: Engine) -> None:
 
         def extract(label, **reuse):
             try:
-                return next(iter(extract_word_features(
+                return next(iter(_extraction.extract_word_features(
                     lm.model, lm.tokenizer, list(words.words), [cs.layer], opts,
                     spaceless=stim.spaceless, sentence_ids=words.sentence_ids,
                     progress=lambda f, m: prog(f, m, label), cancel=eng.cancel,
@@ -229,7 +234,7 @@ def _features(eng: Engine) -> None:
                 wf = intact  # the lesion acts above the chosen layer
             else:
                 reuse = {"cache": cache, "start_layer": first} if first in record else {}
-                with apply_lesion(lm.model, c.lesion, anatomy):
+                with _masks.apply_lesion(lm.model, c.lesion, anatomy):
                     wf = extract(c.label, **reuse)
             eng.store.save(k, wf)
             done_keys.add(k)
@@ -351,15 +356,11 @@ def _fit_inputs(eng: Engine, subject: str, code: str) -> dict:
 
 def control_specs(eng: Engine) -> list:
     """The analysis' controls (:func:`.controls.control_specs` of ``[controls]``)."""
-    from ..analysis.controls import control_specs as specs
-
     return specs(getattr(eng.config, "controls", None))
 
 
 def _fit_record(eng: Engine, subject: str, code: str) -> dict | None:
     """The record of a done fit unit (made from the same inputs, its files present)."""
-    from .store import as_recorded
-
     rec = eng.out.fit_done_with(unit_name(subject, code), eng.source.inputs(subject, code))
     if rec is None or rec.get("inputs") != as_recorded(_fit_inputs(eng, subject, code)):
         return None
@@ -386,8 +387,6 @@ class _TRFeatures:
 
     def _to_trs(self, code: str, word_vectors: list) -> list:
         """Per run, word vectors on the TR grid (with the delays' history rows)."""
-        from ..features.extraction import words_to_trs
-
         eng = self.eng
         stim = eng.source.stimuli[code]
         enc = eng.config.encoding
@@ -403,8 +402,6 @@ class _TRFeatures:
         """Per run, the TR features of a control (:mod:`.controls`); ``shift``: which of a
         shift null's shifts."""
         import zlib
-
-        from ..analysis import controls as ctl
 
         eng = self.eng
         n_vols = eng.source.n_vols(code)
@@ -445,8 +442,6 @@ def run_fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn
 
 def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
              state: dict) -> list[str]:
-    from .fits import Fitter, StackedBold
-
     code = job.language
     idx = run_indices(eng.source, job.subjects[0], code)  # the job's subjects have the same runs
     ctrls = control_specs(eng)
@@ -485,8 +480,6 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
 def _write_fits(eng: Engine, job: FitJob, bold, fit, r_maps: dict, seconds: float,
                 state: dict) -> list[str]:
     """The maps and the record of every subject of the job still to do."""
-    from .fits import cleaning_record, subject_maps, write_maps
-
     code, src = job.language, eng.source
     conds, ctrls = eng.analysis.conditions, control_specs(eng)
     labels = [c.label for c in conds] + [c.label for c in ctrls]
@@ -520,8 +513,6 @@ def _regress_word_rate(eng: Engine, job: FitJob, bold, rates: list) -> None:
     """aboveWordRate: project every subject's cleaned runs in the stacked BOLD (in place) off
     the word rate at the FIR delays (:func:`.controls.word_rate_regressors`); with one run,
     the word rate joins the nuisance regressors of the outer folds."""
-    from ..analysis.controls import project_out, word_rate_regressors
-
     delays = [int(d) for d in eng.config.encoding.delays]
     pad = max(delays)
     Y, starts = bold.Y, bold.starts
@@ -572,8 +563,6 @@ class _Group:
         self.warnings += list(getattr(self.eng.source, "notes", []))
 
     def write(self, code, label, stat, v) -> None:
-        from ..results.result import write_values
-
         src = self.eng.source
         name = group_file(src.space, code, label, stat)
         write_values(src.space, self.eng.out.root / name, v)
@@ -581,8 +570,6 @@ class _Group:
 
     def stack(self, code: str, subjects: list, label: str) -> np.ndarray:
         """Subjects x voxels: the r maps of one condition, read back from their files."""
-        from ..results.result import _read_values
-
         src, out = self.eng.source, self.eng.out.root
         return np.stack([_read_values(src.space, out / self.files[(s, code, label, "r")])
                          for s in subjects])
@@ -594,8 +581,6 @@ def stage_group(eng: Engine):
     Reads the subjects' r maps back from their files, one language at a time, and writes
     the group maps. Returns the :class:`~.result.AlignmentResult` (its maps read lazily);
     the caller writes its tables and ``result.json``."""
-    from ..analysis import statistics as an
-    from ..results.result import assemble_result
 
     les = eng.config.lesions
     g = _Group(eng)
@@ -634,8 +619,6 @@ def _read_fits(g: _Group, code: str, subjects: list) -> None:
 def _group_language(g: _Group, code: str) -> None:
     """One language: the intact model's group test, each lesion's and control's, the
     random draws' comparison, the summary rows."""
-    from ..analysis import statistics as an
-    from ..results.result import fill_drops, subject_rows, summary_group_rows
 
     eng = g.eng
     les, src = eng.config.lesions, eng.source
@@ -675,8 +658,6 @@ def _group_language(g: _Group, code: str) -> None:
 def _intact_test(g: _Group, code: str, intact: np.ndarray) -> np.ndarray:
     """The intact model's group test (its maps, the power and plausibility warnings); the
     voxels where it aligns."""
-    from ..analysis import statistics as an
-    from ..analysis.plausibility import alignment_warnings
 
     les, src = g.eng.config.lesions, g.eng.source
     t0 = an.alignment_test(intact)
@@ -693,8 +674,6 @@ def _lesion_tests(g: _Group, code: str, subjects: list, intact: np.ndarray, ok: 
                   grouped: bool, aligned, n_sig: dict, n_beyond: dict) -> dict:
     """Every condition's summary rows and, with a group, its paired test against the intact
     model and its random draws' comparison; the conditions' group means."""
-    from ..analysis import statistics as an
-    from ..results.result import subject_rows
 
     eng = g.eng
     les = eng.config.lesions
@@ -756,8 +735,6 @@ def _beyond_random(code: str, label: str, held: dict, aligned: np.ndarray, les,
     ``held`` holds the lesion's r, its draws' sum and group means); writes the maps
     ``tvsrandom``, ``pvsrandom``, ``qvsrandom`` and ``beyondrandom`` (1 where both hold, 0
     elsewhere)."""
-    from ..analysis import statistics as an
-
     res, beyond = an.beyond_random(held["r"], held["sum"], held["means"], aligned, les.alpha,
                                    les.correction)
     for stat in GROUP_TEST:

@@ -26,6 +26,9 @@ import numpy as np
 from ..base.errors import LesionAlignError, WriteFailed
 from ..base.io import atomic_write_bytes, atomic_write_text, cache_dir, json_default
 from ..results.names import OWN_FILE_PATTERNS
+from ... import __version__
+from ..features import extraction as _extraction
+from .config import GROUP_KEYS
 
 #: bump when feature extraction changes its output for the same inputs
 FEATURES_VERSION = 1
@@ -94,13 +97,11 @@ class FeatureStore:
     def intact_features(self, lm, words, layer: int, opts, spaceless: bool) -> np.ndarray:
         """The intact model's word features of one run: read from the store, else
         extracted (and stored)."""
-        from ..features.extraction import extract_word_features
-
         key = self.key(model_identity(lm.weights_hash, lm.tokenizer_hash), "intact", layer,
                        opts, spaceless, words)
         if self.has(key):
             return self.load(key)
-        wf = next(iter(extract_word_features(lm.model, lm.tokenizer, list(words.words),
+        wf = next(iter(_extraction.extract_word_features(lm.model, lm.tokenizer, list(words.words),
                                              [layer], opts, spaceless=spaceless,
                                              sentence_ids=words.sentence_ids).values()))
         self.save(key, wf)
@@ -128,8 +129,6 @@ def identity(config) -> dict:
     plus the package version); ``group``: a hash of the group-level keys (changing them
     only recomputes the group statistics).
     """
-    from ... import __version__
-    from .config import GROUP_KEYS
 
     d = config.to_dict()
     for k in ("name", "source", "compute"):
