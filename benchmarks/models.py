@@ -6,6 +6,7 @@ Run from the repository root (no network, nothing downloaded)::
     python benchmarks/models.py                    # CPU, Qwen2-0.5B and Qwen2-1.5B
     python benchmarks/models.py --gpu              # CUDA: every size (0.5B .. 7B), bfloat16
     python benchmarks/models.py --models Qwen2-7B --gpu --dtype bfloat16
+    python benchmarks/models.py --quick --scores   # importance scores: memory vs disk
 
 The models are randomly initialised from the published configurations written below
 (sizes, heads, vocabulary: what decides memory and time; the weights do not), saved with
@@ -275,6 +276,74 @@ def child_run(args) -> dict:
     return out
 
 
+def child_scores(args) -> dict:
+    """Gradient x weight importance of ``--languages`` languages and the default plan's
+    selections (shared, specific per language), the scores held in memory or streamed to
+    disk one tensor at a time (``--store``): the host memory each way."""
+    import torch
+
+    from napari_lesion_align.core.lesions import importance as imp
+    from napari_lesion_align.core.lesions.scores import ScoreStore, scores_bytes
+    from napari_lesion_align.core.model.anatomy import describe_model
+    from napari_lesion_align.core.model.loading import load_model
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    lm = load_model(args.folder, offline=True, device=args.device, use_cache=False,
+                    dtype=args.dtype)
+    anat = describe_model(lm.model)
+    sizes = [anat.module(n).weight.numel() for b in anat.blocks for n in b.linears.values()]
+    langs = ["EN", "FR", "ZH", "DE", "ES"][:args.languages]
+    text = " ".join(demo_words(4000))
+    texts = {L: [text] * 20 for L in langs}  # the same text: memory, not science, is measured
+    out: dict = {"model": args.model, "store": args.store, "languages": len(langs),
+                 "lesionable_params": sum(sizes),
+                 "scores_gb": gib(scores_bytes(sum(sizes), len(langs))),
+                 "largest_tensor_gb": gib(4 * max(sizes)),
+                 "model_gb": gib(sum(p.numel() * p.element_size()
+                                     for p in lm.model.parameters()))}
+    out["accumulator_gb"] = gib(4 * sum(sizes))
+    base = Peak(False).now()
+    out["baseline_gb"] = gib(base)
+    store = ScoreStore.temporary(scores_bytes(sum(sizes), len(langs))) \
+        if args.store == "disk" else None
+    with Peak(False) as p:
+        head = imp.load_lm_head_model(lm.source, lm.device)
+        scores = imp.gradxweight_scores(lm.source, lm.tokenizer, texts, lm.device,
+                                        max_tokens=args.tokens, head_model=head, store=store)
+        del head
+        gc.collect()
+    out["importance"] = p.report()
+    with Peak(False) as p:
+        ranks: dict = {}
+        for sel in ["shared"] + [f"specific:{L}" for L in langs]:
+            imp.select(scores, sel, 1.0, rank_cache=ranks)
+        del ranks
+    out["select"] = p.report()
+    # what the scores hold in memory after the importance step, as multiples of the
+    # largest tensor's float32 scores
+    held = (out["importance"]["end_gb"] - out["baseline_gb"])
+    out["held_after_importance_gb"] = round(held, 3)
+    out["select_extra_x_largest"] = round(out["select"]["extra_gb"]
+                                          / max(out["largest_tensor_gb"], 1e-9), 1)
+    if store is not None:
+        store.close()
+    return out
+
+
+def scores_table(rows: list[dict]) -> str:
+    lines = ["| model | scores | languages | scores GB (float32) | largest tensor GB | "
+             "importance s / peak - baseline GB | held after importance GB | selections s / "
+             "extra GB (x largest tensor) |", "|---|---|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['store']} | {r['languages']} | {r['scores_gb']:.2f} | "
+            f"{r['largest_tensor_gb']:.3f} | {r['importance']['seconds']:.1f} / "
+            f"{r['importance']['peak_gb'] - r['baseline_gb']:.2f} | "
+            f"{r['held_after_importance_gb']:.2f} | {r['select']['seconds']:.1f} / "
+            f"{r['select']['extra_gb']:.3f} ({r['select_extra_x_largest']}) |")
+    return "\n".join(lines)
+
+
 def lesion_memory(name: str, k_percent: float = 1.0, languages: int = 3) -> dict:
     """The default plan's lesions of one configuration, by arithmetic (no model built): the
     lesionable weights per block, the top-k count per tensor (the plan's formula), 4 bytes
@@ -381,13 +450,20 @@ def main(argv=None):
     ap.add_argument("--lesion-memory", action="store_true",
                     help="only the memory of the default plan's lesions per configuration "
                          "(arithmetic, nothing built)")
-    ap.add_argument("--child", choices=("make", "run"), help=argparse.SUPPRESS)
+    ap.add_argument("--scores", action="store_true",
+                    help="only the host memory of importance scores of --languages languages "
+                         "and their selections, held in memory vs streamed to disk (CPU)")
+    ap.add_argument("--languages", type=int, default=3)
+    ap.add_argument("--stores", nargs="+", choices=("memory", "disk"),
+                    default=["memory", "disk"], help="with --scores: which stores to measure")
+    ap.add_argument("--store", choices=("memory", "disk"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("make", "run", "scores"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        res = child_make(args) if args.child == "make" else child_run(args)
+        res = {"make": child_make, "run": child_run, "scores": child_scores}[args.child](args)
         print(json.dumps(res))
         return 0
 
@@ -408,6 +484,25 @@ def main(argv=None):
     tokens = args.tokens or (1000 if args.quick else 20000)
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     rows = []
+    if args.scores:
+        for name in models:
+            with tempfile.TemporaryDirectory(prefix="nla-bench-") as d:
+                folder = str(Path(d) / name)
+                made = spawn(["--child", "make", "--model", name, "--folder", folder,
+                              "--dtype", dtype, "--device", "cpu"], env)
+                for store in args.stores:
+                    row = spawn(["--child", "scores", "--model", name, "--folder", folder,
+                                 "--dtype", dtype, "--device", "cpu", "--tokens", str(tokens),
+                                 "--threads", str(args.threads), "--store", store,
+                                 "--languages", str(args.languages)], env)
+                    row.update(made)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        print()
+        print(scores_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
     for name in models:
         with tempfile.TemporaryDirectory(prefix="nla-bench-") as d:
             folder = str(Path(d) / name)

@@ -30,6 +30,7 @@ import numpy as np
 from ..base.errors import Cancelled, LesionAlignError
 from ..model.anatomy import Anatomy, BlockForwards, describe_model
 from .masks import IndexMask, Lesion, percentile_rank, top_k_mask
+from .scores import ScoreStore
 from .vocabulary import UNIT_ELEMENTS, UNIT_PART, top_k_count, unit_count
 from ..features.extraction import model_capacity, special_tokens
 from ..model.loading import load_options_of, loading_kwargs, refuse_remote_code
@@ -85,8 +86,12 @@ def _feed(model, tokenizer, texts, capacity: int, max_tokens: int, hooks: list,
 
 # --------------------------------------------------------------------------- scores
 def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | None = None,
-                 max_tokens: int = 20000, progress=None, cancel=None) -> dict:
-    """{language: {"<block>.<role>": |W| * rms input}} for every lesionable weight."""
+                 max_tokens: int = 20000, progress=None, cancel=None,
+                 store: ScoreStore | None = None):
+    """{language: {"<block>.<role>": |W| * rms input}} for every lesionable weight.
+
+    ``store``: a :class:`.scores.ScoreStore` that receives each tensor's scores as soon as
+    they are made (and is returned); on disk, no language's scores are held whole."""
     import torch
 
     anatomy = anatomy or describe_model(model)
@@ -108,11 +113,15 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
         count = _feed(model, tokenizer, texts, cap, max_tokens, hooks, cancel)
         rms = {k: torch.sqrt(v.cpu().double() / max(count, 1)).float()
                for k, v in sumsq.items()}
-        out[lang] = {k: targets[k].weight.detach().abs().float().cpu() * rms[k][None, :]
-                     for k in targets}
+        sink = store if store is not None else ScoreStore()
+        for k in targets:
+            sink.put(lang, k, targets[k].weight.detach().abs().float().cpu() * rms[k][None, :])
+        del rms
+        if store is None:
+            out[lang] = dict(sink[lang])
         if progress is not None:
             progress((li + 1) / len(texts_by_language), f"importance (wanda): {lang}")
-    return out
+    return out if store is None else store
 
 
 def _sum_dtype(device):
@@ -308,7 +317,8 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
                        max_tokens: int = 20000, seed: int = 0, progress=None,
                        cancel=None, head_model=None, accumulate_on: str = "auto",
                        batch_size: int = GRAD_BATCH_WINDOWS,
-                       max_batch_tokens: int | None = None, recompute: bool = True) -> dict:
+                       max_batch_tokens: int | None = None, recompute: bool = True,
+                       store: ScoreStore | None = None):
     """{language: {"<block>.<role>": (mean over windows of dLoss/dW) * W}} (signed).
 
     ``head_model``: ``(model, kind)`` from :func:`load_lm_head_model` when already loaded.
@@ -341,6 +351,10 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
     another order). The windows have equal lengths (:func:`text_batches`; the last, shorter
     one makes a batch alone), so the score is the mean over windows whatever the batches
     (the token budget): machines with other budgets agree to float rounding.
+
+    ``store``: a :class:`.scores.ScoreStore` that receives each tensor's scores as soon as
+    its accumulator is turned into them (and is returned): on disk, a language's scores
+    are never held whole in host memory (one tensor at a time).
     """
     import torch
 
@@ -403,13 +417,14 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
                     loss = model(input_ids=masked, labels=labels).loss
                 (loss * len(batch)).backward()
                 del loss
-            scores = {}
+            sink = store if store is not None else ScoreStore()
             for k in list(acc):
                 W = targets[k].weight.detach()
                 g = acc.pop(k).cpu()  # in place: the accumulator becomes the scores
-                scores[k] = g.div_(max(n_windows, 1)).mul_(W.float().cpu())
+                sink.put(lang, k, g.div_(max(n_windows, 1)).mul_(W.float().cpu()))
                 del g
-            out[lang] = scores
+            if store is None:
+                out[lang] = dict(sink[lang])
             if progress is not None:
                 progress((li + 1) / len(texts_by_language),
                          f"importance (gradient x weight): {lang}")
@@ -423,7 +438,7 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
             p.requires_grad_(r)
         acc.clear()
     del model
-    return out
+    return out if store is None else store
 
 
 class _Recompute(BlockForwards):
@@ -644,7 +659,8 @@ def select(scores: dict, selection: str, k_percent: float, element: str = "weigh
 
     ``selection``: ``"shared"`` or ``"specific:<L>"``; top ``k_percent`` % per tensor / layer.
     ``rank_cache``: a dict shared by several calls on the same scores (percentile ranks are
-    computed once per language and tensor).
+    computed once per language and tensor; up to :data:`RANK_CACHE_BYTES`), or a
+    :class:`.scores.ScoreStore` (scores on disk: every rank kept there, none in memory).
     """
     import torch
 
@@ -668,6 +684,12 @@ def select(scores: dict, selection: str, k_percent: float, element: str = "weigh
         ranks = rank_cache if rank_cache is not None else {}
 
         def rank_of(lang, k):
+            if isinstance(ranks, ScoreStore):  # scores on disk: their ranks on disk too
+                if lang in ranks and k in ranks[lang]:
+                    return ranks.get(lang, k)
+                r = percentile_rank(scores[lang][k].abs())
+                ranks.put(lang, k, r)
+                return r
             if (lang, k) in ranks:
                 return ranks[(lang, k)]
             r = percentile_rank(scores[lang][k].abs())

@@ -33,12 +33,13 @@ import numpy as np
 from ..base.errors import LesionAlignError
 from ..base.io import read_text
 from .vocabulary import (CONTROL_LABELS, DRAW_SEED_STEP, default_selections, default_sweep_indices,
-                         importance_per_layer, unit_count)
+                         importance_per_layer, lesionable, unit_count)
 from . import importance as imp
 from ..model.anatomy import describe_model
 from ..model.loading import parameters_hash
 from .masks import Lesion, check_fits, random_like
 from .importance import load_lm_head_model
+from .scores import store_for
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -460,20 +461,27 @@ class LesionBuilder:
                 scores = imp.lape_probabilities(lm.model, lm.tokenizer, texts, self.anatomy,
                                                 plan.max_tokens, cancel=cancel)
             else:
+                # large models: the scores go to disk one tensor at a time as they are made
+                # and come back one tensor at a time for each selection (scores.store_for)
+                store = store_for(lesionable(self.anatomy, "weights"), len(texts))
                 if method == "gradxweight":
                     head, self._head = self._head, None  # loaded by _method, used once
                     scores = imp.gradxweight_scores(lm.source, lm.tokenizer, texts, lm.device,
                                                     plan.max_tokens, plan.seed, progress,
                                                     cancel, head_model=head,
-                                                    max_batch_tokens=batch_tokens)
+                                                    max_batch_tokens=batch_tokens,
+                                                    store=store)
                     del head
                 else:
                     scores = imp.wanda_scores(lm.model, lm.tokenizer, texts, self.anatomy,
-                                              plan.max_tokens, progress, cancel)
+                                              plan.max_tokens, progress, cancel, store=store)
                 if spec.element != "weights":
                     scores = {L: imp.unit_scores(s, spec.element, self.anatomy)
                               for L, s in scores.items()}
-            self._scores[key] = (scores, {})
+                    store.close()  # the unit scores are small; the weights' are not kept
+                elif store.on_disk:  # their percentile ranks beside them, not in memory
+                    self._scores[key] = (scores, store.beside("ranks"))
+            self._scores.setdefault(key, (scores, {}))
         scores, ranks = self._scores[key]
         spec_d = dict(base, element=spec.element, method=method)
         if batch_tokens is not None:
