@@ -280,7 +280,7 @@ def _figures(result, progress) -> list[dict]:
         thr = default_threshold(result, stat, lang, "intact")
         plan.append((f"Intact model: {lang}", f"{lang} intact: {what}", key, vals, stat, thr,
                      True))
-        for stat, what in (("ceiling", "noise ceiling"), ("normr", "intact r / noise ceiling "
+        for stat, what in (("ceiling", "noise ceiling"), ("normr", "model r / noise ceiling "
                                                            "(where it is reliable)")):
             key = (lang, CEILING_CONDITION, stat)
             if key in group:
