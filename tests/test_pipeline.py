@@ -107,7 +107,10 @@ def test_cli_run_end_to_end(tmp_path, tiny_model, capsys):
         + [f"sub-{s}_lang-EN_desc-{c}_stat-r_statmap.nii.gz" for s in ("01", "02")
            for c in labels]
         + [f"group_lang-EN_desc-{c}_stat-{t}_statmap.nii.gz" for c in labels
-           for t in "tpq"])
+           for t in ("t", "p", "q", "normr")]
+        # the noise ceiling ([statistics] ceiling, on by default), beside the intact model
+        + [f"group_lang-EN_desc-intact_stat-{t}_statmap.nii.gz"
+           for t in ("ceiling", "isc", "qceiling")])
     img = nib.load(str(out / "sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz"))
     assert img.get_data_dtype() == np.float32 and img.shape == SHAPE
     np.testing.assert_allclose(img.affine, AFFINE)

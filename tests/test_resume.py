@@ -91,8 +91,9 @@ def test_kill_in_the_middle_of_the_fits_and_resume(tmp_path, tiny_model):
     a, b = _maps(whole), _maps(killed)
     # per subject: r intact, r + deltar of shared and of its control, r of the two controls;
     # group: t/p/q of the intact alignment, t/p/q/reldrop of each lesion, t/p/q/beyondrandom
-    # of shared against its draw, t/p/q of each control
-    assert a.keys() == b.keys() and len(a) == 6 * 7 + 3 + 2 * 4 + 4 + 2 * 3
+    # of shared against its draw, t/p/q of each control; the noise ceiling (ceiling, isc,
+    # qceiling) and r / ceiling of intact, shared and the two controls
+    assert a.keys() == b.keys() and len(a) == 6 * 7 + 3 + 2 * 4 + 4 + 2 * 3 + 3 + 4
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert (whole / "summary.tsv").read_text() == (killed / "summary.tsv").read_text()

@@ -49,6 +49,12 @@ T_RTOL = 2 * R_ATOL / SPREAD_FLOOR
 _R_STATS = {"r", "deltar"}
 _T_STATS = {"t", "tvsrandom"}
 _P_STATS = {"p", "q", "pvsrandom", "qvsrandom"}
+#: the noise ceiling's maps: no fit, float64 sums over the cleaned BOLD (rounding far below
+#: the r tolerance) and the FDR q of its test (a p-like map)
+_CEILING_STATS = {"ceiling", "isc"}
+#: the smallest noise ceiling where r / ceiling is written (reliably above 0) in the tests'
+#: studies: r / ceiling moves by at most R_ATOL / this
+CEILING_FLOOR = 0.05
 
 
 def tolerance(stat: str, n_subjects: int) -> dict:
@@ -60,6 +66,12 @@ def tolerance(stat: str, n_subjects: int) -> dict:
         return {"rtol": T_RTOL, "atol": np.sqrt(n_subjects) * T_RTOL}
     if stat in _P_STATS:
         return {"rtol": max(n_subjects - 1, 2) * T_RTOL, "atol": 0.0}
+    if stat in _CEILING_STATS:
+        return {"rtol": 0.0, "atol": R_ATOL}
+    if stat == "qceiling":
+        return {"rtol": max(n_subjects - 1, 2) * T_RTOL, "atol": 0.0}
+    if stat == "normr":
+        return {"rtol": 0.0, "atol": R_ATOL / CEILING_FLOOR}
     raise KeyError(f"no cross-layout tolerance for {stat!r} maps (thresholded or unstated): "
                    "compare them only between runs of the same layout")
 

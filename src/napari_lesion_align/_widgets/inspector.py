@@ -378,6 +378,8 @@ class InspectorWidget(QWidget):
                 cats = self._categories_at(result, v)
                 if cats:
                     lines.append("category: " + cats)
+                from ..core.results.figures import ceiling_lines
+                lines += ceiling_lines(result, v)
         self.where.setText("\n".join(lines))
         for spin, value in zip(self._goto_spins, self.mni):  # the Go to form follows
             spin.value = min(max(round(float(value), 1), spin.min), spin.max)

@@ -122,8 +122,6 @@ def noise_ceiling(subjects, n_times: int, n_voxels: int, alpha: float = 0.05) ->
     """The noise ceiling from ``subjects``: a sequence of callables, each returning one
     subject's cleaned BOLD ``(n_times, n_voxels)`` (called twice: the running sum, then the
     leave-one-out pass), so that one subject is in memory at a time."""
-    from scipy.stats import false_discovery_control, ttest_1samp
-
     subjects = list(subjects)
     if len(subjects) < 2:
         raise LesionAlignError(
@@ -136,6 +134,19 @@ def noise_ceiling(subjects, n_times: int, n_voxels: int, alpha: float = 0.05) ->
     loo = np.empty((len(subjects), n_voxels))
     for i, load in enumerate(subjects):
         loo[i] = acc.leave_one_out(load(), who=f"subject {i + 1}")
+    return ceiling_from(rho, loo, n_times, alpha)
+
+
+def ceiling_from(rho: np.ndarray, loo: np.ndarray, n_times: int,
+                 alpha: float = 0.05) -> NoiseCeiling:
+    """The ceiling from the pairwise reliability ``rho`` (voxels) and the subjects'
+    leave-one-out ISC ``loo`` (subjects x voxels), e.g. gathered over voxel chunks: the
+    t-test and the FDR run once over every voxel."""
+    from scipy.stats import false_discovery_control, ttest_1samp
+
+    rho = np.asarray(rho, dtype=np.float64)
+    loo = np.asarray(loo, dtype=np.float64)
+    n_voxels = rho.size
     zf = np.arctanh(np.clip(loo, -0.999999, 0.999999))
     t = np.zeros(n_voxels)
     p = np.ones(n_voxels)
@@ -146,22 +157,33 @@ def noise_ceiling(subjects, n_times: int, n_voxels: int, alpha: float = 0.05) ->
     q = np.ones(n_voxels)
     if ok.any():
         q[ok] = false_discovery_control(p[ok])
-    reliable = (q < alpha) & (rho > 0)
-    return NoiseCeiling(rho=rho.astype(np.float32),
-                        ceiling=np.sqrt(np.maximum(rho, 0.0)).astype(np.float32),
+    ceiling = np.sqrt(np.maximum(rho, 0.0)).astype(np.float32)
+    return NoiseCeiling(rho=rho.astype(np.float32), ceiling=ceiling,
                         isc=loo.mean(0).astype(np.float32), t=t.astype(np.float32),
-                        q=q.astype(np.float32), reliable=reliable, n_subjects=len(subjects),
-                        n_times=int(n_times))
+                        q=q.astype(np.float32), reliable=reliable_of(ceiling, q, alpha),
+                        n_subjects=int(loo.shape[0]), n_times=int(n_times))
 
 
-def normalised(r: np.ndarray, ceiling: NoiseCeiling) -> np.ndarray:
+def reliable_of(ceiling: np.ndarray, q: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """The one rule for where a ceiling is reliably above zero: its FDR ``q`` below
+    ``alpha`` and a positive ceiling (NaN: not reliable)."""
+    c = np.asarray(ceiling, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return (np.asarray(q, dtype=np.float64) < alpha) & (c > 0)
+
+
+def normalised(r: np.ndarray, ceiling: NoiseCeiling | np.ndarray,
+               reliable: np.ndarray | None = None) -> np.ndarray:
     """Alignment as a share of the ceiling: ``r / ceiling`` where the ceiling is reliable,
     NaN elsewhere (a model's r divided by a ceiling that is noise means nothing).
-    ``r``: one map ``(voxels,)`` or subjects' maps ``(subjects, voxels)``."""
+    ``r``: one map ``(voxels,)`` or subjects' maps ``(subjects, voxels)``; ``ceiling``: a
+    :class:`NoiseCeiling`, or the ceiling map with its ``reliable`` map."""
     r = np.asarray(r, dtype=np.float64)
-    c = np.asarray(ceiling.ceiling, dtype=np.float64)
+    if isinstance(ceiling, NoiseCeiling):
+        ceiling, reliable = ceiling.ceiling, ceiling.reliable
+    c = np.asarray(ceiling, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(ceiling.reliable, r / np.where(c > 0, c, np.nan), np.nan)
+        out = np.where(reliable, r / np.where(c > 0, c, np.nan), np.nan)
     return out.astype(np.float32)
 
 

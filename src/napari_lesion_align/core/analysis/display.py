@@ -79,6 +79,23 @@ STATISTICS: dict[str, Statistic] = {s.key: s for s in (
               "q of the lesion against its random draws"),
     Statistic("beyondrandom", "beyond random", "diverging", "fixed", 0.5, None, 1.0,
               "1 where the drop is beyond every random draw's"),
+    Statistic("pfwe", "p FWE", "sequential", "alpha", None, 0.001, 0.1,
+              "family-wise corrected p of the group permutation test (sign flips)"),
+    Statistic("pfwevsrandom", "p FWE vs random", "sequential", "alpha", None, 0.001, 0.1,
+              "family-wise corrected p of the lesion against its random draws "
+              "(sign-flip permutations)"),
+    Statistic("ceiling", "noise ceiling", "diverging", "fixed", 0.1, 0.01, 1.0,
+              "the best r a model of the story can reach: sqrt of the mean correlation "
+              "between two subjects' cleaned BOLD", limit=1.0),
+    Statistic("isc", "ISC (leave one out)", "diverging", "fixed", 0.1, 0.01, 1.0,
+              "inter-subject correlation: each subject against the mean of the others, "
+              "averaged", limit=1.0),
+    Statistic("qceiling", "q ceiling", "sequential", "alpha", None, 0.001, 0.1,
+              "FDR q of the subjects' leave-one-out ISC above 0 (where the ceiling is "
+              "reliable)"),
+    Statistic("normr", "r / ceiling", "diverging", "fixed", 0.2, 0.01, None,
+              "group mean r divided by the noise ceiling, where the ceiling is reliably "
+              "above 0 (NaN elsewhere)"),
     Statistic("z", "z", "diverging", "fixed", 3.1, 0.1, None, "z score"),
     Statistic("beta", "β", "diverging", "none", None, None, None, "weight"),
     Statistic("categories", "categories", "labels", "none"),
@@ -90,15 +107,25 @@ STATISTICS: dict[str, Statistic] = {s.key: s for s in (
 SUBJECT_STATS = ("r", "deltar")
 #: the maps of a group test, in the order they are written: the statistic, p, FDR q
 GROUP_TEST = ("t", "p", "q")
+#: the maps of a group permutation test ([statistics] inference = "permutation"): the
+#: statistic and its family-wise corrected p
+PERMUTATION_TEST = ("t", "pfwe")
+#: the maps of a language's noise ceiling (written by its ceiling unit, beside the intact
+#: model's group maps) and of alignment normalised by it (per condition)
+CEILING_STATS = ("ceiling", "isc", "qceiling")
+NORMALISED = "normr"
 #: the order the Results dock lists statistics in (others after, by name)
-SHOW_ORDER = ("r", "deltar", "reldrop", "t", "q", "p", "lpi", "beyondrandom", "tvsrandom",
-              "qvsrandom", "pvsrandom")
+SHOW_ORDER = ("r", "normr", "deltar", "reldrop", "t", "q", "p", "pfwe", "lpi", "beyondrandom",
+              "tvsrandom", "qvsrandom", "pvsrandom", "pfwevsrandom", "ceiling", "isc",
+              "qceiling")
 
 DIVERGING = tuple(k for k, s in STATISTICS.items() if s.kind == "diverging")
 SEQUENTIAL = tuple(k for k, s in STATISTICS.items() if s.kind == "sequential")
 LABELS = {k: s.label for k, s in STATISTICS.items()}
 #: the p / q map that decides significance for a t map
 _TEST_OF = {"t": ("p", "q"), "tvsrandom": ("pvsrandom", "qvsrandom")}
+#: the family-wise p map of a permutation test's t map
+_FWE_OF = {"t": "pfwe", "tvsrandom": "pfwevsrandom"}
 
 
 def group_map_shown(result, language, condition, stat):
@@ -109,10 +136,13 @@ def group_map_shown(result, language, condition, stat):
     import numpy as np
 
     values = result.group_maps[(language, condition, stat)]
-    if stat not in _TEST_OF or (language, condition, _TEST_OF[stat][0]) not in \
-            result.group_maps:
+    if stat not in _TEST_OF:
         return values
-    p = np.asarray(result.group_maps[(language, condition, _TEST_OF[stat][0])])
+    p_name = next((k for k in (_TEST_OF[stat][0], _FWE_OF[stat])
+                   if (language, condition, k) in result.group_maps), None)
+    if p_name is None:
+        return values
+    p = np.asarray(result.group_maps[(language, condition, p_name)])
     with np.errstate(invalid="ignore"):
         return np.where(p < 1.0, np.asarray(values, dtype=np.float32), np.float32(np.nan))
 
@@ -129,7 +159,8 @@ class Threshold:
 
     stat: str
     value: float | None
-    #: ``"fdr"``, ``"none"`` (uncorrected) or None (a display default, no test)
+    #: ``"fdr"``, ``"none"`` (uncorrected), ``"fwe"`` (a permutation test) or None (a
+    #: display default, no test)
     correction: str | None = None
     alpha: float | None = None
     df: int | None = None
@@ -139,6 +170,16 @@ class Threshold:
     @property
     def text(self) -> str:
         return describe(self.stat, self.value, self)
+
+
+def inference_of(result) -> str:
+    """How a result's group maps were inferred, in words: ``"parametric"`` or
+    ``"permutation max-t, FWE, 5000 sign flips"`` (its ``[statistics]`` config)."""
+    st = ((getattr(result, "provenance", None) or {}).get("config") or {}).get(
+        "statistics") or {}
+    if st.get("inference") != "permutation":
+        return "parametric"
+    return f"permutation {st.get('method')}, FWE, {st.get('n_perm')} sign flips"
 
 
 def test_settings(result) -> tuple[float, str]:
@@ -168,13 +209,17 @@ def default_threshold(result, stat: str, language=None, condition=None) -> Thres
     if st.rule == "fixed":
         return Threshold(stat, st.default)
     if st.rule == "alpha":
-        corr = "fdr" if stat.startswith("q") else "none"
+        corr = ("fdr" if stat.startswith("q") else "fwe" if stat.startswith("pfwe")
+                else "none")
         return Threshold(stat, alpha, corr, alpha, df)
     if st.rule != "significance":
         return Threshold(stat, None)
     p_name, q_name = _TEST_OF.get(stat, ("p", "q"))
     which = q_name if correction == "fdr" else p_name
     maps = getattr(result, "group_maps", {}) or {}
+    fwe = _FWE_OF.get(stat, "pfwe")
+    if (language, condition, fwe) in maps:  # a permutation test: its FWE p decides
+        which, correction = fwe, "fwe"
     key_t, key_p = (language, condition, stat), (language, condition, which)
     if key_t in maps and key_p in maps:
         t = np.abs(np.asarray(maps[key_t], dtype=float))
@@ -204,7 +249,8 @@ def describe(stat: str, value, test: Threshold | None = None) -> str:
         return f"{st.label}: no threshold"
     v = _fmt(value)
     if st.kind == "sequential":
-        corr = "FDR" if stat.startswith("q") else "uncorrected"
+        corr = ("FDR" if stat.startswith("q") else "FWE, permutation"
+                if stat.startswith("pfwe") else "uncorrected")
         return f"{st.label} < {v} ({corr})"
     shown = f"{st.label} ≥ {v}" if stat in ("t", "tvsrandom", "z") else f"|{st.label}| ≥ {v}"
     if test is None or test.correction is None:
@@ -212,7 +258,7 @@ def describe(stat: str, value, test: Threshold | None = None) -> str:
             return f"{shown} (display default, no test)"
         return shown
     which = ("q" if test.correction == "fdr" else "p")
-    corr = "FDR" if test.correction == "fdr" else "uncorrected"
+    corr = {"fdr": "FDR", "fwe": "FWE (permutation)"}.get(test.correction, "uncorrected")
     words = f"{which} < {_fmt(test.alpha)} {corr}" + (f" · {test.df} df" if test.df else "")
     if test.empty:
         words += " · no voxel passes"

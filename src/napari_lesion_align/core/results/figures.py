@@ -27,6 +27,7 @@ from ..analysis.display import degrees_of_freedom, test_settings
 from ..base.errors import LesionAlignError
 from ..analysis.statistics import CATEGORY_COLOURS, language_colour
 from ..base import io as _io
+from .names import CEILING_CONDITION
 from .result import AlignmentResult
 
 FIGSIZE = (12.0, 8.0)  # inches
@@ -237,6 +238,23 @@ def bar_values(result, index: int | None = None) -> tuple[dict, set]:
                 v = subs[0]
                 values[label][lang] = (float(v.mean()), float(v.std()) if len(v) > 1 else 0.0)
     return values, hatched_bars(result)
+
+
+def ceiling_lines(result, index: int) -> list[str]:
+    """The noise ceiling at one voxel (region), for the Inspector: per language with a
+    ceiling, its value and the intact model's r / ceiling there (or that the ceiling is not
+    reliable there); ``[]`` without a ceiling."""
+    parts = []
+    for lang in result.languages:
+        key = (lang, CEILING_CONDITION, "ceiling")
+        if key not in result.group_maps:
+            continue
+        c = float(np.asarray(result.group_maps[key])[index])
+        norm = result.group_maps.get((lang, "intact", "normr"))
+        n = float(np.asarray(norm)[index]) if norm is not None else float("nan")
+        parts.append(f"{lang} {c:.2f} (intact r / ceiling {n:.2f})" if np.isfinite(n)
+                     else f"{lang} {c:.2f} (not reliable here)")
+    return ["noise ceiling: " + ", ".join(parts)] if parts else []
 
 
 def hatched_bars(result) -> set:

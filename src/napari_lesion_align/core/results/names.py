@@ -38,6 +38,16 @@ def group_file(space, language, condition, stat) -> str:
     return GROUP_PATTERN.format(language=language, condition=condition, stat=stat) + _ext(space)
 
 
+#: the condition a language's noise-ceiling maps are filed under (they describe the data, and
+#: are shown next to the intact model's r)
+CEILING_CONDITION = "intact"
+
+
+def ceiling_file(space, language, stat) -> str:
+    """A noise-ceiling map of a language (``stat``: ceiling, isc, qceiling)."""
+    return group_file(space, language, CEILING_CONDITION, stat)
+
+
 def category_file(space, name) -> str:
     return CATEGORY_PATTERN.format(name=name) + _ext(space)
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..base.errors import LesionAlignError
 from . import clusters
+from .names import CEILING_CONDITION
 from ... import __version__
 from ..analysis.display import default_threshold, map_colours, statistic
 from ..base.io import atomic_write_text
@@ -279,6 +280,12 @@ def _figures(result, progress) -> list[dict]:
         thr = default_threshold(result, stat, lang, "intact")
         plan.append((f"Intact model: {lang}", f"{lang} intact: {what}", key, vals, stat, thr,
                      True))
+        for stat, what in (("ceiling", "noise ceiling"), ("normr", "model r / noise ceiling "
+                                                           "(where it is reliable)")):
+            key = (lang, CEILING_CONDITION, stat)
+            if key in group:
+                plan.append((f"Noise ceiling: {lang}", f"{lang} {what}", key, group[key], stat,
+                             default_threshold(result, stat, lang, "intact"), False))
         for cond in result.baselines:
             if (lang, cond, "t") in group:
                 plan.append((f"Controls: {lang}", f"{lang} model above {cond} (t)",

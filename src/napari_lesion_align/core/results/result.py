@@ -33,16 +33,17 @@ import numpy as np
 
 from ..base.errors import LesionAlignError
 from ..base.io import _umask, atomic_save_nifti, atomic_write_text, json_default
-from .names import OWN_FILE_PATTERNS, category_file, group_file, map_file
+from .names import CEILING_CONDITION, OWN_FILE_PATTERNS, category_file, group_file, map_file
 from ..data.bold import RegionSpace, VolumeSpace
 
 SUMMARY_COLUMNS = ["subject", "language", "condition", "kind", "n_voxels", "n_excluded",
                    "mean_r", "median_r", "rel_drop", "control_rel_drop", "control_rel_drop_sd",
-                   "random_draws", "n_significant", "n_beyond_random", "note"]
+                   "random_draws", "n_significant", "n_beyond_random", "inference",
+                   "n_reliable", "ceiling_median", "norm_r_median", "note"]
 #: controls.tsv: the intact model and its controls, per language and region (regions) or
 #: over the whole brain (volumes), with the group test of each
 CONTROL_COLUMNS = ["language", "region", "condition", "test", "mean_r", "sd_r", "t", "p", "q",
-                   "n_subjects"]
+                   "n_subjects", "p_fwe", "ceiling_median", "norm_r_median"]
 SWEEP_COLUMNS = ["layer", "language", "rel_change", "rel_change_sd", "control_rel_change",
                  "control_sd", "n_subjects"]
 #: the key of result.json that lists every file of the result with its size and hash
@@ -304,13 +305,36 @@ class AlignmentResult:
                     q = float("nan")
                     if regions and (lang, cond, "q") in self.group_maps:
                         q = float(self.group_maps[(lang, cond, "q")][j])
+                    p_fwe = float("nan")  # regions: the permutation test's family-wise p
+                    if regions and (lang, cond, "pfwe") in self.group_maps:
+                        p_fwe = float(self.group_maps[(lang, cond, "pfwe")][j])
+                    ceiling = self._ceiling_columns(lang, cond, j if regions else None)
                     rows.append({"language": lang, "region": unit, "condition": cond,
                                  "test": test,
                                  "mean_r": float(np.mean(b[okj])) if okj.any() else float("nan"),
                                  "sd_r": float(np.std(b[okj], ddof=1)) if okj.sum() > 1
                                  else float("nan"), "t": t, "p": p, "q": q,
-                                 "n_subjects": int(okj.sum())})
+                                 "n_subjects": int(okj.sum()), "p_fwe": p_fwe, **ceiling})
         return rows
+
+    def _ceiling_columns(self, lang: str, cond: str, region: int | None) -> dict:
+        """controls.tsv's noise-ceiling columns of a condition: the ceiling and r / ceiling
+        of a region, or (``region`` None) their medians over the voxels where the ceiling
+        is reliable (where r / ceiling is defined); NaN without a ceiling."""
+        nan = {"ceiling_median": float("nan"), "norm_r_median": float("nan")}
+        if (lang, cond, "normr") not in self.group_maps or \
+                (lang, CEILING_CONDITION, "ceiling") not in self.group_maps:
+            return nan
+        norm = np.asarray(self.group_maps[(lang, cond, "normr")], dtype=np.float64)
+        ceil = np.asarray(self.group_maps[(lang, CEILING_CONDITION, "ceiling")],
+                          dtype=np.float64)
+        if region is not None:
+            norm, ceil = norm[region:region + 1], ceil[region:region + 1]
+        rel = np.isfinite(norm)
+        if not rel.any():
+            return nan
+        return {"ceiling_median": float(np.median(ceil[rel])),
+                "norm_r_median": float(np.median(norm[rel]))}
 
     def closing_summary(self) -> list[str]:
         """What a run found, in a few lines per language (the console, the Run widget):
@@ -339,6 +363,7 @@ class AlignmentResult:
                 else ""
             lines.append(f"{lang}: intact model mean r {r0['mean_r']:.4f} ({n_sub} subjects"
                          f"{aligned})")
+            lines += self._ceiling_lines(lang, r0, unit)
             for cond, info in self.baselines.items():
                 r = group.get((lang, cond))
                 if r is None:
@@ -370,7 +395,25 @@ class AlignmentResult:
             counts = ", ".join(f"{info['name']} {int((labels == k).sum())}"
                                for k, info in legend.items() if k != 0)
             lines.append(f"categories ({name}): {counts} {unit}")
+        inference = {r.get("inference") for r in group.values() if r.get("inference")}
+        if inference:
+            lines.append(f"group inference: {'; '.join(sorted(inference))}")
         return lines
+
+    def _ceiling_lines(self, lang: str, r0: dict, unit: str) -> list[str]:
+        """The closing summary's noise-ceiling line of a language (or why it was skipped)."""
+        c, n = r0.get("ceiling_median", ""), r0.get("n_reliable", "")
+        if c not in ("", None) and n not in ("", None):
+            c, n, nr = float(c), int(float(n)), r0.get("norm_r_median", "")
+            if not n:
+                return [f"  noise ceiling  reliable in no {unit}: r / ceiling not reported"]
+            nr_txt = (f"; intact r / ceiling median {float(nr):.2f}"
+                      if nr not in ("", None) and np.isfinite(float(nr)) else "")
+            return [f"  noise ceiling  median {c:.3f} in {n} reliable {unit}{nr_txt}"]
+        for w in self.provenance.get("warnings") or []:
+            if w.startswith(f"{lang}: noise ceiling skipped"):
+                return [f"  noise ceiling  {w.split(': ', 1)[1].removeprefix('noise ceiling ')}"]
+        return []
 
     def summary_table(self) -> list[dict]:
         """:meth:`summary_rows` with ``n_excluded``: the voxels (regions) of the mask left
@@ -742,7 +785,8 @@ def fill_drops(rows: list, code: str, subjects: list, means: dict, draws: dict) 
 #: summary.tsv columns read back as numbers (the others stay text: subject "01")
 _NUMERIC = {"n_voxels": int, "n_excluded": int, "random_draws": int, "mean_r": float,
             "median_r": float, "rel_drop": float, "control_rel_drop": float,
-            "control_rel_drop_sd": float, "n_significant": int, "n_beyond_random": int}
+            "control_rel_drop_sd": float, "n_significant": int, "n_beyond_random": int,
+            "n_reliable": int, "ceiling_median": float, "norm_r_median": float}
 
 
 def _read_tsv(path: Path) -> list[dict]:

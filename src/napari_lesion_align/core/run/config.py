@@ -35,6 +35,7 @@ from ..features.extraction import FeatureOptions
 from ..lesions.vocabulary import (DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, METHODS, MODES,
                                   UNIT_ELEMENTS, default_selections)
 from ..data.bold import confound_strategy
+from ..analysis.inference import CLUSTER_FORMING_P, INFERENCES, PERMUTATION_METHODS
 
 BUILTIN_MODEL = "builtin:multilingual-e5-small-q4"
 #: the paper's ridge penalties: logspace(0, 19, 20)
@@ -261,9 +262,43 @@ class ComputeConfig(Table):
         "scheduler, the workers' own setting)"))
 
 
+class StatisticsConfig(Table):
+    """``[statistics]``: the group inference and the noise ceiling (group-level only: a
+    change recomputes the group statistics, never a fit)."""
+
+    TABLE: ClassVar[str] = "[statistics]"
+    inference: Literal[INFERENCES] = Field("parametric", description=(
+        "parametric: paired t-tests per voxel, [lesions] correction (FDR); permutation: "
+        "sign-flipping permutations with family-wise error control (nilearn)"))
+    method: Literal[PERMUTATION_METHODS] = Field("max-t", description=(
+        "the permutation test's statistic: max-t (voxels or regions), tfce or cluster "
+        "(volumes only: they need the voxels' neighbours)"))
+    n_perm: Annotated[int, Field(strict=True, ge=100, le=1_000_000)] = Field(
+        5000, description="sign flips of the permutation test (5000 or more for a paper)")
+    seed: Int = Field(0, description="the seed of the sign flips")
+    cluster_forming_p: Annotated[float, Field(strict=True, gt=0, le=0.05)] = Field(
+        CLUSTER_FORMING_P, description=(
+            "method = 'cluster': the uncorrected one-sided p that forms the clusters"))
+    ceiling: Bool = Field(True, description=(
+        "the noise ceiling per language (inter-subject correlation of the cleaned BOLD) "
+        "and alignment normalised by it; skipped, with a warning, where it cannot be "
+        "computed (one subject, or subjects with different runs)"))
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.inference == "parametric" and "method" in self.model_fields_set \
+                and self.method != "max-t":
+            raise ValueError(f"method = {self.method!r} is a permutation statistic: set "
+                             "inference = 'permutation' or leave method out")
+        return self
+
+
 #: the keys whose change does not change any unit's result (only the group statistics);
 #: a folder computed with other values of these is resumed, not refused
 GROUP_KEYS = ("alpha", "correction", "min_relative_drop")
+#: the tables whose change does not change any fit (only the group stage and the ceiling
+#: units, which keep their own records): a folder computed with other values is resumed
+GROUP_TABLES = ("statistics",)
 
 
 class AnalysisConfig(Section):
@@ -277,6 +312,7 @@ class AnalysisConfig(Section):
     lesions: LesionConfig = LesionConfig()
     controls: ControlsConfig = ControlsConfig()
     compute: ComputeConfig = ComputeConfig()
+    statistics: StatisticsConfig = StatisticsConfig()
     seed: Int = 0
     name: Text = "analysis"
     source: Text | None = None  # the config file, for provenance
@@ -292,7 +328,7 @@ class AnalysisConfig(Section):
 
 # --------------------------------------------------------------------------- parsing
 SECTIONS = ("name", "seed", "data", "model", "features", "encoding", "cleaning", "languages",
-            "lesions", "controls", "compute")
+            "lesions", "controls", "compute", "statistics")
 
 
 
@@ -486,6 +522,13 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
     if isinstance(compute_d.get("feature_store"), str):
         compute_d["feature_store"] = resolve_path(compute_d["feature_store"], base)
     compute = ComputeConfig(**compute_d)
+    statistics = StatisticsConfig(**_merge(recipe.get("statistics", {}),
+                                           _table(d, "statistics")))
+    if statistics.inference == "permutation" and statistics.method != "max-t" \
+            and kind == "regions":
+        raise LesionAlignError(
+            f"[statistics].method = {statistics.method!r} needs voxels and their neighbours; "
+            "[data] kind = 'regions' has regions: use method = 'max-t'")
 
     data_d, languages, demo = data_kind.read(kind, data_d, d, base)
     if "languages" in data_d:
@@ -500,7 +543,7 @@ def config_from_dict(d: dict, base: Path | str = ".", source: str | None = None)
     return AnalysisConfig.parse(dict(
         top, data=data, model=model, features=feature_opts, encoding=encoding_cfg,
         cleaning=cleaning, lesions=lesions, controls=controls, compute=compute,
-        source=source), "")
+        statistics=statistics, source=source), "")
 
 
 def _check_lesions(les: LesionConfig, codes: list[str]) -> None:

@@ -31,10 +31,10 @@ from pathlib import Path
 
 from ..base.errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
 from .engine import PHASES, Progress
-from .stages import (_TRFeatures, fit_jobs, make_engine, run_fit_job, stage_conditions,
-                     stage_features)
+from .stages import (_TRFeatures, fit_jobs, make_engine, run_ceiling_job, run_fit_job,
+                     stage_conditions, stage_features)
 from .store import identity
-from .stages import _TRFeatures, make_engine, stage_conditions, unit_name
+from .stages import _TRFeatures, ceiling_unit, make_engine, stage_conditions, unit_name
 
 BLAS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -57,13 +57,14 @@ def blas_threads(n: int):
         torch.set_num_threads(before)
 
 
-def failures_error(failures: list, total: int, out: Path) -> LesionAlignError:
+def failures_error(failures: list, total: int, out: Path,
+                   what: str = "fit units") -> LesionAlignError:
     """One error for the units that failed (the others are saved)."""
     shown = "; ".join(str(f) for f in failures[:5])
     more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
     n = sum(len(getattr(f, "units", ())) or 1 for f in failures)
     return LesionAlignError(
-        f"{n} of {total} fit units failed: {shown}{more}. The other units are "
+        f"{n} of {total} {what} failed: {shown}{more}. The other units are "
         f"saved in {out}; fix the cause and run the same command again: only the failed "
         "units run")
 
@@ -103,6 +104,22 @@ class InProcess:
                 failures.append(err)
                 eng.progress(hi, f"failed: {err}")
             done += len(job.todo)
+        return computed, failures
+
+    def ceilings(self, eng, jobs: list) -> tuple[list, list]:
+        """Run the noise-ceiling units (one per language); ``(units computed, failures)``."""
+        if not jobs:
+            return [], []
+        eng.source.prepare(eng)
+        computed, failures = [], []
+        for k, job in enumerate(jobs):
+            eng.progress.check()
+            lo, hi = k / len(jobs), (k + 1) / len(jobs)
+            try:
+                computed += run_ceiling_job(eng, job, eng.progress.sub(lo, hi))
+            except UnitFailed as err:
+                failures.append(err)
+                eng.progress(hi, f"failed: {err}")
         return computed, failures
 
     def close(self) -> None:
@@ -149,6 +166,16 @@ def _fit_task(config, out_root: str, job, threads: int) -> list[str]:
             eng.source.prepare(eng)
             eng.prepared = True
         return run_fit_job(eng, job, eng.trf, lambda f, m: None)
+
+
+def _ceiling_task(config, out_root: str, job, threads: int) -> list[str]:
+    """On any worker: the noise ceiling of one language."""
+    with blas_threads(threads):
+        eng = _worker_engine(config, out_root)
+        if not eng.prepared:
+            eng.source.prepare(eng)
+            eng.prepared = True
+        return run_ceiling_job(eng, job, lambda f, m: None)
 
 
 def _job_cost(eng, job) -> int:
@@ -246,8 +273,9 @@ class DaskExecutor:
                     failures.append(err)
                 else:  # e.g. KilledWorker: the unit's worker died too often
 
-                    names = [] if job is None else [unit_name(s, job.language)
-                                                    for s in job.todo]
+                    names = [] if job is None else (
+                        [ceiling_unit(job.language)] if not hasattr(job, "todo") else
+                        [unit_name(s, job.language) for s in job.todo])
                     failures.append(unit_failed(names or ["the model stage"], None, err))
         return failures
 
@@ -286,6 +314,22 @@ class DaskExecutor:
 
         failures = self._wait(futures, eng, on_done)
         return computed, failures
+
+    def ceilings(self, eng, jobs: list) -> tuple[list, list]:
+        """The noise-ceiling units, one per language, spread over the workers."""
+        if not jobs:
+            return [], []
+        root = str(eng.out.root)
+        futures = {self.client.submit(_ceiling_task, eng.config, root, job, self.threads,
+                                      pure=False): job for job in jobs}
+        computed = []
+
+        def on_done(job, names):
+            computed.extend(names)
+            eng.progress(len(computed) / len(jobs), f"noise ceiling {len(computed)}/"
+                                                     f"{len(jobs)} languages done")
+
+        return computed, self._wait(futures, eng, on_done)
 
     def close(self) -> None:
         try:

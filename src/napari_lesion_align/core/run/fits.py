@@ -179,6 +179,34 @@ class Fitter:
         return res_of
 
 
+def cleaned_series(eng, s: str, code: str, cols: np.ndarray | None = None) -> np.ndarray:
+    """One subject's cleaned BOLD, its runs one after the other (time x ``cols``, default
+    every column of the mask), float64, cleaned as the fits clean it
+    (:func:`.bold.clean_run`); censored volumes and columns that are constant or NaN in its
+    runs are 0. For the noise ceiling (:func:`.stages.run_ceiling_job`): the memory is the
+    subject's raw runs plus the columns asked for."""
+    src = eng.source
+    runs = src.runs(s, code)
+    raw = [run.load() for run in runs]
+    kept = check_subject_runs(raw, [run.source for run in runs])
+    ok = valid_columns([R[k] for R, k in zip(raw, kept)])
+    cols = np.arange(ok.size) if cols is None else np.asarray(cols)
+    okc = ok[cols]
+    out = np.zeros((sum(len(R) for R in raw), cols.size))
+    a = 0
+    for i, (run, R) in enumerate(zip(runs, raw)):
+        n = len(R)
+        if okc.any():
+            cleaned = clean_run(R[:, cols[okc]], src.tr, eng.config.cleaning, run.confounds,
+                                keep=kept[i])
+            block = np.zeros((n, int(okc.sum())))
+            block[kept[i]] = cleaned
+            out[a:a + n, okc] = block
+        raw[i] = None
+        a += n
+    return out
+
+
 def subject_maps(r_maps: dict, labels: list, lesions: set) -> dict:
     """A subject's maps: r of every condition and control, Δr of every lesion."""
     out = {}

@@ -20,7 +20,8 @@ from typing import Callable
 from ... import __version__
 from .config import AnalysisConfig
 from .engine import PHASES, Engine, Progress, ProgressFn
-from .stages import fit_jobs, make_engine, stage_group
+from .stages import ceiling_plan, fit_jobs, make_engine, stage_group, test_label
+from ..analysis.inference import check_power
 from ..model.loading import resolve_device, resolve_dtype
 from ..results.result import AlignmentResult
 from .checks import check_inputs
@@ -71,6 +72,7 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         P.phase(*PHASES["data"])
         source = open_source(config, progress=P, cancel=cancel)
         check_inputs(config, model=model, source=source, out_dir=out_dir, progress=P)
+        _check_statistics(config, source)
         out = OutputFolder.open(out_dir, identity(config), force=force)
         ex = executor_for(config.compute) if own else executor
         eng = make_engine(config, out.root, P, model=model, source=source)
@@ -96,6 +98,18 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         timings["encoding_s"] = time.perf_counter() - t
         if failures:
             raise failures_error(failures, total, out.root)
+
+        # 3b. the noise ceilings (one unit per language, from the cleaned BOLD; after the
+        # fits: a run whose fits failed stops first, and its rerun computes them)
+        t = time.perf_counter()
+        c_jobs, c_reused, _ = ceiling_plan(eng)
+        if c_jobs:
+            P(0.99, f"noise ceiling of {len(c_jobs)} language(s)")
+        c_computed, c_failures = ex.ceilings(eng, c_jobs)
+        eng.counts["ceilings"] = {"computed": c_computed, "reused": c_reused}
+        timings["ceiling_s"] = time.perf_counter() - t
+        if c_failures:
+            raise failures_error(c_failures, len(c_jobs), out.root, "noise-ceiling units")
         out.remove_stale_writes()  # every unit is done: a killed worker's half-written map
 
         # 4. group statistics, tables, result.json (last, with the manifest of every file)
@@ -123,6 +137,22 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_statistics(config, source) -> None:
+    """Refuse, before any work, a permutation test that cannot reach the level with the
+    subjects of some language (:func:`.inference.check_power`)."""
+    st = config.statistics
+    if st.inference != "permutation":
+        return
+    for code in source.stimuli:
+        n = len(source.subjects_of(code))
+        if n >= 2:
+            try:
+                check_power(n, config.lesions.alpha)
+            except Exception as err:
+                raise type(err)(f"[statistics] inference = 'permutation', language {code}: "
+                                f"{err}") from None
+
+
 def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
     info = eng.info
     prov = {
@@ -138,7 +168,8 @@ def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
         "executor": executor.description,
         # no fit to do: no feature was needed (nor looked up)
         "units": {"features": eng.counts.get("features", {"computed": 0, "reused": 0}),
-                  "fits": eng.counts.get("fits")},
+                  "fits": eng.counts.get("fits"), "ceilings": eng.counts.get("ceilings")},
+        "inference": {**config.statistics.model_dump(mode="json"), "label": test_label(config)},
         "fits": result.provenance["fits"],
         "warnings": result.provenance["warnings"],
         "cleaning": result.provenance.get("cleaning") or {},

@@ -10,8 +10,13 @@
                 with the same run lengths are fitted together up to [encoding] stack_mb,
                 in units cut for the executor's parallelism (:func:`cut_units`;
                 :mod:`.executor` runs them here or on a Dask cluster)
-    group       per language: group statistics, categories, the layer-sweep table, summary.tsv
-                and result.json (last)
+    ceiling     one unit per language ([statistics] ceiling): every subject's cleaned BOLD
+                on the runs they all heard, one subject at a time, into the noise ceiling's
+                maps (units/ceiling/...json); skipped with a warning for one subject or
+                differing runs
+    group       per language: group statistics (parametric or sign-flip permutations,
+                :class:`GroupTests`), r / ceiling, categories, the layer-sweep table,
+                summary.tsv and result.json (last)
 
 A unit whose record (fits) or file (features) exists is skipped: a rerun resumes. Memory
 follows the unit (one subject, or one budget-sized group of subjects), never the study.
@@ -26,11 +31,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..analysis.controls import WORD_RATE
-from ..analysis.display import GROUP_TEST, SUBJECT_STATS
+from ..analysis import ceiling as _ceiling, inference as _inference
+from ..analysis.display import (CEILING_STATS, GROUP_TEST, NORMALISED, PERMUTATION_TEST,
+                                SUBJECT_STATS)
 from ..base.errors import (Cancelled, LesionAlignError, UnitFailed, describe_chars, input_error,
                            unit_failed)
 from ..lesions.plan import Condition, ConditionSpec
-from ..results.names import group_file, map_file
+from ..results.names import CEILING_CONDITION, ceiling_file, group_file, map_file
 from .engine import ConditionSet, Engine, ModelInfo, Progress, ProgressFn, word_features
 from ..analysis import controls as ctl, statistics as an
 from ..analysis.controls import control_specs as specs, project_out, word_rate_regressors
@@ -42,7 +49,8 @@ from ..lesions.plan import LesionBuilder, LesionPlan
 from ..model.anatomy import describe_model
 from ..results.result import (_read_values, assemble_result, fill_drops, subject_rows,
                               summary_group_rows, write_values)
-from .fits import Fitter, StackedBold, cleaning_record, subject_maps, write_maps
+from .fits import (Fitter, StackedBold, cleaned_series, cleaning_record, subject_maps,
+                   write_maps)
 from .sources import open_source
 from .store import FeatureStore, OutputFolder, as_recorded
 
@@ -534,6 +542,143 @@ def _regress_word_rate(eng: Engine, job: FitJob, bold, rates: list) -> None:
                 bold.nuisance[s] = np.column_stack([bold.nuisance[s], Q])
 
 
+# --------------------------------------------------------------------------- noise ceiling
+@dataclass(frozen=True)
+class CeilingJob:
+    """The noise ceiling of one language: every subject's cleaned BOLD on the same runs."""
+
+    language: str
+    subjects: tuple
+
+
+def ceiling_unit(code: str) -> str:
+    return f"lang-{code}"
+
+
+#: float64 arrays of (time x voxels) a ceiling unit holds per voxel chunk: the running sum,
+#: one subject's standardised series and its cleaned series
+CEILING_ARRAYS = 3
+
+
+def _runs_text(runs: tuple) -> str:
+    return (f"runs {', '.join(str(i + 1) for i, _ in runs)} "
+            f"({', '.join(str(n) for _, n in runs)} volumes)") if runs else "no runs"
+
+
+def ceiling_plan(eng: Engine) -> tuple[list[CeilingJob], list[str], dict]:
+    """The ceiling units (``[statistics] ceiling``): ``(jobs to run, units done, {language:
+    why it is skipped})``. A language is skipped, with one warning, when it has one subject
+    or when its subjects' runs differ (other runs, or other lengths): the inter-subject
+    correlation needs the same time points for everyone."""
+    if not eng.config.statistics.ceiling:
+        return [], [], {}
+    src = eng.source
+    jobs, done, skipped = [], [], {}
+    for code in src.stimuli:
+        subjects = tuple(src.subjects_of(code))
+        if len(subjects) < 2:
+            skipped[code] = (f"noise ceiling skipped: {len(subjects)} subject (the "
+                             "inter-subject correlation needs at least 2 who heard the same "
+                             "runs)")
+            continue
+        runs = {s: tuple((i, r.n_vols) for i, r in zip(run_indices(src, s, code),
+                                                         src.runs(s, code)))
+                for s in subjects}
+        first = runs[subjects[0]]
+        odd = [s for s in subjects if runs[s] != first]
+        if odd:
+            shown = "; ".join(f"sub-{s}: {_runs_text(runs[s])}" for s in odd[:3])
+            more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+            skipped[code] = (f"noise ceiling skipped: the subjects' runs differ (sub-"
+                             f"{subjects[0]}: {_runs_text(first)}; {shown}{more}); the "
+                             "inter-subject correlation needs the same runs, of the same "
+                             "length, for every subject")
+            continue
+        if _ceiling_record(eng, code, subjects) is not None:
+            done.append(ceiling_unit(code))
+        else:
+            jobs.append(CeilingJob(code, subjects))
+    return jobs, done, skipped
+
+
+def _ceiling_inputs(eng: Engine, code: str, subjects) -> dict:
+    return {"subjects": list(subjects),
+            "data": [eng.source.inputs(s, code) for s in subjects]}
+
+
+def _ceiling_record(eng: Engine, code: str, subjects) -> dict | None:
+    """The record of a done ceiling unit (the same subjects and inputs, its files present)."""
+    try:
+        rec = eng.out.read_record("ceiling", ceiling_unit(code))
+    except OSError:
+        return None
+    if not isinstance(rec, dict) or rec.get("inputs") != as_recorded(
+            _ceiling_inputs(eng, code, subjects)):
+        return None
+    return rec if all((eng.out.root / f).is_file() for f in rec.get("files", [])) else None
+
+
+def ceiling_chunk(n_times: int, n_voxels: int, budget_bytes: float) -> int:
+    """Voxels per chunk of a ceiling unit: :data:`CEILING_ARRAYS` float64 (time x voxels)
+    arrays within the memory budget (``[encoding] stack_mb``), at least one voxel."""
+    per_voxel = max(1, n_times) * 8 * CEILING_ARRAYS
+    return int(max(1, min(n_voxels, budget_bytes // per_voxel)))
+
+
+def run_ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str]:
+    """The noise ceiling of one language (:mod:`.analysis.ceiling`): per voxel chunk (sized
+    by the memory budget), every subject's cleaned BOLD added to a running sum one subject
+    at a time, then the leave-one-out pass; writes the ceiling, ISC and reliability maps,
+    then the unit's record. A failure raises :class:`~.errors.UnitFailed`."""
+    name = ceiling_unit(job.language)
+    try:
+        return _ceiling_job(eng, job, progress)
+    except (Cancelled, KeyboardInterrupt, UnitFailed):
+        raise
+    except Exception as err:
+        raise unit_failed([name], None, err) from err
+
+
+def _ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str]:
+    code, src = job.language, eng.source
+    t0 = time.perf_counter()
+    T = sum(r.n_vols for r in src.runs(job.subjects[0], code))
+    V = src.space.n_features
+    chunk = ceiling_chunk(T, V, eng.config.encoding.stack_mb * 2**20)
+    starts = list(range(0, V, chunk))
+    rho = np.zeros(V)
+    loo = np.zeros((len(job.subjects), V))
+    steps = 2 * len(starts) * len(job.subjects)
+    step = 0
+    for a in starts:
+        cols = np.arange(a, min(V, a + chunk))
+        acc = _ceiling.IscAccumulator(T, cols.size)
+        for pass_ in ("sum", "leave one out"):
+            for i, s in enumerate(job.subjects):
+                eng.progress.check()
+                progress(step / steps, f"noise ceiling {code}: subject {s} ({pass_})")
+                y = cleaned_series(eng, s, code, cols)
+                if pass_ == "sum":
+                    acc.add(y, who=f"subject {s}")
+                else:
+                    loo[i, cols] = acc.leave_one_out(y, who=f"subject {s}")
+                del y
+                step += 1
+        rho[cols] = acc.pairwise()
+        del acc
+    nc = _ceiling.ceiling_from(rho, loo, T)
+    files = []
+    for stat, v in zip(CEILING_STATS, (nc.ceiling, nc.isc, nc.q)):
+        fname = ceiling_file(src.space, code, stat)
+        write_values(src.space, eng.out.root / fname, v)
+        files.append(fname)
+    eng.out.write_record("ceiling", ceiling_unit(code), {
+        "language": code, "n_subjects": len(job.subjects), "n_times": T,
+        "voxel_chunks": len(starts), "seconds": time.perf_counter() - t0, "files": files,
+        "inputs": _ceiling_inputs(eng, code, job.subjects)})
+    return [ceiling_unit(code)]
+
+
 # --------------------------------------------------------------------------- group
 @dataclass
 class _Group:
@@ -548,6 +693,8 @@ class _Group:
     rows: list = field(default_factory=list)
     group_rows: list = field(default_factory=list)
     tests: dict = field(default_factory=dict)  # (label, language) -> test, for categories
+    means: dict = field(default_factory=dict)  # label -> group mean r (one language)
+    ceiling_rows: dict = field(default_factory=dict)  # (language, label) -> summary columns
 
     def __post_init__(self):
         conds = self.eng.analysis.conditions
@@ -561,6 +708,9 @@ class _Group:
         self.last_draw = {v[-1]: k for k, v in self.draws.items()}
         # runs left out of the data, and why
         self.warnings += list(getattr(self.eng.source, "notes", []))
+        self.test = GroupTests(self.eng)
+        _, _, skipped = ceiling_plan(self.eng)
+        self.warnings += [f"{code}: {why}" for code, why in skipped.items()]
 
     def write(self, code, label, stat, v) -> None:
         src = self.eng.source
@@ -573,6 +723,90 @@ class _Group:
         src, out = self.eng.source, self.eng.out.root
         return np.stack([_read_values(src.space, out / self.files[(s, code, label, "r")])
                          for s in subjects])
+
+
+def _group_mean(B: np.ndarray) -> np.ndarray:
+    """The subjects' mean r per voxel, over the subjects with a value there (NaN where
+    none has one)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a voxel no subject has
+        return np.nanmean(B, axis=0)
+
+
+def _group_mean_rel(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The group relative drop per voxel, mean(A - B) / mean(A) (NaN where mean A <= 0), as
+    :func:`.statistics.paired_t` computes it."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mA = A.mean(0)
+        return np.where(mA > 0, (mA - B.mean(0)) / mA, np.nan).astype(np.float32)
+
+
+class GroupTests:
+    """The group tests ``[statistics]`` asks for, one interface for the stage: parametric
+    (:mod:`.statistics`: t, p, FDR q) or sign-flip permutations (:mod:`.inference`: t and
+    the family-wise p, held as the test's p and q so that every later rule -- significance,
+    categories, LPI -- reads it unchanged)."""
+
+    def __init__(self, eng: Engine):
+        self.config = eng.config.statistics
+        self.permutation = self.config.inference == "permutation"
+        self.stats = PERMUTATION_TEST if self.permutation else GROUP_TEST
+        self.mask_img = getattr(eng.source.space, "mask_img", None)
+        les = eng.config.lesions
+        self.label = test_label(eng.config)
+        self.alpha, self.correction = les.alpha, les.correction
+
+    def _flip(self, diff: np.ndarray, within=None, rel=None) -> an.PairedTest:
+        c = self.config
+        res = _inference.sign_flip_test(diff, method=c.method, n_perm=c.n_perm, seed=c.seed,
+                                        within=within, mask_img=self.mask_img,
+                                        cluster_forming_p=c.cluster_forming_p)
+        return an.PairedTest(res.t, res.p_fwe, res.p_fwe, res.n_subjects, rel)
+
+    def alignment(self, r: np.ndarray) -> an.PairedTest:
+        """r > 0 across subjects."""
+        if not self.permutation:
+            return an.alignment_test(r)
+        return self._flip(np.asarray(r, dtype=np.float64))
+
+    def paired(self, A: np.ndarray, B: np.ndarray, within=None) -> an.PairedTest:
+        """A > B across subjects (a drop of B below A)."""
+        if not self.permutation:
+            return an.paired_t(A, B, within=within)
+        A, B = np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64)
+        return self._flip(A - B, within, _group_mean_rel(A, B))
+
+    def beyond_random(self, lesion_r, draws_sum, draws_means: list, within):
+        """Where a lesion's drop is beyond its random draws' (:func:`.statistics.
+        beyond_random`; with permutations, the paired difference draws' mean - lesion
+        sign-flipped)."""
+        if not self.permutation:
+            return an.beyond_random(lesion_r, draws_sum, draws_means, within, self.alpha,
+                                    self.correction)
+        res = self._flip(draws_sum / len(draws_means) - lesion_r, within)
+        beyond = an.significant(res, self.alpha, self.correction)
+        beyond &= np.all(np.stack(draws_means) > lesion_r.mean(0), axis=0)
+        return res, beyond
+
+    def write(self, write, code: str, label: str, res, suffix: str = "") -> None:
+        """The test's maps (``t``, ``p``, ``q`` or ``t``, ``pfwe``) with ``suffix``."""
+        for stat in self.stats:
+            write(code, label, stat + suffix, res.p if stat == "pfwe" else getattr(res, stat))
+
+
+def test_label(config) -> str:
+    """The group inference in words, for summary.tsv, result.json and the closing summary:
+    ``"parametric t, FDR q < 0.05"`` or ``"permutation max-t, FWE p < 0.05, 5000 sign
+    flips"``."""
+    les, st = config.lesions, config.statistics
+    if st.inference == "permutation":
+        return (f"permutation {st.method}, FWE p < {les.alpha:g}, {st.n_perm} sign flips"
+                + (f" (clusters at p < {st.cluster_forming_p:g})"
+                   if st.method == "cluster" else ""))
+    return (f"parametric t, {'FDR q' if les.correction == 'fdr' else 'uncorrected p'} "
+            f"< {les.alpha:g}")
 
 
 def stage_group(eng: Engine):
@@ -642,17 +876,50 @@ def _group_language(g: _Group, code: str) -> None:
         eng.progress.check()
         B = g.stack(code, subjects, c.label)
         means[c.label] = subject_rows(g.rows, subjects, code, c.label, B, g.n_valid, "control")
+        if ok.any():
+            g.means[c.label] = _group_mean(B[ok])
         if ok.sum() >= 2:
-            res = (an.alignment_test(B[ok]) if c.test == "positive"
-                   else an.paired_t(intact[ok], B[ok]))
-            for stat in GROUP_TEST:
-                g.write(code, c.label, stat, getattr(res, stat))
+            res = (g.test.alignment(B[ok]) if c.test == "positive"
+                   else g.test.paired(intact[ok], B[ok]))
+            g.test.write(g.write, code, c.label, res)
             n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
         del B
     fill_drops(g.rows, code, subjects, means, g.draws)
+    _normalise(g, code, subjects)
     if len(subjects) > 1:
-        g.group_rows += summary_group_rows(g.rows, code, [c.label for c in conds]
-                                           + [c.label for c in ctrls], n_sig, n_beyond)
+        rows = summary_group_rows(g.rows, code, [c.label for c in conds]
+                                  + [c.label for c in ctrls], n_sig, n_beyond)
+        for r in rows:
+            if r["n_significant"] != "":
+                r["inference"] = g.test.label
+            r.update(g.ceiling_rows.get((code, r["condition"]), {}))
+        g.group_rows += rows
+    g.means = {}
+
+
+def _normalise(g: _Group, code: str, subjects: list) -> None:
+    """The language's noise ceiling (its unit's maps, when it ran) and each condition's
+    group mean r normalised by it, where the ceiling is reliably above 0; their summary
+    columns (median ceiling and median r / ceiling over the reliable voxels)."""
+    eng = g.eng
+    rec = _ceiling_record(eng, code, subjects) if eng.config.statistics.ceiling else None
+    if rec is None:
+        return
+    src, out = eng.source, eng.out.root
+    for stat in CEILING_STATS:
+        g.group_files[(code, CEILING_CONDITION, stat)] = ceiling_file(src.space, code, stat)
+    ceiling = _read_values(src.space, out / ceiling_file(src.space, code, "ceiling"))
+    q = _read_values(src.space, out / ceiling_file(src.space, code, "qceiling"))
+    reliable = _ceiling.reliable_of(ceiling, q, eng.config.lesions.alpha)
+    n_rel = int(reliable.sum())
+    c_med = float(np.median(ceiling[reliable])) if n_rel else float("nan")
+    for label, mean in g.means.items():
+        v = _ceiling.normalised(mean, ceiling, reliable)
+        g.write(code, label, NORMALISED, v)
+        vals = v[np.isfinite(v)]
+        g.ceiling_rows[(code, label)] = {
+            "n_reliable": n_rel, "ceiling_median": c_med,
+            "norm_r_median": float(np.median(vals)) if len(vals) else float("nan")}
 
 
 def _intact_test(g: _Group, code: str, intact: np.ndarray) -> np.ndarray:
@@ -660,12 +927,12 @@ def _intact_test(g: _Group, code: str, intact: np.ndarray) -> np.ndarray:
     voxels where it aligns."""
 
     les, src = g.eng.config.lesions, g.eng.source
-    t0 = an.alignment_test(intact)
-    for stat in GROUP_TEST:
-        g.write(code, "intact", stat, getattr(t0, stat))
+    t0 = g.test.alignment(intact)
+    g.test.write(g.write, code, "intact", t0)
     aligned = an.responsive(t0, les.alpha, les.correction)
     unit = "voxel" if src.space.kind == "volume" else "region"
-    g.warnings += _power_warnings(code, len(intact), int(aligned.sum()), les, unit)
+    g.warnings += _power_warnings(code, len(intact), int(aligned.sum()), les, unit,
+                                  g.test.label)
     g.warnings += alignment_warnings(code, src.space, aligned)
     return aligned
 
@@ -683,11 +950,12 @@ def _lesion_tests(g: _Group, code: str, subjects: list, intact: np.ndarray, ok: 
         eng.progress.check()
         B = intact if c.label == "intact" else g.stack(code, subjects, c.label)
         means[c.label] = subject_rows(g.rows, subjects, code, c.label, B, g.n_valid, c.kind)
+        if c.kind != "random" and ok.any():
+            g.means[c.label] = _group_mean(B[ok])
         if grouped and c.label != "intact":
-            res = an.paired_t(intact[ok], B[ok], within=aligned)
-            for stat in GROUP_TEST + ("reldrop",):
-                g.write(code, c.label, stat, res.rel_drop if stat == "reldrop"
-                        else getattr(res, stat))
+            res = g.test.paired(intact[ok], B[ok], within=aligned)
+            g.test.write(g.write, code, c.label, res)
+            g.write(code, c.label, "reldrop", res.rel_drop)
             n_sig[c.label] = int(an.significant(res, les.alpha, les.correction).sum())
             if c.label in g.needed:
                 g.tests[(c.label, code)] = res
@@ -699,7 +967,8 @@ def _lesion_tests(g: _Group, code: str, subjects: list, intact: np.ndarray, ok: 
                 h["means"].append(B[ok].mean(0))
                 if c.label in g.last_draw:
                     h = held.pop(c.control_of)
-                    beyond = _beyond_random(code, c.control_of, h, aligned, les, g.write)
+                    beyond = _beyond_random(code, c.control_of, h, aligned, les, g.write,
+                                            g.test)
                     n_beyond[c.control_of] = int(beyond.sum())
                     if (c.control_of, code) in g.tests:
                         g.tests[(c.control_of, code)].beyond = beyond
@@ -711,11 +980,14 @@ def _lesion_tests(g: _Group, code: str, subjects: list, intact: np.ndarray, ok: 
 MIN_POWERED_SUBJECTS = 5
 
 
-def _power_warnings(code: str, n_subjects: int, n_aligned: int, les, unit: str) -> list[str]:
+def _power_warnings(code: str, n_subjects: int, n_aligned: int, les, unit: str,
+                    label: str | None = None) -> list[str]:
     """Why a language's lesion tests and category maps may be empty, and what would help."""
     out = []
     test = (f"{'FDR-corrected ' if les.correction == 'fdr' else ''}p < {les.alpha:g}, "
             f"{n_subjects} subjects")
+    if label is not None and label.startswith("permutation"):
+        test = f"{label}, {n_subjects} subjects"
     if n_aligned == 0:
         out.append(f"{code}: no {unit} passes the intact model's group test ({test}), so "
                    f"no lesion can be tested there: the lesion maps and category maps of "
@@ -729,15 +1001,19 @@ def _power_warnings(code: str, n_subjects: int, n_aligned: int, les, unit: str) 
     return out
 
 
-def _beyond_random(code: str, label: str, held: dict, aligned: np.ndarray, les,
-                   write) -> np.ndarray:
+def _beyond_random(code: str, label: str, held: dict, aligned: np.ndarray, les, write,
+                   test: GroupTests | None = None) -> np.ndarray:
     """Where a lesion's drop is beyond its random draws' (:func:`.statistics.beyond_random`:
     ``held`` holds the lesion's r, its draws' sum and group means); writes the maps
     ``tvsrandom``, ``pvsrandom``, ``qvsrandom`` and ``beyondrandom`` (1 where both hold, 0
     elsewhere)."""
-    res, beyond = an.beyond_random(held["r"], held["sum"], held["means"], aligned, les.alpha,
-                                   les.correction)
-    for stat in GROUP_TEST:
-        write(code, label, f"{stat}vsrandom", getattr(res, stat))
+    if test is None:  # the parametric test at the [lesions] level
+        res, beyond = an.beyond_random(held["r"], held["sum"], held["means"], aligned,
+                                       les.alpha, les.correction)
+        for stat in GROUP_TEST:
+            write(code, label, f"{stat}vsrandom", getattr(res, stat))
+    else:
+        res, beyond = test.beyond_random(held["r"], held["sum"], held["means"], aligned)
+        test.write(write, code, label, res, "vsrandom")
     write(code, label, "beyondrandom", beyond.astype(np.float32))
     return beyond

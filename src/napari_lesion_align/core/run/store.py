@@ -28,7 +28,7 @@ from ..base.io import atomic_write_bytes, atomic_write_text, cache_dir, json_def
 from ..results.names import OWN_FILE_PATTERNS
 from ... import __version__
 from ..features import extraction as _extraction
-from .config import GROUP_KEYS
+from .config import GROUP_KEYS, GROUP_TABLES
 
 #: bump when feature extraction changes its output for the same inputs
 FEATURES_VERSION = 1
@@ -138,6 +138,7 @@ def identity(config) -> dict:
             d.get(name, {}).pop(k, None)
     les = d.get("lesions", {})
     group = {k: les.pop(k, None) for k in GROUP_KEYS}
+    group.update({t: d.pop(t, None) for t in GROUP_TABLES})
     return {"format": FOLDER_FORMAT, "version": __version__,
             "fits": _digest(json.dumps(d, sort_keys=True), __version__),
             "group": _digest(json.dumps(group, sort_keys=True)),
