@@ -15,27 +15,48 @@ SIDE_INCHES = 2.2
 DPI = 100
 
 
+def number(value, digits: int = 1, plus: bool = False) -> str:
+    """A coordinate as text with ``digits`` decimals (``plus``: always signed), never a
+    negative zero: ``-0.04`` -> ``"0.0"`` (``"+0.0"``), not ``"-0.0"``. The one format of
+    the MNI coordinates the status bar, the Inspector, the sliders and the exports show."""
+    v = round(float(value), digits)
+    if v == 0.0:  # -0.0 and values that round to it
+        v = 0.0
+    return f"{v:+.{digits}f}" if plus else f"{v:.{digits}f}"
+
+
 def slice_text(world_axis: int, world_value: float) -> str:
     """``"axial slice z = 32 mm (MNI)"`` of the slider's world axis (``(z, -y, x)``) and
     position."""
     plane, letter = PLANES.get(world_axis, ("slice", "?"))
     value = -world_value if world_axis == 1 else world_value
-    return f"{plane} slice {letter} = {value:.0f} mm (MNI)"
+    return f"{plane} slice {letter} = {number(value, 0)} mm (MNI)"
 
 
 def colorbar_of(layer):
-    """``(rgba (256, 4), low, high, label)`` of an image layer's colormap, or None."""
+    """``(rgba (n, 4), low, high, label)`` of an image layer's colormap as it is drawn, or
+    None. The label and the range agree: a signed map (r, Δr, t) runs over its contrast
+    limits and is labelled ``t``; a map shown as ``|t|`` (the grey ramps while category
+    overlays are shown: both signs drawn alike) runs from 0 to its upper limit, in the
+    upper half of its colormap, and is labelled ``|t|``."""
     cmap = getattr(layer, "colormap", None)
     if cmap is None or not hasattr(cmap, "map") or getattr(layer, "rgb", False):
         return None
     lo, hi = (float(v) for v in layer.contrast_limits)
-    rgba = np.asarray(cmap.map(np.linspace(0.0, 1.0, 256)), dtype=float)
-    from ..core.analysis.display import statistic
+    from ..core.analysis.display import DIVERGING, statistic
 
     stat = layer.metadata.get("stat")
     label = statistic(stat).label if stat else layer.name
-    if layer.metadata.get("magnitude"):
+    one_sided = bool(layer.metadata.get("magnitude")) and stat in DIVERGING and lo < 0 < hi
+    if one_sided:  # |v|: the colormap's upper half (0 at its middle), 0 .. the upper limit
+        mid = -lo / (hi - lo)
+        rgba = np.asarray(cmap.map(np.linspace(mid, 1.0, 128)), dtype=float)
+        lo = 0.0
         label = f"|{label}| (grey: categories shown)"
+    else:
+        rgba = np.asarray(cmap.map(np.linspace(0.0, 1.0, 256)), dtype=float)
+        if layer.metadata.get("magnitude"):
+            label = f"{label} (grey: categories shown)"
     return rgba, lo, hi, label
 
 
@@ -45,6 +66,22 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
     slice), ``letters`` (``{"top", "bottom", "left", "right": "A"}``), ``colorbar``
     (:func:`colorbar_of`), ``legend`` (``[(colour, text)]``) and ``note`` (the threshold
     in words: ``"t ≥ 4.2 · q < 0.05 FDR · 4 df"``), written atomically."""
+    import io
+
+    from ..core.base.io import atomic_write_bytes
+
+    fig = figure(shot, title=title, where=where, letters=letters, colorbar=colorbar,
+                 legend=legend, note=note, dpi=dpi)
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def figure(shot, *, title: str, where: str = "", letters: dict | None = None,
+           colorbar=None, legend=(), note: str = "", dpi: int = DPI):
+    """The matplotlib ``Figure`` :func:`compose` writes (the tests read its colour bar)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import ListedColormap, Normalize
@@ -79,6 +116,7 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
         cax = fig.add_axes([x0, 0.55, 0.03, 0.35])
         sm = ScalarMappable(norm=Normalize(lo, hi), cmap=ListedColormap(rgba))
         cb = fig.colorbar(sm, cax=cax)
+        cax.set_label("colour bar")
         cb.set_label(str(label), fontsize=9)
         cb.ax.tick_params(labelsize=8)
     if legend:
@@ -87,12 +125,4 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
         handles = [Patch(facecolor=c, edgecolor="k", label=t) for c, t in legend]
         lax.legend(handles=handles, loc="upper left", fontsize=8, frameon=False,
                    title="categories", title_fontsize=9)
-    import io
-
-    from ..core.base.io import atomic_write_bytes
-
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return fig

@@ -166,8 +166,10 @@ def load_result_folder(viewer, key: str):
 # --------------------------------------------------------------------------- status bar
 def mni_status_text(position) -> str:
     """``"MNI x=-44.0 y=-66.0 z=32.0 mm"`` of a napari world position."""
-    x, y, z = _layers.world_to_mni(position)
-    return f"MNI x={x:.1f} y={y:.1f} z={z:.1f} mm"
+    from ._export import number
+
+    x, y, z = (number(v) for v in _layers.world_to_mni(position))
+    return f"MNI x={x} y={y} z={z} mm"
 
 
 def _status(ref) -> None:
