@@ -84,58 +84,136 @@ class TimeEstimate:
     """The one estimate of the time a task has left, which every bar of the task shows.
 
     Each progress report ``add(elapsed, fraction)`` gives a raw estimate of the task's
-    end (:func:`~..core.run.engine.time_left`: the current phase's pace); the end shown is
-    that estimate smoothed over :attr:`TAU` seconds, so that a report from a faster or
-    slower stretch (a new phase, a slow unit) moves it gradually instead of making the
-    countdown jump. :meth:`left` is the smoothed end less the time now; :meth:`reset`
-    forgets everything (a cancelled task shows no time left). No Qt here.
+    end: the pace of the work that took time, in the current phase once it has run
+    :data:`~..core.run.engine.PHASE_RATE_MIN_S` of it, else over the whole run
+    (:func:`paced_time_left`; the phases are :data:`~..core.run.engine.PHASES`). Stretches
+    where the bar moved faster than :attr:`INSTANT_S` seconds per whole bar are work that
+    cost nothing (lesions and features reused from the store, a cached step): they move
+    the bar but say nothing of the pace of what is left, so they are left out of the pace
+    (they pulled the time left towards 0 and then let it jump up). No estimate while only
+    such stretches were seen. The end shown is the raw one smoothed over :attr:`TAU`
+    seconds, so that a report from a faster or slower stretch (a new phase, a slow unit)
+    moves it gradually instead of making the countdown jump. :meth:`left` is the smoothed
+    end less the time now; :meth:`reset` forgets everything (a cancelled task shows no time
+    left). No Qt here.
     """
 
     #: seconds over which a new raw estimate replaces the shown one (exponential smoothing)
     TAU = 8.0
+    #: the most the shown end moves per second (a correction is spread over seconds)
+    SLEW = 15.0
+    #: a stretch of the bar covered at this pace or faster (seconds for the whole bar) is
+    #: cached work: left out of the pace
+    INSTANT_S = 1.0
+    #: a stretch this many times faster than the typical one is cached work too
+    CACHED_RATIO = 10.0
+    #: no estimate before this much of the run took time (a stray slow cached step)
+    MIN_PAID_S = 0.5
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
         self.history: list[tuple[float, float]] = []
-        self._end: float | None = None
-        self._t_end: float | None = None
+        #: the raw end the shown end moves towards, and where it started from (t, end)
+        self._target: float | None = None
+        self._anchor: tuple[float, float] | None = None
+        self._done = False
 
     @property
     def fraction(self) -> float:
         return self.history[-1][1] if self.history else 0.0
 
-    def add(self, elapsed: float, fraction: float) -> None:
+    def _shown_end(self, elapsed: float) -> float | None:
+        """The end shown at ``elapsed``: the raw end approached continuously (exponential,
+        :attr:`TAU`, at most :attr:`SLEW` s per second) from the end shown when it was
+        last updated, so that two readings a second apart never differ by more than
+        :attr:`SLEW` s, however far apart the reports are."""
         import math
 
-        from ..core.run.engine import time_left
+        if self._target is None or self._anchor is None:
+            return None
+        t_a, e_a = self._anchor
+        dt = max(elapsed - t_a, 0.0)
+        move = (self._target - e_a) * (1.0 - math.exp(-dt / self.TAU))
+        return e_a + math.copysign(min(abs(move), self.SLEW * dt), move)
 
+    def add(self, elapsed: float, fraction: float) -> None:
         self.history.append((float(elapsed), float(fraction)))
-        left = time_left(self.history)
+        if fraction >= 1.0:
+            self._done = True
+        left = paced_time_left(self.history, self.INSTANT_S)
         if left is None:
-            if fraction >= 1.0:
-                self._end = float(elapsed)
             return
-        end = elapsed + left
-        if self._end is None:
-            self._end = end
-        else:
-            w = 1.0 - math.exp(-max(elapsed - (self._t_end or elapsed), 0.0) / self.TAU)
-            self._end += w * (end - self._end)
-        self._t_end = float(elapsed)
+        end = float(elapsed) + left
+        shown = self._shown_end(elapsed)
+        self._anchor = (float(elapsed), end if shown is None else shown)
+        self._target = end
 
     def left(self, elapsed: float) -> float | None:
-        """Seconds left at ``elapsed`` (None before an estimate exists)."""
-        if self._end is None or self.fraction >= 1.0:
+        """Seconds left at ``elapsed`` (None before an estimate exists or once done)."""
+        end = self._shown_end(elapsed)
+        if end is None or self._done or self.fraction >= 1.0:
             return None
-        return max(self._end - elapsed, 0.0)
+        return max(end - elapsed, 0.0)
 
     def text(self, elapsed: float) -> str:
         """``"elapsed 1:02 · about 3:25 left"``."""
         left = self.left(elapsed)
         more = f" · about {clock(left)} left" if left is not None else ""
         return f"elapsed {clock(elapsed)}{more}"
+
+
+def paced_time_left(history, instant_s: float = TimeEstimate.INSTANT_S,
+                    ratio: float = TimeEstimate.CACHED_RATIO) -> float | None:
+    """Seconds a task has left from its progress ``history`` ``[(elapsed s, fraction)]``
+    (in order), from the stretches between reports that took time.
+
+    A stretch that moved the bar by ``df`` is cached work (left out) when it took less
+    than ``df * instant_s`` seconds, or when its pace (seconds per unit of the bar) is
+    under ``1 / ratio`` of the typical pace (the time-weighted median of the stretches
+    compared); a stretch with no progress counts (time passed). The pace is the current
+    phase's (:data:`~..core.run.engine.PHASES`) once that phase has
+    :data:`~..core.run.engine.PHASE_RATE_MIN_S` of such time, else the whole run's;
+    ``None`` before :attr:`TimeEstimate.MIN_PAID_S` took time, before 2 % or when done."""
+    from ..core.run.engine import PHASE_RATE_MIN_S, PHASES
+
+    if not history:
+        return None
+    f = history[-1][1]
+    if not 0.02 < f < 1.0:
+        return None
+    lo = max(a for a, _ in PHASES.values() if a <= f)
+    run, phase = [], []
+    for (t0, f0), (t1, f1) in zip(history, history[1:]):
+        dt, df = t1 - t0, f1 - f0
+        if dt <= 0 or df < 0 or (df > 0 and dt < df * instant_s):
+            continue  # no time passed, or faster than any real work: cached
+        run.append((dt, df))
+        if f0 >= lo:
+            phase.append((dt, df))
+
+    def pace(stretches):
+        """(seconds, fraction) of the stretches at the typical pace or slower."""
+        moving = sorted((dt / df, dt) for dt, df in stretches if df > 0)
+        if not moving:
+            return 0.0, 0.0
+        half, acc, typical = sum(dt for _, dt in moving) / 2, 0.0, moving[-1][0]
+        for p, dt in moving:
+            acc += dt
+            if acc >= half:
+                typical = p
+                break
+        kept = [(dt, df) for dt, df in stretches if df == 0 or dt / df >= typical / ratio]
+        return sum(dt for dt, _ in kept), sum(df for _, df in kept)
+
+    phase_t, phase_f = pace(phase)
+    if phase_t >= PHASE_RATE_MIN_S and phase_f > 0:
+        return (1.0 - f) * phase_t / phase_f
+    run_t, run_f = pace(run)
+    if run_t >= TimeEstimate.MIN_PAID_S and run_f > 0:
+        return (1.0 - f) * run_t / run_f
+    return None
 
 
 @functools.cache
