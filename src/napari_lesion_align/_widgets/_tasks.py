@@ -87,13 +87,14 @@ class TimeEstimate:
     end: the pace of the work that took time, in the current phase once it has run
     :data:`~..core.run.engine.PHASE_RATE_MIN_S` of it, else over the whole run
     (:func:`paced_time_left`; the phases are :data:`~..core.run.engine.PHASES`). Stretches
-    where the bar moved faster than :attr:`INSTANT_S` seconds per whole bar are work that
-    cost nothing (lesions and features reused from the store, a cached step): they move
+    where the bar moved faster than :attr:`INSTANT_S` seconds per whole bar, or
+    :attr:`CACHED_RATIO` times faster than the typical stretch, are work that cost nothing (lesions and features reused from the store, a cached step): they move
     the bar but say nothing of the pace of what is left, so they are left out of the pace
     (they pulled the time left towards 0 and then let it jump up). No estimate while only
     such stretches were seen. The end shown is the raw one smoothed over :attr:`TAU`
-    seconds, so that a report from a faster or slower stretch (a new phase, a slow unit)
-    moves it gradually instead of making the countdown jump. :meth:`left` is the smoothed
+    seconds (at most :attr:`SLEW` s per second, continuously between reports), so that a
+    report from a faster or slower stretch (a new phase, a slow unit) moves it gradually
+    instead of making the countdown jump. :meth:`left` is the smoothed
     end less the time now; :meth:`reset` forgets everything (a cancelled task shows no time
     left). No Qt here.
     """
