@@ -99,3 +99,69 @@ def test_time_left_is_unchanged_for_a_run_without_cached_steps():
     rows = _readings(reports, TimeEstimate())
     late = [(true, shown) for t, true, shown in rows if t > 20 and true > 2]
     assert all(abs(shown - true) <= 0.05 * true + 2 for true, shown in late), late[:5]
+
+
+# --------------------------------------------------------------------------- activity dock
+#: the longest step texts a run and the widgets' tasks report (core/run, core/lesions,
+#: _widgets), a path, and the longest time text (over an hour)
+LONG_STEPS = [
+    "importance (gradient x weight): EN",
+    "features EN run 12, random lesion 10 of 10 (shared): 1,203 words",
+    "lesions and features on a Dask worker",
+    "fits 120/120 units done (3605 s): EN random 10 of 10",
+    "loading model xlm-roberta-large-finetuned-conll03-english",
+    "subject sub-EN057, EN: loading and cleaning",
+    "reading /home/someone/a/very/long/folder/name/of/results/demo-result-2026-12-07",
+    "x" * 200,
+]
+
+
+def _activity_row(win, bar):
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+    dlg = win._activity_dialog
+    return dlg, next(w for w in dlg.findChildren(QtLabeledProgressBar) if w.progress is bar)
+
+
+@pytest.mark.parametrize("eta", ["about 0:09 left", "about 1:02:03 left"])
+def test_activity_dock_keeps_napari_cancel_button_visible(make_napari_viewer, qtbot, eta):
+    """At 1,366 x 768 the activity dock (napari's, bottom right) shows a task's bar with
+    the longest step texts a run reports: napari's Cancel button lies inside the dock's
+    visible area at its full size (the label "Lesion Align: " + 28 characters widened the
+    row to 603 px in a 500 px dock and cut Cancel off), the bar keeps a usable width, and
+    the label says whose task it is."""
+    from napari_lesion_align._widgets._tasks import ActivityBar
+
+    viewer = make_napari_viewer(show=True)
+    win = viewer.window._qt_window
+    win.resize(1366, 768)
+    qtbot.wait(50)
+    bar = ActivityBar("run", cancel=lambda: None)
+    try:
+        dlg, row = _activity_row(win, bar.bar)
+        dlg.show()
+        problems = []
+        for i, step in enumerate(LONG_STEPS):
+            bar.set(0.1 + 0.1 * i, step, eta)
+            qtbot.wait(60)
+            view = dlg._scrollArea.viewport()
+            button = row.cancel_button
+            assert button.isVisible() and button.text() == "Cancel"
+            top_left = button.mapTo(view, button.rect().topLeft())
+            right = top_left.x() + button.width()
+            if right > view.width() or top_left.x() < 0:
+                problems.append(f"{step[:30]!r}: Cancel at x {top_left.x()}..{right}, "
+                                f"the dock shows 0..{view.width()}")
+            if button.width() < button.sizeHint().width():
+                problems.append(f"{step[:30]!r}: Cancel {button.width()} px < "
+                                f"{button.sizeHint().width()}")
+            if row.qt_progress_bar.width() < 60:
+                problems.append(f"{step[:30]!r}: bar {row.qt_progress_bar.width()} px")
+            if row.eta_label.width() < row.eta_label.sizeHint().width():
+                problems.append(f"{step[:30]!r}: time text cut")
+            assert row.description_label.text().startswith("Lesion Align: ")
+            if step[:10] not in row.description_label.toolTip():
+                problems.append(f"{step[:30]!r}: the full step is not in the tooltip")
+        assert not problems, "\n".join(problems)
+    finally:
+        bar.close()

@@ -72,11 +72,25 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def plain_text(value) -> str:
+    """The text of a value shown in a label or a table cell: a napari ``Notification`` (or
+    any event with a ``message``) shows its message, an exception its text, None nothing;
+    never an object's repr (``<Notification ...>``)."""
+    if value is None:
+        return ""
+    message = getattr(value, "message", None)
+    if isinstance(message, str) and not isinstance(value, str):
+        return message
+    if isinstance(value, BaseException):
+        return str(value) or type(value).__name__
+    return str(value)
+
+
 def short_step(message: str, width: int = 28) -> str:
     """The step a progress message names, short enough for a progress bar's label:
     ``"importance (wanda): EN"`` -> ``"importance (wanda)"`` (the details go to the
     widget's own step line)."""
-    head = str(message or "").split(":")[0].strip()
+    head = plain_text(message).split(":")[0].strip()
     return head if len(head) <= width else head[:width - 1] + "…"
 
 
@@ -238,15 +252,36 @@ def _bar_class():
     return TaskBar
 
 
+def _napari_row(bar):
+    """napari's widget showing ``bar`` in the activity dock (``QtLabeledProgressBar``), or
+    None (no viewer, another napari)."""
+    try:
+        from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+        from qtpy.QtWidgets import QApplication
+    except ImportError:
+        return None
+    if QApplication.instance() is None:
+        return None
+    return next((w for w in QApplication.allWidgets()
+                 if isinstance(w, QtLabeledProgressBar) and w.progress is bar), None)
+
+
 class ActivityBar:
     """A task's bar in napari's activity dock (``napari.utils.progress``).
 
-    Its label stays short (``"Lesion Align: features"``: :func:`short_step`), its value
-    moves with every report (napari's bar follows ``value`` events, which ``update``
-    emits and assigning ``n`` does not), its time text is a :class:`TimeEstimate`'s and
-    its Cancel button cancels the task (``cancel``)."""
+    Its label stays short (``"Lesion Align: features"``: :func:`short_step` to
+    :attr:`STEP_CHARS`), its value moves with every report (napari's bar follows
+    ``value`` events, which ``update`` emits and assigning ``n`` does not), its time text
+    is a :class:`TimeEstimate`'s and its Cancel button cancels the task (``cancel``).
+
+    napari lays a bar's row out at its label's full width: a long label widened the row
+    past the activity dock (520 px at 1,366 x 768) and pushed napari's Cancel button out
+    of sight. So the step is short, and napari's label of this bar may shrink (its full
+    text in its tooltip): the bar, the time and Cancel always keep their room."""
 
     TOTAL = 1000
+    #: the most characters of the step the label shows (with "Lesion Align: ")
+    STEP_CHARS = 18
 
     def __init__(self, name: str, cancel: Callable[[], None] | None = None):
         self.name = name
@@ -255,6 +290,16 @@ class ActivityBar:
         self._step = name
         self._latest = None
         self._busy = False
+        self._label = None
+        row = _napari_row(self.bar)
+        if row is not None:
+            from qtpy.QtWidgets import QSizePolicy
+
+            self._label = row.description_label
+            self._label.setMinimumWidth(0)
+            self._label.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                      self._label.sizePolicy().verticalPolicy())
+            self._label.setToolTip(f"Lesion Align: {name}")
 
     @property
     def value(self) -> int:
@@ -284,10 +329,15 @@ class ActivityBar:
     def _apply(self, fraction: float, message: str, eta: str | None) -> None:
         bar = self.bar
         value = int(round(self.TOTAL * min(max(fraction, 0.0), 1.0)))
-        step = short_step(message) if message else ""
+        step = short_step(message, self.STEP_CHARS) if message else ""
         if step and step != self._step:
             self._step = step
             bar.set_description(f"Lesion Align: {step}")
+            if self._label is not None:
+                try:
+                    self._label.setToolTip(f"Lesion Align: {plain_text(message)}")
+                except RuntimeError:  # napari closed the row
+                    self._label = None
         if eta is not None and eta != bar.eta_text:
             bar.eta_text = eta
             bar.display()
