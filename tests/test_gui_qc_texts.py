@@ -102,3 +102,41 @@ def test_exported_colour_bar_of_a_p_map_runs_from_zero():
                                                                  magnitude))
         assert lo == 0.0 and hi == pytest.approx(0.05) and low >= 0 and high <= 0.05
         assert not label.startswith("|"), label
+
+
+# --------------------------------------------------------------------------- plain text
+def test_a_notification_shows_its_text_wherever_it_lands():
+    """A napari notification passed where a text is expected (a legend row, an export's
+    title or note, a category row of the Inspector, the activity dock's step, the end
+    notice) shows its message, never ``<Notification ...>``."""
+    from napari.utils.notifications import Notification
+
+    from napari_lesion_align._widgets._export import figure, plain_text
+    from napari_lesion_align._widgets.inspector import InspectorWidget
+
+    note = Notification("Opened the demo's shipped result", severity="info")
+    assert plain_text(note) == "Opened the demo's shipped result"
+    assert plain_text(Notification(note)) == "Opened the demo's shipped result"
+    assert plain_text(None) == "" and plain_text(ValueError("bad TR")) == "bad TR"
+    assert plain_text(3.5) == "3.5" and plain_text("Source") == "Source"
+
+    fig = figure(np.zeros((40, 40, 3), dtype=np.uint8), title=note, note=note,
+                 legend=[("#0072b2", note)])
+    texts = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    assert any(t.startswith("Opened the demo") for t in texts), texts
+    assert not any("Notification" in t for t in texts), texts
+
+    class Result:
+        categories = {"lesion": (np.array([0, 1]), {1: {"name": note}})}
+
+    row = InspectorWidget._categories_at(Result(), 1)
+    assert row == "lesion: Opened the demo's shipped result", row
+
+
+def test_the_end_notice_of_a_task_shows_text(notifications):
+    from napari.utils.notifications import Notification
+
+    from napari_lesion_align._widgets._tasks import Outcome, _notify_end
+
+    _notify_end(Notification("demo result", severity="info"), Outcome("cancelled"))
+    assert notifications and notifications[-1].message == "Lesion Align: demo result cancelled"

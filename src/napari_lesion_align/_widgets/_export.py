@@ -1,7 +1,8 @@
 """The current view as a self-explaining PNG: the canvas with the map's name, the slice
 position, the threshold in words (correction, degrees of freedom), the anatomical
 directions at its edges, the colour bar of the map (its threshold band shows as a gap)
-and the category legend. matplotlib (Agg), no Qt."""
+and the category legend; and the one format of the texts every view shows (coordinates
+without a negative zero, plain text of any value). matplotlib (Agg), no Qt."""
 
 from __future__ import annotations
 
@@ -23,6 +24,20 @@ def number(value, digits: int = 1, plus: bool = False) -> str:
     if v == 0.0:  # -0.0 and values that round to it
         v = 0.0
     return f"{v:+.{digits}f}" if plus else f"{v:.{digits}f}"
+
+
+def plain_text(value) -> str:
+    """The text of a value shown in a label or a table cell: a napari ``Notification`` (or
+    any event with a ``message``) shows its message, an exception its text, None nothing;
+    never an object's repr (``<Notification ...>``)."""
+    if value is None:
+        return ""
+    message = getattr(value, "message", None)
+    if message is not None and not isinstance(value, str):
+        return plain_text(message)
+    if isinstance(value, BaseException):
+        return str(value) or type(value).__name__
+    return str(value)
 
 
 def slice_text(world_axis: int, world_value: float) -> str:
@@ -88,6 +103,8 @@ def figure(shot, *, title: str, where: str = "", letters: dict | None = None,
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
+    title, where, note = plain_text(title), plain_text(where), plain_text(note)
+    legend = [(c, plain_text(t)) for c, t in legend]
     shot = np.asarray(shot)
     h, w = shot.shape[:2]
     side = SIDE_INCHES if (colorbar is not None or legend) else 0.3
@@ -117,7 +134,7 @@ def figure(shot, *, title: str, where: str = "", letters: dict | None = None,
         sm = ScalarMappable(norm=Normalize(lo, hi), cmap=ListedColormap(rgba))
         cb = fig.colorbar(sm, cax=cax)
         cax.set_label("colour bar")
-        cb.set_label(str(label), fontsize=9)
+        cb.set_label(plain_text(label), fontsize=9)
         cb.ax.tick_params(labelsize=8)
     if legend:
         lax = fig.add_axes([x0, 0.05, 0.95 - x0, 0.42])

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.base.errors import Cancelled, LesionAlignError
+from ._export import plain_text
 
 
 _GC_FROZEN = False
@@ -70,20 +71,6 @@ def clock(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def plain_text(value) -> str:
-    """The text of a value shown in a label or a table cell: a napari ``Notification`` (or
-    any event with a ``message``) shows its message, an exception its text, None nothing;
-    never an object's repr (``<Notification ...>``)."""
-    if value is None:
-        return ""
-    message = getattr(value, "message", None)
-    if isinstance(message, str) and not isinstance(value, str):
-        return message
-    if isinstance(value, BaseException):
-        return str(value) or type(value).__name__
-    return str(value)
 
 
 def short_step(message: str, width: int = 28) -> str:
@@ -588,6 +575,7 @@ def _notify_end(name: str, outcome: Outcome) -> None:
     """Done or cancelled (an error is the ``on_done`` handler's to show, once)."""
     from napari.utils.notifications import show_info
 
+    name = plain_text(name)
     if outcome.kind == "ok":
         show_info(f"Lesion Align: {name} done in {clock(outcome.seconds)}")
     elif outcome.kind == "cancelled":

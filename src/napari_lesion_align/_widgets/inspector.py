@@ -21,7 +21,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QSizePolicy, QWidget
 
 from ._dock import scroll_layout, wrap_label
-from ._export import number
+from ._export import number, plain_text
 from ._state import connect, session_for
 
 #: the name of the crosshair layer at the inspected voxel (``metadata["stat"]`` too)
@@ -355,7 +355,8 @@ class InspectorWidget(QWidget):
         lines = [f"MNI ({_xyz(self.mni)}) mm"]
         self.atlas = self._atlas_labels(world_position)
         for name, value, label in self.atlas:
-            lines.append(f"{name}: {value}" + (f" ({label})" if label else ""))
+            label = plain_text(label)
+            lines.append(f"{plain_text(name)}: {value}" + (f" ({label})" if label else ""))
         result = self.session.result
         self.values = {}
         self.voxel = None
@@ -419,7 +420,7 @@ class InspectorWidget(QWidget):
         for name, (labels, legend) in result.categories.items():
             lab = int(labels[v])
             entry = legend.get(lab, {})
-            parts.append(f"{name}: {entry.get('name', lab)}")
+            parts.append(f"{plain_text(name)}: {plain_text(entry.get('name', lab))}")
         return "; ".join(parts)
 
     @staticmethod
