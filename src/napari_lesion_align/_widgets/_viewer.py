@@ -337,6 +337,122 @@ def show_canvas_legend(viewer, text: str = "", entries=(), colorbar_layer=None) 
                 bar.visible = on
 
 
+# --------------------------------------------------------------------------- dock legend
+#: WCAG 2 contrast a swatch's border (a non-text element) and the legend's text keep
+#: against the dock's background
+BORDER_CONTRAST = 3.0
+TEXT_CONTRAST = 4.5
+#: the swatch's size and its border's width in pixels
+SWATCH_PX, SWATCH_BORDER_PX = 14, 2
+
+
+def relative_luminance(colour) -> float:
+    """WCAG 2 relative luminance of a colour (``"#rrggbb"`` or RGB(A) in 0..1)."""
+    import numpy as np
+
+    if isinstance(colour, str):
+        h = colour.lstrip("#")[:6]
+        rgb = np.array([int(h[i:i + 2], 16) for i in (0, 2, 4)], dtype=float) / 255.0
+    else:
+        rgb = np.asarray(colour, dtype=float)[:3]
+    lin = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return float(0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2])
+
+
+def contrast_ratio(a, b) -> float:
+    """WCAG 2 contrast ratio of two colours (1 .. 21)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def readable_on(background, candidates=("#ffffff", "#000000")) -> str:
+    """Of ``candidates``, the colour with the highest contrast against ``background``."""
+    return max(candidates, key=lambda c: contrast_ratio(c, background))
+
+
+def theme_colours(theme: str = "dark") -> dict:
+    """``{"background", "foreground", "text"}`` of a napari theme (hex)."""
+    from napari.utils.theme import get_theme
+
+    try:
+        t = get_theme(str(theme))
+    except Exception:  # an unknown theme: napari's dark one
+        t = get_theme("dark")
+    return {"background": t.background.as_hex(), "foreground": t.foreground.as_hex(),
+            "text": t.text.as_hex()}
+
+
+def swatch_border(theme: str = "dark") -> str:
+    """The border of the legend's swatches on ``theme``: white or black, whichever stands
+    out more from both of the theme's panel colours (the category colours themselves are
+    part of the results and never change)."""
+    c = theme_colours(theme)
+    return max(("#ffffff", "#000000"),
+               key=lambda k: min(contrast_ratio(k, c["background"]),
+                                 contrast_ratio(k, c["foreground"])))
+
+
+def swatch_png(colour: str, border: str) -> bytes:
+    """A :data:`SWATCH_PX` square PNG in ``colour`` with a :data:`SWATCH_BORDER_PX`
+    border in ``border``."""
+    from qtpy.QtCore import QBuffer, QByteArray, QIODevice
+    from qtpy.QtGui import QColor, QImage, QPainter
+
+    n, b = SWATCH_PX, SWATCH_BORDER_PX
+    img = QImage(n, n, QImage.Format.Format_ARGB32)
+    img.fill(QColor(border))
+    painter = QPainter(img)
+    painter.fillRect(b, b, n - 2 * b, n - 2 * b, QColor(colour[:7]))
+    painter.end()
+    data = QByteArray()
+    buf = QBuffer(data)
+    buf.open(QIODevice.OpenModeFlag.WriteOnly)
+    img.save(buf, "PNG")
+    buf.close()
+    return bytes(data)
+
+
+def on_theme(viewer, widget, callback) -> None:
+    """Call ``callback()`` when the viewer's theme changes, while ``widget`` lives."""
+    events = getattr(getattr(viewer, "events", None), "theme", None)
+    if events is None:
+        return
+
+    def changed(*_):
+        try:
+            callback()
+        except RuntimeError:  # the widget's Qt object is gone
+            pass
+
+    events.connect(changed)
+
+    def gone(*_):
+        try:
+            events.disconnect(changed)
+        except Exception:  # the viewer is gone already
+            pass
+
+    widget.destroyed.connect(gone)
+
+
+def legend_html(entries, theme: str = "dark") -> str:
+    """The dock's category legend: per ``(colour, title, meaning)`` a bordered swatch
+    (:func:`swatch_png`, border :func:`swatch_border`) and the title (its meaning as a
+    tooltip) in the theme's text colour, readable on napari's dark and light themes."""
+    import base64
+    from html import escape
+
+    border = swatch_border(theme)
+    text = theme_colours(theme)["text"]
+    parts = []
+    for colour, title, meaning in entries:
+        uri = "data:image/png;base64," + base64.b64encode(swatch_png(colour, border)).decode()
+        parts.append(f"<img src='{uri}' width={SWATCH_PX} height={SWATCH_PX}> "
+                     f"<span style='color:{text}' title='{escape(str(meaning))}'>"
+                     f"{escape(str(title))}</span>")
+    return " &nbsp; ".join(parts)
+
+
 def canvas_legend(viewer) -> dict:
     """What the canvas legend shows now: ``{"text", "entries": [(colour, title)],
     "colorbar": layer name or None}`` (the tests read this)."""

@@ -14,7 +14,6 @@ conditions (controls, null models) appear without changes here."""
 
 from __future__ import annotations
 
-from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +157,7 @@ class ResultsWidget(QWidget):
         self.category_set.currentIndexChanged.connect(lambda *_: self.set_overlay())
         connect(self.session.result_changed, self._result_changed)
         connect(self.session.results_changed, self._results_listed)
+        _viewer.on_theme(self.viewer, self, self._update_legend)
         layers_events = self.viewer.layers.events
         layers_events.inserted.connect(self._layer_inserted)
         self.destroyed.connect(lambda *_, ev=layers_events, cb=self._layer_inserted:
@@ -580,10 +580,7 @@ class ResultsWidget(QWidget):
             entries += [(language_colour(code, result.languages), code, code)
                         for code in result.languages]
         self.legend_entries = [(c[:7], t) for c, t, _ in entries]
-        html = " &nbsp; ".join(
-            f"<span style='color:{c[:7]}; font-size:16px'>&#9632;</span> "
-            f"<span title='{escape(m)}'>{escape(t)}</span>" for c, t, m in entries)
-        self.legend.setText(html)
+        self.legend.setText(_viewer.legend_html(entries, getattr(self.viewer, "theme", "dark")))
 
     def canvas_text(self) -> str:
         """What the canvas says the map is: its name, then (next line) its threshold in
