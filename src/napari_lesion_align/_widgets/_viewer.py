@@ -476,13 +476,16 @@ def canvas_legend(viewer) -> dict:
 # --------------------------------------------------------------------------- surface scene
 def enter_surface_scene(viewer) -> None:
     """The surface view in its own clean scene: every visible volume (image / labels)
-    layer is hidden and the view switches to 3D; back in 2D they are shown again and
-    the surfaces hidden (:func:`leave_surface_scene`)."""
+    layer is hidden, the slice position is kept and the view switches to 3D; back in 2D
+    (:func:`leave_surface_scene`) the volumes are shown again at the same slice, the
+    surfaces hidden."""
     v = unwrap(viewer)
     session = session_for(v)
     from napari.layers import Image, Labels
 
     hidden = session.__dict__.setdefault("_hidden_for_surface", [])
+    if not hidden:  # the slice the 2D view showed (not one of a scene entered twice)
+        session._slice_before_surface = (tuple(v.dims.point), int(v.dims.ndisplay))
     for layer in v.layers:
         if layer.visible and isinstance(layer, (Image, Labels)):
             layer.visible = False
@@ -496,8 +499,10 @@ def enter_surface_scene(viewer) -> None:
 
 
 def leave_surface_scene(viewer) -> None:
-    """Back from the surface scene: the volumes hidden for it visible again, the
-    surfaces hidden."""
+    """Back from the surface scene: the volumes hidden for it visible again at the slice
+    they showed before (the surfaces' extent moved the sliders' range and step), the
+    surfaces hidden, the slider labels in mm and a fresh status bar (it named the last
+    surface under the cursor)."""
     if viewer is None:
         return
     session = session_for(viewer)
@@ -513,6 +518,143 @@ def leave_surface_scene(viewer) -> None:
         if layer in viewer.layers:
             layer.visible = True
     hidden.clear()
+    before = session.__dict__.pop("_slice_before_surface", None)
+    if before is not None:
+        point = before[0]
+        dims = viewer.dims
+        if len(point) == dims.ndim:
+            not_shown = [a for a in range(dims.ndim) if a not in dims.displayed]
+            dims.set_point(not_shown, [point[a] for a in not_shown])
+    viewer.status = "Ready"
+    refresh_slider_labels(viewer)
+
+
+def refresh_slider_labels(viewer) -> None:
+    """Give the dims sliders' labels the width of their text (napari sizes them when the
+    sliders change, not when a label's text does: ``"z +21 mm"`` read ``"z …"``)."""
+    from qtpy.QtCore import QTimer
+
+    v = unwrap(viewer)
+    ref = weakref.ref(v.dims)
+
+    def resize() -> None:
+        dims = ref()
+        if dims is None:
+            return
+        for widget in _dims_widgets(dims):
+            try:
+                widget._resize_axis_labels()
+            except (AttributeError, RuntimeError):  # another napari / deleted
+                pass
+
+    QTimer.singleShot(0, resize)
+
+
+#: how far the sulcal shading moves the cortex's grey (0..1 grey levels, either side)
+SULC_SHADE = 0.12
+#: the share of the canvas the surfaces' bounding box may fill
+SURFACE_FILL = 0.9
+
+
+def sulcal_depth(hemisphere: str, mesh_type: str = "inflated"):
+    """fsaverage5's sulcal depth of a hemisphere (nilearn ships it: nothing is
+    downloaded), or None where this nilearn has none."""
+    try:
+        from nilearn.datasets import load_fsaverage_data
+
+        img = load_fsaverage_data(mesh="fsaverage5", mesh_type=mesh_type,
+                                  data_type="sulcal")
+        import numpy as np
+
+        return np.asarray(img.data.parts[hemisphere], dtype=float)
+    except Exception:  # an older nilearn, no shipped data: flat grey
+        return None
+
+
+def shade_sulci(layers) -> int:
+    """Sulcal shading on the map surfaces among ``layers``: the cortex's grey (the
+    sub-threshold band of :func:`~.._layers.surface_colormap`) lighter on the gyri and
+    darker in the sulci (fsaverage5's sulcal depth, :func:`sulcal_depth`), as nilearn's
+    surface plots do; the suprathreshold colours, the values and the colour bar stay.
+    Baked into the layers' ``vertex_colors`` (the surfaces are made for one threshold).
+    Returns how many layers were shaded."""
+    import numpy as np
+
+    from .._layers import CORTEX_GREY, CORTEX_GREY_DARK
+
+    n = 0
+    for layer in layers:
+        meta = layer.metadata
+        if type(layer).__name__ != "Surface" or meta.get("stat") in (None, "categories") \
+                or meta.get("hemisphere") not in ("left", "right"):
+            continue
+        sulc = sulcal_depth(meta["hemisphere"], meta.get("surface") or "inflated")
+        values = np.asarray(layer.vertex_values, dtype=float)
+        if sulc is None or sulc.shape != values.shape:
+            continue
+        lo, hi = (float(c) for c in layer.contrast_limits)
+        rgba = np.asarray(layer.colormap.map(np.clip((values - lo) / max(hi - lo, 1e-12),
+                                                     0.0, 1.0)), dtype=float)
+        band = np.zeros(len(values), dtype=bool)
+        for grey in (CORTEX_GREY, CORTEX_GREY_DARK):
+            band |= np.abs(rgba[:, :3] - np.asarray(grey, dtype=float)[:3]).max(axis=1) < 1e-3
+        depth = np.clip(sulc / (np.abs(sulc).max() or 1.0), -1.0, 1.0)  # + = sulcus
+        rgba[band, :3] = np.clip(rgba[band, :3] - SULC_SHADE * depth[band, None], 0.0, 1.0)
+        layer.vertex_colors = rgba
+        meta["sulcal_shading"] = True
+        n += 1
+    return n
+
+
+def frame_surfaces(viewer, view_direction=(-1.0, 0.0, 0.0), up=(0.0, -1.0, 0.0)) -> None:
+    """The 3D camera looking along ``view_direction`` (world ``(z, -y, x)``; default from
+    above, anterior up) at the visible surfaces' bounding box: centred on it and zoomed
+    so that its projection fills :data:`SURFACE_FILL` of the canvas (both hemispheres in
+    frame; napari's reset_view frames every layer, the hidden volumes included)."""
+    import numpy as np
+
+    v = unwrap(viewer)
+    surfaces = [layer for layer in v.layers if type(layer).__name__ == "Surface"
+                and layer.visible]
+    cam = camera(v)
+    cam.set_view_direction(tuple(view_direction), up_direction=tuple(up))
+    if not surfaces or v.dims.ndisplay != 3:
+        return
+    boxes = np.array([np.asarray(layer.extent.world, dtype=float)[:, -3:]
+                      for layer in surfaces])
+    lo, hi = boxes[:, 0].min(axis=0), boxes[:, 1].max(axis=0)
+    centre = (lo + hi) / 2
+    corners = np.array([[a[0], b[1], c[2]] for a in (lo, hi) for b in (lo, hi)
+                        for c in (lo, hi)])
+    view = np.asarray(cam.view_direction, dtype=float)
+    upv = np.asarray(cam.up_direction, dtype=float)
+    right = np.cross(view, upv)
+    rel = corners - centre
+    half_w = np.abs(rel @ right).max()
+    half_h = np.abs(rel @ upv).max()
+    width, height = canvas_size(v)
+    cam.center = tuple(centre)
+    cam.zoom = SURFACE_FILL * min(width / (2 * max(half_w, 1e-6)),
+                                  height / (2 * max(half_h, 1e-6)))
+
+
+def canvas_size(viewer) -> tuple[int, int]:
+    """The canvas's (width, height) in pixels."""
+    v = unwrap(viewer)
+    size = getattr(getattr(v, "canvas", None), "size", None)  # (height, width)
+    if size is not None and len(size) == 2 and min(size) > 1:
+        return int(size[1]), int(size[0])
+    return 800, 600
+
+
+def _dims_widgets(dims) -> list:
+    """napari's slider panels (``QtDims``) that show ``dims``."""
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return []
+    return [w for w in QApplication.allWidgets()
+            if type(w).__name__ == "QtDims" and getattr(w, "dims", None) is dims]
 
 
 # --------------------------------------------------------------------------- registration

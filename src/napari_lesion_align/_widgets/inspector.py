@@ -76,8 +76,13 @@ def follow_slices_in_mm(viewer) -> None:
 
     def update(*_):
         labels = slice_labels(v)
-        if labels is not None and tuple(v.dims.axis_labels) != labels:
+        old = tuple(v.dims.axis_labels)
+        if labels is not None and old != labels:
             v.dims.axis_labels = labels
+            if [len(str(t)) for t in old] != [len(str(t)) for t in labels]:
+                from ._viewer import refresh_slider_labels
+
+                refresh_slider_labels(v)  # napari keeps the old width: "z …"
 
     v.dims.events.point.connect(update)
     v.dims.events.order.connect(update)

@@ -759,6 +759,7 @@ class ResultsWidget(QWidget):
             layer = make_layer(t)
             tag_layer(layer, self.session, self.key)
             layers.append(layer)
+        _viewer.shade_sulci(layers)
         _viewer.enter_surface_scene(self.viewer)
         self.surface_feeder = LayerFeeder(self.viewer, layers, per_tick=2, parent=self)
         self.surface_feeder.finished.connect(self._surface_shown)
@@ -778,12 +779,9 @@ class ResultsWidget(QWidget):
 
     def top_view(self) -> None:
         """3D camera from above (superior), anterior up: both hemispheres in frame."""
-        from ._viewer import camera
-
         if self.viewer.dims.ndisplay != 3:
             return
-        self.viewer.reset_view()
-        camera(self.viewer).set_view_direction((-1.0, 0.0, 0.0), up_direction=(0.0, -1.0, 0.0))
+        _viewer.frame_surfaces(self.viewer)
 
     def lateral_view(self, hemisphere: str = "left") -> None:
         """3D camera on the lateral side of a hemisphere, superior up (world frame
