@@ -60,18 +60,25 @@ def test_surface_scene_frames_both_hemispheres_and_the_way_back_restores_the_sli
     assert -height / 2 <= bottom and top <= height / 2, (bottom, top, height)
     # ... and filling it: not a small brain in the middle
     assert max((right - left) / width, (top - bottom) / height) >= 0.6
-    # sulcal shading: the sub-threshold cortex is lighter on gyri than in sulci
+    # sulcal shading: a texture that darkens the sulci, multiplied with the map's own
+    # colours (its values, colormap and colour bar unchanged)
     from napari_lesion_align._widgets._viewer import sulcal_depth
 
     maps = [layer for layer in shown if layer.metadata.get("stat") == "t"]
     assert maps and all(layer.metadata.get("sulcal_shading") for layer in maps)
     for layer in maps:
-        colours = np.asarray(layer.vertex_colors)
+        assert layer.vertex_colors is None and "|value|" in layer.colormap.name
+        tex, uv = np.asarray(layer.texture), np.asarray(layer.texcoords)
+        assert uv.shape == (len(layer.vertex_values), 2)
+        assert np.ptp(tex[..., :3], axis=0).max() == 0  # every row alike (napari flips)
+        cols = np.clip(np.rint(uv[:, 0] * (tex.shape[1] - 1)).astype(int), 0,
+                       tex.shape[1] - 1)
+        brightness = tex[0, cols, 0]
         sulc = sulcal_depth(layer.metadata["hemisphere"], layer.metadata["surface"])
-        grey = np.ptp(colours[:, :3], axis=1) < 1e-6  # the cortex (no map colour)
-        deep, crown = grey & (sulc > 0.5), grey & (sulc < -0.5)
+        deep, crown = sulc > 0.5, sulc < -0.5
         assert deep.sum() > 50 and crown.sum() > 50
-        assert colours[deep, 0].mean() < colours[crown, 0].mean() - 0.05
+        assert brightness[deep].mean() < brightness[crown].mean() - 0.05
+        assert brightness.max() <= 1.0 and brightness.min() >= 0.5
 
     # back to the volumes: same slice, label in mm at its full width, a fresh status
     viewer.status = f"{shown[-1].name} » MNI x=0.0 y=0.0 z=8.0 mm"  # the cursor was there

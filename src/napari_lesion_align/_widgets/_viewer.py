@@ -550,8 +550,8 @@ def refresh_slider_labels(viewer) -> None:
     QTimer.singleShot(0, resize)
 
 
-#: how far the sulcal shading moves the cortex's grey (0..1 grey levels, either side)
-SULC_SHADE = 0.12
+#: the brightness the sulcal shading leaves in the deepest sulci (1 on the crowns)
+SULC_DARKEST = 0.7
 #: the share of the canvas the surfaces' bounding box may fill
 SURFACE_FILL = 0.9
 
@@ -571,16 +571,25 @@ def sulcal_depth(hemisphere: str, mesh_type: str = "inflated"):
         return None
 
 
-def shade_sulci(layers) -> int:
-    """Sulcal shading on the map surfaces among ``layers``: the cortex's grey (the
-    sub-threshold band of :func:`~.._layers.surface_colormap`) lighter on the gyri and
-    darker in the sulci (fsaverage5's sulcal depth, :func:`sulcal_depth`), as nilearn's
-    surface plots do; the suprathreshold colours, the values and the colour bar stay.
-    Baked into the layers' ``vertex_colors`` (the surfaces are made for one threshold).
-    Returns how many layers were shaded."""
+def shade_texture(n: int = 64):
+    """The shading texture: brightness 1 (left) .. :data:`SULC_DARKEST` (right), the same
+    in every row (napari flips textures vertically; a row is all that is read)."""
     import numpy as np
 
-    from .._layers import CORTEX_GREY, CORTEX_GREY_DARK
+    ramp = np.linspace(1.0, SULC_DARKEST, n, dtype=np.float32)
+    tex = np.ones((4, n, 4), dtype=np.float32)
+    tex[..., :3] = ramp[None, :, None]
+    return tex
+
+
+def shade_sulci(layers) -> int:
+    """Sulcal shading on the map surfaces among ``layers``, as nilearn's surface plots
+    have it: darker in the sulci, lighter on the gyri (fsaverage5's sulcal depth,
+    :func:`sulcal_depth`). napari's texture is multiplied with the colour the layer's
+    colormap gives its values, so the map keeps its own colormap, threshold, values and
+    colour bar; the texture coordinate of a vertex is its depth (crowns left, the deepest
+    sulci right of :func:`shade_texture`). Returns how many layers were shaded."""
+    import numpy as np
 
     n = 0
     for layer in layers:
@@ -589,18 +598,12 @@ def shade_sulci(layers) -> int:
                 or meta.get("hemisphere") not in ("left", "right"):
             continue
         sulc = sulcal_depth(meta["hemisphere"], meta.get("surface") or "inflated")
-        values = np.asarray(layer.vertex_values, dtype=float)
-        if sulc is None or sulc.shape != values.shape:
+        if sulc is None or sulc.shape != np.shape(layer.vertex_values):
             continue
-        lo, hi = (float(c) for c in layer.contrast_limits)
-        rgba = np.asarray(layer.colormap.map(np.clip((values - lo) / max(hi - lo, 1e-12),
-                                                     0.0, 1.0)), dtype=float)
-        band = np.zeros(len(values), dtype=bool)
-        for grey in (CORTEX_GREY, CORTEX_GREY_DARK):
-            band |= np.abs(rgba[:, :3] - np.asarray(grey, dtype=float)[:3]).max(axis=1) < 1e-3
         depth = np.clip(sulc / (np.abs(sulc).max() or 1.0), -1.0, 1.0)  # + = sulcus
-        rgba[band, :3] = np.clip(rgba[band, :3] - SULC_SHADE * depth[band, None], 0.0, 1.0)
-        layer.vertex_colors = rgba
+        u = (depth + 1.0) / 2.0
+        layer.texcoords = np.column_stack([u, np.full_like(u, 0.5)]).astype(np.float32)
+        layer.texture = shade_texture()
         meta["sulcal_shading"] = True
         n += 1
     return n
