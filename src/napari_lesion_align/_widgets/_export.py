@@ -1,8 +1,8 @@
 """The current view as a self-explaining PNG: the canvas with the map's name, the slice
 position, the threshold in words (correction, degrees of freedom), the anatomical
 directions at its edges, the colour bar of the map (its threshold band shows as a gap)
-and the category legend; and the one format of the texts every view shows (coordinates
-without a negative zero, plain text of any value). matplotlib (Agg), no Qt."""
+and the category legend. matplotlib (Agg); its texts use :func:`._tasks.number` and
+:func:`._tasks.plain_text`."""
 
 from __future__ import annotations
 
@@ -10,34 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ._tasks import number, plain_text  # noqa: F401 (the exports' texts; defined there)
+
 PLANES = {0: ("axial", "z"), 1: ("coronal", "y"), 2: ("sagittal", "x")}
 #: the margin right of the canvas (colour bar, legend), in inches; the figure's dpi
 SIDE_INCHES = 2.2
 DPI = 100
-
-
-def number(value, digits: int = 1, plus: bool = False) -> str:
-    """A coordinate as text with ``digits`` decimals (``plus``: always signed), never a
-    negative zero: ``-0.04`` -> ``"0.0"`` (``"+0.0"``), not ``"-0.0"``. The one format of
-    the MNI coordinates the status bar, the Inspector, the sliders and the exports show."""
-    v = round(float(value), digits)
-    if v == 0.0:  # -0.0 and values that round to it
-        v = 0.0
-    return f"{v:+.{digits}f}" if plus else f"{v:.{digits}f}"
-
-
-def plain_text(value) -> str:
-    """The text of a value shown in a label or a table cell: a napari ``Notification`` (or
-    any event with a ``message``) shows its message, an exception its text, None nothing;
-    never an object's repr (``<Notification ...>``)."""
-    if value is None:
-        return ""
-    message = getattr(value, "message", None)
-    if message is not None and not isinstance(value, str):
-        return plain_text(message)
-    if isinstance(value, BaseException):
-        return str(value) or type(value).__name__
-    return str(value)
 
 
 def slice_text(world_axis: int, world_value: float) -> str:

@@ -28,7 +28,6 @@ from typing import Any, Callable
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.base.errors import Cancelled, LesionAlignError
-from ._export import plain_text
 
 
 _GC_FROZEN = False
@@ -62,6 +61,32 @@ def import_model_libraries() -> None:
     with _MODEL_IMPORT:
         import torch  # noqa: F401
         import transformers  # noqa: F401
+
+
+# --------------------------------------------------------------------------- texts
+# (here, at the bottom of the widgets' layers, so that every widget module may use them)
+def number(value, digits: int = 1, plus: bool = False) -> str:
+    """A coordinate as text with ``digits`` decimals (``plus``: always signed), never a
+    negative zero: ``-0.04`` -> ``"0.0"`` (``"+0.0"``), not ``"-0.0"``. The one format of
+    the MNI coordinates the status bar, the Inspector, the sliders and the exports show."""
+    v = round(float(value), digits)
+    if v == 0.0:  # -0.0 and values that round to it
+        v = 0.0
+    return f"{v:+.{digits}f}" if plus else f"{v:.{digits}f}"
+
+
+def plain_text(value) -> str:
+    """The text of a value shown in a label or a table cell: a napari ``Notification`` (or
+    any event with a ``message``) shows its message, an exception its text, None nothing;
+    never an object's repr (``<Notification ...>``)."""
+    if value is None:
+        return ""
+    message = getattr(value, "message", None)
+    if message is not None and not isinstance(value, str):
+        return plain_text(message)
+    if isinstance(value, BaseException):
+        return str(value) or type(value).__name__
+    return str(value)
 
 
 # --------------------------------------------------------------------------- progress

@@ -166,7 +166,7 @@ def load_result_folder(viewer, key: str):
 # --------------------------------------------------------------------------- status bar
 def mni_status_text(position) -> str:
     """``"MNI x=-44.0 y=-66.0 z=32.0 mm"`` of a napari world position."""
-    from ._export import number
+    from ._tasks import number
 
     x, y, z = (number(v) for v in _layers.world_to_mni(position))
     return f"MNI x={x} y={y} z={z} mm"

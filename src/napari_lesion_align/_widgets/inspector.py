@@ -21,7 +21,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QSizePolicy, QWidget
 
 from ._dock import scroll_layout, wrap_label
-from ._export import number, plain_text
+from ._tasks import number, plain_text
 from ._state import connect, session_for
 
 #: the name of the crosshair layer at the inspected voxel (``metadata["stat"]`` too)
