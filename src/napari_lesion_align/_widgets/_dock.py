@@ -252,3 +252,43 @@ def _fix_bar(bar) -> int:
             bar.setTabText(i, text.replace("&", "&&"))
             n += 1
     return n
+
+
+def full_text_tooltips(root) -> None:
+    """Every line edit and combo box under ``root`` keeps its full text in its tooltip
+    (after its own help): a value, placeholder or item wider than the box (a path, a
+    long model name on a 1,366 x 768 screen) is cut by Qt, the tooltip shows it whole."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QLineEdit
+
+    def tip(help_text: str, *texts) -> str:
+        return "\n\n".join(t for t in (help_text, *texts) if t)
+
+    for edit in root.findChildren(QLineEdit):
+        if isinstance(edit.parent(), (QComboBox, QAbstractSpinBox)):
+            continue
+        help_text = edit.toolTip()
+
+        def update(*_, e=edit, h=help_text):
+            e.setToolTip(tip(h, e.text() or e.placeholderText()))
+
+        edit.textChanged.connect(update)
+        update()
+    for box in root.findChildren(QComboBox):
+        help_text = box.toolTip()
+
+        def items(*_, b=box):
+            for i in range(b.count()):
+                if not b.itemData(i, Qt.ItemDataRole.ToolTipRole):
+                    b.setItemData(i, b.itemText(i), Qt.ItemDataRole.ToolTipRole)
+
+        def current(*_, b=box, h=help_text):
+            i = b.currentIndex()
+            text = b.currentText()
+            item_tip = str(b.itemData(i, Qt.ItemDataRole.ToolTipRole) or "") if i >= 0 else ""
+            b.setToolTip(tip(h, text, item_tip if item_tip != text else ""))
+
+        box.model().rowsInserted.connect(items)
+        box.currentIndexChanged.connect(current)
+        items()
+        current()

@@ -1,13 +1,16 @@
 """The current view as a self-explaining PNG: the canvas with the map's name, the slice
 position, the threshold in words (correction, degrees of freedom), the anatomical
 directions at its edges, the colour bar of the map (its threshold band shows as a gap)
-and the category legend. matplotlib (Agg), no Qt."""
+and the category legend. matplotlib (Agg); its texts use :func:`._tasks.number` and
+:func:`._tasks.plain_text`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from ._tasks import number, plain_text  # noqa: F401 (the exports' texts; defined there)
 
 PLANES = {0: ("axial", "z"), 1: ("coronal", "y"), 2: ("sagittal", "x")}
 #: the margin right of the canvas (colour bar, legend), in inches; the figure's dpi
@@ -20,22 +23,33 @@ def slice_text(world_axis: int, world_value: float) -> str:
     position."""
     plane, letter = PLANES.get(world_axis, ("slice", "?"))
     value = -world_value if world_axis == 1 else world_value
-    return f"{plane} slice {letter} = {value:.0f} mm (MNI)"
+    return f"{plane} slice {letter} = {number(value, 0)} mm (MNI)"
 
 
 def colorbar_of(layer):
-    """``(rgba (256, 4), low, high, label)`` of an image layer's colormap, or None."""
+    """``(rgba (n, 4), low, high, label)`` of an image layer's colormap as it is drawn, or
+    None. The label and the range agree: a signed map (r, Δr, t) runs over its contrast
+    limits and is labelled ``t``; a map shown as ``|t|`` (the grey ramps while category
+    overlays are shown: both signs drawn alike) runs from 0 to its upper limit, in the
+    upper half of its colormap, and is labelled ``|t|``."""
     cmap = getattr(layer, "colormap", None)
     if cmap is None or not hasattr(cmap, "map") or getattr(layer, "rgb", False):
         return None
     lo, hi = (float(v) for v in layer.contrast_limits)
-    rgba = np.asarray(cmap.map(np.linspace(0.0, 1.0, 256)), dtype=float)
-    from ..core.analysis.display import statistic
+    from ..core.analysis.display import DIVERGING, statistic
 
     stat = layer.metadata.get("stat")
     label = statistic(stat).label if stat else layer.name
-    if layer.metadata.get("magnitude"):
+    one_sided = bool(layer.metadata.get("magnitude")) and stat in DIVERGING and lo < 0 < hi
+    if one_sided:  # |v|: the colormap's upper half (0 at its middle), 0 .. the upper limit
+        mid = -lo / (hi - lo)
+        rgba = np.asarray(cmap.map(np.linspace(mid, 1.0, 128)), dtype=float)
+        lo = 0.0
         label = f"|{label}| (grey: categories shown)"
+    else:
+        rgba = np.asarray(cmap.map(np.linspace(0.0, 1.0, 256)), dtype=float)
+        if layer.metadata.get("magnitude"):
+            label = f"{label} (grey: categories shown)"
     return rgba, lo, hi, label
 
 
@@ -45,12 +59,30 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
     slice), ``letters`` (``{"top", "bottom", "left", "right": "A"}``), ``colorbar``
     (:func:`colorbar_of`), ``legend`` (``[(colour, text)]``) and ``note`` (the threshold
     in words: ``"t ≥ 4.2 · q < 0.05 FDR · 4 df"``), written atomically."""
+    import io
+
+    from ..core.base.io import atomic_write_bytes
+
+    fig = figure(shot, title=title, where=where, letters=letters, colorbar=colorbar,
+                 legend=legend, note=note, dpi=dpi)
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def figure(shot, *, title: str, where: str = "", letters: dict | None = None,
+           colorbar=None, legend=(), note: str = "", dpi: int = DPI):
+    """The matplotlib ``Figure`` :func:`compose` writes (the tests read its colour bar)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
+    title, where, note = plain_text(title), plain_text(where), plain_text(note)
+    legend = [(c, plain_text(t)) for c, t in legend]
     shot = np.asarray(shot)
     h, w = shot.shape[:2]
     side = SIDE_INCHES if (colorbar is not None or legend) else 0.3
@@ -79,7 +111,8 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
         cax = fig.add_axes([x0, 0.55, 0.03, 0.35])
         sm = ScalarMappable(norm=Normalize(lo, hi), cmap=ListedColormap(rgba))
         cb = fig.colorbar(sm, cax=cax)
-        cb.set_label(str(label), fontsize=9)
+        cax.set_label("colour bar")
+        cb.set_label(plain_text(label), fontsize=9)
         cb.ax.tick_params(labelsize=8)
     if legend:
         lax = fig.add_axes([x0, 0.05, 0.95 - x0, 0.42])
@@ -87,12 +120,4 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
         handles = [Patch(facecolor=c, edgecolor="k", label=t) for c, t in legend]
         lax.legend(handles=handles, loc="upper left", fontsize=8, frameon=False,
                    title="categories", title_fontsize=9)
-    import io
-
-    from ..core.base.io import atomic_write_bytes
-
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return fig

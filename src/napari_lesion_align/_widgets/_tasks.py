@@ -63,6 +63,32 @@ def import_model_libraries() -> None:
         import transformers  # noqa: F401
 
 
+# --------------------------------------------------------------------------- texts
+# (here, at the bottom of the widgets' layers, so that every widget module may use them)
+def number(value, digits: int = 1, plus: bool = False) -> str:
+    """A coordinate as text with ``digits`` decimals (``plus``: always signed), never a
+    negative zero: ``-0.04`` -> ``"0.0"`` (``"+0.0"``), not ``"-0.0"``. The one format of
+    the MNI coordinates the status bar, the Inspector, the sliders and the exports show."""
+    v = round(float(value), digits)
+    if v == 0.0:  # -0.0 and values that round to it
+        v = 0.0
+    return f"{v:+.{digits}f}" if plus else f"{v:.{digits}f}"
+
+
+def plain_text(value) -> str:
+    """The text of a value shown in a label or a table cell: a napari ``Notification`` (or
+    any event with a ``message``) shows its message, an exception its text, None nothing;
+    never an object's repr (``<Notification ...>``)."""
+    if value is None:
+        return ""
+    message = getattr(value, "message", None)
+    if message is not None and not isinstance(value, str):
+        return plain_text(message)
+    if isinstance(value, BaseException):
+        return str(value) or type(value).__name__
+    return str(value)
+
+
 # --------------------------------------------------------------------------- progress
 def clock(seconds: float) -> str:
     """``m:ss`` (``h:mm:ss`` from an hour on)."""
@@ -76,7 +102,7 @@ def short_step(message: str, width: int = 28) -> str:
     """The step a progress message names, short enough for a progress bar's label:
     ``"importance (wanda): EN"`` -> ``"importance (wanda)"`` (the details go to the
     widget's own step line)."""
-    head = str(message or "").split(":")[0].strip()
+    head = plain_text(message).split(":")[0].strip()
     return head if len(head) <= width else head[:width - 1] + "…"
 
 
@@ -84,58 +110,137 @@ class TimeEstimate:
     """The one estimate of the time a task has left, which every bar of the task shows.
 
     Each progress report ``add(elapsed, fraction)`` gives a raw estimate of the task's
-    end (:func:`~..core.run.engine.time_left`: the current phase's pace); the end shown is
-    that estimate smoothed over :attr:`TAU` seconds, so that a report from a faster or
-    slower stretch (a new phase, a slow unit) moves it gradually instead of making the
-    countdown jump. :meth:`left` is the smoothed end less the time now; :meth:`reset`
-    forgets everything (a cancelled task shows no time left). No Qt here.
+    end: the pace of the work that took time, in the current phase once it has run
+    :data:`~..core.run.engine.PHASE_RATE_MIN_S` of it, else over the whole run
+    (:func:`paced_time_left`; the phases are :data:`~..core.run.engine.PHASES`). Stretches
+    where the bar moved faster than :attr:`INSTANT_S` seconds per whole bar, or
+    :attr:`CACHED_RATIO` times faster than the typical stretch, are work that cost nothing (lesions and features reused from the store, a cached step): they move
+    the bar but say nothing of the pace of what is left, so they are left out of the pace
+    (they pulled the time left towards 0 and then let it jump up). No estimate while only
+    such stretches were seen. The end shown is the raw one smoothed over :attr:`TAU`
+    seconds (at most :attr:`SLEW` s per second, continuously between reports), so that a
+    report from a faster or slower stretch (a new phase, a slow unit) moves it gradually
+    instead of making the countdown jump. :meth:`left` is the smoothed
+    end less the time now; :meth:`reset` forgets everything (a cancelled task shows no time
+    left). No Qt here.
     """
 
     #: seconds over which a new raw estimate replaces the shown one (exponential smoothing)
     TAU = 8.0
+    #: the most the shown end moves per second (a correction is spread over seconds)
+    SLEW = 15.0
+    #: a stretch of the bar covered at this pace or faster (seconds for the whole bar) is
+    #: cached work: left out of the pace
+    INSTANT_S = 1.0
+    #: a stretch this many times faster than the typical one is cached work too
+    CACHED_RATIO = 10.0
+    #: no estimate before this much of the run took time (a stray slow cached step)
+    MIN_PAID_S = 0.5
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
         self.history: list[tuple[float, float]] = []
-        self._end: float | None = None
-        self._t_end: float | None = None
+        #: the raw end the shown end moves towards, and where it started from (t, end)
+        self._target: float | None = None
+        self._anchor: tuple[float, float] | None = None
+        self._done = False
 
     @property
     def fraction(self) -> float:
         return self.history[-1][1] if self.history else 0.0
 
-    def add(self, elapsed: float, fraction: float) -> None:
+    def _shown_end(self, elapsed: float) -> float | None:
+        """The end shown at ``elapsed``: the raw end approached continuously (exponential,
+        :attr:`TAU`, at most :attr:`SLEW` s per second) from the end shown when it was
+        last updated, so that two readings a second apart never differ by more than
+        :attr:`SLEW` s, however far apart the reports are."""
         import math
 
-        from ..core.run.engine import time_left
+        if self._target is None or self._anchor is None:
+            return None
+        t_a, e_a = self._anchor
+        dt = max(elapsed - t_a, 0.0)
+        move = (self._target - e_a) * (1.0 - math.exp(-dt / self.TAU))
+        return e_a + math.copysign(min(abs(move), self.SLEW * dt), move)
 
+    def add(self, elapsed: float, fraction: float) -> None:
         self.history.append((float(elapsed), float(fraction)))
-        left = time_left(self.history)
+        if fraction >= 1.0:
+            self._done = True
+        left = paced_time_left(self.history, self.INSTANT_S)
         if left is None:
-            if fraction >= 1.0:
-                self._end = float(elapsed)
             return
-        end = elapsed + left
-        if self._end is None:
-            self._end = end
-        else:
-            w = 1.0 - math.exp(-max(elapsed - (self._t_end or elapsed), 0.0) / self.TAU)
-            self._end += w * (end - self._end)
-        self._t_end = float(elapsed)
+        end = float(elapsed) + left
+        shown = self._shown_end(elapsed)
+        self._anchor = (float(elapsed), end if shown is None else shown)
+        self._target = end
 
     def left(self, elapsed: float) -> float | None:
-        """Seconds left at ``elapsed`` (None before an estimate exists)."""
-        if self._end is None or self.fraction >= 1.0:
+        """Seconds left at ``elapsed`` (None before an estimate exists or once done)."""
+        end = self._shown_end(elapsed)
+        if end is None or self._done or self.fraction >= 1.0:
             return None
-        return max(self._end - elapsed, 0.0)
+        return max(end - elapsed, 0.0)
 
     def text(self, elapsed: float) -> str:
         """``"elapsed 1:02 · about 3:25 left"``."""
         left = self.left(elapsed)
         more = f" · about {clock(left)} left" if left is not None else ""
         return f"elapsed {clock(elapsed)}{more}"
+
+
+def paced_time_left(history, instant_s: float = TimeEstimate.INSTANT_S,
+                    ratio: float = TimeEstimate.CACHED_RATIO) -> float | None:
+    """Seconds a task has left from its progress ``history`` ``[(elapsed s, fraction)]``
+    (in order), from the stretches between reports that took time.
+
+    A stretch that moved the bar by ``df`` is cached work (left out) when it took less
+    than ``df * instant_s`` seconds, or when its pace (seconds per unit of the bar) is
+    under ``1 / ratio`` of the typical pace (the time-weighted median of the stretches
+    compared); a stretch with no progress counts (time passed). The pace is the current
+    phase's (:data:`~..core.run.engine.PHASES`) once that phase has
+    :data:`~..core.run.engine.PHASE_RATE_MIN_S` of such time, else the whole run's;
+    ``None`` before :attr:`TimeEstimate.MIN_PAID_S` took time, before 2 % or when done."""
+    from ..core.run.engine import PHASE_RATE_MIN_S, PHASES
+
+    if not history:
+        return None
+    f = history[-1][1]
+    if not 0.02 < f < 1.0:
+        return None
+    lo = max(a for a, _ in PHASES.values() if a <= f)
+    run, phase = [], []
+    for (t0, f0), (t1, f1) in zip(history, history[1:]):
+        dt, df = t1 - t0, f1 - f0
+        if dt <= 0 or df < 0 or (df > 0 and dt < df * instant_s):
+            continue  # no time passed, or faster than any real work: cached
+        run.append((dt, df))
+        if f0 >= lo:
+            phase.append((dt, df))
+
+    def pace(stretches):
+        """(seconds, fraction) of the stretches at the typical pace or slower."""
+        moving = sorted((dt / df, dt) for dt, df in stretches if df > 0)
+        if not moving:
+            return 0.0, 0.0
+        half, acc, typical = sum(dt for _, dt in moving) / 2, 0.0, moving[-1][0]
+        for p, dt in moving:
+            acc += dt
+            if acc >= half:
+                typical = p
+                break
+        kept = [(dt, df) for dt, df in stretches if df == 0 or dt / df >= typical / ratio]
+        return sum(dt for dt, _ in kept), sum(df for _, df in kept)
+
+    phase_t, phase_f = pace(phase)
+    if phase_t >= PHASE_RATE_MIN_S and phase_f > 0:
+        return (1.0 - f) * phase_t / phase_f
+    run_t, run_f = pace(run)
+    if run_t >= TimeEstimate.MIN_PAID_S and run_f > 0:
+        return (1.0 - f) * run_t / run_f
+    return None
 
 
 @functools.cache
@@ -159,15 +264,36 @@ def _bar_class():
     return TaskBar
 
 
+def _napari_row(bar):
+    """napari's widget showing ``bar`` in the activity dock (``QtLabeledProgressBar``), or
+    None (no viewer, another napari)."""
+    try:
+        from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+        from qtpy.QtWidgets import QApplication
+    except ImportError:
+        return None
+    if QApplication.instance() is None:
+        return None
+    return next((w for w in QApplication.allWidgets()
+                 if isinstance(w, QtLabeledProgressBar) and w.progress is bar), None)
+
+
 class ActivityBar:
     """A task's bar in napari's activity dock (``napari.utils.progress``).
 
-    Its label stays short (``"Lesion Align: features"``: :func:`short_step`), its value
-    moves with every report (napari's bar follows ``value`` events, which ``update``
-    emits and assigning ``n`` does not), its time text is a :class:`TimeEstimate`'s and
-    its Cancel button cancels the task (``cancel``)."""
+    Its label stays short (``"Lesion Align: features"``: :func:`short_step` to
+    :attr:`STEP_CHARS`), its value moves with every report (napari's bar follows
+    ``value`` events, which ``update`` emits and assigning ``n`` does not), its time text
+    is a :class:`TimeEstimate`'s and its Cancel button cancels the task (``cancel``).
+
+    napari lays a bar's row out at its label's full width: a long label widened the row
+    past the activity dock (520 px at 1,366 x 768) and pushed napari's Cancel button out
+    of sight. So the step is short, and napari's label of this bar may shrink (its full
+    text in its tooltip): the bar, the time and Cancel always keep their room."""
 
     TOTAL = 1000
+    #: the most characters of the step the label shows (with "Lesion Align: ")
+    STEP_CHARS = 18
 
     def __init__(self, name: str, cancel: Callable[[], None] | None = None):
         self.name = name
@@ -176,6 +302,16 @@ class ActivityBar:
         self._step = name
         self._latest = None
         self._busy = False
+        self._label = None
+        row = _napari_row(self.bar)
+        if row is not None:
+            from qtpy.QtWidgets import QSizePolicy
+
+            self._label = row.description_label
+            self._label.setMinimumWidth(0)
+            self._label.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                      self._label.sizePolicy().verticalPolicy())
+            self._label.setToolTip(f"Lesion Align: {name}")
 
     @property
     def value(self) -> int:
@@ -205,10 +341,15 @@ class ActivityBar:
     def _apply(self, fraction: float, message: str, eta: str | None) -> None:
         bar = self.bar
         value = int(round(self.TOTAL * min(max(fraction, 0.0), 1.0)))
-        step = short_step(message) if message else ""
+        step = short_step(message, self.STEP_CHARS) if message else ""
         if step and step != self._step:
             self._step = step
             bar.set_description(f"Lesion Align: {step}")
+            if self._label is not None:
+                try:
+                    self._label.setToolTip(f"Lesion Align: {plain_text(message)}")
+                except RuntimeError:  # napari closed the row
+                    self._label = None
         if eta is not None and eta != bar.eta_text:
             bar.eta_text = eta
             bar.display()
@@ -459,6 +600,7 @@ def _notify_end(name: str, outcome: Outcome) -> None:
     """Done or cancelled (an error is the ``on_done`` handler's to show, once)."""
     from napari.utils.notifications import show_info
 
+    name = plain_text(name)
     if outcome.kind == "ok":
         show_info(f"Lesion Align: {name} done in {clock(outcome.seconds)}")
     elif outcome.kind == "cancelled":

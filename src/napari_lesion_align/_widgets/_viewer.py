@@ -166,8 +166,10 @@ def load_result_folder(viewer, key: str):
 # --------------------------------------------------------------------------- status bar
 def mni_status_text(position) -> str:
     """``"MNI x=-44.0 y=-66.0 z=32.0 mm"`` of a napari world position."""
-    x, y, z = _layers.world_to_mni(position)
-    return f"MNI x={x:.1f} y={y:.1f} z={z:.1f} mm"
+    from ._tasks import number
+
+    x, y, z = (number(v) for v in _layers.world_to_mni(position))
+    return f"MNI x={x} y={y} z={z} mm"
 
 
 def _status(ref) -> None:
@@ -335,6 +337,122 @@ def show_canvas_legend(viewer, text: str = "", entries=(), colorbar_layer=None) 
                 bar.visible = on
 
 
+# --------------------------------------------------------------------------- dock legend
+#: WCAG 2 contrast a swatch's border (a non-text element) and the legend's text keep
+#: against the dock's background
+BORDER_CONTRAST = 3.0
+TEXT_CONTRAST = 4.5
+#: the swatch's size and its border's width in pixels
+SWATCH_PX, SWATCH_BORDER_PX = 14, 2
+
+
+def relative_luminance(colour) -> float:
+    """WCAG 2 relative luminance of a colour (``"#rrggbb"`` or RGB(A) in 0..1)."""
+    import numpy as np
+
+    if isinstance(colour, str):
+        h = colour.lstrip("#")[:6]
+        rgb = np.array([int(h[i:i + 2], 16) for i in (0, 2, 4)], dtype=float) / 255.0
+    else:
+        rgb = np.asarray(colour, dtype=float)[:3]
+    lin = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return float(0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2])
+
+
+def contrast_ratio(a, b) -> float:
+    """WCAG 2 contrast ratio of two colours (1 .. 21)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def readable_on(background, candidates=("#ffffff", "#000000")) -> str:
+    """Of ``candidates``, the colour with the highest contrast against ``background``."""
+    return max(candidates, key=lambda c: contrast_ratio(c, background))
+
+
+def theme_colours(theme: str = "dark") -> dict:
+    """``{"background", "foreground", "text"}`` of a napari theme (hex)."""
+    from napari.utils.theme import get_theme
+
+    try:
+        t = get_theme(str(theme))
+    except Exception:  # an unknown theme: napari's dark one
+        t = get_theme("dark")
+    return {"background": t.background.as_hex(), "foreground": t.foreground.as_hex(),
+            "text": t.text.as_hex()}
+
+
+def swatch_border(theme: str = "dark") -> str:
+    """The border of the legend's swatches on ``theme``: white or black, whichever stands
+    out more from both of the theme's panel colours (the category colours themselves are
+    part of the results and never change)."""
+    c = theme_colours(theme)
+    return max(("#ffffff", "#000000"),
+               key=lambda k: min(contrast_ratio(k, c["background"]),
+                                 contrast_ratio(k, c["foreground"])))
+
+
+def swatch_png(colour: str, border: str) -> bytes:
+    """A :data:`SWATCH_PX` square PNG in ``colour`` with a :data:`SWATCH_BORDER_PX`
+    border in ``border``."""
+    from qtpy.QtCore import QBuffer, QByteArray, QIODevice
+    from qtpy.QtGui import QColor, QImage, QPainter
+
+    n, b = SWATCH_PX, SWATCH_BORDER_PX
+    img = QImage(n, n, QImage.Format.Format_ARGB32)
+    img.fill(QColor(border))
+    painter = QPainter(img)
+    painter.fillRect(b, b, n - 2 * b, n - 2 * b, QColor(colour[:7]))
+    painter.end()
+    data = QByteArray()
+    buf = QBuffer(data)
+    buf.open(QIODevice.OpenModeFlag.WriteOnly)
+    img.save(buf, "PNG")
+    buf.close()
+    return bytes(data)
+
+
+def on_theme(viewer, widget, callback) -> None:
+    """Call ``callback()`` when the viewer's theme changes, while ``widget`` lives."""
+    events = getattr(getattr(viewer, "events", None), "theme", None)
+    if events is None:
+        return
+
+    def changed(*_):
+        try:
+            callback()
+        except RuntimeError:  # the widget's Qt object is gone
+            pass
+
+    events.connect(changed)
+
+    def gone(*_):
+        try:
+            events.disconnect(changed)
+        except Exception:  # the viewer is gone already
+            pass
+
+    widget.destroyed.connect(gone)
+
+
+def legend_html(entries, theme: str = "dark") -> str:
+    """The dock's category legend: per ``(colour, title, meaning)`` a bordered swatch
+    (:func:`swatch_png`, border :func:`swatch_border`) and the title (its meaning as a
+    tooltip) in the theme's text colour, readable on napari's dark and light themes."""
+    import base64
+    from html import escape
+
+    border = swatch_border(theme)
+    text = theme_colours(theme)["text"]
+    parts = []
+    for colour, title, meaning in entries:
+        uri = "data:image/png;base64," + base64.b64encode(swatch_png(colour, border)).decode()
+        parts.append(f"<img src='{uri}' width={SWATCH_PX} height={SWATCH_PX}> "
+                     f"<span style='color:{text}' title='{escape(str(meaning))}'>"
+                     f"{escape(str(title))}</span>")
+    return " &nbsp; ".join(parts)
+
+
 def canvas_legend(viewer) -> dict:
     """What the canvas legend shows now: ``{"text", "entries": [(colour, title)],
     "colorbar": layer name or None}`` (the tests read this)."""
@@ -358,13 +476,16 @@ def canvas_legend(viewer) -> dict:
 # --------------------------------------------------------------------------- surface scene
 def enter_surface_scene(viewer) -> None:
     """The surface view in its own clean scene: every visible volume (image / labels)
-    layer is hidden and the view switches to 3D; back in 2D they are shown again and
-    the surfaces hidden (:func:`leave_surface_scene`)."""
+    layer is hidden, the slice position is kept and the view switches to 3D; back in 2D
+    (:func:`leave_surface_scene`) the volumes are shown again at the same slice, the
+    surfaces hidden."""
     v = unwrap(viewer)
     session = session_for(v)
     from napari.layers import Image, Labels
 
     hidden = session.__dict__.setdefault("_hidden_for_surface", [])
+    if not hidden:  # the slice the 2D view showed (not one of a scene entered twice)
+        session._slice_before_surface = (tuple(v.dims.point), int(v.dims.ndisplay))
     for layer in v.layers:
         if layer.visible and isinstance(layer, (Image, Labels)):
             layer.visible = False
@@ -378,8 +499,10 @@ def enter_surface_scene(viewer) -> None:
 
 
 def leave_surface_scene(viewer) -> None:
-    """Back from the surface scene: the volumes hidden for it visible again, the
-    surfaces hidden."""
+    """Back from the surface scene: the volumes hidden for it visible again at the slice
+    they showed before (the surfaces' extent moved the sliders' range and step), the
+    surfaces hidden, the slider labels in mm and a fresh status bar (it named the last
+    surface under the cursor)."""
     if viewer is None:
         return
     session = session_for(viewer)
@@ -395,6 +518,146 @@ def leave_surface_scene(viewer) -> None:
         if layer in viewer.layers:
             layer.visible = True
     hidden.clear()
+    before = session.__dict__.pop("_slice_before_surface", None)
+    if before is not None:
+        point = before[0]
+        dims = viewer.dims
+        if len(point) == dims.ndim:
+            not_shown = [a for a in range(dims.ndim) if a not in dims.displayed]
+            dims.set_point(not_shown, [point[a] for a in not_shown])
+    viewer.status = "Ready"
+    refresh_slider_labels(viewer)
+
+
+def refresh_slider_labels(viewer) -> None:
+    """Give the dims sliders' labels the width of their text (napari sizes them when the
+    sliders change, not when a label's text does: ``"z +21 mm"`` read ``"z …"``)."""
+    from qtpy.QtCore import QTimer
+
+    v = unwrap(viewer)
+    ref = weakref.ref(v.dims)
+
+    def resize() -> None:
+        dims = ref()
+        if dims is None:
+            return
+        for widget in _dims_widgets(dims):
+            try:
+                widget._resize_axis_labels()
+            except (AttributeError, RuntimeError):  # another napari / deleted
+                pass
+
+    QTimer.singleShot(0, resize)
+
+
+#: the brightness the sulcal shading leaves in the deepest sulci (1 on the crowns)
+SULC_DARKEST = 0.7
+#: the share of the canvas the surfaces' bounding box may fill
+SURFACE_FILL = 0.9
+
+
+def sulcal_depth(hemisphere: str, mesh_type: str = "inflated"):
+    """fsaverage5's sulcal depth of a hemisphere (nilearn ships it: nothing is
+    downloaded), or None where this nilearn has none."""
+    try:
+        from nilearn.datasets import load_fsaverage_data
+
+        img = load_fsaverage_data(mesh="fsaverage5", mesh_type=mesh_type,
+                                  data_type="sulcal")
+        import numpy as np
+
+        return np.asarray(img.data.parts[hemisphere], dtype=float)
+    except Exception:  # an older nilearn, no shipped data: flat grey
+        return None
+
+
+def shade_texture(n: int = 64):
+    """The shading texture: brightness 1 (left) .. :data:`SULC_DARKEST` (right), the same
+    in every row (napari flips textures vertically; a row is all that is read)."""
+    import numpy as np
+
+    ramp = np.linspace(1.0, SULC_DARKEST, n, dtype=np.float32)
+    tex = np.ones((4, n, 4), dtype=np.float32)
+    tex[..., :3] = ramp[None, :, None]
+    return tex
+
+
+def shade_sulci(layers) -> int:
+    """Sulcal shading on the map surfaces among ``layers``, as nilearn's surface plots
+    have it: darker in the sulci, lighter on the gyri (fsaverage5's sulcal depth,
+    :func:`sulcal_depth`). napari's texture is multiplied with the colour the layer's
+    colormap gives its values, so the map keeps its own colormap, threshold, values and
+    colour bar; the texture coordinate of a vertex is its depth (crowns left, the deepest
+    sulci right of :func:`shade_texture`). Returns how many layers were shaded."""
+    import numpy as np
+
+    n = 0
+    for layer in layers:
+        meta = layer.metadata
+        if type(layer).__name__ != "Surface" or meta.get("stat") in (None, "categories") \
+                or meta.get("hemisphere") not in ("left", "right"):
+            continue
+        sulc = sulcal_depth(meta["hemisphere"], meta.get("surface") or "inflated")
+        if sulc is None or sulc.shape != np.shape(layer.vertex_values):
+            continue
+        depth = np.clip(sulc / (np.abs(sulc).max() or 1.0), -1.0, 1.0)  # + = sulcus
+        u = (depth + 1.0) / 2.0
+        layer.texcoords = np.column_stack([u, np.full_like(u, 0.5)]).astype(np.float32)
+        layer.texture = shade_texture()
+        meta["sulcal_shading"] = True
+        n += 1
+    return n
+
+
+def frame_surfaces(viewer, view_direction=(-1.0, 0.0, 0.0), up=(0.0, -1.0, 0.0)) -> None:
+    """The 3D camera looking along ``view_direction`` (world ``(z, -y, x)``; default from
+    above, anterior up) at the visible surfaces' bounding box: centred on it and zoomed
+    so that its projection fills :data:`SURFACE_FILL` of the canvas (both hemispheres in
+    frame; napari's reset_view frames every layer, the hidden volumes included)."""
+    import numpy as np
+
+    v = unwrap(viewer)
+    surfaces = [layer for layer in v.layers if type(layer).__name__ == "Surface"
+                and layer.visible]
+    cam = camera(v)
+    cam.set_view_direction(tuple(view_direction), up_direction=tuple(up))
+    if not surfaces or v.dims.ndisplay != 3:
+        return
+    boxes = np.array([np.asarray(layer.extent.world, dtype=float)[:, -3:]
+                      for layer in surfaces])
+    lo, hi = boxes[:, 0].min(axis=0), boxes[:, 1].max(axis=0)
+    centre = (lo + hi) / 2
+    corners = np.array([[a[0], b[1], c[2]] for a in (lo, hi) for b in (lo, hi)
+                        for c in (lo, hi)])
+    view = np.asarray(cam.view_direction, dtype=float)
+    upv = np.asarray(cam.up_direction, dtype=float)
+    right = np.cross(view, upv)
+    rel = corners - centre
+    half_w = np.abs(rel @ right).max()
+    half_h = np.abs(rel @ upv).max()
+    width, height = canvas_size(v)
+    cam.center = tuple(centre)
+    cam.zoom = SURFACE_FILL * min(width / (2 * max(half_w, 1e-6)),
+                                  height / (2 * max(half_h, 1e-6)))
+
+
+def canvas_size(viewer) -> tuple[int, int]:
+    """The canvas's (width, height) in pixels."""
+    v = unwrap(viewer)
+    size = getattr(getattr(v, "canvas", None), "size", None)  # (height, width)
+    if size is not None and len(size) == 2 and min(size) > 1:
+        return int(size[1]), int(size[0])
+    return 800, 600
+
+
+def _dims_widgets(dims) -> list:
+    """napari's slider panels (``QtDims``) that show ``dims``."""
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return []
+    return [w for w in QApplication.allWidgets()
+            if type(w).__name__ == "QtDims" and getattr(w, "dims", None) is dims]
 
 
 # --------------------------------------------------------------------------- registration

@@ -21,6 +21,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QSizePolicy, QWidget
 
 from ._dock import scroll_layout, wrap_label
+from ._tasks import number, plain_text
 from ._state import connect, session_for
 
 #: the name of the crosshair layer at the inspected voxel (``metadata["stat"]`` too)
@@ -44,8 +45,13 @@ def slice_labels(viewer) -> tuple | None:
         if axis in displayed:
             labels[axis] = name if sign > 0 else f"-{name}"
         else:
-            labels[axis] = f"{name} {sign * dims.point[axis]:+.0f} mm"
+            labels[axis] = f"{name} {number(sign * dims.point[axis], 0, plus=True)} mm"
     return tuple(labels)
+
+
+def _xyz(mni, digits: int = 1) -> str:
+    """``"-44.0, 0.0, 32.0"`` (no negative zero)."""
+    return ", ".join(number(v, digits) for v in mni)
 
 
 _FOLLOWED: "weakref.WeakSet" = weakref.WeakSet()
@@ -70,8 +76,13 @@ def follow_slices_in_mm(viewer) -> None:
 
     def update(*_):
         labels = slice_labels(v)
-        if labels is not None and tuple(v.dims.axis_labels) != labels:
+        old = tuple(v.dims.axis_labels)
+        if labels is not None and old != labels:
             v.dims.axis_labels = labels
+            if [len(str(t)) for t in old] != [len(str(t)) for t in labels]:
+                from ._viewer import refresh_slider_labels
+
+                refresh_slider_labels(v)  # napari keeps the old width: "z …"
 
     v.dims.events.point.connect(update)
     v.dims.events.order.connect(update)
@@ -346,10 +357,11 @@ class InspectorWidget(QWidget):
 
         self.mni = _layers.world_to_mni(world_position)
         x, y, z = self.mni
-        lines = [f"MNI ({x:.1f}, {y:.1f}, {z:.1f}) mm"]
+        lines = [f"MNI ({_xyz(self.mni)}) mm"]
         self.atlas = self._atlas_labels(world_position)
         for name, value, label in self.atlas:
-            lines.append(f"{name}: {value}" + (f" ({label})" if label else ""))
+            label = plain_text(label)
+            lines.append(f"{plain_text(name)}: {value}" + (f" ({label})" if label else ""))
         result = self.session.result
         self.values = {}
         self.voxel = None
@@ -365,8 +377,7 @@ class InspectorWidget(QWidget):
             inside = all(0 <= ijk[a] < index.shape[a] for a in range(3))
             if inside:  # the voxel's own MNI centre (nilearn's coord_transform)
                 self.mni = _layers.voxel_to_mni(result.space.affine, ijk)
-                x, y, z = self.mni
-                lines[0] = f"MNI ({x:.1f}, {y:.1f}, {z:.1f}) mm  [x, y, z]"
+                lines[0] = f"MNI ({_xyz(self.mni)}) mm  [x, y, z]"
             inside = all(0 <= ijk[a] < index.shape[a] for a in range(3))
             v = int(index[tuple(ijk)]) if inside else -1
             self.voxel = tuple(int(i) for i in ijk)
@@ -416,7 +427,7 @@ class InspectorWidget(QWidget):
         for name, (labels, legend) in result.categories.items():
             lab = int(labels[v])
             entry = legend.get(lab, {})
-            parts.append(f"{name}: {entry.get('name', lab)}")
+            parts.append(f"{plain_text(name)}: {plain_text(entry.get('name', lab))}")
         return "; ".join(parts)
 
     @staticmethod
@@ -497,11 +508,10 @@ class InspectorWidget(QWidget):
             label.set_horizontalalignment("center")
         ax.set_ylabel("r (mean over subjects)", fontsize=8)
         ax.tick_params(labelsize=7)
-        x, y, z = self.mni
         # the legend in the title's row, outside the axes: it never covers the bars
         ax.legend(fontsize=7, ncols=max(len(result.languages), 1), frameon=False,
                   loc="lower center", bbox_to_anchor=(0.5, 1.0), borderaxespad=0.2)
-        self.figure.suptitle(f"MNI ({x:.0f}, {y:.0f}, {z:.0f})", fontsize=8,
+        self.figure.suptitle(f"MNI ({_xyz(self.mni, 0)})", fontsize=8,
                              color=self.theme_colours()["text"])
         self._style(ax)
         self.canvas.draw_idle()

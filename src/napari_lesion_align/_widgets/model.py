@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
                             QLabel, QLineEdit, QListWidget, QPushButton, QVBoxLayout,
                             QWidget)
@@ -30,6 +30,19 @@ MODEL_FIELDS = ("name", "layer", "offline", "device", "dtype")
 #: also the element of a manual lesion or a sweep
 LESION_FIELDS = ("element", "method", "k_percent", "mode", "random_controls", "alpha",
                  "correction", "min_relative_drop")
+
+
+def SELECTIONS(languages) -> list[tuple[str, str, str]]:  # noqa: N802 (a table)
+    """The "Selection" box's items: ``(text, data, meaning)``; the texts stay short enough
+    for the Model tab at 1,366 x 768, the meaning is the item's tooltip."""
+    return ([("shared + specific", "default",
+              "the shared lesion and one specific lesion per language")]
+            + [("shared", "shared", "the units important for every language")]
+            + [(f"specific: {code}", f"specific:{code}",
+                f"the units important for {code} only") for code in languages]
+            + [("manual (indices)", "manual", "the units typed under Indices"),
+               ("layer sweep", "sweep", "whole layers, one lesion per layer under Indices"),
+               ("lesion files", "files", "only the saved lesion files listed below")])
 
 
 def element_choices() -> tuple[str, ...]:
@@ -89,7 +102,9 @@ class ModelLesionWidget(QWidget):
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.selection.setMinimumContentsLength(8)
         self.indices = QLineEdit()
-        self.indices.setPlaceholderText("manual: '0: 1-10, 15; 3: 5'  ·  sweep: '0, 10, 20'")
+        self.indices.setPlaceholderText("e.g. 0: 1-10, 15; 3: 5")
+        self.indices.setToolTip("manual lesion: layer: units, e.g. '0: 1-10, 15; 3: 5'; "
+                                "layer sweep: the layers, e.g. '0, 10, 20'")
         lf.addRow("Selection", self.selection)
         lf.addRow("Indices", self.indices)
         # the [lesions] table's form, starting from the widgets' lesion recipe; "default"
@@ -169,13 +184,12 @@ class ModelLesionWidget(QWidget):
         self._updating = True
         try:
             self.selection.clear()
-            self.selection.addItem("shared + specific per language", "default")
-            self.selection.addItem("shared", "shared")
-            for code in self.session.languages():
-                self.selection.addItem(f"specific: {code}", f"specific:{code}")
-            self.selection.addItem("manual (indices)", "manual")
-            self.selection.addItem("layer sweep", "sweep")
-            self.selection.addItem("saved lesion files only", "files")
+            # short item texts (the box is ~140 px wide at 1,366 x 768), each with its
+            # meaning as a tooltip
+            for text, data, tip in SELECTIONS(self.session.languages()):
+                self.selection.addItem(text, data)
+                self.selection.setItemData(self.selection.count() - 1, tip,
+                                           Qt.ItemDataRole.ToolTipRole)
             i = self.selection.findData(current)
             self.selection.setCurrentIndex(max(i, 0))
         finally:

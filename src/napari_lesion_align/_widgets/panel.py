@@ -16,6 +16,7 @@ geometry at 1,366 x 768).
 from __future__ import annotations
 
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from ._dock import full_text_tooltips
 
 #: the width the panel asks for: the dock column of a 1,366 x 768 window, the canvas
 #: keeping the rest
@@ -59,6 +60,7 @@ class LesionAlignPanel(QWidget):
             setattr(self, attr, widget)
             i = self.tabs.addTab(widget, title)
             self.tabs.setTabToolTip(i, TAB_TIPS[title])
+            full_text_tooltips(widget)  # a value cut at the dock's width: whole in its tooltip
         self.session = self.data.session
         self.setMinimumWidth(min(DOCK_WIDTH, self.minimumSizeHint().width()))
 

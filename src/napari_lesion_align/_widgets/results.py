@@ -14,7 +14,6 @@ conditions (controls, null models) appear without changes here."""
 
 from __future__ import annotations
 
-from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +157,7 @@ class ResultsWidget(QWidget):
         self.category_set.currentIndexChanged.connect(lambda *_: self.set_overlay())
         connect(self.session.result_changed, self._result_changed)
         connect(self.session.results_changed, self._results_listed)
+        _viewer.on_theme(self.viewer, self, self._update_legend)
         layers_events = self.viewer.layers.events
         layers_events.inserted.connect(self._layer_inserted)
         self.destroyed.connect(lambda *_, ev=layers_events, cb=self._layer_inserted:
@@ -580,10 +580,7 @@ class ResultsWidget(QWidget):
             entries += [(language_colour(code, result.languages), code, code)
                         for code in result.languages]
         self.legend_entries = [(c[:7], t) for c, t, _ in entries]
-        html = " &nbsp; ".join(
-            f"<span style='color:{c[:7]}; font-size:16px'>&#9632;</span> "
-            f"<span title='{escape(m)}'>{escape(t)}</span>" for c, t, m in entries)
-        self.legend.setText(html)
+        self.legend.setText(_viewer.legend_html(entries, getattr(self.viewer, "theme", "dark")))
 
     def canvas_text(self) -> str:
         """What the canvas says the map is: its name, then (next line) its threshold in
@@ -762,6 +759,7 @@ class ResultsWidget(QWidget):
             layer = make_layer(t)
             tag_layer(layer, self.session, self.key)
             layers.append(layer)
+        _viewer.shade_sulci(layers)
         _viewer.enter_surface_scene(self.viewer)
         self.surface_feeder = LayerFeeder(self.viewer, layers, per_tick=2, parent=self)
         self.surface_feeder.finished.connect(self._surface_shown)
@@ -781,12 +779,9 @@ class ResultsWidget(QWidget):
 
     def top_view(self) -> None:
         """3D camera from above (superior), anterior up: both hemispheres in frame."""
-        from ._viewer import camera
-
         if self.viewer.dims.ndisplay != 3:
             return
-        self.viewer.reset_view()
-        camera(self.viewer).set_view_direction((-1.0, 0.0, 0.0), up_direction=(0.0, -1.0, 0.0))
+        _viewer.frame_surfaces(self.viewer)
 
     def lateral_view(self, hemisphere: str = "left") -> None:
         """3D camera on the lateral side of a hemisphere, superior up (world frame
