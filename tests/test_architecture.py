@@ -123,9 +123,27 @@ def uncommented_function_imports(source: str) -> list[int]:
     return sorted(set(found))
 
 
-def test_the_core_imports_its_own_modules_at_the_top():
+PACKAGE = SRC / "napari_lesion_align"
+
+#: widget modules whose function-level imports are moved later (by their own change)
+NOT_YET = {"_widgets/_tasks.py", "_widgets/_viewer.py", "_widgets/model.py",
+           "_widgets/_export.py", "_widgets/inspector.py"}
+
+
+def checked_modules() -> list[Path]:
+    """The core, the package's top-level modules (cli, reader, writer, sample data, layers,
+    view model) and the widgets, less :data:`NOT_YET`."""
+    paths = [*sorted((PACKAGE / "core").rglob("*.py")), *sorted(PACKAGE.glob("*.py")),
+             *sorted((PACKAGE / "_widgets").glob("*.py"))]
+    return [p for p in paths if p.relative_to(PACKAGE).as_posix() not in NOT_YET]
+
+
+def test_the_package_imports_its_own_modules_at_the_top():
+    paths = checked_modules()
+    assert {"cli.py", "_reader.py", "_widgets/_state.py", "core/run/stages.py"} <= \
+        {p.relative_to(PACKAGE).as_posix() for p in paths}
     offenders = []
-    for path in sorted((SRC / "napari_lesion_align" / "core").rglob("*.py")):
+    for path in paths:
         for line in uncommented_function_imports(path.read_text(encoding="utf-8")):
             offenders.append(f"{path.relative_to(SRC)}:{line}")
     assert offenders == [], ("imports of the package's own modules inside functions, with no "

@@ -28,15 +28,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from . import __version__
+from ._layers import template_layer
+from ._view_model import result_layers
+from ._widgets._state import session_for, unwrap
+from ._widgets._viewer import attach, attach_current, current_viewer, without_duplicate_template
+from .core.base.errors import LesionAlignError
+from .core.data.demo import GENERATOR_REVISION
+from .core.model.e5_offline import _default_cache_dir
+from .core.results.result import check_manifest
+from .core.run import pipeline  # pipeline.run_analysis: tests replace it
+from .core.run.config import demo_config
+
 log = logging.getLogger(__name__)
 
 
 def mni_template() -> list[tuple]:
     """nilearn's MNI152 template (2 mm) as a grey image layer; in napari it goes beneath
     the maps, and is not added twice."""
-    from ._layers import template_layer
-    from ._widgets._viewer import attach_current
-
     attach_current()  # beneath the maps; a second copy is dropped (napari needs a layer)
     return [template_layer(2)]
 
@@ -47,8 +56,6 @@ SAMPLE_FOLDER = Path(__file__).resolve().parent / "data" / "sample"
 
 def shipped_sample() -> Path:
     """The shipped demo result folder; a clear error when the installed package lacks it."""
-    from .core.base.errors import LesionAlignError
-
     if not (SAMPLE_FOLDER / "result.json").is_file():
         raise LesionAlignError(
             f"{SAMPLE_FOLDER}: the shipped demo result is missing from this installation; "
@@ -92,19 +99,12 @@ def sample_of(result):
 def demo_cache_folder(cache_root=None) -> Path:
     """``<cache>/demo-result-<version>-g<generator revision>``: where the demo's result is
     cached (a new revision of the demo's generator computes it again)."""
-    from . import __version__
-    from .core.model.e5_offline import _default_cache_dir
-    from .core.data.demo import GENERATOR_REVISION
-
     root = Path(cache_root) if cache_root is not None else _default_cache_dir()
     return root / f"demo-result-{__version__}-g{GENERATOR_REVISION}"
 
 
 def cached_demo_result(cache_root=None) -> Path | None:
     """The cached demo result folder when it is complete and intact, else None."""
-    from .core.base.errors import LesionAlignError
-    from .core.results.result import check_manifest
-
     final = demo_cache_folder(cache_root)
     if (final / "result.json").is_file():
         try:
@@ -118,10 +118,6 @@ def cached_demo_result(cache_root=None) -> Path | None:
 def ensure_demo_result(cache_root=None, progress=None, cancel=None) -> Path:
     """The cached demo result folder, computed first when missing (atomically: the run
     writes into a temporary folder next to it, renamed when finished)."""
-    from .core.run.config import demo_config
-    from .core.base.errors import LesionAlignError
-    from .core.run.pipeline import run_analysis
-
     cached = cached_demo_result(cache_root)
     if cached is not None:
         return cached
@@ -136,7 +132,7 @@ def ensure_demo_result(cache_root=None, progress=None, cancel=None) -> Path:
     log.warning("computing the demo result once (several minutes) into %s", final)
     try:
         kwargs = {"cancel": cancel} if cancel is not None else {}
-        run_analysis(demo_config(lesions=True), out_dir=tmp,
+        pipeline.run_analysis(demo_config(lesions=True), out_dir=tmp,
                      progress=progress or _log_progress, **kwargs)
         if final.exists():  # an incomplete folder from elsewhere (no result.json)
             shutil.rmtree(final, ignore_errors=True)
@@ -155,8 +151,6 @@ def _log_progress(fraction: float, message: str) -> None:
 
 def demo_layers(folder) -> list[tuple]:
     """The MNI template, then the layers of the demo result in ``folder``."""
-    from ._view_model import result_layers
-
     return result_layers(folder, template=True)
 
 
@@ -164,8 +158,6 @@ def demo_result() -> list[tuple]:
     """The MNI template, then the demo result's layers: a computed demo result when one is
     cached (see above), else the shipped one, at once. In napari, opening the shipped
     result offers (in a notification) to compute the whole demo."""
-    from ._widgets._viewer import attach_current, current_viewer, without_duplicate_template
-
     folder = cached_demo_result()
     shipped = folder is None
     if shipped:
@@ -203,10 +195,9 @@ def compute_demo_in_background(viewer, cache_root=None):
     from napari.utils import progress as napari_progress
     from napari.utils.notifications import show_error, show_info
 
-    from ._widgets._state import session_for, unwrap
-    from ._widgets._layer_feed import LayerFeeder, make_layer
-    from ._widgets._tasks import start_task
-    from ._widgets._viewer import attach
+    # Qt: the workers and the layer feeder load in napari only (this module loads headless)
+    from ._widgets._layer_feed import LayerFeeder, make_layer  # (see above)
+    from ._widgets._tasks import start_task  # (see above)
 
     viewer = unwrap(viewer)
     attach(viewer)
@@ -221,7 +212,7 @@ def compute_demo_in_background(viewer, cache_root=None):
     task: list = []
 
     def fn(progress, cancel):
-        from ._widgets._tasks import import_model_libraries
+        from ._widgets._tasks import import_model_libraries  # Qt (see above)
 
         import_model_libraries()
         folder = ensure_demo_result(cache_root, progress=progress, cancel=cancel)

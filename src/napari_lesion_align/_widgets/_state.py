@@ -37,11 +37,13 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from .._view_model import result_key, unique_label  # Qt-free naming rules
+from .._view_model import folder_label, result_key, unique_label  # Qt-free naming rules
 from ..core.base.errors import LesionAlignError
 from ..core.data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
 from ..core.data.options import DemoConfig
-from ..core.run.config import AnalysisConfig, ModelConfig, config_from_dict, demo_config
+from ..core.lesions.plan import LesionPlan
+from ..core.run.config import (AnalysisConfig, LesionConfig, ModelConfig, config_from_dict,
+                               demo_config)
 
 DEMO_LANGUAGES = ("EN", "FR", "ZH")
 
@@ -167,7 +169,6 @@ class Session:
         pending = self.__dict__.setdefault("_labels", {})
         if key in pending:
             return pending[key]
-        from .._view_model import folder_label
 
         base = folder_label(folder) if folder is not None else key
         taken = {e.label for e in self.results.values()} | set(pending.values())
@@ -257,9 +258,6 @@ class Session:
         """The :class:`~..core.lesions.plan.LesionPlan` of the forms (what the size preview shows):
         the config's when the forms make one, else the lesion form's alone on the known
         languages (the data form may still be incomplete)."""
-        from ..core.run.config import LesionConfig
-        from ..core.lesions.plan import LesionPlan
-
         if self.model_error:
             raise LesionAlignError(self.model_error)
         try:

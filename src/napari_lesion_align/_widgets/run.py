@@ -20,8 +20,11 @@ from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
 
 from ..core.base.errors import LesionAlignError
 from ..core.run.config import ComputeConfig
+from . import _run_prep, _tasks  # module imports: tests replace their functions
 from ._dock import ErrorLabel, scroll_layout, wrap_label
 from ._forms import schema_form
+from ._lesion_size import describe_run
+from ._show import show_result
 from ._state import connect, session_for
 from ._tasks import ActivityBar, TimeEstimate, clock, freeze_gc_once, start_task
 
@@ -129,8 +132,6 @@ class RunWidget(QWidget):
         """Build the config from the forms and start the worker (returns the task)."""
         from napari.utils.notifications import show_error
 
-        from . import _run_prep
-
         s = self.session
         if self.running:
             return self.task
@@ -148,9 +149,7 @@ class RunWidget(QWidget):
         with_template = self.with_template.isChecked()
 
         def fn(progress, cancel):
-            from ._tasks import import_model_libraries
-
-            import_model_libraries()
+            _tasks.import_model_libraries()  # through the module: tests replace it
             return _run_prep.run(config, with_template, progress, cancel, out_dir=out)
 
         self.outcome = None
@@ -185,9 +184,6 @@ class RunWidget(QWidget):
         self.activity = None
 
     def _plan_changed(self, *_) -> None:
-        from ..core.base.errors import LesionAlignError
-        from ._lesion_size import describe_run
-
         if self.error.message is not None and not self.running:  # fixed, or being fixed
             self.error.set_error(None)
             self.step.setText("ready")
@@ -257,8 +253,6 @@ class RunWidget(QWidget):
 
     def _done(self, outcome) -> None:
         from napari.utils.notifications import show_info
-
-        from ._show import show_result
 
         self.outcome = outcome
         self._clock.stop()
