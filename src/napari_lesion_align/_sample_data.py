@@ -39,6 +39,7 @@ from .core.model.e5_offline import _default_cache_dir
 from .core.results.result import check_manifest
 from .core.run import pipeline  # pipeline.run_analysis: tests replace it
 from .core.run.config import demo_config
+from .core.run.sources import SHIPPED_DEMO_RESULT
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ def mni_template() -> list[tuple]:
     return [template_layer(2)]
 
 
-#: the shipped demo result (package data; scripts/make_sample_result.py writes it)
-SAMPLE_FOLDER = Path(__file__).resolve().parent / "data" / "sample"
+#: the shipped demo result (package data; scripts/make_sample_result.py writes it): the demo
+#: source's shipped result in the registry of sources
+SAMPLE_FOLDER = SHIPPED_DEMO_RESULT
 
 
 def shipped_sample() -> Path:
@@ -202,7 +204,7 @@ def compute_demo_in_background(viewer, cache_root=None):
     viewer = unwrap(viewer)
     attach(viewer)
     session = session_for(viewer)
-    running = getattr(session, "_demo_task", None)
+    running = session._demo_task
     if running is not None and running.running:
         show_info("the demo result is being computed (see the activity dock)")
         return None

@@ -64,6 +64,11 @@ def check_demo(n_subjects: int, progress=None, cancel=None) -> DataReport:
     return rep
 
 
+#: the checks of the built-in sources (the registry's kinds that bring their own data), by
+#: ``[data] kind``: ``check(n_subjects, progress, cancel)``
+BUILTIN_CHECKS = {"demo": check_demo}
+
+
 def _n_vols(kind: str, path: str, data_cfg) -> int:
     if kind == "volume":
         return nifti_volumes(path)

@@ -70,7 +70,7 @@ def show_result(viewer, session, result, layers: list, folder=None, per_tick: in
     again) replaces that one's layers. A template layer is added only when the viewer has
     none.
     """
-    ref = getattr(session, "_feeder", None)
+    ref = session._feeder
     prev = ref() if ref is not None else None
     if prev is not None and not prev.done:
         prev.stop()

@@ -8,8 +8,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBo
                             QVBoxLayout, QWidget)
 
 from ..core.base.errors import LesionAlignError
-from ..core.data import demo
 from ..core.data.options import DataConfig, DemoConfig
+from ..core.run.sources import DEFAULT_KIND, KINDS
 from . import _datacheck
 from ._dock import ERROR_COLOUR, ErrorLabel, scroll_layout, wrap_label
 from ._forms import choices, schema_form
@@ -18,7 +18,7 @@ from ._show import space_layers
 from ._state import session_for
 from ._tasks import start_task
 
-SOURCES = ("Demo (built-in)", "Files", "Config file")
+SOURCES = (DEFAULT_KIND.label, "Files", "Config file")
 #: the [data.demo] keys of the demo page (generated from :class:`DemoConfig`)
 DEMO_FIELDS = ("n_subjects", "seed")
 #: the [data] keys of the files page (generated from :class:`DataConfig`; the languages
@@ -135,12 +135,13 @@ class DataWidget(QWidget):
         files = QWidget()
         fl = QVBoxLayout(files)
         fl.setContentsMargins(0, 0, 0, 0)
-        # the [data] table's scalars (the demo is the Source above, not an input kind)
+        # the [data] table's scalars (a built-in source, the demo, is the Source above, not
+        # an input kind)
         self.files_form = schema_form(
             DataConfig, DATA_FIELDS,
             labels={"kind": "Input", "tr": "TR", "mask": "Mask", "subjects": "Subjects"},
             overrides={"kind": {"choices": [c for c in choices(DataConfig, "kind")
-                                            if c != "demo"]},
+                                            if not (c in KINDS and KINDS[c].builtin)]},
                        "tr": {"suffix": " s", "step": 0.1},
                        "mask": {"widget_type": "FileEdit", "filter": "*.nii *.nii.gz",
                                 "placeholder": "brain mask (NIfTI, > 0 inside)"},
@@ -234,7 +235,9 @@ class DataWidget(QWidget):
         src = self.source.currentIndex()
         if src == 0:
             self.demo_form.parse("[data.demo]")
-            return {"data": {"kind": "demo", "demo": self.demo_form.values()}}, None
+            # the built-in page is the default source's: {"kind": "demo", "demo": {...}}
+            return {"data": {"kind": DEFAULT_KIND.name,
+                             DEFAULT_KIND.name: self.demo_form.values()}}, None
         if src == 2:
             path = self.config_path.text().strip()
             if not path:
@@ -358,12 +361,13 @@ class DataWidget(QWidget):
         try:
             if session.data_error:
                 raise LesionAlignError(session.data_error)
-            if session.is_demo:
-                n = int(session.data["data"]["demo"]["n_subjects"])
-                mask = demo.MASK_FILE
+            source = session.source
+            if source is not None and source.builtin:  # a source that brings its data
+                n = int(session.data["data"][source.name]["n_subjects"])
+                mask = source.mask
 
                 def check(progress, cancel):
-                    return _datacheck.check_demo(n, progress, cancel)
+                    return _datacheck.BUILTIN_CHECKS[source.name](n, progress, cancel)
             else:
                 config = session.build_config()
                 mask = config.data.mask if config.data.kind == "volume" else None
