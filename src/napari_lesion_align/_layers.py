@@ -198,7 +198,7 @@ def plugin_colormap(kind: str):
       grey -> white (``core.analysis.display.MAP_RAMPS["magnitude"]``), used while category
       overlays are shown so that colour only ever means a category.
     """
-    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps import Colormap  # napari: this module loads headless
 
     clear = np.zeros((1, 4))
     grey = kind.startswith("magnitude")
@@ -651,8 +651,9 @@ def _label_colormap(colours: dict, n: int, background=(0.75, 0.75, 0.75, 1.0)):
     """A stepwise colormap showing integer values ``0..n-1`` with contrast limits
     ``(-0.5, n - 0.5)``: 0 ``background`` (transparent for an overlay on a map's
     surface), others their colour."""
+    # napari: this module loads headless
     from napari.utils.colormaps import Colormap
-    from napari.utils.colormaps.standardize_color import transform_color
+    from napari.utils.colormaps.standardize_color import transform_color  # (see above)
 
     rows = []
     for label in range(n):
@@ -736,7 +737,7 @@ def surface_colormap(stat: str, magnitude: bool = False):
     """The map colormap on a surface: the plugin's colours (``magnitude``: the grey
     ``|value|`` ramp) with the transparent band (sub-threshold) painted the cortex's grey
     (a surface has nothing beneath; darker under the grey ramp)."""
-    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps import Colormap  # napari: this module loads headless
 
     if magnitude:
         base = plugin_colormap("magnitude-sequential" if stat in SEQUENTIAL else "magnitude")

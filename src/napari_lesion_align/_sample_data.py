@@ -182,6 +182,7 @@ CANCEL_ACTION = "Cancel"
 def offer_full_demo(viewer, cache_root=None) -> None:
     """A notification that the shipped result is open, with a button that computes the
     whole demo (:func:`compute_demo_in_background`)."""
+    # napari: this module loads headless
     from napari.utils.notifications import Notification, notification_manager
 
     notification_manager.dispatch(Notification(
@@ -194,8 +195,9 @@ def compute_demo_in_background(viewer, cache_root=None):
     """Compute the demo result in a worker, with its progress in napari's activity dock
     (``napari.utils.progress``) and a notification; its layers are added to ``viewer``
     when done. Returns the task (None when one is running already)."""
+    # napari: this module loads headless
     from napari.utils import progress as napari_progress
-    from napari.utils.notifications import show_error, show_info
+    from napari.utils.notifications import show_error, show_info  # (see above)
 
     # Qt: the workers and the layer feeder load in napari only (this module loads headless)
     from ._widgets._layer_feed import LayerFeeder, make_layer  # (see above)
@@ -208,6 +210,7 @@ def compute_demo_in_background(viewer, cache_root=None):
     if running is not None and running.running:
         show_info("the demo result is being computed (see the activity dock)")
         return None
+    # napari: this module loads headless
     from napari.utils.notifications import Notification, notification_manager
 
     bar = napari_progress(total=1000, desc="demo result")

@@ -65,7 +65,7 @@ def _spatial_last(arr: np.ndarray) -> np.ndarray:
 
 def _nifti_affine(meta: dict, ndim: int) -> np.ndarray:
     """NIfTI affine (voxel -> MNI mm) of the layer's spatial (last three) axes."""
-    from napari.utils.transforms import Affine
+    from napari.utils.transforms import Affine  # napari: loaded with a layer to write
 
     phys = Affine(scale=meta.get("scale", np.ones(ndim)),
                   translate=meta.get("translate", np.zeros(ndim)),

@@ -14,6 +14,8 @@ from __future__ import annotations
 import weakref
 from pathlib import Path
 
+from napari.utils.notifications import show_error
+
 from .. import _layers
 from .._view_model import (RESULT_KEY, RESULT_LABEL, RESULT_TAG, VIEW_TAG,  # noqa: F401
                            default_view, group_mean, map_view_tuple, owned_name,
@@ -116,8 +118,6 @@ def open_result_folder(viewer, folder, *, on_done=None, parent=None):
     current instead (returns None, nothing is read). ``on_done(outcome)`` is called at
     the end (``outcome.kind``: ok, error, cancelled). Returns the task. The one entry
     point for the Results dock and File > Open Sample."""
-    from napari.utils.notifications import show_error
-
     viewer = unwrap(viewer)
     session = session_for(viewer)
     folder = Path(folder)

@@ -12,6 +12,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QUrl
+from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QLabel, QPushButton,
                             QTableWidget, QTableWidgetItem, QVBoxLayout)
 
@@ -157,8 +160,6 @@ class ClustersWindow(QDialog):
         """Open the result's report; write it first (in a worker) when its folder has none
         made from its result.json, or into a temporary folder when the result has no
         folder of its own that can be written."""
-        from napari.utils.notifications import show_error
-
         result, folder = self.session.result, self.session.result_folder
         if result is None:
             show_error("no result yet: run one or open a result folder")
@@ -180,8 +181,6 @@ class ClustersWindow(QDialog):
         return self.report_task
 
     def _report_done(self, outcome) -> None:
-        from napari.utils.notifications import show_error
-
         self.report_button.setEnabled(True)
         if outcome.ok:
             self._open(outcome.value)
@@ -189,9 +188,6 @@ class ClustersWindow(QDialog):
             show_error(outcome.message)
 
     def _open(self, path: Path):
-        from qtpy.QtCore import QUrl
-        from qtpy.QtGui import QDesktopServices
-
         self.report_file = Path(path)
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
         return self.report_file

@@ -3,9 +3,10 @@ or ROI time series; TR; mask), or a config file; shows what was found before a r
 
 from __future__ import annotations
 
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QLineEdit, QPlainTextEdit, QPushButton, QStackedWidget,
-                            QVBoxLayout, QWidget)
+                            QLineEdit, QPlainTextEdit, QPushButton, QSizePolicy,
+                            QStackedWidget, QVBoxLayout, QWidget)
 
 from ..core.base.errors import LesionAlignError
 from ..core.data.options import DataConfig, DemoConfig
@@ -209,8 +210,6 @@ class DataWidget(QWidget):
             self._form_changed()
 
     def _source_changed(self, index: int) -> None:
-        from qtpy.QtWidgets import QSizePolicy
-
         self.stack.setCurrentIndex(index)
         for i in range(self.stack.count()):  # the stack as tall as the page shown
             page = self.stack.widget(i)
@@ -352,8 +351,6 @@ class DataWidget(QWidget):
 
     def check(self):
         """Read every annotation and BOLD header in a worker; show what was found."""
-        from napari.utils.notifications import show_error
-
         if self.task is not None and self.task.running:
             return self.task
         self._push()
@@ -409,8 +406,6 @@ class DataWidget(QWidget):
         self.summary.setPlainText(message)
 
     def _checked(self, outcome) -> None:
-        from napari.utils.notifications import show_error, show_info
-
         self.check_button.setEnabled(True)
         if outcome.kind == "ok":
             rep, layers = outcome.value

@@ -15,6 +15,7 @@ geometry at 1,366 x 768).
 
 from __future__ import annotations
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 #: the width the panel asks for: the dock column of a 1,366 x 768 window, the canvas
@@ -72,8 +73,6 @@ class LesionAlignPanel(QWidget):
         Inspector may be a hidden tab, which gets no hide event of its own then)."""
         super().hideEvent(event)
         import weakref
-
-        from qtpy.QtCore import QTimer
 
         ref = weakref.ref(self.inspector)
         QTimer.singleShot(0, lambda: ref() is not None and ref()._closed_check())

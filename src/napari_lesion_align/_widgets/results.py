@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 
 import numpy as np
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QLabel, QPushButton, QSlider, QWidget)
@@ -377,8 +378,6 @@ class ResultsWidget(QWidget):
     def show_view(self):
         """Replace the shown map by the current choice. ``categories`` shows the category
         overlay of the chosen set (one language's specific voxels only, or all)."""
-        from napari.utils.notifications import show_error
-
         model = self.model
         if model is None:
             return None
@@ -655,8 +654,6 @@ class ResultsWidget(QWidget):
         """Save the view as a PNG: the canvas with the map's name, the slice position, the
         directions at its edges, the map's colour bar, the category legend, and the
         threshold in words (its correction and degrees of freedom)."""
-        from napari.utils.notifications import show_info
-
         path = Path(path)
         if path.suffix.lower() != ".png":
             path = path.with_suffix(".png")
@@ -699,8 +696,6 @@ class ResultsWidget(QWidget):
     def show_surface(self):
         """Project the map shown (and the category overlay shown, if any) onto fsaverage5
         in a worker, then add them as Surface layers and switch to 3D (returns the task)."""
-        from napari.utils.notifications import show_error
-
         layer = self.view_layer
         cats = self.category_layer()
         if layer is None and cats is None:
@@ -736,8 +731,6 @@ class ResultsWidget(QWidget):
         return self.surface_task
 
     def _surface_done(self, outcome) -> None:
-        from napari.utils.notifications import show_error
-
         self.surface_button.setEnabled(True)
         if outcome.kind == "error":
             show_error(outcome.message)
@@ -789,8 +782,6 @@ class ResultsWidget(QWidget):
 
     def qc_figure(self, path):
         """Write the standard QC figure (``core.results.figures.qc_figure``) in a worker."""
-        from napari.utils.notifications import show_error
-
         result = self.result
         if result is None:
             show_error("no result yet: run one or open a result folder")
@@ -807,8 +798,6 @@ class ResultsWidget(QWidget):
         return self.qc_task
 
     def _qc_done(self, outcome) -> None:
-        from napari.utils.notifications import show_error, show_info
-
         self.qc_button.setEnabled(True)
         if outcome.kind == "ok":
             show_info(f"saved {outcome.value}")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from magicgui.widgets import FileEdit
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
                             QPushButton, QWidget)
@@ -81,8 +83,6 @@ class RunWidget(QWidget):
         lay.addWidget(self.plan)
         # where the units run (the [compute] table's form, generated from the schema) and
         # the output folder (not a config key: the CLI's --out)
-        from magicgui.widgets import FileEdit
-
         self.compute_form = schema_form(
             ComputeConfig, COMPUTE_FIELDS,
             labels={"workers": "Dask workers", "scheduler": "Scheduler",
@@ -130,8 +130,6 @@ class RunWidget(QWidget):
 
     def run(self):
         """Build the config from the forms and start the worker (returns the task)."""
-        from napari.utils.notifications import show_error
-
         s = self.session
         if self.running:
             return self.task
@@ -245,15 +243,11 @@ class RunWidget(QWidget):
                               f"about {clock(left)} left" if left is not None else "")
 
     def _failed(self, message: str, step: str = "failed") -> None:
-        from napari.utils.notifications import show_error
-
         self.step.setText(step)
         self.error.set_error(message)
         show_error(message)
 
     def _done(self, outcome) -> None:
-        from napari.utils.notifications import show_info
-
         self.outcome = outcome
         self._clock.stop()
         if outcome.kind == "ok":
@@ -281,8 +275,6 @@ class RunWidget(QWidget):
             self.error.set_error(outcome.message)
 
     def _layers_added(self) -> None:
-        from napari.utils.notifications import show_info
-
         text = f"done in {_clock(self.outcome.seconds)}"
         self.step.setText(text)
         # in an event-loop turn of its own (not with the last layer's insertion)
@@ -323,8 +315,6 @@ class RunWidget(QWidget):
         return self.save_task
 
     def _saved(self, outcome, folder) -> None:
-        from napari.utils.notifications import show_error, show_info
-
         self.save_button.setEnabled(True)
         if outcome.kind == "ok":
             self.session.result_folder = folder

@@ -65,7 +65,7 @@ class _TorchBackend:
     name = "torch"
 
     def __init__(self, dtype, device=None):
-        import torch
+        import torch  # torch: for the torch backend only
 
         self.torch = torch
         self.dtype = {np.dtype("float32"): torch.float32, np.dtype("float64"): torch.float64}[
@@ -127,7 +127,7 @@ def get_backend(backend: str = "auto", dtype=np.float32, device=None):
     """
     if backend == "auto":
         try:
-            import torch
+            import torch  # torch: for the torch backend only
 
             backend = "torch" if torch.cuda.is_available() else "numpy"
         except ImportError:  # pragma: no cover - torch is a dependency
