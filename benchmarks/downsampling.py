@@ -65,7 +65,7 @@ def to_trs(vectors, onsets, n_vols, tr, method, start_s=0.0, pad=4):
 
 
 def fit(X_runs, Y_runs, pad=4):
-    from napari_lesion_align.core.encoding.ridge import cross_validated_r
+    from napari_lesion_align.core.encoding import cross_validated_r
 
     return cross_validated_r(X_runs, Y_runs, DELAYS, ALPHAS, pad_before=pad,
                              backend="numpy").r

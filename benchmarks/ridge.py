@@ -64,7 +64,7 @@ def make_data(V: int):
     Y is generated in chunks of 4,000 columns, each from its own seed: the first ``V``
     columns are the same whatever ``V`` (a subset run gets the first voxels of the full one).
     """
-    from napari_lesion_align.core.encoding.ridge import contiguous_blocks
+    from napari_lesion_align.core.encoding import contiguous_blocks
     from napari_lesion_align.core.features.extraction import fir_delays
 
     n = N_TRAIN + N_TEST
@@ -106,7 +106,7 @@ def pearson_cols(a, b):
 
 # --------------------------------------------------------------------------- solvers
 def solve_ours(X, Y, train, test, folds):
-    from napari_lesion_align.core.encoding.ridge import ridge_cv
+    from napari_lesion_align.core.encoding import ridge_cv
 
     res = ridge_cv(X, Y, train, test, folds, ALPHAS, score="r2", fit_intercept=True,
                    dtype=np.float32, backend="numpy")
@@ -186,7 +186,7 @@ def _import_all():
     import scipy.linalg  # noqa: F401
     import sklearn.linear_model  # noqa: F401
 
-    import napari_lesion_align.core.encoding.ridge
+    import napari_lesion_align.core.encoding.cross_validation
 
 
 def child_main(args):

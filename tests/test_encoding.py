@@ -1,4 +1,4 @@
-"""Tests of the cross-validated ridge solver (core/encoding.py).
+"""Tests of the cross-validated ridge solver (core/encoding/).
 
 The solver is checked against a plain scikit-learn reference (one ``Ridge`` per alpha and
 inner fold), against itself across backends and batch sizes, and on planted data through
@@ -14,11 +14,11 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 
-from napari_lesion_align.core.encoding import ridge as enc
-from napari_lesion_align.core.encoding.ridge import (DEFAULT_ALPHAS, EncodingResult, Fold,
-                                                     RidgeResult, contiguous_blocks,
-                                                     cross_validated_r, get_backend,
-                                                     leave_one_group_out, pearson_r, ridge_cv)
+from napari_lesion_align.core.encoding import backends, solver
+from napari_lesion_align.core.encoding import cross_validation as enc
+from napari_lesion_align.core.encoding import (DEFAULT_ALPHAS, EncodingResult, Fold, RidgeResult,
+                                               contiguous_blocks, cross_validated_r, get_backend,
+                                               leave_one_group_out, pearson_r, ridge_cv)
 from napari_lesion_align.core.base.errors import Cancelled, LesionAlignError
 from napari_lesion_align.core.features.extraction import fir_delays
 
@@ -261,7 +261,7 @@ def test_torch_host_staging_path(monkeypatch):
     """The GPU path (rows gathered into a host buffer, then copied) gives the same result;
     emulated on the CPU by a backend without host views of its buffers."""
     pytest.importorskip("torch")
-    monkeypatch.setattr(enc._TorchBackend, "host", lambda self, x: None)
+    monkeypatch.setattr(backends._TorchBackend, "host", lambda self, x: None)
     X, Y = make_data(120, 160, V=30, n_signal=20, seed=3)
     train, test, folds = split(120, 20, 4)
     a = ridge_cv(X, Y, train, test, folds, ALPHAS, dtype=np.float64, backend="numpy")
@@ -337,7 +337,7 @@ def test_tridiagonalize_reconstructs(n, nb):
     rng = np.random.default_rng(n)
     X = rng.standard_normal((n, n + 3))
     S = X @ X.T
-    Q, d, e = enc._tridiagonalize(S.copy(), nb=nb, chunk=50)
+    Q, d, e = solver._tridiagonalize(S.copy(), nb=nb, chunk=50)
     T = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
     scale = np.abs(S).max()
     np.testing.assert_allclose(Q @ T @ Q.T, S, rtol=0, atol=1e-13 * scale * n)
@@ -352,12 +352,12 @@ def test_core_falls_back_to_clipped_eigenvalues():
     W = np.linalg.qr(rng.standard_normal((n, n)))[0]
     s = np.r_[-1e-9, np.linspace(1, 10, n - 1)]
     S = (W * s) @ W.T
-    Q, d, e = enc._tridiagonalize(S.copy())
-    core = enc._Core(d, e)
+    Q, d, e = solver._tridiagonalize(S.copy())
+    core = solver._Core(d, e)
     A = rng.standard_normal((4, n)) @ Q  # A = E Q, B = Q (kernel form)
     alphas = np.array([1e-12, 1.0])
     assert not core.positive(1e-12) and core.positive(1.0)
-    A2, B2, core2 = enc._usable(A, Q, core, alphas)
+    A2, B2, core2 = solver._usable(A, Q, core, alphas)
     assert core2.e is None and core2.d.min() == 0.0
     for a in alphas:
         M = core2.solve(a, A2.T).T @ B2.T

@@ -15,9 +15,9 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_lesion_align.core.encoding import ridge as enc
+from napari_lesion_align.core.encoding import cross_validation as enc
 from napari_lesion_align.core.data.bold import CleaningOptions, clean_run, cleaning_regressors
-from napari_lesion_align.core.encoding.ridge import contiguous_blocks, cross_validated_r
+from napari_lesion_align.core.encoding import contiguous_blocks, cross_validated_r
 from napari_lesion_align.core.features.extraction import fir_delays
 
 TR = 2.0

@@ -43,10 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from .core.analysis.display import (DIVERGING, MAP_RAMPS, SEQUENTIAL,  # one owner: the table
-                                     group_map_shown, statistic)
+                                     TEMPLATE_HEADROOM, default_threshold, group_map_shown,
+                                     statistic)
 from .core.analysis.display import LABELS as STAT_LABELS
 from .core.base.errors import LesionAlignError
+from .core.results.figures import category_colours
 from .core.results.names import parse_filename  # one owner of the file names
+from .core.results.result import AlignmentResult
 
 #: world (napari) coordinates from MNI mm, homogeneous: world = (z, -y, x)
 WORLD_FROM_MNI = np.array([[0.0, 0.0, 1.0, 0.0],
@@ -195,7 +198,7 @@ def plugin_colormap(kind: str):
       grey -> white (``core.analysis.display.MAP_RAMPS["magnitude"]``), used while category
       overlays are shown so that colour only ever means a category.
     """
-    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps import Colormap  # napari: this module loads headless
 
     clear = np.zeros((1, 4))
     grey = kind.startswith("magnitude")
@@ -270,8 +273,6 @@ def style(stat, values, threshold=None) -> dict:
     v = v[np.isfinite(v)]
     lo, hi = (np.percentile(v, [0.5, 99.5]) if len(v) else (0.0, 1.0))
     if stat == "template":  # white matter a mid grey, not saturated (maps stay brighter)
-        from .core.analysis.display import TEMPLATE_HEADROOM
-
         lo, hi = min(float(lo), 0.0), float(hi) * TEMPLATE_HEADROOM
     if hi <= lo:
         hi = lo + 1.0
@@ -316,8 +317,6 @@ def significance_threshold(result, language, condition) -> float | None:
     smallest ``|t|`` of the voxels significant at the result's alpha / correction);
     ``None`` when the result has no such test. With no significant voxel, a value above
     every ``|t|`` (nothing shown)."""
-    from .core.analysis.display import default_threshold
-
     key = (language, condition, "t")
     if key not in result.group_maps:
         return None
@@ -331,8 +330,6 @@ def category_colormap(legend: dict, languages=None) -> dict:
 
     ``languages``: show only these languages' specific categories (others transparent).
     """
-    from .core.results.figures import category_colours
-
     cmap: dict = {None: "transparent", 0: "transparent"}
     for label, colour in category_colours(legend, languages).items():
         cmap[label] = "transparent" if label == 0 or colour == "#00000000" else colour
@@ -429,8 +426,6 @@ def _sibling_threshold(source, keys: dict, stat: str):
     folder = Path(str(source)).parent
     if not (folder / "result.json").is_file():
         return None
-    from .core.analysis.display import default_threshold
-    from .core.results.result import AlignmentResult
 
     try:
         result = AlignmentResult.load(folder, lazy=True)
@@ -656,8 +651,9 @@ def _label_colormap(colours: dict, n: int, background=(0.75, 0.75, 0.75, 1.0)):
     """A stepwise colormap showing integer values ``0..n-1`` with contrast limits
     ``(-0.5, n - 0.5)``: 0 ``background`` (transparent for an overlay on a map's
     surface), others their colour."""
+    # napari: this module loads headless
     from napari.utils.colormaps import Colormap
-    from napari.utils.colormaps.standardize_color import transform_color
+    from napari.utils.colormaps.standardize_color import transform_color  # (see above)
 
     rows = []
     for label in range(n):
@@ -741,7 +737,7 @@ def surface_colormap(stat: str, magnitude: bool = False):
     """The map colormap on a surface: the plugin's colours (``magnitude``: the grey
     ``|value|`` ramp) with the transparent band (sub-threshold) painted the cortex's grey
     (a surface has nothing beneath; darker under the grey ramp)."""
-    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps import Colormap  # napari: this module loads headless
 
     if magnitude:
         base = plugin_colormap("magnitude-sequential" if stat in SEQUENTIAL else "magnitude")

@@ -56,9 +56,10 @@ def _is_volume_result(folder: Path) -> bool:
 
 def read_paths(path) -> list[tuple]:
     """Layer tuples of one or more NIfTI files."""
-    from ._layers import nifti_layer
-
-    from ._widgets._viewer import attach_current
+    # napari asks napari_get_reader about every path it opens: the layers, the view model
+    # and the viewer hooks (about 2 s of imports) load only when a path is ours
+    from ._layers import nifti_layer  # (see above)
+    from ._widgets._viewer import attach_current  # (see above)
 
     paths = path if isinstance(path, (list, tuple)) else [path]
     layers = [nifti_layer(p) for p in paths]
@@ -73,8 +74,9 @@ def read_result_folder(path) -> list[tuple]:
     (:func:`.._view_model.result_tuples`, the same as every other way a result opens).
     Each carries ``metadata["result_folder"]``: in napari they join the viewer's registry
     of open results with the folder's label as their names' suffix (:mod:`._widgets._viewer`)."""
+    # loaded only for our folders (see read_paths)
     from ._view_model import result_layers
-    from ._widgets._viewer import attach_current, without_duplicate_template
+    from ._widgets._viewer import attach_current, without_duplicate_template  # (see above)
 
     layers = result_layers(path, template=True)
     if not any(kw["metadata"].get("stat") != "template" for _, kw, _ in layers):

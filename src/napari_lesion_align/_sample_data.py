@@ -28,27 +28,36 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from . import __version__
+from ._layers import template_layer
+from ._view_model import result_layers
+from ._widgets._state import session_for, unwrap
+from ._widgets._viewer import attach, attach_current, current_viewer, without_duplicate_template
+from .core.base.errors import LesionAlignError
+from .core.data.demo import GENERATOR_REVISION
+from .core.model.e5_offline import _default_cache_dir
+from .core.results.result import check_manifest
+from .core.run import pipeline  # pipeline.run_analysis: tests replace it
+from .core.run.config import demo_config
+from .core.run.sources import SHIPPED_DEMO_RESULT
+
 log = logging.getLogger(__name__)
 
 
 def mni_template() -> list[tuple]:
     """nilearn's MNI152 template (2 mm) as a grey image layer; in napari it goes beneath
     the maps, and is not added twice."""
-    from ._layers import template_layer
-    from ._widgets._viewer import attach_current
-
     attach_current()  # beneath the maps; a second copy is dropped (napari needs a layer)
     return [template_layer(2)]
 
 
-#: the shipped demo result (package data; scripts/make_sample_result.py writes it)
-SAMPLE_FOLDER = Path(__file__).resolve().parent / "data" / "sample"
+#: the shipped demo result (package data; scripts/make_sample_result.py writes it): the demo
+#: source's shipped result in the registry of sources
+SAMPLE_FOLDER = SHIPPED_DEMO_RESULT
 
 
 def shipped_sample() -> Path:
     """The shipped demo result folder; a clear error when the installed package lacks it."""
-    from .core.base.errors import LesionAlignError
-
     if not (SAMPLE_FOLDER / "result.json").is_file():
         raise LesionAlignError(
             f"{SAMPLE_FOLDER}: the shipped demo result is missing from this installation; "
@@ -92,19 +101,12 @@ def sample_of(result):
 def demo_cache_folder(cache_root=None) -> Path:
     """``<cache>/demo-result-<version>-g<generator revision>``: where the demo's result is
     cached (a new revision of the demo's generator computes it again)."""
-    from . import __version__
-    from .core.model.e5_offline import _default_cache_dir
-    from .core.data.demo import GENERATOR_REVISION
-
     root = Path(cache_root) if cache_root is not None else _default_cache_dir()
     return root / f"demo-result-{__version__}-g{GENERATOR_REVISION}"
 
 
 def cached_demo_result(cache_root=None) -> Path | None:
     """The cached demo result folder when it is complete and intact, else None."""
-    from .core.base.errors import LesionAlignError
-    from .core.results.result import check_manifest
-
     final = demo_cache_folder(cache_root)
     if (final / "result.json").is_file():
         try:
@@ -118,10 +120,6 @@ def cached_demo_result(cache_root=None) -> Path | None:
 def ensure_demo_result(cache_root=None, progress=None, cancel=None) -> Path:
     """The cached demo result folder, computed first when missing (atomically: the run
     writes into a temporary folder next to it, renamed when finished)."""
-    from .core.run.config import demo_config
-    from .core.base.errors import LesionAlignError
-    from .core.run.pipeline import run_analysis
-
     cached = cached_demo_result(cache_root)
     if cached is not None:
         return cached
@@ -136,7 +134,7 @@ def ensure_demo_result(cache_root=None, progress=None, cancel=None) -> Path:
     log.warning("computing the demo result once (several minutes) into %s", final)
     try:
         kwargs = {"cancel": cancel} if cancel is not None else {}
-        run_analysis(demo_config(lesions=True), out_dir=tmp,
+        pipeline.run_analysis(demo_config(lesions=True), out_dir=tmp,
                      progress=progress or _log_progress, **kwargs)
         if final.exists():  # an incomplete folder from elsewhere (no result.json)
             shutil.rmtree(final, ignore_errors=True)
@@ -155,8 +153,6 @@ def _log_progress(fraction: float, message: str) -> None:
 
 def demo_layers(folder) -> list[tuple]:
     """The MNI template, then the layers of the demo result in ``folder``."""
-    from ._view_model import result_layers
-
     return result_layers(folder, template=True)
 
 
@@ -164,8 +160,6 @@ def demo_result() -> list[tuple]:
     """The MNI template, then the demo result's layers: a computed demo result when one is
     cached (see above), else the shipped one, at once. In napari, opening the shipped
     result offers (in a notification) to compute the whole demo."""
-    from ._widgets._viewer import attach_current, current_viewer, without_duplicate_template
-
     folder = cached_demo_result()
     shipped = folder is None
     if shipped:
@@ -188,6 +182,7 @@ CANCEL_ACTION = "Cancel"
 def offer_full_demo(viewer, cache_root=None) -> None:
     """A notification that the shipped result is open, with a button that computes the
     whole demo (:func:`compute_demo_in_background`)."""
+    # napari: this module loads headless
     from napari.utils.notifications import Notification, notification_manager
 
     notification_manager.dispatch(Notification(
@@ -200,28 +195,29 @@ def compute_demo_in_background(viewer, cache_root=None):
     """Compute the demo result in a worker, with its progress in napari's activity dock
     (``napari.utils.progress``) and a notification; its layers are added to ``viewer``
     when done. Returns the task (None when one is running already)."""
+    # napari: this module loads headless
     from napari.utils import progress as napari_progress
-    from napari.utils.notifications import show_error, show_info
+    from napari.utils.notifications import show_error, show_info  # (see above)
 
-    from ._widgets._state import session_for, unwrap
-    from ._widgets._layer_feed import LayerFeeder, make_layer
-    from ._widgets._tasks import start_task
-    from ._widgets._viewer import attach
+    # Qt: the workers and the layer feeder load in napari only (this module loads headless)
+    from ._widgets._layer_feed import LayerFeeder, make_layer  # (see above)
+    from ._widgets._tasks import start_task  # (see above)
 
     viewer = unwrap(viewer)
     attach(viewer)
     session = session_for(viewer)
-    running = getattr(session, "_demo_task", None)
+    running = session._demo_task
     if running is not None and running.running:
         show_info("the demo result is being computed (see the activity dock)")
         return None
+    # napari: this module loads headless
     from napari.utils.notifications import Notification, notification_manager
 
     bar = napari_progress(total=1000, desc="demo result")
     task: list = []
 
     def fn(progress, cancel):
-        from ._widgets._tasks import import_model_libraries
+        from ._widgets._tasks import import_model_libraries  # Qt (see above)
 
         import_model_libraries()
         folder = ensure_demo_result(cache_root, progress=progress, cancel=cancel)

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ._layers import nifti_affine_from_world
 from .core.base.errors import LesionAlignError
+from .core.base.io import atomic_save_nifti
 
 
 def write_nifti(path: str, data, meta: dict) -> list[str]:
     """Write one layer to ``path`` (``.nii`` or ``.nii.gz``); returns ``[path]``."""
     import nibabel as nib
-
-    from .core.base.io import atomic_save_nifti
 
     path = str(path)
     name = meta.get("name", "layer")
@@ -65,9 +65,7 @@ def _spatial_last(arr: np.ndarray) -> np.ndarray:
 
 def _nifti_affine(meta: dict, ndim: int) -> np.ndarray:
     """NIfTI affine (voxel -> MNI mm) of the layer's spatial (last three) axes."""
-    from napari.utils.transforms import Affine
-
-    from ._layers import nifti_affine_from_world
+    from napari.utils.transforms import Affine  # napari: loaded with a layer to write
 
     phys = Affine(scale=meta.get("scale", np.ones(ndim)),
                   translate=meta.get("translate", np.zeros(ndim)),

@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
+from .core.base.errors import Cancelled, LesionAlignError
+
 
 class _Progress:
     """A tqdm progress bar on stderr: percent done, elapsed and remaining time, the current
@@ -25,7 +28,7 @@ class _Progress:
     def __init__(self, quiet: bool = False):
         self.bar = None
         if not quiet:
-            from tqdm import tqdm
+            from tqdm import tqdm  # only with a bar (not --quiet)
 
             tty = sys.stderr.isatty()
             self.bar = tqdm(total=100, file=sys.stderr, mininterval=0.5 if tty else 10,
@@ -72,7 +75,7 @@ def _end_report(out: Path, result, quiet: bool) -> str:
     """The end of ``run`` / ``demo``: the report and the cluster / region tables of the
     result (:func:`~.core.report.write_report`, as ``napari-lesion-align report``). The
     result is complete by then, so a report that cannot be made is a warning line."""
-    from .core.base.errors import LesionAlignError
+    # start-up time: the report's modules (nilearn, matplotlib) load when a run ends
     from .core.results.report import write_report
 
     if not quiet:
@@ -87,10 +90,6 @@ def _end_report(out: Path, result, quiet: bool) -> str:
 
 
 def main(argv=None) -> int:
-    from .core.base.errors import Cancelled, LesionAlignError
-
-    from . import __version__
-
     ap = argparse.ArgumentParser(prog="napari-lesion-align", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -154,27 +153,29 @@ def main(argv=None) -> int:
 
     try:
         if args.cmd == "convert-model":
-            from .core.model import e5_offline
+            from .core.model import e5_offline  # start-up time: --help without torch
 
             print(e5_offline.ensure_converted(args.cache_dir, progress=lambda m: print(m)))
             return 0
         if args.cmd == "init-config":
-            from .core.data.bids import write_init_config
+            from .core.data.bids import write_init_config  # start-up time: pybids, nibabel
 
             out = write_init_config(args.root, args.out, force=args.force)
             print(f"wrote {out}: check the lines marked CHECK and FILL IN, then run "
                   f"napari-lesion-align run {out} --out DIR")
             return 0
         if args.cmd == "report":
-            from .core.results.report import write_report
+            from .core.results.report import write_report  # start-up time: nilearn
 
             page = write_report(args.folder, args.out, atlas=args.atlas,
                                 atlas_labels=args.atlas_labels, min_voxels=args.min_voxels)
             print(f"wrote {page} (and the cluster tables beside it)")
             return 0
-        from .core.run.config import demo_config, load_config
-        from .core.run.executor import executor_for
-        from .core.run.pipeline import run_analysis
+        # start-up time: the engine (torch, transformers, nilearn) loads for demo / run only,
+        # so that --help, --version and the other commands start in a fraction of a second
+        from .core.run.config import demo_config, load_config  # (see above)
+        from .core.run.executor import executor_for  # (see above)
+        from .core.run.pipeline import run_analysis  # (see above)
 
         if args.cmd == "demo":
             recipe = (QUICK_DEMO if args.quick

@@ -17,23 +17,26 @@ __all__ = ["LesionAlignPanel", "DataWidget", "ModelLesionWidget", "RunWidget",
            "ResultsWidget", "InspectorWidget"]
 
 
+# PEP 562: a dock's module (Qt) loads when napari asks for its class, so that the Qt-free
+# helpers of this package (_state, _viewer: the reader's and the sample data's) import
+# headless; each import below is such a lazy one
 def __getattr__(name):
     if name == "LesionAlignPanel":
-        from .panel import LesionAlignPanel
+        from .panel import LesionAlignPanel  # (see above)
         return LesionAlignPanel
     if name == "DataWidget":
-        from .data import DataWidget
+        from .data import DataWidget  # (see above)
         return DataWidget
     if name == "ModelLesionWidget":
-        from .model import ModelLesionWidget
+        from .model import ModelLesionWidget  # (see above)
         return ModelLesionWidget
     if name == "RunWidget":
-        from .run import RunWidget
+        from .run import RunWidget  # (see above)
         return RunWidget
     if name == "ResultsWidget":
-        from .results import ResultsWidget
+        from .results import ResultsWidget  # (see above)
         return ResultsWidget
     if name == "InspectorWidget":
-        from .inspector import InspectorWidget
+        from .inspector import InspectorWidget  # (see above)
         return InspectorWidget
     raise AttributeError(name)

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.base.errors import Cancelled, LesionAlignError
+from ..core.data import demo
+from ..core.data.bold import VolumeSpace, check_run_length, read_region_series
+from ..core.data.dataset import load_dataset, load_stimuli, nifti_volumes
 
 
 @dataclass
@@ -42,9 +45,6 @@ def _words_line(code, stim) -> str:
 
 def check_demo(n_subjects: int, progress=None, cancel=None) -> DataReport:
     """The built-in demo: shipped annotations, synthesised BOLD."""
-    from ..core.data.dataset import load_stimuli
-    from ..core.data import demo
-
     rep = DataReport(languages=list(demo.LANGUAGES),
                      subjects=[f"{i + 1:02d}" for i in range(n_subjects)])
     space = demo.demo_space()
@@ -64,12 +64,14 @@ def check_demo(n_subjects: int, progress=None, cancel=None) -> DataReport:
     return rep
 
 
+#: the checks of the built-in sources (the registry's kinds that bring their own data), by
+#: ``[data] kind``: ``check(n_subjects, progress, cancel)``
+BUILTIN_CHECKS = {"demo": check_demo}
+
+
 def _n_vols(kind: str, path: str, data_cfg) -> int:
     if kind == "volume":
-        from ..core.data.dataset import nifti_volumes
-
         return nifti_volumes(path)
-    from ..core.data.bold import read_region_series
 
     Y, _ = read_region_series(path, data_cfg.roi_names, skip_rows=data_cfg.bold_skip_rows)
     return int(Y.shape[0])
@@ -77,9 +79,6 @@ def _n_vols(kind: str, path: str, data_cfg) -> int:
 
 def check_config(config, progress=None, cancel=None) -> DataReport:
     """Every annotation file and BOLD run of a file-based config, and every length check."""
-    from ..core.data.bold import VolumeSpace, check_run_length
-    from ..core.data.dataset import load_dataset, load_stimuli
-
     data = config.data
     rep = DataReport(languages=[lang.code for lang in data.languages],
                      subjects=list(data.subjects))

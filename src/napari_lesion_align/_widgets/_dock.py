@@ -13,8 +13,8 @@ from __future__ import annotations
 import weakref
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import (QFrame, QLabel, QScrollArea, QSizePolicy, QTabBar, QVBoxLayout,
-                            QWidget)
+from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFrame, QLabel,
+                            QScrollArea, QSizePolicy, QTabBar, QVBoxLayout, QWidget)
 
 #: the smallest height a dock asks for: the rest scrolls
 MIN_DOCK_HEIGHT = 90
@@ -81,8 +81,6 @@ def compact_layer_controls(window) -> int:
     width, not their longest colormap name: a long name (every registered colormap is
     listed) widened the layer controls by 100 px and left a 600 px canvas on a
     1,366 x 768 screen. Returns how many boxes were changed."""
-    from qtpy.QtWidgets import QApplication, QComboBox
-
     policy = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
     n = 0
     try:
@@ -191,8 +189,6 @@ class ErrorLabel(QLabel):
 def compact_combos(widget) -> None:
     """Combo boxes of ``widget`` ask for a few characters of width, not their longest item
     (a long result folder name must not make the dock scroll sideways)."""
-    from qtpy.QtWidgets import QComboBox
-
     for combo in widget.findChildren(QComboBox):
         combo.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -203,8 +199,6 @@ def escape_dock_title(widget) -> bool:
     """Escape a single ``&`` in the title of the dock holding ``widget``: Qt's tab bar (and
     the dock's menu action) then show it literally; napari's own title bar keeps the
     name it was made with. Returns whether the title changed."""
-    from qtpy.QtWidgets import QDockWidget
-
     dock = widget
     try:
         while dock is not None and not isinstance(dock, QDockWidget):

@@ -32,6 +32,7 @@ import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
+from magicgui import widgets as mw
 from magicgui.widgets import Container
 
 #: decimals of a float field's spin box: its resolution, and how far inside an open bound
@@ -135,8 +136,6 @@ def spin_range(section, name: str) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- the form
 def _make_widget(section, name: str, label: str | None, ov: dict):
-    from magicgui import widgets as mw
-
     f = _field(section, name)
     kind = field_kind(section, name)
     default = f.get_default(call_default_factory=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from napari.layers import Layer
 from qtpy.QtCore import QObject, QTimer, Signal
 
 
@@ -17,8 +18,6 @@ def make_layer(layer_or_tuple):
     Pure model objects (no Qt): the workers build them, so that the GUI thread only has
     to insert them.
     """
-    from napari.layers import Layer
-
     if isinstance(layer_or_tuple, Layer):
         return layer_or_tuple
     t = tuple(layer_or_tuple)

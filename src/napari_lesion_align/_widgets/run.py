@@ -14,14 +14,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from magicgui.widgets import FileEdit
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
                             QPushButton, QWidget)
 
 from ..core.base.errors import LesionAlignError
 from ..core.run.config import ComputeConfig
+from . import _run_prep, _tasks  # module imports: tests replace their functions
 from ._dock import ErrorLabel, scroll_layout, wrap_label
 from ._forms import schema_form
+from ._lesion_size import describe_run
+from ._show import show_result
 from ._state import connect, session_for
 from ._tasks import ActivityBar, TimeEstimate, clock, freeze_gc_once, start_task
 
@@ -78,8 +83,6 @@ class RunWidget(QWidget):
         lay.addWidget(self.plan)
         # where the units run (the [compute] table's form, generated from the schema) and
         # the output folder (not a config key: the CLI's --out)
-        from magicgui.widgets import FileEdit
-
         self.compute_form = schema_form(
             ComputeConfig, COMPUTE_FIELDS,
             labels={"workers": "Dask workers", "scheduler": "Scheduler",
@@ -127,10 +130,6 @@ class RunWidget(QWidget):
 
     def run(self):
         """Build the config from the forms and start the worker (returns the task)."""
-        from napari.utils.notifications import show_error
-
-        from . import _run_prep
-
         s = self.session
         if self.running:
             return self.task
@@ -148,9 +147,7 @@ class RunWidget(QWidget):
         with_template = self.with_template.isChecked()
 
         def fn(progress, cancel):
-            from ._tasks import import_model_libraries
-
-            import_model_libraries()
+            _tasks.import_model_libraries()  # through the module: tests replace it
             return _run_prep.run(config, with_template, progress, cancel, out_dir=out)
 
         self.outcome = None
@@ -185,9 +182,6 @@ class RunWidget(QWidget):
         self.activity = None
 
     def _plan_changed(self, *_) -> None:
-        from ..core.base.errors import LesionAlignError
-        from ._lesion_size import describe_run
-
         if self.error.message is not None and not self.running:  # fixed, or being fixed
             self.error.set_error(None)
             self.step.setText("ready")
@@ -249,17 +243,11 @@ class RunWidget(QWidget):
                               f"about {clock(left)} left" if left is not None else "")
 
     def _failed(self, message: str, step: str = "failed") -> None:
-        from napari.utils.notifications import show_error
-
         self.step.setText(step)
         self.error.set_error(message)
         show_error(message)
 
     def _done(self, outcome) -> None:
-        from napari.utils.notifications import show_info
-
-        from ._show import show_result
-
         self.outcome = outcome
         self._clock.stop()
         if outcome.kind == "ok":
@@ -287,8 +275,6 @@ class RunWidget(QWidget):
             self.error.set_error(outcome.message)
 
     def _layers_added(self) -> None:
-        from napari.utils.notifications import show_info
-
         text = f"done in {_clock(self.outcome.seconds)}"
         self.step.setText(text)
         # in an event-loop turn of its own (not with the last layer's insertion)
@@ -329,8 +315,6 @@ class RunWidget(QWidget):
         return self.save_task
 
     def _saved(self, outcome, folder) -> None:
-        from napari.utils.notifications import show_error, show_info
-
         self.save_button.setEnabled(True)
         if outcome.kind == "ok":
             self.session.result_folder = folder

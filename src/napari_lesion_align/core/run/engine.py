@@ -116,6 +116,9 @@ class Engine:
     sets: list = field(default_factory=list)  # of ConditionSet
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    #: a Dask worker's own (executor): its features reader, whether the source is prepared
+    trf: object = None
+    prepared: bool = False
 
     @property
     def cancel(self):

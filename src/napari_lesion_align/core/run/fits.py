@@ -12,7 +12,7 @@ import numpy as np
 from ..analysis import statistics as an
 from ..analysis.display import SUBJECT_STATS
 from ..data.bold import check_subject_runs, clean_run, cleaning_regressors, valid_columns
-from ..encoding import ridge  # called as ridge.cross_validated_r (tests replace it)
+from ..encoding import cross_validation as ridge  # ridge.cross_validated_r: tests replace it
 from ..results.names import map_file
 from ..results.result import write_values
 
