@@ -239,8 +239,10 @@ def test_save_replaces_only_a_saved_result(tmp_path, study):
     assert same(dest, study["ref_a"]) and not (dest / "units").exists()
     AlignmentResult.load(dest)
     (dest / "group_lang-EN_desc-shared_stat-t_statmap.nii.gz").write_bytes(b"stale")
-    res.save(dest)  # over an earlier saved result: replaced as a whole
-    assert same(dest, study["ref_a"])
+    (dest / "report").mkdir()  # a report made of the saved result (names.OWN_FOLDERS)
+    (dest / "report" / "report.html").write_text("<html>stale</html>")
+    res.save(dest)  # over an earlier saved result: replaced as a whole (its report too)
+    assert same(dest, study["ref_a"]) and not (dest / "report").exists()
     AlignmentResult.load(dest)
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -469,3 +469,32 @@ def test_a_long_task_in_the_activity_dock_can_be_cancelled_there(qtbot, notifica
     assert outcomes and outcomes[0].kind == "cancelled"
     assert bar not in napari_progress._all_instances  # closed
     assert any(n.message == "Lesion Align: check data cancelled" for n in notifications)
+
+
+def test_the_run_tab_chooses_the_group_test_and_the_ceiling(make_napari_viewer, qtbot):
+    """The [statistics] form: the permutation's statistic and sign flips are editable only
+    with the permutation test and reach the config only then; the noise ceiling can be
+    switched off; the schema's bounds hold in the form."""
+    viewer = make_napari_viewer()
+    panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion Align")[1]
+    run, session = panel.run, panel.run.session
+    form = run.statistics_form
+    assert form["inference"].value == "parametric"
+    assert not form["method"].enabled and not form["n_perm"].enabled
+    form["method"].value = "tfce"  # chosen, then the parametric test kept: not sent
+    values = run.statistics_values()
+    assert values == {"inference": "parametric", "ceiling": True}
+    session.statistics = values
+    assert session.build_config().statistics.inference == "parametric"
+    form["inference"].value = "permutation"
+    assert form["method"].enabled and form["n_perm"].enabled
+    form["n_perm"].value = 500
+    form["ceiling"].value = False
+    session.statistics = run.statistics_values()
+    cfg = session.build_config().statistics
+    assert (cfg.inference, cfg.method, cfg.n_perm, cfg.ceiling) == \
+        ("permutation", "tfce", 500, False)
+    # the schema's bounds are the spin box's: too few sign flips cannot be typed
+    assert form["n_perm"].min == 100
+    with pytest.raises(ValueError):
+        form["n_perm"].value = 10

@@ -142,8 +142,11 @@ def test_one_analysis_per_output_folder(tmp_path, tiny_model, capsys):
         np.testing.assert_array_equal(values, first[name])
     # --force deletes that analysis' files (only those) and runs the new one
     (out / "notes.txt").write_text("mine")
-    assert cli.main(["run", str(other), "--out", str(out), "--quiet", "--force"]) == 0
+    assert (out / "report" / "report.html").is_file()  # the first analysis' report
+    assert cli.main(["run", str(other), "--out", str(out), "--quiet", "--force",
+                     "--no-report"]) == 0
     assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "report").exists()  # its report went with its maps (names.OWN_FOLDERS)
     assert _units(out)["fits"]["computed"] == ["sub-01_lang-EN", "sub-02_lang-EN"]
 
 

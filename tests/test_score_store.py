@@ -169,7 +169,8 @@ def test_the_plan_streams_scores_past_the_bound_and_makes_the_same_lesions(
     for a, b in zip(mem, disk):
         if a.lesion is not None:
             assert _same_lesion(a.lesion, b.lesion), a.label
-    del disk, made
+    made.clear()
+    del disk
     gc.collect()
     assert list(tmp_path.iterdir()) == []  # the scores' folder went with the plan's builder
     assert shutil.disk_usage(tmp_path).free > 0

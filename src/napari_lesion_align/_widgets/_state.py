@@ -93,6 +93,8 @@ class Session:
         self.encoding: dict = {}
         #: [compute]: where the units run (the Run widget's form)
         self.compute: dict = {}
+        #: [statistics]: the group test and the noise ceiling (the Run widget's form)
+        self.statistics: dict = {}
         self.seed: int = 0
         self.name: str = "napari"
         #: every open result, by key (see the module docstring); insertion ordered
@@ -249,6 +251,8 @@ class Session:
                 overrides["encoding"] = dict(self.encoding)
             if self.compute:
                 overrides["compute"] = dict(self.compute)
+            if self.statistics:
+                overrides["statistics"] = dict(self.statistics)
             # the source's own config: the form's [lesions] over its defaults (the demo's
             # recipe, its category rule included)
             return source.config(self.data, seed=self.seed, lesions=lesions, **overrides)
@@ -265,6 +269,8 @@ class Session:
             d.setdefault("encoding", {}).update(self.encoding)
         if self.compute:
             d.setdefault("compute", {}).update(self.compute)
+        if self.statistics:
+            d.setdefault("statistics", {}).update(self.statistics)
         d.setdefault("name", self.name)
         d.setdefault("seed", self.seed)
         return config_from_dict(d, base=base, source=source)

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QProgressBar,
                             QPushButton, QWidget)
 
 from ..core.base.errors import LesionAlignError
-from ..core.run.config import ComputeConfig
+from ..core.run.config import ComputeConfig, StatisticsConfig
 from . import _run_prep, _tasks  # module imports: tests replace their functions
 from ._dock import ErrorLabel, scroll_layout, wrap_label
 from ._forms import schema_form
@@ -33,6 +33,10 @@ from ._tasks import ActivityBar, TimeEstimate, clock, freeze_gc_once, start_task
 
 #: the [compute] keys the form shows (generated from :class:`ComputeConfig`)
 COMPUTE_FIELDS = ("workers", "scheduler", "threads")
+#: the [statistics] keys the form shows (generated from :class:`StatisticsConfig`); the
+#: permutation keys are sent only with inference = "permutation"
+STATISTICS_FIELDS = ("inference", "method", "n_perm", "ceiling")
+PERMUTATION_FIELDS = ("method", "n_perm")
 
 
 _clock = clock  # the tasks' one clock format
@@ -97,6 +101,15 @@ class RunWidget(QWidget):
         self.out_dir.choose_btn.text = "…"
         self.compute_form.insert(0, self.out_dir)
         lay.addWidget(self.compute_form.native)
+        # the group test (parametric t + FDR, or sign-flip permutations with FWE control)
+        # and the noise ceiling: the [statistics] table's form
+        self.statistics_form = schema_form(
+            StatisticsConfig, STATISTICS_FIELDS,
+            labels={"inference": "Group test", "method": "Permutation",
+                    "n_perm": "Sign flips", "ceiling": "Noise ceiling"})
+        self.statistics_form["inference"].changed.connect(self._inference_changed)
+        self._inference_changed()
+        lay.addWidget(self.statistics_form.native)
         self.with_template = QCheckBox("MNI152 template under the maps")
         self.with_template.setChecked(True)
         lay.addWidget(self.with_template)
@@ -123,6 +136,23 @@ class RunWidget(QWidget):
         self.destroyed.connect(lambda *_, s=self.session: s.set_busy(None)
                                if s.busy == "run" else None)
 
+    # ------------------------------------------------------------------ statistics
+    def _inference_changed(self, *_):
+        """The permutation's statistic and sign flips only matter for a permutation test."""
+        on = self.statistics_form["inference"].value == "permutation"
+        for f in PERMUTATION_FIELDS:
+            self.statistics_form[f].enabled = on
+
+    def statistics_values(self) -> dict:
+        """The [statistics] keys of the form (the permutation's only with a permutation
+        test: the config refuses a permutation statistic with the parametric test)."""
+        values = self.statistics_form.values()
+        if values.get("inference") != "permutation":
+            for f in PERMUTATION_FIELDS:
+                values.pop(f, None)
+        StatisticsConfig.parse(values)  # a wrong value: the config file's message
+        return values
+
     # ------------------------------------------------------------------ run
     @property
     def running(self) -> bool:
@@ -139,6 +169,7 @@ class RunWidget(QWidget):
         try:
             self.compute_form.parse()  # a wrong value: the config file's message
             s.compute = self.compute_form.values()
+            s.statistics = self.statistics_values()
             config = s.build_config()
         except LesionAlignError as err:
             self._failed(str(err), "not run")

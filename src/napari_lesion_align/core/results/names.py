@@ -20,6 +20,12 @@ OWN_FILE_PATTERNS = ("sub-*_statmap.nii.gz", "sub-*_statmap.tsv", "group_*_statm
                      "group_*_statmap.tsv", "group_desc-*_categories.nii.gz",
                      "group_desc-*_categories.tsv", "categories.json", "summary.tsv",
                      "controls.tsv", "layer_sweep.tsv", "mask.nii.gz", "result.json")
+#: the report and its tables (``report/report.html``, ``clusters.tsv``, ``regions.tsv``):
+#: a folder of its own, made from the result and made again at any time
+REPORT_FOLDER = "report"
+#: folders of ours in a result folder: ``--force`` deletes them, and a saved result holding
+#: them is still a saved result (replaced as a whole)
+OWN_FOLDERS = (REPORT_FOLDER,)
 #: the keys of a name: its statistic, and the BIDS-like entities (subject, language, condition)
 _FILE_STAT = re.compile(r"_stat-([A-Za-z0-9]+)_statmap")
 _FILE_KEY = re.compile(r"(?:^|_)(sub|lang|desc)-([A-Za-z0-9]+)")

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..base.errors import LesionAlignError
 from . import clusters
-from .names import CEILING_CONDITION
+from .names import CEILING_CONDITION, REPORT_FOLDER
 from ... import __version__
 from ..analysis.display import default_threshold, map_colours, statistic
 from ..base.io import atomic_write_text
@@ -38,10 +38,6 @@ from .clusters import CLUSTERS_FILE, REGIONS_FILE, tested_voxels
 from .figures import category_colours, qc_figure
 from .result import AlignmentResult, CONTROL_COLUMNS, SUMMARY_COLUMNS, file_digest
 
-#: the report and its tables: ``<result folder>/report/report.html``, ``clusters.tsv``,
-#: ``regions.tsv``. A folder of its own: the report is made from the result (it is not in
-#: result.json's manifest) and can be made again at any time
-REPORT_FOLDER = "report"
 REPORT_FILE = "report.html"
 #: the ``<meta>`` that records which result.json (its BLAKE2b) a page was made from
 RESULT_META = "napari-lesion-align-result"

@@ -33,7 +33,8 @@ import numpy as np
 
 from ..base.errors import LesionAlignError
 from ..base.io import _umask, atomic_save_nifti, atomic_write_text, json_default
-from .names import CEILING_CONDITION, OWN_FILE_PATTERNS, category_file, group_file, map_file
+from .names import (CEILING_CONDITION, OWN_FILE_PATTERNS, OWN_FOLDERS, category_file,
+                    group_file, map_file)
 from ..data.bold import RegionSpace, VolumeSpace
 
 SUMMARY_COLUMNS = ["subject", "language", "condition", "kind", "n_voxels", "n_excluded",
@@ -682,7 +683,7 @@ def _check_save_target(out: Path) -> None:
     if (out / "units").exists():
         raise LesionAlignError(f"{out}: is an analysis' output folder; save into another "
                                "folder (this one is kept as it is)")
-    ours = set()
+    ours = {out / d for d in OWN_FOLDERS if (out / d).is_dir()}
     for pattern in OWN_FILE_PATTERNS:
         ours |= {p for p in out.glob(pattern) if p.is_file()}
     others = [p.name for p in entries if p not in ours]

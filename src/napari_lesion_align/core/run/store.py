@@ -25,7 +25,7 @@ import numpy as np
 
 from ..base.errors import LesionAlignError, WriteFailed
 from ..base.io import atomic_write_bytes, atomic_write_text, cache_dir, json_default
-from ..results.names import OWN_FILE_PATTERNS
+from ..results.names import OWN_FILE_PATTERNS, OWN_FOLDERS
 from ... import __version__
 from ..features import extraction as _extraction
 from .config import GROUP_KEYS, GROUP_TABLES
@@ -333,6 +333,9 @@ class OutputFolder:
             for p in self.root.glob(pattern):
                 if p.is_file():
                     p.unlink()
+        for name in OWN_FOLDERS:  # the report of the analysis deleted
+            if (self.root / name).is_dir():
+                shutil.rmtree(self.root / name)
         for p in self.units.iterdir() if self.units.is_dir() else ():
             if p.name == ".lock":  # held by this run
                 continue
