@@ -67,13 +67,13 @@ def shipped_sample() -> Path:
 
 
 #: what the shipped sample keeps of the demo (a few MB: every map is a float volume)
-SAMPLE_GROUP_STATS = ("t",)
+SAMPLE_GROUP_STATS = ("t", "ceiling")  # the group tests and the noise ceiling per language
 SAMPLE_SUBJECT_STATS = ("r",)
 
 
 def sample_of(result):
     """The shipped sample of a demo result (an AlignmentResult): its category maps,
-    summary and provenance, the group t maps and the first subject's r maps of
+    summary and provenance, the group t maps, the noise ceiling and the first subject's r maps of
     every condition but the random draws (the rest is what makes the full result large).
     ``scripts/make_sample_result.py`` saves it into :data:`SAMPLE_FOLDER`."""
     import dataclasses
@@ -86,8 +86,8 @@ def sample_of(result):
     prov = dict(result.provenance)
     prov["sample"] = {
         "what": "napari-lesion-align's shipped demo result: the category maps and summary "
-                "of the demo, its group t maps and one subject's r maps (random "
-                "draws left out)",
+                "of the demo, its group t maps, its noise ceiling and one subject's r "
+                "maps (random draws left out)",
         "subject_kept": keep, "subjects_in_demo": result.subjects}
     return dataclasses.replace(
         result, maps={k: v for k, v in result.maps.items()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import weakref
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFrame, QLabel,
-                            QScrollArea, QSizePolicy, QTabBar, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QAbstractSpinBox, QApplication, QComboBox, QDockWidget, QFrame,
+                            QLabel, QLineEdit, QScrollArea, QSizePolicy, QTabBar, QVBoxLayout,
+                            QWidget)
 
 #: the smallest height a dock asks for: the rest scrolls
 MIN_DOCK_HEIGHT = 90
@@ -252,8 +253,6 @@ def full_text_tooltips(root) -> None:
     """Every line edit and combo box under ``root`` keeps its full text in its tooltip
     (after its own help): a value, placeholder or item wider than the box (a path, a
     long model name on a 1,366 x 768 screen) is cut by Qt, the tooltip shows it whole."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QLineEdit
 
     def tip(help_text: str, *texts) -> str:
         return "\n\n".join(t for t in (help_text, *texts) if t)
