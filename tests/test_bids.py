@@ -412,6 +412,17 @@ def test_init_config_writes_a_config_that_loads_and_runs(tmp_path, lpp, tiny_mod
     again = AlignmentResult.load(tmp_path / "out")
     np.testing.assert_allclose(again.get("01", "EN"), r[mask])
     np.testing.assert_allclose(res.get("01", "EN"), r[mask])
+    # the noise ceiling ([statistics] ceiling, on by default) of a BIDS input: the subjects
+    # heard the same runs, so each language has its ceiling maps and r / ceiling beside r
+    # (NaN where the ceiling is not reliably above 0: here noise, so nearly everywhere)
+    for c in ("EN", "FR"):
+        for stat in ("ceiling", "isc", "qceiling", "normr"):
+            f = tmp_path / "out" / f"group_lang-{c}_desc-intact_stat-{stat}_statmap.nii.gz"
+            assert f.is_file(), f.name
+        ceiling = np.asarray(nib.load(str(tmp_path / "out" / f"group_lang-{c}_desc-intact_"
+                                                              "stat-ceiling_statmap.nii.gz")).dataobj)
+        assert np.isfinite(ceiling[mask]).all() and np.isnan(ceiling[~mask]).all()
+    assert not any("noise ceiling skipped" in w for w in doc.get("warnings", []))
 
 
 def test_init_config_without_annotations_marks_what_to_fill_in(tmp_path):
