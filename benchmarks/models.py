@@ -314,7 +314,9 @@ def child_scores(args) -> dict:
         gc.collect()
     out["importance"] = p.report()
     with Peak(False) as p:
-        ranks: dict = {}
+        # the ranks where a run keeps them (LesionBuilder): beside scores on disk, or in
+        # the in-memory rank cache (up to importance.RANK_CACHE_BYTES)
+        ranks = store.beside("ranks") if store is not None else {}
         for sel in ["shared"] + [f"specific:{L}" for L in langs]:
             imp.select(scores, sel, 1.0, rank_cache=ranks)
         del ranks
