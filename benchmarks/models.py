@@ -388,6 +388,12 @@ def spawn(argv: list[str], env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def make_model(name: str, folder: str, dtype: str, device: str, env: dict) -> dict:
+    """The random model ``name`` saved into ``folder`` by a child process."""
+    return spawn(["--child", "make", "--model", name, "--folder", folder, "--dtype", dtype,
+                  "--device", device], env)
+
+
 def aims(r: dict) -> dict:
     """The aims: importance peak (above the process' baseline) <= 2 x the model + one
     float32 accumulator per language (one language here); lesion extra <= 2 % of the
@@ -490,8 +496,7 @@ def main(argv=None):
         for name in models:
             with tempfile.TemporaryDirectory(prefix="nla-bench-") as d:
                 folder = str(Path(d) / name)
-                made = spawn(["--child", "make", "--model", name, "--folder", folder,
-                              "--dtype", dtype, "--device", "cpu"], env)
+                made = make_model(name, folder, dtype, "cpu", env)
                 for store in args.stores:
                     row = spawn(["--child", "scores", "--model", name, "--folder", folder,
                                  "--dtype", dtype, "--device", "cpu", "--tokens", str(tokens),
@@ -508,8 +513,7 @@ def main(argv=None):
     for name in models:
         with tempfile.TemporaryDirectory(prefix="nla-bench-") as d:
             folder = str(Path(d) / name)
-            made = spawn(["--child", "make", "--model", name, "--folder", folder,
-                          "--dtype", dtype, "--device", device], env)
+            made = make_model(name, folder, dtype, device, env)
             argv = ["--child", "run", "--model", name, "--folder", folder, "--dtype", dtype,
                     "--device", device, "--words", str(words), "--tokens", str(tokens),
                     "--threads", str(args.threads), "--batch", str(args.batch)]

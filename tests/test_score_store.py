@@ -19,20 +19,8 @@ from napari_lesion_align.core.base.errors import LesionAlignError
 from napari_lesion_align.core.lesions import importance as imp
 from napari_lesion_align.core.lesions import scores as sc
 from napari_lesion_align.core.model.anatomy import describe_model
-from tiny_models import load_tiny, make_tiny_model
+from test_importance import TEXTS, llama  # noqa: F401 (the three languages' text, the tiny llama)
 
-TEXTS = {
-    "EN": ["The little prince lived on a planet barely bigger than himself."] * 2,
-    "FR": ["Le petit prince habitait une planète à peine plus grande que lui."] * 2,
-    "ZH": ["小王子住在一个很小的星球上。"] * 2,
-}
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    torch.set_num_threads(1)
-    folder = make_tiny_model(tmp_path_factory.mktemp("llama") / "m", "llama", n_layers=2)
-    return folder, load_tiny(folder)
 
 
 class SpyStore(sc.ScoreStore):

@@ -31,10 +31,9 @@ from pathlib import Path
 
 from ..base.errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
 from .engine import PHASES, Progress
-from .stages import (_TRFeatures, fit_jobs, make_engine, run_ceiling_job, run_fit_job,
-                     stage_conditions, stage_features)
+from .stages import (_TRFeatures, ceiling_unit, fit_jobs, make_engine, run_ceiling_job,
+                     run_fit_job, stage_conditions, stage_features, unit_name)
 from .store import identity
-from .stages import _TRFeatures, ceiling_unit, make_engine, stage_conditions, unit_name
 
 BLAS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -158,24 +157,26 @@ def _model_task(config, out_root: str, threads: int) -> dict:
                 "timings": eng.timings}
 
 
+def _prepared_engine(config, out_root: str):
+    """This worker's engine with its data source prepared (once per worker)."""
+    eng = _worker_engine(config, out_root)
+    if not eng.prepared:
+        eng.source.prepare(eng)
+        eng.prepared = True
+    return eng
+
+
 def _fit_task(config, out_root: str, job, threads: int) -> list[str]:
     """On any worker: one fit job (a subject, or subjects fitted together)."""
     with blas_threads(threads):
-        eng = _worker_engine(config, out_root)
-        if not eng.prepared:
-            eng.source.prepare(eng)
-            eng.prepared = True
+        eng = _prepared_engine(config, out_root)
         return run_fit_job(eng, job, eng.trf, lambda f, m: None)
 
 
 def _ceiling_task(config, out_root: str, job, threads: int) -> list[str]:
     """On any worker: the noise ceiling of one language."""
     with blas_threads(threads):
-        eng = _worker_engine(config, out_root)
-        if not eng.prepared:
-            eng.source.prepare(eng)
-            eng.prepared = True
-        return run_ceiling_job(eng, job, lambda f, m: None)
+        return run_ceiling_job(_prepared_engine(config, out_root), job, lambda f, m: None)
 
 
 def _job_cost(eng, job) -> int:
