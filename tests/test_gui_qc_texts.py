@@ -140,3 +140,20 @@ def test_the_end_notice_of_a_task_shows_text(notifications):
 
     _notify_end(Notification("demo result", severity="info"), Outcome("cancelled"))
     assert notifications and notifications[-1].message == "Lesion Align: demo result cancelled"
+
+
+def test_no_button_text_has_an_accidental_mnemonic(make_napari_viewer, qtbot):
+    """Qt reads a single "&" in a button's text as a keyboard mnemonic: "Clusters & report…"
+    showed as "Clusters _report…". Every button of the panel writes a literal "&" as "&&"."""
+    import re
+
+    from qtpy.QtWidgets import QAbstractButton
+
+    from test_gui_session import _open_panel, _small_screen_viewer
+
+    viewer, _ = _small_screen_viewer(make_napari_viewer, qtbot)
+    panel = _open_panel(viewer, qtbot)
+    texts = [b.text() for b in panel.findChildren(QAbstractButton)]
+    assert any("report" in t for t in texts), texts  # the Results tab's buttons are there
+    single = [t for t in texts if re.search(r"(?<!&)&(?!&)", t.replace("&&", ""))]
+    assert single == [], single

@@ -31,7 +31,7 @@ COLUMNS = (("map", "map"), ("x", "x"), ("y", "y"), ("z", "z"), ("peak", "peak_va
 
 def report_button(results_widget) -> QPushButton:
     """The Results dock's button that opens :class:`ClustersWindow` on its result."""
-    button = QPushButton("Clusters & report…")
+    button = QPushButton("Clusters && report…")  # (a single & would underline the r)
     button.setToolTip("The current result's clusters (peak MNI, size, atlas label; click a "
                       "row to go there) and its HTML report (figures, tables, provenance)")
     button.clicked.connect(lambda: show_clusters(results_widget))
