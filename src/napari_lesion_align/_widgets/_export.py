@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.analysis.display import DIVERGING, statistic
+from ..core.base.io import atomic_write_bytes
 from ._tasks import number, plain_text  # noqa: F401 (the exports' texts; defined there)
 
 PLANES = {0: ("axial", "z"), 1: ("coronal", "y"), 2: ("sagittal", "x")}
@@ -36,7 +38,6 @@ def colorbar_of(layer):
     if cmap is None or not hasattr(cmap, "map") or getattr(layer, "rgb", False):
         return None
     lo, hi = (float(v) for v in layer.contrast_limits)
-    from ..core.analysis.display import DIVERGING, statistic
 
     stat = layer.metadata.get("stat")
     label = statistic(stat).label if stat else layer.name
@@ -61,8 +62,6 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
     in words: ``"t ≥ 4.2 · q < 0.05 FDR · 4 df"``), written atomically."""
     import io
 
-    from ..core.base.io import atomic_write_bytes
-
     fig = figure(shot, title=title, where=where, letters=letters, colorbar=colorbar,
                  legend=legend, note=note, dpi=dpi)
     path = Path(path)
@@ -75,11 +74,12 @@ def compose(shot, path, *, title: str, where: str = "", letters: dict | None = N
 def figure(shot, *, title: str, where: str = "", letters: dict | None = None,
            colorbar=None, legend=(), note: str = "", dpi: int = DPI):
     """The matplotlib ``Figure`` :func:`compose` writes (the tests read its colour bar)."""
+    # reason: matplotlib loads only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import ListedColormap, Normalize
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    from matplotlib.cm import ScalarMappable  # (see above)
+    from matplotlib.colors import ListedColormap, Normalize  # (see above)
+    from matplotlib.figure import Figure  # (see above)
+    from matplotlib.patches import Patch  # (see above)
 
     title, where, note = plain_text(title), plain_text(where), plain_text(note)
     legend = [(c, plain_text(t)) for c, t in legend]

@@ -25,9 +25,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from napari.qt.threading import FunctionWorker, create_worker
+from napari.utils import cancelable_progress
+from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QApplication, QSizePolicy
 
 from ..core.base.errors import Cancelled, LesionAlignError
+from ..core.run.engine import PHASE_RATE_MIN_S, PHASES
 
 
 _GC_FROZEN = False
@@ -59,6 +64,7 @@ def import_model_libraries() -> None:
     (``'prims' object has no attribute 'sum'``). Call it first in tasks that use the
     model."""
     with _MODEL_IMPORT:
+        # reason: torch and transformers load only in the workers that use the model
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
@@ -203,7 +209,6 @@ def paced_time_left(history, instant_s: float = TimeEstimate.INSTANT_S,
     phase's (:data:`~..core.run.engine.PHASES`) once that phase has
     :data:`~..core.run.engine.PHASE_RATE_MIN_S` of such time, else the whole run's;
     ``None`` before :attr:`TimeEstimate.MIN_PAID_S` took time, before 2 % or when done."""
-    from ..core.run.engine import PHASE_RATE_MIN_S, PHASES
 
     if not history:
         return None
@@ -247,8 +252,6 @@ def paced_time_left(history, instant_s: float = TimeEstimate.INSTANT_S,
 def _bar_class():
     """napari's ``cancelable_progress`` whose Cancel button (activity dock) cancels the
     task at once, and whose time text is the task's own estimate, not tqdm's."""
-    from napari.utils import cancelable_progress
-
     class TaskBar(cancelable_progress):
         eta_text = ""
 
@@ -268,8 +271,8 @@ def _napari_row(bar):
     """napari's widget showing ``bar`` in the activity dock (``QtLabeledProgressBar``), or
     None (no viewer, another napari)."""
     try:
+        # reason: napari's private module, absent in other napari versions (then no row)
         from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
-        from qtpy.QtWidgets import QApplication
     except ImportError:
         return None
     if QApplication.instance() is None:
@@ -305,8 +308,6 @@ class ActivityBar:
         self._label = None
         row = _napari_row(self.bar)
         if row is not None:
-            from qtpy.QtWidgets import QSizePolicy
-
             self._label = row.description_label
             self._label.setMinimumWidth(0)
             self._label.setSizePolicy(QSizePolicy.Policy.Ignored,
@@ -401,8 +402,6 @@ def _deleted(err: RuntimeError) -> bool:
 @functools.cache
 def _worker_class():
     """napari's ``FunctionWorker`` whose ``run`` survives its signals being deleted."""
-    from napari.qt.threading import FunctionWorker
-
     class GuardedWorker(FunctionWorker):
         def run(self) -> None:
             try:
@@ -480,8 +479,6 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
     watching; an error is ``on_done``'s to show). The task also stops when napari quits (its workers are asked
     to quit then).
     """
-    from napari.qt.threading import create_worker
-
     cancel_event = threading.Event()
     gone = threading.Event()  # the owner was destroyed
     holder: list = []
@@ -598,8 +595,6 @@ def start_task(fn: Callable, *, on_done: Callable[[Outcome], None],
 
 def _notify_end(name: str, outcome: Outcome) -> None:
     """Done or cancelled (an error is the ``on_done`` handler's to show, once)."""
-    from napari.utils.notifications import show_info
-
     name = plain_text(name)
     if outcome.kind == "ok":
         show_info(f"Lesion Align: {name} done in {clock(outcome.seconds)}")

@@ -21,9 +21,16 @@ from __future__ import annotations
 import weakref
 from contextlib import contextmanager
 
+import napari
+from napari.components.overlays import TextOverlay
+from napari.layers import Image, Labels, Surface
+from napari.utils.notifications import show_error
+from napari.utils.theme import get_theme
+
 from .. import _layers
 from .._view_model import RESULT_KEY, RESULT_LABEL, RESULT_TAG, owned_name
 from . import _state
+from ..core.results.result import AlignmentResult
 from ._state import result_key, session_for, unwrap
 
 _ATTACHED: "weakref.WeakSet" = weakref.WeakSet()
@@ -56,12 +63,12 @@ def attach(viewer) -> None:
 def current_viewer():
     """napari's current viewer when a Qt application runs, else None."""
     try:
+        # reason: no Qt at import: the reader and the sample data load this
+        # module headless (no Qt binding: None)
         from qtpy.QtWidgets import QApplication
 
         if QApplication.instance() is None:
             return None
-        import napari
-
         return napari.current_viewer()
     except Exception:  # no Qt binding / no viewer
         return None
@@ -89,6 +96,7 @@ def _inserted(ref, layer) -> None:
     if viewer is None:
         return
     meta = layer.metadata
+    # reason: Qt loads in napari only (see current_viewer)
     from ._layer_feed import apply_contour
 
     apply_contour(layer)
@@ -110,6 +118,7 @@ def _inserted(ref, layer) -> None:
 
 
 def _later(fn) -> None:
+    # reason: Qt loads in napari only (see current_viewer)
     from qtpy.QtCore import QTimer
 
     QTimer.singleShot(0, fn)
@@ -135,8 +144,7 @@ def load_result_folder(viewer, key: str):
     """Load the result folder ``key`` (a resolved path) into the viewer's session, once:
     lazily (maps read when first used) in a worker; returns the task (None when it is
     open or loading already)."""
-    from napari.utils.notifications import show_error
-
+    # reason: Qt loads in napari only (see current_viewer)
     from ._tasks import start_task
 
     session = session_for(viewer)
@@ -145,8 +153,6 @@ def load_result_folder(viewer, key: str):
         return None
 
     def fn(progress, cancel):
-        from ..core.results.result import AlignmentResult
-
         progress(0.0, f"reading {key}")
         return AlignmentResult.load(key, lazy=True)
 
@@ -166,6 +172,7 @@ def load_result_folder(viewer, key: str):
 # --------------------------------------------------------------------------- status bar
 def mni_status_text(position) -> str:
     """``"MNI x=-44.0 y=-66.0 z=32.0 mm"`` of a napari world position."""
+    # reason: _tasks loads Qt (see current_viewer); number is its one owner
     from ._tasks import number
 
     x, y, z = (number(v) for v in _layers.world_to_mni(position))
@@ -243,8 +250,6 @@ def _markers(viewer, view) -> None:
     overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
     if overlays is None:
         return
-    from napari.components.overlays import TextOverlay
-
     letters = edge_letters(*view) if view is not None else {}
     show = bool(letters) and any(layer.metadata.get("lesion_align") for layer in viewer.layers)
     for edge, position in MARKER_POSITIONS.items():
@@ -303,8 +308,6 @@ def show_canvas_legend(viewer, text: str = "", entries=(), colorbar_layer=None) 
     one line per category
     ``(colour, title)`` in its colour; the colour bar of ``colorbar_layer`` (napari's
     layer colour bar overlay, top right), every other layer's colour bar hidden."""
-    from napari.components.overlays import TextOverlay
-
     v = unwrap(viewer)
     overlays = getattr(getattr(v, "canvas", None), "overlays", None)
     if overlays is None:
@@ -372,8 +375,6 @@ def readable_on(background, candidates=("#ffffff", "#000000")) -> str:
 
 def theme_colours(theme: str = "dark") -> dict:
     """``{"background", "foreground", "text"}`` of a napari theme (hex)."""
-    from napari.utils.theme import get_theme
-
     try:
         t = get_theme(str(theme))
     except Exception:  # an unknown theme: napari's dark one
@@ -395,8 +396,9 @@ def swatch_border(theme: str = "dark") -> str:
 def swatch_png(colour: str, border: str) -> bytes:
     """A :data:`SWATCH_PX` square PNG in ``colour`` with a :data:`SWATCH_BORDER_PX`
     border in ``border``."""
+    # reason: Qt loads in napari only (see current_viewer)
     from qtpy.QtCore import QBuffer, QByteArray, QIODevice
-    from qtpy.QtGui import QColor, QImage, QPainter
+    from qtpy.QtGui import QColor, QImage, QPainter  # (see above)
 
     n, b = SWATCH_PX, SWATCH_BORDER_PX
     img = QImage(n, n, QImage.Format.Format_ARGB32)
@@ -481,8 +483,6 @@ def enter_surface_scene(viewer) -> None:
     surfaces hidden."""
     v = unwrap(viewer)
     session = session_for(v)
-    from napari.layers import Image, Labels
-
     hidden = session.__dict__.setdefault("_hidden_for_surface", [])
     if not hidden:  # the slice the 2D view showed (not one of a scene entered twice)
         session._slice_before_surface = (tuple(v.dims.point), int(v.dims.ndisplay))
@@ -509,8 +509,6 @@ def leave_surface_scene(viewer) -> None:
     hidden = session.__dict__.get("_hidden_for_surface") or []
     if not hidden:
         return
-    from napari.layers import Surface
-
     for layer in viewer.layers:
         if isinstance(layer, Surface) and layer.metadata.get("lesion_align"):
             layer.visible = False
@@ -532,6 +530,7 @@ def leave_surface_scene(viewer) -> None:
 def refresh_slider_labels(viewer) -> None:
     """Give the dims sliders' labels the width of their text (napari sizes them when the
     sliders change, not when a label's text does: ``"z +21 mm"`` read ``"z …"``)."""
+    # reason: Qt loads in napari only (see current_viewer)
     from qtpy.QtCore import QTimer
 
     v = unwrap(viewer)
@@ -560,6 +559,7 @@ def sulcal_depth(hemisphere: str, mesh_type: str = "inflated"):
     """fsaverage5's sulcal depth of a hemisphere (nilearn ships it: nothing is
     downloaded), or None where this nilearn has none."""
     try:
+        # reason: nilearn.datasets loads only when a surface is shown
         from nilearn.datasets import load_fsaverage_data
 
         img = load_fsaverage_data(mesh="fsaverage5", mesh_type=mesh_type,
@@ -652,6 +652,7 @@ def canvas_size(viewer) -> tuple[int, int]:
 
 def _dims_widgets(dims) -> list:
     """napari's slider panels (``QtDims``) that show ``dims``."""
+    # reason: Qt loads in napari only (see current_viewer)
     from qtpy.QtWidgets import QApplication
 
     if QApplication.instance() is None:

@@ -17,12 +17,20 @@ import warnings
 import weakref
 
 import numpy as np
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QSizePolicy, QWidget
+from magicgui.widgets import Container, FloatSpinBox, PushButton
+from napari.layers import Labels, Points
+from napari.utils.theme import get_theme
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QCheckBox, QDockWidget, QSizePolicy, QWidget
 
+from .. import _layers
+from .._layers import AXIS_LABELS
+from ..core.analysis.statistics import language_colour
+from ..core.results.figures import bar_values, ceiling_lines, condition_bars, hatched_bars
 from ._dock import scroll_layout, wrap_label
 from ._tasks import number, plain_text
-from ._state import connect, session_for
+from ._state import connect, session_for, unwrap
+from ._viewer import refresh_slider_labels
 
 #: the name of the crosshair layer at the inspected voxel (``metadata["stat"]`` too)
 CROSSHAIR = "inspected voxel"
@@ -67,8 +75,6 @@ def _disconnect(emitter, callback) -> None:
 def follow_slices_in_mm(viewer) -> None:
     """Keep the sliders' labels on the current slices' MNI mm (the slider itself counts
     slices: "38/94"); once per viewer."""
-    from ._state import unwrap
-
     v = unwrap(viewer)
     if v in _FOLLOWED:
         return
@@ -80,8 +86,6 @@ def follow_slices_in_mm(viewer) -> None:
         if labels is not None and old != labels:
             v.dims.axis_labels = labels
             if [len(str(t)) for t in old] != [len(str(t)) for t in labels]:
-                from ._viewer import refresh_slider_labels
-
                 refresh_slider_labels(v)  # napari keeps the old width: "z …"
 
     v.dims.events.point.connect(update)
@@ -128,8 +132,9 @@ class InspectorWidget(QWidget):
     """Click a voxel: MNI coordinate, atlas label, r per language and condition."""
 
     def __init__(self, napari_viewer, parent=None):
+        # reason: matplotlib loads only when an Inspector is made
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # (see above)
 
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -168,8 +173,6 @@ class InspectorWidget(QWidget):
     def _goto_form(self):
         """A magicgui form: MNI x, y, z (mm) and **Go to**, which moves the slices there
         and inspects that voxel."""
-        from magicgui.widgets import Container, FloatSpinBox, PushButton
-
         spins = [FloatSpinBox(value=0.0, min=-500.0, max=500.0, step=2.0,
                               tooltip=f"MNI {a} in mm") for a in ("x", "y", "z")]
         for a, sp in zip(("x", "y", "z"), spins):
@@ -190,8 +193,6 @@ class InspectorWidget(QWidget):
 
     def go_to(self, xyz) -> dict:
         """Move the viewer's slices to MNI ``xyz`` (mm) and inspect the voxel there."""
-        from .. import _layers
-
         world = _layers.mni_to_world(xyz)
         dims = self.viewer.dims
         if dims.ndim >= 3:
@@ -226,14 +227,10 @@ class InspectorWidget(QWidget):
         """The Inspector's dock closed or removed (not another tab chosen): the crosshair
         goes with it."""
         super().hideEvent(event)
-        from qtpy.QtCore import QTimer
-
         ref = weakref.ref(self)
         QTimer.singleShot(0, lambda: ref() is not None and ref()._closed_check())
 
     def _closed_check(self) -> None:
-        from qtpy.QtWidgets import QDockWidget
-
         try:
             dock = self.parent()
             while dock is not None and not isinstance(dock, QDockWidget):
@@ -261,9 +258,6 @@ class InspectorWidget(QWidget):
             layer.data = point
             layer.visible = True
             return
-        from napari.layers import Points
-
-        from .._layers import AXIS_LABELS
 
         viewer = self.viewer
         selected, active = list(viewer.layers.selection), viewer.layers.selection.active
@@ -291,8 +285,6 @@ class InspectorWidget(QWidget):
         self._index = None
         self.values = {}
         if self.mni is not None and result is not None:
-            from .. import _layers
-
             self.inspect(_layers.mni_to_world(self.mni))
         else:
             self._draw_empty()
@@ -353,8 +345,6 @@ class InspectorWidget(QWidget):
     # ------------------------------------------------------------------ inspect
     def inspect(self, world_position) -> dict:
         """Show what is at a napari world position; returns the values shown."""
-        from .. import _layers
-
         self.mni = _layers.world_to_mni(world_position)
         x, y, z = self.mni
         lines = [f"MNI ({_xyz(self.mni)}) mm"]
@@ -389,7 +379,6 @@ class InspectorWidget(QWidget):
                 cats = self._categories_at(result, v)
                 if cats:
                     lines.append("category: " + cats)
-                from ..core.results.figures import ceiling_lines
                 lines += ceiling_lines(result, v)
         self.where.setText("\n".join(lines))
         for spin, value in zip(self._goto_spins, self.mni):  # the Go to form follows
@@ -404,8 +393,6 @@ class InspectorWidget(QWidget):
     def _atlas_labels(self, world_position):
         """``[(layer name, label value, label name)]`` of the label layers under the point
         (our own category overlays and analysis masks excluded)."""
-        from napari.layers import Labels
-
         out = []
         for layer in self.viewer.layers:
             if not isinstance(layer, Labels) or layer.metadata.get("stat") in ("categories",
@@ -435,8 +422,6 @@ class InspectorWidget(QWidget):
         """``{bar: {language: (mean r over subjects, error)}}`` at feature ``v``
         (:func:`~..core.results.figures.bar_values`: controls, lesions and their random draws'
         band)."""
-        from ..core.results.figures import bar_values
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return bar_values(result, v)[0]
@@ -445,8 +430,6 @@ class InspectorWidget(QWidget):
     def theme_colours(self) -> dict:
         """The plot's colours from the viewer's theme: ``background``, ``text``, ``line``."""
         try:
-            from napari.utils.theme import get_theme
-
             theme = get_theme(self.viewer.theme)
             return {"background": theme.background.as_hex(), "text": theme.text.as_hex(),
                     "line": theme.secondary.as_hex()}
@@ -487,16 +470,12 @@ class InspectorWidget(QWidget):
         self.canvas.draw_idle()
 
     def _draw(self) -> None:
-        from ..core.results.figures import condition_bars
-
         if not self.values:
             self._draw_empty()
             return
         result = self.session.result
         self.figure.clear()
         ax = self.figure.add_subplot(111)
-        from ..core.analysis.statistics import language_colour
-        from ..core.results.figures import hatched_bars
 
         colours = {lang: language_colour(lang, result.languages)
                    for lang in result.languages}  # as in the category legend

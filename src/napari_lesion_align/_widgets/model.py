@@ -8,16 +8,27 @@ and loaded back to run them again.
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QLabel, QLineEdit, QListWidget, QPushButton, QVBoxLayout,
-                            QWidget)
+                            QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from ..core.base.errors import LesionAlignError
+from ..core.data.dataset import load_stimuli
+from ..core.lesions.masks import Lesion
+from ..core.lesions.plan import LesionPlan
 from ..core.lesions.vocabulary import DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMENTS, UNIT_ELEMENTS
+# (torch-free at import: the workers import torch and transformers first, one thread at a
+# time, with _tasks.import_model_libraries)
+from ..core.model import loading  # loading.load_model: tests replace it
+from ..core.model.anatomy import describe_model
 from ..core.run.config import LesionConfig, ModelConfig
+from . import _lesion_size as ls
+from . import _tasks  # _tasks.import_model_libraries: tests replace it
 from ._dock import scroll_layout
 from ._forms import choices, schema_form
 from ._lesion_size import parse_indices, parse_list
@@ -316,15 +327,9 @@ class ModelLesionWidget(QWidget):
         plan = s.lesion_plan()
 
         def fn(progress, cancel):
-            from ._tasks import import_model_libraries
-
-            import_model_libraries()
-            from ..core.model.anatomy import describe_model
-            from ..core.model.loading import load_model
-            from . import _lesion_size as ls
-
+            _tasks.import_model_libraries()
             progress(0.0, f"loading {model['name']}")
-            lm = load_model(model["name"], offline=model["offline"], device=model["device"])
+            lm = loading.load_model(model["name"], offline=model["offline"], device=model["device"])
             anatomy = describe_model(lm.model)
             sizes = [(spec.label, per, el) for spec, per, el in plan.sizes(anatomy)]
             return {"anatomy": anatomy.describe(), "n_layers": lm.n_layers, "sizes": sizes,
@@ -336,10 +341,6 @@ class ModelLesionWidget(QWidget):
         return self.size_task
 
     def _show_size(self, text: str, error: bool = False) -> None:
-        from html import escape
-
-        from qtpy.QtCore import Qt
-
         self.size_text = text
         if error:
             self.size_label.setTextFormat(Qt.TextFormat.RichText)
@@ -349,8 +350,6 @@ class ModelLesionWidget(QWidget):
             self.size_label.setText(text)
 
     def _size_done(self, outcome) -> None:
-        from napari.utils.notifications import show_error
-
         if self._size_dirty:
             self._size_dirty = False
             self.update_size()
@@ -386,10 +385,6 @@ class ModelLesionWidget(QWidget):
 
     def load_lesion(self, path) -> bool:
         """Add a saved lesion (``.json`` + ``.safetensors``) to the run."""
-        from napari.utils.notifications import show_error
-
-        from ..core.lesions.masks import Lesion
-
         try:
             lesion = Lesion.load(path)
         except LesionAlignError as err:
@@ -399,8 +394,6 @@ class ModelLesionWidget(QWidget):
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
         per = ", ".join(f"L{b} {n}" for b, n in lesion.per_layer().items())
-        from qtpy.QtWidgets import QListWidgetItem
-
         item = QListWidgetItem(f"{base.name}: {lesion.n_elements:,} {lesion.element} ({per})")
         item.setData(256, str(base))
         item.setToolTip(str(base))
@@ -420,8 +413,6 @@ class ModelLesionWidget(QWidget):
 
     def save_lesions(self, folder):
         """Compute this form's lesions on the model (worker) and save each into ``folder``."""
-        from napari.utils.notifications import show_error
-
         s = self.session
         if s.busy:
             show_error(f"wait for the {s.busy} to finish")
@@ -436,15 +427,9 @@ class ModelLesionWidget(QWidget):
         folder = Path(folder)
 
         def fn(progress, cancel):
-            from ._tasks import import_model_libraries
-
-            import_model_libraries()
-            from ..core.data.dataset import load_stimuli
-            from ..core.model.loading import load_model
-            from ..core.lesions.plan import LesionPlan
-
+            _tasks.import_model_libraries()
             m = config.model
-            lm = load_model(m.name, **m.load_options())
+            lm = loading.load_model(m.name, **m.load_options())
             stimuli = {lang.code: load_stimuli(lang) for lang in config.data.languages}
             conds = LesionPlan.of(config).build(lm, stimuli, progress=progress, cancel=cancel)
             folder.mkdir(parents=True, exist_ok=True)
@@ -462,8 +447,6 @@ class ModelLesionWidget(QWidget):
         return self.save_task
 
     def _saved(self, outcome) -> None:
-        from napari.utils.notifications import show_error, show_info
-
         self.session.set_busy(None)
         if outcome.kind == "ok":
             files = [p for p in outcome.value if str(p).endswith(".json")]
