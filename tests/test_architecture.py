@@ -98,7 +98,7 @@ def test_a_planted_upward_import_breaks_a_contract(tmp_path, module, code, contr
     assert contract in broken, out.stdout
 
 
-#: heavy or GUI packages whose imports inside functions outside the core also need a reason
+#: heavy or GUI packages whose imports inside functions also need a reason
 LAZY_WITH_REASON = ("napari", "qtpy", "magicgui", "superqt", "dask", "distributed",
                     "matplotlib", "torch", "transformers")
 
@@ -149,15 +149,13 @@ def test_the_package_imports_its_own_modules_at_the_top():
         {p.relative_to(PACKAGE).as_posix() for p in paths}
     offenders = []
     for path in paths:
-        rel = path.relative_to(PACKAGE).as_posix()
-        # outside the core (and in the ridge's modules) napari, Qt, dask, matplotlib and
-        # torch imports inside functions say why too
-        heavy = LAZY_WITH_REASON if not rel.startswith("core/") or \
-            rel.startswith("core/encoding/") else ()
-        for line in uncommented_function_imports(path.read_text(encoding="utf-8"), heavy):
+        # napari, Qt, dask, matplotlib, torch and transformers imports inside functions say
+        # why too (the core imports without them: a lazy import must have its reason)
+        for line in uncommented_function_imports(path.read_text(encoding="utf-8"),
+                                                 LAZY_WITH_REASON):
             offenders.append(f"{path.relative_to(SRC)}:{line}")
     assert offenders == [], ("imports inside functions (of the package's own modules, or of "
-                             "napari / Qt / dask / matplotlib / torch outside the core) with "
+                             "napari / Qt / dask / matplotlib / torch) with "
                              "no comment giving the reason: " + ", ".join(offenders))
 
 

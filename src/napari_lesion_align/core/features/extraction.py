@@ -256,7 +256,7 @@ def extract_word_features(
     stored states. This is exact when the model is unchanged below block ``l`` (a lesion
     confined to blocks >= ``l``).
     """
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     tok = tokenize_words(tokenizer, list(words), spaceless, sentence_ids)
     capacity = model_capacity(model, tokenizer)
@@ -358,7 +358,7 @@ def default_batch_tokens(model) -> int | None:
     decides), on a GPU what a quarter of its free memory holds at an estimated
     ``(4 x hidden + 3 x FFN + heads x 512) x bytes per value`` per token in one block (a
     pass keeps only one block's activations alive)."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     p = model.get_input_embeddings().weight
     if p.device.type != "cuda":

@@ -67,7 +67,7 @@ def _feed(model, tokenizer, texts, capacity: int, max_tokens: int, hooks: list,
           cancel=None) -> int:
     """Run ``texts`` through ``model`` (no gradients) while ``hooks`` observe it; the hooks
     are removed afterwards, also on error or cancel. Returns the tokens fed."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     fed = 0
     try:
@@ -92,7 +92,7 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
 
     ``store``: a :class:`.scores.ScoreStore` that receives each tensor's scores as soon as
     they are made (and is returned); on disk, no language's scores are held whole."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     anatomy = anatomy or describe_model(model)
     targets = {f"{b.index}.{r}": anatomy.module(n) for b in anatomy.blocks
@@ -126,7 +126,7 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
 
 def _sum_dtype(device):
     """float64 running sums where the device has them (not on Apple's MPS)."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     return torch.float32 if getattr(device, "type", str(device)) == "mps" else torch.float64
 
@@ -144,6 +144,7 @@ def load_lm_head_model(source: str, device: str = "cpu", dtype=None, device_map=
     Raises a clear error when the model has neither head (e.g. an embedding model such as
     the built-in multilingual-e5-small): use the gradient-free ``wanda`` method instead.
     """
+    # reason: transformers loads where a model is loaded (start-up without it)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     opts = load_options_of(source, device)
@@ -192,7 +193,7 @@ def _head_around(cls, cfg, base, folder: Path, dtype):
     loaded ``base`` model as its body; the head's own tensors read from the folder's
     safetensors (tied ones tied). None when the folder's weights do not name every head
     tensor, or the architecture does not hold its body as ``base_model_prefix``."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
     from safetensors import safe_open
 
     try:
@@ -289,7 +290,7 @@ def importance_batch_tokens(model, accumulate_on: str = "auto") -> int:
     """
     import os
 
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     p = model.get_input_embeddings().weight
     cfg = model.config
@@ -356,7 +357,7 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
     its accumulator is turned into them (and is returned): on disk, a language's scores
     are never held whole in host memory (one tensor at a time).
     """
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     model, kind = head_model or load_lm_head_model(source, device)
     model.eval()
@@ -452,6 +453,7 @@ class _Recompute(BlockForwards):
         self.blocks = [anatomy.module(b.name) for b in anatomy.blocks]
 
     def __enter__(self):
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         from torch.utils.checkpoint import checkpoint
 
         for blk in self.blocks:
@@ -484,7 +486,8 @@ def _causal_backward_in_chunks(split, ids, weight: float = 1.0) -> None:
     """Backward of ``weight`` x the mean next-token cross-entropy of ``ids`` (the loss of
     ``model(input_ids=ids, labels=ids)``), its logits computed a chunk of tokens at a time:
     the blocks run forward once and backward once."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
+    # reason: torch loads where a model or tensor is used (CLI start-up without it)
     import torch.nn.functional as F
 
     body, head = split
@@ -521,7 +524,7 @@ def _folder(acc: dict, key: str):
 
 def _accumulator_devices(targets: dict, accumulate_on: str) -> dict:
     """Where each weight's float32 accumulator lives (see :func:`gradxweight_scores`)."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     if accumulate_on not in ("auto", "cpu", "device"):
         raise LesionAlignError(f"accumulate_on = {accumulate_on!r}; use 'auto', 'cpu' or "
@@ -543,7 +546,7 @@ def _accumulator_devices(targets: dict, accumulate_on: str) -> dict:
 def lape_probabilities(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | None = None,
                        max_tokens: int = 20000, cancel=None) -> dict:
     """{language: {"<block>.neurons": P(activation > 0)}} per FFN intermediate unit."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     anatomy = anatomy or describe_model(model)
     cap = _capacity(model, tokenizer)
@@ -662,7 +665,7 @@ def select(scores: dict, selection: str, k_percent: float, element: str = "weigh
     computed once per language and tensor; up to :data:`RANK_CACHE_BYTES`), or a
     :class:`.scores.ScoreStore` (scores on disk: every rank kept there, none in memory).
     """
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     langs = list(scores)
     if not langs:
@@ -718,7 +721,7 @@ def select_lape(probs: dict, selection: str, k_percent: float, name: str | None 
                 spec: dict | None = None) -> Lesion:
     """Neurons by activation probability: ``specific:<L>`` = lowest entropy across languages
     among the neurons most active in ``L``; ``shared`` = highest minimum probability."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     langs = list(probs)
     masks = {}
@@ -747,7 +750,7 @@ def select_lape(probs: dict, selection: str, k_percent: float, name: str | None 
 
 def manual(element: str, indices: dict, anatomy: Anatomy, name: str = "manual") -> Lesion:
     """A lesion from explicit indices: ``{block: [unit indices]}`` (``[]`` for layers)."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     if element not in UNIT_ELEMENTS:
         raise LesionAlignError(f"manual lesions address units {UNIT_ELEMENTS}, not {element!r}")

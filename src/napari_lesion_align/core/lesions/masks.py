@@ -58,7 +58,7 @@ FORMAT = "napari-lesion-align lesion 2"
 
 
 def _index_dtype(n: int):
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     return torch.int32 if n < 2**31 else torch.int64
 
@@ -76,6 +76,7 @@ class IndexMask:
     __slots__ = ("indices", "shape")
 
     def __init__(self, indices, shape):
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         import torch
 
         self.shape = tuple(int(d) for d in shape)
@@ -86,6 +87,7 @@ class IndexMask:
     def of(cls, mask) -> "IndexMask":
         """``mask`` as an IndexMask (a boolean tensor / array is converted, an IndexMask
         returned as is)."""
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         import torch
 
         if isinstance(mask, IndexMask):
@@ -99,6 +101,7 @@ class IndexMask:
     @classmethod
     def from_indices(cls, indices, shape) -> "IndexMask":
         """From flat indices in any order, repeats allowed (sorted and made unique)."""
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         import torch
 
         idx = torch.as_tensor(indices).reshape(-1).to(torch.int64)
@@ -121,6 +124,7 @@ class IndexMask:
 
     def to_bool(self):
         """The boolean tensor of this shape (one byte per entry)."""
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         import torch
 
         flat = torch.zeros(self.numel(), dtype=torch.bool)
@@ -130,6 +134,7 @@ class IndexMask:
     def flat_indices(self, device=None):
         """The indices as int64 (what ``index_select`` / ``index_copy_`` take), on
         ``device``."""
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         import torch
 
         return self.indices.to(device=device, dtype=torch.int64)
@@ -143,6 +148,7 @@ class IndexMask:
         other = IndexMask.of(other)
         self._same_shape(other)
         both = np.intersect1d(self.indices.numpy(), other.indices.numpy(), assume_unique=True)
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         import torch
 
         return IndexMask(torch.from_numpy(both), self.shape)
@@ -151,6 +157,7 @@ class IndexMask:
         other = IndexMask.of(other)
         self._same_shape(other)
         either = np.union1d(self.indices.numpy(), other.indices.numpy())
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         import torch
 
         return IndexMask(torch.from_numpy(either), self.shape)
@@ -173,7 +180,7 @@ def pack_mask(mask) -> tuple[str, "object"]:
     """``("bits", uint8 tensor)`` or ``("idx", int32/int64 tensor)`` of a mask (an
     :class:`IndexMask` or a boolean tensor), whichever is smaller (see the module
     docstring)."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     m = IndexMask.of(mask)
     n, count = m.numel(), m.sum()
@@ -186,7 +193,7 @@ def pack_mask(mask) -> tuple[str, "object"]:
 
 def unpack_mask(kind: str, data, shape: tuple, where="lesion") -> IndexMask:
     """The :class:`IndexMask` of shape ``shape`` from :func:`pack_mask`'s ``(kind, data)``."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     n = int(np.prod(shape, dtype=np.int64))
     if kind == "bits":
@@ -259,6 +266,7 @@ class Lesion:
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
+        # reason: torch loads where a model or tensor is used (CLI start-up without it)
         import torch
 
         tensors = {}
@@ -379,7 +387,7 @@ def apply_lesion(model, lesion: Lesion | None, anatomy: Anatomy | None = None):
 
     ``lesion=None`` is the intact model (a no-op), so callers can treat all conditions alike.
     """
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     if lesion is None:
         yield model
@@ -495,7 +503,7 @@ def _skip_hook():
 def random_like(lesion: Lesion, anatomy: Anatomy, seed: int, name: str | None = None) -> Lesion:
     """The size-matched random control: the same number of elements per mask, drawn at random
     (per mask, in key order, the first n of a seeded ``torch.randperm`` of its entries)."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     g = torch.Generator().manual_seed(int(seed))
     masks = {}
@@ -514,7 +522,7 @@ def random_like(lesion: Lesion, anatomy: Anatomy, seed: int, name: str | None = 
 def top_k_mask(scores, k_percent: float) -> IndexMask:
     """The top ``k_percent`` % entries of ``scores`` (at least one if k > 0), as an
     :class:`IndexMask`."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     flat = scores.reshape(-1)
     n = top_k_count(flat.numel(), k_percent)
@@ -530,6 +538,6 @@ def percentile_rank(x):
 
     arr = np.asarray(x.detach().float().cpu().numpy()).reshape(-1)
     r = rankdata(arr, method="average") / arr.size
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     return torch.from_numpy(r.astype(np.float32)).view(x.shape)

@@ -74,6 +74,7 @@ class Anatomy:
 
 
 def _find_layers(model, n_layers: int):
+    # reason: torch loads where a model or tensor is used (CLI start-up without it)
     import torch.nn as nn
 
     best = None
@@ -92,6 +93,7 @@ def _find_layers(model, n_layers: int):
 
 def describe_model(model) -> Anatomy:
     """Locate the blocks and classify each block's linear layers by shape (see module doc)."""
+    # reason: torch loads where a model or tensor is used (CLI start-up without it)
     import torch.nn as nn
 
     cfg = model.config

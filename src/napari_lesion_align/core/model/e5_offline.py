@@ -433,7 +433,8 @@ def build_config(e5: dict):
         ``model_type`` ``xlm-roberta``, exact-erf ``gelu``, ``max_position_embeddings``
         = file rows + 2 (514), pad / bos / eos ids 1 / 0 / 2, float32.
     """
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
+    # reason: transformers loads where a model is loaded (start-up without it)
     from transformers import XLMRobertaConfig
 
     config = XLMRobertaConfig(
@@ -487,7 +488,7 @@ def convert_to_state_dict(e5: dict) -> dict:
     ``output.LayerNorm`` (``.w`` -> ``.weight``, ``.b`` -> ``.bias``). Linear weights
     are already ``[out, in]``; nothing is transposed.
     """
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     tensors = e5["tensors"]
 
@@ -856,6 +857,7 @@ def load_builtin_model(cache_dir: Path | None = None, progress: ProgressFn | Non
         See :func:`ensure_converted`; also if a weight would be left randomly
         initialised.
     """
+    # reason: transformers loads where a model is loaded (start-up without it)
     from transformers import AutoModel, AutoTokenizer
 
     folder = ensure_converted(cache_dir, progress)

@@ -65,7 +65,7 @@ def parameters_hash(model) -> str:
     :data:`HASH_CHUNK_BYTES`: the hash never needs a second copy of the model, only one
     piece. The digest is the same as hashing every tensor's bytes at once.
     """
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     h = hashlib.blake2b(digest_size=16)
     with torch.no_grad():
@@ -95,7 +95,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 def resolve_dtype(dtype: str = "auto", device: str = "cpu"):
     """``[model] dtype`` as a torch dtype for a model on ``device``: ``auto`` is bfloat16
     on a CUDA GPU that supports it (float16 on older GPUs), float32 elsewhere."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     if dtype not in DTYPES:
         raise LesionAlignError(f"[model].dtype = {dtype!r}; use one of {DTYPES}")
@@ -120,7 +120,7 @@ def loading_kwargs(dtype, device: str, device_map=None, low_cpu_mem_usage: bool 
     the CPU) with accelerate; without it a model for a GPU is loaded straight onto the GPU
     when accelerate is installed (no copy in CPU memory), else on the CPU and moved.
     """
-    import transformers
+    import transformers  # reason: transformers loads where a model is loaded (start-up without it)
 
     kw: dict = {}
     major = int(transformers.__version__.split(".")[0])
@@ -140,7 +140,7 @@ def loading_kwargs(dtype, device: str, device_map=None, low_cpu_mem_usage: bool 
 
 
 def resolve_device(device: str = "auto") -> str:
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -208,7 +208,7 @@ def check_pickled_weights(path) -> None:
     """Read a pickled weights file as plain tensors (mapped, not loaded into memory; files
     of the old non-zip format, which cannot be mapped, are read), or raise
     :func:`weights_error`."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     try:
         try:
@@ -255,6 +255,7 @@ def _from_pretrained(source: str, local_only: bool, where: str = "folder",
     """Model and tokenizer from a folder or the Hugging Face cache (``where``: which, for
     the message); remote code is refused (:func:`refuse_remote_code`). ``load_kwargs``:
     from :func:`loading_kwargs` (dtype, device map)."""
+    # reason: transformers loads where a model is loaded (start-up without it)
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     if Path(source).is_dir():
@@ -347,7 +348,7 @@ def load_options_of(source: str, device: str) -> dict:
     ``{"dtype": torch dtype, "device_map": ..., "low_cpu_mem_usage": ..., "model": the
     loaded model or None}`` (float32 on one device, no model, when it was not loaded
     through :func:`load_model`)."""
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
 
     opts = dict(_LOAD_OPTIONS.get((str(source), str(device)),
                                   {"dtype": torch.float32, "device_map": None,

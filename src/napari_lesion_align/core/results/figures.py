@@ -71,8 +71,9 @@ def qc_figure(result_or_folder, path, name: str = "lesion", slices=None) -> Path
     slices : MNI z levels (mm) of the axial slices; default: 5 levels spread over the
         categorised voxels (over the mask when there are none).
     """
+    # reason: matplotlib loads only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # reason: matplotlib loads only when a figure is drawn
 
 
     path = Path(path)
@@ -141,7 +142,7 @@ def _slice_levels(affine, labels, slices) -> list[float]:
 
 def _draw_slice(ax, template, labels, colours, z) -> None:
     """One axial slice: x to the right (left hemisphere left), y up (anterior top)."""
-    from matplotlib.colors import to_rgba
+    from matplotlib.colors import to_rgba  # reason: matplotlib loads only when a figure is drawn
 
     aff = template.affine
     k = int(round((z - aff[2, 3]) / aff[2, 2]))
@@ -168,7 +169,7 @@ def _draw_slice(ax, template, labels, colours, z) -> None:
 
 def _draw_legend(ax, legend, colours, counts) -> None:
     """Legend patches with each category's number of voxels (analysis grid)."""
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # reason: matplotlib loads only when a figure is drawn
 
     def n(lab):
         return int(counts[lab]) if lab < len(counts) else 0

@@ -147,6 +147,7 @@ def report_is_current(folder) -> bool:
 def _png(fig) -> str:
     """A matplotlib figure as a ``data:`` URI (PNG without a date or version, so the
     same result gives the same bytes)."""
+    # reason: matplotlib loads only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -159,6 +160,7 @@ def _colormap(one_sided: bool):
     """The maps' ramps (:data:`.display.MAP_RAMPS`): red -> yellow above 0 and, for a
     two-sided map, blue -> cyan below 0, as one matplotlib colormap (0 to +max, or -max to
     +max)."""
+    # reason: matplotlib loads only when a figure is drawn
     from matplotlib.colors import ListedColormap
 
     both = map_colours("diverging", 128)
@@ -190,7 +192,7 @@ def _map_image(result, key, values, stat):
 def _stat_figure(result, key, values, stat, threshold, title, slices: bool = False) -> str:
     """A glass brain (and, with ``slices``, axial slices) of one map at ``threshold``
     (``key``: the group map's key, None for a subject's map)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # reason: matplotlib loads only when a figure is drawn
     from nilearn import plotting
 
     img, top = _map_image(result, key, values, stat)
@@ -226,9 +228,10 @@ def _slice_levels(img, thr, n: int = 6) -> list[float]:
 def _category_figure(result, name) -> str:
     """The category map ``name`` on axial slices with its legend (the colours of the
     napari layers and the QC figure: :func:`.figures.category_colours`)."""
+    # reason: matplotlib loads only when a figure is drawn
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
+    from matplotlib.figure import Figure  # reason: matplotlib loads only when a figure is drawn
+    from matplotlib.patches import Patch  # reason: matplotlib loads only when a figure is drawn
     from nilearn import plotting
 
     labels, legend = result.categories[name]

@@ -111,6 +111,7 @@ def _model_source(config, check: bool = True) -> tuple[str, str]:
 
 def _model_config(config):
     """The transformers config of ``[model]`` (no weights read; never remote code)."""
+    # reason: transformers loads where a model is loaded (start-up without it)
     from transformers import AutoConfig
 
     kind, source = model_source(config.model.name)
@@ -128,7 +129,8 @@ def model_anatomy(config, model=None):
     else of the architecture built on the meta device from its config (no weights)."""
     if model is not None:
         return describe_model(getattr(model, "model", model))
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
+    # reason: transformers loads where a model is loaded (start-up without it)
     from transformers import AutoModel
 
     cfg = _model_config(config)

@@ -44,7 +44,7 @@ def blas_threads(n: int):
     if not n:
         yield
         return
-    import torch
+    import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
     from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
@@ -213,7 +213,8 @@ class DaskExecutor:
         ``threads`` BLAS threads per worker (0: the cores divided among the workers)."""
         import logging
 
-        import dask
+        import dask  # reason: dask is the optional 'dask' extra
+        # reason: distributed is the optional 'dask' extra
         from distributed import Client, LocalCluster
 
         cores = os.cpu_count() or 1
@@ -236,7 +237,7 @@ class DaskExecutor:
     @classmethod
     def connect(cls, address: str, threads: int = 0) -> "DaskExecutor":
         """The cluster whose scheduler listens at ``address`` (``tcp://host:8786``)."""
-        from distributed import Client
+        from distributed import Client  # reason: distributed is the optional 'dask' extra
 
         try:
             client = Client(address, timeout="30s")
@@ -251,7 +252,7 @@ class DaskExecutor:
     def _wait(self, futures: dict, eng, on_done) -> list:
         """Wait for ``futures`` ({future: job}), calling ``on_done(job, result)`` as each
         finishes; returns the failures; cancel cancels what has not run."""
-        from distributed import as_completed
+        from distributed import as_completed  # reason: distributed is the optional 'dask' extra
 
         ac = as_completed(list(futures))
         failures = []
