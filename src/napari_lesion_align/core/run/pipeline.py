@@ -84,32 +84,9 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         timings = {"data_s": data_s, "lesions_s": eng.timings.get("lesions_s", 0.0),
                    "features_s": eng.timings.get("features_s", 0.0)}
 
-        # 3. the fits not done yet
-        t = time.perf_counter()
-        jobs, reused = fit_jobs(eng, ex.parallelism)
-        total = sum(len(j.todo) for j in jobs)
-        P.phase(*PHASES["fits"])
-        if reused and total:
-            P(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
-        # the folder stops claiming to be a complete result before any of its files changes
-        (out.root / "result.json").unlink(missing_ok=True)
-        computed, failures = ex.fits(eng, jobs)
-        eng.counts["fits"] = {"computed": computed, "reused": reused}
-        timings["encoding_s"] = time.perf_counter() - t
-        if failures:
-            raise failures_error(failures, total, out.root)
-
-        # 3b. the noise ceilings (one unit per language, from the cleaned BOLD; after the
-        # fits: a run whose fits failed stops first, and its rerun computes them)
-        t = time.perf_counter()
-        c_jobs, c_reused, _ = ceiling_plan(eng)
-        if c_jobs:
-            P(0.99, f"noise ceiling of {len(c_jobs)} language(s)")
-        c_computed, c_failures = ex.ceilings(eng, c_jobs)
-        eng.counts["ceilings"] = {"computed": c_computed, "reused": c_reused}
-        timings["ceiling_s"] = time.perf_counter() - t
-        if c_failures:
-            raise failures_error(c_failures, len(c_jobs), out.root, "noise-ceiling units")
+        # 3. the fits not done yet, then the noise ceilings
+        timings["encoding_s"] = _fit_stage(eng, ex, P, out)
+        timings["ceiling_s"] = _ceiling_stage(eng, ex, P, out)
         out.remove_stale_writes()  # every unit is done: a killed worker's half-written map
 
         # 4. group statistics, tables, result.json (last, with the manifest of every file)
@@ -135,6 +112,39 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
             out.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fit_stage(eng, ex, P: Progress, out: OutputFolder) -> float:
+    """The fit units not done yet, on the executor; their seconds. Raises one error naming
+    the units that failed (the others are saved)."""
+    t = time.perf_counter()
+    jobs, reused = fit_jobs(eng, ex.parallelism)
+    total = sum(len(j.todo) for j in jobs)
+    P.phase(*PHASES["fits"])
+    if reused and total:
+        P(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
+    # the folder stops claiming to be a complete result before any of its files changes
+    (out.root / "result.json").unlink(missing_ok=True)
+    computed, failures = ex.fits(eng, jobs)
+    eng.counts["fits"] = {"computed": computed, "reused": reused}
+    if failures:
+        raise failures_error(failures, total, out.root)
+    return time.perf_counter() - t
+
+
+def _ceiling_stage(eng, ex, P: Progress, out: OutputFolder) -> float:
+    """The noise ceilings (one unit per language, from the cleaned BOLD) not done yet; their
+    seconds. After the fits: a run whose fits failed stops first, and its rerun computes
+    them."""
+    t = time.perf_counter()
+    c_jobs, c_reused, _ = ceiling_plan(eng)
+    if c_jobs:
+        P(0.99, f"noise ceiling of {len(c_jobs)} language(s)")
+    c_computed, c_failures = ex.ceilings(eng, c_jobs)
+    eng.counts["ceilings"] = {"computed": c_computed, "reused": c_reused}
+    if c_failures:
+        raise failures_error(c_failures, len(c_jobs), out.root, "noise-ceiling units")
+    return time.perf_counter() - t
 
 
 def _check_statistics(config, source) -> None:
