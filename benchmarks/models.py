@@ -502,14 +502,8 @@ def main(argv=None):
                                  "--dtype", dtype, "--device", "cpu", "--tokens", str(tokens),
                                  "--threads", str(args.threads), "--store", store,
                                  "--languages", str(args.languages)], env)
-                    row.update(made)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-        print()
-        print(scores_table(rows))
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=2))
-        return 0
+                    rows.append(report_row(row, made))
+        return finish(rows, scores_table, args.json)
     for name in models:
         with tempfile.TemporaryDirectory(prefix="nla-bench-") as d:
             folder = str(Path(d) / name)
@@ -520,13 +514,23 @@ def main(argv=None):
             if args.layer is not None:
                 argv += ["--layer", str(args.layer)]
             row = spawn(argv, env)
-        row.update(made)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        rows.append(report_row(row, made))
+    return finish(rows, table, args.json)
+
+
+def report_row(row: dict, made: dict) -> dict:
+    """A measured row with its model's making, printed as it comes."""
+    row.update(made)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def finish(rows: list[dict], make_table, json_path: str | None) -> int:
+    """The table of the rows (and the rows as JSON when asked)."""
     print()
-    print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print(make_table(rows))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2))
     return 0
 
 
