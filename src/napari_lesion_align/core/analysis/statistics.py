@@ -88,6 +88,14 @@ def responsive(test: PairedTest, alpha: float = 0.05, correction: str = "fdr") -
     return significant(test, alpha, correction)
 
 
+def relative_drop(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The group relative drop per voxel of paired (subjects, voxels) arrays,
+    mean(A - B) / mean(A) (NaN where mean A <= 0), float32."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mA = A.mean(0)
+        return np.where(mA > 0, (mA - B.mean(0)) / mA, np.nan).astype(np.float32)
+
+
 def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "greater",
              fdr_method: str = "bh", within: np.ndarray | None = None) -> PairedTest:
     """Paired t-test per voxel across subjects (rows), intact vs lesioned.
@@ -112,9 +120,7 @@ def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "g
     ok[ok] = d.std(0) > 1e-9 * (1.0 + np.abs(d.mean(0)))
     t = np.zeros(A.shape[1])
     p = np.ones(A.shape[1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mA = A.mean(0)
-        rel = np.where(mA > 0, (mA - B.mean(0)) / mA, np.nan)
+    rel = relative_drop(A, B)
     if ok.any():
         res = ttest_rel(A[:, ok], B[:, ok], axis=0, alternative=alternative)
         t[ok] = res.statistic
@@ -126,7 +132,7 @@ def paired_t(r_intact: np.ndarray, r_lesioned: np.ndarray, alternative: str = "g
     if within is not None:
         p = np.where(np.asarray(within, dtype=bool), p, 1.0)
     return PairedTest(t.astype(np.float32), p.astype(np.float32), q.astype(np.float32), n,
-                      rel.astype(np.float32))
+                      rel)
 
 
 def significant(test: PairedTest, alpha: float = 0.05, correction: str = "fdr",

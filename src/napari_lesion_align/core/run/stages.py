@@ -735,14 +735,6 @@ def _group_mean(B: np.ndarray) -> np.ndarray:
         return np.nanmean(B, axis=0)
 
 
-def _group_mean_rel(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """The group relative drop per voxel, mean(A - B) / mean(A) (NaN where mean A <= 0), as
-    :func:`.statistics.paired_t` computes it."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mA = A.mean(0)
-        return np.where(mA > 0, (mA - B.mean(0)) / mA, np.nan).astype(np.float32)
-
-
 class GroupTests:
     """The group tests ``[statistics]`` asks for, one interface for the stage: parametric
     (:mod:`.statistics`: t, p, FDR q) or sign-flip permutations (:mod:`.inference`: t and
@@ -776,7 +768,7 @@ class GroupTests:
         if not self.permutation:
             return an.paired_t(A, B, within=within)
         A, B = np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64)
-        return self._flip(A - B, within, _group_mean_rel(A, B))
+        return self._flip(A - B, within, an.relative_drop(A, B))
 
     def beyond_random(self, lesion_r, draws_sum, draws_means: list, within):
         """Where a lesion's drop is beyond its random draws' (:func:`.statistics.
