@@ -98,7 +98,7 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
     targets = {f"{b.index}.{r}": anatomy.module(n) for b in anatomy.blocks
                for r, n in b.linears.items()}
     cap = _capacity(model, tokenizer)
-    out = {}
+    sink = store if store is not None else ScoreStore()  # in memory unless the caller's
     for li, (lang, texts) in enumerate(texts_by_language.items()):
         sumsq = {k: torch.zeros(m.in_features, dtype=_sum_dtype(m.weight.device),
                                 device=m.weight.device) for k, m in targets.items()}
@@ -113,15 +113,18 @@ def wanda_scores(model, tokenizer, texts_by_language: dict, anatomy: Anatomy | N
         count = _feed(model, tokenizer, texts, cap, max_tokens, hooks, cancel)
         rms = {k: torch.sqrt(v.cpu().double() / max(count, 1)).float()
                for k, v in sumsq.items()}
-        sink = store if store is not None else ScoreStore()
         for k in targets:
             sink.put(lang, k, targets[k].weight.detach().abs().float().cpu() * rms[k][None, :])
         del rms
-        if store is None:
-            out[lang] = dict(sink[lang])
         if progress is not None:
             progress((li + 1) / len(texts_by_language), f"importance (wanda): {lang}")
-    return out if store is None else store
+    return _scores_out(sink, store)
+
+
+def _scores_out(sink: ScoreStore, store: ScoreStore | None):
+    """What a score function returns: the caller's store, or ``{language: {key: tensor}}``
+    from the in-memory store it used."""
+    return store if store is not None else {lang: dict(sink[lang]) for lang in sink}
 
 
 def _sum_dtype(device):
@@ -378,7 +381,7 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
     params = list(model.parameters())
     was = [p.requires_grad for p in params]
     wanted = {id(m.weight) for m in targets.values()}
-    out = {}
+    sink = store if store is not None else ScoreStore()  # in memory unless the caller's
     acc: dict = {}
     hooks = []
     replay = _Recompute(anatomy) if recompute else None
@@ -418,14 +421,11 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
                     loss = model(input_ids=masked, labels=labels).loss
                 (loss * len(batch)).backward()
                 del loss
-            sink = store if store is not None else ScoreStore()
             for k in list(acc):
                 W = targets[k].weight.detach()
                 g = acc.pop(k).cpu()  # in place: the accumulator becomes the scores
                 sink.put(lang, k, g.div_(max(n_windows, 1)).mul_(W.float().cpu()))
                 del g
-            if store is None:
-                out[lang] = dict(sink[lang])
             if progress is not None:
                 progress((li + 1) / len(texts_by_language),
                          f"importance (gradient x weight): {lang}")
@@ -439,7 +439,7 @@ def gradxweight_scores(source: str, tokenizer, texts_by_language: dict, device: 
             p.requires_grad_(r)
         acc.clear()
     del model
-    return out if store is None else store
+    return _scores_out(sink, store)
 
 
 class _Recompute(BlockForwards):
