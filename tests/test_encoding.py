@@ -597,3 +597,79 @@ def test_cross_validated_r_row_count_mismatch_raises():
         cross_validated_r(X_runs, Y_runs, delays=(1, 2), pad_before=3)
     with pytest.raises(LesionAlignError):
         cross_validated_r(X_runs[:1], Y_runs, delays=(1, 2), pad_before=2)
+
+
+# --------------------------------------------------------------------------- given alphas
+@pytest.mark.parametrize("n,p", SHAPES)
+def test_given_alphas_refit_as_sklearn_with_those_alphas(n, p):
+    """``alpha``: no inner search; each voxel refit with its alpha (scikit-learn's Ridge)."""
+    X, Y = make_data(n, p, V=30, n_signal=20, seed=3 * n + p, y_offset=1.0)
+    train, test, folds = split(n, 20, 4)
+    chosen = np.random.default_rng(p).choice(ALPHAS, size=Y.shape[1])
+    res = ridge_cv(X, Y, train, test, folds, ALPHAS, dtype=np.float64, backend="numpy",
+                   alpha=chosen)
+    pred = np.column_stack([Ridge(alpha=a).fit(X[train], Y[train, v]).predict(X[test])
+                            for v, a in enumerate(chosen)])
+    np.testing.assert_allclose(res.test_r, _pearson_cols(pred, Y[test]), rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(res.best_alpha, chosen)
+    assert np.isnan(res.cv_score).all()
+
+
+def test_given_alphas_are_checked():
+    X, Y = make_data(60, 5, V=4, n_signal=2)
+    train, test, folds = split(60, 10, 3)
+    with pytest.raises(LesionAlignError, match="not among the alphas searched"):
+        ridge_cv(X, Y, train, test, folds, ALPHAS, alpha=np.full(4, 7.0))
+    with pytest.raises(LesionAlignError, match="one per voxel"):
+        ridge_cv(X, Y, train, test, folds, ALPHAS, alpha=np.full(3, ALPHAS[0]))
+
+
+@pytest.mark.parametrize("n_runs", [1, 3])
+def test_a_fit_with_its_own_alphas_given_is_the_same_fit(n_runs):
+    """Reusing the alphas a search chose (``fold_alphas``) gives that search's maps exactly;
+    other features refit with them differ from their own search only by the alphas."""
+    X_runs, Y_runs, ns = planted_runs(n_runs=n_runs, T=300 if n_runs == 1 else 120)
+    kw = dict(delays=(1, 2), pad_before=2, n_blocks=5, backend="numpy")
+    own = cross_validated_r(X_runs, Y_runs, **kw)
+    again = cross_validated_r(X_runs, Y_runs, fold_alphas=own.best_alpha, **kw)
+    np.testing.assert_array_equal(again.r, own.r)
+    np.testing.assert_array_equal(again.best_alpha, own.best_alpha)
+    noisy = [x + np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
+             for x in X_runs]
+    searched = cross_validated_r(noisy, Y_runs, **kw)
+    reused = cross_validated_r(noisy, Y_runs, fold_alphas=own.best_alpha, **kw)
+    np.testing.assert_array_equal(reused.best_alpha, own.best_alpha)
+    assert reused.r[:ns].min() > 0.3  # still the signal
+    # the search picks each voxel's best of the alphas on training rows, not on test rows:
+    # reused alphas may score a little higher or lower, never by much
+    assert np.abs(reused.r - searched.r)[:ns].max() < 0.1
+    with pytest.raises(LesionAlignError, match="outer folds"):
+        cross_validated_r(X_runs, Y_runs, fold_alphas=own.best_alpha[:, :3], **kw)
+
+
+def test_small_matrices_run_on_one_blas_thread(monkeypatch):
+    """Decompositions and operators of small matrices run on one BLAS thread (their blocks
+    are too small to share; oversubscribed they run many times slower), others as set."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+    real = solver._tridiagonalize_blocked
+
+    def spy(S, nb, chunk):
+        seen.append((S.shape[0], blas()))
+        return real(S, nb, chunk)
+
+    monkeypatch.setattr(solver, "_tridiagonalize_blocked", spy)
+    rng = np.random.default_rng(0)
+    with threadpool_limits(2):
+        for n in (40, solver.SMALL_MATRIX + 8):
+            M = rng.standard_normal((n, n))
+            S = M @ M.T
+            Q, d, e = solver._tridiagonalize(S.copy())
+            T = np.diag(d) + np.diag(e, 1) + np.diag(e, -1)
+            np.testing.assert_allclose(Q @ T @ Q.T, S, atol=1e-8 * np.abs(S).max())
+        assert blas() == {2}  # given back
+    assert seen == [(40, {1}), (solver.SMALL_MATRIX + 8, {2})]

@@ -90,6 +90,20 @@ def _default_batch(n_pred_rows: int, per_voxel_bytes: int, itemsize: int,
     return int(max(16, min(b, memory_budget_mb * 2**20 // max(1, per_voxel_bytes))))
 
 
+def _alpha_indices(alphas: np.ndarray, alpha, V: int) -> np.ndarray:
+    """Per voxel, the index in ``alphas`` of the given alpha (each must be one of them)."""
+    alpha = np.asarray(alpha, dtype=np.float64)
+    if alpha.shape != (V,):
+        raise LesionAlignError(f"{alpha.shape} given alphas for {V} voxels: give one per voxel")
+    idx = np.argmin(np.abs(np.log(alphas)[:, None] - np.log(np.maximum(alpha, 1e-300))),
+                    axis=0)
+    if not np.allclose(alphas[idx], alpha, rtol=1e-9, atol=0):
+        bad = alpha[~np.isclose(alphas[idx], alpha, rtol=1e-9, atol=0)][:3]
+        raise LesionAlignError(f"given alphas {bad.tolist()} are not among the alphas searched "
+                               f"({alphas.tolist()}): give alphas chosen from the same list")
+    return idx
+
+
 def ridge_cv(
     X: np.ndarray,
     Y: np.ndarray,
@@ -105,10 +119,15 @@ def ridge_cv(
     device=None,
     voxel_batch: int | None = None,
     memory_budget_mb: int = 192,
+    alpha: np.ndarray | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> RidgeResult:
     """Choose one alpha per voxel by inner CV on ``train``; refit; Pearson r on ``test``.
+
+    With ``alpha`` (one value of ``alphas`` per voxel, e.g. chosen for another feature set
+    of the same BOLD) the inner search is skipped: one refit per voxel with that alpha
+    (``cv_best`` is then NaN).
 
     Parameters
     ----------
@@ -155,11 +174,15 @@ def ridge_cv(
         X = X.astype(np.float64)
     train, test = np.asarray(train), np.asarray(test)
     p = X.shape[1]
-    kernel = _kernel64(X) if p > min(len(f.train) for f in inner_folds) else None
+    if alpha is not None:
+        best = _alpha_indices(alphas, alpha, V)
+        inner_folds = ()
+    min_train = min([len(f.train) for f in inner_folds] + [len(train)])
+    kernel = _kernel64(X) if p > min_train else None
     na = len(alphas)
     itemsize = np.dtype(dtype).itemsize
-    max_ev = max(max(len(f.test) for f in inner_folds), len(test))
-    max_tr = max(max(len(f.train) for f in inner_folds), len(train))
+    max_ev = max([len(f.test) for f in inner_folds] + [len(test)])
+    max_tr = max([len(f.train) for f in inner_folds] + [len(train)])
     per_voxel = (2 * max_tr + max_ev + na * max_ev + na) * itemsize
     b = voxel_batch or _default_batch(na * max_ev + na, per_voxel, itemsize, memory_budget_mb)
     b = max(1, min(b, V))
@@ -192,7 +215,7 @@ def ridge_cv(
         return out
 
     # 1. inner CV: one decomposition per fold, all alphas scored per voxel batch
-    scores = np.zeros((na, V))
+    scores = np.zeros((na, V)) if alpha is None else None
     for k, f in enumerate(inner_folds):
         check_cancel()
         td = time.perf_counter()
@@ -219,10 +242,13 @@ def ridge_cv(
             tick(f"ridge: inner fold {k + 1}/{len(inner_folds)}, voxels {v1}/{V}")
         timings["inner_s"] += time.perf_counter() - tl
         del op
-    scores /= len(inner_folds)
-    best = np.argmax(scores, axis=0)
+    if alpha is None:
+        scores /= len(inner_folds)
+        best = np.argmax(scores, axis=0)
+        cv_best = scores[best, np.arange(V)]
+    else:
+        cv_best = np.full(V, np.nan)
     best_alpha = alphas[best]
-    cv_best = scores[best, np.arange(V)]
 
     # 2. refit on all training rows with each voxel's alpha; Pearson r on the test rows.
     # Per batch, the voxels are sorted by alpha (one column gather) so that each alpha's
@@ -347,6 +373,7 @@ def cross_validated_r(
     run_lengths: Sequence[int] | None = None,
     keep: Sequence[np.ndarray] | None = None,
     nuisance=None,
+    fold_alphas: np.ndarray | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> EncodingResult:
@@ -369,6 +396,9 @@ def cross_validated_r(
         ``Y`` (:func:`~.bold.cleaning_regressors`): a ``(n_rows, k)`` array for every
         column, or a list of ``(c0, c1, array)`` per column range (subjects with their own
         confounds). Ignored with several runs.
+    fold_alphas : ``(n_outer_folds, n_voxels)`` alphas (values of ``alphas``), e.g. the
+        ``best_alpha`` of another feature set's fit of the same BOLD and folds: each outer
+        fold refits with them and skips its inner search (:func:`ridge_cv`'s ``alpha``).
 
     Features are z-scored on the training rows of every outer fold, then delayed. Alpha is
     chosen per voxel by inner CV on the training runs (leave one training run out, or
@@ -430,6 +460,9 @@ def cross_validated_r(
             if np.shape(D)[0] != Y.shape[0] or not 0 <= c0 <= c1 <= Y.shape[1]:
                 raise LesionAlignError(f"nuisance regressors of shape {np.shape(D)} for "
                                        f"columns {c0}:{c1} of BOLD of shape {Y.shape}")
+    if fold_alphas is not None and np.shape(fold_alphas) != (len(outer), Y.shape[1]):
+        raise LesionAlignError(f"alphas of shape {np.shape(fold_alphas)} given for "
+                               f"{len(outer)} outer folds x {Y.shape[1]} voxels")
     fold_r, fold_alpha = [], []
     t0 = time.perf_counter()
     for k, fold in enumerate(outer):
@@ -458,7 +491,8 @@ def cross_validated_r(
 
         Yk = Y if nuisance is None else _TrainingRowsProjected(Y, fold.train, nuisance)
         res = ridge_cv(Xd, Yk, fold.train, fold.test, inner, alphas, score=score, dtype=dtype,
-                       backend=backend, progress=sub_progress, cancel=cancel)
+                       backend=backend, progress=sub_progress, cancel=cancel,
+                       alpha=None if fold_alphas is None else fold_alphas[k])
         del Yk
         fold_r.append(res.test_r)
         fold_alpha.append(res.best_alpha)

@@ -24,11 +24,33 @@ test-prediction operators of the refit on all training rows.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..base.errors import LesionAlignError
+
+#: decompositions and operators of matrices up to this size run on one BLAS thread: their
+#: blocks are too small to share, and on a busy machine a second thread made a 290 x 290
+#: tridiagonalisation 13x slower (docs/benchmarks.md, "Small problems")
+SMALL_MATRIX = 512
+_controller = None
+
+
+def small_matrix_threads(n: int):
+    """One BLAS thread inside the block when ``n`` (a matrix side) is at most
+    :data:`SMALL_MATRIX`; the threads as they are otherwise."""
+    global _controller
+    if n > SMALL_MATRIX:
+        return nullcontext()
+    if _controller is None:
+        # scipy's LAPACK loaded first, so that the controller limits its BLAS too
+        from scipy.linalg import blas, lapack  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 # --------------------------------------------------------------------------- operator
@@ -87,6 +109,11 @@ def _tridiagonalize(S: np.ndarray, nb: int = 128, chunk: int = 512):
     from its Householder reflectors, accumulated backwards in blocks of ``nb`` (compact WY
     form, as LAPACK ``dorgtr``, which scipy does not expose) with matrix products.
     """
+    with small_matrix_threads(S.shape[0]):
+        return _tridiagonalize_blocked(S, nb, chunk)
+
+
+def _tridiagonalize_blocked(S: np.ndarray, nb: int, chunk: int):
     from scipy.linalg.lapack import dsytrd, dsytrd_lwork
 
     n = S.shape[0]
@@ -216,6 +243,11 @@ def _build_operator(be, A, B, core: _Core, alphas, out=None) -> _FoldOperator:
     the big product runs in the compute dtype, one alpha at a time, into its rows of
     ``left`` (no float64 or stacked temporary of the full operator).
     """
+    with small_matrix_threads(max(A.shape[1], B.shape[0])):
+        return _build_operator_in(be, A, B, core, alphas, out)
+
+
+def _build_operator_in(be, A, B, core: _Core, alphas, out) -> _FoldOperator:
     A, B, core = _usable(A, B, core, alphas)
     n_ev, r = A.shape
     n_tr = B.shape[0]
