@@ -117,6 +117,11 @@ class EncodingConfig(Table):
     backend: Literal["auto", "numpy", "torch"] = "auto"
     #: MiB of cleaned BOLD fitted together (subjects with the same runs); 0 = one at a time
     stack_mb: Annotated[float, Field(strict=True, ge=0)] = 1024.0
+    condition_alphas: Literal["search", "intact"] = Field("search", description=(
+        "alphas of the lesions, their random draws and the null controls built from the "
+        "model's features (shifted, shuffled): 'search' chooses them by inner CV for every "
+        "fit; 'intact' refits with each voxel's alpha chosen for the intact model in the "
+        "same outer fold (no inner search: about 3x faster per fit; docs/method.md)"))
 
 
 
@@ -258,8 +263,9 @@ class ComputeConfig(Table):
         "the address of a running Dask scheduler (tcp://host:8786) whose workers run the "
         "units (the output folder must be on a shared file system)"))
     threads: NonNegInt = Field(0, description=(
-        "BLAS threads per worker (0: the cores divided among the local workers; for a "
-        "scheduler, the workers' own setting)"))
+        "BLAS and torch threads per process (0: in this process every usable core; with "
+        "local workers the cores divided among them; with a scheduler the workers' own "
+        "setting); never more than the cores"))
 
 
 class StatisticsConfig(Table):

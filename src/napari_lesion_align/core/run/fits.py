@@ -131,9 +131,23 @@ class StackedBold:
         return out
 
 
+#: the fits that may take the intact model's alphas (``[encoding] condition_alphas =
+#: "intact"``): every lesion condition (a lesion and its random draws: the same model, some
+#: units zeroed) and the null controls made of the model's own features (shifted in time,
+#: words shuffled: the same dimensions and scale). The word rate (one feature) and the model
+#: above the word rate (other BOLD) always search their own.
+REUSES_INTACT_ALPHAS = frozenset({"selection", "random", "file", "manual", "sweep",
+                                  "shift", "shuffled"})
+
+
 class Fitter:
     """The fits of a job: one feature set at a time for every subject (the groups of
-    :meth:`StackedBold.groups`), with the progress of all the job's fits."""
+    :meth:`StackedBold.groups`), with the progress of all the job's fits.
+
+    The intact model's fit keeps its per-voxel alphas (per group and outer fold); with
+    ``[encoding] condition_alphas = "intact"`` the fits of a kind in
+    :data:`REUSES_INTACT_ALPHAS` made after it refit with them instead of searching.
+    """
 
     def __init__(self, eng, job, bold: StackedBold, idx: list, n_fits: int, progress):
         self.eng, self.job, self.bold, self.idx = eng, job, bold, idx
@@ -142,10 +156,13 @@ class Fitter:
         self.cv = None
         self.done = 0
         self.spent: dict = {}  # label -> seconds of its fits (all the job's subjects)
+        self.intact_alphas: dict = {}  # group index -> (outer folds, columns) alphas
 
-    def __call__(self, label: str, X_all: list) -> dict:
-        """Fit one feature set for every subject of the job: {subject: r over valid}."""
+    def __call__(self, label: str, X_all: list, kind: str = "intact") -> dict:
+        """Fit one feature set (a condition or control of ``kind``) for every subject of the
+        job: {subject: r over valid}."""
         enc = self.eng.config.encoding
+        reuse = enc.condition_alphas == "intact" and kind in REUSES_INTACT_ALPHAS
         delays = [int(d) for d in enc.delays]
         pad = max(delays)
         bold, code = self.bold, self.job.language
@@ -165,10 +182,13 @@ class Fitter:
                 score=enc.score, dtype=np.dtype(enc.dtype), backend=enc.backend,
                 run_lengths=[int(k.sum()) for k in keep],
                 keep=keep if censored else None, nuisance=bold.nuisance_of(members),
+                fold_alphas=self.intact_alphas.get(gi) if reuse else None,
                 progress=lambda f, m, who=who, frac0=frac0, step=step: self.progress(
                     frac0 + step * f, f"{who}, {code}, {label}: {m}"),
                 cancel=self.eng.cancel)
             self.cv = res.folds
+            if kind == "intact":
+                self.intact_alphas[gi] = res.best_alpha
             a = 0
             for s in members:
                 res_of[s] = res.r[a:a + bold.width[s]]

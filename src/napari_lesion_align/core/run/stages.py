@@ -467,18 +467,19 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     for c in conds:
         eng.progress.check()
         state["condition"] = c.label
-        store(c.label, fit(c.label, trf.get(code, c.label)))
+        store(c.label, fit(c.label, trf.get(code, c.label), c.kind))
     for spec in ctrls:  # the controls (aboveWordRate last: it changes Y in place)
         eng.progress.check()
         state["condition"] = spec.label
         if spec.kind == "shift":
-            fits = [fit(spec.label, trf.control(code, spec, k)) for k in range(spec.n_shifts)]
+            fits = [fit(spec.label, trf.control(code, spec, k), spec.kind)
+                    for k in range(spec.n_shifts)]
             res_of = {s: np.mean([f[s] for f in fits], axis=0) for s in fits[0]}
         else:
             if spec.kind == "above":
                 rates = trf.control(code, WORD_RATE)
                 _regress_word_rate(eng, job, bold, rates=[rates[i] for i in idx])
-            res_of = fit(spec.label, trf.control(code, spec))
+            res_of = fit(spec.label, trf.control(code, spec), spec.kind)
         store(spec.label, res_of)
     bold.Y = None
     state["condition"] = None
