@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
@@ -36,6 +38,53 @@ from .stages import (_TRFeatures, ceiling_unit, fit_jobs, make_engine, run_ceili
 from .store import identity
 
 BLAS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's, a batch job's
+    or ``taskset``'s share), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How the cores are shared (the one rule): ``processes`` running units at once, each
+    with ``threads`` BLAS and torch threads (0: the workers' own setting, on a cluster this
+    process does not start), within ``cores`` (None: the cluster's, unknown here)."""
+
+    processes: int
+    threads: int
+    cores: int | None
+
+    def describe(self) -> dict:
+        """result.json's ``threads``."""
+        return {"processes": self.processes, "threads_per_process": self.threads or None,
+                "cores": self.cores}
+
+
+def thread_plan(workers: int = 0, threads: int = 0, scheduler: str | None = None,
+                cores: int | None = None) -> ThreadPlan:
+    """The threads of ``[compute]`` (``workers``, ``threads``, ``scheduler``): in this
+    process, ``threads`` (0: every usable core); with N local workers, ``threads`` per
+    worker (0: the cores divided among them); with a scheduler, ``threads`` per worker or
+    the workers' own setting. A request beyond the cores (processes x threads) is cut to
+    the cores, with a warning: oversubscribed BLAS threads run many times slower than one
+    (docs/benchmarks.md)."""
+    if scheduler:
+        return ThreadPlan(0, int(threads), None)
+    cores = cores or usable_cores()
+    processes = max(1, int(workers))
+    fair = max(1, cores // processes)
+    want = int(threads) or fair
+    if processes * want > max(cores, processes):
+        warnings.warn(f"[compute] threads = {want} with {processes} process(es) would run "
+                      f"{processes * want} threads on {cores} cores: using {fair} per "
+                      "process", stacklevel=2)
+        want = fair
+    return ThreadPlan(processes, want, cores)
 
 
 @contextmanager
@@ -69,25 +118,39 @@ def failures_error(failures: list, total: int, out: Path,
 
 
 class InProcess:
-    """Every unit in this process, one after the other."""
+    """Every unit in this process, one after the other, with the threads of ``plan``
+    (:func:`thread_plan`; default: every usable core)."""
 
     description = "in this process"
     #: fit units running at once (:func:`.stages.cut_units`)
     parallelism = 1
+
+    def __init__(self, plan: ThreadPlan | None = None):
+        self.plan = plan or ThreadPlan(1, usable_cores(), usable_cores())
 
     def model_stages(self, eng) -> None:
         """The lesions (or their record) and the features the missing fits need."""
 
         eng.progress.phase(*PHASES["lesions"])
         eng.progress(0.0, "choosing lesions" if eng.config.lesions.enabled else "intact model")
-        stage_conditions(eng)
-        jobs, _ = fit_jobs(eng)
-        if jobs:
-            eng.progress.phase(*PHASES["features"])
-            stage_features(eng)
+        with blas_threads(self.plan.threads):
+            stage_conditions(eng)
+            jobs, _ = fit_jobs(eng)
+            if jobs:
+                eng.progress.phase(*PHASES["features"])
+                stage_features(eng)
 
     def fits(self, eng, jobs: list) -> tuple[list, list]:
         """Run the fit jobs; ``(units computed, failures)``."""
+        with blas_threads(self.plan.threads):
+            return self._fits(eng, jobs)
+
+    def ceilings(self, eng, jobs: list) -> tuple[list, list]:
+        """Run the noise-ceiling units (one per language); ``(units computed, failures)``."""
+        with blas_threads(self.plan.threads):
+            return self._ceilings(eng, jobs)
+
+    def _fits(self, eng, jobs: list) -> tuple[list, list]:
         total = sum(len(j.todo) for j in jobs)
         if not total:
             return [], []
@@ -105,8 +168,7 @@ class InProcess:
             done += len(job.todo)
         return computed, failures
 
-    def ceilings(self, eng, jobs: list) -> tuple[list, list]:
-        """Run the noise-ceiling units (one per language); ``(units computed, failures)``."""
+    def _ceilings(self, eng, jobs: list) -> tuple[list, list]:
         if not jobs:
             return [], []
         eng.source.prepare(eng)
@@ -198,6 +260,13 @@ class DaskExecutor:
         self.description = description or f"Dask scheduler {client.scheduler.address}"
 
     @property
+    def plan(self) -> ThreadPlan:
+        """The threads (:func:`thread_plan`): the local workers', or a cluster's as given."""
+        if self.cluster is not None:
+            return ThreadPlan(self.slots, self.threads, usable_cores())
+        return ThreadPlan(self.parallelism, self.threads, None)
+
+    @property
     def parallelism(self) -> int:
         """Fit units running at once: the local cluster's workers, or the connected
         cluster's worker threads now (a cluster still starting its jobs counts the workers
@@ -217,8 +286,7 @@ class DaskExecutor:
         # reason: distributed is the optional 'dask' extra
         from distributed import Client, LocalCluster
 
-        cores = os.cpu_count() or 1
-        t = int(threads) or max(1, cores // max(1, n_workers))
+        t = thread_plan(n_workers, threads).threads
         environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
         environ.update({k: t for k in BLAS_ENV})
         # Dask trims freed memory back to the OS at 64 KiB; the fits reuse large buffers,
@@ -344,7 +412,7 @@ class DaskExecutor:
 def executor_for(compute):
     """The executor a ``[compute]`` table asks for (the caller closes it)."""
     if not (compute.scheduler or compute.workers):
-        return InProcess()
+        return InProcess(thread_plan(threads=compute.threads))
     import importlib.util
 
     if importlib.util.find_spec("distributed") is None:

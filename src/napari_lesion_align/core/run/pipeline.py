@@ -176,6 +176,7 @@ def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
         "conditions": result.provenance["conditions"],
         "timings": timings,
         "executor": executor.description,
+        "threads": plan.describe() if (plan := getattr(executor, "plan", None)) else None,
         # no fit to do: no feature was needed (nor looked up)
         "units": {"features": eng.counts.get("features", {"computed": 0, "reused": 0}),
                   "fits": eng.counts.get("fits"), "ceilings": eng.counts.get("ceilings")},
