@@ -20,7 +20,8 @@ pytest.importorskip("distributed")
 from napari_lesion_align import cli  # noqa: E402
 from napari_lesion_align.core.run.config import load_config  # noqa: E402
 from napari_lesion_align.core.base.errors import LesionAlignError  # noqa: E402
-from napari_lesion_align.core.run.executor import DaskExecutor, blas_threads  # noqa: E402
+from napari_lesion_align.core.run.executor import (DaskExecutor, InProcess,  # noqa: E402
+                                                   thread_plan)
 from napari_lesion_align.core.run.pipeline import run_analysis  # noqa: E402
 from test_resume import LESIONS, _maps, _study, _units, tiny_model  # noqa: E402,F401
 from tolerances import assert_maps_close  # noqa: E402
@@ -45,8 +46,8 @@ def _assert_same_maps(a: Path, b: Path) -> None:
 def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
         tmp_path, tiny_model, cluster):
     cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=4, extra=LESIONS))
-    with blas_threads(1):  # the workers' thread count: identical results
-        run_analysis(cfg, tmp_path / "seq")
+    # the workers' thread count ([compute] threads = 1): identical results
+    run_analysis(cfg, tmp_path / "seq", executor=InProcess(thread_plan(threads=1)))
     assert cluster.description.startswith("Dask LocalCluster: 2 workers x 1 BLAS thread")
     res = run_analysis(cfg, tmp_path / "dask", executor=cluster)
     assert res.provenance["executor"] == cluster.description

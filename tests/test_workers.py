@@ -15,7 +15,7 @@ import pytest
 
 from napari_lesion_align.core.run.config import load_config
 from napari_lesion_align.core.base.errors import Cancelled
-from napari_lesion_align.core.run.executor import InProcess, blas_threads
+from napari_lesion_align.core.run.executor import InProcess, blas_threads, thread_plan
 from napari_lesion_align.core.run.pipeline import run_analysis
 from napari_lesion_align.core.run.stages import UNITS_PER_SLOT, cut_units
 from test_pipeline import N_VOLS, write_study
@@ -83,6 +83,7 @@ class _CutFor(InProcess):
     differs between executors; the real cluster is below)."""
 
     def __init__(self, parallelism: int):
+        super().__init__(thread_plan(threads=1))  # the workers' thread count
         self.parallelism = parallelism
 
 
@@ -108,6 +109,8 @@ def study(tmp_path_factory, tiny_model):  # noqa: F811
     cfg = write_study(root / "study", tiny_model, n_subjects=4)
     cfg.write_text(cfg.read_text().replace("[encoding]\n", "[encoding]\n" + _budget_of(2.5)))
     config = load_config(cfg)
+    # one thread per process, as the cluster's workers below ([compute] threads)
+    config = config.replace(compute=config.compute.replace(threads=1))
     with blas_threads(1):
         run_analysis(config, root / "whole")
     assert set(_fitted_with(root / "whole").values()) == {("01", "02"), ("03", "04")}

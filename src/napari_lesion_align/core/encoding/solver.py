@@ -32,9 +32,10 @@ import numpy as np
 from ..base.errors import LesionAlignError
 
 #: decompositions and operators of matrices up to this size run on one BLAS thread: their
-#: blocks are too small to share, and on a busy machine a second thread made a 290 x 290
-#: tridiagonalisation 13x slower (docs/benchmarks.md, "Small problems")
-SMALL_MATRIX = 512
+#: blocks are too small to share. Measured (benchmarks/study.py, 2 cores): one thread is
+#: 1.3-2.3x faster up to n = 1,024 on a quiet machine and 1.5-4.4x next to a busy process;
+#: at 1,536 two threads are 16 % faster when quiet (docs/benchmarks.md, "Small problems")
+SMALL_MATRIX = 1024
 _controller = None
 
 
