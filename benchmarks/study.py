@@ -103,8 +103,6 @@ def time_fits(X, Y, lengths, repeats: int = 1) -> dict:
 
 
 def _busy_loop(stop):  # another process' BLAS work on every core
-    import numpy as np
-
     a = np.random.default_rng(0).standard_normal((800, 800))
     while not stop.is_set():
         a @ a
@@ -200,8 +198,10 @@ def main(argv=None) -> None:
     for name, t in rows.items():
         print(f"  {name:16s} {t['search']:7.2f}   {t['reuse']:13.2f}   "
               f"{t['reuse'] / t['search']:.2f}")
-    a = per_subject(rows["alice"], {**counts})
-    print(f"\nAlice-sized study ({ALICE['subjects']} subjects, 1 language, the plan's fits): "
+    a = per_subject(rows["alice"], counts)
+    print(f"\nAlice-sized study ({ALICE['subjects']} subjects fitted one at a time, 1 "
+          "language, the plan's fits; a run stacks subjects with the same runs into one "
+          "unit and pays less): "
           f"search {hours(a['search'] * ALICE['subjects'])}, intact alphas "
           f"{hours(a['intact'] * ALICE['subjects'])}")
     if "lpp" in rows:

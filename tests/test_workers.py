@@ -15,7 +15,7 @@ import pytest
 
 from napari_lesion_align.core.run.config import load_config
 from napari_lesion_align.core.base.errors import Cancelled
-from napari_lesion_align.core.run.executor import InProcess, blas_threads, thread_plan
+from napari_lesion_align.core.run.executor import InProcess, thread_plan
 from napari_lesion_align.core.run.pipeline import run_analysis
 from napari_lesion_align.core.run.stages import UNITS_PER_SLOT, cut_units
 from test_pipeline import N_VOLS, write_study
@@ -111,8 +111,7 @@ def study(tmp_path_factory, tiny_model):  # noqa: F811
     config = load_config(cfg)
     # one thread per process, as the cluster's workers below ([compute] threads)
     config = config.replace(compute=config.compute.replace(threads=1))
-    with blas_threads(1):
-        run_analysis(config, root / "whole")
+    run_analysis(config, root / "whole")
     assert set(_fitted_with(root / "whole").values()) == {("01", "02"), ("03", "04")}
     return config, root / "whole"
 
@@ -127,8 +126,7 @@ def _same_maps(a: Path, b: Path) -> None:
 
 def test_the_units_follow_the_executors_parallelism(study, tmp_path):
     config, whole = study
-    with blas_threads(1):
-        res = run_analysis(config, tmp_path / "two", executor=_CutFor(2))
+    res = run_analysis(config, tmp_path / "two", executor=_CutFor(2))
     assert set(_fitted_with(tmp_path / "two").values()) == {("01",), ("02",), ("03",),
                                                             ("04",)}
     assert sorted(res.provenance["units"]["fits"]["computed"]) == [
@@ -143,14 +141,13 @@ def test_resume_after_a_change_of_the_number_of_workers(study, tmp_path, first, 
     cut anew by the same rule, and the maps match the uninterrupted run."""
     config, whole = study
     out = tmp_path / "out"
-    with blas_threads(1), pytest.raises(Cancelled):
+    with pytest.raises(Cancelled):
         run_analysis(config, out, executor=_CutFor(first), cancel=_first_record_cancels(out))
     before = _fitted_with(out)
     # one unit landed: a subject alone (2 slots), or the first budget group (one process)
     assert before == ({"sub-01_lang-EN": ("01",)} if first == 2 else
                       {"sub-01_lang-EN": ("01", "02"), "sub-02_lang-EN": ("01", "02")})
-    with blas_threads(1):
-        res = run_analysis(config, out, executor=_CutFor(then))
+    res = run_analysis(config, out, executor=_CutFor(then))
     units = res.provenance["units"]["fits"]
     assert sorted(units["reused"]) == sorted(before)
     assert sorted(units["computed"]) == [f"sub-{s}_lang-EN" for s in _subjects(4)
@@ -186,14 +183,13 @@ def test_a_local_cluster_run_resumes_in_one_process_and_the_other_way_round(stud
         _settle(cluster.client)  # units running when cancelled still land
         before = _fitted_with(out)
         assert 1 <= len(before) < 4 and set(map(len, before.values())) == {1}
-        with blas_threads(1):
-            res = run_analysis(config, out)
+        res = run_analysis(config, out)
         assert sorted(res.provenance["units"]["fits"]["reused"]) == sorted(before)
         assert len(res.provenance["units"]["fits"]["computed"]) == 4 - len(before)
         _same_maps(whole, out)
 
         out = tmp_path / "process_first"
-        with blas_threads(1), pytest.raises(Cancelled):
+        with pytest.raises(Cancelled):
             run_analysis(config, out, cancel=_first_record_cancels(out))
         assert _fitted_with(out) == {"sub-01_lang-EN": ("01", "02"),
                                      "sub-02_lang-EN": ("01", "02")}

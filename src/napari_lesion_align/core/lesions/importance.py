@@ -487,8 +487,7 @@ def _causal_backward_in_chunks(split, ids, weight: float = 1.0) -> None:
     ``model(input_ids=ids, labels=ids)``), its logits computed a chunk of tokens at a time:
     the blocks run forward once and backward once."""
     import torch  # reason: torch loads where a model or tensor is used (CLI start-up without it)
-    # reason: torch loads where a model or tensor is used (CLI start-up without it)
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # (see above)
 
     body, head = split
     hidden = body(input_ids=ids, use_cache=False)[0]

@@ -126,7 +126,7 @@ class InProcess:
     parallelism = 1
 
     def __init__(self, plan: ThreadPlan | None = None):
-        self.plan = plan or ThreadPlan(1, usable_cores(), usable_cores())
+        self.plan = plan or thread_plan()
 
     def model_stages(self, eng) -> None:
         """The lesions (or their record) and the features the missing fits need."""
