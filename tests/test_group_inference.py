@@ -17,7 +17,8 @@ from napari_lesion_align.core.results.figures import ceiling_lines
 from napari_lesion_align.core.results.result import AlignmentResult
 from napari_lesion_align.core.run.config import config_from_dict, demo_config, load_config
 from napari_lesion_align.core.run.pipeline import run_analysis
-from napari_lesion_align.core.run.stages import ceiling_chunk
+from napari_lesion_align.core.run import stages
+from napari_lesion_align.core.run.stages import ceiling_chunk, ceiling_layout
 from napari_lesion_align.core.run.store import identity
 from test_pipeline import AFFINE, SHAPE, write_study
 from tiny_models import make_tiny_model
@@ -127,6 +128,22 @@ def test_the_ceiling_unit_chunks_its_voxels_within_the_budget():
     n = ceiling_chunk(1000, 10**6, 2**20)  # 1 MiB: 3 float64 arrays of 1000 volumes
     assert n == 2**20 // (1000 * 8 * 3) and n * 1000 * 8 * 3 <= 2**20
     assert ceiling_chunk(10**6, 10, 1) == 1  # at least one voxel
+    # the subjects' series kept for the second pass count too
+    assert ceiling_chunk(1000, 10**6, 2**20, held=5) == 2**20 // (1000 * 8 * 8)
+
+
+@pytest.mark.parametrize("n_voxels, n_subjects, budget, chunk, hold", [
+    (50, 6, 10**9, 50, True),  # everything fits with the series held: read once
+    (1000, 4, 1000 * 100 * 8 * 7, 1000, True),  # held: one chunk against two reads
+    (1000, 4, 1000 * 100 * 8 * 3, 1000, False),  # only the running arrays fit
+    (1000, 10, 600 * 100 * 8 * 3, 600, False),  # 2 chunks x 2 passes < 5 held chunks
+    (1000, 2, 600 * 100 * 8 * 3, 360, True),  # 3 held chunks < 2 chunks x 2 passes
+])
+def test_the_ceiling_layout_reads_each_subject_the_fewest_times(n_voxels, n_subjects,
+                                                                 budget, chunk, hold):
+    """Hold the chunk's cleaned series from the sum pass to the leave-one-out pass only
+    where that reads and cleans each subject fewer times within the budget (100 volumes)."""
+    assert ceiling_layout(100, n_voxels, n_subjects, budget) == (chunk, hold)
 
 
 # --------------------------------------------------------------------------- ceiling
@@ -142,6 +159,38 @@ def planted(tmp_path_factory, tiny_model):
     config = load_config(cfg)
     out = root / "out"
     return config, out, run_analysis(config, out)
+
+
+def test_holding_the_series_reads_each_subject_once_for_the_same_ceiling(planted, tmp_path,
+                                                                          monkeypatch):
+    """The ceiling unit with the fixture's budget (3 chunks, streamed: each subject read
+    and cleaned 6 times) and with the default budget (one chunk, the series held: read
+    once) writes the same maps."""
+    config, out, res = planted
+    reads = []
+    real = stages.cleaned_series
+    monkeypatch.setattr(stages, "cleaned_series",
+                        lambda eng, s, code, cols=None: reads.append(s) or real(eng, s, code,
+                                                                                  cols))
+    job = stages.CeilingJob("EN", tuple(res.subjects))
+    maps = {}
+    for name, mb in (("streamed", config.encoding.stack_mb), ("held", 1024.0)):
+        cfg = config.replace(encoding=config.encoding.replace(stack_mb=mb))
+        (tmp_path / name).mkdir()
+        eng = stages.make_engine(cfg, tmp_path / name)
+        reads.clear()
+        assert stages.run_ceiling_job(eng, job, lambda f, text: None) == ["lang-EN"]
+        rec = eng.out.read_record("ceiling", "lang-EN")
+        assert (rec["voxel_chunks"], rec["held"]) == ((3, False) if name == "streamed"
+                                                      else (1, True))
+        assert sorted(reads) == sorted(list(res.subjects) * (6 if name == "streamed" else 1))
+        maps[name] = {f: np.asarray(nib.load(str(tmp_path / name / f)).dataobj)
+                      for f in rec["files"]}
+    assert maps["held"].keys() == maps["streamed"].keys()
+    for f in maps["held"]:
+        np.testing.assert_allclose(maps["held"][f], maps["streamed"][f], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(nib.load(str(out / f)).dataobj),
+                                      maps["streamed"][f])
 
 
 def test_the_ceiling_tracks_the_planted_signal_to_noise(planted):

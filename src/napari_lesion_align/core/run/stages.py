@@ -619,18 +619,34 @@ def _ceiling_record(eng: Engine, code: str, subjects) -> dict | None:
     return rec if all((eng.out.root / f).is_file() for f in rec.get("files", [])) else None
 
 
-def ceiling_chunk(n_times: int, n_voxels: int, budget_bytes: float) -> int:
+def ceiling_chunk(n_times: int, n_voxels: int, budget_bytes: float, held: int = 0) -> int:
     """Voxels per chunk of a ceiling unit: :data:`CEILING_ARRAYS` float64 (time x voxels)
-    arrays within the memory budget (``[encoding] stack_mb``), at least one voxel."""
-    per_voxel = max(1, n_times) * 8 * CEILING_ARRAYS
+    arrays, plus ``held`` subjects' cleaned series kept for the second pass, within the
+    memory budget (``[encoding] stack_mb``), at least one voxel."""
+    per_voxel = max(1, n_times) * 8 * (CEILING_ARRAYS + held)
     return int(max(1, min(n_voxels, budget_bytes // per_voxel)))
+
+
+def ceiling_layout(n_times: int, n_voxels: int, n_subjects: int,
+                   budget_bytes: float) -> tuple[int, bool]:
+    """How a ceiling unit walks the voxels: ``(voxels per chunk, hold)``. Streaming, each
+    subject's BOLD is loaded and cleaned twice per chunk (the sum pass and the
+    leave-one-out pass); holding, the chunk's cleaned series of every subject are kept
+    from the first pass to the second (smaller chunks, once per chunk). Whichever loads and
+    cleans each subject fewer times; streaming when equal (less memory)."""
+    stream = ceiling_chunk(n_times, n_voxels, budget_bytes)
+    hold = ceiling_chunk(n_times, n_voxels, budget_bytes, held=n_subjects)
+    if -(-n_voxels // hold) < 2 * -(-n_voxels // stream):
+        return hold, True
+    return stream, False
 
 
 def run_ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str]:
     """The noise ceiling of one language (:mod:`.analysis.ceiling`): per voxel chunk (sized
-    by the memory budget), every subject's cleaned BOLD added to a running sum one subject
-    at a time, then the leave-one-out pass; writes the ceiling, ISC and reliability maps,
-    then the unit's record. A failure raises :class:`~.errors.UnitFailed`."""
+    by the memory budget, :func:`ceiling_layout`), every subject's cleaned BOLD added to a
+    running sum one subject at a time, then the leave-one-out pass (on the series kept from
+    the first pass when the layout holds them, else cleaned again); writes the ceiling, ISC
+    and reliability maps, then the unit's record. A failure raises :class:`~.errors.UnitFailed`."""
     name = ceiling_unit(job.language)
     try:
         return _ceiling_job(eng, job, progress)
@@ -645,28 +661,35 @@ def _ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str
     t0 = time.perf_counter()
     T = sum(r.n_vols for r in src.runs(job.subjects[0], code))
     V = src.space.n_features
-    chunk = ceiling_chunk(T, V, eng.config.encoding.stack_mb * 2**20)
+    chunk, hold = ceiling_layout(T, V, len(job.subjects),
+                                 eng.config.encoding.stack_mb * 2**20)
     starts = list(range(0, V, chunk))
     rho = np.zeros(V)
     loo = np.zeros((len(job.subjects), V))
-    steps = 2 * len(starts) * len(job.subjects)
+    steps = (1 if hold else 2) * len(starts) * len(job.subjects)
     step = 0
     for a in starts:
         cols = np.arange(a, min(V, a + chunk))
         acc = _ceiling.IscAccumulator(T, cols.size)
+        kept = {}  # holding: the chunk's cleaned series from the sum pass
         for pass_ in ("sum", "leave one out"):
             for i, s in enumerate(job.subjects):
                 eng.progress.check()
-                progress(step / steps, f"noise ceiling {code}: subject {s} ({pass_})")
-                y = cleaned_series(eng, s, code, cols)
+                if pass_ == "sum" or not hold:
+                    progress(step / steps, f"noise ceiling {code}: subject {s} ({pass_})")
+                    y = cleaned_series(eng, s, code, cols)
+                    step += 1
+                else:
+                    y = kept.pop(s)
                 if pass_ == "sum":
                     acc.add(y, who=f"subject {s}")
+                    if hold:
+                        kept[s] = y
                 else:
                     loo[i, cols] = acc.leave_one_out(y, who=f"subject {s}")
                 del y
-                step += 1
         rho[cols] = acc.pairwise()
-        del acc
+        del acc, kept
     nc = _ceiling.ceiling_from(rho, loo, T)
     files = []
     for stat, v in zip(CEILING_STATS, (nc.ceiling, nc.isc, nc.q)):
@@ -675,7 +698,8 @@ def _ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str
         files.append(fname)
     eng.out.write_record("ceiling", ceiling_unit(code), {
         "language": code, "n_subjects": len(job.subjects), "n_times": T,
-        "voxel_chunks": len(starts), "seconds": time.perf_counter() - t0, "files": files,
+        "voxel_chunks": len(starts), "held": hold, "seconds": time.perf_counter() - t0,
+        "files": files,
         "inputs": _ceiling_inputs(eng, code, job.subjects)})
     return [ceiling_unit(code)]
 
