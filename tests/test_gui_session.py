@@ -498,3 +498,28 @@ def test_the_run_tab_chooses_the_group_test_and_the_ceiling(make_napari_viewer, 
     assert form["n_perm"].min == 100
     with pytest.raises(ValueError):
         form["n_perm"].value = 10
+
+
+def test_the_model_tab_chooses_how_the_lesions_get_their_alphas(make_napari_viewer, qtbot):
+    """[encoding] condition_alphas in the lesion box: the intact model's alphas by default
+    (the schema's default), "search" reaches the config, and changing it changes the fits'
+    identity (a folder made with the other refits, not resumes)."""
+    from napari_lesion_align.core.run.config import EncodingConfig
+    from napari_lesion_align.core.run.store import identity
+
+    viewer = make_napari_viewer()
+    panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Lesion Align")[1]
+    model, session = panel.model, panel.model.session
+    box = model.condition_alphas
+    assert box.value == EncodingConfig.model_fields["condition_alphas"].default == "intact"
+    assert set(box.choices) == {"intact", "search"}
+    intact = session.build_config()
+    assert intact.encoding.condition_alphas == "intact"
+    box.value = "search"
+    searched = session.build_config()
+    assert searched.encoding.condition_alphas == "search"
+    assert identity(searched)["fits"] != identity(intact)["fits"]
+    model.set_lesion(condition_alphas="intact")
+    assert session.build_config().encoding.condition_alphas == "intact"
+    # the demo's own [encoding] keys stay (the override is merged key by key)
+    assert session.build_config().encoding.alphas == intact.encoding.alphas

@@ -26,7 +26,7 @@ from ..core.lesions.vocabulary import DEFAULT_RANDOM_CONTROLS, IMPORTANCE_ELEMEN
 # time, with _tasks.import_model_libraries)
 from ..core.model import loading  # loading.load_model: tests replace it
 from ..core.model.anatomy import describe_model
-from ..core.run.config import LesionConfig, ModelConfig
+from ..core.run.config import EncodingConfig, LesionConfig, ModelConfig
 from . import _lesion_size as ls
 from . import _tasks  # _tasks.import_model_libraries: tests replace it
 from ._dock import scroll_layout
@@ -41,6 +41,9 @@ MODEL_FIELDS = ("name", "layer", "offline", "device", "dtype")
 #: also the element of a manual lesion or a sweep
 LESION_FIELDS = ("element", "method", "k_percent", "mode", "random_controls", "alpha",
                  "correction", "min_relative_drop")
+#: the [encoding] keys the lesion box shows: how the lesions' (and the null controls')
+#: fits choose their alphas
+ENCODING_FIELDS = ("condition_alphas",)
 
 
 def SELECTIONS(languages) -> list[tuple[str, str, str]]:  # noqa: N802 (a table)
@@ -134,6 +137,12 @@ class ModelLesionWidget(QWidget):
         for name in LESION_FIELDS:
             setattr(self, name, self.lesion_form[name])
         lf.addRow(self.lesion_form.native)
+        # [encoding] condition_alphas: the lesions and draws refit with the intact model's
+        # alphas (the default) or search their own (sent as an [encoding] override)
+        self.encoding_form = schema_form(EncodingConfig, ENCODING_FIELDS,
+                                         labels={"condition_alphas": "Lesion alphas"})
+        self.condition_alphas = self.encoding_form["condition_alphas"]
+        lf.addRow(self.encoding_form.native)
         self.files = QListWidget()
         self.files.setMaximumHeight(70)
         lf.addRow("Lesion files", self.files)
@@ -169,6 +178,7 @@ class ModelLesionWidget(QWidget):
         self.save_button.clicked.connect(lambda: self._pick_save_folder())
         self.model_form.changed.connect(self._changed)
         self.lesion_form.changed.connect(self._changed)
+        self.encoding_form.changed.connect(self._changed)
         self.selection.currentIndexChanged.connect(self._changed)
         self.lesion_box.toggled.connect(self._changed)
         self.indices.textChanged.connect(self._changed)
@@ -213,9 +223,11 @@ class ModelLesionWidget(QWidget):
                    mode: str | None = None, random_control: bool | None = None,
                    random_controls: int | None = None,
                    alpha: float | None = None, correction: str | None = None,
-                   min_relative_drop: float | None = None) -> None:
+                   min_relative_drop: float | None = None,
+                   condition_alphas: str | None = None) -> None:
         """Fill the lesion form (``selection``: default, shared, specific:<L>, manual,
-        sweep, files; ``min_relative_drop`` < 0: the default)."""
+        sweep, files; ``min_relative_drop`` < 0: the default; ``condition_alphas``:
+        "intact" or "search", [encoding] condition_alphas)."""
         values = {k: v for k, v in (("element", element), ("method", method),
                                     ("k_percent", k_percent), ("mode", mode),
                                     ("random_controls", random_controls), ("alpha", alpha),
@@ -237,6 +249,8 @@ class ModelLesionWidget(QWidget):
             if indices is not None:
                 self.indices.setText(indices)
             self.lesion_form.set_values(**values)
+            if condition_alphas is not None:
+                self.encoding_form.set_values(condition_alphas=condition_alphas)
         finally:
             self._updating = False
         self._changed()
@@ -300,6 +314,7 @@ class ModelLesionWidget(QWidget):
             if les:
                 LesionConfig.parse(les)  # what the config would refuse, refused now
             self.session.model_error = None
+            self.session.encoding.update(self.encoding_form.values())
             self.session.set_model(model, les)
         except LesionAlignError as err:
             self.session.model_error = str(err)
