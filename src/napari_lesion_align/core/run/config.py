@@ -121,7 +121,7 @@ class EncodingConfig(Table):
         "alphas of the lesions, their random draws and the null controls built from the "
         "model's features (shifted, shuffled): 'intact' refits them with each voxel's alpha "
         "chosen for the intact model in the same outer fold (no inner search; the demo "
-        "runs in 0.61 of the time); 'search' chooses them by inner CV for every fit "
+        "runs in 0.51 of the time); 'search' chooses them by inner CV for every fit "
         "(docs/method.md)"))
 
 
