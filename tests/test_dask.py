@@ -49,8 +49,15 @@ def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
     # the workers' thread count ([compute] threads = 1): identical results
     run_analysis(cfg, tmp_path / "seq", executor=InProcess(thread_plan(threads=1)))
     assert cluster.description.startswith("Dask LocalCluster: 2 workers x 1 BLAS thread")
-    res = run_analysis(cfg, tmp_path / "dask", executor=cluster)
+    said = []
+    res = run_analysis(cfg, tmp_path / "dask", executor=cluster,
+                       progress=lambda frac, msg: said.append(msg))
     assert res.provenance["executor"] == cluster.description
+    # the noise ceiling ran beside the fits, in their stage (its message is the fits'
+    # stage's, not "noise ceiling 1/1 languages done" of a stage of its own); same maps
+    assert res.provenance["units"]["ceilings"]["computed"] == ["lang-EN"]
+    assert any("noise ceiling EN done" in m for m in said)
+    assert not any("languages done" in m for m in said)
     assert sorted(_units(tmp_path / "dask")["fits"]["computed"]) == [
         f"sub-{s:02d}_lang-EN" for s in range(1, 5)]
     _assert_same_maps(tmp_path / "seq", tmp_path / "dask")

@@ -286,11 +286,11 @@ def test_a_half_written_map_of_a_killed_worker_is_removed_when_the_run_ends(
     real = executor.InProcess.fits
     planted = []
 
-    def fits(self, eng, jobs):
+    def fits(self, eng, jobs, ceilings=()):
         leftover = out / ".sub-01_lang-EN_desc-intact_stat-r_statmap.nii.gz.x1y2z3.tmp"
         leftover.write_bytes(b"half a map")  # what a SIGKILL during atomic_write leaves
         planted.append(leftover)
-        return real(self, eng, jobs)
+        return real(self, eng, jobs, ceilings)
 
     monkeypatch.setattr(executor.InProcess, "fits", fits)
     result = run_analysis(cfg, out)

@@ -33,8 +33,9 @@ from pathlib import Path
 
 from ..base.errors import Cancelled, LesionAlignError, UnitFailed, unit_failed
 from .engine import PHASES, Progress
-from .stages import (_TRFeatures, ceiling_unit, fit_jobs, make_engine, run_ceiling_job,
-                     run_fit_job, stage_conditions, stage_features, unit_name)
+from .stages import (CeilingJob, _TRFeatures, ceiling_unit, fit_jobs, make_engine,
+                     run_ceiling_job, run_fit_job, stage_conditions, stage_features,
+                     unit_name)
 from .store import identity
 
 BLAS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -140,8 +141,9 @@ class InProcess:
                 eng.progress.phase(*PHASES["features"])
                 stage_features(eng)
 
-    def fits(self, eng, jobs: list) -> tuple[list, list]:
-        """Run the fit jobs; ``(units computed, failures)``."""
+    def fits(self, eng, jobs: list, ceilings: list = ()) -> tuple[list, list]:
+        """Run the fit jobs; ``(units computed, failures)``. (``ceilings``: in one process
+        the noise ceilings run after the fits, :meth:`ceilings`: nothing would idle.)"""
         with blas_threads(self.plan.threads):
             return self._fits(eng, jobs)
 
@@ -242,7 +244,8 @@ def _ceiling_task(config, out_root: str, job, threads: int) -> list[str]:
 
 
 def _job_cost(eng, job) -> int:
-    """A fit job's size, to order the units: its subjects x their volumes."""
+    """A fit or ceiling job's size, to order the units: its subjects x their volumes (a
+    ceiling reads every subject of its language: as large as a unit of them all)."""
     return len(job.subjects) * sum(r.n_vols for r in eng.source.runs(job.subjects[0],
                                                                       job.language))
 
@@ -258,6 +261,8 @@ class DaskExecutor:
         self.threads = int(threads)
         self.slots = int(slots)
         self.description = description or f"Dask scheduler {client.scheduler.address}"
+        #: the ceiling units run beside the last fits: (their jobs, computed, failures)
+        self._ceilings_done = None
 
     @property
     def plan(self) -> ThreadPlan:
@@ -363,8 +368,13 @@ class DaskExecutor:
         eng.timings.update(res["timings"])
         stage_conditions(eng)  # here: read the record the worker wrote
 
-    def fits(self, eng, jobs: list) -> tuple[list, list]:
+    def fits(self, eng, jobs: list, ceilings: list = ()) -> tuple[list, list]:
+        """Run the fit jobs on the workers; ``(units computed, failures)``. ``ceilings``:
+        the noise-ceiling jobs, run beside the fits (they read the BOLD only), so that no
+        worker idles while another ends the fits and then a ceiling runs alone; their
+        outcome is kept for :meth:`ceilings`, and this returns once they are done too."""
         total = sum(len(j.todo) for j in jobs)
+        self._ceilings_done = None
         if not total:
             return [], []
         root = str(eng.out.root)
@@ -372,10 +382,15 @@ class DaskExecutor:
         futures = {self.client.submit(_fit_task, eng.config, root, job, self.threads,
                                       pure=False, priority=_job_cost(eng, job)): job
                    for job in jobs}
-        computed = []
+        futures.update(self._submit_ceilings(eng, ceilings))
+        computed, c_computed = [], []
         t0 = time.perf_counter()
 
         def on_done(job, names):
+            if isinstance(job, CeilingJob):
+                c_computed.extend(names)
+                eng.progress(len(computed) / total, f"noise ceiling {job.language} done")
+                return
             computed.extend(names)
             n = len(computed)
             el = time.perf_counter() - t0
@@ -383,15 +398,25 @@ class DaskExecutor:
                                     f"{', '.join(names)}")
 
         failures = self._wait(futures, eng, on_done)
-        return computed, failures
+        c_names = {ceiling_unit(j.language) for j in ceilings}
+        c_failures = [f for f in failures if c_names & set(getattr(f, "units", ()))]
+        self._ceilings_done = (list(ceilings), c_computed, c_failures)
+        return computed, [f for f in failures if f not in c_failures]
+
+    def _submit_ceilings(self, eng, jobs) -> dict:
+        root = str(eng.out.root)
+        return {self.client.submit(_ceiling_task, eng.config, root, job, self.threads,
+                                   pure=False, priority=_job_cost(eng, job)): job
+                for job in jobs}
 
     def ceilings(self, eng, jobs: list) -> tuple[list, list]:
-        """The noise-ceiling units, one per language, spread over the workers."""
+        """The noise-ceiling units, one per language, spread over the workers (those
+        already run beside the fits: their outcome)."""
+        done, self._ceilings_done = self._ceilings_done, None
+        if done is not None and done[0] == list(jobs):
+            return done[1], done[2]
         if not jobs:
             return [], []
-        root = str(eng.out.root)
-        futures = {self.client.submit(_ceiling_task, eng.config, root, job, self.threads,
-                                      pure=False): job for job in jobs}
         computed = []
 
         def on_done(job, names):
@@ -399,7 +424,7 @@ class DaskExecutor:
             eng.progress(len(computed) / len(jobs), f"noise ceiling {len(computed)}/"
                                                      f"{len(jobs)} languages done")
 
-        return computed, self._wait(futures, eng, on_done)
+        return computed, self._wait(self._submit_ceilings(eng, jobs), eng, on_done)
 
     def close(self) -> None:
         try:

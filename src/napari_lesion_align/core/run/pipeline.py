@@ -84,9 +84,10 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         timings = {"data_s": data_s, "lesions_s": eng.timings.get("lesions_s", 0.0),
                    "features_s": eng.timings.get("features_s", 0.0)}
 
-        # 3. the fits not done yet, then the noise ceilings
-        timings["encoding_s"] = _fit_stage(eng, ex, P, out)
-        timings["ceiling_s"] = _ceiling_stage(eng, ex, P, out)
+        # 3. the fits not done yet, then the noise ceilings (on Dask beside the fits)
+        c_plan = ceiling_plan(eng)
+        timings["encoding_s"] = _fit_stage(eng, ex, P, out, c_plan[0])
+        timings["ceiling_s"] = _ceiling_stage(eng, ex, P, out, c_plan)
         out.remove_stale_writes()  # every unit is done: a killed worker's half-written map
 
         # 4. group statistics, tables, result.json (last, with the manifest of every file)
@@ -114,9 +115,10 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fit_stage(eng, ex, P: Progress, out: OutputFolder) -> float:
-    """The fit units not done yet, on the executor; their seconds. Raises one error naming
-    the units that failed (the others are saved)."""
+def _fit_stage(eng, ex, P: Progress, out: OutputFolder, ceilings: list) -> float:
+    """The fit units not done yet, on the executor; their seconds. ``ceilings``: the
+    noise-ceiling jobs, which a Dask executor runs beside the fits (their seconds are then
+    in these). Raises one error naming the units that failed (the others are saved)."""
     t = time.perf_counter()
     jobs, reused = fit_jobs(eng, ex.parallelism)
     total = sum(len(j.todo) for j in jobs)
@@ -125,19 +127,20 @@ def _fit_stage(eng, ex, P: Progress, out: OutputFolder) -> float:
         P(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
     # the folder stops claiming to be a complete result before any of its files changes
     (out.root / "result.json").unlink(missing_ok=True)
-    computed, failures = ex.fits(eng, jobs)
+    computed, failures = ex.fits(eng, jobs, ceilings)
     eng.counts["fits"] = {"computed": computed, "reused": reused}
     if failures:
         raise failures_error(failures, total, out.root)
     return time.perf_counter() - t
 
 
-def _ceiling_stage(eng, ex, P: Progress, out: OutputFolder) -> float:
-    """The noise ceilings (one unit per language, from the cleaned BOLD) not done yet; their
-    seconds. After the fits: a run whose fits failed stops first, and its rerun computes
-    them."""
+def _ceiling_stage(eng, ex, P: Progress, out: OutputFolder, plan: tuple) -> float:
+    """The noise ceilings (one unit per language, from the cleaned BOLD; ``plan``:
+    :func:`.stages.ceiling_plan`) not done yet; their seconds. After the fits: a run whose
+    fits failed stops first, and its rerun computes them (on Dask they ran beside the fits,
+    and those done are kept)."""
     t = time.perf_counter()
-    c_jobs, c_reused, _ = ceiling_plan(eng)
+    c_jobs, c_reused, _ = plan
     if c_jobs:
         P(0.99, f"noise ceiling of {len(c_jobs)} language(s)")
     c_computed, c_failures = ex.ceilings(eng, c_jobs)
