@@ -84,7 +84,9 @@ on a local Dask cluster of N workers x ``--threads / N`` BLAS threads (the same 
 of threads as the run in the process), labelled ``new+Nw``; ``base`` is commit
 ``956b50a8`` (the fit units cut by the memory budget alone, whatever the executor; a
 ``git worktree`` or ``git clone --shared`` of it at ``--base-tree``, default
-``/tmp/nla-base``, made when missing). The last table gives each Dask run's wall and fit
+``/tmp/nla-base``, made when missing); ``new1`` is ``new`` with one fit unit per worker
+(a copy of its ``src`` in ``/tmp/nla-new1`` with ``stages.UNITS_PER_SLOT = 1``, against
+the default 2: fewer, larger units). The last table gives each Dask run's wall and fit
 time over the in-process run of ``new`` (or ``base``), and its number of fit units.
 
 Duration (2-core AMD EPYC, idle, 2 threads, old code, one subject, 9 x 300 volumes):
@@ -291,6 +293,8 @@ def version_src(version: str, old_tree: Path, new_tree: Path | None = None,
     when missing."""
     if version == "new":
         return (new_tree or REPO) / "src"
+    if version == "new1":
+        return one_unit_per_slot((new_tree or REPO) / "src")
     tree, commit, flag = ((old_tree, OLD_COMMIT, "--old-tree") if version == "old"
                           else (base_tree, BASE_COMMIT, "--base-tree"))
     head = None
@@ -305,6 +309,24 @@ def version_src(version: str, old_tree: Path, new_tree: Path | None = None,
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree),
                         commit], check=True, capture_output=True)
     return tree / "src"
+
+
+#: ``new1``: a copy of ``new``'s ``src`` with one fit unit per parallel slot
+NEW1_TREE = Path("/tmp/nla-new1")
+
+
+def one_unit_per_slot(src: Path) -> Path:
+    """``new1``: a fresh copy of ``src`` (into :data:`NEW1_TREE`) whose
+    ``stages.UNITS_PER_SLOT`` is 1 instead of its value: the fewest units that keep every
+    Dask worker busy, each sharing its voxel-independent work among more subjects."""
+    dst = NEW1_TREE / "src"
+    shutil.rmtree(NEW1_TREE, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    stages = dst / "napari_lesion_align" / "core" / "run" / "stages.py"
+    text = stages.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("UNITS_PER_SLOT = "))
+    stages.write_text(text.replace(line, "UNITS_PER_SLOT = 1"))
+    return dst
 
 
 def model_name(which: str, cache: Path) -> str:
@@ -601,9 +623,12 @@ def main(argv=None):
                     help="also run 'new' on a local Dask cluster of each of these numbers of "
                          "workers (BLAS threads per worker = --threads / workers), to "
                          "measure Dask's overhead against the embedded run")
-    ap.add_argument("--dask-versions", nargs="+", default=["new"], choices=["new", "base"],
+    ap.add_argument("--dask-versions", nargs="+", default=["new"],
+                    choices=["new", "new1", "base"],
                     help="the versions --workers runs (default new; 'base new' compares the "
-                         "units cut by the budget alone with the units cut for the workers)")
+                         "units cut by the budget alone with the units cut for the workers; "
+                         "new1 is new with one unit per worker instead of "
+                         "stages.UNITS_PER_SLOT)")
     ap.add_argument("--base-tree", type=Path, default=BASE_TREE,
                     help=f"worktree of the base commit {BASE_COMMIT[:8]} (made when missing)")
     ap.add_argument("--new-tree", type=Path, default=None,
