@@ -668,28 +668,31 @@ def _ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str
     loo = np.zeros((len(job.subjects), V))
     steps = (1 if hold else 2) * len(starts) * len(job.subjects)
     step = 0
+    kept = {}  # holding: a chunk's cleaned series, from the sum pass to the second
     for a in starts:
         cols = np.arange(a, min(V, a + chunk))
         acc = _ceiling.IscAccumulator(T, cols.size)
-        kept = {}  # holding: the chunk's cleaned series from the sum pass
-        for pass_ in ("sum", "leave one out"):
-            for i, s in enumerate(job.subjects):
-                eng.progress.check()
-                if pass_ == "sum" or not hold:
-                    progress(step / steps, f"noise ceiling {code}: subject {s} ({pass_})")
-                    y = cleaned_series(eng, s, code, cols)
-                    step += 1
-                else:
-                    y = kept.pop(s)
-                if pass_ == "sum":
-                    acc.add(y, who=f"subject {s}")
-                    if hold:
-                        kept[s] = y
-                else:
-                    loo[i, cols] = acc.leave_one_out(y, who=f"subject {s}")
-                del y
+        for s in job.subjects:
+            eng.progress.check()
+            progress(step / steps, f"noise ceiling {code}: subject {s} (sum)")
+            step += 1
+            y = cleaned_series(eng, s, code, cols)
+            acc.add(y, who=f"subject {s}")
+            if hold:
+                kept[s] = y
+            del y
+        for i, s in enumerate(job.subjects):
+            eng.progress.check()
+            if hold:
+                y = kept.pop(s)
+            else:
+                progress(step / steps, f"noise ceiling {code}: subject {s} (leave one out)")
+                step += 1
+                y = cleaned_series(eng, s, code, cols)
+            loo[i, cols] = acc.leave_one_out(y, who=f"subject {s}")
+            del y
         rho[cols] = acc.pairwise()
-        del acc, kept
+        del acc
     nc = _ceiling.ceiling_from(rho, loo, T)
     files = []
     for stat, v in zip(CEILING_STATS, (nc.ceiling, nc.isc, nc.q)):
