@@ -22,6 +22,7 @@ from napari_lesion_align.core.run.config import load_config  # noqa: E402
 from napari_lesion_align.core.base.errors import LesionAlignError  # noqa: E402
 from napari_lesion_align.core.run.executor import (DaskExecutor, InProcess,  # noqa: E402
                                                    thread_plan)
+from napari_lesion_align.core.run import pipeline  # noqa: E402
 from napari_lesion_align.core.run.pipeline import run_analysis  # noqa: E402
 from test_resume import LESIONS, _maps, _study, _units, tiny_model  # noqa: E402,F401
 from tolerances import assert_maps_close  # noqa: E402
@@ -35,6 +36,10 @@ def cluster():
     ex.close()
 
 
+def _ceiling_record(out: Path) -> dict:
+    return json.loads((out / "units" / "ceiling" / "lang-EN.json").read_text())
+
+
 def _assert_same_maps(a: Path, b: Path) -> None:
     """Two runs with the same thread count per fit: bit for bit."""
     ma, mb = _maps(a), _maps(b)
@@ -44,7 +49,7 @@ def _assert_same_maps(a: Path, b: Path) -> None:
 
 
 def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
-        tmp_path, tiny_model, cluster):
+        tmp_path, tiny_model, cluster, monkeypatch):
     cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=4, extra=LESIONS))
     # the workers' thread count ([compute] threads = 1): identical results
     run_analysis(cfg, tmp_path / "seq", executor=InProcess(thread_plan(threads=1)))
@@ -53,16 +58,28 @@ def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
     res = run_analysis(cfg, tmp_path / "dask", executor=cluster,
                        progress=lambda frac, msg: said.append(msg))
     assert res.provenance["executor"] == cluster.description
-    # the noise ceiling ran beside the fits, in their stage (its message is the fits'
-    # stage's, not "noise ceiling 1/1 languages done" of a stage of its own); same maps
+    # the workers' fits left the cleaned series; the noise ceiling read them after the
+    # fits, in a stage of its own, and removed them; same maps
     assert res.provenance["units"]["ceilings"]["computed"] == ["lang-EN"]
-    assert any("noise ceiling EN done" in m for m in said)
-    assert not any("languages done" in m for m in said)
+    assert any("noise ceiling 1/1 languages done" in m for m in said)
+    assert _ceiling_record(tmp_path / "dask")["from_fits"] is True
+    assert not (tmp_path / "dask" / "units" / "scratch").exists()
     assert sorted(_units(tmp_path / "dask")["fits"]["computed"]) == [
         f"sub-{s:02d}_lang-EN" for s in range(1, 5)]
     _assert_same_maps(tmp_path / "seq", tmp_path / "dask")
     assert (tmp_path / "seq" / "summary.tsv").read_text() == \
         (tmp_path / "dask" / "summary.tsv").read_text()
+    # without room on the disk for the series the ceiling reads the runs itself, beside the
+    # fits, in their stage (its message is the fits' stage's); the same maps
+    monkeypatch.setattr(pipeline, "ceiling_spills", lambda *args: set())
+    said.clear()
+    run_analysis(cfg, tmp_path / "beside", executor=cluster,
+                 progress=lambda frac, msg: said.append(msg))
+    assert any("noise ceiling EN done" in m for m in said)
+    assert not any("languages done" in m for m in said)
+    assert _ceiling_record(tmp_path / "beside")["from_fits"] is False
+    _assert_same_maps(tmp_path / "seq", tmp_path / "beside")
+    monkeypatch.undo()
     # one subject's data cannot be read when its unit runs (the file is damaged after the
     # inputs were checked, before the output folder was claimed): its unit fails, is
     # named, and the other units are saved; fixing the file and running again computes
@@ -85,6 +102,33 @@ def test_local_cluster_gives_the_maps_of_one_process_and_names_a_failing_unit(
     again = run_analysis(cfg, out, executor=cluster)
     assert again.provenance["units"]["fits"]["computed"] == ["sub-03_lang-EN"]
     _assert_same_maps(tmp_path / "seq", out)
+
+
+def test_the_workers_import_what_the_units_need_as_they_start(cluster):
+    """The local cluster's workers import nilearn's maskers and the stages while the main
+    process checks the data (not torch: only the model's worker needs it)."""
+    from distributed import wait
+
+    assert len(cluster._warm) == 2
+    wait(cluster._warm, timeout=120)
+    got = cluster.client.run(lambda: sorted(
+        m for m in ("nilearn.maskers", "napari_lesion_align.core.run.stages")
+        if m in __import__("sys").modules))
+    assert list(got.values()) == [["napari_lesion_align.core.run.stages",
+                                   "nilearn.maskers"]] * 2
+
+
+def test_the_provenance_names_the_device_of_the_worker_that_ran_the_model(tmp_path,
+                                                                         tiny_model,
+                                                                         cluster):
+    """A worker loaded the model (its features were missing): the run's provenance says so
+    and names that worker's device, instead of what this process would resolve."""
+    cfg = load_config(_study(tmp_path / "study", tiny_model, n_subjects=2))
+    cfg = cfg.replace(compute=cfg.compute.replace(feature_store=str(tmp_path / "fs")))
+    res = run_analysis(cfg, tmp_path / "out", executor=cluster)
+    assert res.provenance["units"]["features"]["computed"]
+    assert res.provenance["compute"] == {"device": "cpu", "dtype": "float32",
+                                         "model_loaded": True}
 
 
 def test_cli_workers_runs_on_a_local_cluster(tmp_path, tiny_model, capsys):

@@ -187,10 +187,35 @@ def test_holding_the_series_reads_each_subject_once_for_the_same_ceiling(planted
         maps[name] = {f: np.asarray(nib.load(str(tmp_path / name / f)).dataobj)
                       for f in rec["files"]}
     assert maps["held"].keys() == maps["streamed"].keys()
+    # the run itself read the series its fits left (no run loaded again), then removed them:
+    # the same maps as the ceiling cleaning the runs
+    assert json.loads((out / "units" / "ceiling" / "lang-EN.json").read_text())["from_fits"]
+    assert not (out / "units" / "scratch").exists()
     for f in maps["held"]:
         np.testing.assert_allclose(maps["held"][f], maps["streamed"][f], rtol=0, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(nib.load(str(out / f)).dataobj),
                                       maps["streamed"][f])
+
+
+def test_the_fits_leave_their_series_for_the_ceiling_while_the_disk_has_room(
+        planted, tmp_path, monkeypatch):
+    """The spills (float32, volumes x mask columns per subject) are made when they take
+    at most half the free disk, for the languages with a ceiling and fits to do."""
+    import collections
+
+    config, _, res = planted
+    eng = stages.make_engine(config, tmp_path)
+    src = eng.source
+    T = sum(r.n_vols for r in src.runs(res.subjects[0], "EN"))
+    need = len(res.subjects) * T * src.space.n_features * 4
+    ceil = [stages.CeilingJob("EN", tuple(res.subjects))]
+    fits = [stages.FitJob("EN", tuple(res.subjects), tuple(res.subjects))]
+    usage = collections.namedtuple("usage", "total used free")
+    for free, want in ((2 * need, {"EN"}), (2 * need - 1, set())):
+        monkeypatch.setattr(stages.shutil, "disk_usage", lambda p, f=free: usage(0, 0, f))
+        assert stages.ceiling_spills(eng, ceil, fits) == want
+    assert stages.ceiling_spills(eng, ceil, []) == set()  # no fit to do: nothing to leave
+    assert stages.ceiling_spills(eng, [], fits) == set()  # no ceiling
 
 
 def test_the_ceiling_tracks_the_planted_signal_to_noise(planted):
@@ -365,18 +390,26 @@ def test_a_failing_ceiling_unit_is_named_and_only_it_runs_again(tmp_path, tiny_m
     from napari_lesion_align.core.run import stages
 
     cfg = load_config(planted_study(tmp_path / "study", tiny_model, n_subjects=3))
-    real = stages.cleaned_series
+    real = stages._ceiling.IscAccumulator.add
 
     def broken(*args, **kwargs):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(stages, "cleaned_series", broken)
+    monkeypatch.setattr(stages._ceiling.IscAccumulator, "add", broken)
     out = tmp_path / "out"
     with pytest.raises(LesionAlignError, match=r"1 of 1 noise-ceiling units failed: "
                                                r"lang-EN.*MemoryError: no room"):
         run_analysis(cfg, out)
     assert not (out / "result.json").exists() and not list(out.glob("*stat-ceiling*"))
-    monkeypatch.setattr(stages, "cleaned_series", real)
+    # the fits' cleaned series stay for the rerun's ceiling
+    assert sorted(p.name for p in (out / "units" / "scratch" / "ceiling-EN").iterdir()) == [
+        f"sub-{s}.{ext}" for s in ("01", "02", "03") for ext in ("json", "npy")]
+    monkeypatch.setattr(stages._ceiling.IscAccumulator, "add", real)
+    reads = []
+    monkeypatch.setattr(stages, "cleaned_series", lambda *a, **k: reads.append(a) or 1 / 0)
     res = run_analysis(cfg, out)
     assert res.provenance["units"]["fits"]["computed"] == []
     assert res.provenance["units"]["ceilings"]["computed"] == ["lang-EN"]
+    rec = json.loads((out / "units" / "ceiling" / "lang-EN.json").read_text())
+    assert reads == [] and rec["from_fits"] is True
+    assert not (out / "units" / "scratch").exists()

@@ -82,13 +82,20 @@ class Atlas:
         label = int(label)
         return NO_LABEL if label == 0 else self.names.get(label, str(label))
 
+    @property
+    def data(self) -> np.ndarray:
+        """The label array, read from the image once (a table asks it for every peak)."""
+        if getattr(self, "_data", None) is None:
+            self._data = np.asanyarray(self.image.dataobj)
+        return self._data
+
     def labels_at(self, xyz) -> list[str]:
         """The region name at each MNI coordinate (mm; nearest voxel), ``no label``
         outside the atlas' regions or field of view."""
         xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
         inv = np.linalg.inv(self.image.affine)
         ijk = np.rint(xyz @ inv[:3, :3].T + inv[:3, 3]).astype(int)
-        data = np.asanyarray(self.image.dataobj)
+        data = self.data
         out = []
         for i, j, k in ijk:
             inside = all(0 <= a < n for a, n in zip((i, j, k), data.shape))

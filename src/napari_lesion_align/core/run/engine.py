@@ -116,6 +116,8 @@ class Engine:
     sets: list = field(default_factory=list)  # of ConditionSet
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    #: the device and dtype the model ran on when a Dask worker loaded it (provenance)
+    compute: dict | None = None
     #: a Dask worker's own (executor): its features reader, whether the source is prepared
     trf: object = None
     prepared: bool = False

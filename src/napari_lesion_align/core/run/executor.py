@@ -217,8 +217,20 @@ def _model_task(config, out_root: str, threads: int) -> dict:
         jobs, _ = fit_jobs(eng)
         if jobs:
             stage_features(eng)
+        lm = eng.model  # loaded here when a feature was missing
         return {"counts": eng.counts.get("features", {"computed": 0, "reused": 0}),
-                "timings": eng.timings}
+                "timings": eng.timings,
+                "compute": None if lm is None else {"device": str(lm.device),
+                                                    "dtype": lm.dtype, "model_loaded": True}}
+
+
+def _warm_imports() -> None:
+    """On a worker as it starts: the imports every fit unit needs (nilearn's maskers above
+    all, seconds each), while the main process checks the data."""
+    import importlib
+
+    for name in ("nilearn.maskers", "nilearn.signal", f"{__package__}.stages"):
+        importlib.import_module(name)
 
 
 def _prepared_engine(config, out_root: str):
@@ -263,6 +275,7 @@ class DaskExecutor:
         self.description = description or f"Dask scheduler {client.scheduler.address}"
         #: the ceiling units run beside the last fits: (their jobs, computed, failures)
         self._ceilings_done = None
+        self._warm: list = []  # the workers' warm-up imports (:meth:`local`)
 
     @property
     def plan(self) -> ThreadPlan:
@@ -302,10 +315,17 @@ class DaskExecutor:
             cluster = LocalCluster(n_workers=int(n_workers), threads_per_worker=1,
                                    processes=True, silence_logs=logging.ERROR)
         client = Client(cluster)
+        # every worker imports what the units need now, beside the data checks of this
+        # process (not torch: only the worker that takes the model's stage loads it)
+        warm = [client.submit(_warm_imports, pure=False, workers=[addr],
+                              allow_other_workers=False)
+                for addr in client.scheduler_info().get("workers", {})]
         link = getattr(client, "dashboard_link", None)
-        return cls(client, cluster, t, f"Dask LocalCluster: {n_workers} workers x {t} BLAS "
-                                       f"thread(s)" + (f"; dashboard {link}" if link else ""),
-                   slots=int(n_workers))
+        ex = cls(client, cluster, t, f"Dask LocalCluster: {n_workers} workers x {t} BLAS "
+                                     f"thread(s)" + (f"; dashboard {link}" if link else ""),
+                 slots=int(n_workers))
+        ex._warm = warm  # held: a future let go of may be cancelled before it runs
+        return ex
 
     @classmethod
     def connect(cls, address: str, threads: int = 0) -> "DaskExecutor":
@@ -366,6 +386,8 @@ class DaskExecutor:
             raise LesionAlignError(str(failures[0]).removeprefix("the model stage: "))
         eng.counts["features"] = res["counts"]
         eng.timings.update(res["timings"])
+        if res.get("compute"):  # the worker's model: the device it ran on
+            eng.compute = res["compute"]
         stage_conditions(eng)  # here: read the record the worker wrote
 
     def fits(self, eng, jobs: list, ceilings: list = ()) -> tuple[list, list]:
@@ -413,18 +435,19 @@ class DaskExecutor:
         """The noise-ceiling units, one per language, spread over the workers (those
         already run beside the fits: their outcome)."""
         done, self._ceilings_done = self._ceilings_done, None
-        if done is not None and done[0] == list(jobs):
-            return done[1], done[2]
-        if not jobs:
-            return [], []
-        computed = []
+        beside, computed, failures = done if done is not None else ([], [], [])
+        computed, failures = list(computed), list(failures)
+        rest = [j for j in jobs if j not in beside]
+        if not rest:
+            return computed, failures
 
         def on_done(job, names):
             computed.extend(names)
             eng.progress(len(computed) / len(jobs), f"noise ceiling {len(computed)}/"
                                                      f"{len(jobs)} languages done")
 
-        return computed, self._wait(self._submit_ceilings(eng, jobs), eng, on_done)
+        failures += self._wait(self._submit_ceilings(eng, rest), eng, on_done)
+        return computed, failures
 
     def close(self) -> None:
         try:

@@ -4,8 +4,11 @@ subject of the job (:class:`Fitter`), and the maps and records written at the en
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +18,18 @@ from ..data.bold import check_subject_runs, clean_run, cleaning_regressors, vali
 from ..encoding import cross_validation as ridge  # ridge.cross_validated_r: tests replace it
 from ..results.names import map_file
 from ..results.result import write_values
+from ..base.io import atomic_write_text
+from .store import as_recorded
+
+#: under an output folder's ``units/``: what a run keeps between its units and deletes once
+#: used (:func:`spill_folder`)
+SCRATCH = "scratch"
+
+
+def spill_folder(out, code: str) -> Path:
+    """Where the fit units of language ``code`` leave their subjects' cleaned BOLD for its
+    noise ceiling (:meth:`StackedBold.spill`); deleted once the ceiling is written."""
+    return out.units / SCRATCH / f"ceiling-{code}"
 
 
 @dataclass
@@ -40,9 +55,11 @@ class StackedBold:
     col: int = 0  # the columns in use
 
     @classmethod
-    def load(cls, eng, job, progress, need_cleaning: bool) -> "StackedBold":
+    def load(cls, eng, job, progress, need_cleaning: bool,
+             spill: bool = False) -> "StackedBold":
         """Load and clean the runs of every subject of ``job``, one subject at a time (the
-        memory is the stacked array plus one subject's raw runs)."""
+        memory is the stacked array plus one subject's raw runs); ``spill``: also write each
+        subject's cleaned series for the noise ceiling (:meth:`spill`)."""
         cfg, src, code = eng.config, eng.source, job.language
         lengths = [r.n_vols for r in src.runs(job.subjects[0], code)]
         bold = cls(None, np.r_[0, np.cumsum(lengths)], lengths)
@@ -69,8 +86,49 @@ class StackedBold:
                 raw[i] = None
                 eng.progress.check()
             del raw
+            if spill:  # an optimisation: a spill that cannot be written is left out
+                spill = bold.spill(eng, s, code) is not None
             bold.col += bold.width[s]
         return bold
+
+    def spill(self, eng, s: str, code: str) -> Path:
+        """Write subject ``s``'s cleaned series as the fits hold them (float32, time x every
+        column of the mask: 0 where censored or invalid, as :func:`cleaned_series` gives
+        them) to :func:`spill_folder`, with a sidecar naming its data inputs (written
+        last: a spill without it is not used). The noise ceiling of the language then reads
+        it instead of loading and cleaning the subject's runs again (twice per voxel
+        chunk). Returns the file, or None when it cannot be written (a full disk, a file
+        size limit: the ceiling then cleans the runs itself; nothing half-written stays)."""
+        folder = spill_folder(eng.out, code)
+        path = folder / f"sub-{s}.npy"
+        tmp = folder / f".{path.name}.{os.getpid()}.tmp"  # a kill's leftover: store.py removes
+        valid = self.valid[s]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"sub-{s}.json").unlink(missing_ok=True)
+            # plain writes, not a writable memmap: a full disk is an OSError, not a SIGBUS
+            T, cols = len(self.Y), slice(self.first[s], self.first[s] + self.width[s])
+            buf = np.zeros((min(T, 64), valid.size), dtype=np.float32)
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, {
+                    "descr": np.lib.format.dtype_to_descr(buf.dtype), "fortran_order": False,
+                    "shape": (T, int(valid.size))})
+                for a in range(0, T, len(buf)):
+                    rows = buf[:min(len(buf), T - a)]
+                    if self.width[s]:
+                        rows[:, valid] = self.Y[a:a + len(rows), cols]
+                    fh.write(memoryview(rows))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            atomic_write_text(folder / f"sub-{s}.json", json.dumps(
+                {"subject": s, "language": code, "shape": [len(self.Y), int(valid.size)],
+                 "inputs": as_recorded(eng.source.inputs(s, code))}))
+        except OSError:  # WriteFailed included
+            for p in (tmp, path):
+                p.unlink(missing_ok=True)
+            return None
+        return path
 
     def _put(self, s, i, run, R, tr, options, n_runs: int, need_cleaning: bool) -> None:
         """Run ``i`` of subject ``s``, cleaned, into its block (censored rows: 0, left out
@@ -203,8 +261,10 @@ def cleaned_series(eng, s: str, code: str, cols: np.ndarray | None = None) -> np
     """One subject's cleaned BOLD, its runs one after the other (time x ``cols``, default
     every column of the mask), float64, cleaned as the fits clean it
     (:func:`.bold.clean_run`); censored volumes and columns that are constant or NaN in its
-    runs are 0. For the noise ceiling (:func:`.stages.run_ceiling_job`): the memory is the
-    subject's raw runs plus the columns asked for."""
+    runs are 0; rounded to float32 like the fits' copy (:meth:`StackedBold.spill`). For the
+    noise ceiling (:func:`.stages.run_ceiling_job`) when no spill is there
+    (:func:`spilled_series`): the memory is the subject's raw runs plus the columns asked
+    for."""
     src = eng.source
     runs = src.runs(s, code)
     raw = [run.load() for run in runs]
@@ -219,12 +279,35 @@ def cleaned_series(eng, s: str, code: str, cols: np.ndarray | None = None) -> np
         if okc.any():
             cleaned = clean_run(R[:, cols[okc]], src.tr, eng.config.cleaning, run.confounds,
                                 keep=kept[i])
-            block = np.zeros((n, int(okc.sum())))
+            # float32, as the fits hold it (:meth:`StackedBold.spill`: the same values)
+            block = np.zeros((n, int(okc.sum())), dtype=np.float32)
             block[kept[i]] = cleaned
             out[a:a + n, okc] = block
         raw[i] = None
         a += n
     return out
+
+
+def spilled_series(eng, s: str, code: str, cols: np.ndarray, n_times: int) -> np.ndarray | None:
+    """Subject ``s``'s cleaned series (time x ``cols``, float64) from the spill a fit unit
+    wrote (:meth:`StackedBold.spill`), or None when there is none for these data inputs
+    and shape (the ceiling then cleans the runs again: :func:`cleaned_series`)."""
+    folder = spill_folder(eng.out, code)
+    try:
+        meta = json.loads((folder / f"sub-{s}.json").read_text())
+        mm = np.load(folder / f"sub-{s}.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    V = eng.source.space.n_features if eng.source.space is not None else mm.shape[1]
+    if (not isinstance(meta, dict) or mm.shape != (n_times, V)
+            or meta.get("inputs") != as_recorded(eng.source.inputs(s, code))):
+        return None
+    cols = np.asarray(cols)
+    if cols.size and np.array_equal(cols, np.arange(cols[0], cols[0] + cols.size)):
+        part = mm[:, cols[0]:cols[0] + cols.size]  # a chunk: a plain slice of the file
+    else:
+        part = mm[:, cols]
+    return np.array(part, dtype=np.float64)
 
 
 def subject_maps(r_maps: dict, labels: list, lesions: set) -> dict:

@@ -15,17 +15,20 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from typing import Callable
 
 from ... import __version__
 from .config import AnalysisConfig
 from .engine import PHASES, Engine, Progress, ProgressFn
-from .stages import ceiling_plan, fit_jobs, make_engine, stage_group, test_label
+from .stages import (ceiling_plan, ceiling_spills, fit_jobs, make_engine, stage_group,
+                     test_label)
 from ..analysis.inference import check_power
 from ..model.loading import resolve_device, resolve_dtype
 from ..results.result import AlignmentResult
 from .checks import check_inputs
 from .executor import executor_for, failures_error
+from .fits import SCRATCH
 from .sources import open_source
 from .store import OutputFolder, identity
 
@@ -70,11 +73,12 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         # claimed)
         t = time.perf_counter()
         P.phase(*PHASES["data"])
+        # a Dask cluster starts first: its workers import what the units need meanwhile
+        ex = executor_for(config.compute) if own else executor
         source = open_source(config, progress=P, cancel=cancel)
         check_inputs(config, model=model, source=source, out_dir=out_dir, progress=P)
         _check_statistics(config, source)
         out = OutputFolder.open(out_dir, identity(config), force=force)
-        ex = executor_for(config.compute) if own else executor
         eng = make_engine(config, out.root, P, model=model, source=source)
         data_s = time.perf_counter() - t
 
@@ -84,7 +88,8 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
         timings = {"data_s": data_s, "lesions_s": eng.timings.get("lesions_s", 0.0),
                    "features_s": eng.timings.get("features_s", 0.0)}
 
-        # 3. the fits not done yet, then the noise ceilings (on Dask beside the fits)
+        # 3. the fits not done yet, then the noise ceilings (from the series the fits leave;
+        # those that read the BOLD themselves run beside the fits on Dask)
         c_plan = ceiling_plan(eng)
         timings["encoding_s"] = _fit_stage(eng, ex, P, out, c_plan[0])
         timings["ceiling_s"] = _ceiling_stage(eng, ex, P, out, c_plan)
@@ -117,17 +122,21 @@ def run_analysis(config: AnalysisConfig, out_dir=None, *, progress: ProgressFn |
 
 def _fit_stage(eng, ex, P: Progress, out: OutputFolder, ceilings: list) -> float:
     """The fit units not done yet, on the executor; their seconds. ``ceilings``: the
-    noise-ceiling jobs, which a Dask executor runs beside the fits (their seconds are then
-    in these). Raises one error naming the units that failed (the others are saved)."""
+    noise-ceiling jobs; the fits of their languages leave the cleaned BOLD for them
+    (:func:`.stages.ceiling_spills`), the others a Dask executor runs beside the fits (their
+    seconds are then in these). Raises one error naming the units that failed (the others
+    are saved)."""
     t = time.perf_counter()
     jobs, reused = fit_jobs(eng, ex.parallelism)
+    spill = ceiling_spills(eng, ceilings, jobs)
+    jobs = [replace(j, spill=j.language in spill) for j in jobs]
     total = sum(len(j.todo) for j in jobs)
     P.phase(*PHASES["fits"])
     if reused and total:
         P(0.0, f"resuming: {len(reused)} subject fits already done, {total} to do")
     # the folder stops claiming to be a complete result before any of its files changes
     (out.root / "result.json").unlink(missing_ok=True)
-    computed, failures = ex.fits(eng, jobs, ceilings)
+    computed, failures = ex.fits(eng, jobs, [c for c in ceilings if c.language not in spill])
     eng.counts["fits"] = {"computed": computed, "reused": reused}
     if failures:
         raise failures_error(failures, total, out.root)
@@ -147,6 +156,7 @@ def _ceiling_stage(eng, ex, P: Progress, out: OutputFolder, plan: tuple) -> floa
     eng.counts["ceilings"] = {"computed": c_computed, "reused": c_reused}
     if c_failures:
         raise failures_error(c_failures, len(c_jobs), out.root, "noise-ceiling units")
+    shutil.rmtree(out.units / SCRATCH, ignore_errors=True)  # spills no ceiling needs now
     return time.perf_counter() - t
 
 
@@ -189,7 +199,7 @@ def _provenance(config, eng: Engine, result, timings: dict, executor) -> dict:
         "cleaning": result.provenance.get("cleaning") or {},
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
         "libraries": library_versions(),
-        "compute": compute_used(config, eng.model),
+        "compute": eng.compute or compute_used(config, eng.model),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     commit = git_commit()

@@ -24,6 +24,7 @@ follows the unit (one subject, or one budget-sized group of subjects), never the
 
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,8 +50,8 @@ from ..lesions.plan import LesionBuilder, LesionPlan
 from ..model.anatomy import describe_model
 from ..results.result import (_read_values, assemble_result, fill_drops, subject_rows,
                               summary_group_rows, write_values)
-from .fits import (Fitter, StackedBold, cleaned_series, cleaning_record, subject_maps,
-                   write_maps)
+from .fits import (Fitter, StackedBold, cleaned_series, cleaning_record, spill_folder,
+                   spilled_series, subject_maps, write_maps)
 from .sources import open_source
 from .store import FeatureStore, OutputFolder, as_recorded
 
@@ -258,6 +259,9 @@ class FitJob:
     language: str
     subjects: tuple
     todo: tuple  # the subjects whose maps are missing
+    #: also leave the subjects' cleaned BOLD for the language's noise ceiling
+    #: (:func:`ceiling_spills`)
+    spill: bool = False
 
 
 def unit_name(subject: str, language: str) -> str:
@@ -454,7 +458,8 @@ def _fit_job(eng: Engine, job: FitJob, trf: _TRFeatures, progress: ProgressFn,
     idx = run_indices(eng.source, job.subjects[0], code)  # the job's subjects have the same runs
     ctrls = control_specs(eng)
     t0 = time.perf_counter()
-    bold = StackedBold.load(eng, job, progress, any(c.kind == "above" for c in ctrls))
+    bold = StackedBold.load(eng, job, progress, any(c.kind == "above" for c in ctrls),
+                            spill=job.spill)
     conds = eng.analysis.conditions
     fit = Fitter(eng, job, bold, idx, len(conds) + sum(max(1, c.n_shifts) for c in ctrls),
                  progress)
@@ -602,6 +607,30 @@ def ceiling_plan(eng: Engine) -> tuple[list[CeilingJob], list[str], dict]:
     return jobs, done, skipped
 
 
+def ceiling_spills(eng: Engine, ceilings: list, fits: list) -> set[str]:
+    """The languages whose fit units leave their subjects' cleaned BOLD for the noise
+    ceiling (:meth:`.fits.StackedBold.spill`; the ceiling then reads it instead of loading
+    and cleaning every subject again, twice per voxel chunk): those with a ceiling and fits
+    to do, while the spills (float32, volumes x mask columns per subject, kept until the
+    ceiling is written) take at most half the free disk of the output folder. The others'
+    ceilings read the BOLD themselves (on Dask beside the fits)."""
+    import shutil
+
+    todo = {j.language for j in fits}
+    langs = [j for j in ceilings if j.language in todo]
+    if not langs:
+        return set()
+    src = eng.source
+    V = src.space.n_features if src.space is not None else 1
+    need = sum(len(j.subjects) * sum(r.n_vols for r in src.runs(j.subjects[0], j.language))
+               * V * 4 for j in langs)
+    try:
+        free = shutil.disk_usage(eng.out.units).free
+    except OSError:
+        return set()
+    return {j.language for j in langs} if need <= free / 2 else set()
+
+
 def _ceiling_inputs(eng: Engine, code: str, subjects) -> dict:
     return {"subjects": list(subjects),
             "data": [eng.source.inputs(s, code) for s in subjects]}
@@ -645,8 +674,11 @@ def run_ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[
     """The noise ceiling of one language (:mod:`.analysis.ceiling`): per voxel chunk (sized
     by the memory budget, :func:`ceiling_layout`), every subject's cleaned BOLD added to a
     running sum one subject at a time, then the leave-one-out pass (on the series kept from
-    the first pass when the layout holds them, else cleaned again); writes the ceiling, ISC
-    and reliability maps, then the unit's record. A failure raises :class:`~.errors.UnitFailed`."""
+    the first pass when the layout holds them, else cleaned again). When the fits left
+    every subject's cleaned series (:func:`ceiling_spills`) both passes read those instead
+    of the runs (the same values) and the spills are deleted at the end. Writes the ceiling,
+    ISC and reliability maps, then the unit's record. A failure raises
+    :class:`~.errors.UnitFailed`."""
     name = ceiling_unit(job.language)
     try:
         return _ceiling_job(eng, job, progress)
@@ -663,6 +695,16 @@ def _ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str
     V = src.space.n_features
     chunk, hold = ceiling_layout(T, V, len(job.subjects),
                                  eng.config.encoding.stack_mb * 2**20)
+    # the fits' spills (ceiling_spills), where every subject has one: read twice per chunk
+    spilled = all(spilled_series(eng, s, code, np.arange(0), T) is not None
+                  for s in job.subjects)
+    if spilled:
+        chunk, hold = ceiling_chunk(T, V, eng.config.encoding.stack_mb * 2**20), False
+
+    def series(s, cols):
+        y = spilled_series(eng, s, code, cols, T) if spilled else None
+        return cleaned_series(eng, s, code, cols) if y is None else y
+
     starts = list(range(0, V, chunk))
     rho = np.zeros(V)
     loo = np.zeros((len(job.subjects), V))
@@ -676,7 +718,7 @@ def _ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str
             eng.progress.check()
             progress(step / steps, f"noise ceiling {code}: subject {s} (sum)")
             step += 1
-            y = cleaned_series(eng, s, code, cols)
+            y = series(s, cols)
             acc.add(y, who=f"subject {s}")
             if hold:
                 kept[s] = y
@@ -688,7 +730,7 @@ def _ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str
             else:
                 progress(step / steps, f"noise ceiling {code}: subject {s} (leave one out)")
                 step += 1
-                y = cleaned_series(eng, s, code, cols)
+                y = series(s, cols)
             loo[i, cols] = acc.leave_one_out(y, who=f"subject {s}")
             del y
         rho[cols] = acc.pairwise()
@@ -701,9 +743,10 @@ def _ceiling_job(eng: Engine, job: CeilingJob, progress: ProgressFn) -> list[str
         files.append(fname)
     eng.out.write_record("ceiling", ceiling_unit(code), {
         "language": code, "n_subjects": len(job.subjects), "n_times": T,
-        "voxel_chunks": len(starts), "held": hold, "seconds": time.perf_counter() - t0,
-        "files": files,
+        "voxel_chunks": len(starts), "held": hold, "from_fits": spilled,
+        "seconds": time.perf_counter() - t0, "files": files,
         "inputs": _ceiling_inputs(eng, code, job.subjects)})
+    shutil.rmtree(spill_folder(eng.out, code), ignore_errors=True)
     return [ceiling_unit(code)]
 
 
